@@ -1,0 +1,43 @@
+/* qd_util.h: errors, checked allocation and small helpers shared by every part of qwen3-diff.
+ *
+ * Error contract (the CLI turns these into exit codes):
+ *   QD_OK       0  success
+ *   QD_EINPUT   2  bad input or usage: a one-line message naming the file and the field
+ *   QD_ERUNTIME 3  runtime failure (I/O, CUDA, out of memory): the message names the failing call
+ * Library code never exits; it fills a qd_err and returns its code. Only main() exits. */
+#ifndef QD_UTIL_H
+#define QD_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum { QD_OK = 0, QD_EDIVERGED = 1, QD_EINPUT = 2, QD_ERUNTIME = 3 };
+
+typedef struct {
+    int code;       /* QD_OK, QD_EINPUT or QD_ERUNTIME */
+    char msg[1024]; /* one line, no trailing newline */
+} qd_err;
+
+/* Sets e->code and e->msg (printf-style) and returns code. e may be NULL. */
+int qd_errf(qd_err *e, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void qd_err_clear(qd_err *e);
+
+/* malloc/calloc that never return NULL for n > 0; on failure they print file:line and exit 3.
+ * Used for host buffers only: running out of host memory is a runtime failure, not an input error. */
+#define qd_malloc(n) qd_malloc_check((n), __FILE__, __LINE__)
+#define qd_calloc(n, sz) qd_calloc_check((n), (sz), __FILE__, __LINE__)
+void *qd_malloc_check(size_t n, const char *file, int line);
+void *qd_calloc_check(size_t n, size_t size, const char *file, int line);
+
+/* Reads a whole file into a NUL-terminated buffer. QD_EINPUT if it does not exist, QD_ERUNTIME on a
+ * read error. *len may be NULL. */
+int qd_read_file(const char *path, char **out, size_t *len, qd_err *e);
+
+/* Joins dir and name with one '/'; the result is malloc'd. */
+char *qd_path_join(const char *dir, const char *name);
+
+/* Overflow-checked size arithmetic: returns 0 and sets *out, or -1 on overflow. */
+int qd_mul_size(size_t a, size_t b, size_t *out);
+
+#endif

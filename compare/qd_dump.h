@@ -1,0 +1,42 @@
+/* qd_dump.h: the HDF5 dump, schema v1 (docs/SCHEMA.md is the document users read).
+ *
+ *   /                       attrs: schema="qwen3-diff/1", model, config_json, tool_version
+ *   /input_ids              int32 (T,)
+ *   /<backend>/             attr precision: "fp64" | "fp32" | "bf16" | "fp16"
+ *   /<backend>/embed        (T, C)      /<backend>/final_norm (T, C)     /<backend>/logits (T, V)
+ *   /<backend>/layers/NNN/<tap>          layer taps, NNN zero-padded to 3 digits
+ * All tensors float32, chunked, optionally compressed. The file is written to PATH.tmp.<pid> and renamed
+ * to PATH by qd_dump_close(commit=1); qd_dump_close(commit=0) removes it: no half-written file ever
+ * carries the final name. */
+#ifndef QD_DUMP_H
+#define QD_DUMP_H
+
+#include <stdint.h>
+
+#include "qd_taps.h"
+#include "qd_util.h"
+
+typedef struct qd_dump qd_dump;
+
+/* compress: 0 none, 1..9 gzip level. */
+qd_dump *qd_dump_create(const char *path, const char *model_path, const char *config_json,
+                        const int32_t *input_ids, int T, int compress, qd_err *e);
+
+/* Adds a backend group; later qd_dump_backend_sink() taps land under it. */
+int qd_dump_add_backend(qd_dump *d, const char *backend, const char *precision, qd_err *e);
+
+/* A tap sink writing each emitted tap to /<backend>/... (layer -1 -> model-level). The sink stays valid
+ * until qd_dump_close. */
+qd_tap_sink *qd_dump_backend_sink(qd_dump *d, const char *backend);
+
+/* Writes one tensor directly. */
+int qd_dump_write_tap(qd_dump *d, const char *backend, int layer, const char *name, const float *data,
+                      int ndim, const int64_t *shape, qd_err *e);
+
+/* commit=1: flush, close, rename to the final path. commit=0: close and delete. Frees d. */
+int qd_dump_close(qd_dump *d, int commit, qd_err *e);
+
+/* The last error of a sink's writes (the sink's emit returns QD_ERUNTIME and records why here). */
+const qd_err *qd_dump_last_error(const qd_dump *d);
+
+#endif
