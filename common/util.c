@@ -1,6 +1,8 @@
 /* util.c: see qd_util.h. */
 #include "qd_util.h"
 
+#include "qd_act.h"
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -93,5 +95,17 @@ char *qd_path_join(const char *dir, const char *name) {
 int qd_mul_size(size_t a, size_t b, size_t *out) {
     if (a != 0 && b > SIZE_MAX / a) return -1;
     *out = a * b;
+    return 0;
+}
+
+const char *qd_act_dtype_name(qd_act_dtype d) {
+    return d == QD_ACT_BF16 ? "bf16" : d == QD_ACT_FP16 ? "fp16" : "fp32";
+}
+
+int qd_act_dtype_parse(const char *s, qd_act_dtype *d) {
+    if (strcmp(s, "bf16") == 0) *d = QD_ACT_BF16;
+    else if (strcmp(s, "fp16") == 0) *d = QD_ACT_FP16;
+    else if (strcmp(s, "fp32") == 0) *d = QD_ACT_FP32;
+    else return -1;
     return 0;
 }

@@ -25,6 +25,10 @@ qd_dump *qd_dump_create(const char *path, const char *model_path, const char *co
 /* Adds a backend group; later qd_dump_backend_sink() taps land under it. */
 int qd_dump_add_backend(qd_dump *d, const char *backend, const char *precision, qd_err *e);
 
+/* Adds (or replaces) a string attribute on a backend group, e.g. accum = "f64". A key that is empty,
+ * or is "precision" (set by qd_dump_add_backend), is QD_EINPUT. */
+int qd_dump_backend_attr(qd_dump *d, const char *backend, const char *key, const char *value, qd_err *e);
+
 /* A tap sink writing each emitted tap to /<backend>/... (layer -1 -> model-level). The sink stays valid
  * until qd_dump_close. */
 qd_tap_sink *qd_dump_backend_sink(qd_dump *d, const char *backend);

@@ -51,4 +51,7 @@ int qd_ref_prefill(qd_ref *r, const int32_t *tokens, int T, float *logits, qd_ta
 int qd_ref_decode(qd_ref *r, int32_t token, float *logits, qd_tap_sink *sink);
 int qd_ref_position(const qd_ref *r); /* tokens in the cache */
 
+/* The message of the last failed call (one line, naming what was wrong), "" if none. */
+const char *qd_ref_last_error(const qd_ref *r);
+
 #endif

@@ -1,0 +1,118 @@
+/* backend.c: the backends behind qd_backend.h. Each adapter is a thin wrapper over its backend's own API.
+ */
+#include "qd_backend.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qd_build_config.h"
+#include "qd_emu.h"
+#include "qd_ref.h"
+
+/* --- ref: the fp32 reference ------------------------------------------------------------------------ */
+
+/* A failed step: the reference's own message, or the sink's (e.g. a dump write), which the caller holds. */
+static int ref_error(qd_backend *b, int rc, qd_err *e) {
+    const char *msg = qd_ref_last_error((qd_ref *)b->impl);
+    if (msg[0]) return qd_errf(e, rc, "ref: %s", msg);
+    if (e && e->code == QD_OK) qd_errf(e, rc, "ref: a tap sink failed (code %d)", rc);
+    return rc;
+}
+
+static int ref_embed(qd_backend *b, const int32_t *tokens, int T, float *h, qd_tap_sink *sink, qd_err *e) {
+    int rc = qd_ref_embed((qd_ref *)b->impl, tokens, T, h, sink);
+    return rc ? ref_error(b, rc, e) : QD_OK;
+}
+
+static int ref_layer(qd_backend *b, int layer, const float *h_in, float *h_out, int T, int pos0,
+                     qd_tap_sink *sink, qd_err *e) {
+    int rc = qd_ref_layer((qd_ref *)b->impl, layer, h_in, h_out, T, pos0, sink);
+    return rc ? ref_error(b, rc, e) : QD_OK;
+}
+
+static int ref_head(qd_backend *b, const float *h, int T, float *logits, qd_tap_sink *sink, qd_err *e) {
+    int rc = qd_ref_head((qd_ref *)b->impl, h, T, logits, sink);
+    return rc ? ref_error(b, rc, e) : QD_OK;
+}
+
+static void ref_destroy(qd_backend *b) { qd_ref_free((qd_ref *)b->impl); }
+
+static qd_backend *ref_create(const qd_weights *w, const qd_backend_opts *o, qd_err *e) {
+    qd_ref_opts ro = {.threads = o->threads, .accum = o->accum_f64 ? QD_ACCUM_F64 : QD_ACCUM_F32,
+                      .max_seq = o->max_seq};
+    qd_ref *r = qd_ref_create(w, &ro, e);
+    if (!r) return NULL;
+    qd_backend *b = qd_calloc(1, sizeof *b);
+    snprintf(b->name, sizeof b->name, "ref");
+    snprintf(b->precision, sizeof b->precision, "fp32");
+    snprintf(b->accum, sizeof b->accum, "%s", o->accum_f64 ? "f64" : "f32");
+    b->cfg = &w->cfg;
+    b->impl = r;
+    b->embed = ref_embed;
+    b->layer = ref_layer;
+    b->head = ref_head;
+    b->destroy = ref_destroy;
+    return b;
+}
+
+/* --- emu: the fused path's precision contract on the CPU ------------------------------------------- */
+
+static int emu_embed(qd_backend *b, const int32_t *tokens, int T, float *h, qd_tap_sink *sink, qd_err *e) {
+    int rc = qd_emu_embed((qd_emu *)b->impl, tokens, T, h, sink);
+    return rc ? qd_errf(e, rc, "emu: embed failed (code %d)", rc) : QD_OK;
+}
+
+static int emu_layer(qd_backend *b, int layer, const float *h_in, float *h_out, int T, int pos0,
+                     qd_tap_sink *sink, qd_err *e) {
+    int rc = qd_emu_layer((qd_emu *)b->impl, layer, h_in, h_out, T, pos0, sink);
+    if (rc == QD_EINPUT)
+        return qd_errf(e, rc, "emu: layer %d: positions %d..%d exceed the KV cache", layer, pos0, pos0 + T - 1);
+    return rc ? qd_errf(e, rc, "emu: layer %d failed (code %d)", layer, rc) : QD_OK;
+}
+
+static int emu_head(qd_backend *b, const float *h, int T, float *logits, qd_tap_sink *sink, qd_err *e) {
+    int rc = qd_emu_head((qd_emu *)b->impl, h, T, logits, sink);
+    return rc ? qd_errf(e, rc, "emu: head failed (code %d)", rc) : QD_OK;
+}
+
+static void emu_destroy(qd_backend *b) { qd_emu_free((qd_emu *)b->impl); }
+
+static qd_backend *emu_create(const qd_weights *w, const qd_backend_opts *o, qd_err *e) {
+    qd_act_dtype act = QD_ACT_BF16;
+    if (o->act && qd_act_dtype_parse(o->act, &act) != 0) {
+        qd_errf(e, QD_EINPUT, "activation precision '%s': expected bf16, fp16 or fp32", o->act);
+        return NULL;
+    }
+    qd_emu *m = qd_emu_create(w, act, o->threads, o->max_seq, e);
+    if (!m) return NULL;
+    qd_backend *b = qd_calloc(1, sizeof *b);
+    snprintf(b->name, sizeof b->name, "emu");
+    snprintf(b->precision, sizeof b->precision, "%s", qd_act_dtype_name(act));
+    snprintf(b->accum, sizeof b->accum, "f32");
+    b->cfg = &w->cfg;
+    b->impl = m;
+    b->embed = emu_embed;
+    b->layer = emu_layer;
+    b->head = emu_head;
+    b->destroy = emu_destroy;
+    return b;
+}
+
+/* --- registry --------------------------------------------------------------------------------------- */
+
+qd_backend *qd_backend_create(const char *name, const qd_weights *w, const qd_backend_opts *opts, qd_err *e) {
+    if (strcmp(name, "ref") == 0) return ref_create(w, opts, e);
+    if (strcmp(name, "emu") == 0) return emu_create(w, opts, e);
+    qd_errf(e, QD_EINPUT, "backend '%s': unknown or not built into this binary (available: %s)", name,
+            qd_backend_names());
+    return NULL;
+}
+
+void qd_backend_destroy(qd_backend *b) {
+    if (!b) return;
+    if (b->destroy) b->destroy(b);
+    free(b);
+}
+
+const char *qd_backend_names(void) { return "ref, emu"; }

@@ -1,0 +1,352 @@
+/* metrics.c: per-tap error metrics and the verdict (qd_metrics.h).
+ *
+ * qd_metrics_compute reads each element pair once and keeps only running sums and maxima, in double:
+ * logits are (T, V) = 2048 x 151936 = 311M elements, 2.5 GB for the two sides, so a second pass costs
+ * as much as the first and an allocation the size of a tap is out of the question.
+ *
+ * max_rel is the one metric a single pass cannot get directly: its floor (1e-6 * max|ref|) is known only
+ * at the end. The pass keeps two running figures against the floor known so far (f_run, which only
+ * grows): elements below f_run are certainly below the final floor, so their largest error (small_abs)
+ * is divided by the final floor at the end; for the others the largest |d|/|ref| and its |ref| are kept.
+ * If that |ref| is still above the final floor the answer is exact; otherwise (a near-zero element
+ * seen before the tap's largest reference value raised the floor above it) max_rel alone is recomputed
+ * in a second pass. See test_metrics' max_rel_floor_raised_late. */
+#include "qd_metrics.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define REL_FLOOR_FRAC 1e-6 /* rel_floor = 1e-6 * max|ref|: see qd_metrics.h */
+#define TINY 1e-30          /* keeps divisions by an all-zero reference defined */
+
+enum { CLS_FINITE = 0, CLS_NAN, CLS_POSINF, CLS_NEGINF };
+
+static int classify(float x) {
+    if (isfinite(x)) return CLS_FINITE;
+    if (isnan(x)) return CLS_NAN;
+    return x > 0 ? CLS_POSINF : CLS_NEGINF;
+}
+
+static void decode_coord(qd_metrics *m, const int64_t *shape) {
+    m->coord[0] = m->coord[1] = m->coord[2] = -1;
+    int64_t idx = m->max_abs_index;
+    if (idx < 0) return;
+    for (int d = m->ndim - 1; d >= 0; d--) {
+        m->coord[d] = idx % shape[d];
+        idx /= shape[d];
+    }
+}
+
+/* The second pass for max_rel, taken only in the case described at the top. */
+static double max_rel_exact(const float *test, const float *ref, int64_t n, double floor) {
+    double best = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(test[i]) || !isfinite(ref[i])) continue;
+        double r = ref[i];
+        double q = fabs((double)test[i] - r) / fmax(fabs(r), floor);
+        if (q > best) best = q;
+    }
+    return best;
+}
+
+int qd_metrics_compute(const float *test, const float *ref, int ndim, const int64_t *shape, qd_metrics *m) {
+    // test, ref (shape), row-major
+    memset(m, 0, sizeof *m);
+    m->max_abs_index = -1;
+    m->coord[0] = m->coord[1] = m->coord[2] = -1;
+    if (ndim < 1 || ndim > 3) return QD_EINPUT;
+    int64_t n = 1;
+    for (int d = 0; d < ndim; d++) {
+        if (shape[d] < 0) return QD_EINPUT;
+        n *= shape[d];
+    }
+    m->n = n;
+    m->ndim = ndim;
+
+    double s_rr = 0.0, s_tt = 0.0, s_tr = 0.0, s_dd = 0.0; /* sum ref^2, test^2, test*ref, (test-ref)^2 */
+    double max_abs = -1.0;
+    int64_t imax = -1;
+    double mag_test = 0.0, mag_ref = 0.0;
+    double f_run = TINY;                  /* the rel floor as known so far; only grows */
+    double small_abs = 0.0;               /* max |d| over elements with |ref| < f_run when seen */
+    double rel_num = 0.0, rel_den = 1.0;  /* max |d|/|ref| over the others, as a fraction */
+    int64_t n_finite = 0;
+    int64_t cnt[2][4] = {{0}};            /* [side: test, ref][class] */
+
+    for (int64_t i = 0; i < n; i++) {
+        float tf = test[i], rf = ref[i];
+        if (__builtin_expect(!(isfinite(tf) && isfinite(rf)), 0)) {
+            int ct = classify(tf), cr = classify(rf);
+            cnt[0][ct]++;
+            cnt[1][cr]++;
+            if (ct != cr) m->nonfinite_mismatch++;
+            if (ct == CLS_FINITE && fabs((double)tf) > mag_test) mag_test = fabs((double)tf);
+            if (cr == CLS_FINITE && fabs((double)rf) > mag_ref) {
+                mag_ref = fabs((double)rf);
+                f_run = fmax(REL_FLOOR_FRAC * mag_ref, TINY);
+            }
+            continue;
+        }
+        double t = tf, r = rf, d = t - r; /* d is exact: both are floats */
+        double ad = fabs(d), ar = fabs(r), at = fabs(t);
+        s_rr += r * r;
+        s_tt += t * t;
+        s_tr += t * r;
+        s_dd += d * d;
+        if (ad > max_abs) {
+            max_abs = ad;
+            imax = i;
+        }
+        if (at > mag_test) mag_test = at;
+        if (ar > mag_ref) {
+            mag_ref = ar;
+            f_run = fmax(REL_FLOOR_FRAC * mag_ref, TINY);
+        }
+        if (ar < f_run) {
+            if (ad > small_abs) small_abs = ad;
+        } else if (ad * rel_den > rel_num * ar) { /* ad/ar > rel_num/rel_den without a division */
+            rel_num = ad;
+            rel_den = ar;
+        }
+        n_finite++;
+    }
+
+    m->n_finite = n_finite;
+    m->nan_test = cnt[0][CLS_NAN];
+    m->posinf_test = cnt[0][CLS_POSINF];
+    m->neginf_test = cnt[0][CLS_NEGINF];
+    m->nan_ref = cnt[1][CLS_NAN];
+    m->posinf_ref = cnt[1][CLS_POSINF];
+    m->neginf_ref = cnt[1][CLS_NEGINF];
+    m->max_mag_test = mag_test;
+    m->max_mag_ref = mag_ref;
+    m->mag_ratio = mag_test / fmax(mag_ref, TINY);
+    m->rel_floor = fmax(REL_FLOOR_FRAC * mag_ref, TINY);
+
+    if (n == 0) { /* nothing to differ: identical */
+        m->cosine = 1.0;
+        m->sqnr_db = INFINITY;
+        return QD_OK;
+    }
+    if (n_finite == 0) { /* nothing comparable: say so rather than report a perfect match */
+        m->max_abs = m->max_rel = m->rel_l2 = m->cosine = m->sqnr_db = NAN;
+        m->test_at = m->ref_at = NAN;
+        return QD_OK;
+    }
+
+    m->max_abs = max_abs;
+    m->max_abs_index = imax;
+    m->test_at = test[imax];
+    m->ref_at = ref[imax];
+    decode_coord(m, shape);
+
+    if (rel_num > 0.0 && rel_den < m->rel_floor)
+        m->max_rel = max_rel_exact(test, ref, n, m->rel_floor);
+    else
+        m->max_rel = fmax(small_abs / m->rel_floor, rel_num / rel_den);
+
+    m->rel_l2 = s_rr > 0.0 ? sqrt(s_dd / s_rr) : sqrt(s_tt);
+    if (s_tt == 0.0 && s_rr == 0.0)
+        m->cosine = 1.0;
+    else if (s_tt == 0.0 || s_rr == 0.0)
+        m->cosine = 0.0;
+    else
+        m->cosine = fmin(1.0, fmax(-1.0, s_tr / (sqrt(s_tt) * sqrt(s_rr))));
+    m->sqnr_db = s_dd == 0.0 ? INFINITY : 10.0 * log10(s_rr / s_dd); /* s_rr == 0: -inf */
+    return QD_OK;
+}
+
+int64_t qd_metrics_token(const qd_metrics *m) { return m->ndim >= 2 ? m->coord[0] : -1; }
+
+int64_t qd_metrics_head(const qd_metrics *m) { return m->ndim == 3 ? m->coord[1] : -1; }
+
+int64_t qd_metrics_channel(const qd_metrics *m) { return m->ndim >= 1 ? m->coord[m->ndim - 1] : -1; }
+
+int qd_metrics_where(const qd_metrics *m, char *buf, size_t n) {
+    if (m->max_abs_index < 0) return snprintf(buf, n, "none");
+    long long t = (long long)qd_metrics_token(m), h = (long long)qd_metrics_head(m);
+    long long c = (long long)qd_metrics_channel(m);
+    if (m->ndim == 3) return snprintf(buf, n, "token %lld, head %lld, channel %lld", t, h, c);
+    if (m->ndim == 2) return snprintf(buf, n, "token %lld, channel %lld", t, c);
+    return snprintf(buf, n, "channel %lld", c);
+}
+
+// ----------------------------------------------------------------------------
+// JSON
+
+json_t *qd_json_real(double x) {
+    if (isnan(x)) return json_string("nan");
+    if (isinf(x)) return json_string(x > 0 ? "inf" : "-inf");
+    return json_real(x);
+}
+
+json_t *qd_metrics_to_json(const qd_metrics *m) {
+    json_t *o = json_object();
+    json_t *coord = json_array();
+    for (int d = 0; d < m->ndim; d++) json_array_append_new(coord, json_integer(m->coord[d]));
+    json_object_set_new(o, "n", json_integer(m->n));
+    json_object_set_new(o, "n_finite", json_integer(m->n_finite));
+    json_object_set_new(o, "max_abs", qd_json_real(m->max_abs));
+    json_object_set_new(o, "max_abs_index", json_integer(m->max_abs_index));
+    json_object_set_new(o, "coord", coord);
+    json_object_set_new(o, "test_at", qd_json_real(m->test_at));
+    json_object_set_new(o, "ref_at", qd_json_real(m->ref_at));
+    json_object_set_new(o, "max_rel", qd_json_real(m->max_rel));
+    json_object_set_new(o, "rel_floor", qd_json_real(m->rel_floor));
+    json_object_set_new(o, "rel_l2", qd_json_real(m->rel_l2));
+    json_object_set_new(o, "cosine", qd_json_real(m->cosine));
+    json_object_set_new(o, "sqnr_db", qd_json_real(m->sqnr_db));
+    json_object_set_new(o, "nan_test", json_integer(m->nan_test));
+    json_object_set_new(o, "posinf_test", json_integer(m->posinf_test));
+    json_object_set_new(o, "neginf_test", json_integer(m->neginf_test));
+    json_object_set_new(o, "nan_ref", json_integer(m->nan_ref));
+    json_object_set_new(o, "posinf_ref", json_integer(m->posinf_ref));
+    json_object_set_new(o, "neginf_ref", json_integer(m->neginf_ref));
+    json_object_set_new(o, "nonfinite_mismatch", json_integer(m->nonfinite_mismatch));
+    json_object_set_new(o, "max_mag_test", qd_json_real(m->max_mag_test));
+    json_object_set_new(o, "max_mag_ref", qd_json_real(m->max_mag_ref));
+    json_object_set_new(o, "mag_ratio", qd_json_real(m->mag_ratio));
+    return o;
+}
+
+// ----------------------------------------------------------------------------
+// the verdict
+
+static int64_t finite_test(const qd_metrics *m) {
+    return m->n - m->nan_test - m->posinf_test - m->neginf_test;
+}
+
+unsigned qd_verdict(const qd_metrics *m, const qd_tol *tol, const qd_blowup *b, double prev_rel_l2) {
+    unsigned v = 0;
+    if (m->nan_test != m->nan_ref || m->posinf_test != m->posinf_ref || m->neginf_test != m->neginf_ref ||
+        m->nonfinite_mismatch != 0)
+        v |= QD_V_NONFINITE;
+    /* written as !(x <= limit) so that a NAN metric (nothing comparable) fails */
+    if (!(m->rel_l2 <= tol->rel_l2)) v |= QD_V_REL_L2;
+    if (!(m->max_abs <= tol->atol + tol->rtol * m->max_mag_ref)) v |= QD_V_MAX_ABS;
+    if (m->mag_ratio >= b->blowup_ratio) v |= QD_V_BLOWUP_MAG;
+    if (isfinite(prev_rel_l2) && prev_rel_l2 > b->growth_floor && isfinite(m->rel_l2) &&
+        m->rel_l2 / prev_rel_l2 >= b->growth_factor)
+        v |= QD_V_BLOWUP_GROWTH;
+    if (finite_test(m) > 0 && m->max_mag_test == 0.0 && m->max_mag_ref > 0.0) v |= QD_V_COLLAPSE;
+    return v;
+}
+
+int qd_verdict_fails(unsigned mask) { return (mask & QD_V_ALL) != 0; }
+
+const char *qd_verdict_flag_name(unsigned flag) {
+    switch (flag) {
+    case QD_V_NONFINITE: return "nonfinite";
+    case QD_V_REL_L2: return "rel_l2";
+    case QD_V_MAX_ABS: return "max_abs";
+    case QD_V_BLOWUP_MAG: return "blowup_mag";
+    case QD_V_BLOWUP_GROWTH: return "blowup_growth";
+    case QD_V_COLLAPSE: return "collapse";
+    }
+    return "?";
+}
+
+/* A short figure: "3.2e-2", "1e29", "3.1", "250", "0": two significant digits (all digits from 100 to
+ * 9999), exponent without padding. */
+static void fmt_short(char *buf, size_t n, double x) {
+    double ax = fabs(x);
+    if (!isfinite(x) || x == 0.0 || (ax >= 0.1 && ax < 100.0)) {
+        snprintf(buf, n, "%.2g", x);
+        return;
+    }
+    if (ax >= 100.0 && ax < 1e4) {
+        snprintf(buf, n, "%.0f", x);
+        return;
+    }
+    char tmp[32];
+    snprintf(tmp, sizeof tmp, "%.1e", x); /* "3.2e-02" */
+    char *e = strchr(tmp, 'e');
+    char mant[16];
+    size_t ml = (size_t)(e - tmp);
+    memcpy(mant, tmp, ml);
+    mant[ml] = '\0';
+    if (ml >= 2 && strcmp(mant + ml - 2, ".0") == 0) mant[ml - 2] = '\0'; /* "1.0" -> "1" */
+    snprintf(buf, n, "%se%d", mant, atoi(e + 1));
+}
+
+typedef struct {
+    char *buf;
+    size_t n, len; /* len: what snprintf would have written in all */
+} out_buf;
+
+static void out_add(out_buf *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void out_add(out_buf *o, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    if (o->len > 0) {
+        size_t at = o->len < o->n ? o->len : o->n;
+        int k = snprintf(o->buf + at, o->n - at, "; ");
+        o->len += (size_t)k;
+    }
+    size_t at = o->len < o->n ? o->len : o->n;
+    int k = vsnprintf(o->buf + at, o->n - at, fmt, ap);
+    va_end(ap);
+    if (k > 0) o->len += (size_t)k;
+}
+
+static void add_count(char *s, size_t n, const char *what, int64_t t, int64_t r) {
+    if (t == r) return;
+    size_t l = strlen(s);
+    snprintf(s + l, n - l, "%s%lld %s vs %lld", l ? ", " : "", (long long)t, what, (long long)r);
+}
+
+int qd_verdict_reason(unsigned mask, const qd_metrics *m, const qd_tol *tol, const qd_blowup *b,
+                      double prev_rel_l2, char *buf, size_t n) {
+    char dummy[1];
+    out_buf o = {n ? buf : dummy, n ? n : 1, 0};
+    o.buf[0] = '\0';
+    char a[32], c[32], w[96];
+    if (mask & QD_V_NONFINITE) {
+        char s[160] = "";
+        add_count(s, sizeof s, "NaN", m->nan_test, m->nan_ref);
+        add_count(s, sizeof s, "+Inf", m->posinf_test, m->posinf_ref);
+        add_count(s, sizeof s, "-Inf", m->neginf_test, m->neginf_ref);
+        if (s[0])
+            out_add(&o, "non-finite: %s", s);
+        else
+            out_add(&o, "non-finite: %lld elements differ in place", (long long)m->nonfinite_mismatch);
+    }
+    if (mask & QD_V_COLLAPSE) {
+        fmt_short(a, sizeof a, m->max_mag_ref);
+        out_add(&o, "collapsed to zero (ref max %s)", a);
+    }
+    if (mask & QD_V_BLOWUP_MAG) {
+        fmt_short(a, sizeof a, m->max_mag_test);
+        fmt_short(c, sizeof c, m->max_mag_ref);
+        out_add(&o, "blow-up: max |test| %s vs max |ref| %s", a, c);
+    }
+    if (mask & QD_V_BLOWUP_GROWTH) {
+        fmt_short(a, sizeof a, m->rel_l2 / prev_rel_l2);
+        fmt_short(c, sizeof c, prev_rel_l2);
+        out_add(&o, "blow-up: error grew %sx since the previous layer (rel_l2 was %s, factor %g)", a, c,
+                b->growth_factor);
+    }
+    if (mask & QD_V_REL_L2) {
+        fmt_short(a, sizeof a, m->rel_l2);
+        fmt_short(c, sizeof c, tol->rel_l2);
+        if (isnan(m->rel_l2))
+            out_add(&o, "rel_l2 nan: no element is finite on both sides");
+        else
+            out_add(&o, "rel_l2 %s > %s", a, c);
+    }
+    if (mask & QD_V_MAX_ABS) {
+        fmt_short(a, sizeof a, m->max_abs);
+        fmt_short(c, sizeof c, tol->atol + tol->rtol * m->max_mag_ref);
+        qd_metrics_where(m, w, sizeof w);
+        if (isnan(m->max_abs))
+            out_add(&o, "max_abs nan: no element is finite on both sides");
+        else
+            out_add(&o, "max_abs %s > %s at %s", a, c, w);
+    }
+    if (o.len == 0) out_add(&o, "ok");
+    return (int)o.len;
+}

@@ -1,0 +1,282 @@
+/* emu.c: the fused path's precision contract on the CPU (qd_emu.h, docs/PRECISION.md).
+ *
+ * Written as the reference's ops with the contract's roundings between them: read it beside
+ * reference/reference.c. Each `round_act` below is a point where a fused kernel stores (or, fused, rounds
+ * in registers) a tensor in the activation dtype. */
+#include "qd_emu.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qd_bf16.h"
+#include "qd_ref_ops.h"
+
+struct qd_emu {
+    const qd_config *cfg;
+    qd_act_dtype act;
+    int threads;
+    int max_seq;
+    qd_weights wb;    /* bf16-rounded copy of the weights (values held in fp32) */
+    float *inv_freq;  /* (HD/2) from theta in double, held in fp32 */
+    float *kcache;    /* (L, max_seq, NKV, HD) k_rope as stored */
+    float *vcache;    /* (L, max_seq, NKV, HD) v_proj as stored */
+    /* scratch for up to max_seq tokens */
+    float *x;         /* (T, C) input, rounded */
+    float *xn;        /* (T, C) attn_norm / mlp_norm */
+    float *q;         /* (T, NH*HD) q_proj -> q_norm -> q_rope */
+    float *k;         /* (T, NKV*HD) */
+    float *v;         /* (T, NKV*HD) */
+    float *att;       /* (T, NH*HD) */
+    float *o;         /* (T, C) o_proj / down_proj */
+    float *res;       /* (T, C) attn_residual */
+    float *gate;      /* (T, I) */
+    float *up;        /* (T, I) */
+};
+
+/* A store in the activation dtype: round-to-nearest-even, as __float2bfloat16_rn / __float2half_rn. */
+static void round_act(const qd_emu *m, float *x, size_t n) {
+    if (m->act == QD_ACT_BF16)
+        for (size_t i = 0; i < n; i++) x[i] = qd_round_bf16(x[i]);
+    else if (m->act == QD_ACT_FP16)
+        for (size_t i = 0; i < n; i++) x[i] = qd_round_f16(x[i]);
+}
+
+static float round1(const qd_emu *m, float x) {
+    return m->act == QD_ACT_BF16 ? qd_round_bf16(x) : m->act == QD_ACT_FP16 ? qd_round_f16(x) : x;
+}
+
+static int emit(qd_tap_sink *sink, int layer, const qd_config *c, int tap, int T, const float *data) {
+    if (!sink) return QD_OK;
+    int64_t shape[3];
+    if (layer < 0) {
+        int nd = qd_model_tap_shape(c, tap, T, shape);
+        return sink->emit(sink, -1, qd_model_tap_name(tap), data, nd, shape);
+    }
+    int nd = qd_layer_tap_shape(c, tap, T, shape);
+    return sink->emit(sink, layer, qd_layer_tap_name(tap), data, nd, shape);
+}
+
+#define EMIT(layer, tap, data)                                                                            \
+    do {                                                                                                  \
+        int rc_ = emit(sink, (layer), c, (tap), T, (data));                                               \
+        if (rc_) return rc_;                                                                              \
+    } while (0)
+
+// ----------------------------------------------------------------------------
+// create / free
+
+static void round_bf16_copy(float *dst, const float *src, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = qd_round_bf16(src[i]);
+}
+
+qd_emu *qd_emu_create(const qd_weights *w, qd_act_dtype act, int threads, int max_seq, qd_err *e) {
+    if (max_seq <= 0) {
+        qd_errf(e, QD_EINPUT, "emu: max_seq must be positive, got %d", max_seq);
+        return NULL;
+    }
+    const qd_config *c = &w->cfg;
+    qd_emu *m = qd_calloc(1, sizeof *m);
+    m->act = act;
+    m->threads = threads;
+    m->max_seq = max_seq;
+    qd_weights_alloc(&m->wb, c);
+    m->cfg = &m->wb.cfg;
+    /* Every tensor lives in one allocation in both structs with the same layout, so one pass rounds all
+     * of them; lm_head is its own tensor only when untied. */
+    if (m->wb.mem_floats != w->mem_floats) { /* both come from the same layout function */
+        qd_errf(e, QD_ERUNTIME, "emu: weight layout mismatch (%zu vs %zu floats)", m->wb.mem_floats, w->mem_floats);
+        qd_weights_free(&m->wb);
+        free(m);
+        return NULL;
+    }
+    round_bf16_copy(m->wb.mem, w->mem, w->mem_floats);
+
+    size_t C = c->hidden_size, I = c->intermediate_size, HD = c->head_dim;
+    size_t NH = c->num_attention_heads, NKV = c->num_key_value_heads, L = c->num_hidden_layers;
+    size_t S = (size_t)max_seq;
+    m->inv_freq = qd_malloc(HD / 2 * sizeof(float));
+    rope_inv_freq(m->inv_freq, (int)HD, c->rope_theta);
+    m->kcache = qd_calloc(L * S * NKV * HD, sizeof(float));
+    m->vcache = qd_calloc(L * S * NKV * HD, sizeof(float));
+    m->x = qd_malloc(S * C * sizeof(float));
+    m->xn = qd_malloc(S * C * sizeof(float));
+    m->q = qd_malloc(S * NH * HD * sizeof(float));
+    m->k = qd_malloc(S * NKV * HD * sizeof(float));
+    m->v = qd_malloc(S * NKV * HD * sizeof(float));
+    m->att = qd_malloc(S * NH * HD * sizeof(float));
+    m->o = qd_malloc(S * C * sizeof(float));
+    m->res = qd_malloc(S * C * sizeof(float));
+    m->gate = qd_malloc(S * I * sizeof(float));
+    m->up = qd_malloc(S * I * sizeof(float));
+    return m;
+}
+
+void qd_emu_free(qd_emu *m) {
+    if (!m) return;
+    qd_weights_free(&m->wb);
+    free(m->inv_freq);
+    free(m->kcache);
+    free(m->vcache);
+    free(m->x);
+    free(m->xn);
+    free(m->q);
+    free(m->k);
+    free(m->v);
+    free(m->att);
+    free(m->o);
+    free(m->res);
+    free(m->gate);
+    free(m->up);
+    free(m);
+}
+
+// ----------------------------------------------------------------------------
+// ops with the contract's roundings
+
+/* RMSNorm over rows of n, fp32 sum of squares, one rounding of x * rsqrt(mean + eps) * w. */
+static void norm_act(const qd_emu *m, float *out, const float *x, const float *w, int rows, int n) {
+    rmsnorm_forward(out, x, w, rows, n, (float)m->cfg->rms_norm_eps, QD_ACCUM_F32);
+    round_act(m, out, (size_t)rows * n);
+}
+
+/* GEMM over stored inputs and bf16 weights, fp32 accumulation, output rounded. */
+static void matmul_act(const qd_emu *m, float *out, const float *x, const float *W, int T, int in, int out_dim) {
+    matmul_forward(out, x, W, T, in, out_dim, QD_ACCUM_F32);
+    round_act(m, out, (size_t)T * out_dim);
+}
+
+/* Causal GQA attention as a FlashAttention kernel computes it: fp32 scores over the stored q and k,
+ * fp32 max and sum, probabilities rounded to the activation dtype for the P.V product (the sum uses the
+ * unrounded ones), fp32 accumulation, the output divided by the sum and rounded.
+ * q (T, NH, HD); kc, vc (max_seq, NKV, HD); out (T, NH*HD). */
+static void attention_act(const qd_emu *m, float *out, const float *q, const float *kc, const float *vc, int T,
+                          int pos0) {
+    const qd_config *c = m->cfg;
+    int NH = c->num_attention_heads, NKV = c->num_key_value_heads, HD = c->head_dim;
+    int kv_mul = NH / NKV;
+    size_t kv_stride = (size_t)NKV * HD;
+    float scale = (float)(1.0 / sqrt((double)HD));
+    int max_keys = pos0 + T;
+#pragma omp parallel num_threads(m->threads > 0 ? m->threads : omp_get_max_threads())
+    {
+        float *p = qd_malloc(((size_t)max_keys + HD) * sizeof(float)); /* (max_keys) scores, then (HD) acc */
+        float *acc = p + max_keys;
+#pragma omp for collapse(2) schedule(static)
+        for (int t = 0; t < T; t++) {
+            for (int h = 0; h < NH; h++) {
+                int n_keys = pos0 + t + 1;
+                const float *qh = q + ((size_t)t * NH + h) * HD;
+                const float *k = kc + (size_t)(h / kv_mul) * HD;
+                const float *v = vc + (size_t)(h / kv_mul) * HD;
+                float mx = -INFINITY;
+                for (int j = 0; j < n_keys; j++) {
+                    float s = 0.0f;
+                    for (int d = 0; d < HD; d++) s += qh[d] * k[(size_t)j * kv_stride + d];
+                    p[j] = s * scale;
+                    if (p[j] > mx) mx = p[j];
+                }
+                float sum = 0.0f;
+                for (int j = 0; j < n_keys; j++) {
+                    float e = expf(p[j] - mx);
+                    sum += e;
+                    p[j] = round1(m, e);
+                }
+                for (int d = 0; d < HD; d++) acc[d] = 0.0f;
+                for (int j = 0; j < n_keys; j++)
+                    for (int d = 0; d < HD; d++) acc[d] += p[j] * v[(size_t)j * kv_stride + d];
+                float *oh = out + ((size_t)t * NH + h) * HD;
+                for (int d = 0; d < HD; d++) oh[d] = round1(m, acc[d] / sum);
+            }
+        }
+        free(p);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// the model, stepped
+
+int qd_emu_embed(qd_emu *m, const int32_t *tokens, int T, float *h, qd_tap_sink *sink) {
+    const qd_config *c = m->cfg;
+    size_t C = c->hidden_size;
+    if (T > m->max_seq) return QD_EINPUT;
+    for (int t = 0; t < T; t++) memcpy(h + (size_t)t * C, m->wb.embed + (size_t)tokens[t] * C, C * sizeof(float));
+    round_act(m, h, (size_t)T * C); /* exact for bf16 weights; fp16 activations round here */
+    EMIT(-1, QD_TAP_EMBED, h);
+    return QD_OK;
+}
+
+int qd_emu_layer(qd_emu *m, int l, const float *h_in, float *h_out, int T, int pos0, qd_tap_sink *sink) {
+    const qd_config *c = m->cfg;
+    const qd_layer_weights *lw = &m->wb.layers[l];
+    int C = c->hidden_size, I = c->intermediate_size, HD = c->head_dim;
+    int NH = c->num_attention_heads, NKV = c->num_key_value_heads;
+    if (pos0 < 0 || pos0 + T > m->max_seq) return QD_EINPUT;
+    size_t S = (size_t)m->max_seq;
+
+    memcpy(m->x, h_in, (size_t)T * C * sizeof(float));
+    round_act(m, m->x, (size_t)T * C); /* the hidden state as the device stores it */
+
+    norm_act(m, m->xn, m->x, lw->input_layernorm, T, C);
+    EMIT(l, QD_TAP_ATTN_NORM, m->xn);
+    matmul_act(m, m->q, m->xn, lw->q_proj, T, C, NH * HD);
+    EMIT(l, QD_TAP_Q_PROJ, m->q);
+    matmul_act(m, m->k, m->xn, lw->k_proj, T, C, NKV * HD);
+    EMIT(l, QD_TAP_K_PROJ, m->k);
+    matmul_act(m, m->v, m->xn, lw->v_proj, T, C, NKV * HD);
+    EMIT(l, QD_TAP_V_PROJ, m->v);
+
+    norm_act(m, m->q, m->q, lw->q_norm, T * NH, HD); /* per head, over head_dim */
+    EMIT(l, QD_TAP_Q_NORM, m->q);
+    norm_act(m, m->k, m->k, lw->k_norm, T * NKV, HD);
+    EMIT(l, QD_TAP_K_NORM, m->k);
+    rope_forward(m->q, T, NH, HD, pos0, m->inv_freq);
+    round_act(m, m->q, (size_t)T * NH * HD);
+    EMIT(l, QD_TAP_Q_ROPE, m->q);
+    rope_forward(m->k, T, NKV, HD, pos0, m->inv_freq);
+    round_act(m, m->k, (size_t)T * NKV * HD);
+    EMIT(l, QD_TAP_K_ROPE, m->k);
+
+    float *kc = m->kcache + (size_t)l * S * NKV * HD; /* (max_seq, NKV, HD) */
+    float *vc = m->vcache + (size_t)l * S * NKV * HD;
+    memcpy(kc + (size_t)pos0 * NKV * HD, m->k, (size_t)T * NKV * HD * sizeof(float));
+    memcpy(vc + (size_t)pos0 * NKV * HD, m->v, (size_t)T * NKV * HD * sizeof(float));
+
+    attention_act(m, m->att, m->q, kc, vc, T, pos0);
+    EMIT(l, QD_TAP_ATTN, m->att);
+    matmul_act(m, m->o, m->att, lw->o_proj, T, NH * HD, C);
+    EMIT(l, QD_TAP_O_PROJ, m->o);
+    residual_forward(m->res, m->x, m->o, (long)T * C);
+    round_act(m, m->res, (size_t)T * C);
+    EMIT(l, QD_TAP_ATTN_RESIDUAL, m->res);
+
+    norm_act(m, m->xn, m->res, lw->post_attention_layernorm, T, C);
+    EMIT(l, QD_TAP_MLP_NORM, m->xn);
+    matmul_act(m, m->gate, m->xn, lw->gate_proj, T, C, I);
+    EMIT(l, QD_TAP_GATE_PROJ, m->gate);
+    matmul_act(m, m->up, m->xn, lw->up_proj, T, C, I);
+    EMIT(l, QD_TAP_UP_PROJ, m->up);
+    swiglu_forward(m->gate, m->gate, m->up, (long)T * I);
+    round_act(m, m->gate, (size_t)T * I);
+    EMIT(l, QD_TAP_ACT, m->gate);
+    matmul_act(m, m->o, m->gate, lw->down_proj, T, I, C);
+    EMIT(l, QD_TAP_DOWN_PROJ, m->o);
+    residual_forward(h_out, m->res, m->o, (long)T * C);
+    round_act(m, h_out, (size_t)T * C);
+    EMIT(l, QD_TAP_OUT, h_out);
+    return QD_OK;
+}
+
+int qd_emu_head(qd_emu *m, const float *h, int T, float *logits, qd_tap_sink *sink) {
+    const qd_config *c = m->cfg;
+    int C = c->hidden_size;
+    memcpy(m->x, h, (size_t)T * C * sizeof(float));
+    round_act(m, m->x, (size_t)T * C);
+    norm_act(m, m->xn, m->x, m->wb.norm, T, C);
+    EMIT(-1, QD_TAP_FINAL_NORM, m->xn);
+    /* logits stay fp32: fp32 accumulation over the stored final_norm, not rounded */
+    matmul_forward(logits, m->xn, m->wb.lm_head, T, C, c->vocab_size, QD_ACCUM_F32);
+    EMIT(-1, QD_TAP_LOGITS, logits);
+    return QD_OK;
+}
