@@ -1,0 +1,235 @@
+/* weights.c: binds every Qwen3 tensor of a checkpoint to the model, checked against the config, and
+ * upcasts it to fp32 (see qd_weights.h).
+ *
+ * Layout follows llm.c's fill_in_parameter_sizes / malloc_and_point_parameters: a parameter list
+ * (name, shape, where its pointer goes) is built from the config, every tensor is checked against
+ * it before anything is allocated (so a config with absurd sizes fails on the shape check, not in
+ * malloc), then one allocation holds all of them and the pointers are set into it. */
+#include "qd_weights.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    char name[96];    /* HF name, e.g. "model.layers.3.mlp.up_proj.weight" */
+    int ndim;         /* 1 or 2 */
+    int64_t shape[2]; /* HF (out, in) layout */
+    float **slot;     /* where the pointer into the allocation goes */
+} param;
+
+/* Per-layer tensors in the order they sit in memory (that of qd_layer_weights). */
+enum { LAYER_PARAMS = 11 };
+
+static void set_param(param *p, float **slot, int ndim, int64_t d0, int64_t d1, const char *fmt,
+                      int layer) {
+    snprintf(p->name, sizeof p->name, fmt, layer);
+    p->ndim = ndim;
+    p->shape[0] = d0;
+    p->shape[1] = d1;
+    p->slot = slot;
+}
+
+/* The parameter list for w->cfg's first L layers (w->layers holds L). Returns the count. */
+static int build_params(qd_weights *w, int L, param **out) {
+    const qd_config *c = &w->cfg;
+    const int64_t V = c->vocab_size, C = c->hidden_size, I = c->intermediate_size;
+    const int64_t HD = c->head_dim, QD = (int64_t)c->num_attention_heads * c->head_dim,
+                  KVD = (int64_t)c->num_key_value_heads * c->head_dim;
+    int n = 0, cap = 2 + LAYER_PARAMS * L + (c->tie_word_embeddings ? 0 : 1);
+    param *p = qd_calloc((size_t)cap, sizeof *p);
+    set_param(&p[n++], &w->embed, 2, V, C, "model.embed_tokens.weight", 0);
+    for (int l = 0; l < L; l++) {
+        qd_layer_weights *lw = &w->layers[l];
+        set_param(&p[n++], &lw->input_layernorm, 1, C, 0, "model.layers.%d.input_layernorm.weight",
+                  l);
+        set_param(&p[n++], &lw->q_proj, 2, QD, C, "model.layers.%d.self_attn.q_proj.weight", l);
+        set_param(&p[n++], &lw->k_proj, 2, KVD, C, "model.layers.%d.self_attn.k_proj.weight", l);
+        set_param(&p[n++], &lw->v_proj, 2, KVD, C, "model.layers.%d.self_attn.v_proj.weight", l);
+        set_param(&p[n++], &lw->q_norm, 1, HD, 0, "model.layers.%d.self_attn.q_norm.weight", l);
+        set_param(&p[n++], &lw->k_norm, 1, HD, 0, "model.layers.%d.self_attn.k_norm.weight", l);
+        set_param(&p[n++], &lw->o_proj, 2, C, QD, "model.layers.%d.self_attn.o_proj.weight", l);
+        set_param(&p[n++], &lw->post_attention_layernorm, 1, C, 0,
+                  "model.layers.%d.post_attention_layernorm.weight", l);
+        set_param(&p[n++], &lw->gate_proj, 2, I, C, "model.layers.%d.mlp.gate_proj.weight", l);
+        set_param(&p[n++], &lw->up_proj, 2, I, C, "model.layers.%d.mlp.up_proj.weight", l);
+        set_param(&p[n++], &lw->down_proj, 2, C, I, "model.layers.%d.mlp.down_proj.weight", l);
+    }
+    set_param(&p[n++], &w->norm, 1, C, 0, "model.norm.weight", 0);
+    if (!c->tie_word_embeddings) set_param(&p[n++], &w->lm_head, 2, V, C, "lm_head.weight", 0);
+    *out = p;
+    return n;
+}
+
+static size_t param_numel(const param *p) {
+    return (size_t)p->shape[0] * (p->ndim == 2 ? (size_t)p->shape[1] : 1);
+}
+
+/* Total floats of all parameters; -1 on size_t overflow. */
+static int params_total(const param *p, int n, size_t *total) {
+    size_t t = 0;
+    for (int i = 0; i < n; i++) {
+        size_t k;
+        if (qd_mul_size((size_t)p[i].shape[0], p[i].ndim == 2 ? (size_t)p[i].shape[1] : 1, &k) ||
+            t + k < t)
+            return -1;
+        t += k;
+    }
+    *total = t;
+    return 0;
+}
+
+static void point_params(const param *p, int n, float *mem) {
+    for (int i = 0; i < n; i++) {
+        *p[i].slot = mem;
+        mem += param_numel(&p[i]);
+    }
+}
+
+static void fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape) {
+    size_t k = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < ndim && k < n; i++)
+        k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)shape[i]);
+    if (k < n) snprintf(buf + k, n - k, "]");
+}
+
+static int shape_matches(const param *p, const qd_tensor *t) {
+    if (t->ndim != p->ndim) return 0;
+    for (int i = 0; i < p->ndim; i++)
+        if (t->shape[i] != p->shape[i]) return 0;
+    return 1;
+}
+
+static char *str_dup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *p = qd_malloc(n);
+    memcpy(p, s, n);
+    return p;
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+// ----------------------------------------------------------------------------
+
+void qd_weights_alloc(qd_weights *w, const qd_config *c) {
+    memset(w, 0, sizeof *w);
+    w->cfg = *c;
+    w->src_dtype = QD_DT_F32;
+    w->layers = qd_calloc((size_t)c->num_hidden_layers, sizeof *w->layers);
+    param *p;
+    int n = build_params(w, c->num_hidden_layers, &p);
+    size_t total;
+    /* An overflowing size cannot be allocated either: let qd_calloc report it and exit. */
+    if (params_total(p, n, &total)) total = SIZE_MAX;
+    w->mem = qd_calloc(total, sizeof(float));
+    w->mem_floats = total;
+    point_params(p, n, w->mem);
+    if (c->tie_word_embeddings) w->lm_head = w->embed;
+    free(p);
+}
+
+int qd_weights_load(const char *dir, qd_weights *w, qd_err *e) {
+    memset(w, 0, sizeof *w);
+    qd_st st;
+    memset(&st, 0, sizeof st);
+    param *p = NULL;
+    unsigned char *used = NULL;
+    char *where = NULL;
+    const qd_tensor **src = NULL; /* (n) the tensor each parameter comes from */
+    int rc;
+    if ((rc = qd_config_load(dir, &w->cfg, &w->config_json, e))) goto fail;
+    w->dir = str_dup(dir);
+    if ((rc = qd_st_open_dir(&st, dir, e))) goto fail;
+    /* What a message about a missing tensor names: the file, or a sharded checkpoint's index. */
+    where =
+        st.nfiles == 1 ? str_dup(st.files[0]) : qd_path_join(dir, "model.safetensors.index.json");
+
+    /* Each layer has LAYER_PARAMS tensors. A config claiming more layers than the checkpoint has
+     * tensors for is checked only as far as its first missing tensor (which lies within the first
+     * st.n / LAYER_PARAMS + 1 layers), so a bad num_hidden_layers never sizes an allocation. */
+    const int L = w->cfg.num_hidden_layers;
+    int Lcheck = L;
+    if ((int64_t)LAYER_PARAMS * L + 2 > st.n && st.n / LAYER_PARAMS + 1 < L)
+        Lcheck = st.n / LAYER_PARAMS + 1;
+    w->layers = qd_calloc((size_t)Lcheck, sizeof *w->layers);
+    int n = build_params(w, Lcheck, &p);
+    used = qd_calloc((size_t)st.n + 1, 1);
+    src = qd_calloc((size_t)n, sizeof *src);
+    char want[96], got[96];
+    for (int i = 0; i < n; i++) {
+        const qd_tensor *t = qd_st_find(&st, p[i].name);
+        fmt_shape(want, sizeof want, p[i].ndim, p[i].shape);
+        if (!t) {
+            rc = qd_errf(e, QD_EINPUT, "%s: tensor '%s' missing (Expected: %s)", where, p[i].name,
+                         want);
+            goto fail;
+        }
+        if (!shape_matches(&p[i], t)) {
+            fmt_shape(got, sizeof got, t->ndim, t->shape);
+            rc = qd_errf(e, QD_EINPUT, "%s: tensor '%s': wrong shape. Expected: %s Actual: %s",
+                         t->file, p[i].name, want, got);
+            goto fail;
+        }
+        used[t - st.tensors] = 1;
+        src[i] = t;
+    }
+    if (Lcheck < L) { /* unreachable: more names were expected than there are tensors */
+        rc = qd_errf(e, QD_EINPUT, "%s: %d layers in the config but only %d tensors", where, L,
+                     st.n);
+        goto fail;
+    }
+    for (int i = 0; i < st.n; i++) {
+        const qd_tensor *t = &st.tensors[i];
+        if (used[i]) continue;
+        /* A tied checkpoint may still carry lm_head.weight; transformers ignores it, so do we. */
+        if (w->cfg.tie_word_embeddings && strcmp(t->name, "lm_head.weight") == 0) continue;
+        rc = qd_errf(e, QD_EINPUT, "%s: unexpected tensor '%s' (%s)", t->file, t->name,
+                     ends_with(t->name, ".bias") ? "Qwen3 has no biases"
+                                                 : "not part of a Qwen3 model with this config");
+        goto fail;
+    }
+
+    size_t total;
+    /* Cannot overflow once every shape matched a tensor in a mapped file; checked all the same. */
+    if (params_total(p, n, &total) || total > SIZE_MAX / sizeof(float)) {
+        rc = qd_errf(e, QD_EINPUT, "%s: model size overflows", dir);
+        goto fail;
+    }
+    w->mem = malloc(total ? total * sizeof(float) : 1); /* every float is written below */
+    if (!w->mem) {
+        rc = qd_errf(e, QD_ERUNTIME, "%s: malloc(%zu) for the fp32 weights failed", dir,
+                     total * sizeof(float));
+        goto fail;
+    }
+    w->mem_floats = total;
+    point_params(p, n, w->mem);
+    for (int i = 0; i < n; i++) qd_tensor_to_f32(src[i], *p[i].slot);
+    w->src_dtype = src[0]->dtype; /* the embedding's */
+    if (w->cfg.tie_word_embeddings) w->lm_head = w->embed;
+    free(src);
+    free(p);
+    free(used);
+    free(where);
+    qd_st_close(&st);
+    return QD_OK;
+
+fail:
+    free(src);
+    free(p);
+    free(used);
+    free(where);
+    qd_st_close(&st);
+    qd_weights_free(w);
+    return rc;
+}
+
+void qd_weights_free(qd_weights *w) {
+    free(w->mem);
+    free(w->layers);
+    free(w->config_json);
+    free(w->dir);
+    memset(w, 0, sizeof *w);
+}

@@ -1,0 +1,582 @@
+/* tolerances.c: tolerance defaults, lookup, the tolerance file and calibration (qd_tolerances.h). */
+#include "qd_tolerances.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+// ----------------------------------------------------------------------------
+// the precision-pair table: every default number lives here, with its reason
+
+typedef enum { CLS_FP32 = 0, CLS_FP16, CLS_BF16 } prec_class; /* ordered: larger = less precise */
+
+static const struct {
+    const char *name;
+    qd_tol def;   /* the default tolerance of a pair whose less precise side is this class */
+    qd_tol floor; /* the calibration floor and (its rel_l2) the growth floor */
+} pair_table[] = {
+    [CLS_FP32] = {"fp32",
+        /* Two float32 implementations of the same maths differ only by summation order and libm:
+         * rel_l2, atol, rtol 1e-5 (the bound tests/test_golden.c holds the reference to against
+         * transformers in float32).
+         * MEASURED (reference vs transformers, fixtures, worst over taps): rel_l2 = TODO, max_abs/max|ref|
+         * = TODO -- to be filled in from test_golden's output. */
+        {1e-5, 1e-5, 1e-5},
+        /* 1e-6: a reordered fp32 dot product of length ~3000 differs by ~sqrt(3000) * 2^-24 ~ 3e-6 at worst
+         * and ~1e-7 typically; a tap measured at exactly zero keeps room for that */
+        {1e-6, 1e-6, 1e-6}},
+    [CLS_FP16] = {"fp16",
+        /* fp16 keeps 3 more mantissa bits than bf16 (one rounding: 2^-11 = 0.05% vs 2^-8 = 0.39% at most),
+         * so rel_l2 1e-2 and rtol 1e-2 (bf16's / 4, not / 8: its 65504 range limit pushes large
+         * activations to the edge); atol 2.5e-3, bf16's / 4 likewise */
+        {1e-2, 2.5e-3, 1e-2},
+        /* 5e-4 ~ 2^-11: one fp16 rounding */
+        {5e-4, 5e-4, 5e-4}},
+    [CLS_BF16] = {"bf16",
+        /* One bf16 rounding is 2^-8 = 0.39% relative at most, ~2^-9 = 0.2% rms. Published bf16-vs-fp32
+         * per-layer relative L2 for a correct Qwen2.5-0.5B: median 1.6%, max 2.7%, logits 2.85%.
+         * rel_l2 4e-2 sits above that max; rtol 4e-2 of the tap's largest magnitude for the worst element,
+         * atol 1e-2 for taps of order-one scale. To be re-measured on the project's fixtures. */
+        {4e-2, 1e-2, 4e-2},
+        /* 4e-3 ~ 2^-8: one bf16 rounding */
+        {4e-3, 4e-3, 4e-3}},
+};
+
+/* A correct low-precision path moves a tap's largest magnitude by percents; 1000x is an explosion
+ * (the seed: |k| ~100 became ~1e29), not rounding. */
+#define DEFAULT_BLOWUP_RATIO 1e3
+/* Per-layer error in a correct model grows far less than 2x per layer (bf16 Qwen2.5-0.5B: 1.6% median,
+ * 2.7% max over 24 layers); 10x in one layer is the onset of a divergence. */
+#define DEFAULT_GROWTH_FACTOR 10.0
+
+static int prec_class_of(const char *p, prec_class *cls) {
+    if (!p) return -1;
+    if (strcmp(p, "fp64") == 0 || strcmp(p, "fp32") == 0) *cls = CLS_FP32;
+    else if (strcmp(p, "fp16") == 0) *cls = CLS_FP16;
+    else if (strcmp(p, "bf16") == 0) *cls = CLS_BF16;
+    else return -1;
+    return 0;
+}
+
+static int pair_class(const char *prec_test, const char *prec_ref, prec_class *cls, qd_err *e) {
+    prec_class a = CLS_FP32, b = CLS_FP32;
+    if (prec_class_of(prec_test, &a) != 0)
+        return qd_errf(e, QD_EINPUT, "precision '%s' (test side): expected fp64, fp32, bf16 or fp16",
+                       prec_test ? prec_test : "(null)");
+    if (prec_class_of(prec_ref, &b) != 0)
+        return qd_errf(e, QD_EINPUT, "precision '%s' (reference side): expected fp64, fp32, bf16 or fp16",
+                       prec_ref ? prec_ref : "(null)");
+    *cls = a > b ? a : b;
+    return QD_OK;
+}
+
+int qd_tolerances_floor(const char *prec_test, const char *prec_ref, qd_tol *floor, qd_err *e) {
+    prec_class cls = CLS_FP32;
+    int rc = pair_class(prec_test, prec_ref, &cls, e);
+    if (rc != QD_OK) return rc;
+    *floor = pair_table[cls].floor;
+    return QD_OK;
+}
+
+int qd_tolerances_default(qd_tolerances *t, const char *prec_test, const char *prec_ref, qd_err *e) {
+    memset(t, 0, sizeof *t);
+    prec_class cls = CLS_FP32;
+    int rc = pair_class(prec_test, prec_ref, &cls, e);
+    if (rc != QD_OK) return rc;
+    snprintf(t->prec_test, sizeof t->prec_test, "%s", prec_test);
+    snprintf(t->prec_ref, sizeof t->prec_ref, "%s", prec_ref);
+    t->def = pair_table[cls].def;
+    t->blowup.blowup_ratio = DEFAULT_BLOWUP_RATIO;
+    t->blowup.growth_factor = DEFAULT_GROWTH_FACTOR;
+    /* growth out of an error below one rounding of the pair is noise, not divergence */
+    t->blowup.growth_floor = pair_table[cls].floor.rel_l2;
+    return QD_OK;
+}
+
+void qd_tolerances_free(qd_tolerances *t) {
+    free(t->layers);
+    if (t->measured) json_decref(t->measured);
+    memset(t, 0, sizeof *t);
+}
+
+// ----------------------------------------------------------------------------
+// levels and lookup
+
+/* Tap id (see QD_NUM_TAP_IDS) of a name, or -1. */
+static int tap_id(const char *name) {
+    if (!name) return -1;
+    int i = qd_layer_tap_index(name);
+    if (i >= 0) return i;
+    i = qd_model_tap_index(name);
+    return i >= 0 ? QD_NUM_LAYER_TAPS + i : -1;
+}
+
+static const char *tap_id_name(int id) {
+    return id < QD_NUM_LAYER_TAPS ? qd_layer_tap_name(id) : qd_model_tap_name(id - QD_NUM_LAYER_TAPS);
+}
+
+static qd_tol_entry *layer_row(const qd_tolerances *t, int layer) {
+    return t->layers + (size_t)layer * (1 + QD_NUM_LAYER_TAPS);
+}
+
+static int ensure_layers(qd_tolerances *t, int n) {
+    if (n <= t->n_layers) return QD_OK;
+    size_t row = (size_t)(1 + QD_NUM_LAYER_TAPS) * sizeof(qd_tol_entry);
+    qd_tol_entry *p = realloc(t->layers, (size_t)n * row);
+    if (!p) return QD_ERUNTIME;
+    memset((char *)p + (size_t)t->n_layers * row, 0, (size_t)(n - t->n_layers) * row);
+    t->layers = p;
+    t->n_layers = n;
+    return QD_OK;
+}
+
+static void entry_apply(qd_tol_entry *dst, const qd_tol *tol, unsigned set) {
+    if (set & QD_TOL_SET_REL_L2) dst->tol.rel_l2 = tol->rel_l2;
+    if (set & QD_TOL_SET_ATOL) dst->tol.atol = tol->atol;
+    if (set & QD_TOL_SET_RTOL) dst->tol.rtol = tol->rtol;
+    dst->set |= set & QD_TOL_SET_ALL;
+}
+
+static int valid_value(double x) { return isfinite(x) && x >= 0.0; }
+
+int qd_tolerances_set(qd_tolerances *t, int layer, const char *tap, const qd_tol *tol, unsigned set,
+                      qd_err *e) {
+    if (((set & QD_TOL_SET_REL_L2) && !valid_value(tol->rel_l2)) ||
+        ((set & QD_TOL_SET_ATOL) && !valid_value(tol->atol)) ||
+        ((set & QD_TOL_SET_RTOL) && !valid_value(tol->rtol)))
+        return qd_errf(e, QD_EINPUT, "tolerance for layer %d tap %s: values must be finite and >= 0",
+                       layer, tap ? tap : "(all)");
+    if (layer >= QD_TOL_MAX_LAYERS)
+        return qd_errf(e, QD_EINPUT, "tolerance for layer %d: layers go up to %d", layer,
+                       QD_TOL_MAX_LAYERS - 1);
+    int id = -1;
+    if (tap) {
+        id = tap_id(tap);
+        if (id < 0) return qd_errf(e, QD_EINPUT, "tolerance for tap '%s': no such tap", tap);
+        if (layer >= 0 && id >= QD_NUM_LAYER_TAPS)
+            return qd_errf(e, QD_EINPUT, "tolerance for layer %d tap '%s': a model-level tap has no layer",
+                           layer, tap);
+    }
+    if (layer < 0 && id < 0) {
+        qd_tol_entry d = {t->def, QD_TOL_SET_ALL};
+        entry_apply(&d, tol, set);
+        t->def = d.tol;
+    } else if (layer < 0) {
+        entry_apply(&t->taps[id], tol, set);
+    } else {
+        if (ensure_layers(t, layer + 1) != QD_OK)
+            return qd_errf(e, QD_ERUNTIME, "tolerances: out of memory for %d layers", layer + 1);
+        entry_apply(&layer_row(t, layer)[id < 0 ? 0 : 1 + id], tol, set);
+    }
+    return QD_OK;
+}
+
+/* Fills the fields of *out not yet in *have from entry. */
+static void inherit(qd_tol *out, unsigned *have, const qd_tol_entry *en) {
+    unsigned take = en->set & ~*have;
+    if (take & QD_TOL_SET_REL_L2) out->rel_l2 = en->tol.rel_l2;
+    if (take & QD_TOL_SET_ATOL) out->atol = en->tol.atol;
+    if (take & QD_TOL_SET_RTOL) out->rtol = en->tol.rtol;
+    *have |= take;
+}
+
+qd_tol qd_tolerances_lookup(const qd_tolerances *t, int layer, const char *tap) {
+    qd_tol out = {0, 0, 0};
+    unsigned have = 0;
+    int id = tap_id(tap);
+    const qd_tol_entry *row = layer >= 0 && layer < t->n_layers ? layer_row(t, layer) : NULL;
+    if (row && id >= 0 && id < QD_NUM_LAYER_TAPS) inherit(&out, &have, &row[1 + id]);
+    if (id >= 0) inherit(&out, &have, &t->taps[id]);
+    if (row) inherit(&out, &have, &row[0]);
+    qd_tol_entry d = {t->def, QD_TOL_SET_ALL};
+    inherit(&out, &have, &d);
+    return out;
+}
+
+unsigned qd_tolerances_verdict(const qd_tolerances *t, int layer, const char *tap, const qd_metrics *m,
+                               double prev_rel_l2) {
+    qd_tol tol = qd_tolerances_lookup(t, layer, tap);
+    return qd_verdict(m, &tol, &t->blowup, prev_rel_l2);
+}
+
+// ----------------------------------------------------------------------------
+// loading: every check names the file and the field
+
+static const char *json_type_name(const json_t *v) {
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    case JSON_REAL: return "a real number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    case JSON_NULL: return "null";
+    }
+    return "?";
+}
+
+/* Every key of obj must be in keys (NULL-terminated); `where` is the object's field path ("" = root). */
+static int check_keys(const json_t *obj, const char *const *keys, const char *where, const char *expected,
+                      const char *path, qd_err *e) {
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)obj, k, v) {
+        int ok = 0;
+        for (const char *const *p = keys; *p && !ok; p++) ok = strcmp(k, *p) == 0;
+        if (!ok)
+            return qd_errf(e, QD_EINPUT, "%s: unknown key '%s%s%s' (expected %s)", path, where,
+                           where[0] ? "." : "", k, expected);
+    }
+    return QD_OK;
+}
+
+/* A number with lo < x (strict) or lo <= x, finite. */
+static int get_number(const json_t *v, const char *field, double lo, int strict, const char *path,
+                      double *out, qd_err *e) {
+    if (!json_is_number(v))
+        return qd_errf(e, QD_EINPUT, "%s: field '%s': expected a number, got %s", path, field,
+                       json_type_name(v));
+    double x = json_number_value(v);
+    if (!isfinite(x) || (strict ? !(x > lo) : !(x >= lo)))
+        return qd_errf(e, QD_EINPUT, "%s: field '%s': %g must be a finite number %s %g", path, field, x,
+                       strict ? ">" : ">=", lo);
+    *out = x;
+    return QD_OK;
+}
+
+/* A (possibly partial) tolerance object at field path `where`. */
+static int parse_tol(const json_t *v, const char *where, const char *path, qd_tol_entry *out, qd_err *e) {
+    static const char *const keys[] = {"rel_l2", "atol", "rtol", NULL};
+    if (!json_is_object(v))
+        return qd_errf(e, QD_EINPUT, "%s: field '%s': expected an object, got %s", path, where,
+                       json_type_name(v));
+    int rc = check_keys(v, keys, where, "rel_l2, atol or rtol", path, e);
+    if (rc != QD_OK) return rc;
+    const unsigned bits[] = {QD_TOL_SET_REL_L2, QD_TOL_SET_ATOL, QD_TOL_SET_RTOL};
+    double *dst[] = {&out->tol.rel_l2, &out->tol.atol, &out->tol.rtol};
+    for (int i = 0; i < 3; i++) {
+        const json_t *x = json_object_get(v, keys[i]);
+        if (!x) continue;
+        char field[256];
+        snprintf(field, sizeof field, "%s.%s", where, keys[i]);
+        rc = get_number(x, field, 0.0, 0, path, dst[i], e);
+        if (rc != QD_OK) return rc;
+        out->set |= bits[i];
+    }
+    return QD_OK;
+}
+
+/* "3" -> 3; "3/k_norm" -> 3 and tap id. A plain decimal with no sign, no leading zero, no spaces. */
+static int parse_layer_key(const char *key, const char *path, int *layer, int *id, qd_err *e) {
+    const char *slash = strchr(key, '/');
+    size_t nd = slash ? (size_t)(slash - key) : strlen(key);
+    int ok = nd > 0 && nd <= 4 && !(nd > 1 && key[0] == '0');
+    long l = 0;
+    for (size_t i = 0; ok && i < nd; i++) {
+        ok = key[i] >= '0' && key[i] <= '9';
+        l = l * 10 + (key[i] - '0');
+    }
+    if (!ok || l >= QD_TOL_MAX_LAYERS)
+        return qd_errf(e, QD_EINPUT,
+                       "%s: field 'layers.%s': expected \"<layer>\" or \"<layer>/<tap>\" with a layer index "
+                       "0..%d",
+                       path, key, QD_TOL_MAX_LAYERS - 1);
+    *layer = (int)l;
+    *id = -1;
+    if (slash) {
+        int i = qd_layer_tap_index(slash + 1);
+        if (i < 0) {
+            if (qd_model_tap_index(slash + 1) >= 0)
+                return qd_errf(e, QD_EINPUT,
+                               "%s: field 'layers.%s': '%s' is a model-level tap and has no layer (put it "
+                               "under 'taps')",
+                               path, key, slash + 1);
+            return qd_errf(e, QD_EINPUT, "%s: field 'layers.%s': unknown tap '%s'", path, key, slash + 1);
+        }
+        *id = i;
+    }
+    return QD_OK;
+}
+
+static int load_root(const json_t *root, const char *path, qd_tolerances *t, qd_err *e) {
+    static const char *const keys[] = {"schema", "precision_pair", "margin", "default", "taps", "layers",
+                                       "blowup_ratio", "growth_factor", "growth_floor", "measured", NULL};
+    if (!json_is_object(root))
+        return qd_errf(e, QD_EINPUT, "%s: expected a JSON object, got %s", path, json_type_name(root));
+    int rc = check_keys(root, keys, "",
+                        "schema, precision_pair, margin, default, taps, layers, blowup_ratio, growth_factor, "
+                        "growth_floor or measured",
+                        path, e);
+    if (rc != QD_OK) return rc;
+
+    const json_t *v = json_object_get(root, "schema");
+    if (!v) return qd_errf(e, QD_EINPUT, "%s: field 'schema' missing (expected \"%s\")", path, QD_TOL_SCHEMA);
+    if (!json_is_string(v) || strcmp(json_string_value(v), QD_TOL_SCHEMA) != 0)
+        return qd_errf(e, QD_EINPUT, "%s: field 'schema': expected \"%s\", got %s%s%s", path, QD_TOL_SCHEMA,
+                       json_is_string(v) ? "\"" : "", json_is_string(v) ? json_string_value(v) : json_type_name(v),
+                       json_is_string(v) ? "\"" : "");
+
+    v = json_object_get(root, "precision_pair");
+    if (!v) return qd_errf(e, QD_EINPUT, "%s: field 'precision_pair' missing (e.g. [\"bf16\", \"fp32\"])", path);
+    if (!json_is_array(v) || json_array_size(v) != 2 || !json_is_string(json_array_get(v, 0)) ||
+        !json_is_string(json_array_get(v, 1)))
+        return qd_errf(e, QD_EINPUT, "%s: field 'precision_pair': expected [test, reference], two strings",
+                       path);
+    const char *pt = json_string_value(json_array_get(v, 0)), *pr = json_string_value(json_array_get(v, 1));
+    prec_class cls = CLS_FP32;
+    if (prec_class_of(pt, &cls) != 0 || prec_class_of(pr, &cls) != 0)
+        return qd_errf(e, QD_EINPUT, "%s: field 'precision_pair': '%s': expected fp64, fp32, bf16 or fp16",
+                       path, prec_class_of(pt, &cls) != 0 ? pt : pr);
+    rc = qd_tolerances_default(t, pt, pr, e);
+    if (rc != QD_OK) return rc;
+
+    if ((v = json_object_get(root, "margin")) &&
+        (rc = get_number(v, "margin", 1.0, 0, path, &t->margin, e)) != QD_OK)
+        return rc;
+    if ((v = json_object_get(root, "default"))) {
+        qd_tol_entry d = {t->def, 0};
+        if ((rc = parse_tol(v, "default", path, &d, e)) != QD_OK) return rc;
+        t->def = d.tol;
+    }
+    if ((v = json_object_get(root, "taps"))) {
+        if (!json_is_object(v))
+            return qd_errf(e, QD_EINPUT, "%s: field 'taps': expected an object, got %s", path,
+                           json_type_name(v));
+        const char *k;
+        json_t *x;
+        json_object_foreach((json_t *)v, k, x) {
+            char field[256];
+            snprintf(field, sizeof field, "taps.%s", k);
+            int id = tap_id(k);
+            if (id < 0) return qd_errf(e, QD_EINPUT, "%s: field '%s': unknown tap '%s'", path, field, k);
+            if ((rc = parse_tol(x, field, path, &t->taps[id], e)) != QD_OK) return rc;
+        }
+    }
+    if ((v = json_object_get(root, "layers"))) {
+        if (!json_is_object(v))
+            return qd_errf(e, QD_EINPUT, "%s: field 'layers': expected an object, got %s", path,
+                           json_type_name(v));
+        const char *k;
+        json_t *x;
+        json_object_foreach((json_t *)v, k, x) {
+            char field[256];
+            snprintf(field, sizeof field, "layers.%s", k);
+            int layer = 0, id = -1;
+            if ((rc = parse_layer_key(k, path, &layer, &id, e)) != QD_OK) return rc;
+            if (ensure_layers(t, layer + 1) != QD_OK)
+                return qd_errf(e, QD_ERUNTIME, "%s: out of memory for %d layers", path, layer + 1);
+            if ((rc = parse_tol(x, field, path, &layer_row(t, layer)[id < 0 ? 0 : 1 + id], e)) != QD_OK)
+                return rc;
+        }
+    }
+    if ((v = json_object_get(root, "blowup_ratio")) &&
+        (rc = get_number(v, "blowup_ratio", 1.0, 1, path, &t->blowup.blowup_ratio, e)) != QD_OK)
+        return rc;
+    if ((v = json_object_get(root, "growth_factor")) &&
+        (rc = get_number(v, "growth_factor", 1.0, 1, path, &t->blowup.growth_factor, e)) != QD_OK)
+        return rc;
+    if ((v = json_object_get(root, "growth_floor")) &&
+        (rc = get_number(v, "growth_floor", 0.0, 0, path, &t->blowup.growth_floor, e)) != QD_OK)
+        return rc;
+    if ((v = json_object_get(root, "measured"))) {
+        if (!json_is_object(v))
+            return qd_errf(e, QD_EINPUT, "%s: field 'measured': expected an object, got %s", path,
+                           json_type_name(v));
+        t->measured = json_incref((json_t *)v);
+    }
+    return QD_OK;
+}
+
+int qd_tolerances_load(const char *path, qd_tolerances *t, qd_err *e) {
+    memset(t, 0, sizeof *t);
+    char *text = NULL;
+    int rc = qd_read_file(path, &text, NULL, e);
+    if (rc != QD_OK) return rc;
+    json_error_t je;
+    /* duplicate keys are refused: with two "rel_l2" the last one would silently win */
+    json_t *root = json_loads(text, JSON_REJECT_DUPLICATES, &je);
+    free(text);
+    if (!root)
+        return qd_errf(e, QD_EINPUT, "%s: invalid JSON at line %d, column %d: %s", path, je.line, je.column,
+                       je.text);
+    rc = load_root(root, path, t, e);
+    json_decref(root);
+    if (rc != QD_OK) qd_tolerances_free(t);
+    return rc;
+}
+
+// ----------------------------------------------------------------------------
+// writing
+
+static json_t *tol_json(const qd_tol_entry *en) {
+    json_t *o = json_object();
+    if (en->set & QD_TOL_SET_REL_L2) json_object_set_new(o, "rel_l2", json_real(en->tol.rel_l2));
+    if (en->set & QD_TOL_SET_ATOL) json_object_set_new(o, "atol", json_real(en->tol.atol));
+    if (en->set & QD_TOL_SET_RTOL) json_object_set_new(o, "rtol", json_real(en->tol.rtol));
+    return o;
+}
+
+static json_t *tolerances_json(const qd_tolerances *t) {
+    json_t *root = json_object();
+    json_object_set_new(root, "schema", json_string(QD_TOL_SCHEMA));
+    json_object_set_new(root, "precision_pair", json_pack("[ss]", t->prec_test, t->prec_ref));
+    if (t->margin > 0) json_object_set_new(root, "margin", json_real(t->margin));
+    qd_tol_entry d = {t->def, QD_TOL_SET_ALL};
+    json_object_set_new(root, "default", tol_json(&d));
+    json_t *taps = json_object();
+    for (int id = 0; id < QD_NUM_TAP_IDS; id++)
+        if (t->taps[id].set) json_object_set_new(taps, tap_id_name(id), tol_json(&t->taps[id]));
+    if (json_object_size(taps)) json_object_set(root, "taps", taps);
+    json_decref(taps);
+    json_t *layers = json_object();
+    for (int l = 0; l < t->n_layers; l++) {
+        const qd_tol_entry *row = layer_row(t, l);
+        char key[64];
+        if (row[0].set) {
+            snprintf(key, sizeof key, "%d", l);
+            json_object_set_new(layers, key, tol_json(&row[0]));
+        }
+        for (int tap = 0; tap < QD_NUM_LAYER_TAPS; tap++) {
+            if (!row[1 + tap].set) continue;
+            snprintf(key, sizeof key, "%d/%s", l, qd_layer_tap_name(tap));
+            json_object_set_new(layers, key, tol_json(&row[1 + tap]));
+        }
+    }
+    if (json_object_size(layers)) json_object_set(root, "layers", layers);
+    json_decref(layers);
+    json_object_set_new(root, "blowup_ratio", json_real(t->blowup.blowup_ratio));
+    json_object_set_new(root, "growth_factor", json_real(t->blowup.growth_factor));
+    json_object_set_new(root, "growth_floor", json_real(t->blowup.growth_floor));
+    if (t->measured) json_object_set(root, "measured", t->measured);
+    return root;
+}
+
+int qd_tolerances_write(const char *path, const qd_tolerances *t, qd_err *e) {
+    json_t *root = tolerances_json(t);
+    size_t n = strlen(path) + 32;
+    char *tmp = qd_malloc(n);
+    snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
+    int rc = QD_OK;
+    FILE *f = fopen(tmp, "w");
+    if (!f) {
+        rc = qd_errf(e, errno == ENOENT || errno == ENOTDIR ? QD_EINPUT : QD_ERUNTIME, "%s: cannot create: %s",
+                     tmp, strerror(errno));
+    } else {
+        /* 15 significant digits: see the header on round trips */
+        int bad = json_dumpf(root, f, JSON_INDENT(2) | JSON_REAL_PRECISION(15)) != 0;
+        bad |= fputc('\n', f) == EOF;
+        bad |= fflush(f) != 0;
+        bad |= fsync(fileno(f)) != 0;
+        bad |= fclose(f) != 0;
+        if (bad)
+            rc = qd_errf(e, QD_ERUNTIME, "%s: write failed: %s", tmp, strerror(errno));
+        else if (rename(tmp, path) != 0)
+            rc = qd_errf(e, QD_ERUNTIME, "%s: cannot rename to %s: %s", tmp, path, strerror(errno));
+        if (rc != QD_OK) unlink(tmp);
+    }
+    free(tmp);
+    json_decref(root);
+    return rc;
+}
+
+// ----------------------------------------------------------------------------
+// calibration
+
+int qd_calib_init(qd_calib *c, int n_layers, qd_err *e) {
+    memset(c, 0, sizeof *c);
+    if (n_layers < 0 || n_layers > QD_TOL_MAX_LAYERS)
+        return qd_errf(e, QD_EINPUT, "calibration: %d layers (expected 0..%d)", n_layers, QD_TOL_MAX_LAYERS);
+    c->n_layers = n_layers;
+    c->slots = qd_calloc((size_t)n_layers * QD_NUM_LAYER_TAPS + QD_NUM_MODEL_TAPS, sizeof *c->slots);
+    return QD_OK;
+}
+
+void qd_calib_free(qd_calib *c) {
+    free(c->slots);
+    memset(c, 0, sizeof *c);
+}
+
+int qd_calib_add(qd_calib *c, int layer, const char *tap, const qd_metrics *m, qd_err *e) {
+    qd_calib_slot *s;
+    if (layer < 0) {
+        int i = qd_model_tap_index(tap);
+        if (i < 0) return qd_errf(e, QD_EINPUT, "calibration: '%s' is not a model-level tap", tap);
+        s = &c->slots[(size_t)c->n_layers * QD_NUM_LAYER_TAPS + i];
+    } else {
+        int i = qd_layer_tap_index(tap);
+        if (i < 0) return qd_errf(e, QD_EINPUT, "calibration: layer %d: '%s' is not a layer tap", layer, tap);
+        if (layer >= c->n_layers)
+            return qd_errf(e, QD_EINPUT, "calibration: layer %d of a %d-layer model", layer, c->n_layers);
+        s = &c->slots[(size_t)layer * QD_NUM_LAYER_TAPS + i];
+    }
+    if (m->nan_test != m->nan_ref || m->posinf_test != m->posinf_ref || m->neginf_test != m->neginf_ref ||
+        m->nonfinite_mismatch != 0 || !isfinite(m->rel_l2) || !isfinite(m->max_abs))
+        return qd_errf(e, QD_EINPUT,
+                       "calibration: layer %d tap %s has non-finite differences or nothing comparable: "
+                       "a failing run cannot be blessed",
+                       layer, tap);
+    if (m->rel_l2 > s->rel_l2) s->rel_l2 = m->rel_l2;
+    if (m->max_mag_ref > 0.0) {
+        double q = m->max_abs / m->max_mag_ref;
+        if (q > s->abs_ratio) s->abs_ratio = q;
+    } else if (m->max_abs > s->abs_zero_ref) {
+        s->abs_zero_ref = m->max_abs;
+    }
+    s->runs++;
+    return QD_OK;
+}
+
+/* The smallest 3-significant-digit decimal >= x (x >= 0, finite). */
+static double round_up3(double x) {
+    if (!(x > 0.0) || !isfinite(x)) return x;
+    char buf[48];
+    snprintf(buf, sizeof buf, "%.2e", x);
+    double y = strtod(buf, NULL);
+    if (y < x) { /* "d.dde[+-]X" rounded down: add one unit in the last digit */
+        int ex = atoi(strchr(buf, 'e') + 1);
+        int hundredths = (buf[0] - '0') * 100 + (buf[2] - '0') * 10 + (buf[3] - '0') + 1;
+        snprintf(buf, sizeof buf, "%d.%02de%d", hundredths / 100, hundredths % 100, ex);
+        y = strtod(buf, NULL);
+    }
+    return y;
+}
+
+static double calib_value(double worst, double margin, double floor) {
+    double v = margin * worst;
+    return round_up3(v > floor ? v : floor);
+}
+
+int qd_calib_to_tolerances(const qd_calib *c, double margin, const qd_tol *floor, qd_tolerances *out,
+                           qd_err *e) {
+    if (!isfinite(margin) || margin < 1.0)
+        return qd_errf(e, QD_EINPUT, "calibration: margin %g must be a finite number >= 1", margin);
+    qd_tol fl;
+    if (floor) {
+        if (!valid_value(floor->rel_l2) || !valid_value(floor->atol) || !valid_value(floor->rtol))
+            return qd_errf(e, QD_EINPUT, "calibration: floor values must be finite and >= 0");
+        fl = *floor;
+    } else {
+        int rc = qd_tolerances_floor(out->prec_test, out->prec_ref, &fl, e);
+        if (rc != QD_OK) return rc;
+    }
+    for (int layer = -1; layer < c->n_layers; layer++) {
+        int ntaps = layer < 0 ? QD_NUM_MODEL_TAPS : QD_NUM_LAYER_TAPS;
+        for (int tap = 0; tap < ntaps; tap++) {
+            const qd_calib_slot *s = layer < 0 ? &c->slots[(size_t)c->n_layers * QD_NUM_LAYER_TAPS + tap]
+                                               : &c->slots[(size_t)layer * QD_NUM_LAYER_TAPS + tap];
+            if (!s->runs) continue;
+            qd_tol tol = {calib_value(s->rel_l2, margin, fl.rel_l2), calib_value(s->abs_zero_ref, margin, fl.atol),
+                          calib_value(s->abs_ratio, margin, fl.rtol)};
+            const char *name = layer < 0 ? qd_model_tap_name(tap) : qd_layer_tap_name(tap);
+            int rc = qd_tolerances_set(out, layer, name, &tol, QD_TOL_SET_ALL, e);
+            if (rc != QD_OK) return rc;
+        }
+    }
+    out->margin = margin;
+    return QD_OK;
+}
