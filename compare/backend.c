@@ -116,3 +116,5 @@ void qd_backend_destroy(qd_backend *b) {
 }
 
 const char *qd_backend_names(void) { return "ref, emu"; }
+
+const char *qd_backend_default_test(void) { return "emu"; }

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "qd_build_config.h"
@@ -42,9 +43,20 @@ struct qd_dump {
 // ----------------------------------------------------------------------------
 // HDF5 error reporting
 
+/* The innermost error's text; when it comes from a system call, only its strerror part (the rest is
+ * addresses, sizes and a timestamp). buf holds 256 bytes. */
 static herr_t innermost_desc(unsigned n, const H5E_error2_t *err, void *ctx) {
     char *buf = ctx;
-    if (n == 0 && err->desc) snprintf(buf, 256, "%s", err->desc);
+    if (n != 0 || !err->desc) return 0;
+    const char *key = "error message = '";
+    const char *m = strstr(err->desc, key);
+    if (m) {
+        m += strlen(key);
+        const char *end = strchr(m, '\'');
+        snprintf(buf, 256, "%.*s", end ? (int)(end - m) : 200, m);
+    } else {
+        snprintf(buf, 256, "%s", err->desc);
+    }
     return 0;
 }
 
@@ -185,6 +197,15 @@ qd_dump *qd_dump_create(const char *path, const char *model_path, const char *co
         qd_errf(e, QD_EINPUT, "%s: compression level %d is not in 0..9", path, compress);
         return NULL;
     }
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) { /* found now, not by rename() after the run */
+        qd_errf(e, QD_EINPUT, "%s: is a directory, not a file name for the dump", path);
+        return NULL;
+    }
+    /* HDF5 1.10 crashes in its atexit cleanup when a file whose close failed (e.g. a full disk) is
+     * still in its ID table; every file here is closed explicitly, so that cleanup is not needed.
+     * (Has no effect, and fails harmlessly, once the library is initialised.) */
+    H5dont_atexit();
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
 
     qd_dump *d = qd_calloc(1, sizeof *d);
@@ -407,6 +428,75 @@ qd_tap_sink *qd_dump_backend_sink(qd_dump *d, const char *backend) {
 }
 
 const qd_err *qd_dump_last_error(const qd_dump *d) { return &d->last; }
+
+// ----------------------------------------------------------------------------
+// tables beside the backend groups
+
+/* Opens /<parent>/<group>, creating both on demand. */
+static hid_t open_table_group(qd_dump *d, const char *parent, const char *group, char *objpath, size_t n,
+                              qd_err *e) {
+    if (!valid_group_name(parent) || find_backend(d, parent) || !group || !*group || strchr(group, '/')) {
+        qd_errf(e, QD_EINPUT, "%s: table group '/%s/%s' is not a valid name outside the backend groups",
+                d->path, parent ? parent : "", group ? group : "");
+        return -1;
+    }
+    snprintf(objpath, n, "/%s", parent);
+    hid_t p = group_open_or_create(d, d->file, parent, objpath, e);
+    if (p < 0) return -1;
+    snprintf(objpath, n, "/%s/%s", parent, group);
+    hid_t g = group_open_or_create(d, p, group, objpath, e);
+    H5Gclose(p);
+    return g;
+}
+
+int qd_dump_write_table(qd_dump *d, const char *parent, const char *group, const char *name, const void *records,
+                        size_t n, int64_t (*make_type)(void), qd_err *e) {
+    char objpath[256];
+    hid_t g = open_table_group(d, parent, group, objpath, sizeof objpath, e);
+    if (g < 0) return e && e->code ? e->code : QD_ERUNTIME;
+    int rc = QD_OK;
+    hid_t type = (hid_t)make_type();
+    hsize_t dims[1] = {n};
+    hid_t space = H5Screate_simple(1, dims, NULL);
+    hid_t dcpl = create_plist(H5P_DATASET_CREATE);
+    snprintf(objpath + strlen(objpath), sizeof objpath - strlen(objpath), "/%s", name);
+    hid_t ds = type < 0 || space < 0 || dcpl < 0 ? -1 : H5Dcreate2(g, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    if (ds < 0)
+        rc = h5_fail(d, e, "H5Dcreate2", objpath);
+    else if (n > 0 && H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, records) < 0)
+        rc = h5_fail(d, e, "H5Dwrite", objpath);
+    if (ds >= 0 && H5Dclose(ds) < 0 && rc == QD_OK) rc = h5_fail(d, e, "H5Dclose", objpath);
+    if (dcpl >= 0) H5Pclose(dcpl);
+    if (space >= 0) H5Sclose(space);
+    if (type >= 0) H5Tclose(type);
+    H5Gclose(g);
+    return rc;
+}
+
+int qd_dump_group_attr_int(qd_dump *d, const char *parent, const char *group, const char *key, long long value,
+                           qd_err *e) {
+    char objpath[256];
+    hid_t g = open_table_group(d, parent, group, objpath, sizeof objpath, e);
+    if (g < 0) return e && e->code ? e->code : QD_ERUNTIME;
+    int rc = QD_OK;
+    hid_t space = H5Screate(H5S_SCALAR);
+    hid_t attr = space < 0 ? -1 : H5Acreate2(g, key, H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT);
+    if (attr < 0 || H5Awrite(attr, H5T_NATIVE_LLONG, &value) < 0) rc = h5_fail(d, e, "H5Awrite", objpath);
+    if (attr >= 0) H5Aclose(attr);
+    if (space >= 0) H5Sclose(space);
+    H5Gclose(g);
+    return rc;
+}
+
+int qd_dump_group_attr_string(qd_dump *d, const char *parent, const char *group, const char *key,
+                              const char *value, qd_err *e) {
+    char objpath[256];
+    hid_t g = open_table_group(d, parent, group, objpath, sizeof objpath, e);
+    if (g < 0) return e && e->code ? e->code : QD_ERUNTIME;
+    int rc = write_string_attr(d, g, objpath, key, value ? value : "", e);
+    H5Gclose(g);
+    return rc;
+}
 
 int qd_dump_close(qd_dump *d, int commit, qd_err *e) {
     if (!d) return QD_OK;

@@ -159,3 +159,30 @@ int qd_h5in_attr_string(qd_h5in *f, const char *path, const char *attr, char *bu
     H5Aclose(a);
     return rc;
 }
+
+typedef struct {
+    char *names;
+    size_t n;
+    int count;
+} backend_list;
+
+static herr_t collect_backend(hid_t root, const char *name, const H5L_info_t *info, void *ctx) {
+    (void)info;
+    backend_list *bl = ctx;
+    hid_t g = H5Gopen2(root, name, H5P_DEFAULT); /* fails for datasets such as /input_ids */
+    if (g < 0) return 0;
+    int has = H5Aexists(g, "precision") > 0;
+    H5Gclose(g);
+    if (!has) return 0;
+    size_t used = strlen(bl->names);
+    snprintf(bl->names + used, bl->n - used, "%s%s", bl->count ? ", " : "", name);
+    bl->count++;
+    return 0;
+}
+
+int qd_h5in_backends(qd_h5in *f, char *names, size_t n) {
+    names[0] = '\0';
+    backend_list bl = {names, n, 0};
+    H5Literate(f->file, H5_INDEX_NAME, H5_ITER_INC, NULL, collect_backend, &bl);
+    return bl.count;
+}

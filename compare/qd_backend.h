@@ -44,4 +44,8 @@ void qd_backend_destroy(qd_backend *b);
 /* The backends this binary knows, for --help and error messages: "ref, emu" (+ ", fused"). */
 const char *qd_backend_names(void);
 
+/* The default backend under test: "fused" when this binary has it and a CUDA device is present, else
+ * "emu". */
+const char *qd_backend_default_test(void);
+
 #endif

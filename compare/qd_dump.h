@@ -37,6 +37,19 @@ qd_tap_sink *qd_dump_backend_sink(qd_dump *d, const char *backend);
 int qd_dump_write_tap(qd_dump *d, const char *backend, int layer, const char *name, const float *data,
                       int ndim, const int64_t *shape, qd_err *e);
 
+/* --- tables beside the backend groups (the comparator's /diff/<A>-vs-<B>/metrics) --- */
+
+/* Writes /<parent>/<group>/<name> as a 1-D table of n records of a compound type made by make_type()
+ * (an HDF5 hid_t, returned as int64_t so callers need not include hdf5.h; the writer closes it).
+ * Groups are created on demand; parent may not be a backend group. */
+int qd_dump_write_table(qd_dump *d, const char *parent, const char *group, const char *name, const void *records,
+                        size_t n, int64_t (*make_type)(void), qd_err *e);
+/* Integer and string attributes on /<parent>/<group> (created on demand). */
+int qd_dump_group_attr_int(qd_dump *d, const char *parent, const char *group, const char *key, long long value,
+                           qd_err *e);
+int qd_dump_group_attr_string(qd_dump *d, const char *parent, const char *group, const char *key,
+                              const char *value, qd_err *e);
+
 /* commit=1: flush, close, rename to the final path. commit=0: close and delete. Frees d. */
 int qd_dump_close(qd_dump *d, int commit, qd_err *e);
 

@@ -24,6 +24,10 @@ int qd_h5in_read_f32(qd_h5in *f, const char *path, float **data, int *ndim, int6
 /* Reads /input_ids (int32). */
 int qd_h5in_input_ids(qd_h5in *f, int32_t **ids, int *T, qd_err *e);
 
+/* The backend groups of the file: root groups carrying a 'precision' attribute, as "a, b" in names.
+ * Returns how many. */
+int qd_h5in_backends(qd_h5in *f, char *names, size_t n);
+
 /* Reads a string attribute of the object at path ("/" for the root) into buf. */
 int qd_h5in_attr_string(qd_h5in *f, const char *path, const char *attr, char *buf, size_t n, qd_err *e);
 

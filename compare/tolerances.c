@@ -20,12 +20,13 @@ static const struct {
     qd_tol floor; /* the calibration floor and (its rel_l2) the growth floor */
 } pair_table[] = {
     [CLS_FP32] = {"fp32",
-        /* Two float32 implementations of the same maths differ only by summation order and libm:
-         * rel_l2, atol, rtol 1e-5 (the bound tests/test_golden.c holds the reference to against
-         * transformers in float32).
-         * MEASURED (reference vs transformers, fixtures, worst over taps): rel_l2 = TODO, max_abs/max|ref|
-         * = TODO -- to be filled in from test_golden's output. */
-        {1e-5, 1e-5, 1e-5},
+        /* Two float32 implementations of the same maths differ only by summation order and libm.
+         * Measured, reference vs transformers (float32, eager) over every tap of the four fixtures
+         * (tests/test_golden.c): worst rel_l2 3.7e-6, worst max_abs/max|ref| 1.33e-5 (knorm_extreme's
+         * attn, where k_norm weights up to 96.5 make the scores ~40x larger; 8.4e-7 elsewhere).
+         * rel_l2 1e-5 is 2.7x the worst measured; atol and rtol 2e-5 are 1.5x the extreme fixture's
+         * floor. */
+        {1e-5, 2e-5, 2e-5},
         /* 1e-6: a reordered fp32 dot product of length ~3000 differs by ~sqrt(3000) * 2^-24 ~ 3e-6 at worst
          * and ~1e-7 typically; a tap measured at exactly zero keeps room for that */
         {1e-6, 1e-6, 1e-6}},

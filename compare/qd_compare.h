@@ -1,0 +1,101 @@
+/* qd_compare.h: the comparator. Runs two backends side by side, layer by layer (or reads two schema-v1
+ * dumps), compares every tap they share, judges each against its tolerance and finds the first
+ * divergence: the first failing tap in execution order.
+ *
+ * Sides: A is the reference side (e.g. ref), B the backend under test (e.g. emu, fused); metrics are
+ * computed with test = B, ref = A.
+ * Modes: free-running (B runs on its own outputs, so each layer's error includes what it inherited) and,
+ * with --isolate, teacher-forced (layer i of B runs on A's input to layer i, so the error is local to the
+ * layer). The first divergence is located in one of them (--locate free|isolated). */
+#ifndef QD_COMPARE_H
+#define QD_COMPARE_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "qd_backend.h"
+#include "qd_dump.h"
+#include "qd_metrics.h"
+#include "qd_tolerances.h"
+
+typedef enum { QD_MODE_FREE = 0, QD_MODE_ISOLATED = 1 } qd_mode;
+
+const char *qd_mode_name(qd_mode m); /* "free", "isolated" */
+
+typedef struct {
+    int step;           /* 0: the prompt; k >= 1: decode step k */
+    int layer;          /* -1 for embed, final_norm, logits */
+    int tap;            /* qd_layer_tap when layer >= 0, qd_model_tap when layer == -1 */
+    qd_mode mode;
+    qd_metrics m;
+    qd_tol tol;         /* the tolerance it was judged by */
+    double prev_rel_l2; /* the same tap's rel_l2 one layer earlier (growth check); NAN if none */
+    unsigned verdict;   /* QD_V_* mask; 0 = pass */
+} qd_tap_row;
+
+typedef struct {
+    char name_a[64], name_b[64];     /* e.g. "ref", "emu" (offline: file:group) */
+    char prec_a[8], prec_b[8];
+    int n_layers;
+    int steps;                       /* 1 + decode steps compared */
+    int isolated;                    /* isolated-mode rows exist */
+    qd_mode locate;
+    qd_blowup blowup;                /* the blow-up settings used (for reasons) */
+    qd_tap_row *rows;                /* (n) in execution order: step, layer, tap; free before isolated */
+    int n, cap;
+    int first_div;                   /* row index of the first divergence in the located mode; -1 none */
+    int first_fail[2];               /* first failing row per mode; -1 none */
+    char only_a[QD_NUM_LAYER_TAPS + QD_NUM_MODEL_TAPS][24]; /* taps only one side has (names) */
+    int n_only_a;
+    char only_b[QD_NUM_LAYER_TAPS + QD_NUM_MODEL_TAPS][24];
+    int n_only_b;
+} qd_report;
+
+void qd_report_init(qd_report *r, const char *name_a, const char *prec_a, const char *name_b,
+                    const char *prec_b, int n_layers, qd_mode locate, const qd_blowup *blowup);
+void qd_report_free(qd_report *r);
+/* Name of a row's tap. */
+const char *qd_row_tap_name(const qd_tap_row *row);
+int qd_report_diverged(const qd_report *r);
+
+typedef struct {
+    const int32_t *tokens;
+    int T;
+    int decode;                 /* decode steps after the prompt, each fed A's greedy next token */
+    const qd_tolerances *tol;
+    qd_mode locate;
+    qd_dump *dump;              /* NULL: no dump. Full tensors of the prompt step are written under
+                                   /<A>, /<B> (and /<B>-isolated) */
+    const char *dump_taps;      /* comma-separated fnmatch globs over tap names; NULL: all */
+    int dump_window;            /* --dump-on-divergence K: tensors only for positions within K of the
+                                   first divergence (embed is position 0, layer i is i+1, the head
+                                   L+1); < 0: every position */
+    int progress;               /* "layer i/N" on stderr */
+} qd_lockstep_opts;
+
+/* Runs A and B (and b_iso, a second instance of B's kind, for isolated mode; NULL for none) in lockstep
+ * and fills r (initialised by the caller with qd_report_init). Memory holds one layer of taps per backend
+ * (plus the dump window). Returns QD_OK (whatever the verdict) or an error code with e set. */
+int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockstep_opts *o, qd_report *r,
+                qd_err *e);
+
+/* Offline: compares two schema-v1 dumps, A = path_a's group_a (the reference side), B = path_b's
+ * group_b. group NULL: the file's only backend group (QD_EINPUT if it has several, naming them). tol NULL:
+ * the defaults of the groups' precision pair. Taps present on only one side are listed, not failed. */
+int qd_compare_files(const char *path_a, const char *group_a, const char *path_b, const char *group_b,
+                     const qd_tolerances *tol, qd_report *r, qd_err *e);
+
+// ----------------------------------------------------------------------------
+// outputs (report.c)
+
+/* The first divergence line, then a compact per-layer table. color: ANSI colours (terminals only). */
+void qd_report_print(const qd_report *r, FILE *f, int color);
+/* {"verdict": "pass"|"diverged", "first_divergence": null | {...}, "taps": [...]} */
+int qd_report_write_json(const qd_report *r, const char *path, qd_err *e);
+/* JUnit XML: one test case per layer (and one each for embed and the head). */
+int qd_report_write_junit(const qd_report *r, const char *path, qd_err *e);
+/* /diff/<A>-vs-<B>/metrics, a compound table of every row, with attrs first_divergence_layer and
+ * first_divergence_tap. */
+int qd_report_write_h5(const qd_report *r, qd_dump *d, qd_err *e);
+
+#endif

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# test_cli.sh QWEN3_DIFF: the command line's contract.
+#   - every bad input exits 2 with exactly one line on stderr ("qwen3-diff: ...") naming the file or field;
+#   - a dump that cannot be written exits 3 and leaves no file;
+#   - a failed run after the dump was opened leaves no file (no half-written dump);
+#   - a successful --dump leaves exactly the final file, no temp file;
+#   - --version and --help exit 0.
+# Fixtures come from $QD_FIXTURES (set by meson), else ../fixtures next to this script.
+set -u
+bin=${1:?usage: test_cli.sh QWEN3_DIFF}
+fx=${QD_FIXTURES:-$(cd "$(dirname "$0")/../fixtures" && pwd)}
+model=$fx/gqa_tied
+tmp=$(mktemp -d /tmp/qd_cli.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+
+fail() {
+    echo "FAIL: $*"
+    fails=$((fails + 1))
+}
+
+# expect CODE NEEDLE -- ARGS...: runs the binary, checks the exit code, that stderr is exactly one line
+# starting with "qwen3-diff: ", and that it contains NEEDLE (a fixed string).
+expect() {
+    local code=$1 needle=$2
+    shift 3
+    local rc=0
+    "$bin" "$@" >"$tmp/out" 2>"$tmp/err" || rc=$?
+    local lines
+    lines=$(wc -l <"$tmp/err")
+    if [ "$rc" -ne "$code" ]; then
+        fail "$* -> exit $rc, expected $code; stderr: $(cat "$tmp/err")"
+    elif [ "$code" -ne 0 ] && [ "$lines" -ne 1 ]; then
+        fail "$* -> $lines lines on stderr, expected 1: $(cat "$tmp/err")"
+    elif [ "$code" -ne 0 ] && ! grep -q '^qwen3-diff: ' "$tmp/err"; then
+        fail "$* -> stderr does not start with 'qwen3-diff: ': $(cat "$tmp/err")"
+    elif [ -n "$needle" ] && ! grep -qF -- "$needle" "$tmp/err" "$tmp/out"; then
+        fail "$* -> output does not mention '$needle': $(cat "$tmp/err")"
+    else
+        echo "ok: exit $rc: $* -> $(head -c 160 "$tmp/err")"
+    fi
+}
+
+[ -x "$bin" ] || { echo "FAIL: $bin is not executable"; exit 1; }
+[ -f "$model/config.json" ] || { echo "FAIL: fixture $model missing"; exit 1; }
+toks=@$model/prompt.txt
+
+# --- usage ---
+expect 0 "Example" -- --help
+expect 0 "qwen3-diff " -- --version
+expect 2 "--bogus" -- --model "$model" --tokens 1,2 --bogus
+expect 2 "--tokens" -- --model "$model" --backends ref
+expect 2 "--tokens" -- --model "$model"
+expect 2 "--threads" -- --model "$model" --tokens 1,2 --threads
+expect 2 "--threads" -- --model "$model" --tokens 1,2 --threads two
+expect 2 "--dump-compress" -- --model "$model" --tokens 1,2 --dump-compress 12
+expect 2 "--ref-accum" -- --model "$model" --tokens 1,2 --ref-accum f16
+expect 2 "'gpu'" -- --model "$model" --tokens 1,2 --backends ref,gpu
+expect 2 "at most 2" -- --model "$model" --tokens 1,2 --backends ref,emu,ref
+expect 2 "--layer-by-layer" -- --model "$model" --tokens 1,2 --backends ref --isolate
+expect 2 "--calibrate" -- --model "$model" --tokens 1,2 --backends ref,emu --write-tolerances "$tmp/t.json"
+expect 2 "--isolate" -- --model "$model" --tokens 1,2 --backends ref,emu --locate isolated
+expect 2 "--locate" -- --model "$model" --tokens 1,2 --backends ref,emu --isolate --locate both
+expect 2 "--act" -- --model "$model" --tokens 1,2 --backends ref,emu --act int8
+expect 2 "stray" -- --model "$model" --tokens 1,2 stray
+
+# --- model directory and files ---
+expect 2 "$tmp/no_such_model" -- --model "$tmp/no_such_model" --tokens 1,2
+mkdir -p "$tmp/noconfig"
+cp "$model/model.safetensors" "$tmp/noconfig/"
+expect 2 "config.json" -- --model "$tmp/noconfig" --tokens 1,2
+
+mkdir -p "$tmp/trunc"
+cp "$model/config.json" "$model/model.safetensors" "$tmp/trunc/"
+size=$(stat -c %s "$tmp/trunc/model.safetensors")
+truncate -s $((size / 2)) "$tmp/trunc/model.safetensors"
+expect 2 "model.safetensors" -- --model "$tmp/trunc" --tokens 1,2
+
+mkdir -p "$tmp/hdr"
+cp "$model/config.json" "$tmp/hdr/"
+# header length 2^40 in an 8 + 16 byte file: the header runs past the end of the file
+printf '\x00\x00\x00\x00\x00\x01\x00\x00{"a": "b"}      ' >"$tmp/hdr/model.safetensors"
+expect 2 "model.safetensors" -- --model "$tmp/hdr" --tokens 1,2
+
+# --- tokens ---
+expect 2 "token id 600 at position 2 is >= vocab_size 512" -- --model "$model" --tokens 1,2,600
+expect 2 "empty token list" -- --model "$model" --tokens ""
+printf '\n  \n' >"$tmp/empty.txt"
+expect 2 "$tmp/empty.txt" -- --model "$model" --tokens "@$tmp/empty.txt"
+expect 2 "'x'" -- --model "$model" --tokens 5,x,3
+expect 2 "$tmp/missing.txt" -- --model "$model" --tokens "@$tmp/missing.txt"
+
+# --- dump ---
+expect 3 "H5Fcreate" -- --model "$model" --tokens "$toks" --dump "$tmp/no/such/dir/out.h5"
+[ -e "$tmp/no" ] && fail "a failed dump created $tmp/no"
+expect 2 "is a directory" -- --model "$model" --tokens "$toks" --dump "$tmp"
+
+mkdir -p "$tmp/d1"
+expect 2 "model.safetensors" -- --model "$tmp/trunc" --tokens 1,2 --dump "$tmp/d1/out.h5"
+n=$(find "$tmp/d1" -mindepth 1 | wc -l)
+[ "$n" -eq 0 ] || fail "a run that failed after opening the dump left: $(ls -A "$tmp/d1")"
+
+# a write that fails mid-run (file size limit: EFBIG, as a full disk gives ENOSPC): exit 3, no file left
+mkdir -p "$tmp/d3"
+rc=0
+(trap '' XFSZ; ulimit -f 64; exec "$bin" --model "$model" --tokens "$toks" --dump "$tmp/d3/out.h5") \
+    >"$tmp/out" 2>"$tmp/err" || rc=$?
+if [ "$rc" -ne 3 ] || [ "$(wc -l <"$tmp/err")" -ne 1 ] || ! grep -q 'File too large' "$tmp/err"; then
+    fail "dump past the file size limit -> exit $rc, expected 3 and one line naming the error: $(cat "$tmp/err")"
+else
+    echo "ok: exit 3: dump past the file size limit -> $(cat "$tmp/err")"
+fi
+[ -z "$(ls -A "$tmp/d3")" ] || fail "a dump that failed mid-run left: $(ls -A "$tmp/d3")"
+
+mkdir -p "$tmp/d2"
+expect 0 "" -- --model "$model" --tokens "$toks" --dump "$tmp/d2/out.h5" --dump-compress 3 --quiet
+files=$(ls -A "$tmp/d2")
+[ "$files" = "out.h5" ] || fail "a successful dump left '$files', expected exactly out.h5"
+[ -s "$tmp/out" ] && fail "--quiet printed: $(cat "$tmp/out")"
+[ -s "$tmp/err" ] && fail "a successful run printed on stderr: $(cat "$tmp/err")"
+
+# the dump stores no timestamps and the reference is deterministic for any thread count, so two runs
+# with different --threads give byte-identical files
+expect 0 "" -- --model "$model" --tokens "$toks" --dump "$tmp/t1.h5" --threads 1 --quiet
+expect 0 "" -- --model "$model" --tokens "$toks" --dump "$tmp/t2.h5" --threads 2 --quiet
+cmp -s "$tmp/t1.h5" "$tmp/t2.h5" || fail "dumps with --threads 1 and --threads 2 differ"
+
+# --- the normal outputs ---
+expect 0 "next token" -- --model "$model" --tokens "$toks"
+expect 0 "max|k_norm|" -- --model "$model" --tokens "$toks" --summary --threads 1 --ref-accum f64
+[ "$(grep -cE '^ +[0-9]+ ' "$tmp/out")" -eq 2 ] || fail "--summary: expected one row per layer (2): $(cat "$tmp/out")"
+
+if [ "$fails" -ne 0 ]; then
+    echo "$fails check(s) failed"
+    exit 1
+fi
+echo "all CLI checks passed"
