@@ -39,6 +39,10 @@ static int ref_head(qd_backend *b, const float *h, int T, float *logits, qd_tap_
 static void ref_destroy(qd_backend *b) { qd_ref_free((qd_ref *)b->impl); }
 
 static qd_backend *ref_create(const qd_weights *w, const qd_backend_opts *o, qd_err *e) {
+    if (o->fault.kind != QD_FAULT_NONE) { /* the oracle stays clean */
+        qd_errf(e, QD_EINPUT, "--inject: the reference takes no faults; inject into emu or fused");
+        return NULL;
+    }
     qd_ref_opts ro = {.threads = o->threads, .accum = o->accum_f64 ? QD_ACCUM_F64 : QD_ACCUM_F32,
                       .max_seq = o->max_seq};
     qd_ref *r = qd_ref_create(w, &ro, e);
@@ -84,7 +88,7 @@ static qd_backend *emu_create(const qd_weights *w, const qd_backend_opts *o, qd_
         qd_errf(e, QD_EINPUT, "activation precision '%s': expected bf16, fp16 or fp32", o->act);
         return NULL;
     }
-    qd_emu *m = qd_emu_create(w, act, o->threads, o->max_seq, e);
+    qd_emu *m = qd_emu_create(w, act, o->threads, o->max_seq, &o->fault, e);
     if (!m) return NULL;
     qd_backend *b = qd_calloc(1, sizeof *b);
     snprintf(b->name, sizeof b->name, "emu");

@@ -11,6 +11,7 @@
 
 #include <stdint.h>
 
+#include "qd_fault.h"
 #include "qd_taps.h"
 #include "qd_weights.h"
 
@@ -34,6 +35,7 @@ typedef struct {
     int accum_f64;   /* ref: --ref-accum f64 */
     int max_seq;     /* KV cache capacity (prompt + decode steps) */
     const char *act; /* emu, fused: activation dtype "bf16" (default when NULL) | "fp16" | "fp32" */
+    qd_fault fault;  /* emu, fused: a fault to inject; kind QD_FAULT_NONE for none */
 } qd_backend_opts;
 
 /* Creates a backend by name over loaded weights (borrowed). Unknown names and backends not built into

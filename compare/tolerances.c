@@ -38,11 +38,17 @@ static const struct {
         /* 5e-4 ~ 2^-11: one fp16 rounding */
         {5e-4, 5e-4, 5e-4}},
     [CLS_BF16] = {"bf16",
-        /* One bf16 rounding is 2^-8 = 0.39% relative at most, ~2^-9 = 0.2% rms. Published bf16-vs-fp32
-         * per-layer relative L2 for a correct Qwen2.5-0.5B: median 1.6%, max 2.7%, logits 2.85%.
-         * rel_l2 4e-2 sits above that max; rtol 4e-2 of the tap's largest magnitude for the worst element,
-         * atol 1e-2 for taps of order-one scale. To be re-measured on the project's fixtures. */
-        {4e-2, 1e-2, 4e-2},
+        /* One bf16 rounding is 2^-8 = 0.39% relative at most, ~2^-9 = 0.2% rms; a correct bf16 path
+         * accumulates many. Published bf16-vs-fp32 per-layer relative L2 for a correct Qwen2.5-0.5B: median
+         * 1.6%, max 2.7%, logits 2.85%. Measured here, ref vs emu (the precision contract, no bug) on every
+         * fixture's prompt plus 4 decode steps, free-running and isolated (qwen3-diff --backends ref,emu
+         * --isolate --decode 4 --json): worst rel_l2 1.3% and worst max_abs/max|ref| 1.8% on the three
+         * ordinary fixtures, but 7.6% and 11.3% on knorm_extreme, whose k_norm weights (max 96.5) make
+         * attention nearly one-hot so a bf16 rounding of K can move a whole probability mass.
+         * rel_l2 1e-1 and rtol 1.5e-1 pass every fixture with about 1.3x margin; atol 1e-2 covers taps of
+         * order-one scale. Tighter gates come from calibration (--calibrate): the ordinary fixtures bless
+         * to ~2% with margin 2. */
+        {1e-1, 1e-2, 1.5e-1},
         /* 4e-3 ~ 2^-8: one bf16 rounding */
         {4e-3, 4e-3, 4e-3}},
 };

@@ -19,7 +19,9 @@ struct qd_emu {
     int threads;
     int max_seq;
     qd_weights wb;    /* bf16-rounded copy of the weights (values held in fp32) */
+    qd_fault fault;   /* the injected fault (kind QD_FAULT_NONE: none) */
     float *inv_freq;  /* (HD/2) from theta in double, held in fp32 */
+    float *inv_freq_bf16; /* (HD/2) the same rounded to bf16: fault rope-freq-bf16 */
     float *kcache;    /* (L, max_seq, NKV, HD) k_rope as stored */
     float *vcache;    /* (L, max_seq, NKV, HD) v_proj as stored */
     /* scratch for up to max_seq tokens */
@@ -71,7 +73,8 @@ static void round_bf16_copy(float *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = qd_round_bf16(src[i]);
 }
 
-qd_emu *qd_emu_create(const qd_weights *w, qd_act_dtype act, int threads, int max_seq, qd_err *e) {
+qd_emu *qd_emu_create(const qd_weights *w, qd_act_dtype act, int threads, int max_seq, const qd_fault *fault,
+                      qd_err *e) {
     if (max_seq <= 0) {
         qd_errf(e, QD_EINPUT, "emu: max_seq must be positive, got %d", max_seq);
         return NULL;
@@ -80,6 +83,7 @@ qd_emu *qd_emu_create(const qd_weights *w, qd_act_dtype act, int threads, int ma
     qd_emu *m = qd_calloc(1, sizeof *m);
     m->act = act;
     m->threads = threads;
+    if (fault) m->fault = *fault;
     m->max_seq = max_seq;
     qd_weights_alloc(&m->wb, c);
     m->cfg = &m->wb.cfg;
@@ -98,6 +102,8 @@ qd_emu *qd_emu_create(const qd_weights *w, qd_act_dtype act, int threads, int ma
     size_t S = (size_t)max_seq;
     m->inv_freq = qd_malloc(HD / 2 * sizeof(float));
     rope_inv_freq(m->inv_freq, (int)HD, c->rope_theta);
+    m->inv_freq_bf16 = qd_malloc(HD / 2 * sizeof(float));
+    for (size_t i = 0; i < HD / 2; i++) m->inv_freq_bf16[i] = qd_round_bf16(m->inv_freq[i]);
     m->kcache = qd_calloc(L * S * NKV * HD, sizeof(float));
     m->vcache = qd_calloc(L * S * NKV * HD, sizeof(float));
     m->x = qd_malloc(S * C * sizeof(float));
@@ -117,6 +123,7 @@ void qd_emu_free(qd_emu *m) {
     if (!m) return;
     qd_weights_free(&m->wb);
     free(m->inv_freq);
+    free(m->inv_freq_bf16);
     free(m->kcache);
     free(m->vcache);
     free(m->x);
@@ -135,10 +142,27 @@ void qd_emu_free(qd_emu *m) {
 // ----------------------------------------------------------------------------
 // ops with the contract's roundings
 
-/* RMSNorm over rows of n, fp32 sum of squares, one rounding of x * rsqrt(mean + eps) * w. */
-static void norm_act(const qd_emu *m, float *out, const float *x, const float *w, int rows, int n) {
-    rmsnorm_forward(out, x, w, rows, n, (float)m->cfg->rms_norm_eps, QD_ACCUM_F32);
-    round_act(m, out, (size_t)rows * n);
+/* RMSNorm over rows of n, fp32 sum of squares, one rounding of x * rsqrt(mean + eps) * w. l: the layer
+ * (-1 for the final norm), for the faults that live here. */
+static void norm_act(const qd_emu *m, float *out, const float *x, const float *w, int rows, int n, int l) {
+    int lowp = qd_fault_at(&m->fault, QD_FAULT_NORM_SUMSQ_LOWP, l);
+    int eps_outside = qd_fault_at(&m->fault, QD_FAULT_EPS_OUTSIDE, l);
+    if (!lowp && !eps_outside) {
+        rmsnorm_forward(out, x, w, rows, n, (float)m->cfg->rms_norm_eps, QD_ACCUM_F32);
+        round_act(m, out, (size_t)rows * n);
+        return;
+    }
+    float eps = (float)m->cfg->rms_norm_eps;
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * n;
+        float *o = out + (size_t)r * n;
+        float ss = 0.0f;
+        for (int i = 0; i < n; i++) /* fault 8: the accumulator has the activation's type */
+            ss = lowp ? round1(m, ss + round1(m, xr[i] * xr[i])) : ss + xr[i] * xr[i];
+        float scale = eps_outside ? 1.0f / (sqrtf(ss / (float)n) + eps) /* fault 9 */
+                                  : 1.0f / sqrtf(ss / (float)n + eps);
+        for (int i = 0; i < n; i++) o[i] = round1(m, (xr[i] * scale) * w[i]);
+    }
 }
 
 /* GEMM over stored inputs and bf16 weights, fp32 accumulation, output rounded. */
@@ -150,14 +174,17 @@ static void matmul_act(const qd_emu *m, float *out, const float *x, const float 
 /* Causal GQA attention as a FlashAttention kernel computes it: fp32 scores over the stored q and k,
  * fp32 max and sum, probabilities rounded to the activation dtype for the P.V product (the sum uses the
  * unrounded ones), fp32 accumulation, the output divided by the sum and rounded.
- * q (T, NH, HD); kc, vc (max_seq, NKV, HD); out (T, NH*HD). */
+ * q (T, NH, HD); kc, vc (max_seq, NKV, HD); out (T, NH*HD). l: the layer, for the faults that live here. */
 static void attention_act(const qd_emu *m, float *out, const float *q, const float *kc, const float *vc, int T,
-                          int pos0) {
+                          int pos0, int l) {
     const qd_config *c = m->cfg;
     int NH = c->num_attention_heads, NKV = c->num_key_value_heads, HD = c->head_dim;
     int kv_mul = NH / NKV;
     size_t kv_stride = (size_t)NKV * HD;
-    float scale = (float)(1.0 / sqrt((double)HD));
+    const qd_fault *f = &m->fault;
+    int gqa_mod = qd_fault_at(f, QD_FAULT_GQA_MOD, l), no_causal = qd_fault_at(f, QD_FAULT_NO_CAUSAL, l);
+    int no_max = qd_fault_at(f, QD_FAULT_SOFTMAX_NO_MAX, l), online_bug = qd_fault_at(f, QD_FAULT_ONLINE_RESCALE, l);
+    float scale = qd_fault_at(f, QD_FAULT_NO_SCALE, l) ? 1.0f : (float)(1.0 / sqrt((double)HD));
     int max_keys = pos0 + T;
 #pragma omp parallel num_threads(m->threads > 0 ? m->threads : omp_get_max_threads())
     {
@@ -166,32 +193,77 @@ static void attention_act(const qd_emu *m, float *out, const float *q, const flo
 #pragma omp for collapse(2) schedule(static)
         for (int t = 0; t < T; t++) {
             for (int h = 0; h < NH; h++) {
-                int n_keys = pos0 + t + 1;
+                int n_keys = no_causal ? max_keys : pos0 + t + 1; /* fault 5: every key of the step */
+                int kvh = gqa_mod ? h % NKV : h / kv_mul;         /* fault 4 */
                 const float *qh = q + ((size_t)t * NH + h) * HD;
-                const float *k = kc + (size_t)(h / kv_mul) * HD;
-                const float *v = vc + (size_t)(h / kv_mul) * HD;
-                float mx = -INFINITY;
+                const float *k = kc + (size_t)kvh * HD;
+                const float *v = vc + (size_t)kvh * HD;
                 for (int j = 0; j < n_keys; j++) {
                     float s = 0.0f;
                     for (int d = 0; d < HD; d++) s += qh[d] * k[(size_t)j * kv_stride + d];
                     p[j] = s * scale;
-                    if (p[j] > mx) mx = p[j];
-                }
-                float sum = 0.0f;
-                for (int j = 0; j < n_keys; j++) {
-                    float e = expf(p[j] - mx);
-                    sum += e;
-                    p[j] = round1(m, e);
                 }
                 for (int d = 0; d < HD; d++) acc[d] = 0.0f;
-                for (int j = 0; j < n_keys; j++)
-                    for (int d = 0; d < HD; d++) acc[d] += p[j] * v[(size_t)j * kv_stride + d];
+                float sum = 0.0f;
+                if (online_bug) {
+                    /* fault 13, one key at a time as an online-softmax kernel walks its tiles: when the
+                     * running max grows, the sum is rescaled by exp(old - new) but the accumulator is not,
+                     * so early keys keep weights up to exp(max - early max): ~1e29 for the seed's scores */
+                    float mx = -INFINITY;
+                    for (int j = 0; j < n_keys; j++) {
+                        if (p[j] > mx) {
+                            sum *= expf(mx - p[j]);
+                            mx = p[j];
+                        }
+                        float e = expf(p[j] - mx);
+                        sum += e;
+                        float pr = round1(m, e);
+                        for (int d = 0; d < HD; d++) acc[d] += pr * v[(size_t)j * kv_stride + d];
+                    }
+                } else {
+                    float mx = -INFINITY;
+                    for (int j = 0; j < n_keys; j++)
+                        if (p[j] > mx) mx = p[j];
+                    if (no_max) mx = 0.0f; /* fault 6: exp(s) overflows once s > 88 */
+                    for (int j = 0; j < n_keys; j++) {
+                        float e = expf(p[j] - mx);
+                        sum += e;
+                        p[j] = round1(m, e);
+                    }
+                    for (int j = 0; j < n_keys; j++)
+                        for (int d = 0; d < HD; d++) acc[d] += p[j] * v[(size_t)j * kv_stride + d];
+                }
                 float *oh = out + ((size_t)t * NH + h) * HD;
                 for (int d = 0; d < HD; d++) oh[d] = round1(m, acc[d] / sum);
             }
         }
         free(p);
     }
+}
+
+/* RoPE over x (T, nheads, HD), rotate-half, rounded; the faults that live here swap the pairing
+ * (fault 2) or the frequencies (fault 3). */
+static void rope_act(const qd_emu *m, float *x, int T, int nheads, int pos0, int l) {
+    int HD = m->cfg->head_dim;
+    const float *inv_freq = qd_fault_at(&m->fault, QD_FAULT_ROPE_FREQ_BF16, l) ? m->inv_freq_bf16 : m->inv_freq;
+    if (qd_fault_at(&m->fault, QD_FAULT_ROPE_INTERLEAVED, l)) {
+        for (int t = 0; t < T; t++) {
+            float pos = (float)(pos0 + t);
+            for (int i = 0; i < HD / 2; i++) {
+                float angle = pos * inv_freq[i];
+                float cs = (float)cos((double)angle), sn = (float)sin((double)angle);
+                for (int h = 0; h < nheads; h++) {
+                    float *xh = x + ((size_t)t * nheads + h) * HD;
+                    float x0 = xh[2 * i], x1 = xh[2 * i + 1]; /* GPT-J pairs, wrong for Qwen3 */
+                    xh[2 * i] = x0 * cs - x1 * sn;
+                    xh[2 * i + 1] = x1 * cs + x0 * sn;
+                }
+            }
+        }
+    } else {
+        rope_forward(x, T, nheads, HD, pos0, inv_freq);
+    }
+    round_act(m, x, (size_t)T * nheads * HD);
 }
 
 // ----------------------------------------------------------------------------
@@ -218,7 +290,7 @@ int qd_emu_layer(qd_emu *m, int l, const float *h_in, float *h_out, int T, int p
     memcpy(m->x, h_in, (size_t)T * C * sizeof(float));
     round_act(m, m->x, (size_t)T * C); /* the hidden state as the device stores it */
 
-    norm_act(m, m->xn, m->x, lw->input_layernorm, T, C);
+    norm_act(m, m->xn, m->x, lw->input_layernorm, T, C, l);
     EMIT(l, QD_TAP_ATTN_NORM, m->xn);
     matmul_act(m, m->q, m->xn, lw->q_proj, T, C, NH * HD);
     EMIT(l, QD_TAP_Q_PROJ, m->q);
@@ -227,37 +299,51 @@ int qd_emu_layer(qd_emu *m, int l, const float *h_in, float *h_out, int T, int p
     matmul_act(m, m->v, m->xn, lw->v_proj, T, C, NKV * HD);
     EMIT(l, QD_TAP_V_PROJ, m->v);
 
-    norm_act(m, m->q, m->q, lw->q_norm, T * NH, HD); /* per head, over head_dim */
+    norm_act(m, m->q, m->q, lw->q_norm, T * NH, HD, l); /* per head, over head_dim */
     EMIT(l, QD_TAP_Q_NORM, m->q);
-    norm_act(m, m->k, m->k, lw->k_norm, T * NKV, HD);
+    if (qd_fault_at(&m->fault, QD_FAULT_KNORM_MUL, l)) { /* fault 1: the weight without the norm */
+        for (size_t i = 0; i < (size_t)T * NKV * HD; i++) m->k[i] = round1(m, m->k[i] * lw->k_norm[i % HD]);
+    } else {
+        norm_act(m, m->k, m->k, lw->k_norm, T * NKV, HD, l);
+    }
     EMIT(l, QD_TAP_K_NORM, m->k);
-    rope_forward(m->q, T, NH, HD, pos0, m->inv_freq);
-    round_act(m, m->q, (size_t)T * NH * HD);
+    rope_act(m, m->q, T, NH, pos0, l);
     EMIT(l, QD_TAP_Q_ROPE, m->q);
-    rope_forward(m->k, T, NKV, HD, pos0, m->inv_freq);
-    round_act(m, m->k, (size_t)T * NKV * HD);
+    rope_act(m, m->k, T, NKV, pos0, l);
     EMIT(l, QD_TAP_K_ROPE, m->k);
 
     float *kc = m->kcache + (size_t)l * S * NKV * HD; /* (max_seq, NKV, HD) */
     float *vc = m->vcache + (size_t)l * S * NKV * HD;
-    memcpy(kc + (size_t)pos0 * NKV * HD, m->k, (size_t)T * NKV * HD * sizeof(float));
-    memcpy(vc + (size_t)pos0 * NKV * HD, m->v, (size_t)T * NKV * HD * sizeof(float));
+    /* fault 12: the decode path writes one position early (over the previous token's K/V) */
+    int wpos = T == 1 && pos0 > 0 && qd_fault_at(&m->fault, QD_FAULT_KV_POS, l) ? pos0 - 1 : pos0;
+    memcpy(kc + (size_t)wpos * NKV * HD, m->k, (size_t)T * NKV * HD * sizeof(float));
+    memcpy(vc + (size_t)wpos * NKV * HD, m->v, (size_t)T * NKV * HD * sizeof(float));
 
-    attention_act(m, m->att, m->q, kc, vc, T, pos0);
+    attention_act(m, m->att, m->q, kc, vc, T, pos0, l);
     EMIT(l, QD_TAP_ATTN, m->att);
     matmul_act(m, m->o, m->att, lw->o_proj, T, NH * HD, C);
     EMIT(l, QD_TAP_O_PROJ, m->o);
-    residual_forward(m->res, m->x, m->o, (long)T * C);
+    if (qd_fault_at(&m->fault, QD_FAULT_RESIDUAL_DROP, l)) /* fault 10 */
+        memcpy(m->res, m->o, (size_t)T * C * sizeof(float));
+    else
+        residual_forward(m->res, m->x, m->o, (long)T * C);
     round_act(m, m->res, (size_t)T * C);
     EMIT(l, QD_TAP_ATTN_RESIDUAL, m->res);
 
-    norm_act(m, m->xn, m->res, lw->post_attention_layernorm, T, C);
+    norm_act(m, m->xn, m->res, lw->post_attention_layernorm, T, C, l);
     EMIT(l, QD_TAP_MLP_NORM, m->xn);
     matmul_act(m, m->gate, m->xn, lw->gate_proj, T, C, I);
     EMIT(l, QD_TAP_GATE_PROJ, m->gate);
     matmul_act(m, m->up, m->xn, lw->up_proj, T, C, I);
     EMIT(l, QD_TAP_UP_PROJ, m->up);
-    swiglu_forward(m->gate, m->gate, m->up, (long)T * I);
+    if (qd_fault_at(&m->fault, QD_FAULT_ACT_GELU, l)) { /* fault 11: GELU where SiLU belongs */
+        for (size_t i = 0; i < (size_t)T * I; i++) {
+            float g = m->gate[i];
+            m->gate[i] = 0.5f * g * (1.0f + erff(g * 0.70710678f)) * m->up[i];
+        }
+    } else {
+        swiglu_forward(m->gate, m->gate, m->up, (long)T * I);
+    }
     round_act(m, m->gate, (size_t)T * I);
     EMIT(l, QD_TAP_ACT, m->gate);
     matmul_act(m, m->o, m->gate, lw->down_proj, T, I, C);
@@ -273,7 +359,7 @@ int qd_emu_head(qd_emu *m, const float *h, int T, float *logits, qd_tap_sink *si
     int C = c->hidden_size;
     memcpy(m->x, h, (size_t)T * C * sizeof(float));
     round_act(m, m->x, (size_t)T * C);
-    norm_act(m, m->xn, m->x, m->wb.norm, T, C);
+    norm_act(m, m->xn, m->x, m->wb.norm, T, C, -1);
     EMIT(-1, QD_TAP_FINAL_NORM, m->xn);
     /* logits stay fp32: fp32 accumulation over the stored final_norm, not rounded */
     matmul_forward(logits, m->xn, m->wb.lm_head, T, C, c->vocab_size, QD_ACCUM_F32);

@@ -11,13 +11,16 @@
 #include <stdint.h>
 
 #include "qd_act.h"
+#include "qd_fault.h"
 #include "qd_taps.h"
 #include "qd_weights.h"
 
 typedef struct qd_emu qd_emu;
 
-/* Copies the weights rounded to bf16 (the fused path's weight dtype). NULL with e set on failure. */
-qd_emu *qd_emu_create(const qd_weights *w, qd_act_dtype act, int threads, int max_seq, qd_err *e);
+/* Copies the weights rounded to bf16 (the fused path's weight dtype). fault: a fault of the catalog to
+ * inject (qd_fault.h), NULL for none. NULL with e set on failure. */
+qd_emu *qd_emu_create(const qd_weights *w, qd_act_dtype act, int threads, int max_seq, const qd_fault *fault,
+                      qd_err *e);
 void qd_emu_free(qd_emu *m);
 
 /* As qd_ref_embed / qd_ref_layer / qd_ref_head. h_in is rounded to the activation dtype on entry (what

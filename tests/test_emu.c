@@ -118,7 +118,7 @@ static void run_ref(const qd_weights *w, recorder *rec) {
 
 static void run_emu(const qd_weights *w, qd_act_dtype act, recorder *rec) {
     qd_err e;
-    qd_emu *m = qd_emu_create(w, act, 0, T, &e);
+    qd_emu *m = qd_emu_create(w, act, 0, T, NULL, &e);
     assert_non_null(m);
     const qd_config *c = &w->cfg;
     float *h = malloc((size_t)T * c->hidden_size * sizeof(float));
@@ -234,7 +234,7 @@ static void test_emu_rounds_input(void **state) {
     make_model(&w, 1, 17);
     qd_err e;
     const qd_config *c = &w.cfg;
-    qd_emu *m1 = qd_emu_create(&w, QD_ACT_BF16, 0, T, &e), *m2 = qd_emu_create(&w, QD_ACT_BF16, 0, T, &e);
+    qd_emu *m1 = qd_emu_create(&w, QD_ACT_BF16, 0, T, NULL, &e), *m2 = qd_emu_create(&w, QD_ACT_BF16, 0, T, NULL, &e);
     assert_non_null(m1);
     assert_non_null(m2);
     size_t n = (size_t)T * c->hidden_size;

@@ -29,6 +29,7 @@
 #include "qd_compare.h"
 #include "qd_config.h"
 #include "qd_dump.h"
+#include "qd_fault.h"
 #include "qd_ref.h"
 #include "qd_tolerances.h"
 #include "qd_taps.h"
@@ -51,6 +52,7 @@ typedef struct {
     qd_mode locate;
     int decode;                 /* decode steps compared after the prompt */
     const char *act;            /* emu/fused activation dtype */
+    qd_fault fault;             /* --inject: into the backend under test */
     const char *tolerances;     /* JSON file; NULL: the precision pair's defaults */
     int calibrate;              /* > 0: the bless step over this many prompts */
     const char *write_tol;      /* where calibration writes */
@@ -62,7 +64,7 @@ typedef struct {
     int dump_compress;          /* 0..9 */
     int threads;                /* 0: OpenMP's default */
     qd_accum accum;
-    int summary, quiet, help, version, no_color;
+    int summary, quiet, help, version, no_color, list_faults;
     const char *compare_a, *compare_b; /* the compare subcommand's operands */
 } cli_args;
 
@@ -87,6 +89,8 @@ static void usage(FILE *f) {
         "  --locate free|isolated which run locates the first divergence (default free)\n"
         "  --decode N             also compare N decode steps after the prompt (greedy on A's logits)\n"
         "  --act bf16|fp16|fp32   activation dtype of emu and fused (default bf16)\n"
+        "  --inject NAME[@L]      inject a fault of the catalog into the backend under test (B), in layer L\n"
+        "                         or every layer (names: qwen3-diff --inject help)\n"
         "  --threads N            CPU threads (default: all; the reference is bitwise identical for any N)\n"
         "  --ref-accum f32|f64    the reference's accumulation (default f32; f64 is the tighter oracle)\n"
         "verdict and CI\n"
@@ -182,7 +186,7 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
         static const char *const valued[] = {
             "--model", "--tokens", "--backends", "--dump", "--dump-compress", "--threads", "--ref-accum",
             "--locate", "--decode", "--act", "--tolerances", "--calibrate", "--write-tolerances", "--margin",
-            "--json", "--junit", "--dump-taps", "--dump-on-divergence", "--fused-precision"};
+            "--json", "--junit", "--dump-taps", "--dump-on-divergence", "--fused-precision", "--inject"};
         const char *flag = NULL, *val = NULL;
         for (int k = 0; k < (int)(sizeof valued / sizeof *valued) && !flag; k++) {
             size_t fl = strlen(valued[k]);
@@ -211,6 +215,8 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
         else if (strcmp(flag, "--junit") == 0) a->junit = val;
         else if (strcmp(flag, "--dump-taps") == 0) a->dump_taps = val;
         else if (strcmp(flag, "--backends") == 0) rc = parse_backends(val, a, e);
+        else if (strcmp(flag, "--inject") == 0 && strcmp(val, "help") == 0) a->list_faults = 1;
+        else if (strcmp(flag, "--inject") == 0) rc = qd_fault_parse(val, &a->fault, e);
         else if (strcmp(flag, "--dump-compress") == 0) rc = parse_int(flag, val, 0, 9, &a->dump_compress, e);
         else if (strcmp(flag, "--threads") == 0) rc = parse_int(flag, val, 0, 4096, &a->threads, e);
         else if (strcmp(flag, "--decode") == 0) rc = parse_int(flag, val, 0, 1 << 20, &a->decode, e);
@@ -236,7 +242,7 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
         }
         if (rc) return rc;
     }
-    if (a->help || a->version || a->compare_a) return QD_OK;
+    if (a->help || a->version || a->list_faults || a->compare_a) return QD_OK;
     if (a->nbackends == 2) a->layer_by_layer = 1;
     if (a->calibrate) a->layer_by_layer = 1;
     if (a->calibrate && !a->write_tol) return qd_errf(e, QD_EINPUT, "--calibrate needs --write-tolerances FILE");
@@ -435,7 +441,8 @@ static int run_single(const cli_args *a, const char *model, const char *token_ar
     if ((rc = qd_weights_load(model, &w, e))) goto out;
     have_weights = 1;
     const qd_config *c = &w.cfg;
-    qd_backend_opts bo = {.threads = a->threads, .accum_f64 = a->accum == QD_ACCUM_F64, .max_seq = T, .act = a->act};
+    qd_backend_opts bo = {.threads = a->threads, .accum_f64 = a->accum == QD_ACCUM_F64, .max_seq = T, .act = a->act,
+                          .fault = a->fault};
     if (!(be = qd_backend_create(a->backends[0], &w, &bo, e))) {
         rc = e->code ? e->code : QD_ERUNTIME;
         goto out;
@@ -639,10 +646,16 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
     if ((rc = qd_weights_load(model, &w, e))) goto out;
     have_weights = 1;
     const int L = w.cfg.num_hidden_layers;
+    if (a->fault.kind != QD_FAULT_NONE && a->fault.layer >= L) {
+        rc = qd_errf(e, QD_EINPUT, "--inject: layer %d, but the model has %d layers", a->fault.layer, L);
+        goto out;
+    }
     qd_backend_opts bo = {.threads = a->threads, .accum_f64 = a->accum == QD_ACCUM_F64, .max_seq = T + a->decode,
                           .act = a->act};
-    if (!(ba = qd_backend_create(name_a, &w, &bo, e)) || !(bb = qd_backend_create(name_b, &w, &bo, e)) ||
-        (a->isolate && !(bi = qd_backend_create(name_b, &w, &bo, e)))) {
+    qd_backend_opts bo_test = bo;
+    bo_test.fault = a->fault;
+    if (!(ba = qd_backend_create(name_a, &w, &bo, e)) || !(bb = qd_backend_create(name_b, &w, &bo_test, e)) ||
+        (a->isolate && !(bi = qd_backend_create(name_b, &w, &bo_test, e)))) {
         rc = e->code ? e->code : QD_ERUNTIME;
         goto out;
     }
@@ -734,6 +747,15 @@ int main(int argc, char **argv) {
     int rc = parse_args(argc, argv, &a, &e);
     if (rc == QD_OK && a.help) {
         usage(stdout);
+        return 0;
+    }
+    if (rc == QD_OK && a.list_faults) {
+        printf("faults for --inject NAME[@LAYER] (into emu or fused; the first tap where each shows):\n");
+        for (int k = 1; k < QD_NUM_FAULTS; k++) {
+            const qd_fault_info *fi = qd_fault_info_of((qd_fault_kind)k);
+            printf("  %2d %-24s %-14s %s%s\n", k, fi->name, fi->first_tap, fi->description,
+                   fi->decode_only ? " (decode steps only: use --decode N)" : "");
+        }
         return 0;
     }
     if (rc == QD_OK && a.version) {
