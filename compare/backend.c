@@ -8,6 +8,9 @@
 
 #include "qd_build_config.h"
 #include "qd_emu.h"
+#if QD_HAVE_CUDA
+#include "qd_fused.h"
+#endif
 #include "qd_ref.h"
 
 /* --- ref: the fp32 reference ------------------------------------------------------------------------ */
@@ -103,11 +106,58 @@ static qd_backend *emu_create(const qd_weights *w, const qd_backend_opts *o, qd_
     return b;
 }
 
+/* --- fused: the CUDA path under test --------------------------------------------------------------- */
+
+#if QD_HAVE_CUDA
+static int fused_embed(qd_backend *b, const int32_t *tokens, int T, float *h, qd_tap_sink *sink, qd_err *e) {
+    return qd_fused_embed((qd_fused *)b->impl, tokens, T, h, sink, e);
+}
+
+static int fused_layer(qd_backend *b, int layer, const float *h_in, float *h_out, int T, int pos0,
+                       qd_tap_sink *sink, qd_err *e) {
+    return qd_fused_layer((qd_fused *)b->impl, layer, h_in, h_out, T, pos0, sink, e);
+}
+
+static int fused_head(qd_backend *b, const float *h, int T, float *logits, qd_tap_sink *sink, qd_err *e) {
+    return qd_fused_head((qd_fused *)b->impl, h, T, logits, sink, e);
+}
+
+static void fused_destroy(qd_backend *b) { qd_fused_free((qd_fused *)b->impl); }
+
+static qd_backend *fused_create(const qd_weights *w, const qd_backend_opts *o, qd_err *e) {
+    qd_fused_opts fo = {.act = QD_ACT_BF16, .max_seq = o->max_seq, .taps_all = o->taps_all};
+    if (o->act && qd_act_dtype_parse(o->act, &fo.act) != 0) {
+        qd_errf(e, QD_EINPUT, "activation precision '%s': expected bf16, fp16 or fp32", o->act);
+        return NULL;
+    }
+    if (o->fault.kind != QD_FAULT_NONE) {
+        qd_errf(e, QD_EINPUT, "--inject: the fused backend takes no faults in this build; inject into emu");
+        return NULL;
+    }
+    qd_fused *f = qd_fused_create(w, &fo, e);
+    if (!f) return NULL;
+    qd_backend *b = qd_calloc(1, sizeof *b);
+    snprintf(b->name, sizeof b->name, "fused");
+    snprintf(b->precision, sizeof b->precision, "%s", qd_act_dtype_name(fo.act));
+    snprintf(b->accum, sizeof b->accum, "f32");
+    b->cfg = &w->cfg;
+    b->impl = f;
+    b->embed = fused_embed;
+    b->layer = fused_layer;
+    b->head = fused_head;
+    b->destroy = fused_destroy;
+    return b;
+}
+#endif
+
 /* --- registry --------------------------------------------------------------------------------------- */
 
 qd_backend *qd_backend_create(const char *name, const qd_weights *w, const qd_backend_opts *opts, qd_err *e) {
     if (strcmp(name, "ref") == 0) return ref_create(w, opts, e);
     if (strcmp(name, "emu") == 0) return emu_create(w, opts, e);
+#if QD_HAVE_CUDA
+    if (strcmp(name, "fused") == 0) return fused_create(w, opts, e);
+#endif
     qd_errf(e, QD_EINPUT, "backend '%s': unknown or not built into this binary (available: %s)", name,
             qd_backend_names());
     return NULL;
@@ -119,6 +169,11 @@ void qd_backend_destroy(qd_backend *b) {
     free(b);
 }
 
-const char *qd_backend_names(void) { return "ref, emu"; }
+const char *qd_backend_names(void) { return QD_HAVE_CUDA ? "ref, emu, fused" : "ref, emu"; }
 
-const char *qd_backend_default_test(void) { return "emu"; }
+const char *qd_backend_default_test(void) {
+#if QD_HAVE_CUDA
+    if (qd_fused_device_count(NULL, 0) > 0) return "fused";
+#endif
+    return "emu";
+}

@@ -36,6 +36,7 @@ typedef struct {
     int max_seq;     /* KV cache capacity (prompt + decode steps) */
     const char *act; /* emu, fused: activation dtype "bf16" (default when NULL) | "fp16" | "fp32" */
     qd_fault fault;  /* emu, fused: a fault to inject; kind QD_FAULT_NONE for none */
+    int taps_all;    /* fused: the unfused variant, so every tap exists */
 } qd_backend_opts;
 
 /* Creates a backend by name over loaded weights (borrowed). Unknown names and backends not built into

@@ -88,7 +88,7 @@ regen() { # name, args...
 }
 regen gqa_tied --seed 1 --vocab 512 --hidden 64 --heads 4 --kv-heads 2 --head-dim 32 --intermediate 160 \
     --layers 2 --theta 1e6 --eps 1e-6 --tied 1 --dialect hf5 --prompt-len 12
-regen mha_untied --seed 1 --vocab 384 --hidden 96 --heads 4 --kv-heads 4 --head-dim 24 --intermediate 192 \
+regen mha_untied --seed 1 --vocab 384 --hidden 96 --heads 4 --kv-heads 4 --head-dim 32 --intermediate 192 \
     --layers 2 --theta 1e4 --eps 1e-6 --tied 0 --dialect released --prompt-len 10
 regen knorm_extreme --seed 1 --vocab 1024 --hidden 128 --heads 4 --kv-heads 2 --head-dim 64 \
     --intermediate 256 --layers 4 --theta 1e6 --eps 1e-6 --tied 1 --dialect hf5 --prompt-len 16 \

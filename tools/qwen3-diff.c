@@ -53,6 +53,7 @@ typedef struct {
     int decode;                 /* decode steps compared after the prompt */
     const char *act;            /* emu/fused activation dtype */
     qd_fault fault;             /* --inject: into the backend under test */
+    int taps_all;               /* --fused-taps all */
     const char *tolerances;     /* JSON file; NULL: the precision pair's defaults */
     int calibrate;              /* > 0: the bless step over this many prompts */
     const char *write_tol;      /* where calibration writes */
@@ -88,7 +89,9 @@ static void usage(FILE *f) {
         "  --isolate              also run B teacher-forced: layer i of B gets A's input to layer i\n"
         "  --locate free|isolated which run locates the first divergence (default free)\n"
         "  --decode N             also compare N decode steps after the prompt (greedy on A's logits)\n"
-        "  --act bf16|fp16|fp32   activation dtype of emu and fused (default bf16)\n"
+        "  --act bf16|fp16|fp32   activation dtype of emu and fused (default bf16; also --fused-precision)\n"
+        "  --fused-taps all|fused all: the unfused variant of the CUDA kernels, so every tap exists\n"
+        "                         (default fused: taps a kernel fuses away are absent)\n"
         "  --inject NAME[@L]      inject a fault of the catalog into the backend under test (B), in layer L\n"
         "                         or every layer (names: qwen3-diff --inject help)\n"
         "  --threads N            CPU threads (default: all; the reference is bitwise identical for any N)\n"
@@ -186,7 +189,7 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
         static const char *const valued[] = {
             "--model", "--tokens", "--backends", "--dump", "--dump-compress", "--threads", "--ref-accum",
             "--locate", "--decode", "--act", "--tolerances", "--calibrate", "--write-tolerances", "--margin",
-            "--json", "--junit", "--dump-taps", "--dump-on-divergence", "--fused-precision", "--inject"};
+            "--json", "--junit", "--dump-taps", "--dump-on-divergence", "--fused-precision", "--inject", "--fused-taps"};
         const char *flag = NULL, *val = NULL;
         for (int k = 0; k < (int)(sizeof valued / sizeof *valued) && !flag; k++) {
             size_t fl = strlen(valued[k]);
@@ -215,6 +218,11 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
         else if (strcmp(flag, "--junit") == 0) a->junit = val;
         else if (strcmp(flag, "--dump-taps") == 0) a->dump_taps = val;
         else if (strcmp(flag, "--backends") == 0) rc = parse_backends(val, a, e);
+        else if (strcmp(flag, "--fused-taps") == 0) {
+            if (strcmp(val, "all") == 0) a->taps_all = 1;
+            else if (strcmp(val, "fused") == 0) a->taps_all = 0;
+            else rc = qd_errf(e, QD_EINPUT, "--fused-taps: '%s' is not all or fused", val);
+        }
         else if (strcmp(flag, "--inject") == 0 && strcmp(val, "help") == 0) a->list_faults = 1;
         else if (strcmp(flag, "--inject") == 0) rc = qd_fault_parse(val, &a->fault, e);
         else if (strcmp(flag, "--dump-compress") == 0) rc = parse_int(flag, val, 0, 9, &a->dump_compress, e);
@@ -442,7 +450,7 @@ static int run_single(const cli_args *a, const char *model, const char *token_ar
     have_weights = 1;
     const qd_config *c = &w.cfg;
     qd_backend_opts bo = {.threads = a->threads, .accum_f64 = a->accum == QD_ACCUM_F64, .max_seq = T, .act = a->act,
-                          .fault = a->fault};
+                          .fault = a->fault, .taps_all = a->taps_all};
     if (!(be = qd_backend_create(a->backends[0], &w, &bo, e))) {
         rc = e->code ? e->code : QD_ERUNTIME;
         goto out;
@@ -651,7 +659,7 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
         goto out;
     }
     qd_backend_opts bo = {.threads = a->threads, .accum_f64 = a->accum == QD_ACCUM_F64, .max_seq = T + a->decode,
-                          .act = a->act};
+                          .act = a->act, .taps_all = a->taps_all};
     qd_backend_opts bo_test = bo;
     bo_test.fault = a->fault;
     if (!(ba = qd_backend_create(name_a, &w, &bo, e)) || !(bb = qd_backend_create(name_b, &w, &bo_test, e)) ||
