@@ -6,6 +6,7 @@
  * Anything this project does not implement is refused by name rather than silently ignored, because
  * a silently ignored feature (a bias, a scaled RoPE) would show up later as a "numerical
  * divergence". */
+#include "qd_json.h"
 #include "qd_config.h"
 
 #include <jansson.h>
@@ -17,20 +18,6 @@
 // ----------------------------------------------------------------------------
 // typed field readers: each returns QD_OK or fills e with "<path>: field '<name>': ..."
 
-static const char *json_type_name(const json_t *v) {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a real number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    case JSON_NULL: return "null";
-    }
-    return "?";
-}
-
 /* A positive int (JSON integer, not real: 1024.0 in a size field means the file was not written by
  * transformers, and silently truncating 1024.5 would hide it). */
 static int get_pos_int(const json_t *root, const char *key, const char *path, int *out, qd_err *e) {
@@ -38,7 +25,7 @@ static int get_pos_int(const json_t *root, const char *key, const char *path, in
     if (!v) return qd_errf(e, QD_EINPUT, "%s: field '%s' missing", path, key);
     if (!json_is_integer(v))
         return qd_errf(e, QD_EINPUT, "%s: field '%s': expected an integer, got %s", path, key,
-                       json_type_name(v));
+                       qd_json_type_name(v));
     json_int_t x = json_integer_value(v);
     if (x <= 0 || x > INT_MAX)
         return qd_errf(e, QD_EINPUT, "%s: field '%s': %lld is out of range (1..%d)", path, key,
@@ -52,7 +39,7 @@ static int check_pos_real(const json_t *v, const char *key, const char *path, do
                           qd_err *e) {
     if (!json_is_number(v))
         return qd_errf(e, QD_EINPUT, "%s: field '%s': expected a number, got %s", path, key,
-                       json_type_name(v));
+                       qd_json_type_name(v));
     double x = json_number_value(v);
     if (!(x > 0.0) || !isfinite(x))
         return qd_errf(e, QD_EINPUT, "%s: field '%s': %g must be a positive finite number", path,
@@ -69,7 +56,7 @@ static int refuse_true(const json_t *root, const char *key, const char *what, co
     if (json_is_true(v))
         return qd_errf(e, QD_EINPUT, "%s: field '%s' is true: %s not supported", path, key, what);
     return qd_errf(e, QD_EINPUT, "%s: field '%s': expected a boolean, got %s", path, key,
-                   json_type_name(v));
+                   qd_json_type_name(v));
 }
 
 /* MoE fields: present with a value > 0 means a sparse model (Qwen3-MoE), which has no dense MLP. */
@@ -78,7 +65,7 @@ static int refuse_moe(const json_t *root, const char *key, const char *path, qd_
     if (!v || json_is_null(v)) return QD_OK;
     if (!json_is_number(v))
         return qd_errf(e, QD_EINPUT, "%s: field '%s': expected a number, got %s", path, key,
-                       json_type_name(v));
+                       qd_json_type_name(v));
     if (json_number_value(v) > 0)
         return qd_errf(e, QD_EINPUT,
                        "%s: field '%s' is %g: mixture-of-experts models are not supported", path,
@@ -104,7 +91,7 @@ static int check_rope_type(const json_t *obj, const char *field, const char *pat
     }
     if (!json_is_string(t))
         return qd_errf(e, QD_EINPUT, "%s: field '%s.%s': expected a string, got %s", path, field,
-                       key, json_type_name(t));
+                       key, qd_json_type_name(t));
     if (strcmp(json_string_value(t), "default") != 0)
         return qd_errf(e, QD_EINPUT, "%s: field '%s.%s' is '%s': only 'default' RoPE is supported",
                        path, field, key, json_string_value(t));
@@ -118,7 +105,7 @@ static int parse_root(const json_t *root, const char *path, qd_config *c, qd_err
     int rc;
     if (!json_is_object(root))
         return qd_errf(e, QD_EINPUT, "%s: expected a JSON object, got %s", path,
-                       json_type_name(root));
+                       qd_json_type_name(root));
 
     /* model_type first: a different architecture would fail later in confusing ways. */
     const json_t *mt = json_object_get(root, "model_type");
@@ -126,7 +113,7 @@ static int parse_root(const json_t *root, const char *path, qd_config *c, qd_err
         return qd_errf(e, QD_EINPUT, "%s: field 'model_type' missing (expected \"qwen3\")", path);
     if (!json_is_string(mt))
         return qd_errf(e, QD_EINPUT, "%s: field 'model_type': expected a string, got %s", path,
-                       json_type_name(mt));
+                       qd_json_type_name(mt));
     if (strcmp(json_string_value(mt), "qwen3") != 0)
         return qd_errf(e, QD_EINPUT, "%s: field 'model_type' is '%s': only 'qwen3' is supported",
                        path, json_string_value(mt));
@@ -145,7 +132,7 @@ static int parse_root(const json_t *root, const char *path, qd_config *c, qd_err
     if (act && !json_is_null(act)) {
         if (!json_is_string(act))
             return qd_errf(e, QD_EINPUT, "%s: field 'hidden_act': expected a string, got %s", path,
-                           json_type_name(act));
+                           qd_json_type_name(act));
         /* The MLP is SwiGLU; another activation would compute a different model. */
         if (strcmp(json_string_value(act), "silu") != 0)
             return qd_errf(e, QD_EINPUT, "%s: field 'hidden_act' is '%s': only 'silu' is supported",
@@ -202,7 +189,7 @@ static int parse_root(const json_t *root, const char *path, qd_config *c, qd_err
     if (rp && !json_is_null(rp)) {
         if (!json_is_object(rp))
             return qd_errf(e, QD_EINPUT, "%s: field 'rope_parameters': expected an object, got %s",
-                           path, json_type_name(rp));
+                           path, qd_json_type_name(rp));
         if ((rc = check_rope_type(rp, "rope_parameters", path, 0, e))) return rc;
         theta_rp = json_object_get(rp, "rope_theta");
     }
@@ -211,7 +198,7 @@ static int parse_root(const json_t *root, const char *path, qd_config *c, qd_err
         if (!json_is_object(rs))
             return qd_errf(e, QD_EINPUT,
                            "%s: field 'rope_scaling': expected an object or null, got %s", path,
-                           json_type_name(rs));
+                           qd_json_type_name(rs));
         if ((rc = check_rope_type(rs, "rope_scaling", path, 1, e))) return rc;
     }
     if (theta_rp) {
@@ -246,7 +233,7 @@ static int parse_root(const json_t *root, const char *path, qd_config *c, qd_err
         if (!json_is_boolean(tie))
             return qd_errf(e, QD_EINPUT,
                            "%s: field 'tie_word_embeddings': expected a boolean, got %s", path,
-                           json_type_name(tie));
+                           qd_json_type_name(tie));
         c->tie_word_embeddings = json_is_true(tie);
     }
 
@@ -255,7 +242,7 @@ static int parse_root(const json_t *root, const char *path, qd_config *c, qd_err
     if (lt && !json_is_null(lt)) {
         if (!json_is_array(lt))
             return qd_errf(e, QD_EINPUT, "%s: field 'layer_types': expected an array, got %s", path,
-                           json_type_name(lt));
+                           qd_json_type_name(lt));
         if (json_array_size(lt) != (size_t)c->num_hidden_layers)
             return qd_errf(e, QD_EINPUT,
                            "%s: field 'layer_types': %zu entries but num_hidden_layers is %d", path,
@@ -265,7 +252,7 @@ static int parse_root(const json_t *root, const char *path, qd_config *c, qd_err
             if (!json_is_string(s))
                 return qd_errf(e, QD_EINPUT,
                                "%s: field 'layer_types[%zu]': expected a string, got %s", path, i,
-                               json_type_name(s));
+                               qd_json_type_name(s));
             if (strcmp(json_string_value(s), "full_attention") != 0)
                 return qd_errf(e, QD_EINPUT,
                                "%s: field 'layer_types[%zu]' is '%s': only 'full_attention' is "
@@ -285,7 +272,7 @@ static int parse_root(const json_t *root, const char *path, qd_config *c, qd_err
     if (dt && !json_is_null(dt)) {
         if (!json_is_string(dt))
             return qd_errf(e, QD_EINPUT, "%s: field '%s': expected a string, got %s", path, dkey,
-                           json_type_name(dt));
+                           qd_json_type_name(dt));
         const char *s = json_string_value(dt);
         if (strlen(s) >= sizeof c->dtype)
             return qd_errf(e, QD_EINPUT, "%s: field '%s': '%s' is not a dtype name", path, dkey, s);

@@ -6,6 +6,7 @@
  * numel * itemsize == end - begin with overflow checks, offsets inside the data section, no
  * overlaps); unlike it we accept gaps between tensors, which change nothing for a reader. The
  * writer (qd_st_write, qd_dtype_name, qd_dtype_size) lives in st_write.c. */
+#include "qd_json.h"
 #include "qd_safetensors.h"
 
 #include <errno.h>
@@ -41,20 +42,6 @@ static void *grow(void *p, size_t n, size_t add, size_t sz) {
     if (n) memcpy(q, p, n * sz);
     free(p);
     return q;
-}
-
-static const char *type_name(const json_t *v) {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a real number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    case JSON_NULL: return "null";
-    }
-    return "?";
 }
 
 static void fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape) {
@@ -99,20 +86,20 @@ static int parse_entry(const char *path, const char *name, const json_t *v, size
                        qd_tensor *t, span *sp, qd_err *e) {
     if (!json_is_object(v))
         return qd_errf(e, QD_EINPUT, "%s: tensor '%s': expected an object, got %s", path, name,
-                       type_name(v));
+                       qd_json_type_name(v));
     const json_t *dt = json_object_get(v, "dtype");
     const json_t *sh = json_object_get(v, "shape");
     const json_t *off = json_object_get(v, "data_offsets");
     if (!dt || !json_is_string(dt))
         return qd_errf(e, QD_EINPUT, "%s: tensor '%s': field 'dtype': expected a string, got %s",
-                       path, name, dt ? type_name(dt) : "nothing");
+                       path, name, dt ? qd_json_type_name(dt) : "nothing");
     if (parse_dtype(json_string_value(dt), &t->dtype))
         return qd_errf(e, QD_EINPUT,
                        "%s: tensor '%s': unsupported dtype '%s' (supported: F32, F16, BF16)", path,
                        name, json_string_value(dt));
     if (!sh || !json_is_array(sh))
         return qd_errf(e, QD_EINPUT, "%s: tensor '%s': field 'shape': expected an array, got %s",
-                       path, name, sh ? type_name(sh) : "nothing");
+                       path, name, sh ? qd_json_type_name(sh) : "nothing");
     if (json_array_size(sh) > QD_MAX_DIMS)
         return qd_errf(e, QD_EINPUT,
                        "%s: tensor '%s': field 'shape': %zu dimensions, at most %d supported", path,
@@ -125,7 +112,7 @@ static int parse_entry(const char *path, const char *name, const json_t *v, size
         if (!json_is_integer(d))
             return qd_errf(e, QD_EINPUT,
                            "%s: tensor '%s': field 'shape[%d]': expected an integer, got %s", path,
-                           name, i, type_name(d));
+                           name, i, qd_json_type_name(d));
         json_int_t x = json_integer_value(d);
         if (x < 0)
             return qd_errf(e, QD_EINPUT, "%s: tensor '%s': field 'shape[%d]': %lld is negative",
@@ -225,7 +212,7 @@ int qd_st_open_file(qd_st *st, const char *path, qd_err *e) {
     }
     if (!json_is_object(root)) {
         rc = qd_errf(e, QD_EINPUT, "%s: header: expected a JSON object, got %s", path,
-                     type_name(root));
+                     qd_json_type_name(root));
         goto fail;
     }
     size_t data_size = size - 8 - (size_t)hlen;
@@ -325,12 +312,12 @@ static int open_index(qd_st *st, const char *dir, const char *ipath, qd_err *e) 
     const int n0 = st->n;
     const json_t *wm = json_is_object(root) ? json_object_get(root, "weight_map") : NULL;
     if (!json_is_object(root)) {
-        rc = qd_errf(e, QD_EINPUT, "%s: expected a JSON object, got %s", ipath, type_name(root));
+        rc = qd_errf(e, QD_EINPUT, "%s: expected a JSON object, got %s", ipath, qd_json_type_name(root));
         goto done;
     }
     if (!wm || !json_is_object(wm)) {
         rc = qd_errf(e, QD_EINPUT, "%s: field 'weight_map': expected an object, got %s", ipath,
-                     wm ? type_name(wm) : "nothing");
+                     wm ? qd_json_type_name(wm) : "nothing");
         goto done;
     }
     if (json_object_size(wm) == 0) {
@@ -345,7 +332,7 @@ static int open_index(qd_st *st, const char *dir, const char *ipath, qd_err *e) 
     json_object_foreach((json_t *)wm, name, v) {
         if (!json_is_string(v)) {
             rc = qd_errf(e, QD_EINPUT, "%s: weight_map['%s']: expected a string, got %s", ipath,
-                         name, type_name(v));
+                         name, qd_json_type_name(v));
             goto done;
         }
         const char *s = json_string_value(v);

@@ -1,4 +1,5 @@
 /* tolerances.c: tolerance defaults, lookup, the tolerance file and calibration (qd_tolerances.h). */
+#include "qd_json.h"
 #include "qd_tolerances.h"
 
 #include <errno.h>
@@ -213,20 +214,6 @@ unsigned qd_tolerances_verdict(const qd_tolerances *t, int layer, const char *ta
 // ----------------------------------------------------------------------------
 // loading: every check names the file and the field
 
-static const char *json_type_name(const json_t *v) {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a real number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    case JSON_NULL: return "null";
-    }
-    return "?";
-}
-
 /* Every key of obj must be in keys (NULL-terminated); `where` is the object's field path ("" = root). */
 static int check_keys(const json_t *obj, const char *const *keys, const char *where, const char *expected,
                       const char *path, qd_err *e) {
@@ -247,7 +234,7 @@ static int get_number(const json_t *v, const char *field, double lo, int strict,
                       double *out, qd_err *e) {
     if (!json_is_number(v))
         return qd_errf(e, QD_EINPUT, "%s: field '%s': expected a number, got %s", path, field,
-                       json_type_name(v));
+                       qd_json_type_name(v));
     double x = json_number_value(v);
     if (!isfinite(x) || (strict ? !(x > lo) : !(x >= lo)))
         return qd_errf(e, QD_EINPUT, "%s: field '%s': %g must be a finite number %s %g", path, field, x,
@@ -261,7 +248,7 @@ static int parse_tol(const json_t *v, const char *where, const char *path, qd_to
     static const char *const keys[] = {"rel_l2", "atol", "rtol", NULL};
     if (!json_is_object(v))
         return qd_errf(e, QD_EINPUT, "%s: field '%s': expected an object, got %s", path, where,
-                       json_type_name(v));
+                       qd_json_type_name(v));
     int rc = check_keys(v, keys, where, "rel_l2, atol or rtol", path, e);
     if (rc != QD_OK) return rc;
     const unsigned bits[] = {QD_TOL_SET_REL_L2, QD_TOL_SET_ATOL, QD_TOL_SET_RTOL};
@@ -314,7 +301,7 @@ static int load_root(const json_t *root, const char *path, qd_tolerances *t, qd_
     static const char *const keys[] = {"schema", "precision_pair", "margin", "default", "taps", "layers",
                                        "blowup_ratio", "growth_factor", "growth_floor", "measured", NULL};
     if (!json_is_object(root))
-        return qd_errf(e, QD_EINPUT, "%s: expected a JSON object, got %s", path, json_type_name(root));
+        return qd_errf(e, QD_EINPUT, "%s: expected a JSON object, got %s", path, qd_json_type_name(root));
     int rc = check_keys(root, keys, "",
                         "schema, precision_pair, margin, default, taps, layers, blowup_ratio, growth_factor, "
                         "growth_floor or measured",
@@ -325,7 +312,7 @@ static int load_root(const json_t *root, const char *path, qd_tolerances *t, qd_
     if (!v) return qd_errf(e, QD_EINPUT, "%s: field 'schema' missing (expected \"%s\")", path, QD_TOL_SCHEMA);
     if (!json_is_string(v) || strcmp(json_string_value(v), QD_TOL_SCHEMA) != 0)
         return qd_errf(e, QD_EINPUT, "%s: field 'schema': expected \"%s\", got %s%s%s", path, QD_TOL_SCHEMA,
-                       json_is_string(v) ? "\"" : "", json_is_string(v) ? json_string_value(v) : json_type_name(v),
+                       json_is_string(v) ? "\"" : "", json_is_string(v) ? json_string_value(v) : qd_json_type_name(v),
                        json_is_string(v) ? "\"" : "");
 
     v = json_object_get(root, "precision_pair");
@@ -353,7 +340,7 @@ static int load_root(const json_t *root, const char *path, qd_tolerances *t, qd_
     if ((v = json_object_get(root, "taps"))) {
         if (!json_is_object(v))
             return qd_errf(e, QD_EINPUT, "%s: field 'taps': expected an object, got %s", path,
-                           json_type_name(v));
+                           qd_json_type_name(v));
         const char *k;
         json_t *x;
         json_object_foreach((json_t *)v, k, x) {
@@ -367,7 +354,7 @@ static int load_root(const json_t *root, const char *path, qd_tolerances *t, qd_
     if ((v = json_object_get(root, "layers"))) {
         if (!json_is_object(v))
             return qd_errf(e, QD_EINPUT, "%s: field 'layers': expected an object, got %s", path,
-                           json_type_name(v));
+                           qd_json_type_name(v));
         const char *k;
         json_t *x;
         json_object_foreach((json_t *)v, k, x) {
@@ -393,7 +380,7 @@ static int load_root(const json_t *root, const char *path, qd_tolerances *t, qd_
     if ((v = json_object_get(root, "measured"))) {
         if (!json_is_object(v))
             return qd_errf(e, QD_EINPUT, "%s: field 'measured': expected an object, got %s", path,
-                           json_type_name(v));
+                           qd_json_type_name(v));
         t->measured = json_incref((json_t *)v);
     }
     return QD_OK;

@@ -46,7 +46,7 @@ typedef struct {
     int checked;
     int failures;
     double worst_rel_l2, worst_abs_ratio;
-    char worst_rel_tap[96], worst_abs_tap[96];
+    char worst_rel_tap[256], worst_abs_tap[256];
 } golden_check;
 
 static int compare_tap(qd_tap_sink *self, int layer, const char *name, const float *data, int ndim,
