@@ -171,6 +171,10 @@ static void matmul_act(const qd_emu *m, float *out, const float *x, const float 
     round_act(m, out, (size_t)T * out_dim);
 }
 
+/* Keys per tile of the fused attention kernel (FA_BC in fused/attention.cuh); only the faulty online-softmax
+ * path (fault 13) walks tiles, the clean path's two-pass softmax has none. */
+#define EMU_FA_BC 64
+
 /* Causal GQA attention as a FlashAttention kernel computes it: fp32 scores over the stored q and k,
  * fp32 max and sum, probabilities rounded to the activation dtype for the P.V product (the sum uses the
  * unrounded ones), fp32 accumulation, the output divided by the sum and rounded.
@@ -206,19 +210,28 @@ static void attention_act(const qd_emu *m, float *out, const float *q, const flo
                 for (int d = 0; d < HD; d++) acc[d] = 0.0f;
                 float sum = 0.0f;
                 if (online_bug) {
-                    /* fault 13, one key at a time as an online-softmax kernel walks its tiles: when the
-                     * running max grows, the sum is rescaled by exp(old - new) but the accumulator is not,
-                     * so early keys keep weights up to exp(max - early max): ~1e29 for the seed's scores */
+                    /* fault 13, the seed: FlashAttention's loop over tiles of EMU_FA_BC keys (fused/attention.cuh's
+                     * FA_BC) with correct max bookkeeping for the accumulator (rescaled by exp(old max - new max)
+                     * and carried), but the row sum l re-initialised in every tile instead of rescaled and
+                     * carried. acc / l then divides the whole row's mass by the last tile's sum alone: where that
+                     * tile's scores lie ~67 below the row max (the extreme k_norm layers), 1/l is ~1e29. Tiles a
+                     * row cannot see at all are skipped, as the kernel skips fully masked tiles. */
                     float mx = -INFINITY;
-                    for (int j = 0; j < n_keys; j++) {
-                        if (p[j] > mx) {
-                            sum *= expf(mx - p[j]);
-                            mx = p[j];
+                    for (int j0 = 0; j0 < n_keys; j0 += EMU_FA_BC) {
+                        int j1 = j0 + EMU_FA_BC < n_keys ? j0 + EMU_FA_BC : n_keys;
+                        float mt = mx;
+                        for (int j = j0; j < j1; j++)
+                            if (p[j] > mt) mt = p[j];
+                        float corr = expf(mx - mt); /* 0 for the first tile */
+                        for (int d = 0; d < HD; d++) acc[d] *= corr;
+                        sum = 0.0f; /* the bug: the kernel must keep sum * corr here */
+                        for (int j = j0; j < j1; j++) {
+                            float e = expf(p[j] - mt);
+                            sum += e;
+                            float pr = round1(m, e); /* P rounded with the running max, as the kernel does */
+                            for (int d = 0; d < HD; d++) acc[d] += pr * v[(size_t)j * kv_stride + d];
                         }
-                        float e = expf(p[j] - mx);
-                        sum += e;
-                        float pr = round1(m, e);
-                        for (int d = 0; d < HD; d++) acc[d] += pr * v[(size_t)j * kv_stride + d];
+                        mx = mt;
                     }
                 } else {
                     float mx = -INFINITY;

@@ -33,6 +33,8 @@ typedef struct {
     qd_act_dtype act;   /* activation dtype (bf16 default) */
     int max_seq;        /* KV cache capacity */
     int taps_all;       /* 1: unfused variant so every tap exists */
+    int decode_gemv;    /* one-token decode (bf16): 0 the custom GEMV kernels (default), 1 cuBLAS; the
+                           environment variable QD_FUSED_DECODE=cublas forces 1 (docs/FUSED.md) */
 } qd_fused_opts;
 
 qd_fused *qd_fused_create(const qd_weights *w, const qd_fused_opts *opts, qd_err *e);

@@ -196,13 +196,18 @@ static void assert_taps_rounded(const recorder *r, qd_act_dtype act) {
 // ----------------------------------------------------------------------------
 // running the backends
 
-static qd_fused *fused_new(const qd_weights *w, qd_act_dtype act, int max_seq, int taps_all) {
+/* decode_gemv: 0 the custom one-token kernels (the default), 1 cuBLAS */
+static qd_fused *fused_new_dec(const qd_weights *w, qd_act_dtype act, int max_seq, int taps_all, int decode_gemv) {
     qd_err e;
     memset(&e, 0, sizeof e);
-    qd_fused_opts o = {.act = act, .max_seq = max_seq, .taps_all = taps_all};
+    qd_fused_opts o = {.act = act, .max_seq = max_seq, .taps_all = taps_all, .decode_gemv = decode_gemv};
     qd_fused *f = qd_fused_create(w, &o, &e);
     if (!f) fail_msg("qd_fused_create: %s", e.msg);
     return f;
+}
+
+static qd_fused *fused_new(const qd_weights *w, qd_act_dtype act, int max_seq, int taps_all) {
+    return fused_new_dec(w, act, max_seq, taps_all, 0);
 }
 
 #define FUSED_OK(call)                                                                                    \
@@ -645,13 +650,15 @@ static void test_large_deterministic(void **state) {
 }
 
 /* The contract makes fusion numerically neutral: the unfused variant (every tap stored) gives bitwise the
- * same logits, for prefill and for graph-replayed decode. */
+ * same logits, for prefill and for graph-replayed decode. Both decode through cuBLAS here: the unfused
+ * variant always does, and the custom one-token GEMVs accumulate in another order (compared with a bound
+ * in test_decode_custom_vs_cublas). */
 static void check_taps_all_bitwise(const qd_weights *w, const int32_t *tok, int T, int steps) {
     size_t V = w->cfg.vocab_size, n = (size_t)(T + steps) * V;
     qd_err err;
     float *out[2] = {malloc(n * sizeof(float)), malloc(n * sizeof(float))};
     for (int all = 0; all < 2; all++) {
-        qd_fused *f = fused_new(w, QD_ACT_BF16, T + steps, all);
+        qd_fused *f = fused_new_dec(w, QD_ACT_BF16, T + steps, all, 1);
         FUSED_OK(qd_fused_prefill(f, tok, T, out[all], NULL, &err));
         for (int s = 0; s < steps; s++)
             FUSED_OK(qd_fused_decode(f, tok[s % T], out[all] + (size_t)(T + s) * V, NULL, &err));
@@ -692,6 +699,117 @@ static void test_stepped_equals_prefill(void **state) {
 }
 
 // ----------------------------------------------------------------------------
+// the custom one-token decode (gemv.cuh, decode_attn_qk_kernel) against cuBLAS decode and emu
+
+/* Same prompt, same steps, custom vs cuBLAS decode: every step's logits within bound. Both run one
+ * contract with the same 64-key splits (the same P rounding points); they differ only by fp32 accumulation
+ * order (GEMV lanes + butterfly vs cuBLAS, P.V in key groups), whose flips of single bf16 roundings then
+ * cascade through the layers. That is a part of what the whole-model model of the header covers
+ * (accumulation order and the online softmax P: logits 6.4e-3 on the large model), so the bound is the
+ * decode-vs-prefill one, about 4x that figure. Returns the worst rel_l2. */
+static double check_decode_custom_vs_cublas(const qd_weights *w, const int32_t *tok, int T0, int steps, double bound,
+                                            const char *what) {
+    size_t V = w->cfg.vocab_size;
+    qd_err err;
+    float *out[2] = {malloc((size_t)steps * V * sizeof(float)), malloc((size_t)steps * V * sizeof(float))};
+    for (int k = 0; k < 2; k++) {
+        qd_fused *f = fused_new_dec(w, QD_ACT_BF16, T0 + steps, 0, k);
+        FUSED_OK(qd_fused_prefill(f, tok, T0, NULL, NULL, &err));
+        for (int s = 0; s < steps; s++)
+            FUSED_OK(qd_fused_decode(f, tok[(T0 + s) % T0], out[k] + (size_t)s * V, NULL, &err));
+        qd_fused_free(f);
+    }
+    double worst = 0;
+    int bitwise = 0;
+    for (int s = 0; s < steps; s++) {
+        const float *a = out[0] + (size_t)s * V, *b = out[1] + (size_t)s * V;
+        double r = rel_l2(a, b, V);
+        if (!(r < bound)) fail_msg("%s: step %d: logits rel_l2 %.3g custom vs cuBLAS, bound %.3g", what, s, r, bound);
+        if (r > worst) worst = r;
+        bitwise += memcmp(a, b, V * sizeof(float)) == 0;
+    }
+    printf("# %s: custom vs cuBLAS decode logits: worst rel_l2 %.3g over %d steps (%d bitwise equal)\n", what, worst,
+           steps, bitwise);
+    free(out[0]);
+    free(out[1]);
+    return worst;
+}
+
+/* Rows t of a (TL, ...) recorder as a one-row recorder (the emu taps of position t). */
+static void slice_rows(const recorder *all, int64_t t, recorder *one) {
+    recorder_init(one);
+    for (int i = 0; i < all->n; i++) {
+        size_t per = all->count[i] / (size_t)all->rows[i];
+        int k = one->n++;
+        one->layer[k] = all->layer[i];
+        snprintf(one->name[k], sizeof one->name[k], "%s", all->name[i]);
+        one->count[k] = per;
+        one->rows[k] = 1;
+        one->data[k] = malloc(per * sizeof(float));
+        memcpy(one->data[k], all->data[i] + (size_t)t * per, per * sizeof(float));
+    }
+}
+
+/* Prefill T0 tokens, then decode steps with a sink (the eager run of the same kernels the graph replays),
+ * each step's taps against emu's row of that position. The cache holds fused prefill's K/V, so the
+ * differences cascade as in the whole-model prefill comparison: the same bound function. */
+static void check_decode_taps_vs_emu(const qd_weights *w, const int32_t *tok, int T0, int steps, const recorder *emu,
+                                     bound_fn bound, const char *what) {
+    qd_err err;
+    size_t V = w->cfg.vocab_size;
+    qd_fused *f = fused_new(w, QD_ACT_BF16, T0 + steps, 0);
+    FUSED_OK(qd_fused_prefill(f, tok, T0, NULL, NULL, &err));
+    float *lg = malloc(V * sizeof(float));
+    for (int t = T0; t < T0 + steps; t++) {
+        recorder got, want;
+        recorder_init(&got);
+        FUSED_OK(qd_fused_decode(f, tok[t], lg, &got.sink, &err));
+        assert_tap_list(&got, w->cfg.num_hidden_layers, 0, 1);
+        assert_taps_rounded(&got, QD_ACT_BF16);
+        assert_memory_equal(lg, tap(&got, -1, "logits"), V * sizeof(float));
+        slice_rows(emu, t, &want);
+        char label[96];
+        snprintf(label, sizeof label, "%s, decode at position %d: fused vs emu", what, t);
+        compare_taps(&got, &want, bound, label);
+        recorder_free(&got);
+        recorder_free(&want);
+    }
+    free(lg);
+    qd_fused_free(f);
+}
+
+static void test_large_decode_custom(void **state) {
+    (void)state;
+    /* 32 steps from position 250: splits 3 and 4, the last one partly filled */
+    check_decode_custom_vs_cublas(&large_w, large_tok, 250, 32, 2.5e-2, "large");
+    check_decode_taps_vs_emu(&large_w, large_tok, 190, 3, &large_emu, bound_whole, "large");
+}
+
+static double bound_small_row(int layer, const char *name) {
+    (void)layer, (void)name;
+    /* one decoded row: bound_small's measured 4.2e-3 is over 12 prompt rows; the same flips concentrated
+     * in a single row would read sqrt(12) x larger, 1.5e-2; 3e-2 is 2x that */
+    return 3e-2;
+}
+
+/* The small model with an odd vocabulary (lm_head's last warp has one row), head_dim 32, hidden 64 (a
+ * GEMV row shorter than a warp's 256 values) and intermediate 96 (12 chunks of 8). */
+static void test_small_decode_custom(void **state) {
+    (void)state;
+    qd_weights w;
+    qd_config cfg = small_cfg(0);
+    cfg.vocab_size = 131;
+    make_model(&w, &cfg, 41);
+    check_decode_custom_vs_cublas(&w, prompt, TS - 4, 32, bound_small_row(0, ""), "small");
+    recorder want;
+    recorder_init(&want);
+    run_emu(&w, QD_ACT_BF16, prompt, TS, &want, NULL);
+    check_decode_taps_vs_emu(&w, prompt, TS - 4, 4, &want, bound_small_row, "small");
+    recorder_free(&want);
+    qd_weights_free(&w);
+}
+
+// ----------------------------------------------------------------------------
 // errors: one line, the right code, never a crash
 
 static void test_errors(void **state) {
@@ -713,6 +831,10 @@ static void test_errors(void **state) {
     qd_fused_opts bad = {.act = QD_ACT_BF16, .max_seq = 0, .taps_all = 0};
     assert_null(qd_fused_create(&w, &bad, &err));
     assert_int_equal(err.code, QD_EINPUT);
+    qd_fused_opts bad_dec = {.act = QD_ACT_BF16, .max_seq = 8, .taps_all = 0, .decode_gemv = 2};
+    assert_null(qd_fused_create(&w, &bad_dec, &err));
+    assert_int_equal(err.code, QD_EINPUT);
+    assert_non_null(strstr(err.msg, "decode_gemv"));
     qd_config odd = cfg;
     odd.head_dim = 24; /* not a multiple of 16 */
     qd_weights w2;
@@ -762,12 +884,14 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_small_chunked_vs_emu),
         cmocka_unit_test(test_small_fp16_vs_emu),
         cmocka_unit_test(test_small_fp32_vs_ref),
+        cmocka_unit_test(test_small_decode_custom),
         cmocka_unit_test(test_errors),
     };
     const struct CMUnitTest large[] = {
         cmocka_unit_test(test_large_isolated_vs_emu),
         cmocka_unit_test(test_large_prefill_vs_emu_and_ref),
         cmocka_unit_test(test_large_decode_vs_prefill),
+        cmocka_unit_test(test_large_decode_custom),
         cmocka_unit_test(test_large_deterministic),
         cmocka_unit_test(test_taps_all_bitwise),
         cmocka_unit_test(test_stepped_equals_prefill),

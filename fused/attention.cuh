@@ -1,0 +1,635 @@
+/* attention.cuh: causal GQA attention of the fused path (docs/PRECISION.md "softmax probabilities P").
+ *
+ * Three kernels, one contract: scores in fp32 over the stored q_rope and k_rope, scaled by HD^-0.5 in
+ * fp32, max subtracted; exp in fp32 (expf, not __expf); P = A(exp(s - m)) with the max m known when P is
+ * formed (the running max of a tile, rescaled later in fp32); the softmax sum over the unrounded exps;
+ * P.V accumulated in fp32 and divided by the sum at the end; the output rounded once.
+ *   flash_attn_kernel     prefill, bf16, tensor cores (mma.sync m16n8k16, FlashAttention-2 layout)
+ *   attn_rows_kernel      prefill on CUDA cores (fp16/fp32 modes, head_dim the mma kernel lacks)
+ *   decode_attn_kernel    one token over the cache, split-KV (flash-decoding), optional in-kernel combine
+ * The KV cache is (max_seq, NKV, HD) per layer; query head h reads kv head h / (NH / NKV). */
+#ifndef QD_FUSED_ATTENTION_CUH
+#define QD_FUSED_ATTENTION_CUH
+
+#include "kernels.cuh"
+
+// ----------------------------------------------------------------------------
+// PTX wrappers (sm_80+)
+
+static __device__ __forceinline__ uint32_t smem_u32(const void *p) {
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+/* 16-byte async copy; src_ok == false writes zeros (rows past the end of Q or of the cache). */
+static __device__ __forceinline__ void cp_async16(void *dst, const void *src, bool src_ok) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+                 "r"(src_ok ? 16 : 0));
+}
+static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> static __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+static __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+static __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+
+/* d (16x8 fp32) += a (16x16 bf16, row) * b (16x8 bf16, col). */
+static __device__ __forceinline__ void mma_bf16(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* Two fp32 values rounded to bf16 (RNE) and packed; lo goes to the lower column index. */
+static __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&h);
+}
+
+// ----------------------------------------------------------------------------
+// prefill on tensor cores
+//
+// Block: 4 warps, 64 query rows of one head (16 per warp); K/V tiles of 64 keys double-buffered in shared
+// memory through cp.async. Fragment layouts (PTX ISA, mma.m16n8k16): lane = 4*g + tg;
+//   A (16x16): a0 (g, 2tg..2tg+1), a1 (g+8, 2tg..), a2 (g, 2tg+8..), a3 (g+8, 2tg+8..)
+//   B (16x8):  b0 (k 2tg..2tg+1, n g), b1 (k 2tg+8.., n g)
+//   C (16x8):  c0,c1 (g, 2tg..2tg+1), c2,c3 (g+8, 2tg..)
+// so S's accumulators for keys 16kk..16kk+15 are exactly P's A fragment for the P.V product.
+
+#define FA_BR 64 /* query rows per block */
+#define FA_BC 64 /* keys per tile */
+
+/* Dynamic shared memory of flash_attn_kernel<HD>: Q tile + two stages of K and V, rows padded by 16 bytes
+ * so that ldmatrix's eight 16-byte rows fall in distinct banks. */
+static constexpr size_t flash_attn_smem(int HD) { return (size_t)(FA_BR + 4 * FA_BC) * (HD + 8) * sizeof(bf16); }
+
+/* q (T, NH, HD) q_rope of tokens at positions pos0..pos0+T-1; kc, vc (max_seq, NKV, HD) holding positions
+ * 0..pos0+T-1; out (T, NH*HD). grid (ceil(T/64), NH), block 128. */
+template <int HD>
+__global__ void __launch_bounds__(128) flash_attn_kernel(const bf16 *__restrict__ q, const bf16 *__restrict__ kc,
+                                                         const bf16 *__restrict__ vc, bf16 *__restrict__ out, int T,
+                                                         int pos0, int NH, int NKV, float scale) {
+    static_assert(HD % 16 == 0 && HD <= 128, "flash_attn_kernel: head_dim a multiple of 16, at most 128");
+    constexpr int LD = HD + 8, CH = HD / 8; /* smem row stride (elements); 16-byte chunks per row */
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16 *sQ = reinterpret_cast<bf16 *>(smem); /* (FA_BR, LD) */
+    bf16 *sK = sQ + FA_BR * LD;                 /* (2, FA_BC, LD) */
+    bf16 *sV = sK + 2 * FA_BC * LD;             /* (2, FA_BC, LD) */
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tg = lane & 3;
+    const int h = blockIdx.y, kvh = h / (NH / NKV);
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * FA_BR; /* the longest rows start first */
+    const int kv_len = pos0 + min(q0 + FA_BR, T);         /* keys any row of this tile can see */
+    const int ntiles = (kv_len + FA_BC - 1) / FA_BC;
+    const size_t kv_stride = (size_t)NKV * HD;
+    const bf16 *kbase = kc + (size_t)kvh * HD, *vbase = vc + (size_t)kvh * HD;
+
+    for (int c = tid; c < FA_BR * CH; c += 128) {
+        const int r = c / CH, col = (c % CH) * 8;
+        const bool ok = q0 + r < T;
+        cp_async16(sQ + r * LD + col, ok ? q + ((size_t)(q0 + r) * NH + h) * HD + col : q, ok);
+    }
+    auto load_kv = [&](int tile, int stage) {
+        const int k0 = tile * FA_BC;
+        bf16 *dK = sK + stage * FA_BC * LD, *dV = sV + stage * FA_BC * LD;
+        for (int c = tid; c < FA_BC * CH; c += 128) {
+            const int r = c / CH, col = (c % CH) * 8;
+            const bool ok = k0 + r < kv_len; /* zeros past the end: P = 0 must not meet garbage V */
+            const size_t off = (size_t)(k0 + r) * kv_stride + col;
+            cp_async16(dK + r * LD + col, ok ? kbase + off : kbase, ok);
+            cp_async16(dV + r * LD + col, ok ? vbase + off : vbase, ok);
+        }
+    };
+    load_kv(0, 0);
+    cp_async_commit(); /* group 0: Q and the first K/V tile */
+
+    uint32_t qf[HD / 16][4];   /* this warp's 16 query rows as A fragments */
+    float o[HD / 8][4];        /* P.V accumulators: rows g, g+8; columns 8*jd + 2tg.. */
+    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int jd = 0; jd < HD / 8; jd++) o[jd][0] = o[jd][1] = o[jd][2] = o[jd][3] = 0.0f;
+    const int qp0 = pos0 + q0 + warp * 16 + g, qp1 = qp0 + 8; /* positions of this thread's two rows */
+    const int qp_warp_last = pos0 + q0 + warp * 16 + 15;
+
+    for (int it = 0; it < ntiles; it++) {
+        const int st = it & 1;
+        if (it + 1 < ntiles) {
+            load_kv(it + 1, st ^ 1); /* that stage was last read in iteration it-1, before its barrier */
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        if (it == 0) {
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; kk++)
+                ldmatrix_x4(qf[kk], sQ + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+        }
+        const bf16 *tK = sK + st * FA_BC * LD, *tV = sV + st * FA_BC * LD;
+        const int kv0 = it * FA_BC;
+        if (kv0 <= qp_warp_last) { /* warp-uniform: some row of this warp sees a key of this tile */
+            float s[FA_BC / 8][4];
+#pragma unroll
+            for (int j = 0; j < FA_BC / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+            const int mi = lane >> 3, r8 = lane & 7;
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; kk++) {
+#pragma unroll
+                for (int j = 0; j < FA_BC / 8; j += 2) {
+                    uint32_t b[4]; /* keys 8j..8j+15 x dims 16kk..16kk+15 */
+                    ldmatrix_x4(b, tK + (j * 8 + (mi >> 1) * 8 + r8) * LD + kk * 16 + (mi & 1) * 8);
+                    mma_bf16(s[j], qf[kk], b[0], b[1]);
+                    mma_bf16(s[j + 1], qf[kk], b[2], b[3]);
+                }
+            }
+            /* scale, causal mask, row max over the tile (the 4 lanes of a group share a row) */
+            float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < FA_BC / 8; j++) {
+#pragma unroll
+                for (int c = 0; c < 2; c++) {
+                    const int key = kv0 + j * 8 + tg * 2 + c;
+                    float v0 = __fmul_rn(s[j][c], scale), v1 = __fmul_rn(s[j][2 + c], scale);
+                    if (key > qp0 || key >= kv_len) v0 = -INFINITY;
+                    if (key > qp1 || key >= kv_len) v1 = -INFINITY;
+                    s[j][c] = v0;
+                    s[j][2 + c] = v1;
+                    mx0 = fmaxf(mx0, v0);
+                    mx1 = fmaxf(mx1, v1);
+                }
+            }
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+            const float mn0 = fmaxf(mrow[0], mx0), mn1 = fmaxf(mrow[1], mx1);
+            /* a row that has seen no key yet keeps m = -inf; subtracting 0 then avoids inf - inf */
+            const float b0 = mn0 == -INFINITY ? 0.0f : mn0, b1 = mn1 == -INFINITY ? 0.0f : mn1;
+            const float al0 = expf(__fsub_rn(mrow[0], b0)), al1 = expf(__fsub_rn(mrow[1], b1));
+            mrow[0] = mn0;
+            mrow[1] = mn1;
+            float ls0 = 0.0f, ls1 = 0.0f;
+            uint32_t pf[FA_BC / 16][4]; /* P = A(exp(s - m)) as A fragments */
+#pragma unroll
+            for (int j = 0; j < FA_BC / 8; j++) {
+                const float e00 = expf(__fsub_rn(s[j][0], b0)), e01 = expf(__fsub_rn(s[j][1], b0));
+                const float e10 = expf(__fsub_rn(s[j][2], b1)), e11 = expf(__fsub_rn(s[j][3], b1));
+                ls0 = __fadd_rn(__fadd_rn(ls0, e00), e01); /* the sum takes the unrounded exps */
+                ls1 = __fadd_rn(__fadd_rn(ls1, e10), e11);
+                pf[j >> 1][(j & 1) * 2 + 0] = pack_bf16(e00, e01);
+                pf[j >> 1][(j & 1) * 2 + 1] = pack_bf16(e10, e11);
+            }
+            lrow[0] = __fadd_rn(__fmul_rn(lrow[0], al0), ls0);
+            lrow[1] = __fadd_rn(__fmul_rn(lrow[1], al1), ls1);
+#pragma unroll
+            for (int jd = 0; jd < HD / 8; jd++) {
+                o[jd][0] = __fmul_rn(o[jd][0], al0);
+                o[jd][1] = __fmul_rn(o[jd][1], al0);
+                o[jd][2] = __fmul_rn(o[jd][2], al1);
+                o[jd][3] = __fmul_rn(o[jd][3], al1);
+            }
+#pragma unroll
+            for (int kk = 0; kk < FA_BC / 16; kk++) {
+#pragma unroll
+                for (int jd = 0; jd < HD / 8; jd += 2) {
+                    uint32_t b[4]; /* keys 16kk..16kk+15 x dims 8jd..8jd+15, transposed on load */
+                    ldmatrix_x4_trans(b, tV + (kk * 16 + (mi & 1) * 8 + r8) * LD + jd * 8 + (mi >> 1) * 8);
+                    mma_bf16(o[jd], pf[kk], b[0], b[1]);
+                    mma_bf16(o[jd + 1], pf[kk], b[2], b[3]);
+                }
+            }
+        }
+        __syncthreads(); /* this stage is refilled two iterations on */
+    }
+
+    /* each lane summed its own columns: add the group's four partial sums */
+    float l0 = lrow[0], l1 = lrow[1];
+    l0 = __fadd_rn(l0, __shfl_xor_sync(0xffffffffu, l0, 1));
+    l0 = __fadd_rn(l0, __shfl_xor_sync(0xffffffffu, l0, 2));
+    l1 = __fadd_rn(l1, __shfl_xor_sync(0xffffffffu, l1, 1));
+    l1 = __fadd_rn(l1, __shfl_xor_sync(0xffffffffu, l1, 2));
+    const int t0 = q0 + warp * 16 + g, t1 = t0 + 8;
+#pragma unroll
+    for (int jd = 0; jd < HD / 8; jd++) {
+        const int d = jd * 8 + tg * 2;
+        if (t0 < T)
+            *reinterpret_cast<__nv_bfloat162 *>(out + (size_t)t0 * NH * HD + (size_t)h * HD + d) =
+                __floats2bfloat162_rn(__fdiv_rn(o[jd][0], l0), __fdiv_rn(o[jd][1], l0));
+        if (t1 < T)
+            *reinterpret_cast<__nv_bfloat162 *>(out + (size_t)t1 * NH * HD + (size_t)h * HD + d) =
+                __floats2bfloat162_rn(__fdiv_rn(o[jd][2], l1), __fdiv_rn(o[jd][3], l1));
+    }
+}
+
+// ----------------------------------------------------------------------------
+// prefill on CUDA cores: one block of 128 threads per (token, head), keys in chunks of 128 with the
+// online softmax. Within a chunk it computes exactly what emu's attention does (dot products in d order,
+// P.V in key order); chunks rescale like the tensor-core kernel. Any mode, any head_dim <= 256.
+
+#define AR_CHUNK 128
+
+/* q (T, NH, HD); kc, vc (max_seq, NKV, HD); out (T, NH*HD). grid (T, NH), block 128. */
+template <int M>
+__global__ void __launch_bounds__(AR_CHUNK) attn_rows_kernel(const typename act<M>::T *__restrict__ q,
+                                                             const typename act<M>::T *__restrict__ kc,
+                                                             const typename act<M>::T *__restrict__ vc,
+                                                             typename act<M>::T *__restrict__ out, int pos0, int NH,
+                                                             int NKV, int HD, float scale) {
+    __shared__ float sq[256], sp[AR_CHUNK], red[32];
+    const int t = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
+    const int kvh = h / (NH / NKV), n_keys = pos0 + t + 1;
+    const size_t kv_stride = (size_t)NKV * HD;
+    for (int d = tid; d < HD; d += AR_CHUNK) sq[d] = act<M>::ld(q[((size_t)t * NH + h) * HD + d]);
+    __syncthreads();
+    float m = -INFINITY, l = 0.0f, acc0 = 0.0f, acc1 = 0.0f; /* acc for d = tid and tid + 128 */
+    for (int k0 = 0; k0 < n_keys; k0 += AR_CHUNK) {
+        const int j = k0 + tid, nk = min(AR_CHUNK, n_keys - k0);
+        float s = -INFINITY;
+        if (j < n_keys) {
+            const typename act<M>::T *kr = kc + (size_t)j * kv_stride + (size_t)kvh * HD;
+            float dot = 0.0f;
+            for (int d = 0; d < HD; d++) dot = __fadd_rn(dot, __fmul_rn(sq[d], act<M>::ld(kr[d])));
+            s = __fmul_rn(dot, scale);
+        }
+        const float mn = fmaxf(m, block_max(s, red)); /* finite: key 0 is in the first chunk */
+        const float alpha = expf(__fsub_rn(m, mn));
+        const float ex = j < n_keys ? expf(__fsub_rn(s, mn)) : 0.0f;
+        l = __fadd_rn(__fmul_rn(l, alpha), block_sum(ex, red));
+        sp[tid] = rnd<M>(ex);
+        m = mn;
+        __syncthreads();
+        acc0 = __fmul_rn(acc0, alpha);
+        acc1 = __fmul_rn(acc1, alpha);
+        const typename act<M>::T *vr = vc + (size_t)k0 * kv_stride + (size_t)kvh * HD;
+        for (int jj = 0; jj < nk; jj++, vr += kv_stride) {
+            if (tid < HD) acc0 = __fadd_rn(acc0, __fmul_rn(sp[jj], act<M>::ld(vr[tid])));
+            if (tid + AR_CHUNK < HD) acc1 = __fadd_rn(acc1, __fmul_rn(sp[jj], act<M>::ld(vr[tid + AR_CHUNK])));
+        }
+        __syncthreads(); /* sp is rewritten by the next chunk */
+    }
+    typename act<M>::T *o = out + ((size_t)t * NH + h) * HD;
+    if (tid < HD) o[tid] = act<M>::st(__fdiv_rn(acc0, l));
+    if (tid + AR_CHUNK < HD) o[tid + AR_CHUNK] = act<M>::st(__fdiv_rn(acc1, l));
+}
+
+// ----------------------------------------------------------------------------
+// decode: split-KV (flash-decoding)
+//
+// Block (split s, kv head g) handles keys [64s, 64s+64) of the n = pos+1 cached positions for the NH/NKV
+// query heads that share kv head g: scores, the split's max m_s, P = A(exp(s - m_s)), l_s = sum of the
+// unrounded exps, acc_s = P.V, all fp32, written to part. The combine rescales by exp(m_s - M) in fp32,
+// adds the splits in index order and divides by the total sum. The grid is sized for max_seq (so a
+// captured CUDA graph is valid at every position); splits past the current length exit at once.
+// With FUSE the last block of kv head g to finish (an atomic counter) does the combine itself; the
+// counter is reset by that block, ready for the next launch. Either way the arithmetic is the same
+// function (combine_head), so the fused and unfused variants agree bitwise.
+
+#define DEC_CH 64      /* keys per split */
+#define DEC_MAXMUL 8   /* query heads per kv head */
+
+/* One head's combine. part_h (nsplit, HD + 2): acc (HD), m, l per split; ns splits in use. Called by every
+ * thread of a block of 128 (HD <= 256: two dimensions per thread at most). The split weights
+ * w_s = exp(m_s - max) are computed once per split into shared memory (sw, DEC_CW floats) instead of once
+ * per (split, dimension); the sums still run over the splits in index order, so the values are exactly
+ * those of the plain loop: sum_s l_s w_s and sum_s acc_s w_s, then divided. */
+#define DEC_CW 256 /* splits per round of weights in shared memory */
+template <bool CG> static __device__ __forceinline__ float ld_part(const float *p) { return CG ? __ldcg(p) : *p; }
+
+template <int M, bool CG>
+static __device__ __forceinline__ void combine_head(const float *part_h, int ns, int HD, typename act<M>::T *out_h,
+                                                    float *sw, float *red) {
+    const int tid = threadIdx.x, d0 = tid, d1 = tid + 128;
+    const size_t st = (size_t)HD + 2;
+    float mx = -INFINITY;
+    for (int s = tid; s < ns; s += blockDim.x) mx = fmaxf(mx, ld_part<CG>(part_h + s * st + HD));
+    mx = block_max(mx, red); /* max is exact in any order */
+    float l = 0.0f, a0 = 0.0f, a1 = 0.0f;
+    for (int s0 = 0; s0 < ns; s0 += DEC_CW) {
+        const int n = min(DEC_CW, ns - s0);
+        __syncthreads(); /* sw of the previous round has been read */
+        for (int i = tid; i < n; i += blockDim.x) sw[i] = expf(__fsub_rn(ld_part<CG>(part_h + (s0 + i) * st + HD), mx));
+        __syncthreads();
+        const float *p = part_h + (size_t)s0 * st;
+#pragma unroll 4
+        for (int i = 0; i < n; i++, p += st) {
+            const float w = sw[i];
+            l = __fadd_rn(l, __fmul_rn(ld_part<CG>(p + HD + 1), w));
+            if (d0 < HD) a0 = __fadd_rn(a0, __fmul_rn(ld_part<CG>(p + d0), w));
+            if (d1 < HD) a1 = __fadd_rn(a1, __fmul_rn(ld_part<CG>(p + d1), w));
+        }
+    }
+    if (d0 < HD) out_h[d0] = act<M>::st(__fdiv_rn(a0, l));
+    if (d1 < HD) out_h[d1] = act<M>::st(__fdiv_rn(a1, l));
+}
+
+/* q (NH, HD) this token's q_rope; kc, vc (max_seq, NKV, HD); part (NH, nsplit, HD + 2);
+ * counters (NKV) zero at launch (FUSE); out (NH*HD) (FUSE). Position: d_pos ? *d_pos : pos_host.
+ * grid (nsplit, NKV), block 128. HD a multiple of 16, at most 256; NH/NKV at most 8. */
+template <int M, bool FUSE>
+__global__ void __launch_bounds__(128) decode_attn_kernel(const typename act<M>::T *__restrict__ q,
+                                                          const typename act<M>::T *__restrict__ kc,
+                                                          const typename act<M>::T *__restrict__ vc,
+                                                          float *__restrict__ part, unsigned *__restrict__ counters,
+                                                          typename act<M>::T *__restrict__ out,
+                                                          const int *__restrict__ d_pos, int pos_host, int NH,
+                                                          int NKV, int HD, int nsplit, float scale) {
+    __shared__ float sq[DEC_MAXMUL * 256];    /* (kv_mul, HD) q as float */
+    __shared__ float sp[DEC_MAXMUL][DEC_CH];  /* scores, then P */
+    __shared__ float sm[DEC_MAXMUL], sl[DEC_MAXMUL], sw[DEC_CW], red[32];
+    __shared__ int last;
+    const int sidx = blockIdx.x, g = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int n_keys = (d_pos ? *d_pos : pos_host) + 1;
+    const int ns = (n_keys + DEC_CH - 1) / DEC_CH;
+    if (sidx >= ns) return;
+    const int k0 = sidx * DEC_CH, nk = min(DEC_CH, n_keys - k0);
+    const int kv_mul = NH / NKV, hd2 = HD / 2;
+    const size_t kv_stride = (size_t)NKV * HD;
+    for (int i = tid; i < kv_mul * HD; i += blockDim.x) sq[i] = act<M>::ld(q[(size_t)g * kv_mul * HD + i]);
+    __syncthreads();
+
+    /* scores: two threads per key, each over half of head_dim, then added */
+    {
+        const int j = tid >> 1, hf = tid & 1;
+        float acc[DEC_MAXMUL];
+#pragma unroll
+        for (int hh = 0; hh < DEC_MAXMUL; hh++) acc[hh] = 0.0f;
+        if (j < nk) {
+            const typename act<M>::T *kr = kc + (size_t)(k0 + j) * kv_stride + (size_t)g * HD + hf * hd2;
+            for (int d8 = 0; d8 < hd2; d8 += 8) {
+                float kv[8];
+                ld8(kr + d8, kv);
+#pragma unroll
+                for (int hh = 0; hh < DEC_MAXMUL; hh++) {
+                    if (hh < kv_mul) {
+                        const float *qh = sq + hh * HD + hf * hd2 + d8;
+#pragma unroll
+                        for (int k = 0; k < 8; k++) acc[hh] = __fadd_rn(acc[hh], __fmul_rn(qh[k], kv[k]));
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int hh = 0; hh < DEC_MAXMUL; hh++) {
+            const float s = __fadd_rn(acc[hh], __shfl_xor_sync(0xffffffffu, acc[hh], 1));
+            if (hh < kv_mul && hf == 0) sp[hh][j] = j < nk ? __fmul_rn(s, scale) : -INFINITY;
+        }
+    }
+    __syncthreads();
+
+    /* the split's softmax: one warp per query head, two keys per lane */
+    for (int hh = warp; hh < kv_mul; hh += 4) {
+        const float a = sp[hh][lane], b = sp[hh][lane + 32];
+        const float mx = warp_max(fmaxf(a, b)); /* finite: every split has a key */
+        const float ea = expf(__fsub_rn(a, mx)), eb = expf(__fsub_rn(b, mx));
+        const float sum = warp_sum(__fadd_rn(ea, eb));
+        sp[hh][lane] = rnd<M>(ea);
+        sp[hh][lane + 32] = rnd<M>(eb);
+        if (lane == 0) {
+            sm[hh] = mx;
+            sl[hh] = sum;
+        }
+    }
+    __syncthreads();
+
+    /* P.V: one thread per dimension, keys in order */
+    for (int d = tid; d < HD; d += blockDim.x) {
+        float o[DEC_MAXMUL];
+#pragma unroll
+        for (int hh = 0; hh < DEC_MAXMUL; hh++) o[hh] = 0.0f;
+        const typename act<M>::T *vr = vc + (size_t)k0 * kv_stride + (size_t)g * HD + d;
+        for (int jj = 0; jj < nk; jj++) {
+            const float v = act<M>::ld(vr[(size_t)jj * kv_stride]);
+#pragma unroll
+            for (int hh = 0; hh < DEC_MAXMUL; hh++)
+                if (hh < kv_mul) o[hh] = __fadd_rn(o[hh], __fmul_rn(sp[hh][jj], v));
+        }
+#pragma unroll
+        for (int hh = 0; hh < DEC_MAXMUL; hh++)
+            if (hh < kv_mul) part[((size_t)(g * kv_mul + hh) * nsplit + sidx) * (HD + 2) + d] = o[hh];
+    }
+    if (tid < kv_mul) {
+        float *p = part + ((size_t)(g * kv_mul + tid) * nsplit + sidx) * (HD + 2);
+        p[HD] = sm[tid];
+        p[HD + 1] = sl[tid];
+    }
+    if (!FUSE) return;
+
+    /* the last split of kv head g to finish combines (threadFenceReduction pattern) */
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) last = atomicAdd(&counters[g], 1u) == (unsigned)(ns - 1);
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int hh = 0; hh < kv_mul; hh++) {
+        const int h = g * kv_mul + hh;
+        combine_head<M, true>(part + (size_t)h * nsplit * (HD + 2), ns, HD, out + (size_t)h * HD, sw, red);
+    }
+    if (tid == 0) counters[g] = 0u;
+}
+
+/* The decode path's attention (docs/FUSED.md, custom decode): one launch does what qk_norm_rope_kernel,
+ * decode_attn_kernel<M, true> and the combine do, with the same contract and the same split of 64 keys:
+ *   - each block normalises and rotates the kv_mul query heads it needs from qkv itself (head_rmsnorm and
+ *     head_rope, the functions of qk_norm_rope_kernel: bitwise its q_rope); split 0 stores them (the tap)
+ *   - the block of the last split (the only one that reads position pos) normalises, rotates and stores
+ *     this token's k, and stores its v, into the caches before reading them (__syncthreads orders a
+ *     block's global stores before its own later loads; the cache is not read through the read-only path)
+ *   - P.V reads V with 16-byte loads: thread (kg, d8) accumulates dimensions 8*d8..8*d8+7 over the keys
+ *     kg, kg + KG, ... in order, then the KG partial sums are added in kg order (an accumulation order,
+ *     not a change of contract)
+ *   - the last block of kv head g to finish combines (combine_head, splits in index order)
+ * Before griddepcontrol.wait it only prefetches this split's cached K/V rows (written by earlier steps).
+ * qkv (NH*HD + 2*NKV*HD) this token's projections; q_out (NH, HD); kc, vc (max_seq, NKV, HD);
+ * qw, kw (HD); rope_cos, rope_sin (max_seq, HD/2); part (NH, nsplit, HD + 2); counters (NKV) zero at launch;
+ * out (NH*HD). grid (nsplit, NKV), block 128. */
+template <int M>
+__global__ void __launch_bounds__(128, 1) decode_attn_qk_kernel(
+    const typename act<M>::T *__restrict__ qkv, typename act<M>::T *__restrict__ q_out, typename act<M>::T *kc,
+    typename act<M>::T *vc, const float *__restrict__ qw, const float *__restrict__ kw,
+    const float *__restrict__ rope_cos, const float *__restrict__ rope_sin, float *__restrict__ part,
+    unsigned *__restrict__ counters, typename act<M>::T *__restrict__ out, const int *__restrict__ d_pos, int NH,
+    int NKV, int HD, int nsplit, float scale, float eps) {
+    typedef typename act<M>::T S;
+    __shared__ __align__(16) float sq[DEC_MAXMUL * 256]; /* (kv_mul, HD) q_rope as float */
+    __shared__ float sp[DEC_MAXMUL][DEC_CH];             /* scores, then P */
+    __shared__ __align__(16) float so[1024];             /* (KG, HD) P.V partial sums of one head */
+    __shared__ float sm[DEC_MAXMUL], sl[DEC_MAXMUL], sw[DEC_CW], red[32];
+    __shared__ int last;
+    const int sidx = blockIdx.x, g = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int pos = *d_pos, n_keys = pos + 1; /* written before the graph starts: safe before the wait */
+    const int ns = (n_keys + DEC_CH - 1) / DEC_CH;
+    if (sidx >= ns) return;
+    const int k0 = sidx * DEC_CH, nk = min(DEC_CH, n_keys - k0);
+    const int kv_mul = NH / NKV, hd2 = HD / 2;
+    const size_t kv_stride = (size_t)NKV * HD;
+    {   /* the cached rows of this split (earlier positions): 2 lines of 128 bytes per 256-byte row */
+        const int lines = (HD * (int)sizeof(S) + 127) / 128;
+        for (int i = tid; i < 2 * nk * lines; i += blockDim.x) {
+            const int kv = i / (nk * lines), r = (i / lines) % nk, li = i % lines;
+            const S *base = (kv ? vc : kc) + (size_t)(k0 + r) * kv_stride + (size_t)g * HD;
+            prefetch_l2(reinterpret_cast<const char *>(base) + (size_t)li * 128);
+        }
+    }
+    griddep_wait();
+    griddep_launch();
+
+    /* q heads of this kv head (and k, v of this token in the last split), one warp per head */
+    const bool is_last_split = sidx == ns - 1;
+    const int items = kv_mul + (is_last_split ? 2 : 0);
+    for (int it = warp; it < items; it += 4) {
+        float x0[QD_HEAD_MAXJ], x1[QD_HEAD_MAXJ];
+        if (it < kv_mul) {
+            const int h = g * kv_mul + it;
+            head_load<M>(qkv + (size_t)h * HD, hd2, x0, x1);
+            head_rmsnorm<M>(x0, x1, qw, hd2, eps);
+            head_rope<M>(x0, x1, rope_cos + (size_t)pos * hd2, rope_sin + (size_t)pos * hd2, hd2);
+#pragma unroll
+            for (int j = 0; j < QD_HEAD_MAXJ; j++) {
+                const int i = lane + 32 * j;
+                if (i < hd2) {
+                    sq[it * HD + i] = x0[j];
+                    sq[it * HD + i + hd2] = x1[j];
+                }
+            }
+            if (sidx == 0) head_store<M>(q_out + (size_t)h * HD, hd2, x0, x1);
+        } else if (it == kv_mul) {
+            head_load<M>(qkv + (size_t)(NH + g) * HD, hd2, x0, x1);
+            head_rmsnorm<M>(x0, x1, kw, hd2, eps);
+            head_rope<M>(x0, x1, rope_cos + (size_t)pos * hd2, rope_sin + (size_t)pos * hd2, hd2);
+            head_store<M>(kc + (size_t)pos * kv_stride + (size_t)g * HD, hd2, x0, x1);
+        } else {
+            head_load<M>(qkv + (size_t)(NH + NKV + g) * HD, hd2, x0, x1);
+            head_store<M>(vc + (size_t)pos * kv_stride + (size_t)g * HD, hd2, x0, x1);
+        }
+    }
+    __syncthreads();
+
+    /* scores: two threads per key, each over half of head_dim, then added (as decode_attn_kernel) */
+    {
+        const int j = tid >> 1, hf = tid & 1;
+        float acc[DEC_MAXMUL];
+#pragma unroll
+        for (int hh = 0; hh < DEC_MAXMUL; hh++) acc[hh] = 0.0f;
+        if (j < nk) {
+            const S *kr = kc + (size_t)(k0 + j) * kv_stride + (size_t)g * HD + hf * hd2;
+            for (int d8 = 0; d8 < hd2; d8 += 8) {
+                float kv[8];
+                ld8(kr + d8, kv);
+#pragma unroll
+                for (int hh = 0; hh < DEC_MAXMUL; hh++) {
+                    if (hh < kv_mul) {
+                        const float *qh = sq + hh * HD + hf * hd2 + d8;
+#pragma unroll
+                        for (int k = 0; k < 8; k++) acc[hh] = __fadd_rn(acc[hh], __fmul_rn(qh[k], kv[k]));
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int hh = 0; hh < DEC_MAXMUL; hh++) {
+            const float s = __fadd_rn(acc[hh], __shfl_xor_sync(0xffffffffu, acc[hh], 1));
+            if (hh < kv_mul && hf == 0) sp[hh][j] = j < nk ? __fmul_rn(s, scale) : -INFINITY;
+        }
+    }
+    __syncthreads();
+
+    /* the split's softmax: one warp per query head, two keys per lane */
+    for (int hh = warp; hh < kv_mul; hh += 4) {
+        const float a = sp[hh][lane], b = sp[hh][lane + 32];
+        const float mx = warp_max(fmaxf(a, b)); /* finite: every split has a key */
+        const float ea = expf(__fsub_rn(a, mx)), eb = expf(__fsub_rn(b, mx));
+        const float sum = warp_sum(__fadd_rn(ea, eb));
+        sp[hh][lane] = rnd<M>(ea);
+        sp[hh][lane + 32] = rnd<M>(eb);
+        if (lane == 0) {
+            sm[hh] = mx;
+            sl[hh] = sum;
+        }
+    }
+    __syncthreads();
+
+    /* P.V with 16-byte loads of V: DG groups of 8 dimensions x KG groups of keys */
+    const int DG = HD / 8, KG = 128 / DG, d8 = tid % DG, kg = tid / DG;
+    const bool active = kg < KG;
+    float o[DEC_MAXMUL][8];
+#pragma unroll
+    for (int hh = 0; hh < DEC_MAXMUL; hh++)
+#pragma unroll
+        for (int k = 0; k < 8; k++) o[hh][k] = 0.0f;
+    if (active) {
+        const S *vr = vc + (size_t)k0 * kv_stride + (size_t)g * HD + d8 * 8;
+#pragma unroll 2
+        for (int jj = kg; jj < nk; jj += KG) {
+            float v[8];
+            ld8(vr + (size_t)jj * kv_stride, v);
+#pragma unroll
+            for (int hh = 0; hh < DEC_MAXMUL; hh++) {
+                if (hh < kv_mul) {
+                    const float p = sp[hh][jj];
+#pragma unroll
+                    for (int k = 0; k < 8; k++) o[hh][k] = __fmaf_rn(p, v[k], o[hh][k]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int hh = 0; hh < DEC_MAXMUL; hh++) {
+        if (hh < kv_mul) { /* block-uniform */
+            __syncthreads(); /* so has been read for the previous head */
+            if (active) {
+                reinterpret_cast<float4 *>(so + kg * HD + d8 * 8)[0] = make_float4(o[hh][0], o[hh][1], o[hh][2], o[hh][3]);
+                reinterpret_cast<float4 *>(so + kg * HD + d8 * 8)[1] = make_float4(o[hh][4], o[hh][5], o[hh][6], o[hh][7]);
+            }
+            __syncthreads();
+            float *p = part + ((size_t)(g * kv_mul + hh) * nsplit + sidx) * (HD + 2);
+            for (int d = tid; d < HD; d += blockDim.x) {
+                float sum = 0.0f;
+                for (int k = 0; k < KG; k++) sum = __fadd_rn(sum, so[k * HD + d]);
+                p[d] = sum;
+            }
+        }
+    }
+    if (tid < kv_mul) {
+        float *p = part + ((size_t)(g * kv_mul + tid) * nsplit + sidx) * (HD + 2);
+        p[HD] = sm[tid];
+        p[HD + 1] = sl[tid];
+    }
+
+    /* the last split of kv head g to finish combines (threadFenceReduction pattern) */
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) last = atomicAdd(&counters[g], 1u) == (unsigned)(ns - 1);
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int hh = 0; hh < kv_mul; hh++) {
+        const int h = g * kv_mul + hh;
+        combine_head<M, true>(part + (size_t)h * nsplit * (HD + 2), ns, HD, out + (size_t)h * HD, sw, red);
+    }
+    if (tid == 0) counters[g] = 0u;
+}
+
+/* The unfused combine: grid NH, block 128. part (NH, nsplit, HD + 2); out (NH*HD). */
+template <int M>
+__global__ void __launch_bounds__(128) decode_combine_kernel(const float *__restrict__ part,
+                                                             typename act<M>::T *__restrict__ out,
+                                                             const int *__restrict__ d_pos, int pos_host, int HD,
+                                                             int nsplit) {
+    __shared__ float sw[DEC_CW], red[32];
+    const int n_keys = (d_pos ? *d_pos : pos_host) + 1;
+    const int ns = (n_keys + DEC_CH - 1) / DEC_CH, h = blockIdx.x;
+    combine_head<M, false>(part + (size_t)h * nsplit * (HD + 2), ns, HD, out + (size_t)h * HD, sw, red);
+}
+
+#endif
