@@ -25,8 +25,8 @@ static const qd_fault_info infos[QD_NUM_FAULTS] = {
     [QD_FAULT_ACT_GELU] = {"act-gelu", "SiLU replaced by GELU in the MLP", "act", 0},
     [QD_FAULT_KV_POS] = {"kv-cache-pos", "a decode step writes its K/V one position early", "attn", 1},
     [QD_FAULT_ONLINE_RESCALE] = {"online-softmax-rescale",
-                                 "online softmax does not rescale its accumulator when the running max grows "
-                                 "(the seed: ~1e29, zeros after)", "attn", 0},
+                                 "online softmax re-initialises its row sum per key tile instead of rescaling "
+                                 "and carrying it (the seed: ~1e29, zeros after)", "attn", 0},
 };
 
 const qd_fault_info *qd_fault_info_of(qd_fault_kind k) {

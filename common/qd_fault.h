@@ -21,7 +21,7 @@ typedef enum {
     QD_FAULT_RESIDUAL_DROP,     /* 10 the attention residual add dropped */
     QD_FAULT_ACT_GELU,          /* 11 SiLU replaced by GELU */
     QD_FAULT_KV_POS,            /* 12 a decode step writes its K/V one position early */
-    QD_FAULT_ONLINE_RESCALE,    /* 13 the seed: online softmax forgets to rescale its accumulator */
+    QD_FAULT_ONLINE_RESCALE,    /* 13 the seed: online softmax resets its row sum per key tile (no rescale) */
     QD_NUM_FAULTS
 } qd_fault_kind;
 

@@ -86,6 +86,29 @@ int qd_compare_files(const char *path_a, const char *group_a, const char *path_b
                      const qd_tolerances *tol, qd_report *r, qd_err *e);
 
 // ----------------------------------------------------------------------------
+// the bless step (calibrate.c)
+
+/* The deterministic prompts of calibration: T ids in [0, vocab) from splitmix64 seeded with seed
+ * (--calibrate's prompt i >= 1 uses seed 0x5eed + i). */
+void qd_calib_prompt(uint64_t seed, int T, int vocab, int32_t *out);
+
+typedef struct {
+    double worst_rel_l2;      /* over every free-running tap of every prompt */
+    double worst_growth;      /* worst layer-to-layer growth of a tap's rel_l2 (above the growth floor) */
+    char worst_at[96], worst_growth_at[96];
+} qd_bless_stats;
+
+/* Blesses a known-good pair (`qwen3-diff --calibrate N`, and the selftest's gates): prompt 0 is `prompt`,
+ * prompt i >= 1 is qd_calib_prompt(0x5eed + i) of the same length; every free-running tap of every prompt
+ * (decode steps included) is folded into a qd_calib, and out gets qd_calib_to_tolerances(margin) on top of
+ * the pair's defaults, with growth_factor raised to margin x the worst growth measured when that is above
+ * the default. b_iso may be NULL. A run with non-finite values, a blow-up or a collapse is refused
+ * (QD_EDIVERGED naming prompt, step, layer and tap). out must hold nothing on entry; on success the
+ * caller frees it. stats may be NULL. */
+int qd_bless(qd_backend *a, qd_backend *b, qd_backend *b_iso, const int32_t *prompt, int T, int n_prompts,
+             int decode, double margin, qd_tolerances *out, qd_bless_stats *stats, qd_err *e);
+
+// ----------------------------------------------------------------------------
 // outputs (report.c)
 
 /* The first divergence line, then a compact per-layer table. color: ANSI colours (terminals only). */

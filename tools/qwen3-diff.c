@@ -31,6 +31,8 @@
 #include "qd_dump.h"
 #include "qd_fault.h"
 #include "qd_ref.h"
+#include "qd_selftest.h"
+#include "qd_sweep.h"
 #include "qd_tolerances.h"
 #include "qd_taps.h"
 #include "qd_tokens.h"
@@ -66,6 +68,7 @@ typedef struct {
     int threads;                /* 0: OpenMP's default */
     qd_accum accum;
     int summary, quiet, help, version, no_color, list_faults;
+    int precision_sweep;        /* after a divergence: rerun B in fp32, fp16 and bf16 (qd_sweep.h) */
     const char *compare_a, *compare_b; /* the compare subcommand's operands */
 } cli_args;
 
@@ -73,6 +76,7 @@ static void usage(FILE *f) {
     fprintf(f,
         "usage: qwen3-diff [--layer-by-layer] [--model DIR] [--tokens LIST|@FILE] [options]\n"
         "       qwen3-diff compare A.h5[:GROUP] B.h5[:GROUP] [--tolerances FILE] [--json F] [--junit F]\n"
+        "       qwen3-diff selftest [--fixtures DIR] [--json FILE]   proves the harness on every fault (--help)\n"
         "\n"
         "Finds where, how badly and why two Qwen3 implementations diverge. --layer-by-layer runs two\n"
         "backends one layer at a time, compares every intermediate tensor (\"tap\") they share and prints the\n"
@@ -98,6 +102,8 @@ static void usage(FILE *f) {
         "  --ref-accum f32|f64    the reference's accumulation (default f32; f64 is the tighter oracle)\n"
         "verdict and CI\n"
         "  --tolerances FILE      tolerances (docs/TOLERANCES.md); default: from the precision pair\n"
+        "  --precision-sweep      after a divergence, rerun B with fp32, fp16 and bf16 activations (each pair\n"
+        "                         blessed on its own) and say whether precision or a bug explains it\n"
         "  --calibrate N          bless a known-good pair: run N prompts, then --write-tolerances\n"
         "  --write-tolerances F   where --calibrate writes (margin --margin X over the worst error, default 2)\n"
         "  --json FILE            machine-readable report\n"
@@ -185,6 +191,7 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
         if (strcmp(arg, "--no-color") == 0) { a->no_color = 1; continue; }
         if (strcmp(arg, "--layer-by-layer") == 0) { a->layer_by_layer = 1; continue; }
         if (strcmp(arg, "--isolate") == 0) { a->isolate = 1; continue; }
+        if (strcmp(arg, "--precision-sweep") == 0) { a->precision_sweep = 1; continue; }
         /* flags with a value: "--flag VALUE" or "--flag=VALUE" */
         static const char *const valued[] = {
             "--model", "--tokens", "--backends", "--dump", "--dump-compress", "--threads", "--ref-accum",
@@ -260,7 +267,8 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
     if (!a->layer_by_layer) {
         const char *only_lockstep = a->isolate ? "--isolate" : a->tolerances ? "--tolerances" : a->json ? "--json"
                                   : a->junit ? "--junit" : a->decode ? "--decode" : a->dump_taps ? "--dump-taps"
-                                  : a->dump_window >= 0 ? "--dump-on-divergence" : NULL;
+                                  : a->dump_window >= 0 ? "--dump-on-divergence"
+                                  : a->precision_sweep ? "--precision-sweep" : NULL;
         if (only_lockstep && a->nbackends == 1)
             return qd_errf(e, QD_EINPUT, "%s needs two backends (--layer-by-layer --backends A,B)", only_lockstep);
         if (only_lockstep) a->layer_by_layer = 1;
@@ -553,72 +561,26 @@ static int load_tolerances(const cli_args *a, const qd_backend *ra, const qd_bac
     return rc;
 }
 
-static uint64_t splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 /* The bless step: N prompts (the given one, then deterministic random ones of the same length) through
  * a known-good pair; every tap's worst error times the margin becomes its tolerance. */
 static int calibrate(const cli_args *a, const char *model, qd_backend *ra, qd_backend *tb, qd_backend *ti,
                      const int32_t *tokens, int T, qd_err *e) {
-    const qd_config *c = ra->cfg;
     qd_tolerances t;
-    int rc = qd_tolerances_default(&t, tb->precision, ra->precision, e);
+    qd_bless_stats st;
+    int rc = qd_bless(ra, tb, ti, tokens, T, a->calibrate, a->decode, a->margin, &t, &st, e);
     if (rc) return rc;
-    qd_calib cal;
-    if ((rc = qd_calib_init(&cal, c->num_hidden_layers, e))) {
-        qd_tolerances_free(&t);
-        return rc;
-    }
-    int32_t *prompt = qd_malloc((size_t)T * sizeof *prompt);
-    double worst = 0;
-    char worst_where[96] = "";
-    for (int i = 0; i < a->calibrate && !rc; i++) {
-        uint64_t seed = 0x5eedull + (uint64_t)i;
-        for (int k = 0; k < T; k++)
-            prompt[k] = i == 0 ? tokens[k] : (int32_t)(splitmix64(&seed) % (uint64_t)c->vocab_size);
-        qd_report r;
-        qd_report_init(&r, ra->name, ra->precision, tb->name, tb->precision, c->num_hidden_layers, QD_MODE_FREE,
-                       &t.blowup);
-        qd_lockstep_opts o = {.tokens = prompt, .T = T, .decode = a->decode, .tol = &t, .locate = QD_MODE_FREE,
-                              .dump_window = -1, .progress = !a->quiet};
-        rc = qd_lockstep(ra, tb, ti, &o, &r, e);
-        for (int k = 0; k < r.n && !rc; k++) {
-            const qd_tap_row *row = &r.rows[k];
-            if (row->verdict & (QD_V_NONFINITE | QD_V_BLOWUP_MAG | QD_V_COLLAPSE)) {
-                rc = qd_errf(e, QD_EDIVERGED, "calibration prompt %d: layer %d, %s: %s: a broken pair cannot be "
-                             "blessed", i, row->layer, qd_row_tap_name(row),
-                             row->verdict & QD_V_NONFINITE ? "non-finite values" :
-                             row->verdict & QD_V_COLLAPSE ? "collapsed to zero" : "blow-up");
-                break;
-            }
-            if (row->mode != QD_MODE_FREE) continue; /* free-running errors include the inherited ones */
-            rc = qd_calib_add(&cal, row->layer, qd_row_tap_name(row), &row->m, e);
-            if (row->m.rel_l2 > worst) {
-                worst = row->m.rel_l2;
-                snprintf(worst_where, sizeof worst_where, "layer %d, %s", row->layer, qd_row_tap_name(row));
-            }
-        }
-        qd_report_free(&r);
-    }
-    if (!rc) rc = qd_calib_to_tolerances(&cal, a->margin, NULL, &t, e);
-    if (!rc) {
-        char pair[160];
-        snprintf(pair, sizeof pair, "%s,%s", ra->name, tb->name);
-        t.measured = json_pack("{s:s, s:s, s:i, s:i, s:i, s:f, s:s}", "model", model, "backends", pair, "prompts",
-                               a->calibrate, "tokens_per_prompt", T, "decode_steps", a->decode, "worst_rel_l2",
-                               worst, "worst_at", worst_where);
-        rc = qd_tolerances_write(a->write_tol, &t, e);
-    }
+    char pair[160];
+    snprintf(pair, sizeof pair, "%s,%s", ra->name, tb->name);
+    t.measured = json_pack("{s:s, s:s, s:i, s:i, s:i, s:f, s:s, s:f, s:s}", "model", model, "backends", pair,
+                           "prompts", a->calibrate, "tokens_per_prompt", T, "decode_steps", a->decode,
+                           "worst_rel_l2", st.worst_rel_l2, "worst_at", st.worst_at, "worst_growth",
+                           st.worst_growth, "worst_growth_at", st.worst_growth_at);
+    rc = qd_tolerances_write(a->write_tol, &t, e);
     if (!rc && !a->quiet)
-        printf("calibrated %s (%s) vs %s (%s) over %d prompts of %d tokens: worst rel_l2 %.3g (%s); wrote %s "
-               "(margin %g)\n", ra->name, ra->precision, tb->name, tb->precision, a->calibrate, T, worst,
-               worst_where, a->write_tol, a->margin);
-    free(prompt);
-    qd_calib_free(&cal);
+        printf("calibrated %s (%s) vs %s (%s) over %d prompts of %d tokens%s: worst rel_l2 %.3g (%s), worst "
+               "layer-to-layer growth %.3gx; wrote %s (margin %g)\n", ra->name, ra->precision, tb->name,
+               tb->precision, a->calibrate, T, a->decode ? " and their decode steps" : "", st.worst_rel_l2,
+               st.worst_at, st.worst_growth, a->write_tol, a->margin);
     qd_tolerances_free(&t);
     return rc;
 }
@@ -696,6 +658,17 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
         qd_report_print(&r, stdout, isatty(1) && !a->no_color);
         if (a->dump) printf("dump: %s\n", a->dump);
     }
+    if (a->precision_sweep && !qd_report_diverged(&r)) {
+        if (!a->quiet) printf("precision sweep: no divergence to explain\n");
+    } else if (a->precision_sweep) {
+        qd_sweep_opts so = {.name_a = name_a, .name_b = name_b, .tokens = tokens, .T = T, .decode = a->decode,
+                            .calib_prompts = 5, .margin = a->margin, .locate = a->locate,
+                            .opts = {.threads = a->threads, .accum_f64 = a->accum == QD_ACCUM_F64,
+                                     .fault = a->fault, .taps_all = a->taps_all}};
+        qd_sweep_result sr;
+        if ((rc = qd_precision_sweep(&w, &so, &sr, e))) goto out;
+        qd_sweep_print(&sr, &so, stdout);
+    }
     rc = qd_report_diverged(&r) ? QD_EDIVERGED : QD_OK;
 
 out:
@@ -752,6 +725,7 @@ int main(int argc, char **argv) {
     cli_args a;
     qd_err e;
     qd_err_clear(&e);
+    if (argc > 1 && strcmp(argv[1], "selftest") == 0) return qd_selftest_main(argc - 1, argv + 1);
     int rc = parse_args(argc, argv, &a, &e);
     if (rc == QD_OK && a.help) {
         usage(stdout);
