@@ -262,6 +262,9 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
     if (a->calibrate) a->layer_by_layer = 1;
     if (a->calibrate && !a->write_tol) return qd_errf(e, QD_EINPUT, "--calibrate needs --write-tolerances FILE");
     if (a->write_tol && !a->calibrate) return qd_errf(e, QD_EINPUT, "--write-tolerances needs --calibrate N");
+    if (a->calibrate && (a->dump || a->json || a->junit || a->tolerances || a->fault.kind != QD_FAULT_NONE))
+        return qd_errf(e, QD_EINPUT, "--calibrate blesses a clean pair and writes only --write-tolerances "
+                                     "(drop --dump, --json, --junit, --tolerances and --inject)");
     if (a->layer_by_layer && a->nbackends == 1)
         return qd_errf(e, QD_EINPUT, "--layer-by-layer compares two backends: --backends A,B");
     if (!a->layer_by_layer) {
@@ -423,6 +426,35 @@ static double now_seconds(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* The run's input, in the order that makes bad input fail before anything expensive happens: the model
+ * directory, config.json (its vocab checks the tokens), the token ids, then the dump file when asked
+ * (dump_path NULL: none). On failure everything opened here is released. */
+static int open_input(const cli_args *a, const char *model, const char *token_arg, const char *dump_path,
+                      qd_config *cfg, char **config_text, int32_t **tokens, int *T, qd_dump **dump, qd_err *e) {
+    struct stat st;
+    *config_text = NULL;
+    *tokens = NULL;
+    *dump = NULL;
+    if (stat(model, &st) != 0 || !S_ISDIR(st.st_mode))
+        return qd_errf(e, QD_EINPUT, "--model %s: no such directory", model);
+    int rc = qd_config_load(model, cfg, config_text, e);
+    if (!rc) rc = qd_tokens_parse(token_arg, cfg->vocab_size, tokens, T, e);
+    if (!rc && dump_path) {
+        char *abs_model = realpath(model, NULL);
+        *dump = qd_dump_create(dump_path, abs_model ? abs_model : model, *config_text, *tokens, *T,
+                               a->dump_compress, e);
+        free(abs_model);
+        if (!*dump) rc = e->code ? e->code : QD_ERUNTIME;
+    }
+    if (rc) {
+        free(*config_text);
+        free(*tokens);
+        *config_text = NULL;
+        *tokens = NULL;
+    }
+    return rc;
+}
+
 /* One backend, no comparison: run it, optionally dump it, and say what the run looked like. */
 static int run_single(const cli_args *a, const char *model, const char *token_arg, qd_err *e) {
     qd_config cfg;
@@ -436,23 +468,7 @@ static int run_single(const cli_args *a, const char *model, const char *token_ar
     float *h = NULL, *h2 = NULL, *logits = NULL;
     run_sink s = {0};
 
-    struct stat st;
-    if (stat(model, &st) != 0 || !S_ISDIR(st.st_mode))
-        return qd_errf(e, QD_EINPUT, "--model %s: no such directory", model);
-    /* config first: the vocab checks the tokens, and bad tokens fail before weights are read */
-    if ((rc = qd_config_load(model, &cfg, &config_text, e))) goto out;
-    if ((rc = qd_tokens_parse(token_arg, cfg.vocab_size, &tokens, &T, e))) goto out;
-
-    if (a->dump) {
-        char *abs_model = realpath(model, NULL);
-        dump = qd_dump_create(a->dump, abs_model ? abs_model : model, config_text, tokens, T,
-                              a->dump_compress, e);
-        free(abs_model);
-        if (!dump) {
-            rc = e->code;
-            goto out;
-        }
-    }
+    if ((rc = open_input(a, model, token_arg, a->dump, &cfg, &config_text, &tokens, &T, &dump, e))) return rc;
 
     if ((rc = qd_weights_load(model, &w, e))) goto out;
     have_weights = 1;
@@ -597,22 +613,11 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
     qd_tolerances tol;
     qd_report r;
 
-    struct stat st;
-    if (stat(model, &st) != 0 || !S_ISDIR(st.st_mode))
-        return qd_errf(e, QD_EINPUT, "--model %s: no such directory", model);
-    if ((rc = qd_config_load(model, &cfg, &config_text, e))) goto out;
-    if ((rc = qd_tokens_parse(token_arg, cfg.vocab_size, &tokens, &T, e))) goto out;
+    if ((rc = open_input(a, model, token_arg, a->calibrate ? NULL : a->dump, &cfg, &config_text, &tokens, &T,
+                         &dump, e)))
+        return rc;
     const char *name_a = a->nbackends ? a->backends[0] : "ref";
     const char *name_b = a->nbackends ? a->backends[1] : qd_backend_default_test();
-    if (a->dump && !a->calibrate) {
-        char *abs_model = realpath(model, NULL);
-        dump = qd_dump_create(a->dump, abs_model ? abs_model : model, config_text, tokens, T, a->dump_compress, e);
-        free(abs_model);
-        if (!dump) {
-            rc = e->code;
-            goto out;
-        }
-    }
     if ((rc = qd_weights_load(model, &w, e))) goto out;
     have_weights = 1;
     const int L = w.cfg.num_hidden_layers;
