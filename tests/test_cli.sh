@@ -62,6 +62,9 @@ expect 2 "--calibrate" -- --model "$model" --tokens 1,2 --backends ref,emu --wri
 expect 2 "--isolate" -- --model "$model" --tokens 1,2 --backends ref,emu --locate isolated
 expect 2 "--locate" -- --model "$model" --tokens 1,2 --backends ref,emu --isolate --locate both
 expect 2 "--act" -- --model "$model" --tokens 1,2 --backends ref,emu --act int8
+expect 2 "--calibrate" -- --model "$model" --tokens 1,2 --backends ref,emu --calibrate 2 --write-tolerances "$tmp/t.json" --dump "$tmp/c.h5"
+expect 2 "--inject" -- --model "$model" --tokens 1,2 --backends ref,emu --inject knorm-mul@7
+expect 2 "reference takes no faults" -- --model "$model" --tokens 1,2 --backends emu,ref --inject knorm-mul@1
 expect 2 "stray" -- --model "$model" --tokens 1,2 stray
 
 # --- model directory and files ---
