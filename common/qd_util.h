@@ -27,8 +27,10 @@ void qd_err_clear(qd_err *e);
  * Used for host buffers only: running out of host memory is a runtime failure, not an input error. */
 #define qd_malloc(n) qd_malloc_check((n), __FILE__, __LINE__)
 #define qd_calloc(n, sz) qd_calloc_check((n), (sz), __FILE__, __LINE__)
+#define qd_realloc(p, n) qd_realloc_check((p), (n), __FILE__, __LINE__)
 void *qd_malloc_check(size_t n, const char *file, int line);
 void *qd_calloc_check(size_t n, size_t size, const char *file, int line);
+void *qd_realloc_check(void *p, size_t n, const char *file, int line);
 
 /* Reads a whole file into a NUL-terminated buffer. QD_EINPUT if it does not exist, QD_ERUNTIME on a
  * read error. *len may be NULL. */

@@ -47,6 +47,15 @@ void *qd_calloc_check(size_t n, size_t size, const char *file, int line) {
     return p;
 }
 
+void *qd_realloc_check(void *p, size_t n, const char *file, int line) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q) {
+        fprintf(stderr, "qwen3-diff: realloc(%zu) failed at %s:%d\n", n, file, line);
+        exit(QD_ERUNTIME);
+    }
+    return q;
+}
+
 int qd_read_file(const char *path, char **out, size_t *len, qd_err *e) {
     *out = NULL;
     FILE *f = fopen(path, "rb");

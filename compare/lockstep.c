@@ -53,11 +53,7 @@ static void add_row(qd_report *r, const qd_tolerances *tol, int step, int layer,
                     const float *test, const float *ref, int ndim, const int64_t *shape, double *prev) {
     if (r->n == r->cap) {
         r->cap = r->cap ? 2 * r->cap : 256;
-        r->rows = realloc(r->rows, (size_t)r->cap * sizeof *r->rows);
-        if (!r->rows) {
-            fprintf(stderr, "qwen3-diff: realloc of the report failed\n");
-            exit(QD_ERUNTIME);
-        }
+        r->rows = qd_realloc(r->rows, (size_t)r->cap * sizeof *r->rows);
     }
     qd_tap_row *row = &r->rows[r->n];
     memset(row, 0, sizeof *row);
@@ -138,8 +134,7 @@ static int dump_tap(dump_ctl *dc, const char *group, int layer, const char *name
     if (dc->diverged_pos >= 0) return QD_OK; /* past the window */
     if (dc->n_held == dc->cap_held) {
         dc->cap_held = dc->cap_held ? 2 * dc->cap_held : 64;
-        dc->held = realloc(dc->held, (size_t)dc->cap_held * sizeof *dc->held);
-        if (!dc->held) return qd_errf(e, QD_ERUNTIME, "realloc of the dump window failed");
+        dc->held = qd_realloc(dc->held, (size_t)dc->cap_held * sizeof *dc->held);
     }
     held_tap *h = &dc->held[dc->n_held++];
     size_t n = 1;

@@ -244,11 +244,7 @@ static void xml_append(char **buf, size_t *len, size_t *cap, const char *s, int 
         size_t k = rep ? strlen(rep) : 1;
         if (*len + k + 1 > *cap) {
             *cap = 2 * (*cap + k + 1);
-            *buf = realloc(*buf, *cap);
-            if (!*buf) {
-                fprintf(stderr, "qwen3-diff: realloc of the JUnit text failed\n");
-                exit(QD_ERUNTIME);
-            }
+            *buf = qd_realloc(*buf, *cap);
         }
         if (rep) memcpy(*buf + *len, rep, k);
         else (*buf)[*len] = *s;
