@@ -1,9 +1,11 @@
-/* qd_selftest.h: proving the harness on the CPU (`qwen3-diff selftest`).
+/* qd_selftest.h: proving the harness (`qwen3-diff selftest`), on the CPU (emu, the default) or on the
+ * fused CUDA kernels (--backend fused).
  *
  * For every fixture context (a fixture, a prompt, sometimes a variant of the weights) the clean pair
- * ref vs emu is blessed first (qd_bless in qd_compare.h: the maths of --calibrate, 5 prompts, margin 2), then:
+ * ref vs B (emu or fused) is blessed first (qd_bless in qd_compare.h: the maths of --calibrate, 5 prompts,
+ * margin 2), then:
  *   - clean runs over 5 held-out prompts, free-running and isolated, must flag nothing;
- *   - every fault of the catalog is injected into emu on each fixture where it can show, and its first
+ *   - every fault of the catalog is injected into B on each fixture where it can show, and its first
  *     divergence, free-running and isolated, must be exactly the expected (step, layer, tap);
  *   - the precision sweep (qd_sweep.h) must classify faults 3, 6 and 8 as docs/FAULTS.md says.
  * The expectations live in one table in selftest.c (qd_selftest_cases) with the reason for each. */
@@ -25,7 +27,7 @@ typedef enum {
 } qd_variant;
 
 /* One expectation: fault `fault` injected at layer `inject` of `fixture` first shows at (step, layer, tap),
- * in both modes. */
+ * in both modes. tap_fused: where the fused backend differs (e.g. a tap its kernels fuse away), with why. */
 typedef struct {
     qd_fault_kind fault;
     const char *fixture;  /* directory under the fixtures root */
@@ -36,9 +38,14 @@ typedef struct {
     int step, layer;      /* expected first divergence */
     const char *tap;
     const char *why;      /* why it shows there (and only there) */
+    const char *tap_fused; /* NULL: tap; else the first divergence's tap on the fused backend */
+    const char *why_fused; /* why it differs there */
 } qd_selftest_case;
 
 const qd_selftest_case *qd_selftest_cases(int *n);
+
+/* The expected tap of case c for backend ("emu" or "fused"). */
+const char *qd_selftest_case_tap(const qd_selftest_case *c, const char *backend);
 
 /* One expectation of the precision sweep. */
 typedef struct {
@@ -59,8 +66,9 @@ const qd_sweep_case *qd_sweep_cases(int *n);
 int qd_selftest_matches(const qd_report *r, qd_mode mode, int step, int layer, const char *tap, char *found,
                         size_t n);
 
-/* `qwen3-diff selftest [--fixtures DIR] [--json FILE] [--threads N] [--quiet] [--no-color]`: argv[0] is
- * "selftest". Returns the exit status: 0 every expectation met, 1 a miss, 2 bad usage or input, 3 runtime
+/* `qwen3-diff selftest [--backend emu|fused] [--fixtures DIR] [--json FILE] [--threads N] [--quiet]
+ * [--no-color]`: argv[0] is "selftest". --backend fused needs a binary built with CUDA and a device (else
+ * exit 2 or 3 with the message). Returns the exit status: 0 every expectation met, 1 a miss, 2 bad usage or input, 3 runtime
  * failure (the message on stderr). Hidden for tests of the checker: --shift-expectation FAULT expects
  * FAULT one layer later than the table says, which must make the selftest fail. */
 int qd_selftest_main(int argc, char **argv);

@@ -1,8 +1,9 @@
-/* selftest.c: `qwen3-diff selftest`, proving the harness on the CPU (qd_selftest.h, docs/FAULTS.md).
+/* selftest.c: `qwen3-diff selftest`, proving the harness (qd_selftest.h, docs/FAULTS.md).
  *
  * Order of work per fixture context: load the weights (and apply a variant), bless the clean pair ref vs
- * emu (qd_bless, 5 prompts, margin 2), run 5 held-out clean prompts in both modes, then every fault whose
- * expectation names this context. The precision sweeps come last. Nothing here exits: errors travel as
+ * the backend under test (emu, or fused with --backend fused; qd_bless, 5 prompts, margin 2), run 5
+ * held-out clean prompts in both modes, then every fault whose expectation names this context, injected
+ * into that backend. The precision sweeps come last. Nothing here exits: errors travel as
  * qd_err to qd_selftest_main, which returns the status. */
 #include "qd_selftest.h"
 
@@ -37,65 +38,71 @@
 #define SEED_SCORES 2
 #define SEED_1E29 24
 
+/* Fused keeps q_norm and k_norm in registers (qk_norm_rope_kernel): its first stored form of k_norm is
+ * k_rope, the rotation of k_norm (norm-preserving, so the same relative error). */
+#define BOTH NULL, NULL /* the same first divergence on emu and fused */
+#define KNORM_FUSED "k_rope", "fused has no k_norm tap (qk_norm_rope_kernel keeps it in registers): k_rope is its rotation"
+
 static const qd_selftest_case cases[] = {
     /* 1 */
-    {QD_FAULT_KNORM_MUL, "gqa_tied", 0, 0, 0, 1, 0, 1, "k_norm", "k_proj rows are not unit-rms: k_norm changes by ~15%"},
-    {QD_FAULT_KNORM_MUL, "mha_untied", 0, 0, 0, 1, 0, 1, "k_norm", "as gqa_tied"},
+    {QD_FAULT_KNORM_MUL, "gqa_tied", 0, 0, 0, 1, 0, 1, "k_norm", "k_proj rows are not unit-rms: k_norm changes by ~15%",
+     KNORM_FUSED},
+    {QD_FAULT_KNORM_MUL, "mha_untied", 0, 0, 0, 1, 0, 1, "k_norm", "as gqa_tied", KNORM_FUSED},
     {QD_FAULT_KNORM_MUL, "knorm_extreme", 0, 0, 0, 1, 0, 1, "k_norm",
-     "k_proj rows have rms ~1, so the missing normalisation moves k_norm by a few %, above the blessed 5%"},
-    {QD_FAULT_KNORM_MUL, "long_prompt", 0, 0, 0, 1, 0, 1, "k_norm", "as gqa_tied"},
+     "k_proj rows have rms ~1, so the missing normalisation moves k_norm by a few %, above the blessed 5%", KNORM_FUSED},
+    {QD_FAULT_KNORM_MUL, "long_prompt", 0, 0, 0, 1, 0, 1, "k_norm", "as gqa_tied", KNORM_FUSED},
     /* 2 */
-    {QD_FAULT_ROPE_INTERLEAVED, "gqa_tied", 0, 0, 0, 1, 0, 1, "q_rope", "wrong pairs: q_rope differs at every position > 0"},
-    {QD_FAULT_ROPE_INTERLEAVED, "mha_untied", 0, 0, 0, 1, 0, 1, "q_rope", "as gqa_tied"},
-    {QD_FAULT_ROPE_INTERLEAVED, "knorm_extreme", 0, 0, 0, 1, 0, 1, "q_rope", "as gqa_tied"},
-    {QD_FAULT_ROPE_INTERLEAVED, "long_prompt", 0, 0, 0, 1, 0, 1, "q_rope", "as gqa_tied"},
+    {QD_FAULT_ROPE_INTERLEAVED, "gqa_tied", 0, 0, 0, 1, 0, 1, "q_rope", "wrong pairs: q_rope differs at every position > 0", BOTH},
+    {QD_FAULT_ROPE_INTERLEAVED, "mha_untied", 0, 0, 0, 1, 0, 1, "q_rope", "as gqa_tied", BOTH},
+    {QD_FAULT_ROPE_INTERLEAVED, "knorm_extreme", 0, 0, 0, 1, 0, 1, "q_rope", "as gqa_tied", BOTH},
+    {QD_FAULT_ROPE_INTERLEAVED, "long_prompt", 0, 0, 0, 1, 0, 1, "q_rope", "as gqa_tied", BOTH},
     /* 3 */
     {QD_FAULT_ROPE_FREQ_BF16, "long_prompt", 0, 0, 0, 0, 0, 0, "q_rope",
-     "angles move by pos * inv_freq * (bf16 error <= 2^-9): ~0.1 rad at pos 300, nothing at short prompts"},
+     "angles move by pos * inv_freq * (bf16 error <= 2^-9): ~0.1 rad at pos 300, nothing at short prompts", BOTH},
     /* 4: not on mha_untied (4 on 4) or long_prompt (1 KV head): h mod n_kv == h / group there */
-    {QD_FAULT_GQA_MOD, "gqa_tied", 0, 0, 0, 1, 0, 1, "attn", "heads 1 and 2 read the other KV head"},
-    {QD_FAULT_GQA_MOD, "knorm_extreme", 0, 0, 0, 1, 0, 1, "attn", "as gqa_tied"},
+    {QD_FAULT_GQA_MOD, "gqa_tied", 0, 0, 0, 1, 0, 1, "attn", "heads 1 and 2 read the other KV head", BOTH},
+    {QD_FAULT_GQA_MOD, "knorm_extreme", 0, 0, 0, 1, 0, 1, "attn", "as gqa_tied", BOTH},
     /* 5 */
-    {QD_FAULT_NO_CAUSAL, "gqa_tied", 0, 0, 0, 1, 0, 1, "attn", "every token but the last sees later tokens"},
-    {QD_FAULT_NO_CAUSAL, "mha_untied", 0, 0, 0, 1, 0, 1, "attn", "as gqa_tied"},
-    {QD_FAULT_NO_CAUSAL, "knorm_extreme", 0, 0, 0, 1, 0, 1, "attn", "as gqa_tied"},
-    {QD_FAULT_NO_CAUSAL, "long_prompt", 0, 0, 0, 1, 0, 1, "attn", "as gqa_tied"},
+    {QD_FAULT_NO_CAUSAL, "gqa_tied", 0, 0, 0, 1, 0, 1, "attn", "every token but the last sees later tokens", BOTH},
+    {QD_FAULT_NO_CAUSAL, "mha_untied", 0, 0, 0, 1, 0, 1, "attn", "as gqa_tied", BOTH},
+    {QD_FAULT_NO_CAUSAL, "knorm_extreme", 0, 0, 0, 1, 0, 1, "attn", "as gqa_tied", BOTH},
+    {QD_FAULT_NO_CAUSAL, "long_prompt", 0, 0, 0, 1, 0, 1, "attn", "as gqa_tied", BOTH},
     /* 6: only where a score exceeds 88.7 (bf16 has fp32's exponent range); the ordinary fixtures' scores
      * stay below 8 */
     {QD_FAULT_SOFTMAX_NO_MAX, "knorm_extreme", 0, 16, SEED_SCORES, 0, 0, 0, "attn",
-     "k_norm max 96.5 gives a causal score of 104: exp overflows fp32, inf/inf = NaN"},
+     "k_norm max 96.5 gives a causal score of 104: exp overflows fp32, inf/inf = NaN", BOTH},
     /* 7 */
-    {QD_FAULT_NO_SCALE, "gqa_tied", 0, 0, 0, 1, 0, 1, "attn", "scores 5.7x too large: sharper softmax"},
-    {QD_FAULT_NO_SCALE, "mha_untied", 0, 0, 0, 1, 0, 1, "attn", "as gqa_tied"},
-    {QD_FAULT_NO_SCALE, "knorm_extreme", 0, 0, 0, 1, 0, 1, "attn", "as gqa_tied"},
-    {QD_FAULT_NO_SCALE, "long_prompt", 0, 0, 0, 1, 0, 1, "attn", "as gqa_tied"},
+    {QD_FAULT_NO_SCALE, "gqa_tied", 0, 0, 0, 1, 0, 1, "attn", "scores 5.7x too large: sharper softmax", BOTH},
+    {QD_FAULT_NO_SCALE, "mha_untied", 0, 0, 0, 1, 0, 1, "attn", "as gqa_tied", BOTH},
+    {QD_FAULT_NO_SCALE, "knorm_extreme", 0, 0, 0, 1, 0, 1, "attn", "as gqa_tied", BOTH},
+    {QD_FAULT_NO_SCALE, "long_prompt", 0, 0, 0, 1, 0, 1, "attn", "as gqa_tied", BOTH},
     /* 8: layer 0, where the blessed attn_norm gate is the bf16 floor (0.4%); hidden 128 */
     {QD_FAULT_NORM_SUMSQ_LOWP, "knorm_extreme", 0, 0, 0, 0, 0, 0, "attn_norm",
-     "a bf16 running sum of 128 squares stagnates: the scale is off by ~0.8% rms (hidden 1024: ~10%)"},
+     "a bf16 running sum of 128 squares stagnates: the scale is off by ~0.8% rms (hidden 1024: ~10%)", BOTH},
     /* 9: needs mean(x^2) ~ eps: a token with a tiny embedding row */
     {QD_FAULT_EPS_OUTSIDE, "gqa_tied", QD_VARIANT_TINY_ROW, 0, 0, 0, 0, 0, "attn_norm",
-     "row rms 1e-3: 1/(sqrt(ms)+eps) vs 1/sqrt(ms+eps) differ by 40% on that token"},
-    {QD_FAULT_EPS_OUTSIDE, "knorm_extreme", QD_VARIANT_TINY_ROW, 0, 0, 0, 0, 0, "attn_norm", "as gqa_tied"},
+     "row rms 1e-3: 1/(sqrt(ms)+eps) vs 1/sqrt(ms+eps) differ by 40% on that token", BOTH},
+    {QD_FAULT_EPS_OUTSIDE, "knorm_extreme", QD_VARIANT_TINY_ROW, 0, 0, 0, 0, 0, "attn_norm", "as gqa_tied", BOTH},
     /* 10 */
-    {QD_FAULT_RESIDUAL_DROP, "gqa_tied", 0, 0, 0, 1, 0, 1, "attn_residual", "the residual stream is replaced"},
-    {QD_FAULT_RESIDUAL_DROP, "mha_untied", 0, 0, 0, 1, 0, 1, "attn_residual", "as gqa_tied"},
-    {QD_FAULT_RESIDUAL_DROP, "knorm_extreme", 0, 0, 0, 1, 0, 1, "attn_residual", "as gqa_tied"},
-    {QD_FAULT_RESIDUAL_DROP, "long_prompt", 0, 0, 0, 1, 0, 1, "attn_residual", "as gqa_tied"},
+    {QD_FAULT_RESIDUAL_DROP, "gqa_tied", 0, 0, 0, 1, 0, 1, "attn_residual", "the residual stream is replaced", BOTH},
+    {QD_FAULT_RESIDUAL_DROP, "mha_untied", 0, 0, 0, 1, 0, 1, "attn_residual", "as gqa_tied", BOTH},
+    {QD_FAULT_RESIDUAL_DROP, "knorm_extreme", 0, 0, 0, 1, 0, 1, "attn_residual", "as gqa_tied", BOTH},
+    {QD_FAULT_RESIDUAL_DROP, "long_prompt", 0, 0, 0, 1, 0, 1, "attn_residual", "as gqa_tied", BOTH},
     /* 11 */
-    {QD_FAULT_ACT_GELU, "gqa_tied", 0, 0, 0, 1, 0, 1, "act", "GELU and SiLU differ by up to 0.2 near -1..1"},
-    {QD_FAULT_ACT_GELU, "mha_untied", 0, 0, 0, 1, 0, 1, "act", "as gqa_tied"},
-    {QD_FAULT_ACT_GELU, "knorm_extreme", 0, 0, 0, 1, 0, 1, "act", "as gqa_tied"},
-    {QD_FAULT_ACT_GELU, "long_prompt", 0, 0, 0, 1, 0, 1, "act", "as gqa_tied"},
+    {QD_FAULT_ACT_GELU, "gqa_tied", 0, 0, 0, 1, 0, 1, "act", "GELU and SiLU differ by up to 0.2 near -1..1", BOTH},
+    {QD_FAULT_ACT_GELU, "mha_untied", 0, 0, 0, 1, 0, 1, "act", "as gqa_tied", BOTH},
+    {QD_FAULT_ACT_GELU, "knorm_extreme", 0, 0, 0, 1, 0, 1, "act", "as gqa_tied", BOTH},
+    {QD_FAULT_ACT_GELU, "long_prompt", 0, 0, 0, 1, 0, 1, "act", "as gqa_tied", BOTH},
     /* 12: decode only. Not knorm_extreme: its layers 0-2 attend almost one-hot to another key, so losing
      * one key barely moves them, and its layer 3's free-running gate (33%, inherited error) hides it */
-    {QD_FAULT_KV_POS, "gqa_tied", 0, 0, 0, 1, 1, 1, "attn", "decode step 1 loses the last prompt token's K/V"},
-    {QD_FAULT_KV_POS, "mha_untied", 0, 0, 0, 1, 1, 1, "attn", "as gqa_tied"},
-    {QD_FAULT_KV_POS, "long_prompt", 0, 0, 0, 1, 1, 1, "attn", "as gqa_tied"},
+    {QD_FAULT_KV_POS, "gqa_tied", 0, 0, 0, 1, 1, 1, "attn", "decode step 1 loses the last prompt token's K/V", BOTH},
+    {QD_FAULT_KV_POS, "mha_untied", 0, 0, 0, 1, 1, 1, "attn", "as gqa_tied", BOTH},
+    {QD_FAULT_KV_POS, "long_prompt", 0, 0, 0, 1, 1, 1, "attn", "as gqa_tied", BOTH},
     /* 13: needs more than one key tile (64 keys) */
     {QD_FAULT_ONLINE_RESCALE, "knorm_extreme", 0, 80, SEED_1E29, 1, 0, 1, "attn",
-     "the seed: the last tile's scores lie ~67 below the max, acc / l reaches 1.7e29 (a blow-up)"},
+     "the seed: the last tile's scores lie ~67 below the max, acc / l reaches 1.7e29 (a blow-up)", BOTH},
     {QD_FAULT_ONLINE_RESCALE, "long_prompt", 0, 0, 0, 1, 0, 1, "attn",
-     "flat scores: dividing by the last tile's sum alone inflates attn by (t+1)/(t+1 - tile start)"},
+     "flat scores: dividing by the last tile's sum alone inflates attn by (t+1)/(t+1 - tile start)", BOTH},
 };
 
 /* The verdict flag the first divergence must carry besides failing: the seed is a blow-up (not just a
@@ -109,6 +116,10 @@ static unsigned case_flags(const qd_selftest_case *c) {
 const qd_selftest_case *qd_selftest_cases(int *n) {
     *n = (int)(sizeof cases / sizeof *cases);
     return cases;
+}
+
+const char *qd_selftest_case_tap(const qd_selftest_case *c, const char *backend) {
+    return backend && strcmp(backend, "fused") == 0 && c->tap_fused ? c->tap_fused : c->tap;
 }
 
 static const qd_sweep_case sweep_cases[] = {
@@ -266,8 +277,8 @@ static void row_reason(const qd_report *r, qd_mode mode, char *buf, size_t n) {
     qd_verdict_reason(row->verdict, &row->m, &row->tol, &r->blowup, row->prev_rel_l2, buf, n);
 }
 
-static int run_context(const char *root, const st_context *cx, int threads, const char *shift, st_rows *rs,
-                       int quiet, qd_err *e) {
+static int run_context(const char *root, const st_context *cx, const char *backend, int threads, const char *shift,
+                       st_rows *rs, int quiet, qd_err *e) {
     qd_weights w;
     int32_t *tokens = NULL;
     int T = 0;
@@ -275,7 +286,8 @@ static int run_context(const char *root, const st_context *cx, int threads, cons
     if (rc) return rc;
     char cname[96];
     context_name(cx, cname, sizeof cname);
-    if (!quiet) fprintf(stderr, "selftest: %s: blessing ref vs emu over %d prompts\n", cname, ST_CALIB_PROMPTS);
+    if (!quiet)
+        fprintf(stderr, "selftest: %s: blessing ref vs %s over %d prompts\n", cname, backend, ST_CALIB_PROMPTS);
     /* Decode steps only where a fault needs them: a single-token step's error is one token's, not an
      * average over T, so on knorm_extreme (one bf16 rounding of K can move a probability mass) 5 blessed
      * prompts do not bound the next prompt's decode steps (measured: rel_l2 9e-2 vs a blessed 7.9e-2) */
@@ -291,8 +303,8 @@ static int run_context(const char *root, const st_context *cx, int threads, cons
     qd_tolerances tol;
     int have_tol = 0;
     int32_t *p = qd_malloc((size_t)T * sizeof *p); /* (T) */
-    if (!(a = make("ref", &w, threads, max_seq, NULL, none, e)) || !(b = make("emu", &w, threads, max_seq, NULL, none, e)) ||
-        !(bi = make("emu", &w, threads, max_seq, NULL, none, e))) {
+    if (!(a = make("ref", &w, threads, max_seq, NULL, none, e)) || !(b = make(backend, &w, threads, max_seq, NULL, none, e)) ||
+        !(bi = make(backend, &w, threads, max_seq, NULL, none, e))) {
         rc = e->code ? e->code : QD_ERUNTIME;
         goto out;
     }
@@ -341,9 +353,10 @@ static int run_context(const char *root, const st_context *cx, int threads, cons
             continue;
         const qd_fault_info *fi = qd_fault_info_of(c->fault);
         int exp_layer = c->layer + (shift && strcmp(shift, fi->name) == 0);
+        const char *exp_tap = qd_selftest_case_tap(c, backend);
         qd_fault f = {c->fault, c->inject};
-        qd_backend *fb = make("emu", &w, threads, max_seq, NULL, f, e), *fbi = NULL;
-        if (fb) fbi = make("emu", &w, threads, max_seq, NULL, f, e);
+        qd_backend *fb = make(backend, &w, threads, max_seq, NULL, f, e), *fbi = NULL;
+        if (fb) fbi = make(backend, &w, threads, max_seq, NULL, f, e);
         qd_report r;
         if (!fb || !fbi || (rc = run_pair(a, fb, fbi, tokens, T, decode, &tol, &r, e))) {
             if (!rc) rc = e->code ? e->code : QD_ERUNTIME;
@@ -360,9 +373,9 @@ static int run_context(const char *root, const st_context *cx, int threads, cons
             row->kind = "fault";
             snprintf(row->fault, sizeof row->fault, "%s@%d", fi->name, c->inject);
             snprintf(row->fixture, sizeof row->fixture, "%s", cname);
-            fmt_where(row->expected, sizeof row->expected, c->step, exp_layer, c->tap);
+            fmt_where(row->expected, sizeof row->expected, c->step, exp_layer, exp_tap);
             row->mode = qd_mode_name((qd_mode)mode);
-            row->ok = qd_selftest_matches(&r, (qd_mode)mode, c->step, exp_layer, c->tap, row->found, sizeof row->found);
+            row->ok = qd_selftest_matches(&r, (qd_mode)mode, c->step, exp_layer, exp_tap, row->found, sizeof row->found);
             unsigned need = case_flags(c);
             if (row->ok && need && (r.rows[r.first_fail[mode]].verdict & need) != need) {
                 row->ok = 0;
@@ -389,7 +402,8 @@ out:
     return rc;
 }
 
-static int run_sweep_case(const char *root, const qd_sweep_case *sc, int threads, st_rows *rs, int quiet, qd_err *e) {
+static int run_sweep_case(const char *root, const qd_sweep_case *sc, const char *backend, int threads, st_rows *rs,
+                          int quiet, qd_err *e) {
     st_context cx = {sc->fixture, QD_VARIANT_NONE, sc->prompt_len, sc->prompt_seed};
     qd_weights w;
     int32_t *tokens = NULL;
@@ -399,8 +413,8 @@ static int run_sweep_case(const char *root, const qd_sweep_case *sc, int threads
     char cname[96];
     context_name(&cx, cname, sizeof cname);
     const qd_fault_info *fi = qd_fault_info_of(sc->fault);
-    if (!quiet) fprintf(stderr, "selftest: %s: precision sweep of %s@%d\n", cname, fi->name, sc->inject);
-    qd_sweep_opts so = {.name_a = "ref", .name_b = "emu", .opts = {.threads = threads, .fault = {sc->fault, sc->inject}},
+    if (!quiet) fprintf(stderr, "selftest: %s: precision sweep of %s@%d in %s\n", cname, fi->name, sc->inject, backend);
+    qd_sweep_opts so = {.name_a = "ref", .name_b = backend, .opts = {.threads = threads, .fault = {sc->fault, sc->inject}},
                         .tokens = tokens, .T = T, .decode = 0, .calib_prompts = ST_CALIB_PROMPTS,
                         .margin = ST_MARGIN, .locate = QD_MODE_FREE};
     qd_sweep_result res;
@@ -452,7 +466,7 @@ static void print_table(const st_rows *rs, FILE *f) {
     }
 }
 
-static int write_json(const st_rows *rs, const char *root, int pass, const char *path, qd_err *e) {
+static int write_json(const st_rows *rs, const char *root, const char *backend, int pass, const char *path, qd_err *e) {
     json_t *rows = json_array();
     for (int i = 0; i < rs->n; i++) {
         const st_row *r = &rs->rows[i];
@@ -462,9 +476,10 @@ static int write_json(const st_rows *rs, const char *root, int pass, const char 
         if (r->tokens) json_object_set(o, "tokens", r->tokens);
         json_array_append_new(rows, o);
     }
-    json_t *root_o = json_pack("{s:s, s:b, s:s, s:i, s:i, s:f, s:i, s:o}", "schema", "qwen3-diff-selftest/1", "pass",
-                               pass, "fixtures", root, "calibration_prompts", ST_CALIB_PROMPTS, "clean_prompts",
-                               ST_CLEAN_PROMPTS, "margin", ST_MARGIN, "decode_steps", ST_DECODE, "rows", rows);
+    json_t *root_o = json_pack("{s:s, s:b, s:s, s:s, s:i, s:i, s:f, s:i, s:o}", "schema", "qwen3-diff-selftest/1",
+                               "pass", pass, "fixtures", root, "backend", backend, "calibration_prompts",
+                               ST_CALIB_PROMPTS, "clean_prompts", ST_CLEAN_PROMPTS, "margin", ST_MARGIN,
+                               "decode_steps", ST_DECODE, "rows", rows);
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
     int rc = json_dump_file(root_o, tmp, JSON_INDENT(1));
@@ -481,18 +496,20 @@ static int write_json(const st_rows *rs, const char *root, int pass, const char 
 
 static void selftest_usage(FILE *f) {
     fprintf(f,
-            "usage: qwen3-diff selftest [--fixtures DIR] [--json FILE] [--threads N] [--quiet]\n"
+            "usage: qwen3-diff selftest [--backend emu|fused] [--fixtures DIR] [--json FILE] [--threads N]\n"
+            "                           [--quiet]\n"
             "\n"
-            "Proves the harness: blesses ref vs emu on each fixture (%d prompts, margin %g), checks that %d\n"
-            "held-out clean prompts flag nothing, injects every fault of the catalog (qwen3-diff --inject help)\n"
-            "where it can show and checks that the first divergence is the expected step, layer and tap in\n"
-            "free-running and isolated mode, and checks the precision sweep's verdicts (docs/FAULTS.md).\n"
+            "Proves the harness: blesses ref vs the backend under test (emu by default; fused: the CUDA\n"
+            "kernels) on each fixture (%d prompts, margin %g), checks that %d held-out clean prompts flag\n"
+            "nothing, injects every fault of the catalog (qwen3-diff --inject help) into that backend where it\n"
+            "can show and checks that the first divergence is the expected step, layer and tap in free-running\n"
+            "and isolated mode, and checks the precision sweep's verdicts (docs/FAULTS.md).\n"
             "Exit status: 0 every expectation met, 1 a miss, 2 bad usage or input, 3 runtime failure.\n",
             ST_CALIB_PROMPTS, ST_MARGIN, ST_CLEAN_PROMPTS);
 }
 
 int qd_selftest_main(int argc, char **argv) {
-    const char *root = QD_SOURCE_ROOT "/fixtures", *json = NULL, *shift = NULL;
+    const char *root = QD_SOURCE_ROOT "/fixtures", *json = NULL, *shift = NULL, *backend = "emu";
     int threads = 0, quiet = 0;
     qd_err e;
     qd_err_clear(&e);
@@ -504,9 +521,9 @@ int qd_selftest_main(int argc, char **argv) {
         }
         if (strcmp(arg, "--quiet") == 0) { quiet = 1; continue; }
         if (strcmp(arg, "--no-color") == 0) continue; /* the table has no colour */
-        const char *const valued[] = {"--fixtures", "--json", "--threads", "--shift-expectation"};
+        const char *const valued[] = {"--fixtures", "--json", "--threads", "--shift-expectation", "--backend"};
         const char *flag = NULL, *val = NULL;
-        for (int k = 0; k < 4 && !flag; k++) {
+        for (int k = 0; k < 5 && !flag; k++) {
             size_t fl = strlen(valued[k]);
             if (strcmp(arg, valued[k]) == 0) {
                 flag = valued[k];
@@ -528,7 +545,13 @@ int qd_selftest_main(int argc, char **argv) {
         if (strcmp(flag, "--fixtures") == 0) root = val;
         else if (strcmp(flag, "--json") == 0) json = val;
         else if (strcmp(flag, "--shift-expectation") == 0) shift = val;
-        else {
+        else if (strcmp(flag, "--backend") == 0) {
+            if (strcmp(val, "emu") && strcmp(val, "fused")) {
+                fprintf(stderr, "qwen3-diff: selftest: --backend: '%s': expected emu or fused\n", val);
+                return QD_EINPUT;
+            }
+            backend = val;
+        } else {
             char *end;
             long t = strtol(val, &end, 10);
             if (*end || t < 0 || t > 4096) {
@@ -566,17 +589,17 @@ int qd_selftest_main(int argc, char **argv) {
 
     st_rows rs = {0};
     int rc = QD_OK;
-    for (int j = 0; j < ncx && !rc; j++) rc = run_context(root, &cx[j], threads, shift, &rs, quiet, &e);
+    for (int j = 0; j < ncx && !rc; j++) rc = run_context(root, &cx[j], backend, threads, shift, &rs, quiet, &e);
     int ns;
     const qd_sweep_case *sw = qd_sweep_cases(&ns);
-    for (int j = 0; j < ns && !rc; j++) rc = run_sweep_case(root, &sw[j], threads, &rs, quiet, &e);
+    for (int j = 0; j < ns && !rc; j++) rc = run_sweep_case(root, &sw[j], backend, threads, &rs, quiet, &e);
 
     int misses = 0;
     for (int i = 0; i < rs.n; i++) misses += !rs.rows[i].ok;
     if (!rc) {
         print_table(&rs, stdout);
-        printf("selftest: %d checks, %d missed\n", rs.n, misses);
-        if (json) rc = write_json(&rs, root, misses == 0, json, &e);
+        printf("selftest: %d checks, %d missed (backend %s)\n", rs.n, misses, backend);
+        if (json) rc = write_json(&rs, root, backend, misses == 0, json, &e);
     }
     for (int i = 0; i < rs.n; i++) json_decref(rs.rows[i].tokens);
     free(rs.rows);

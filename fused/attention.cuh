@@ -7,7 +7,19 @@
  *   flash_attn_kernel     prefill, bf16, tensor cores (mma.sync m16n8k16, FlashAttention-2 layout)
  *   attn_rows_kernel      prefill on CUDA cores (fp16/fp32 modes, head_dim the mma kernel lacks)
  *   decode_attn_kernel    one token over the cache, split-KV (flash-decoding), optional in-kernel combine
- * The KV cache is (max_seq, NKV, HD) per layer; query head h reads kv head h / (NH / NKV). */
+ * The KV cache is (max_seq, NKV, HD) per layer; query head h reads kv head h / (NH / NKV).
+ *
+ * Faults (`fault`: the kind active in this launch's layer, decided on the host; docs/FAULTS.md), the same
+ * bug in every kernel so that it behaves the same whichever path runs:
+ *   gqa-mod                 query head h reads kv head h mod NKV
+ *   no-causal-mask          prefill: every row sees every key of the step (pos0 + T); decode: the one
+ *                           query is the last position, there is nothing later to see (no effect, as emu)
+ *   softmax-no-max          exp(s) with the max taken as 0 (a tile's, a chunk's or a split's)
+ *   no-attn-scale           scores not multiplied by HD^-0.5
+ *   online-softmax-rescale  the row sum l restarts at every 64-key tile while the accumulator is rescaled and
+ *                           carried, so acc / l divides by the last tile's sum; decode: the combine keeps
+ *                           only the last split's l_s (the splits are the tiles)
+ * kv-cache-pos lives in the cache write (kernels.cuh, decode_attn_qk_kernel below). */
 #ifndef QD_FUSED_ATTENTION_CUH
 #define QD_FUSED_ATTENTION_CUH
 
@@ -77,7 +89,7 @@ static constexpr size_t flash_attn_smem(int HD) { return (size_t)(FA_BR + 4 * FA
 template <int HD>
 __global__ void __launch_bounds__(128) flash_attn_kernel(const bf16 *__restrict__ q, const bf16 *__restrict__ kc,
                                                          const bf16 *__restrict__ vc, bf16 *__restrict__ out, int T,
-                                                         int pos0, int NH, int NKV, float scale) {
+                                                         int pos0, int NH, int NKV, float scale, int fault) {
     static_assert(HD % 16 == 0 && HD <= 128, "flash_attn_kernel: head_dim a multiple of 16, at most 128");
     constexpr int LD = HD + 8, CH = HD / 8; /* smem row stride (elements); 16-byte chunks per row */
     extern __shared__ __align__(16) unsigned char smem[];
@@ -86,9 +98,12 @@ __global__ void __launch_bounds__(128) flash_attn_kernel(const bf16 *__restrict_
     bf16 *sV = sK + 2 * FA_BC * LD;             /* (2, FA_BC, LD) */
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tg = lane & 3;
-    const int h = blockIdx.y, kvh = h / (NH / NKV);
+    const bool causal = fault != QD_FAULT_NO_CAUSAL, no_max = fault == QD_FAULT_SOFTMAX_NO_MAX;
+    const bool reset_l = fault == QD_FAULT_ONLINE_RESCALE;
+    if (fault == QD_FAULT_NO_SCALE) scale = 1.0f;
+    const int h = blockIdx.y, kvh = fault == QD_FAULT_GQA_MOD ? h % NKV : h / (NH / NKV);
     const int q0 = (gridDim.x - 1 - blockIdx.x) * FA_BR; /* the longest rows start first */
-    const int kv_len = pos0 + min(q0 + FA_BR, T);         /* keys any row of this tile can see */
+    const int kv_len = causal ? pos0 + min(q0 + FA_BR, T) : pos0 + T; /* keys any row of this tile can see */
     const int ntiles = (kv_len + FA_BC - 1) / FA_BC;
     const size_t kv_stride = (size_t)NKV * HD;
     const bf16 *kbase = kc + (size_t)kvh * HD, *vbase = vc + (size_t)kvh * HD;
@@ -137,7 +152,7 @@ __global__ void __launch_bounds__(128) flash_attn_kernel(const bf16 *__restrict_
         }
         const bf16 *tK = sK + st * FA_BC * LD, *tV = sV + st * FA_BC * LD;
         const int kv0 = it * FA_BC;
-        if (kv0 <= qp_warp_last) { /* warp-uniform: some row of this warp sees a key of this tile */
+        if (!causal || kv0 <= qp_warp_last) { /* warp-uniform: some row of this warp sees a key of this tile */
             float s[FA_BC / 8][4];
 #pragma unroll
             for (int j = 0; j < FA_BC / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
@@ -160,8 +175,8 @@ __global__ void __launch_bounds__(128) flash_attn_kernel(const bf16 *__restrict_
                 for (int c = 0; c < 2; c++) {
                     const int key = kv0 + j * 8 + tg * 2 + c;
                     float v0 = __fmul_rn(s[j][c], scale), v1 = __fmul_rn(s[j][2 + c], scale);
-                    if (key > qp0 || key >= kv_len) v0 = -INFINITY;
-                    if (key > qp1 || key >= kv_len) v1 = -INFINITY;
+                    if ((causal && key > qp0) || key >= kv_len) v0 = -INFINITY;
+                    if ((causal && key > qp1) || key >= kv_len) v1 = -INFINITY;
                     s[j][c] = v0;
                     s[j][2 + c] = v1;
                     mx0 = fmaxf(mx0, v0);
@@ -172,7 +187,8 @@ __global__ void __launch_bounds__(128) flash_attn_kernel(const bf16 *__restrict_
             mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
             mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
             mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-            const float mn0 = fmaxf(mrow[0], mx0), mn1 = fmaxf(mrow[1], mx1);
+            float mn0 = fmaxf(mrow[0], mx0), mn1 = fmaxf(mrow[1], mx1);
+            if (no_max) mn0 = mn1 = 0.0f; /* the fault: exp(s - 0) overflows fp32 once s > 88.7 */
             /* a row that has seen no key yet keeps m = -inf; subtracting 0 then avoids inf - inf */
             const float b0 = mn0 == -INFINITY ? 0.0f : mn0, b1 = mn1 == -INFINITY ? 0.0f : mn1;
             const float al0 = expf(__fsub_rn(mrow[0], b0)), al1 = expf(__fsub_rn(mrow[1], b1));
@@ -189,8 +205,9 @@ __global__ void __launch_bounds__(128) flash_attn_kernel(const bf16 *__restrict_
                 pf[j >> 1][(j & 1) * 2 + 0] = pack_bf16(e00, e01);
                 pf[j >> 1][(j & 1) * 2 + 1] = pack_bf16(e10, e11);
             }
-            lrow[0] = __fadd_rn(__fmul_rn(lrow[0], al0), ls0);
-            lrow[1] = __fadd_rn(__fmul_rn(lrow[1], al1), ls1);
+            /* the seed's bug: l restarts in every tile the row sees (a tile it cannot see adds 0 either way) */
+            lrow[0] = reset_l && kv0 <= qp0 ? ls0 : __fadd_rn(__fmul_rn(lrow[0], al0), ls0);
+            lrow[1] = reset_l && kv0 <= qp1 ? ls1 : __fadd_rn(__fmul_rn(lrow[1], al1), ls1);
 #pragma unroll
             for (int jd = 0; jd < HD / 8; jd++) {
                 o[jd][0] = __fmul_rn(o[jd][0], al0);
@@ -238,16 +255,21 @@ __global__ void __launch_bounds__(128) flash_attn_kernel(const bf16 *__restrict_
 
 #define AR_CHUNK 128
 
-/* q (T, NH, HD); kc, vc (max_seq, NKV, HD); out (T, NH*HD). grid (T, NH), block 128. */
+/* q (T, NH, HD); kc, vc (max_seq, NKV, HD); out (T, NH*HD). grid (T, NH), block 128.
+ * A chunk is two of the tensor-core kernel's 64-key tiles: fault online-softmax-rescale restarts l at the
+ * chunk's last tile that the row sees, so l ends as the last 64-key tile's sum there too. */
 template <int M>
 __global__ void __launch_bounds__(AR_CHUNK) attn_rows_kernel(const typename act<M>::T *__restrict__ q,
                                                              const typename act<M>::T *__restrict__ kc,
                                                              const typename act<M>::T *__restrict__ vc,
                                                              typename act<M>::T *__restrict__ out, int pos0, int NH,
-                                                             int NKV, int HD, float scale) {
+                                                             int NKV, int HD, float scale, int fault) {
+    static_assert(AR_CHUNK == 2 * FA_BC, "attn_rows_kernel: a chunk is two key tiles");
     __shared__ float sq[256], sp[AR_CHUNK], red[32];
     const int t = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
-    const int kvh = h / (NH / NKV), n_keys = pos0 + t + 1;
+    if (fault == QD_FAULT_NO_SCALE) scale = 1.0f;
+    const int kvh = fault == QD_FAULT_GQA_MOD ? h % NKV : h / (NH / NKV);
+    const int n_keys = fault == QD_FAULT_NO_CAUSAL ? pos0 + (int)gridDim.x : pos0 + t + 1; /* gridDim.x = T */
     const size_t kv_stride = (size_t)NKV * HD;
     for (int d = tid; d < HD; d += AR_CHUNK) sq[d] = act<M>::ld(q[((size_t)t * NH + h) * HD + d]);
     __syncthreads();
@@ -261,10 +283,16 @@ __global__ void __launch_bounds__(AR_CHUNK) attn_rows_kernel(const typename act<
             for (int d = 0; d < HD; d++) dot = __fadd_rn(dot, __fmul_rn(sq[d], act<M>::ld(kr[d])));
             s = __fmul_rn(dot, scale);
         }
-        const float mn = fmaxf(m, block_max(s, red)); /* finite: key 0 is in the first chunk */
+        float mn = fmaxf(m, block_max(s, red)); /* finite: key 0 is in the first chunk */
+        if (fault == QD_FAULT_SOFTMAX_NO_MAX) mn = 0.0f; /* the fault: exp(s - 0) */
         const float alpha = expf(__fsub_rn(m, mn));
         const float ex = j < n_keys ? expf(__fsub_rn(s, mn)) : 0.0f;
-        l = __fadd_rn(__fmul_rn(l, alpha), block_sum(ex, red));
+        if (fault == QD_FAULT_ONLINE_RESCALE) { /* the seed: the sum of this chunk's last tile the row sees */
+            const int tile0 = k0 + FA_BC < n_keys ? k0 + FA_BC : k0;
+            l = block_sum(j >= tile0 ? ex : 0.0f, red);
+        } else {
+            l = __fadd_rn(__fmul_rn(l, alpha), block_sum(ex, red));
+        }
         sp[tid] = rnd<M>(ex);
         m = mn;
         __syncthreads();
@@ -305,9 +333,10 @@ __global__ void __launch_bounds__(AR_CHUNK) attn_rows_kernel(const typename act<
 #define DEC_CW 256 /* splits per round of weights in shared memory */
 template <bool CG> static __device__ __forceinline__ float ld_part(const float *p) { return CG ? __ldcg(p) : *p; }
 
+/* reset_l (fault online-softmax-rescale): l keeps only the last split's l_s * w_s. */
 template <int M, bool CG>
 static __device__ __forceinline__ void combine_head(const float *part_h, int ns, int HD, typename act<M>::T *out_h,
-                                                    float *sw, float *red) {
+                                                    float *sw, float *red, bool reset_l) {
     const int tid = threadIdx.x, d0 = tid, d1 = tid + 128;
     const size_t st = (size_t)HD + 2;
     float mx = -INFINITY;
@@ -323,13 +352,19 @@ static __device__ __forceinline__ void combine_head(const float *part_h, int ns,
 #pragma unroll 4
         for (int i = 0; i < n; i++, p += st) {
             const float w = sw[i];
-            l = __fadd_rn(l, __fmul_rn(ld_part<CG>(p + HD + 1), w));
+            l = reset_l ? __fmul_rn(ld_part<CG>(p + HD + 1), w) : __fadd_rn(l, __fmul_rn(ld_part<CG>(p + HD + 1), w));
             if (d0 < HD) a0 = __fadd_rn(a0, __fmul_rn(ld_part<CG>(p + d0), w));
             if (d1 < HD) a1 = __fadd_rn(a1, __fmul_rn(ld_part<CG>(p + d1), w));
         }
     }
     if (d0 < HD) out_h[d0] = act<M>::st(__fdiv_rn(a0, l));
     if (d1 < HD) out_h[d1] = act<M>::st(__fdiv_rn(a1, l));
+}
+
+/* The query head of slot hh of kv head g's block: g * kv_mul + hh, or with fault gqa-mod the heads that
+ * read kv head g under h mod NKV: g, g + NKV, g + 2 NKV, ... */
+static __device__ __forceinline__ int dec_head(int g, int hh, int kv_mul, int NKV, bool gqa_mod) {
+    return gqa_mod ? g + hh * NKV : g * kv_mul + hh;
 }
 
 /* q (NH, HD) this token's q_rope; kc, vc (max_seq, NKV, HD); part (NH, nsplit, HD + 2);
@@ -342,7 +377,7 @@ __global__ void __launch_bounds__(128) decode_attn_kernel(const typename act<M>:
                                                           float *__restrict__ part, unsigned *__restrict__ counters,
                                                           typename act<M>::T *__restrict__ out,
                                                           const int *__restrict__ d_pos, int pos_host, int NH,
-                                                          int NKV, int HD, int nsplit, float scale) {
+                                                          int NKV, int HD, int nsplit, float scale, int fault) {
     __shared__ float sq[DEC_MAXMUL * 256];    /* (kv_mul, HD) q as float */
     __shared__ float sp[DEC_MAXMUL][DEC_CH];  /* scores, then P */
     __shared__ float sm[DEC_MAXMUL], sl[DEC_MAXMUL], sw[DEC_CW], red[32];
@@ -354,7 +389,10 @@ __global__ void __launch_bounds__(128) decode_attn_kernel(const typename act<M>:
     const int k0 = sidx * DEC_CH, nk = min(DEC_CH, n_keys - k0);
     const int kv_mul = NH / NKV, hd2 = HD / 2;
     const size_t kv_stride = (size_t)NKV * HD;
-    for (int i = tid; i < kv_mul * HD; i += blockDim.x) sq[i] = act<M>::ld(q[(size_t)g * kv_mul * HD + i]);
+    const bool gqa_mod = fault == QD_FAULT_GQA_MOD, no_max = fault == QD_FAULT_SOFTMAX_NO_MAX;
+    if (fault == QD_FAULT_NO_SCALE) scale = 1.0f;
+    for (int i = tid; i < kv_mul * HD; i += blockDim.x)
+        sq[i] = act<M>::ld(q[(size_t)dec_head(g, i / HD, kv_mul, NKV, gqa_mod) * HD + i % HD]);
     __syncthreads();
 
     /* scores: two threads per key, each over half of head_dim, then added */
@@ -389,7 +427,7 @@ __global__ void __launch_bounds__(128) decode_attn_kernel(const typename act<M>:
     /* the split's softmax: one warp per query head, two keys per lane */
     for (int hh = warp; hh < kv_mul; hh += 4) {
         const float a = sp[hh][lane], b = sp[hh][lane + 32];
-        const float mx = warp_max(fmaxf(a, b)); /* finite: every split has a key */
+        const float mx = no_max ? 0.0f : warp_max(fmaxf(a, b)); /* finite: every split has a key */
         const float ea = expf(__fsub_rn(a, mx)), eb = expf(__fsub_rn(b, mx));
         const float sum = warp_sum(__fadd_rn(ea, eb));
         sp[hh][lane] = rnd<M>(ea);
@@ -415,10 +453,10 @@ __global__ void __launch_bounds__(128) decode_attn_kernel(const typename act<M>:
         }
 #pragma unroll
         for (int hh = 0; hh < DEC_MAXMUL; hh++)
-            if (hh < kv_mul) part[((size_t)(g * kv_mul + hh) * nsplit + sidx) * (HD + 2) + d] = o[hh];
+            if (hh < kv_mul) part[((size_t)dec_head(g, hh, kv_mul, NKV, gqa_mod) * nsplit + sidx) * (HD + 2) + d] = o[hh];
     }
     if (tid < kv_mul) {
-        float *p = part + ((size_t)(g * kv_mul + tid) * nsplit + sidx) * (HD + 2);
+        float *p = part + ((size_t)dec_head(g, tid, kv_mul, NKV, gqa_mod) * nsplit + sidx) * (HD + 2);
         p[HD] = sm[tid];
         p[HD + 1] = sl[tid];
     }
@@ -432,8 +470,9 @@ __global__ void __launch_bounds__(128) decode_attn_kernel(const typename act<M>:
     if (!last) return;
     __threadfence();
     for (int hh = 0; hh < kv_mul; hh++) {
-        const int h = g * kv_mul + hh;
-        combine_head<M, true>(part + (size_t)h * nsplit * (HD + 2), ns, HD, out + (size_t)h * HD, sw, red);
+        const int h = dec_head(g, hh, kv_mul, NKV, gqa_mod);
+        combine_head<M, true>(part + (size_t)h * nsplit * (HD + 2), ns, HD, out + (size_t)h * HD, sw, red,
+                              fault == QD_FAULT_ONLINE_RESCALE);
     }
     if (tid == 0) counters[g] = 0u;
 }
@@ -442,7 +481,8 @@ __global__ void __launch_bounds__(128) decode_attn_kernel(const typename act<M>:
  * decode_attn_kernel<M, true> and the combine do, with the same contract and the same split of 64 keys:
  *   - each block normalises and rotates the kv_mul query heads it needs from qkv itself (head_rmsnorm and
  *     head_rope, the functions of qk_norm_rope_kernel: bitwise its q_rope); split 0 stores them (the tap)
- *   - the block of the last split (the only one that reads position pos) normalises, rotates and stores
+ *   - the block of the last split (the only one that reads position pos; with fault kv-cache-pos the
+ *     block of the split holding pos - 1, where it writes) normalises, rotates and stores
  *     this token's k, and stores its v, into the caches before reading them (__syncthreads orders a
  *     block's global stores before its own later loads; the cache is not read through the read-only path)
  *   - P.V reads V with 16-byte loads: thread (kg, d8) accumulates dimensions 8*d8..8*d8+7 over the keys
@@ -459,7 +499,7 @@ __global__ void __launch_bounds__(128, 1) decode_attn_qk_kernel(
     typename act<M>::T *vc, const float *__restrict__ qw, const float *__restrict__ kw,
     const float *__restrict__ rope_cos, const float *__restrict__ rope_sin, float *__restrict__ part,
     unsigned *__restrict__ counters, typename act<M>::T *__restrict__ out, const int *__restrict__ d_pos, int NH,
-    int NKV, int HD, int nsplit, float scale, float eps) {
+    int NKV, int HD, int nsplit, float scale, float eps, int fault) {
     typedef typename act<M>::T S;
     __shared__ __align__(16) float sq[DEC_MAXMUL * 256]; /* (kv_mul, HD) q_rope as float */
     __shared__ float sp[DEC_MAXMUL][DEC_CH];             /* scores, then P */
@@ -473,6 +513,12 @@ __global__ void __launch_bounds__(128, 1) decode_attn_qk_kernel(
     const int k0 = sidx * DEC_CH, nk = min(DEC_CH, n_keys - k0);
     const int kv_mul = NH / NKV, hd2 = HD / 2;
     const size_t kv_stride = (size_t)NKV * HD;
+    const bool gqa_mod = fault == QD_FAULT_GQA_MOD, no_max = fault == QD_FAULT_SOFTMAX_NO_MAX;
+    const bool interleaved = fault == QD_FAULT_ROPE_INTERLEAVED;
+    if (fault == QD_FAULT_NO_SCALE) scale = 1.0f;
+    /* where this token's k and v go: pos, or with fault kv-cache-pos pos - 1; the block of the split that
+     * holds that position writes it (the last split when clean), so no other block reads it */
+    const int wpos = fault == QD_FAULT_KV_POS && pos > 0 ? pos - 1 : pos;
     {   /* the cached rows of this split (earlier positions): 2 lines of 128 bytes per 256-byte row */
         const int lines = (HD * (int)sizeof(S) + 127) / 128;
         for (int i = tid; i < 2 * nk * lines; i += blockDim.x) {
@@ -485,15 +531,15 @@ __global__ void __launch_bounds__(128, 1) decode_attn_qk_kernel(
     griddep_launch();
 
     /* q heads of this kv head (and k, v of this token in the last split), one warp per head */
-    const bool is_last_split = sidx == ns - 1;
-    const int items = kv_mul + (is_last_split ? 2 : 0);
+    const bool is_writer = sidx == wpos / DEC_CH;
+    const int items = kv_mul + (is_writer ? 2 : 0);
     for (int it = warp; it < items; it += 4) {
         float x0[QD_HEAD_MAXJ], x1[QD_HEAD_MAXJ];
         if (it < kv_mul) {
-            const int h = g * kv_mul + it;
+            const int h = dec_head(g, it, kv_mul, NKV, gqa_mod);
             head_load<M>(qkv + (size_t)h * HD, hd2, x0, x1);
-            head_rmsnorm<M>(x0, x1, qw, hd2, eps);
-            head_rope<M>(x0, x1, rope_cos + (size_t)pos * hd2, rope_sin + (size_t)pos * hd2, hd2);
+            head_rmsnorm<M>(x0, x1, qw, hd2, eps, fault, false);
+            head_rope<M>(x0, x1, rope_cos + (size_t)pos * hd2, rope_sin + (size_t)pos * hd2, hd2, interleaved);
 #pragma unroll
             for (int j = 0; j < QD_HEAD_MAXJ; j++) {
                 const int i = lane + 32 * j;
@@ -505,12 +551,12 @@ __global__ void __launch_bounds__(128, 1) decode_attn_qk_kernel(
             if (sidx == 0) head_store<M>(q_out + (size_t)h * HD, hd2, x0, x1);
         } else if (it == kv_mul) {
             head_load<M>(qkv + (size_t)(NH + g) * HD, hd2, x0, x1);
-            head_rmsnorm<M>(x0, x1, kw, hd2, eps);
-            head_rope<M>(x0, x1, rope_cos + (size_t)pos * hd2, rope_sin + (size_t)pos * hd2, hd2);
-            head_store<M>(kc + (size_t)pos * kv_stride + (size_t)g * HD, hd2, x0, x1);
+            head_rmsnorm<M>(x0, x1, kw, hd2, eps, fault, fault == QD_FAULT_KNORM_MUL);
+            head_rope<M>(x0, x1, rope_cos + (size_t)pos * hd2, rope_sin + (size_t)pos * hd2, hd2, interleaved);
+            head_store<M>(kc + (size_t)wpos * kv_stride + (size_t)g * HD, hd2, x0, x1);
         } else {
             head_load<M>(qkv + (size_t)(NH + NKV + g) * HD, hd2, x0, x1);
-            head_store<M>(vc + (size_t)pos * kv_stride + (size_t)g * HD, hd2, x0, x1);
+            head_store<M>(vc + (size_t)wpos * kv_stride + (size_t)g * HD, hd2, x0, x1);
         }
     }
     __syncthreads();
@@ -547,7 +593,7 @@ __global__ void __launch_bounds__(128, 1) decode_attn_qk_kernel(
     /* the split's softmax: one warp per query head, two keys per lane */
     for (int hh = warp; hh < kv_mul; hh += 4) {
         const float a = sp[hh][lane], b = sp[hh][lane + 32];
-        const float mx = warp_max(fmaxf(a, b)); /* finite: every split has a key */
+        const float mx = no_max ? 0.0f : warp_max(fmaxf(a, b)); /* finite: every split has a key */
         const float ea = expf(__fsub_rn(a, mx)), eb = expf(__fsub_rn(b, mx));
         const float sum = warp_sum(__fadd_rn(ea, eb));
         sp[hh][lane] = rnd<M>(ea);
@@ -592,7 +638,7 @@ __global__ void __launch_bounds__(128, 1) decode_attn_qk_kernel(
                 reinterpret_cast<float4 *>(so + kg * HD + d8 * 8)[1] = make_float4(o[hh][4], o[hh][5], o[hh][6], o[hh][7]);
             }
             __syncthreads();
-            float *p = part + ((size_t)(g * kv_mul + hh) * nsplit + sidx) * (HD + 2);
+            float *p = part + ((size_t)dec_head(g, hh, kv_mul, NKV, gqa_mod) * nsplit + sidx) * (HD + 2);
             for (int d = tid; d < HD; d += blockDim.x) {
                 float sum = 0.0f;
                 for (int k = 0; k < KG; k++) sum = __fadd_rn(sum, so[k * HD + d]);
@@ -601,7 +647,7 @@ __global__ void __launch_bounds__(128, 1) decode_attn_qk_kernel(
         }
     }
     if (tid < kv_mul) {
-        float *p = part + ((size_t)(g * kv_mul + tid) * nsplit + sidx) * (HD + 2);
+        float *p = part + ((size_t)dec_head(g, tid, kv_mul, NKV, gqa_mod) * nsplit + sidx) * (HD + 2);
         p[HD] = sm[tid];
         p[HD + 1] = sl[tid];
     }
@@ -614,8 +660,9 @@ __global__ void __launch_bounds__(128, 1) decode_attn_qk_kernel(
     if (!last) return;
     __threadfence();
     for (int hh = 0; hh < kv_mul; hh++) {
-        const int h = g * kv_mul + hh;
-        combine_head<M, true>(part + (size_t)h * nsplit * (HD + 2), ns, HD, out + (size_t)h * HD, sw, red);
+        const int h = dec_head(g, hh, kv_mul, NKV, gqa_mod);
+        combine_head<M, true>(part + (size_t)h * nsplit * (HD + 2), ns, HD, out + (size_t)h * HD, sw, red,
+                              fault == QD_FAULT_ONLINE_RESCALE);
     }
     if (tid == 0) counters[g] = 0u;
 }
@@ -625,11 +672,12 @@ template <int M>
 __global__ void __launch_bounds__(128) decode_combine_kernel(const float *__restrict__ part,
                                                              typename act<M>::T *__restrict__ out,
                                                              const int *__restrict__ d_pos, int pos_host, int HD,
-                                                             int nsplit) {
+                                                             int nsplit, int fault) {
     __shared__ float sw[DEC_CW], red[32];
     const int n_keys = (d_pos ? *d_pos : pos_host) + 1;
     const int ns = (n_keys + DEC_CH - 1) / DEC_CH, h = blockIdx.x;
-    combine_head<M, false>(part + (size_t)h * nsplit * (HD + 2), ns, HD, out + (size_t)h * HD, sw, red);
+    combine_head<M, false>(part + (size_t)h * nsplit * (HD + 2), ns, HD, out + (size_t)h * HD, sw, red,
+                           fault == QD_FAULT_ONLINE_RESCALE);
 }
 
 #endif

@@ -14,7 +14,10 @@
  * RoPE / cache write apart, attention's combine apart): every tap exists, the numbers are bitwise the same,
  * and it serves as the unfused baseline of tools/qwen3-bench.
  * fp16 and fp32 activations are a diagnostic mode: fp32 copies of the (bf16-valued) weights, fp32 buffers
- * holding values rounded to the activation dtype, pedantic fp32 GEMMs (no TF32) and CUDA-core attention. */
+ * holding values rounded to the activation dtype, pedantic fp32 GEMMs (no TF32) and CUDA-core attention.
+ * Faults (qd_fused_opts.fault, docs/FAULTS.md): each launch gets the fault's kind when it is active in that
+ * launch's layer (fault_in) and the kernel that hosts the bug branches on it; decode with a fault runs
+ * eagerly, never from a graph. */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <math.h>
@@ -103,6 +106,7 @@ struct qd_fused {
     int use_pdl;                      /* custom decode launches with programmatic dependent launch */
     int num_sms;
     float eps, scale;
+    qd_fault fault;    /* the injected fault (kind QD_FAULT_NONE: none) */
     size_t aelt, welt; /* bytes per activation / weight element */
     size_t wmax;       /* widest tap row (elements) */
 
@@ -129,6 +133,7 @@ struct qd_fused {
     void *actv;             /* (S, I) act */
     void *qn, *kn, *kr;     /* taps_all: (S, NH, HD) q_norm, (S, NKV, HD) k_norm, (S, NKV, HD) k_rope */
     float *rope_cos, *rope_sin; /* (S, HD/2) */
+    float *rope_cos_bf, *rope_sin_bf; /* (S, HD/2) fault rope-freq-bf16 only: from bf16-rounded inv_freq */
     float *part;            /* (NH, nsplit, HD + 2) decode partials */
     unsigned *counters;     /* (NKV) decode combine counters */
     float *logits;          /* (HEAD_ROWS, V) */
@@ -215,6 +220,10 @@ static void layout_acts(qd_fused *f, carve *c) {
     }
     f->rope_cos = (float *)take(c, S * (HD / 2) * sizeof(float));
     f->rope_sin = (float *)take(c, S * (HD / 2) * sizeof(float));
+    if (f->fault.kind == QD_FAULT_ROPE_FREQ_BF16) {
+        f->rope_cos_bf = (float *)take(c, S * (HD / 2) * sizeof(float));
+        f->rope_sin_bf = (float *)take(c, S * (HD / 2) * sizeof(float));
+    }
     f->part = (float *)take(c, (size_t)f->NH * f->nsplit * (HD + 2) * sizeof(float));
     f->counters = (unsigned *)take(c, (size_t)f->NKV * sizeof(unsigned));
     f->logits = (float *)take(c, (size_t)HEAD_ROWS * f->V * sizeof(float));
@@ -279,17 +288,16 @@ static int upload_weights(qd_fused *f, const qd_weights *w, qd_err *e) {
 
 /* cos/sin of every position, computed on the host exactly as rope_forward does (fp32 angle
  * pos * inv_freq, inv_freq from theta in double, cos/sin in double rounded to fp32), so the device
- * rotates with bitwise the same factors as emu and the reference. */
-static int upload_rope(qd_fused *f, qd_err *e) {
+ * rotates with bitwise the same factors as emu and the reference. With fault rope-freq-bf16 a second
+ * table is built from inv_freq rounded to bf16 (emu's inv_freq_bf16); the faulty layers get it. */
+static int upload_rope_table(const qd_fused *f, const float *inv, float *d_cos, float *d_sin, qd_err *e) {
     int hd2 = f->HD / 2;
     size_t n = (size_t)f->max_seq * hd2;
-    float *inv = (float *)malloc((size_t)hd2 * sizeof(float));
     float *cs = (float *)malloc(n * sizeof(float)), *sn = (float *)malloc(n * sizeof(float));
-    if (!inv || !cs || !sn) {
-        free(inv), free(cs), free(sn);
+    if (!cs || !sn) {
+        free(cs), free(sn);
         return qd_errf(e, QD_ERUNTIME, "fused: out of host memory for the RoPE tables");
     }
-    rope_inv_freq(inv, f->HD, f->cfg.rope_theta);
     for (int p = 0; p < f->max_seq; p++) {
         float pos = (float)p;
         for (int i = 0; i < hd2; i++) {
@@ -298,11 +306,25 @@ static int upload_rope(qd_fused *f, qd_err *e) {
             sn[(size_t)p * hd2 + i] = (float)sin((double)angle);
         }
     }
-    cudaError_t err = cudaMemcpy(f->rope_cos, cs, n * sizeof(float), cudaMemcpyHostToDevice);
-    if (err == cudaSuccess) err = cudaMemcpy(f->rope_sin, sn, n * sizeof(float), cudaMemcpyHostToDevice);
-    free(inv), free(cs), free(sn);
+    cudaError_t err = cudaMemcpy(d_cos, cs, n * sizeof(float), cudaMemcpyHostToDevice);
+    if (err == cudaSuccess) err = cudaMemcpy(d_sin, sn, n * sizeof(float), cudaMemcpyHostToDevice);
+    free(cs), free(sn);
     CUDA_CHECK_ERR(err, "cudaMemcpy(rope tables)");
     return QD_OK;
+}
+
+static int upload_rope(qd_fused *f, qd_err *e) {
+    int hd2 = f->HD / 2;
+    float *inv = (float *)malloc((size_t)hd2 * sizeof(float));
+    if (!inv) return qd_errf(e, QD_ERUNTIME, "fused: out of host memory for the RoPE tables");
+    rope_inv_freq(inv, f->HD, f->cfg.rope_theta);
+    int rc = upload_rope_table(f, inv, f->rope_cos, f->rope_sin, e);
+    if (!rc && f->rope_cos_bf) {
+        for (int i = 0; i < hd2; i++) inv[i] = qd_round_bf16(inv[i]); /* the fault: inv_freq stored in bf16 */
+        rc = upload_rope_table(f, inv, f->rope_cos_bf, f->rope_sin_bf, e);
+    }
+    free(inv);
+    return rc;
 }
 
 // ----------------------------------------------------------------------------
@@ -321,6 +343,12 @@ static int check_shapes(const qd_config *c, const qd_fused_opts *o, qd_err *e) {
     if (c->hidden_size % 8 || c->intermediate_size % 8)
         return qd_errf(e, QD_EINPUT, "fused: hidden_size %d and intermediate_size %d must be multiples of 8",
                        c->hidden_size, c->intermediate_size);
+    if ((int)o->fault.kind < 0 || (int)o->fault.kind >= QD_NUM_FAULTS)
+        return qd_errf(e, QD_EINPUT, "fused: fault kind %d: expected 0..%d (qd_fault.h)", (int)o->fault.kind,
+                       QD_NUM_FAULTS - 1);
+    if (o->fault.kind != QD_FAULT_NONE && (o->fault.layer < -1 || o->fault.layer >= c->num_hidden_layers))
+        return qd_errf(e, QD_EINPUT, "fused: --inject %s@%d: the model has layers 0..%d",
+                       qd_fault_info_of(o->fault.kind)->name, o->fault.layer, c->num_hidden_layers - 1);
     if (c->num_key_value_heads <= 0 || c->num_attention_heads % c->num_key_value_heads ||
         c->num_attention_heads / c->num_key_value_heads > DEC_MAXMUL)
         return qd_errf(e, QD_EINPUT,
@@ -443,6 +471,8 @@ extern "C" qd_fused *qd_fused_create(const qd_weights *w, const qd_fused_opts *o
     f->act = opts->act;
     f->max_seq = opts->max_seq;
     f->taps_all = opts->taps_all != 0;
+    f->fault = opts->fault;
+    if (f->fault.kind == QD_FAULT_NONE) f->fault.layer = -1;
     /* the custom one-token path is the default for bf16; taps_all (the unfused baseline) keeps cuBLAS */
     const char *env = getenv("QD_FUSED_DECODE");
     const int force_cublas = env && strcmp(env, "cublas") == 0;
@@ -557,6 +587,34 @@ static int emit_dev(qd_fused *f, qd_tap_sink *sink, int layer, int tap, const vo
 template <int M> static inline typename act<M>::T *A(void *p) { return (typename act<M>::T *)p; }
 template <int M> static inline typename act<M>::T *A(void *p, size_t off) { return (typename act<M>::T *)p + off; }
 
+/* The fault as layer l's launches take it: its kind when it is active in layer l (-1: the final norm,
+ * active only for a fault in every layer, as emu), else QD_FAULT_NONE. */
+static int fault_in(const qd_fused *f, int l) {
+    return f->fault.kind != QD_FAULT_NONE && qd_fault_at(&f->fault, f->fault.kind, l) ? (int)f->fault.kind
+                                                                                         : (int)QD_FAULT_NONE;
+}
+
+/* The same for a launch whose residual add is the MLP's (the previous layer's down_proj): residual-drop
+ * is the attention residual's bug and stays out of it. */
+static int fault_in_no_drop(const qd_fused *f, int l) {
+    const int k = fault_in(f, l);
+    return k == QD_FAULT_RESIDUAL_DROP ? (int)QD_FAULT_NONE : k;
+}
+
+/* Layer l's RoPE tables: the bf16-frequency ones where fault rope-freq-bf16 is active. */
+static const float *rope_cos_of(const qd_fused *f, int l) {
+    return fault_in(f, l) == QD_FAULT_ROPE_FREQ_BF16 ? f->rope_cos_bf : f->rope_cos;
+}
+static const float *rope_sin_of(const qd_fused *f, int l) {
+    return fault_in(f, l) == QD_FAULT_ROPE_FREQ_BF16 ? f->rope_sin_bf : f->rope_sin;
+}
+
+/* The cache row a step's k_rope tap is read from: where the kernel stored it (fault kv-cache-pos: one
+ * position early in a one-token step), so the tap is the value computed, as emu's. */
+static int kv_row(const qd_fused *f, int l, int T, int pos0) {
+    return fault_in(f, l) == QD_FAULT_KV_POS && T == 1 && pos0 > 0 ? pos0 - 1 : pos0;
+}
+
 static unsigned grid_for(size_t n, int threads) {
     size_t b = (n + threads - 1) / threads;
     return (unsigned)(b < 1 ? 1 : b > 65535u * 16 ? 65535u * 16 : b);
@@ -579,18 +637,20 @@ static int gemm(qd_fused *f, void *out, const void *x, const void *W, int T, int
     return QD_OK;
 }
 
-/* res (T, C) [+= add], out = RMSNorm(res) * w: fused when add is given and !taps_all, else apart. */
+/* res (T, C) [+= add], out = RMSNorm(res) * w: fused when add is given and !taps_all, else apart.
+ * fault: this launch's (fault_in / fault_in_no_drop). */
 template <int M>
-static int add_norm(qd_fused *f, void *res, const void *add, void *out, const float *w, int T, qd_err *e) {
+static int add_norm(qd_fused *f, void *res, const void *add, void *out, const float *w, int T, int fault, qd_err *e) {
     typedef typename act<M>::T S;
     if (add && f->taps_all) {
         size_t n8 = (size_t)T * f->C / 8;
-        residual_kernel<M><<<grid_for(n8, 256), 256, 0, f->stream>>>((S *)res, (const S *)add, n8);
+        residual_kernel<M><<<grid_for(n8, 256), 256, 0, f->stream>>>((S *)res, (const S *)add, n8,
+                                                                     fault == QD_FAULT_RESIDUAL_DROP);
         LAUNCH_CHECK(residual_kernel);
         add = NULL;
     }
     add_rmsnorm_kernel<M><<<T, (unsigned)norm_threads(f->C), 0, f->stream>>>((S *)res, (const S *)add, (S *)out, w,
-                                                                             f->C, f->eps);
+                                                                             f->C, f->eps, fault);
     LAUNCH_CHECK(add_rmsnorm_kernel);
     return QD_OK;
 }
@@ -598,14 +658,15 @@ static int add_norm(qd_fused *f, void *res, const void *add, void *out, const fl
 template <int M> static int residual(qd_fused *f, void *res, const void *add, int T, qd_err *e) {
     typedef typename act<M>::T S;
     size_t n8 = (size_t)T * f->C / 8;
-    residual_kernel<M><<<grid_for(n8, 256), 256, 0, f->stream>>>((S *)res, (const S *)add, n8);
+    residual_kernel<M><<<grid_for(n8, 256), 256, 0, f->stream>>>((S *)res, (const S *)add, n8, 0); /* the MLP's */
     LAUNCH_CHECK(residual_kernel);
     return QD_OK;
 }
 
 /* Attention of T tokens at positions pos0.. (or *d_pos for one token) over the layer's cache. */
 template <int M>
-static int attention(qd_fused *f, const void *kc, const void *vc, int T, int pos0, const int *d_pos, qd_err *e) {
+static int attention(qd_fused *f, const void *kc, const void *vc, int T, int pos0, const int *d_pos, int fault,
+                     qd_err *e) {
     typedef typename act<M>::T S;
     const S *q = A<M>(f->q), *k = (const S *)kc, *v = (const S *)vc;
     S *out = A<M>(f->att);
@@ -613,13 +674,14 @@ static int attention(qd_fused *f, const void *kc, const void *vc, int T, int pos
         dim3 grid(f->nsplit, f->NKV);
         if (!f->taps_all) {
             decode_attn_kernel<M, true><<<grid, 128, 0, f->stream>>>(q, k, v, f->part, f->counters, out, d_pos, pos0,
-                                                                     f->NH, f->NKV, f->HD, f->nsplit, f->scale);
+                                                                     f->NH, f->NKV, f->HD, f->nsplit, f->scale, fault);
             LAUNCH_CHECK(decode_attn_kernel);
         } else {
             decode_attn_kernel<M, false><<<grid, 128, 0, f->stream>>>(q, k, v, f->part, f->counters, out, d_pos, pos0,
-                                                                      f->NH, f->NKV, f->HD, f->nsplit, f->scale);
+                                                                      f->NH, f->NKV, f->HD, f->nsplit, f->scale, fault);
             LAUNCH_CHECK(decode_attn_kernel);
-            decode_combine_kernel<M><<<f->NH, 128, 0, f->stream>>>(f->part, out, d_pos, pos0, f->HD, f->nsplit);
+            decode_combine_kernel<M><<<f->NH, 128, 0, f->stream>>>(f->part, out, d_pos, pos0, f->HD, f->nsplit,
+                                                                   fault);
             LAUNCH_CHECK(decode_combine_kernel);
         }
         return QD_OK;
@@ -629,17 +691,20 @@ static int attention(qd_fused *f, const void *kc, const void *vc, int T, int pos
             dim3 grid((T + FA_BR - 1) / FA_BR, f->NH);
             size_t smem = flash_attn_smem(f->HD);
             if (f->HD == 32)
-                flash_attn_kernel<32><<<grid, 128, smem, f->stream>>>(q, k, v, out, T, pos0, f->NH, f->NKV, f->scale);
+                flash_attn_kernel<32><<<grid, 128, smem, f->stream>>>(q, k, v, out, T, pos0, f->NH, f->NKV, f->scale,
+                                                                        fault);
             else if (f->HD == 64)
-                flash_attn_kernel<64><<<grid, 128, smem, f->stream>>>(q, k, v, out, T, pos0, f->NH, f->NKV, f->scale);
+                flash_attn_kernel<64><<<grid, 128, smem, f->stream>>>(q, k, v, out, T, pos0, f->NH, f->NKV, f->scale,
+                                                                        fault);
             else
-                flash_attn_kernel<128><<<grid, 128, smem, f->stream>>>(q, k, v, out, T, pos0, f->NH, f->NKV, f->scale);
+                flash_attn_kernel<128><<<grid, 128, smem, f->stream>>>(q, k, v, out, T, pos0, f->NH, f->NKV, f->scale,
+                                                                        fault);
             LAUNCH_CHECK(flash_attn_kernel);
             return QD_OK;
         }
     }
     attn_rows_kernel<M><<<dim3(T, f->NH), AR_CHUNK, 0, f->stream>>>(q, k, v, out, pos0, f->NH, f->NKV, f->HD,
-                                                                     f->scale);
+                                                                     f->scale, fault);
     LAUNCH_CHECK(attn_rows_kernel);
     return QD_OK;
 }
@@ -697,8 +762,9 @@ static gemv_args gemv_plain(const void *W, const void *x, void *out, int N, int 
 /* x (K) the residual, add (K) or NULL: res_out = A(x + add), xn_out = RMSNorm(res_out) * nw, then the GEMV
  * over xn_out's values. */
 static gemv_args gemv_norm(const qd_fused *f, const void *W, const void *x, const void *add, const float *nw,
-                           void *res_out, void *xn_out, void *out, int N) {
+                           void *res_out, void *xn_out, void *out, int N, int fault) {
     gemv_args a = gemv_plain(W, x, out, N, f->C);
+    a.fault = fault;
     a.add = (const bf16 *)add, a.nw = nw, a.res_out = (bf16 *)res_out, a.xn_out = (bf16 *)xn_out;
     a.norm_threads = (int)norm_threads(f->C), a.eps = f->eps;
     return a;
@@ -718,8 +784,9 @@ static int decode_step_custom(qd_fused *f, int pos_host, qd_tap_sink *sink, qd_e
     for (int l = 0; l < f->L; l++) {
         const layer_dev *w = &f->lw[l];
         bf16 *kc = A<M>(f->kc, (size_t)l * layer_kv), *vc = A<M>(f->vc, (size_t)l * layer_kv);
+        const int fk = fault_in(f, l);
         TRY((gemv<GV_NORM, GV_BF16>(f, gemv_norm(f, w->wqkv, f->xres, l > 0 ? f->down : NULL, w->ln1, f->xres2,
-                                                 f->xn, f->qkv, QKV), e)));
+                                                 f->xn, f->qkv, QKV, fault_in_no_drop(f, l)), e)));
         if (l > 0) TRY(emit_dev<M>(f, sink, l - 1, QD_TAP_OUT, f->xres2, 1, C, C, e));
         TRY(emit_dev<M>(f, sink, l, QD_TAP_ATTN_NORM, f->xn, 1, C, C, e));
         TRY(emit_dev<M>(f, sink, l, QD_TAP_Q_PROJ, f->qkv, 1, NH * HD, QKV, e));
@@ -728,16 +795,16 @@ static int decode_step_custom(qd_fused *f, int pos_host, qd_tap_sink *sink, qd_e
 
         LAUNCH_EX(decode_attn_qk_kernel, f, true, decode_attn_qk_kernel<M>, dim3(f->nsplit, NKV), dim3(128), (size_t)0,
                   (const bf16 *)f->qkv, A<M>(f->q), kc, vc, (const float *)w->qn, (const float *)w->kn,
-                  (const float *)f->rope_cos, (const float *)f->rope_sin, f->part, f->counters, A<M>(f->att),
-                  (const int *)(f->step + 1), NH, NKV, HD, f->nsplit, f->scale, f->eps);
+                  rope_cos_of(f, l), rope_sin_of(f, l), f->part, f->counters, A<M>(f->att),
+                  (const int *)(f->step + 1), NH, NKV, HD, f->nsplit, f->scale, f->eps, fk);
         TRY(emit_dev<M>(f, sink, l, QD_TAP_Q_ROPE, f->q, 1, NH * HD, (size_t)NH * HD, e));
-        TRY(emit_dev<M>(f, sink, l, QD_TAP_K_ROPE, kc + (size_t)pos_host * KV, 1, (int)KV, KV, e));
+        TRY(emit_dev<M>(f, sink, l, QD_TAP_K_ROPE, kc + (size_t)kv_row(f, l, 1, pos_host) * KV, 1, (int)KV, KV, e));
         TRY(emit_dev<M>(f, sink, l, QD_TAP_ATTN, f->att, 1, NH * HD, (size_t)NH * HD, e));
 
         TRY((gemv<GV_PLAIN, GV_BF16>(f, gemv_plain(w->wo, f->att, f->o, C, NH * HD), e)));
         TRY(emit_dev<M>(f, sink, l, QD_TAP_O_PROJ, f->o, 1, C, C, e));
 
-        gemv_args gu = gemv_norm(f, w->wgu, f->xres2, f->o, w->ln2, f->xres, f->xn, f->gu, I);
+        gemv_args gu = gemv_norm(f, w->wgu, f->xres2, f->o, w->ln2, f->xres, f->xn, f->gu, I, fk); /* attn residual */
         gu.act = A<M>(f->actv);
         TRY((gemv<GV_NORM, GV_SWIGLU>(f, gu, e)));
         TRY(emit_dev<M>(f, sink, l, QD_TAP_ATTN_RESIDUAL, f->xres, 1, C, C, e));
@@ -750,7 +817,7 @@ static int decode_step_custom(qd_fused *f, int pos_host, qd_tap_sink *sink, qd_e
         TRY(emit_dev<M>(f, sink, l, QD_TAP_DOWN_PROJ, f->down, 1, C, C, e));
     }
     TRY((gemv<GV_NORM, GV_F32>(f, gemv_norm(f, f->lm_head, f->xres, f->down, f->final_norm, f->xres2, f->xn,
-                                            f->logits, V), e)));
+                                            f->logits, V, fault_in_no_drop(f, -1)), e)));
     TRY(emit_dev<M>(f, sink, f->L - 1, QD_TAP_OUT, f->xres2, 1, C, C, e));
     TRY(emit_dev<M>(f, sink, -1, QD_TAP_FINAL_NORM, f->xn, 1, C, C, e));
     if (sink) {
@@ -775,8 +842,11 @@ static int run_layer(qd_fused *f, int l, int T, int pos0, const int *d_pos, bool
     const int C = f->C, I = f->I, HD = f->HD, NH = f->NH, NKV = f->NKV, QKV = f->QKV;
     const size_t KV = (size_t)NKV * HD, layer_kv = (size_t)f->max_seq * KV;
     S *kc = A<M>(f->kc, (size_t)l * layer_kv), *vc = A<M>(f->vc, (size_t)l * layer_kv);
+    const int fk = fault_in(f, l);
+    const float *rcos = rope_cos_of(f, l), *rsin = rope_sin_of(f, l);
 
-    TRY(add_norm<M>(f, f->xres, pending ? f->down : NULL, f->xn, w->ln1, T, e));
+    /* the add here is the previous layer's MLP residual; the norm is this layer's attn_norm */
+    TRY(add_norm<M>(f, f->xres, pending ? f->down : NULL, f->xn, w->ln1, T, fault_in_no_drop(f, l), e));
     if (pending) TRY(emit_dev<M>(f, sink, l - 1, QD_TAP_OUT, f->xres, T, C, C, e));
     TRY(emit_dev<M>(f, sink, l, QD_TAP_ATTN_NORM, f->xn, T, C, C, e));
 
@@ -789,34 +859,34 @@ static int run_layer(qd_fused *f, int l, int T, int pos0, const int *d_pos, bool
     if (!f->taps_all) {
         const unsigned all = (unsigned)T * (NH + 2 * NKV);
         qk_norm_rope_kernel<M><<<(all + 3) / 4, 128, 0, f->stream>>>(A<M>(f->qkv), A<M>(f->q), kc, vc, w->qn, w->kn,
-                                                                     f->rope_cos, f->rope_sin, T, pos0, d_pos, NH,
-                                                                     NKV, HD, f->eps);
+                                                                     rcos, rsin, T, pos0, d_pos, NH, NKV, HD, f->eps,
+                                                                     fk);
         LAUNCH_CHECK(qk_norm_rope_kernel);
         TRY(emit_dev<M>(f, sink, l, QD_TAP_Q_ROPE, f->q, T, NH * HD, (size_t)NH * HD, e));
-        TRY(emit_dev<M>(f, sink, l, QD_TAP_K_ROPE, kc + (size_t)pos0 * KV, T, (int)KV, KV, e));
+        TRY(emit_dev<M>(f, sink, l, QD_TAP_K_ROPE, kc + (size_t)kv_row(f, l, T, pos0) * KV, T, (int)KV, KV, e));
     } else {
         head_norm_kernel<M><<<(warps + 3) / 4, 128, 0, f->stream>>>(A<M>(f->qkv), A<M>(f->qn), A<M>(f->kn), w->qn,
-                                                                    w->kn, T, NH, NKV, HD, f->eps);
+                                                                    w->kn, T, NH, NKV, HD, f->eps, fk);
         LAUNCH_CHECK(head_norm_kernel);
         TRY(emit_dev<M>(f, sink, l, QD_TAP_Q_NORM, f->qn, T, NH * HD, (size_t)NH * HD, e));
         TRY(emit_dev<M>(f, sink, l, QD_TAP_K_NORM, f->kn, T, (int)KV, KV, e));
         rope_kernel<M><<<(warps + 3) / 4, 128, 0, f->stream>>>(A<M>(f->qn), A<M>(f->kn), A<M>(f->q), A<M>(f->kr),
-                                                               f->rope_cos, f->rope_sin, T, pos0, d_pos, NH, NKV, HD);
+                                                               rcos, rsin, T, pos0, d_pos, NH, NKV, HD, fk);
         LAUNCH_CHECK(rope_kernel);
         TRY(emit_dev<M>(f, sink, l, QD_TAP_Q_ROPE, f->q, T, NH * HD, (size_t)NH * HD, e));
         TRY(emit_dev<M>(f, sink, l, QD_TAP_K_ROPE, f->kr, T, (int)KV, KV, e));
         size_t n8 = (size_t)T * KV / 8;
         kv_store_kernel<M><<<grid_for(n8, 256), 256, 0, f->stream>>>(A<M>(f->kr), A<M>(f->qkv), kc, vc, T, pos0,
-                                                                     d_pos, NH, NKV, HD);
+                                                                     d_pos, NH, NKV, HD, fk);
         LAUNCH_CHECK(kv_store_kernel);
     }
 
-    TRY(attention<M>(f, kc, vc, T, pos0, d_pos, e));
+    TRY(attention<M>(f, kc, vc, T, pos0, d_pos, fk, e));
     TRY(emit_dev<M>(f, sink, l, QD_TAP_ATTN, f->att, T, NH * HD, (size_t)NH * HD, e));
     TRY(gemm<M>(f, f->o, f->att, w->wo, T, NH * HD, C, false, e));
     TRY(emit_dev<M>(f, sink, l, QD_TAP_O_PROJ, f->o, T, C, C, e));
 
-    TRY(add_norm<M>(f, f->xres, f->o, f->xn, w->ln2, T, e));
+    TRY(add_norm<M>(f, f->xres, f->o, f->xn, w->ln2, T, fk, e)); /* the attention residual, mlp_norm */
     TRY(emit_dev<M>(f, sink, l, QD_TAP_ATTN_RESIDUAL, f->xres, T, C, C, e));
     TRY(emit_dev<M>(f, sink, l, QD_TAP_MLP_NORM, f->xn, T, C, C, e));
 
@@ -824,7 +894,7 @@ static int run_layer(qd_fused *f, int l, int T, int pos0, const int *d_pos, bool
     TRY(emit_dev<M>(f, sink, l, QD_TAP_GATE_PROJ, f->gu, T, I, 2 * (size_t)I, e));
     TRY(emit_dev<M>(f, sink, l, QD_TAP_UP_PROJ, A<M>(f->gu, I), T, I, 2 * (size_t)I, e));
     size_t n8 = (size_t)T * I / 8;
-    swiglu_kernel<M><<<grid_for(n8, 256), 256, 0, f->stream>>>(A<M>(f->actv), A<M>(f->gu), T, I);
+    swiglu_kernel<M><<<grid_for(n8, 256), 256, 0, f->stream>>>(A<M>(f->actv), A<M>(f->gu), T, I, fk);
     LAUNCH_CHECK(swiglu_kernel);
     TRY(emit_dev<M>(f, sink, l, QD_TAP_ACT, f->actv, T, I, I, e));
     TRY(gemm<M>(f, f->down, f->actv, w->wdown, T, I, C, false, e));
@@ -838,7 +908,7 @@ static int run_layer(qd_fused *f, int l, int T, int pos0, const int *d_pos, bool
 template <int M>
 static int run_head(qd_fused *f, int T, bool pending, float *logits, bool last_only, qd_tap_sink *sink, qd_err *e) {
     const int C = f->C, V = f->V;
-    TRY(add_norm<M>(f, f->xres, pending ? f->down : NULL, f->xn, f->final_norm, T, e));
+    TRY(add_norm<M>(f, f->xres, pending ? f->down : NULL, f->xn, f->final_norm, T, fault_in_no_drop(f, -1), e));
     if (pending) TRY(emit_dev<M>(f, sink, f->L - 1, QD_TAP_OUT, f->xres, T, C, C, e));
     TRY(emit_dev<M>(f, sink, -1, QD_TAP_FINAL_NORM, f->xn, T, C, C, e));
     if (last_only) {
@@ -938,7 +1008,8 @@ template <int M> static int decode(qd_fused *f, int32_t token, float *logits, qd
     hs[0] = token;
     hs[1] = pos;
     CUDA_CHECK(cudaMemcpyAsync(f->step, hs, 2 * sizeof(int32_t), cudaMemcpyHostToDevice, f->stream));
-    if (sink) {
+    if (sink || f->fault.kind != QD_FAULT_NONE) {
+        /* a sink, or a fault (a diagnostic: kept out of graphs), runs the same launches eagerly */
         TRY(decode_step<M>(f, pos, sink, e));
     } else if (!f->graph) {
         /* the first step runs eagerly (cuBLAS and lazily loaded kernels initialise outside the capture),

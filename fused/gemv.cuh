@@ -14,6 +14,10 @@
  *   epilogue GV_SWIGLU  a warp computes gate row r and up row r, rounds both, stores them (the taps),
  *                       and stores act = A(silu(gate) * up) exactly as swiglu_kernel
  *   epilogue GV_F32     fp32 output (the lm_head logits, not rounded)
+ * Faults (gemv_args.fault, the kind active in this launch's layer): the GV_NORM prologue recomputes the
+ * norm, so it hosts norm-sumsq-lowp and eps-outside-sqrt as add_rmsnorm_kernel does, and residual-drop
+ * (res = add; the host passes it only to the mlp_norm launch, whose add is the attention residual); the
+ * GV_SWIGLU epilogue hosts act-gelu.
  * Programmatic dependent launch: before griddepcontrol.wait a block touches only weights (an L2 prefetch
  * of its first rows), which overlaps the previous kernel's tail; after it, it lets the next kernel launch. */
 #ifndef QD_FUSED_GEMV_CUH
@@ -43,6 +47,7 @@ typedef struct {
     int norm_threads;   /* GV_NORM: add_rmsnorm_kernel's block size for K (a multiple of 32, at most
                            2 * GV_THREADS): the sum of squares is accumulated in its order */
     float eps;
+    int fault;          /* the fault of this launch (qd_fault_kind), QD_FAULT_NONE for none */
 } gemv_args;
 
 /* Unit u of a warp: two weight rows. GV_SWIGLU: gate row u and up row N + u; else rows 2u and 2u + 1
@@ -98,7 +103,8 @@ __global__ void __launch_bounds__(GV_THREADS) gemv_kernel(const gemv_args a) {
                     float b[8];
                     ld8(a.add + c8 * 8, b);
 #pragma unroll
-                    for (int k = 0; k < 8; k++) v[k] = rnd<MODE_BF16>(__fadd_rn(v[k], b[k]));
+                    for (int k = 0; k < 8; k++)
+                        v[k] = a.fault == QD_FAULT_RESIDUAL_DROP ? b[k] : rnd<MODE_BF16>(__fadd_rn(v[k], b[k]));
                 }
                 if (blockIdx.x == 0) st8(a.res_out + c8 * 8, v);
 #pragma unroll
@@ -116,7 +122,11 @@ __global__ void __launch_bounds__(GV_THREADS) gemv_kernel(const gemv_args a) {
         __syncthreads(); /* red and sx complete */
         float ss = 0.0f;
         for (int i = 0; i < nt / 32; i++) ss = __fadd_rn(ss, red[i]);
-        const float scale = rms_scale(ss, K, a.eps);
+        if (a.fault == QD_FAULT_NORM_SUMSQ_LOWP) { /* block-uniform */
+            ss = sumsq_lowp<MODE_BF16>(sx, K);
+            __syncthreads(); /* every thread has read sx before it is normalised in place */
+        }
+        const float scale = rms_scale_f(ss, K, a.eps, a.fault);
         for (int i = tid; i < K; i += GV_THREADS) {
             const float v = rnd<MODE_BF16>(__fmul_rn(__fmul_rn(sx[i], scale), a.nw[i]));
             if (blockIdx.x == 0) a.xn_out[i] = __float2bfloat16_rn(v);
@@ -176,7 +186,7 @@ __global__ void __launch_bounds__(GV_THREADS) gemv_kernel(const gemv_args a) {
                 const float g = rnd<MODE_BF16>(acc0), up = rnd<MODE_BF16>(acc1);
                 o[r0] = __float2bfloat16_rn(g);
                 o[r1] = __float2bfloat16_rn(up);
-                const float silu = __fdiv_rn(g, __fadd_rn(1.0f, expf(-g)));
+                const float silu = a.fault == QD_FAULT_ACT_GELU ? gelu_fault(g) : __fdiv_rn(g, __fadd_rn(1.0f, expf(-g)));
                 a.act[r0] = __float2bfloat16_rn(__fmul_rn(silu, up));
             }
         }

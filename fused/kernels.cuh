@@ -6,7 +6,12 @@
  * __fdiv_rn, __fsqrt_rn): the compiler may not contract or reorder them, so a fused kernel and the unfused
  * pair it replaces share device functions and give bitwise the same numbers, and the elementwise ops give
  * the same numbers as emu.c (built with -ffp-contract=off). Reductions run in a fixed order that depends
- * only on the row length, never on timing: every launch is deterministic. */
+ * only on the row length, never on timing: every launch is deterministic.
+ *
+ * Faults (common/qd_fault.h, docs/FAULTS.md): a kernel that hosts one takes `fault`, the kind active in
+ * this launch's layer (QD_FAULT_NONE otherwise), decided on the host per launch. The faulty code is a
+ * branch on that launch-uniform argument; with QD_FAULT_NONE every kernel runs its clean arithmetic
+ * unchanged. */
 #ifndef QD_FUSED_KERNELS_CUH
 #define QD_FUSED_KERNELS_CUH
 
@@ -14,6 +19,10 @@
 #include <cuda_fp16.h>
 #include <math.h>
 #include <stdint.h>
+
+extern "C" {
+#include "qd_fault.h"
+}
 
 typedef __nv_bfloat16 bf16;
 
@@ -143,6 +152,25 @@ static __device__ __forceinline__ float rms_scale(float ss, int n, float eps) {
     return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, (float)n), eps)));
 }
 
+/* rms_scale, or with fault eps-outside-sqrt 1/(sqrt(mean) + eps) (emu's norm_act spells it the same). */
+static __device__ __forceinline__ float rms_scale_f(float ss, int n, float eps, int fault) {
+    if (fault == QD_FAULT_EPS_OUTSIDE) return __fdiv_rn(1.0f, __fadd_rn(__fsqrt_rn(__fdiv_rn(ss, (float)n)), eps));
+    return rms_scale(ss, n, eps);
+}
+
+/* Fault norm-sumsq-lowp: the sum of squares of a row as a one-thread-per-row kernel with an accumulator of
+ * the activation type computes it: each square and each partial sum rounded to A, in element order (emu's
+ * arithmetic exactly; a bf16 sum stagnates once it dwarfs the terms). Every calling thread computes it.
+ * x (n): the stored row (bf16) or fp32 values (shared memory, fp16/fp32 buffers). */
+template <int M, typename X> static __device__ float sumsq_lowp(const X *x, int n) {
+    float ss = 0.0f;
+    for (int i = 0; i < n; i++) {
+        const float v = wld(x[i]);
+        ss = rnd<M>(__fadd_rn(ss, rnd<M>(__fmul_rn(v, v))));
+    }
+    return ss;
+}
+
 // ----------------------------------------------------------------------------
 // embedding
 
@@ -168,16 +196,17 @@ __global__ void embed_kernel(typename act<M>::T *__restrict__ x, const typename 
 // ----------------------------------------------------------------------------
 // residual add and RMSNorm
 
-/* res = A(res + add), elementwise over n values (n a multiple of 8). The unfused residual. */
+/* res = A(res + add), elementwise over n values (n a multiple of 8). The unfused residual.
+ * drop (fault residual-drop, only for the attention residual): res = add, the stream lost. */
 template <int M>
 __global__ void residual_kernel(typename act<M>::T *__restrict__ res, const typename act<M>::T *__restrict__ add,
-                                size_t n8) {
+                                size_t n8, int drop) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n8; i += (size_t)gridDim.x * blockDim.x) {
         float a[8], b[8];
         ld8(res + i * 8, a);
         ld8(add + i * 8, b);
 #pragma unroll
-        for (int k = 0; k < 8; k++) a[k] = rnd<M>(__fadd_rn(a[k], b[k]));
+        for (int k = 0; k < 8; k++) a[k] = drop ? b[k] : rnd<M>(__fadd_rn(a[k], b[k]));
         st8(res + i * 8, a);
     }
 }
@@ -186,11 +215,13 @@ __global__ void residual_kernel(typename act<M>::T *__restrict__ res, const type
  * residual of the previous op), then out = A(res * rsqrt(mean(res^2) + eps) * w) over the stored res.
  * With add == NULL this is the plain (unfused) RMSNorm; both read res back in the same order, so the
  * fused kernel and the unfused pair give bitwise the same out.
+ * Faults: residual-drop (res = add: the host passes it only to the attention residual's launch),
+ * norm-sumsq-lowp, eps-outside-sqrt.
  * res, add, out (T, C); w (C). grid T; block: a function of C only (norm_threads). */
 template <int M>
 __global__ void add_rmsnorm_kernel(typename act<M>::T *__restrict__ res, const typename act<M>::T *__restrict__ add,
                                    typename act<M>::T *__restrict__ out, const float *__restrict__ w, int C,
-                                   float eps) {
+                                   float eps, int fault) {
     __shared__ float red[32];
     typename act<M>::T *r = res + (size_t)blockIdx.x * C;
     typename act<M>::T *o = out + (size_t)blockIdx.x * C;
@@ -202,13 +233,19 @@ __global__ void add_rmsnorm_kernel(typename act<M>::T *__restrict__ res, const t
             float b[8];
             ld8(add + (size_t)blockIdx.x * C + c8 * 8, b);
 #pragma unroll
-            for (int k = 0; k < 8; k++) v[k] = rnd<M>(__fadd_rn(v[k], b[k]));
+            for (int k = 0; k < 8; k++) v[k] = fault == QD_FAULT_RESIDUAL_DROP ? b[k] : rnd<M>(__fadd_rn(v[k], b[k]));
             st8(r + c8 * 8, v);
         }
 #pragma unroll
         for (int k = 0; k < 8; k++) ss = __fmaf_rn(v[k], v[k], ss);
     }
-    const float scale = rms_scale(block_sum(ss, red), C, eps);
+    if (fault == QD_FAULT_NORM_SUMSQ_LOWP) {
+        __syncthreads(); /* the row's stores of every thread are visible to the block */
+        ss = sumsq_lowp<M>(r, C);
+    } else {
+        ss = block_sum(ss, red);
+    }
+    const float scale = rms_scale_f(ss, C, eps, fault);
     for (int c8 = threadIdx.x; c8 < C / 8; c8 += blockDim.x) {
         float v[8];
         ld8(r + c8 * 8, v); /* this thread's own stores, or the input */
@@ -237,10 +274,30 @@ static __device__ __forceinline__ void head_load(const typename act<M>::T *x, in
     }
 }
 
-/* In place: x = A(x * rsqrt(mean(x^2) + eps) * w) over one head. w (HD). */
+/* Fault norm-sumsq-lowp over one head held by a warp: sumsq_lowp's arithmetic in element order 0..HD-1,
+ * each value fetched from its lane. Called by all 32 lanes; each gets the sum. */
+template <int M>
+static __device__ float head_sumsq_lowp(const float x0[QD_HEAD_MAXJ], const float x1[QD_HEAD_MAXJ], int hd2) {
+    float ss = 0.0f;
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+#pragma unroll
+        for (int j = 0; j < QD_HEAD_MAXJ; j++) {
+            for (int l = 0; l < 32; l++) {
+                const float v = __shfl_sync(0xffffffffu, half ? x1[j] : x0[j], l);
+                if (l + 32 * j < hd2) ss = rnd<M>(__fadd_rn(ss, rnd<M>(__fmul_rn(v, v))));
+            }
+        }
+    }
+    return ss;
+}
+
+/* In place: x = A(x * rsqrt(mean(x^2) + eps) * w) over one head. w (HD).
+ * Faults: norm-sumsq-lowp and eps-outside-sqrt (q_norm and k_norm are RMSNorms too); mul_only (fault
+ * knorm-mul, k heads only): x = A(x * w), the weight without the normalisation. Warp-uniform arguments. */
 template <int M>
 static __device__ __forceinline__ void head_rmsnorm(float x0[QD_HEAD_MAXJ], float x1[QD_HEAD_MAXJ], const float *w,
-                                                    int hd2, float eps) {
+                                                    int hd2, float eps, int fault, bool mul_only) {
     const int lane = threadIdx.x & 31;
     float ss = 0.0f;
 #pragma unroll
@@ -248,7 +305,10 @@ static __device__ __forceinline__ void head_rmsnorm(float x0[QD_HEAD_MAXJ], floa
         ss = __fmaf_rn(x0[j], x0[j], ss);
         ss = __fmaf_rn(x1[j], x1[j], ss);
     }
-    const float scale = rms_scale(warp_sum(ss), 2 * hd2, eps);
+    float scale;
+    if (mul_only) scale = 1.0f; /* x * 1 * w == x * w exactly */
+    else if (fault == QD_FAULT_NORM_SUMSQ_LOWP) scale = rms_scale_f(head_sumsq_lowp<M>(x0, x1, hd2), 2 * hd2, eps, fault);
+    else scale = rms_scale_f(warp_sum(ss), 2 * hd2, eps, fault);
 #pragma unroll
     for (int j = 0; j < QD_HEAD_MAXJ; j++) {
         int i = lane + 32 * j;
@@ -260,11 +320,30 @@ static __device__ __forceinline__ void head_rmsnorm(float x0[QD_HEAD_MAXJ], floa
 }
 
 /* In place: rotate-half RoPE at one position, as rope_forward (reference/ops.c): x0*c - x1*s and
- * x1*c + x0*s with every product rounded, then A(). cs, sn: this position's (HD/2) table rows. */
+ * x1*c + x0*s with every product rounded, then A(). cs, sn: this position's (HD/2) table rows.
+ * interleaved (fault rope-interleaved, warp-uniform): the GPT-J pairs (2i, 2i+1) with frequency i, as emu's
+ * faulty rope_act. Element e's partner e^1 sits in lane^1 at the same j and half (HD/2 is even). */
 template <int M>
 static __device__ __forceinline__ void head_rope(float x0[QD_HEAD_MAXJ], float x1[QD_HEAD_MAXJ], const float *cs,
-                                                 const float *sn, int hd2) {
+                                                 const float *sn, int hd2, bool interleaved) {
     const int lane = threadIdx.x & 31;
+    if (interleaved) {
+        const bool odd = lane & 1;
+#pragma unroll
+        for (int j = 0; j < QD_HEAD_MAXJ; j++) {
+            const int i = lane + 32 * j;
+            const float p0 = __shfl_xor_sync(0xffffffffu, x0[j], 1), p1 = __shfl_xor_sync(0xffffffffu, x1[j], 1);
+            if (i < hd2) {
+                const int f0 = i >> 1, f1 = (i + hd2) >> 1; /* pair index = frequency index */
+                /* even e: x[e]*c - x[e+1]*s; odd e: x[e]*c + x[e-1]*s */
+                const float a0 = __fmul_rn(x0[j], cs[f0]), b0 = __fmul_rn(p0, sn[f0]);
+                const float a1 = __fmul_rn(x1[j], cs[f1]), b1 = __fmul_rn(p1, sn[f1]);
+                x0[j] = rnd<M>(odd ? __fadd_rn(a0, b0) : __fsub_rn(a0, b0));
+                x1[j] = rnd<M>(odd ? __fadd_rn(a1, b1) : __fsub_rn(a1, b1));
+            }
+        }
+        return;
+    }
 #pragma unroll
     for (int j = 0; j < QD_HEAD_MAXJ; j++) {
         int i = lane + 32 * j;
@@ -294,40 +373,46 @@ static __device__ __forceinline__ void head_store(typename act<M>::T *x, int hd2
  * in that order), q_norm + RoPE -> q; k_norm + RoPE -> k cache; v -> v cache. q_norm and k_norm are
  * rounded in registers where the unfused kernels store them.
  * qkv (T, NH*HD + 2*NKV*HD); q (T, NH, HD); kc, vc (max_seq, NKV, HD) of this layer;
- * qw, kw (HD); rope_cos, rope_sin (max_seq, HD/2). Position of token t: (d_pos ? *d_pos : pos0) + t.
+ * qw, kw (HD); rope_cos, rope_sin (max_seq, HD/2) (the host passes the bf16-frequency table to a layer with
+ * fault rope-freq-bf16). Position of token t: (d_pos ? *d_pos : pos0) + t.
+ * Faults: knorm-mul, rope-interleaved, norm-sumsq-lowp, eps-outside-sqrt, kv-cache-pos (a one-token step
+ * at pos > 0 stores its k and v at pos - 1, over the previous token's; RoPE still uses pos).
  * Warps over T * (NH + 2*NKV) heads, 4 per block. */
 template <int M>
 __global__ void __launch_bounds__(128) qk_norm_rope_kernel(
     const typename act<M>::T *__restrict__ qkv, typename act<M>::T *__restrict__ q, typename act<M>::T *__restrict__ kc,
     typename act<M>::T *__restrict__ vc, const float *__restrict__ qw, const float *__restrict__ kw,
     const float *__restrict__ rope_cos, const float *__restrict__ rope_sin, int T, int pos0,
-    const int *__restrict__ d_pos, int NH, int NKV, int HD, float eps) {
+    const int *__restrict__ d_pos, int NH, int NKV, int HD, float eps, int fault) {
     const int heads = NH + 2 * NKV;
     const int gw = blockIdx.x * 4 + (threadIdx.x >> 5);
     if (gw >= T * heads) return; /* whole warps leave together */
     const int t = gw / heads, hi = gw % heads, hd2 = HD / 2;
     const int pos = (d_pos ? *d_pos : pos0) + t;
+    const int wpos = fault == QD_FAULT_KV_POS && T == 1 && pos > 0 ? pos - 1 : pos; /* where k, v are stored */
     const typename act<M>::T *src = qkv + (size_t)t * heads * HD + (size_t)hi * HD;
     float x0[QD_HEAD_MAXJ], x1[QD_HEAD_MAXJ];
     head_load<M>(src, hd2, x0, x1);
     if (hi >= NH + NKV) { /* v: stored as projected */
-        head_store<M>(vc + ((size_t)pos * NKV + (hi - NH - NKV)) * HD, hd2, x0, x1);
+        head_store<M>(vc + ((size_t)wpos * NKV + (hi - NH - NKV)) * HD, hd2, x0, x1);
         return;
     }
     const bool is_q = hi < NH;
-    head_rmsnorm<M>(x0, x1, is_q ? qw : kw, hd2, eps);
-    head_rope<M>(x0, x1, rope_cos + (size_t)pos * hd2, rope_sin + (size_t)pos * hd2, hd2);
-    typename act<M>::T *dst = is_q ? q + ((size_t)t * NH + hi) * HD : kc + ((size_t)pos * NKV + (hi - NH)) * HD;
+    head_rmsnorm<M>(x0, x1, is_q ? qw : kw, hd2, eps, fault, !is_q && fault == QD_FAULT_KNORM_MUL);
+    head_rope<M>(x0, x1, rope_cos + (size_t)pos * hd2, rope_sin + (size_t)pos * hd2, hd2,
+                 fault == QD_FAULT_ROPE_INTERLEAVED);
+    typename act<M>::T *dst = is_q ? q + ((size_t)t * NH + hi) * HD : kc + ((size_t)wpos * NKV + (hi - NH)) * HD;
     head_store<M>(dst, hd2, x0, x1);
 }
 
-/* Unfused 1/3: q_norm and k_norm stored. qn (T, NH, HD); kn (T, NKV, HD). Warps over T * (NH + NKV). */
+/* Unfused 1/3: q_norm and k_norm stored. qn (T, NH, HD); kn (T, NKV, HD). Warps over T * (NH + NKV).
+ * Faults: knorm-mul, norm-sumsq-lowp, eps-outside-sqrt. */
 template <int M>
 __global__ void __launch_bounds__(128) head_norm_kernel(const typename act<M>::T *__restrict__ qkv,
                                                         typename act<M>::T *__restrict__ qn,
                                                         typename act<M>::T *__restrict__ kn,
                                                         const float *__restrict__ qw, const float *__restrict__ kw,
-                                                        int T, int NH, int NKV, int HD, float eps) {
+                                                        int T, int NH, int NKV, int HD, float eps, int fault) {
     const int heads = NH + NKV, all = NH + 2 * NKV;
     const int gw = blockIdx.x * 4 + (threadIdx.x >> 5);
     if (gw >= T * heads) return;
@@ -335,18 +420,19 @@ __global__ void __launch_bounds__(128) head_norm_kernel(const typename act<M>::T
     float x0[QD_HEAD_MAXJ], x1[QD_HEAD_MAXJ];
     head_load<M>(qkv + (size_t)t * all * HD + (size_t)hi * HD, hd2, x0, x1);
     const bool is_q = hi < NH;
-    head_rmsnorm<M>(x0, x1, is_q ? qw : kw, hd2, eps);
+    head_rmsnorm<M>(x0, x1, is_q ? qw : kw, hd2, eps, fault, !is_q && fault == QD_FAULT_KNORM_MUL);
     head_store<M>(is_q ? qn + ((size_t)t * NH + hi) * HD : kn + ((size_t)t * NKV + hi - NH) * HD, hd2, x0, x1);
 }
 
-/* Unfused 2/3: RoPE over the stored q_norm / k_norm. q (T, NH, HD); kr (T, NKV, HD). */
+/* Unfused 2/3: RoPE over the stored q_norm / k_norm. q (T, NH, HD); kr (T, NKV, HD).
+ * Faults: rope-interleaved (rope-freq-bf16 is the host's choice of table). */
 template <int M>
 __global__ void __launch_bounds__(128) rope_kernel(const typename act<M>::T *__restrict__ qn,
                                                    const typename act<M>::T *__restrict__ kn,
                                                    typename act<M>::T *__restrict__ q, typename act<M>::T *__restrict__ kr,
                                                    const float *__restrict__ rope_cos, const float *__restrict__ rope_sin,
                                                    int T, int pos0, const int *__restrict__ d_pos, int NH, int NKV,
-                                                   int HD) {
+                                                   int HD, int fault) {
     const int heads = NH + NKV;
     const int gw = blockIdx.x * 4 + (threadIdx.x >> 5);
     if (gw >= T * heads) return;
@@ -356,21 +442,24 @@ __global__ void __launch_bounds__(128) rope_kernel(const typename act<M>::T *__r
     const size_t off = is_q ? ((size_t)t * NH + hi) * HD : ((size_t)t * NKV + hi - NH) * HD;
     float x0[QD_HEAD_MAXJ], x1[QD_HEAD_MAXJ];
     head_load<M>((is_q ? qn : kn) + off, hd2, x0, x1);
-    head_rope<M>(x0, x1, rope_cos + (size_t)pos * hd2, rope_sin + (size_t)pos * hd2, hd2);
+    head_rope<M>(x0, x1, rope_cos + (size_t)pos * hd2, rope_sin + (size_t)pos * hd2, hd2,
+                 fault == QD_FAULT_ROPE_INTERLEAVED);
     head_store<M>((is_q ? q : kr) + off, hd2, x0, x1);
 }
 
 /* Unfused 3/3: k_rope and v_proj into the caches at positions pos..pos+T-1.
- * kr (T, NKV, HD); qkv (T, NH*HD + 2*NKV*HD); kc, vc (max_seq, NKV, HD). Threads over T * NKV*HD / 8. */
+ * kr (T, NKV, HD); qkv (T, NH*HD + 2*NKV*HD); kc, vc (max_seq, NKV, HD). Threads over T * NKV*HD / 8.
+ * Fault kv-cache-pos: a one-token step at pos > 0 stores at pos - 1. */
 template <int M>
 __global__ void kv_store_kernel(const typename act<M>::T *__restrict__ kr, const typename act<M>::T *__restrict__ qkv,
                                 typename act<M>::T *__restrict__ kc, typename act<M>::T *__restrict__ vc, int T,
-                                int pos0, const int *__restrict__ d_pos, int NH, int NKV, int HD) {
+                                int pos0, const int *__restrict__ d_pos, int NH, int NKV, int HD, int fault) {
     const int kvw = NKV * HD, row8 = kvw / 8;
     const size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (i >= (size_t)T * row8) return;
     const int t = (int)(i / row8), c = (int)(i % row8) * 8;
-    const int pos = (d_pos ? *d_pos : pos0) + t;
+    int pos = (d_pos ? *d_pos : pos0) + t;
+    if (fault == QD_FAULT_KV_POS && T == 1 && pos > 0) pos -= 1;
     float v[8];
     ld8(kr + (size_t)t * kvw + c, v);
     st8(kc + (size_t)pos * kvw + c, v);
@@ -381,11 +470,17 @@ __global__ void kv_store_kernel(const typename act<M>::T *__restrict__ kr, const
 // ----------------------------------------------------------------------------
 // SwiGLU and the fp16 rounding of fp32 GEMM outputs
 
+/* Fault act-gelu: GELU (erf form) where SiLU belongs, spelled as emu's: 0.5 * g * (1 + erf(g / sqrt 2)). */
+static __device__ __forceinline__ float gelu_fault(float g) {
+    return __fmul_rn(__fmul_rn(0.5f, g), __fadd_rn(1.0f, erff(__fmul_rn(g, 0.70710678f))));
+}
+
 /* act = A(silu(gate) * up) over the stored gate and up, as swiglu_forward: g / (1 + expf(-g)) * u.
- * gu (T, 2I): gate in columns [0, I), up in [I, 2I); out (T, I). Threads over T * I / 8. */
+ * gu (T, 2I): gate in columns [0, I), up in [I, 2I); out (T, I). Threads over T * I / 8.
+ * Fault act-gelu: gelu_fault(gate) * up. */
 template <int M>
 __global__ void swiglu_kernel(typename act<M>::T *__restrict__ out, const typename act<M>::T *__restrict__ gu, int T,
-                              int I) {
+                              int I, int fault) {
     const int row8 = I / 8;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)T * row8;
          i += (size_t)gridDim.x * blockDim.x) {
@@ -395,7 +490,7 @@ __global__ void swiglu_kernel(typename act<M>::T *__restrict__ out, const typena
         ld8(gu + (size_t)t * 2 * I + I + c, u);
 #pragma unroll
         for (int k = 0; k < 8; k++) {
-            float silu = __fdiv_rn(g[k], __fadd_rn(1.0f, expf(-g[k])));
+            float silu = fault == QD_FAULT_ACT_GELU ? gelu_fault(g[k]) : __fdiv_rn(g[k], __fadd_rn(1.0f, expf(-g[k])));
             g[k] = rnd<M>(__fmul_rn(silu, u[k]));
         }
         st8(out + (size_t)t * I + c, g);

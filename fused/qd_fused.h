@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "qd_act.h"
+#include "qd_fault.h"
 #include "qd_taps.h"
 #include "qd_util.h"
 #include "qd_weights.h"
@@ -35,6 +36,9 @@ typedef struct {
     int taps_all;       /* 1: unfused variant so every tap exists */
     int decode_gemv;    /* one-token decode (bf16): 0 the custom GEMV kernels (default), 1 cuBLAS; the
                            environment variable QD_FUSED_DECODE=cublas forces 1 (docs/FUSED.md) */
+    qd_fault fault;     /* a fault of the catalog injected into the kernels that host it (docs/FAULTS.md);
+                           kind QD_FAULT_NONE (zero) for none. A layer outside -1..L-1 or an unknown kind
+                           is QD_EINPUT at create. With a fault, decode runs eagerly (no CUDA graph) */
 } qd_fused_opts;
 
 qd_fused *qd_fused_create(const qd_weights *w, const qd_fused_opts *opts, qd_err *e);
