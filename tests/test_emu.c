@@ -14,92 +14,12 @@
 #include "qd_bf16.h"
 #include "qd_emu.h"
 #include "qd_ref.h"
+#include "qd_test_model.h"
 
-// ----------------------------------------------------------------------------
-// a small random model in memory, weights already bf16 (as every released checkpoint)
-
-static uint64_t rng_state;
-static double rng_normal(void) {
-    /* splitmix64 + Box-Muller: deterministic for a seed */
-    uint64_t z[2];
-    for (int i = 0; i < 2; i++) {
-        uint64_t x = (rng_state += 0x9e3779b97f4a7c15ull);
-        x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-        x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-        z[i] = x ^ (x >> 31);
-    }
-    double u1 = ((z[0] >> 11) + 1.0) / 9007199254740993.0, u2 = (z[1] >> 11) / 9007199254740992.0;
-    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
-}
-
-static void make_model(qd_weights *w, int tied, uint64_t seed) {
-    qd_config c = {.vocab_size = 128, .hidden_size = 64, .intermediate_size = 96, .num_hidden_layers = 3,
-                   .num_attention_heads = 4, .num_key_value_heads = 2, .head_dim = 32,
-                   .rope_theta = 1e6, .rms_norm_eps = 1e-6, .tie_word_embeddings = tied};
-    qd_weights_alloc(w, &c);
-    rng_state = seed;
-    /* every tensor: N(0, 0.15) rounded to bf16; then norm weights set to 1 + N(0, 0.2) */
-    for (size_t i = 0; i < w->mem_floats; i++) w->mem[i] = qd_round_bf16((float)(0.15 * rng_normal()));
-    for (int i = 0; i < c.vocab_size * c.hidden_size; i++) w->embed[i] = qd_round_bf16((float)rng_normal());
-    for (int l = 0; l < c.num_hidden_layers; l++) {
-        qd_layer_weights *lw = &w->layers[l];
-        for (int i = 0; i < c.hidden_size; i++) {
-            lw->input_layernorm[i] = qd_round_bf16((float)(1 + 0.2 * rng_normal()));
-            lw->post_attention_layernorm[i] = qd_round_bf16((float)(1 + 0.2 * rng_normal()));
-        }
-        for (int i = 0; i < c.head_dim; i++) {
-            lw->q_norm[i] = qd_round_bf16((float)(1 + 0.2 * rng_normal()));
-            /* layer 0 gets the seed's extreme k_norm scale (std ~9, max ~96) */
-            lw->k_norm[i] = qd_round_bf16((float)(l == 0 ? 2 + 9 * fabs(rng_normal()) : 1 + 0.2 * rng_normal()));
-        }
-    }
-    for (int i = 0; i < c.hidden_size; i++) w->norm[i] = qd_round_bf16((float)(1 + 0.2 * rng_normal()));
-}
-
-// ----------------------------------------------------------------------------
-// a sink recording every tap of a run
-
-#define MAX_TAPS 128
-typedef struct {
-    qd_tap_sink sink;
-    int n;
-    int layer[MAX_TAPS];
-    char name[MAX_TAPS][24];
-    size_t count[MAX_TAPS];
-    float *data[MAX_TAPS];
-} recorder;
-
-static int record(qd_tap_sink *self, int layer, const char *name, const float *data, int ndim, const int64_t *shape) {
-    recorder *r = (recorder *)self->ctx;
-    assert_true(r->n < MAX_TAPS);
-    size_t n = 1;
-    for (int i = 0; i < ndim; i++) n *= (size_t)shape[i];
-    int k = r->n++;
-    r->layer[k] = layer;
-    snprintf(r->name[k], sizeof r->name[k], "%s", name);
-    r->count[k] = n;
-    r->data[k] = malloc(n * sizeof(float));
-    memcpy(r->data[k], data, n * sizeof(float));
-    return QD_OK;
-}
-
-static void recorder_init(recorder *r) {
-    memset(r, 0, sizeof *r);
-    r->sink.emit = record;
-    r->sink.ctx = r;
-}
-
-static void recorder_free(recorder *r) {
-    for (int i = 0; i < r->n; i++) free(r->data[i]);
-}
-
-static double rel_l2(const float *a, const float *b, size_t n) {
-    double d2 = 0, b2 = 0;
-    for (size_t i = 0; i < n; i++) {
-        d2 += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-        b2 += (double)b[i] * b[i];
-    }
-    return sqrt(d2 / (b2 > 0 ? b2 : 1));
+/* The shared small model (tests/qd_test_model.h), tied or not. */
+static void make_small(qd_weights *w, int tied, uint64_t seed) {
+    qd_config c = small_cfg(tied);
+    make_model(w, &c, seed);
 }
 
 static const int32_t prompt[] = {5, 17, 3, 99, 42, 0, 127, 64, 8, 1, 77, 31};
@@ -141,7 +61,7 @@ static void run_emu(const qd_weights *w, qd_act_dtype act, recorder *rec) {
 static void test_emu_fp32_matches_reference(void **state) {
     (void)state;
     qd_weights w;
-    make_model(&w, 1, 7);
+    make_small(&w, 1, 7);
     recorder a, b;
     recorder_init(&a);
     recorder_init(&b);
@@ -170,7 +90,7 @@ static void test_emu_fp32_matches_reference(void **state) {
 static void test_emu_bf16_taps_are_bf16(void **state) {
     (void)state;
     qd_weights w;
-    make_model(&w, 0, 11);
+    make_small(&w, 0, 11);
     recorder r;
     recorder_init(&r);
     run_emu(&w, QD_ACT_BF16, &r);
@@ -199,7 +119,7 @@ static void test_emu_bf16_taps_are_bf16(void **state) {
 static void test_emu_bf16_error_is_rounding_sized(void **state) {
     (void)state;
     qd_weights w;
-    make_model(&w, 1, 13);
+    make_small(&w, 1, 13);
     recorder a, b;
     recorder_init(&a);
     recorder_init(&b);
@@ -231,7 +151,7 @@ static void test_emu_bf16_error_is_rounding_sized(void **state) {
 static void test_emu_rounds_input(void **state) {
     (void)state;
     qd_weights w;
-    make_model(&w, 1, 17);
+    make_small(&w, 1, 17);
     qd_err e;
     const qd_config *c = &w.cfg;
     qd_emu *m1 = qd_emu_create(&w, QD_ACT_BF16, 0, T, NULL, &e), *m2 = qd_emu_create(&w, QD_ACT_BF16, 0, T, NULL, &e);
