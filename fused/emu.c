@@ -175,9 +175,66 @@ static void matmul_act(const qd_emu *m, float *out, const float *x, const float 
  * path (fault 13) walks tiles, the clean path's two-pass softmax has none. */
 #define EMU_FA_BC 64
 
-/* Causal GQA attention as a FlashAttention kernel computes it: fp32 scores over the stored q and k,
- * fp32 max and sum, probabilities rounded to the activation dtype for the P.V product (the sum uses the
- * unrounded ones), fp32 accumulation, the output divided by the sum and rounded.
+/* Softmax and P.V of one query row, prefill: keys in tiles of `tile` with a running max, as the fused
+ * prefill kernels walk them. Per tile: mt = max(m, the tile's scores), alpha = exp(m - mt) rescales the
+ * sum and the accumulator, P = A(exp(s - mt)) enters P.V and the unrounded exps enter the sum. Returns
+ * the sum; acc (HD) holds P.V. s (n_keys) scores; v: key 0's value row, rows kv_stride apart. */
+static float softmax_pv_tiles(const qd_emu *m, float *acc, const float *s, const float *v, size_t kv_stride,
+                              int n_keys, int tile) {
+    int HD = m->cfg->head_dim;
+    float mx = -INFINITY, sum = 0.0f;
+    for (int j0 = 0; j0 < n_keys; j0 += tile) {
+        int j1 = j0 + tile < n_keys ? j0 + tile : n_keys;
+        float mt = mx;
+        for (int j = j0; j < j1; j++)
+            if (s[j] > mt) mt = s[j];
+        float alpha = expf(mx - mt); /* 0 for the first tile */
+        float ts = 0.0f;
+        for (int d = 0; d < HD; d++) acc[d] *= alpha;
+        for (int j = j0; j < j1; j++) {
+            float e = expf(s[j] - mt);
+            ts += e;
+            float pr = round1(m, e);
+            for (int d = 0; d < HD; d++) acc[d] += pr * v[(size_t)j * kv_stride + d];
+        }
+        sum = sum * alpha + ts;
+        mx = mt;
+    }
+    return sum;
+}
+
+/* The same for one token over the cache, as the fused decode kernel splits it: splits of EMU_FA_BC keys,
+ * each with its own max m_s, P = A(exp(s - m_s)), sum l_s and accumulator acc_s; then, in split order,
+ * sum += l_s w_s and acc += acc_s w_s with w_s = exp(m_s - max_s m_s). acc_s (HD) scratch. */
+static float softmax_pv_splits(const qd_emu *m, float *acc, const float *s, const float *v, size_t kv_stride,
+                               int n_keys, float *acc_s) {
+    int HD = m->cfg->head_dim;
+    float top = -INFINITY, sum = 0.0f;
+    for (int j = 0; j < n_keys; j++)
+        if (s[j] > top) top = s[j];
+    for (int j0 = 0; j0 < n_keys; j0 += EMU_FA_BC) {
+        int j1 = j0 + EMU_FA_BC < n_keys ? j0 + EMU_FA_BC : n_keys;
+        float ms = -INFINITY, ls = 0.0f;
+        for (int j = j0; j < j1; j++)
+            if (s[j] > ms) ms = s[j];
+        for (int d = 0; d < HD; d++) acc_s[d] = 0.0f;
+        for (int j = j0; j < j1; j++) {
+            float e = expf(s[j] - ms);
+            ls += e;
+            float pr = round1(m, e);
+            for (int d = 0; d < HD; d++) acc_s[d] += pr * v[(size_t)j * kv_stride + d];
+        }
+        float w = expf(ms - top);
+        sum += ls * w;
+        for (int d = 0; d < HD; d++) acc[d] += acc_s[d] * w;
+    }
+    return sum;
+}
+
+/* Causal GQA attention as the fused kernels compute it: fp32 scores over the stored q and k, fp32 max and
+ * sum, probabilities rounded to the activation dtype for the P.V product with the max known when they are
+ * formed (key tiles with a running max in prefill, splits with their own max for one token; the sum uses
+ * the unrounded exps), fp32 accumulation, the output divided by the sum and rounded.
  * q (T, NH, HD); kc, vc (max_seq, NKV, HD); out (T, NH*HD). l: the layer, for the faults that live here. */
 static void attention_act(const qd_emu *m, float *out, const float *q, const float *kc, const float *vc, int T,
                           int pos0, int l) {
@@ -190,9 +247,12 @@ static void attention_act(const qd_emu *m, float *out, const float *q, const flo
     int no_max = qd_fault_at(f, QD_FAULT_SOFTMAX_NO_MAX, l), online_bug = qd_fault_at(f, QD_FAULT_ONLINE_RESCALE, l);
     float scale = qd_fault_at(f, QD_FAULT_NO_SCALE, l) ? 1.0f : (float)(1.0 / sqrt((double)HD));
     int max_keys = pos0 + T;
+    /* the prefill kernel's key tile: 64 on tensor cores (bf16, head_dim 32/64/128), else 128 */
+    int tile = m->act == QD_ACT_BF16 && (HD == 32 || HD == 64 || HD == 128) ? EMU_FA_BC : 2 * EMU_FA_BC;
 #pragma omp parallel num_threads(m->threads > 0 ? m->threads : omp_get_max_threads())
     {
-        float *p = qd_malloc(((size_t)max_keys + HD) * sizeof(float)); /* (max_keys) scores, then (HD) acc */
+        /* (max_keys) scores, then (HD) acc and (HD) one split's acc */
+        float *p = qd_malloc(((size_t)max_keys + 2 * (size_t)HD) * sizeof(float));
         float *acc = p + max_keys;
 #pragma omp for collapse(2) schedule(static)
         for (int t = 0; t < T; t++) {
@@ -233,18 +293,19 @@ static void attention_act(const qd_emu *m, float *out, const float *q, const flo
                         }
                         mx = mt;
                     }
-                } else {
-                    float mx = -INFINITY;
-                    for (int j = 0; j < n_keys; j++)
-                        if (p[j] > mx) mx = p[j];
-                    if (no_max) mx = 0.0f; /* fault 6: exp(s) overflows once s > 88 */
+                } else if (no_max) {
+                    /* fault 6: exp(s) with the max taken as 0, which overflows once s > 88 */
                     for (int j = 0; j < n_keys; j++) {
-                        float e = expf(p[j] - mx);
+                        float e = expf(p[j]);
                         sum += e;
                         p[j] = round1(m, e);
                     }
                     for (int j = 0; j < n_keys; j++)
                         for (int d = 0; d < HD; d++) acc[d] += p[j] * v[(size_t)j * kv_stride + d];
+                } else if (T == 1) {
+                    sum = softmax_pv_splits(m, acc, p, v, kv_stride, n_keys, acc + HD);
+                } else {
+                    sum = softmax_pv_tiles(m, acc, p, v, kv_stride, n_keys, tile);
                 }
                 float *oh = out + ((size_t)t * NH + h) * HD;
                 for (int d = 0; d < HD; d++) oh[d] = round1(m, acc[d] / sum);
