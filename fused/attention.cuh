@@ -327,14 +327,15 @@ __global__ void __launch_bounds__(AR_CHUNK) attn_rows_kernel(const typename act<
 
 /* One head's combine. part_h (nsplit, HD + 2): acc (HD), m, l per split; ns splits in use. Called by every
  * thread of a block of 128 (HD <= 256: two dimensions per thread at most). The split weights
- * w_s = exp(m_s - max) are computed once per split into shared memory (sw, DEC_CW floats) instead of once
- * per (split, dimension); the sums still run over the splits in index order, so the values are exactly
- * those of the plain loop: sum_s l_s w_s and sum_s acc_s w_s, then divided. */
+ * w_s = exp(m_s - max) are computed once per split into shared memory (sw, 2 * DEC_CW floats: w_s, then l_s)
+ * instead of once per (split, dimension); the sums still run over the splits in index order, so the values
+ * are exactly those of the plain loop: sum_s l_s w_s and sum_s acc_s w_s, then divided. The acc loads of
+ * a batch of splits are issued together (one round trip to L2 per batch, not per split). */
 #define DEC_CW 256 /* splits per round of weights in shared memory */
 template <bool CG> static __device__ __forceinline__ float ld_part(const float *p) { return CG ? __ldcg(p) : *p; }
 
 /* reset_l (fault online-softmax-rescale): l keeps only the last split's l_s * w_s. */
-template <int M, bool CG>
+template <int M, bool CG, int NB = 4>
 static __device__ __forceinline__ void combine_head(const float *part_h, int ns, int HD, typename act<M>::T *out_h,
                                                     float *sw, float *red, bool reset_l) {
     const int tid = threadIdx.x, d0 = tid, d1 = tid + 128;
@@ -346,15 +347,35 @@ static __device__ __forceinline__ void combine_head(const float *part_h, int ns,
     for (int s0 = 0; s0 < ns; s0 += DEC_CW) {
         const int n = min(DEC_CW, ns - s0);
         __syncthreads(); /* sw of the previous round has been read */
-        for (int i = tid; i < n; i += blockDim.x) sw[i] = expf(__fsub_rn(ld_part<CG>(part_h + (s0 + i) * st + HD), mx));
+        for (int i = tid; i < n; i += blockDim.x) {
+            const float *pi = part_h + (s0 + i) * st;
+            sw[i] = expf(__fsub_rn(ld_part<CG>(pi + HD), mx));
+            sw[DEC_CW + i] = ld_part<CG>(pi + HD + 1);
+        }
         __syncthreads();
         const float *p = part_h + (size_t)s0 * st;
+        if (HD <= 128) { /* one dimension per thread: batches of NB splits, loaded before the in-order sums */
+            for (int i0 = 0; i0 < n; i0 += NB, p += NB * st) {
+                float v0[NB];
+#pragma unroll
+                for (int k = 0; k < NB; k++) v0[k] = i0 + k < n && d0 < HD ? ld_part<CG>(p + k * st + d0) : 0.0f;
+#pragma unroll
+                for (int k = 0; k < NB; k++) {
+                    if (i0 + k < n) {
+                        const float w = sw[i0 + k], ls = sw[DEC_CW + i0 + k];
+                        l = reset_l ? __fmul_rn(ls, w) : __fadd_rn(l, __fmul_rn(ls, w));
+                        a0 = __fadd_rn(a0, __fmul_rn(v0[k], w));
+                    }
+                }
+            }
+        } else {
 #pragma unroll 4
-        for (int i = 0; i < n; i++, p += st) {
-            const float w = sw[i];
-            l = reset_l ? __fmul_rn(ld_part<CG>(p + HD + 1), w) : __fadd_rn(l, __fmul_rn(ld_part<CG>(p + HD + 1), w));
-            if (d0 < HD) a0 = __fadd_rn(a0, __fmul_rn(ld_part<CG>(p + d0), w));
-            if (d1 < HD) a1 = __fadd_rn(a1, __fmul_rn(ld_part<CG>(p + d1), w));
+            for (int i = 0; i < n; i++, p += st) {
+                const float w = sw[i], ls = sw[DEC_CW + i];
+                l = reset_l ? __fmul_rn(ls, w) : __fadd_rn(l, __fmul_rn(ls, w));
+                if (d0 < HD) a0 = __fadd_rn(a0, __fmul_rn(ld_part<CG>(p + d0), w));
+                if (d1 < HD) a1 = __fadd_rn(a1, __fmul_rn(ld_part<CG>(p + d1), w));
+            }
         }
     }
     if (d0 < HD) out_h[d0] = act<M>::st(__fdiv_rn(a0, l));
@@ -380,7 +401,7 @@ __global__ void __launch_bounds__(128) decode_attn_kernel(const typename act<M>:
                                                           int NKV, int HD, int nsplit, float scale, int fault) {
     __shared__ float sq[DEC_MAXMUL * 256];    /* (kv_mul, HD) q as float */
     __shared__ float sp[DEC_MAXMUL][DEC_CH];  /* scores, then P */
-    __shared__ float sm[DEC_MAXMUL], sl[DEC_MAXMUL], sw[DEC_CW], red[32];
+    __shared__ float sm[DEC_MAXMUL], sl[DEC_MAXMUL], sw[2 * DEC_CW], red[32];
     __shared__ int last;
     const int sidx = blockIdx.x, g = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int n_keys = (d_pos ? *d_pos : pos_host) + 1;
@@ -478,40 +499,54 @@ __global__ void __launch_bounds__(128) decode_attn_kernel(const typename act<M>:
 }
 
 /* The decode path's attention (docs/FUSED.md, custom decode): one launch does what qk_norm_rope_kernel,
- * decode_attn_kernel<M, true> and the combine do, with the same contract and the same split of 64 keys:
- *   - each block normalises and rotates the kv_mul query heads it needs from qkv itself (head_rmsnorm and
- *     head_rope, the functions of qk_norm_rope_kernel: bitwise its q_rope); split 0 stores them (the tap)
+ * decode_attn_kernel<M, true> and the combine do, with the same contract and the same split of 64 keys.
+ * Block (split s, kv head g) has kv_mul groups of 128 threads (blockDim (128, kv_mul)); group hh owns
+ * query head slot hh, so the query heads of a kv head run side by side over one shared K/V tile:
+ *   - before griddepcontrol.wait the block copies the split's cached K and V rows (earlier steps wrote
+ *     them; the previous kernel does not) into shared memory with cp.async, in one go, and the q/k norm
+ *     weights and this position's RoPE row with plain loads
+ *   - then group hh's warp 0 normalises and rotates its query head from qkv (head_rmsnorm and head_rope,
+ *     the functions of qk_norm_rope_kernel: bitwise its q_rope); split 0 stores it (the tap)
  *   - the block of the last split (the only one that reads position pos; with fault kv-cache-pos the
- *     block of the split holding pos - 1, where it writes) normalises, rotates and stores
- *     this token's k, and stores its v, into the caches before reading them (__syncthreads orders a
- *     block's global stores before its own later loads; the cache is not read through the read-only path)
- *   - P.V reads V with 16-byte loads: thread (kg, d8) accumulates dimensions 8*d8..8*d8+7 over the keys
- *     kg, kg + KG, ... in order, then the KG partial sums are added in kg order (an accumulation order,
- *     not a change of contract)
- *   - the last block of kv head g to finish combines (combine_head, splits in index order)
- * Before griddepcontrol.wait it only prefetches this split's cached K/V rows (written by earlier steps).
+ *     block of the split holding pos - 1, where it writes) normalises, rotates and stores this token's k,
+ *     and stores its v, into the caches and into its shared tile (that row is not copied from the cache)
+ *   - scores: two threads per key, each over half of head_dim, then added (as decode_attn_kernel)
+ *   - every warp of a group computes its head's split softmax itself (the same values in each warp) and
+ *     hands P to its lanes by shuffles: no barrier between softmax and P.V
+ *   - P.V: lane (kg, d8) of a warp accumulates dimensions 8*d8..8*d8+7 over the keys kg, kg + KGw, ...
+ *     in order, then the warp adds the KGw partial sums with an xor butterfly (an accumulation order, not
+ *     a change of contract)
+ *   - the last block of kv head g to finish combines, each group one head (combine_head, splits in order)
  * qkv (NH*HD + 2*NKV*HD) this token's projections; q_out (NH, HD); kc, vc (max_seq, NKV, HD);
  * qw, kw (HD); rope_cos, rope_sin (max_seq, HD/2); part (NH, nsplit, HD + 2); counters (NKV) zero at launch;
- * out (NH*HD). grid (nsplit, NKV), block 128. */
+ * out (NH*HD). grid (nsplit, NKV), block (128, NH/NKV), dynamic shared memory decode_attn_qk_smem(HD,
+ * sizeof(act<M>::T)) bytes. */
+
+/* Bytes of the K and V tiles of decode_attn_qk_kernel: DEC_CH rows each, padded by 16 bytes so that the
+ * 16-byte loads of neighbouring rows fall in different banks. */
+static constexpr size_t decode_attn_qk_smem(int HD, size_t elt) { return 2 * (size_t)DEC_CH * (HD * elt + 16); }
+
 template <int M>
-__global__ void __launch_bounds__(128, 1) decode_attn_qk_kernel(
+__global__ void __launch_bounds__(128 * DEC_MAXMUL, 1) decode_attn_qk_kernel(
     const typename act<M>::T *__restrict__ qkv, typename act<M>::T *__restrict__ q_out, typename act<M>::T *kc,
     typename act<M>::T *vc, const float *__restrict__ qw, const float *__restrict__ kw,
     const float *__restrict__ rope_cos, const float *__restrict__ rope_sin, float *__restrict__ part,
     unsigned *__restrict__ counters, typename act<M>::T *__restrict__ out, const int *__restrict__ d_pos, int NH,
     int NKV, int HD, int nsplit, float scale, float eps, int fault) {
     typedef typename act<M>::T S;
-    __shared__ __align__(16) float sq[DEC_MAXMUL * 256]; /* (kv_mul, HD) q_rope as float */
-    __shared__ float sp[DEC_MAXMUL][DEC_CH];             /* scores, then P */
-    __shared__ __align__(16) float so[1024];             /* (KG, HD) P.V partial sums of one head */
-    __shared__ float sm[DEC_MAXMUL], sl[DEC_MAXMUL], sw[DEC_CW], red[32];
+    extern __shared__ __align__(16) unsigned char dec_smem[];
+    __shared__ __align__(16) float sq[DEC_MAXMUL][256]; /* (kv_mul, HD) q_rope as float */
+    __shared__ float sp[DEC_MAXMUL][DEC_CH];             /* scores */
+    __shared__ float sw[DEC_MAXMUL][2 * DEC_CW], red[DEC_MAXMUL][32];
+    __shared__ float sqw[256], skw[256], scs[128], ssn[128]; /* q_norm, k_norm weights; this position's RoPE */
     __shared__ int last;
-    const int sidx = blockIdx.x, g = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int sidx = blockIdx.x, g = blockIdx.y, tid = threadIdx.x, hh = threadIdx.y, lane = tid & 31, wg = tid >> 5;
+    const int ltid = hh * 128 + tid, nthr = 128 * (int)blockDim.y;
     const int pos = *d_pos, n_keys = pos + 1; /* written before the graph starts: safe before the wait */
     const int ns = (n_keys + DEC_CH - 1) / DEC_CH;
     if (sidx >= ns) return;
     const int k0 = sidx * DEC_CH, nk = min(DEC_CH, n_keys - k0);
-    const int kv_mul = NH / NKV, hd2 = HD / 2;
+    const int kv_mul = NH / NKV, hd2 = HD / 2; /* kv_mul == blockDim.y */
     const size_t kv_stride = (size_t)NKV * HD;
     const bool gqa_mod = fault == QD_FAULT_GQA_MOD, no_max = fault == QD_FAULT_SOFTMAX_NO_MAX;
     const bool interleaved = fault == QD_FAULT_ROPE_INTERLEAVED;
@@ -519,152 +554,147 @@ __global__ void __launch_bounds__(128, 1) decode_attn_qk_kernel(
     /* where this token's k and v go: pos, or with fault kv-cache-pos pos - 1; the block of the split that
      * holds that position writes it (the last split when clean), so no other block reads it */
     const int wpos = fault == QD_FAULT_KV_POS && pos > 0 ? pos - 1 : pos;
-    {   /* the cached rows of this split (earlier positions): 2 lines of 128 bytes per 256-byte row */
-        const int lines = (HD * (int)sizeof(S) + 127) / 128;
-        for (int i = tid; i < 2 * nk * lines; i += blockDim.x) {
-            const int kv = i / (nk * lines), r = (i / lines) % nk, li = i % lines;
-            const S *base = (kv ? vc : kc) + (size_t)(k0 + r) * kv_stride + (size_t)g * HD;
-            prefetch_l2(reinterpret_cast<const char *>(base) + (size_t)li * 128);
+    const bool is_writer = sidx == wpos / DEC_CH;
+    const int EPC = 16 / (int)sizeof(S), LDS = HD + EPC; /* elements per 16 bytes; padded row (elements) */
+    S *sK = reinterpret_cast<S *>(dec_smem); /* (DEC_CH, LDS) */
+    S *sV = sK + DEC_CH * LDS;                /* (DEC_CH, LDS) */
+    {   /* the cached rows of this split; rows past the end are zeros (P = 0 must not meet garbage V); the
+         * row this launch writes is filled below, after the wait */
+        const int chr = HD / EPC, per = DEC_CH * chr;
+        for (int c = ltid; c < 2 * per; c += nthr) {
+            const int kv = c / per, r = (c % per) / chr, col = (c % chr) * EPC;
+            if (k0 + r == wpos) continue;
+            const bool ok = r < nk;
+            const S *src = (kv ? vc : kc) + (size_t)(k0 + r) * kv_stride + (size_t)g * HD + col;
+            cp_async16((kv ? sV : sK) + r * LDS + col, ok ? src : kc, ok);
         }
+        cp_async_commit();
+    }
+    /* weights and tables (no kernel writes them): copied now, they leave the critical path after the wait */
+    for (int i = ltid; i < HD; i += nthr) {
+        sqw[i] = qw[i];
+        skw[i] = kw[i];
+    }
+    for (int i = ltid; i < hd2; i += nthr) {
+        scs[i] = rope_cos[(size_t)pos * hd2 + i];
+        ssn[i] = rope_sin[(size_t)pos * hd2 + i];
     }
     griddep_wait();
     griddep_launch();
+    __syncthreads(); /* sqw, skw, scs, ssn */
 
-    /* q heads of this kv head (and k, v of this token in the last split), one warp per head */
-    const bool is_writer = sidx == wpos / DEC_CH;
-    const int items = kv_mul + (is_writer ? 2 : 0);
-    for (int it = warp; it < items; it += 4) {
+    /* q head of this group (and k, v of this token in the writer split, group 0's warps 1 and 2) */
+    if (wg == 0 || (is_writer && hh == 0 && wg <= 2)) { /* warp-uniform */
         float x0[QD_HEAD_MAXJ], x1[QD_HEAD_MAXJ];
-        if (it < kv_mul) {
-            const int h = dec_head(g, it, kv_mul, NKV, gqa_mod);
+        if (wg == 0) {
+            const int h = dec_head(g, hh, kv_mul, NKV, gqa_mod);
             head_load<M>(qkv + (size_t)h * HD, hd2, x0, x1);
-            head_rmsnorm<M>(x0, x1, qw, hd2, eps, fault, false);
-            head_rope<M>(x0, x1, rope_cos + (size_t)pos * hd2, rope_sin + (size_t)pos * hd2, hd2, interleaved);
+            head_rmsnorm<M>(x0, x1, sqw, hd2, eps, fault, false);
+            head_rope<M>(x0, x1, scs, ssn, hd2, interleaved);
 #pragma unroll
             for (int j = 0; j < QD_HEAD_MAXJ; j++) {
                 const int i = lane + 32 * j;
                 if (i < hd2) {
-                    sq[it * HD + i] = x0[j];
-                    sq[it * HD + i + hd2] = x1[j];
+                    sq[hh][i] = x0[j];
+                    sq[hh][i + hd2] = x1[j];
                 }
             }
             if (sidx == 0) head_store<M>(q_out + (size_t)h * HD, hd2, x0, x1);
-        } else if (it == kv_mul) {
+        } else if (wg == 1) {
             head_load<M>(qkv + (size_t)(NH + g) * HD, hd2, x0, x1);
-            head_rmsnorm<M>(x0, x1, kw, hd2, eps, fault, fault == QD_FAULT_KNORM_MUL);
-            head_rope<M>(x0, x1, rope_cos + (size_t)pos * hd2, rope_sin + (size_t)pos * hd2, hd2, interleaved);
+            head_rmsnorm<M>(x0, x1, skw, hd2, eps, fault, fault == QD_FAULT_KNORM_MUL);
+            head_rope<M>(x0, x1, scs, ssn, hd2, interleaved);
             head_store<M>(kc + (size_t)wpos * kv_stride + (size_t)g * HD, hd2, x0, x1);
+            head_store<M>(sK + (wpos - k0) * LDS, hd2, x0, x1);
         } else {
             head_load<M>(qkv + (size_t)(NH + NKV + g) * HD, hd2, x0, x1);
             head_store<M>(vc + (size_t)wpos * kv_stride + (size_t)g * HD, hd2, x0, x1);
+            head_store<M>(sV + (wpos - k0) * LDS, hd2, x0, x1);
         }
     }
+    cp_async_wait<0>();
     __syncthreads();
 
-    /* scores: two threads per key, each over half of head_dim, then added (as decode_attn_kernel) */
+    /* scores of head slot hh: two threads per key, each over half of head_dim, then added */
     {
         const int j = tid >> 1, hf = tid & 1;
-        float acc[DEC_MAXMUL];
-#pragma unroll
-        for (int hh = 0; hh < DEC_MAXMUL; hh++) acc[hh] = 0.0f;
+        float acc = 0.0f;
         if (j < nk) {
-            const S *kr = kc + (size_t)(k0 + j) * kv_stride + (size_t)g * HD + hf * hd2;
+            const S *kr = sK + j * LDS + hf * hd2;
+            const float *qh = sq[hh] + hf * hd2;
             for (int d8 = 0; d8 < hd2; d8 += 8) {
                 float kv[8];
                 ld8(kr + d8, kv);
 #pragma unroll
-                for (int hh = 0; hh < DEC_MAXMUL; hh++) {
-                    if (hh < kv_mul) {
-                        const float *qh = sq + hh * HD + hf * hd2 + d8;
-#pragma unroll
-                        for (int k = 0; k < 8; k++) acc[hh] = __fadd_rn(acc[hh], __fmul_rn(qh[k], kv[k]));
-                    }
-                }
+                for (int k = 0; k < 8; k++) acc = __fadd_rn(acc, __fmul_rn(qh[d8 + k], kv[k]));
             }
         }
-#pragma unroll
-        for (int hh = 0; hh < DEC_MAXMUL; hh++) {
-            const float s = __fadd_rn(acc[hh], __shfl_xor_sync(0xffffffffu, acc[hh], 1));
-            if (hh < kv_mul && hf == 0) sp[hh][j] = j < nk ? __fmul_rn(s, scale) : -INFINITY;
-        }
+        const float s = __fadd_rn(acc, __shfl_xor_sync(0xffffffffu, acc, 1));
+        if (hf == 0) sp[hh][j] = j < nk ? __fmul_rn(s, scale) : -INFINITY;
     }
     __syncthreads();
 
-    /* the split's softmax: one warp per query head, two keys per lane */
-    for (int hh = warp; hh < kv_mul; hh += 4) {
+    /* the split's softmax, in every warp of the group: two keys per lane */
+    const int h = dec_head(g, hh, kv_mul, NKV, gqa_mod);
+    float *ph = part + ((size_t)h * nsplit + sidx) * (HD + 2);
+    float pa, pb; /* P of keys lane and lane + 32 */
+    {
         const float a = sp[hh][lane], b = sp[hh][lane + 32];
         const float mx = no_max ? 0.0f : warp_max(fmaxf(a, b)); /* finite: every split has a key */
         const float ea = expf(__fsub_rn(a, mx)), eb = expf(__fsub_rn(b, mx));
         const float sum = warp_sum(__fadd_rn(ea, eb));
-        sp[hh][lane] = rnd<M>(ea);
-        sp[hh][lane + 32] = rnd<M>(eb);
-        if (lane == 0) {
-            sm[hh] = mx;
-            sl[hh] = sum;
+        pa = rnd<M>(ea);
+        pb = rnd<M>(eb);
+        if (wg == 0 && lane == 0) {
+            ph[HD] = mx;
+            ph[HD + 1] = sum;
         }
     }
-    __syncthreads();
 
-    /* P.V with 16-byte loads of V: DG groups of 8 dimensions x KG groups of keys */
-    const int DG = HD / 8, KG = 128 / DG, d8 = tid % DG, kg = tid / DG;
-    const bool active = kg < KG;
-    float o[DEC_MAXMUL][8];
+    /* P.V: warp wg covers dpw groups of 8 dimensions (a power of two), its lanes KGw = 32 / dpw key groups;
+     * keys past nk have P = 0 and zero rows, adding exact zeros */
+    {
+        const int DG = HD / 8, q4 = (DG + 3) / 4;
+        int dpw = 1;
+        while (dpw < q4) dpw <<= 1;
+        const int KGw = 32 / dpw, d8 = wg * dpw + (lane & (dpw - 1)), kg = lane / dpw;
+        const bool active = d8 < DG;
+        float o[8];
 #pragma unroll
-    for (int hh = 0; hh < DEC_MAXMUL; hh++)
-#pragma unroll
-        for (int k = 0; k < 8; k++) o[hh][k] = 0.0f;
-    if (active) {
-        const S *vr = vc + (size_t)k0 * kv_stride + (size_t)g * HD + d8 * 8;
-#pragma unroll 2
-        for (int jj = kg; jj < nk; jj += KG) {
-            float v[8];
-            ld8(vr + (size_t)jj * kv_stride, v);
-#pragma unroll
-            for (int hh = 0; hh < DEC_MAXMUL; hh++) {
-                if (hh < kv_mul) {
-                    const float p = sp[hh][jj];
-#pragma unroll
-                    for (int k = 0; k < 8; k++) o[hh][k] = __fmaf_rn(p, v[k], o[hh][k]);
-                }
-            }
-        }
-    }
-#pragma unroll
-    for (int hh = 0; hh < DEC_MAXMUL; hh++) {
-        if (hh < kv_mul) { /* block-uniform */
-            __syncthreads(); /* so has been read for the previous head */
+        for (int k = 0; k < 8; k++) o[k] = 0.0f;
+        const S *vr = sV + d8 * 8;
+#pragma unroll 4
+        for (int j0 = 0; j0 < DEC_CH; j0 += KGw) { /* warp-uniform: keys j0..j0+KGw-1 lie in one half */
+            const int jj = j0 + kg;
+            const float p = __shfl_sync(0xffffffffu, j0 >= 32 ? pb : pa, jj & 31);
             if (active) {
-                reinterpret_cast<float4 *>(so + kg * HD + d8 * 8)[0] = make_float4(o[hh][0], o[hh][1], o[hh][2], o[hh][3]);
-                reinterpret_cast<float4 *>(so + kg * HD + d8 * 8)[1] = make_float4(o[hh][4], o[hh][5], o[hh][6], o[hh][7]);
-            }
-            __syncthreads();
-            float *p = part + ((size_t)dec_head(g, hh, kv_mul, NKV, gqa_mod) * nsplit + sidx) * (HD + 2);
-            for (int d = tid; d < HD; d += blockDim.x) {
-                float sum = 0.0f;
-                for (int k = 0; k < KG; k++) sum = __fadd_rn(sum, so[k * HD + d]);
-                p[d] = sum;
+                float v[8];
+                ld8(vr + jj * LDS, v);
+#pragma unroll
+                for (int k = 0; k < 8; k++) o[k] = __fmaf_rn(p, v[k], o[k]);
             }
         }
-    }
-    if (tid < kv_mul) {
-        float *p = part + ((size_t)dec_head(g, tid, kv_mul, NKV, gqa_mod) * nsplit + sidx) * (HD + 2);
-        p[HD] = sm[tid];
-        p[HD + 1] = sl[tid];
+        for (int off = dpw; off < 32; off <<= 1) {
+#pragma unroll
+            for (int k = 0; k < 8; k++) o[k] = __fadd_rn(o[k], __shfl_xor_sync(0xffffffffu, o[k], off));
+        }
+        if (active) { /* every lane of the column holds the sum: lanes kg = 0..3 store two values each */
+#pragma unroll
+            for (int c = 0; c < 4; c++)
+                if (kg == c) reinterpret_cast<float2 *>(ph + d8 * 8)[c] = make_float2(o[2 * c], o[2 * c + 1]);
+        }
     }
 
     /* the last split of kv head g to finish combines (threadFenceReduction pattern) */
     __threadfence();
     __syncthreads();
-    if (tid == 0) last = atomicAdd(&counters[g], 1u) == (unsigned)(ns - 1);
+    if (ltid == 0) last = atomicAdd(&counters[g], 1u) == (unsigned)(ns - 1);
     __syncthreads();
     if (!last) return;
     __threadfence();
-    for (int hh = 0; hh < kv_mul; hh++) {
-        const int h = dec_head(g, hh, kv_mul, NKV, gqa_mod);
-        combine_head<M, true>(part + (size_t)h * nsplit * (HD + 2), ns, HD, out + (size_t)h * HD, sw, red,
-                              fault == QD_FAULT_ONLINE_RESCALE);
-    }
-    if (tid == 0) counters[g] = 0u;
+    combine_head<M, true, 8>(part + (size_t)h * nsplit * (HD + 2), ns, HD, out + (size_t)h * HD, sw[hh], red[hh],
+                          fault == QD_FAULT_ONLINE_RESCALE);
+    if (ltid == 0) counters[g] = 0u;
 }
 
 /* The unfused combine: grid NH, block 128. part (NH, nsplit, HD + 2); out (NH*HD). */
@@ -673,7 +703,7 @@ __global__ void __launch_bounds__(128) decode_combine_kernel(const float *__rest
                                                              typename act<M>::T *__restrict__ out,
                                                              const int *__restrict__ d_pos, int pos_host, int HD,
                                                              int nsplit, int fault) {
-    __shared__ float sw[DEC_CW], red[32];
+    __shared__ float sw[2 * DEC_CW], red[32];
     const int n_keys = (d_pos ? *d_pos : pos_host) + 1;
     const int ns = (n_keys + DEC_CH - 1) / DEC_CH, h = blockIdx.x;
     combine_head<M, false>(part + (size_t)h * nsplit * (HD + 2), ns, HD, out + (size_t)h * HD, sw, red,

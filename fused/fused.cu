@@ -396,6 +396,16 @@ static int set_decode_attr(qd_fused *f, const cudaDeviceProp *p, qd_err *e) {
         f->custom_decode = 0;
         return QD_OK;
     }
+    /* decode_attn_qk_kernel: static shared memory plus the split's K and V tiles */
+    const size_t asmem = decode_attn_qk_smem(f->HD, sizeof(bf16));
+    cudaFuncAttributes fa;
+    CUDA_CHECK(cudaFuncGetAttributes(&fa, decode_attn_qk_kernel<MODE_BF16>));
+    if (fa.sharedSizeBytes + asmem > p->sharedMemPerBlockOptin) {
+        f->custom_decode = 0;
+        return QD_OK;
+    }
+    CUDA_CHECK(cudaFuncSetAttribute(decode_attn_qk_kernel<MODE_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)asmem));
     if (smem + 1024 > 48 * 1024) { /* beyond the default limit with the static shared memory */
         CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<GV_NORM, GV_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<GV_NORM, GV_F32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
@@ -793,7 +803,8 @@ static int decode_step_custom(qd_fused *f, int pos_host, qd_tap_sink *sink, qd_e
         TRY(emit_dev<M>(f, sink, l, QD_TAP_K_PROJ, A<M>(f->qkv, (size_t)NH * HD), 1, (int)KV, QKV, e));
         TRY(emit_dev<M>(f, sink, l, QD_TAP_V_PROJ, A<M>(f->qkv, (size_t)NH * HD + KV), 1, (int)KV, QKV, e));
 
-        LAUNCH_EX(decode_attn_qk_kernel, f, true, decode_attn_qk_kernel<M>, dim3(f->nsplit, NKV), dim3(128), (size_t)0,
+        LAUNCH_EX(decode_attn_qk_kernel, f, true, decode_attn_qk_kernel<M>, dim3(f->nsplit, NKV), dim3(128, NH / NKV),
+                  decode_attn_qk_smem(HD, sizeof(bf16)),
                   (const bf16 *)f->qkv, A<M>(f->q), kc, vc, (const float *)w->qn, (const float *)w->kn,
                   rope_cos_of(f, l), rope_sin_of(f, l), f->part, f->counters, A<M>(f->att),
                   (const int *)(f->step + 1), NH, NKV, HD, f->nsplit, f->scale, f->eps, fk);
