@@ -10,6 +10,9 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#define QD_TEST_TMPDIR "/tmp/qd-test-st-XXXXXX"
+#include "qd_test_tmpdir.h"
+
 #include <ftw.h>
 #include <math.h>
 #include <stdio.h>
@@ -20,7 +23,6 @@
 
 #include "qd_safetensors.h"
 
-static char tmpdir[] = "/tmp/qd-test-st-XXXXXX";
 
 /* A fresh subdirectory of tmpdir per test, so tests cannot see each other's files. */
 static char *subdir(const char *name) {
@@ -602,21 +604,6 @@ static void test_duplicate_across_shards(void **state) {
 }
 
 // ----------------------------------------------------------------------------
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
-static int setup(void **state) {
-    (void)state;
-    return mkdtemp(tmpdir) ? 0 : -1;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    return nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 int main(void) {
     const struct CMUnitTest tests[] = {

@@ -12,6 +12,9 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#define QD_TEST_TMPDIR "/tmp/qd-test-weights-XXXXXX"
+#include "qd_test_tmpdir.h"
+
 #include <ftw.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -24,7 +27,6 @@
 
 enum { V = 16, C = 8, I = 12, L = 2, NH = 4, NKV = 2, HD = 4 };
 
-static char tmpdir[] = "/tmp/qd-test-weights-XXXXXX";
 
 static char *subdir(const char *name) {
     char *d = qd_path_join(tmpdir, name);
@@ -474,21 +476,6 @@ static void test_alloc(void **state) {
 }
 
 // ----------------------------------------------------------------------------
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
-static int setup(void **state) {
-    (void)state;
-    return mkdtemp(tmpdir) ? 0 : -1;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    return nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 int main(void) {
     const struct CMUnitTest tests[] = {
