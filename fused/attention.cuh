@@ -28,20 +28,6 @@
 // ----------------------------------------------------------------------------
 // PTX wrappers (sm_80+)
 
-static __device__ __forceinline__ uint32_t smem_u32(const void *p) {
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-/* 16-byte async copy; src_ok == false writes zeros (rows past the end of Q or of the cache). */
-static __device__ __forceinline__ void cp_async16(void *dst, const void *src, bool src_ok) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
-                 "r"(src_ok ? 16 : 0));
-}
-static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> static __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
 static __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -542,6 +528,7 @@ __global__ void __launch_bounds__(128 * DEC_MAXMUL, 1) decode_attn_qk_kernel(
     __shared__ int last;
     const int sidx = blockIdx.x, g = blockIdx.y, tid = threadIdx.x, hh = threadIdx.y, lane = tid & 31, wg = tid >> 5;
     const int ltid = hh * 128 + tid, nthr = 128 * (int)blockDim.y;
+    griddep_launch(); /* the next kernel may start staging its weights now */
     const int pos = *d_pos, n_keys = pos + 1; /* written before the graph starts: safe before the wait */
     const int ns = (n_keys + DEC_CH - 1) / DEC_CH;
     if (sidx >= ns) return;
@@ -580,7 +567,6 @@ __global__ void __launch_bounds__(128 * DEC_MAXMUL, 1) decode_attn_qk_kernel(
         ssn[i] = rope_sin[(size_t)pos * hd2 + i];
     }
     griddep_wait();
-    griddep_launch();
     __syncthreads(); /* sqw, skw, scs, ssn */
 
     /* q head of this group (and k, v of this token in the writer split, group 0's warps 1 and 2) */

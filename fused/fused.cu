@@ -105,6 +105,7 @@ struct qd_fused {
     int custom_decode;                /* one-token steps through gemv.cuh (else cuBLAS, as prefill) */
     int use_pdl;                      /* custom decode launches with programmatic dependent launch */
     int num_sms;
+    int gemv_staged;        /* custom decode: gemv_staged_kernel for the per-layer projections */
     float eps, scale;
     qd_fault fault;    /* the injected fault (kind QD_FAULT_NONE: none) */
     size_t aelt, welt; /* bytes per activation / weight element */
@@ -391,7 +392,7 @@ static int set_decode_attr(qd_fused *f, const cudaDeviceProp *p, qd_err *e) {
     size_t kmax = (size_t)f->C;
     if ((size_t)f->NH * f->HD > kmax) kmax = (size_t)f->NH * f->HD;
     if ((size_t)f->I > kmax) kmax = f->I;
-    const size_t smem = kmax * sizeof(float);
+    const size_t smem = kmax * sizeof(bf16); /* the streaming GEMV: its input vector */
     if (smem + 1024 > p->sharedMemPerBlockOptin) {
         f->custom_decode = 0;
         return QD_OK;
@@ -406,6 +407,23 @@ static int set_decode_attr(qd_fused *f, const cudaDeviceProp *p, qd_err *e) {
     }
     CUDA_CHECK(cudaFuncSetAttribute(decode_attn_qk_kernel<MODE_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     (int)asmem));
+    /* the staged GEMVs: a full tile and the largest input vector, within the device's opt-in limit */
+    const size_t gsmem = GS_TILE_MAX + kmax * (sizeof(float) + sizeof(bf16));
+    const char *gs = getenv("QD_FUSED_GEMV"); /* "stream": the streaming kernel everywhere (a diagnostic) */
+    f->gemv_staged = gsmem + 1024 <= p->sharedMemPerBlockOptin && !(gs && strcmp(gs, "stream") == 0);
+    if (f->gemv_staged) {
+        CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_NORM, GV_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsmem));
+        CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_NORM, GV_SWIGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsmem));
+        CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_PLAIN, GV_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsmem));
+    }
+    /* every kernel of the one-token chain asks for the largest shared-memory carveout, so that kernels
+     * of the chain can share an SM without waiting for it to drain and be reconfigured */
+    CUDA_CHECK(cudaFuncSetAttribute(decode_attn_qk_kernel<MODE_BF16>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                    (int)cudaSharedmemCarveoutMaxShared));
+    CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_NORM, GV_BF16>, cudaFuncAttributePreferredSharedMemoryCarveout, (int)cudaSharedmemCarveoutMaxShared));
+    CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_NORM, GV_SWIGLU>, cudaFuncAttributePreferredSharedMemoryCarveout, (int)cudaSharedmemCarveoutMaxShared));
+    CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_PLAIN, GV_BF16>, cudaFuncAttributePreferredSharedMemoryCarveout, (int)cudaSharedmemCarveoutMaxShared));
+    CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<GV_NORM, GV_F32>, cudaFuncAttributePreferredSharedMemoryCarveout, (int)cudaSharedmemCarveoutMaxShared));
     if (smem + 1024 > 48 * 1024) { /* beyond the default limit with the static shared memory */
         CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<GV_NORM, GV_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<GV_NORM, GV_F32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
@@ -751,14 +769,28 @@ static cudaError_t launch_ex(const qd_fused *f, bool pdl, void (*kernel)(KA...),
                            cudaGetErrorName(err_), cudaGetErrorString(err_));                             \
     } while (0)
 
-/* One GEMV of gemv.cuh: 4 warps per block, two rows per warp, at most 8 blocks per SM (a loop over the
- * rows beyond). */
+/* One GEMV of gemv.cuh. The per-layer projections (bf16 output or SwiGLU) use gemv_staged_kernel: upb
+ * units per block so that the grid is about one block per SM, fewer where a tile would pass GS_TILE_MAX
+ * (then the blocks come in waves), one warp per two rows up to GS_THREADS. The lm_head (fp32 output), and
+ * everything when the device's shared memory is too small for a tile, uses the streaming gemv_kernel:
+ * 4 warps per block, two rows per warp, at most 8 blocks per SM (a loop over the rows beyond). */
 template <int PRO, int EPI> static int gemv(qd_fused *f, const gemv_args &a, qd_err *e) {
+    const size_t row = (size_t)a.K * 2 * (EPI == GV_SWIGLU ? 2 : 1); /* weight bytes per unit */
+    if (EPI != GV_F32 && f->gemv_staged && row <= GS_TILE_MAX) {
+        size_t upb = ((size_t)a.N + f->num_sms - 1) / f->num_sms;
+        if (upb * row > GS_TILE_MAX) upb = GS_TILE_MAX / row;
+        const size_t blocks = ((size_t)a.N + upb - 1) / upb;
+        const size_t iters = EPI == GV_SWIGLU ? upb : (upb + 1) / 2;
+        const unsigned threads = (unsigned)(32 * (iters < GS_THREADS / 32 ? iters : GS_THREADS / 32));
+        LAUNCH_EX(gemv_staged_kernel, f, true, gemv_staged_kernel<PRO, EPI>, dim3((unsigned)blocks), dim3(threads),
+                  gs_smem<EPI>((int)upb, a.K), a, (int)upb);
+        return QD_OK;
+    }
     const size_t units = EPI == GV_SWIGLU ? (size_t)a.N : ((size_t)a.N + 1) / 2;
     size_t blocks = (units + GV_THREADS / 32 - 1) / (GV_THREADS / 32), cap = (size_t)f->num_sms * 8;
     if (blocks > cap) blocks = cap;
     LAUNCH_EX(gemv_kernel, f, true, gemv_kernel<PRO, EPI>, dim3((unsigned)blocks), dim3(GV_THREADS),
-              (size_t)a.K * sizeof(float), a);
+              (size_t)a.K * sizeof(bf16), a);
     return QD_OK;
 }
 

@@ -56,10 +56,109 @@ template <int EPI> static __device__ __forceinline__ int gv_units(int N) { retur
 template <int EPI> static __device__ __forceinline__ int gv_row0(int u) { return EPI == GV_SWIGLU ? u : 2 * u; }
 template <int EPI> static __device__ __forceinline__ int gv_row1(int u, int N) { return EPI == GV_SWIGLU ? N + u : 2 * u + 1; }
 
-/* dynamic shared memory: x as fp32 (K) */
+/* The GV_NORM prologue, by any block of bd threads (a multiple of 32): add_rmsnorm_kernel's arithmetic in
+ * its order. That kernel runs nt = norm_threads threads, thread t taking the chunks c8 = t, t + nt, ...,
+ * then adds the warp sums in warp order; here thread tid plays its threads tid, tid + bd, ... Leaves the
+ * normalised input in sx (K values, bf16: every value here is rounded to bf16 by the contract, so the
+ * copy is exact and its 16-byte chunks are read without bank conflicts); block 0 also stores res_out and
+ * xn_out. nw: the norm weight (global memory, or a copy in shared memory that lands on nw_bar). GV_PLAIN:
+ * x into sx. */
+template <int PRO>
+static __device__ __forceinline__ void gv_prologue(const gemv_args &a, bf16 *sx, float *red, const float *nw,
+                                                   uint64_t *nw_bar) {
+    const int tid = threadIdx.x, lane = tid & 31, bd = blockDim.x, K = a.K, K8 = K / 8;
+    if (PRO == GV_PLAIN) {
+        for (int c8 = tid; c8 < K8; c8 += bd)
+            reinterpret_cast<uint4 *>(sx)[c8] = reinterpret_cast<const uint4 *>(a.x)[c8];
+        __syncthreads();
+        return;
+    }
+    const int nt = a.norm_threads;
+    for (int h = 0; h * bd < nt; h++) {
+        const int vt = tid + h * bd; /* vt < nt is warp-uniform: nt and bd are multiples of 32 */
+        float ss = 0.0f;
+        for (int c8 = vt; c8 < K8 && vt < nt; c8 += nt) {
+            float v[8];
+            ld8(a.x + c8 * 8, v);
+            if (a.add) {
+                float b[8];
+                ld8(a.add + c8 * 8, b);
+#pragma unroll
+                for (int k = 0; k < 8; k++)
+                    v[k] = a.fault == QD_FAULT_RESIDUAL_DROP ? b[k] : rnd<MODE_BF16>(__fadd_rn(v[k], b[k]));
+            }
+            if (blockIdx.x == 0) st8(a.res_out + c8 * 8, v);
+#pragma unroll
+            for (int k = 0; k < 8; k++) ss = __fmaf_rn(v[k], v[k], ss);
+            st8(sx + c8 * 8, v); /* the residual, normalised in place below */
+        }
+        ss = warp_sum(ss);
+        if (lane == 0 && vt < nt) red[vt >> 5] = ss;
+    }
+    if (nw_bar) bulk_wait(nw_bar);
+    __syncthreads(); /* red, sx and the norm weight complete */
+    float ss = 0.0f;
+    for (int i = 0; i < nt / 32; i++) ss = __fadd_rn(ss, red[i]);
+    if (a.fault == QD_FAULT_NORM_SUMSQ_LOWP) { /* block-uniform */
+        ss = sumsq_lowp<MODE_BF16>(sx, K);
+        __syncthreads(); /* every thread has read sx before it is normalised in place */
+    }
+    const float scale = rms_scale_f(ss, K, a.eps, a.fault);
+    for (int c8 = tid; c8 < K8; c8 += bd) {
+        float v[8], w[8];
+        ld8(sx + c8 * 8, v);
+        ld8(nw + c8 * 8, w);
+#pragma unroll
+        for (int k = 0; k < 8; k++) v[k] = rnd<MODE_BF16>(__fmul_rn(__fmul_rn(v[k], scale), w[k]));
+        if (blockIdx.x == 0) st8(a.xn_out + c8 * 8, v);
+        st8(sx + c8 * 8, v);
+    }
+    __syncthreads();
+}
+
+/* acc0 += (8 weights of q0) . x, acc1 += (8 weights of q1) . x: one lane's 8 products per row, in order */
+static __device__ __forceinline__ void gv_fma8(float &acc0, float &acc1, const uint4 q0, const uint4 q1,
+                                               const uint4 xq) {
+    const __nv_bfloat162 *h0 = reinterpret_cast<const __nv_bfloat162 *>(&q0);
+    const __nv_bfloat162 *h1 = reinterpret_cast<const __nv_bfloat162 *>(&q1);
+    const __nv_bfloat162 *hx = reinterpret_cast<const __nv_bfloat162 *>(&xq);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const float2 f0 = __bfloat1622float2(h0[k]), f1 = __bfloat1622float2(h1[k]), x = __bfloat1622float2(hx[k]);
+        acc0 = __fmaf_rn(f0.x, x.x, acc0);
+        acc0 = __fmaf_rn(f0.y, x.y, acc0);
+        acc1 = __fmaf_rn(f1.x, x.x, acc1);
+        acc1 = __fmaf_rn(f1.y, x.y, acc1);
+    }
+}
+
+/* The epilogue of rows r0 and r1 (r1 only if has1), by one lane: acc0/acc1 are the finished sums. */
+template <int EPI>
+static __device__ __forceinline__ void gv_store(const gemv_args &a, int r0, int r1, bool has1, float acc0, float acc1) {
+    if (EPI == GV_F32) {
+        float *o = (float *)a.out;
+        o[r0] = acc0;
+        if (has1) o[r1] = acc1;
+    } else if (EPI == GV_BF16) {
+        bf16 *o = (bf16 *)a.out;
+        o[r0] = __float2bfloat16_rn(acc0);
+        if (has1) o[r1] = __float2bfloat16_rn(acc1);
+    } else { /* gate and up rounded and stored (the taps), act over the rounded values */
+        bf16 *o = (bf16 *)a.out;
+        const float g = rnd<MODE_BF16>(acc0), up = rnd<MODE_BF16>(acc1);
+        o[r0] = __float2bfloat16_rn(g);
+        o[r1] = __float2bfloat16_rn(up);
+        const float silu = a.fault == QD_FAULT_ACT_GELU ? gelu_fault(g) : __fdiv_rn(g, __fadd_rn(1.0f, expf(-g)));
+        a.act[r0] = __float2bfloat16_rn(__fmul_rn(silu, up));
+    }
+}
+
+/* The streaming GEMV (the lm_head, and any matrix whose rows do not fit gemv_staged_kernel's tile).
+ * dynamic shared memory: x as bf16 (K) */
 template <int PRO, int EPI>
 __global__ void __launch_bounds__(GV_THREADS) gemv_kernel(const gemv_args a) {
-    extern __shared__ __align__(16) float sx[]; /* (K) */
+    extern __shared__ __align__(16) unsigned char gv_mem[];
+    bf16 *sx = reinterpret_cast<bf16 *>(gv_mem); /* (K) */
     __shared__ float red[32];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int K = a.K, K8 = K / 8, N = a.N, units = gv_units<EPI>(N);
@@ -78,62 +177,7 @@ __global__ void __launch_bounds__(GV_THREADS) gemv_kernel(const gemv_args a) {
     }
     griddep_wait();   /* the previous kernel has finished and its writes are visible */
     griddep_launch(); /* the next one may start its own weight prefetch */
-
-    if (PRO == GV_PLAIN) {
-        for (int c8 = tid; c8 < K8; c8 += GV_THREADS) {
-            float v[8];
-            ld8(a.x + c8 * 8, v);
-            reinterpret_cast<float4 *>(sx + c8 * 8)[0] = make_float4(v[0], v[1], v[2], v[3]);
-            reinterpret_cast<float4 *>(sx + c8 * 8)[1] = make_float4(v[4], v[5], v[6], v[7]);
-        }
-        __syncthreads();
-    } else {
-        /* add_rmsnorm_kernel's arithmetic in its order: it runs nt = norm_threads threads, thread t
-         * taking the chunks c8 = t, t + nt, ..., then warp sums added in warp order. Here thread tid plays
-         * the threads tid and tid + GV_THREADS of that block. */
-        const int nt = a.norm_threads;
-        float ssv[2] = {0.0f, 0.0f};
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int vt = tid + h * GV_THREADS;
-            for (int c8 = vt; c8 < K8 && vt < nt; c8 += nt) {
-                float v[8];
-                ld8(a.x + c8 * 8, v);
-                if (a.add) {
-                    float b[8];
-                    ld8(a.add + c8 * 8, b);
-#pragma unroll
-                    for (int k = 0; k < 8; k++)
-                        v[k] = a.fault == QD_FAULT_RESIDUAL_DROP ? b[k] : rnd<MODE_BF16>(__fadd_rn(v[k], b[k]));
-                }
-                if (blockIdx.x == 0) st8(a.res_out + c8 * 8, v);
-#pragma unroll
-                for (int k = 0; k < 8; k++) {
-                    ssv[h] = __fmaf_rn(v[k], v[k], ssv[h]);
-                    sx[c8 * 8 + k] = v[k]; /* the residual, normalised in place below */
-                }
-            }
-        }
-        const float w0 = warp_sum(ssv[0]), w1 = warp_sum(ssv[1]);
-        if (lane == 0) {
-            red[warp] = w0;
-            red[warp + GV_THREADS / 32] = w1;
-        }
-        __syncthreads(); /* red and sx complete */
-        float ss = 0.0f;
-        for (int i = 0; i < nt / 32; i++) ss = __fadd_rn(ss, red[i]);
-        if (a.fault == QD_FAULT_NORM_SUMSQ_LOWP) { /* block-uniform */
-            ss = sumsq_lowp<MODE_BF16>(sx, K);
-            __syncthreads(); /* every thread has read sx before it is normalised in place */
-        }
-        const float scale = rms_scale_f(ss, K, a.eps, a.fault);
-        for (int i = tid; i < K; i += GV_THREADS) {
-            const float v = rnd<MODE_BF16>(__fmul_rn(__fmul_rn(sx[i], scale), a.nw[i]));
-            if (blockIdx.x == 0) a.xn_out[i] = __float2bfloat16_rn(v);
-            sx[i] = v;
-        }
-        __syncthreads();
-    }
+    gv_prologue<PRO>(a, sx, red, a.nw, nullptr);
 
     for (int u = gwarp; u < units; u += nwarps) {
         const int r0 = gv_row0<EPI>(u), r1 = gv_row1<EPI>(u, N);
@@ -153,43 +197,88 @@ __global__ void __launch_bounds__(GV_THREADS) gemv_kernel(const gemv_args a) {
 #pragma unroll
             for (int j = 0; j < GV_U; j++) {
                 const int c8 = (i0 + j) * 32 + lane;
-                if (c8 < K8) {
-                    const float4 xa = reinterpret_cast<const float4 *>(sx + c8 * 8)[0];
-                    const float4 xb = reinterpret_cast<const float4 *>(sx + c8 * 8)[1];
-                    const float xv[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
-                    const __nv_bfloat162 *h0 = reinterpret_cast<const __nv_bfloat162 *>(&q0[j]);
-                    const __nv_bfloat162 *h1 = reinterpret_cast<const __nv_bfloat162 *>(&q1[j]);
-#pragma unroll
-                    for (int k = 0; k < 4; k++) {
-                        const float2 f0 = __bfloat1622float2(h0[k]), f1 = __bfloat1622float2(h1[k]);
-                        acc0 = __fmaf_rn(f0.x, xv[2 * k], acc0);
-                        acc0 = __fmaf_rn(f0.y, xv[2 * k + 1], acc0);
-                        acc1 = __fmaf_rn(f1.x, xv[2 * k], acc1);
-                        acc1 = __fmaf_rn(f1.y, xv[2 * k + 1], acc1);
-                    }
-                }
+                if (c8 < K8) gv_fma8(acc0, acc1, q0[j], q1[j], reinterpret_cast<const uint4 *>(sx)[c8]);
             }
         }
         acc0 = warp_sum(acc0);
         acc1 = warp_sum(acc1);
-        if (lane == 0) {
-            if (EPI == GV_F32) {
-                float *o = (float *)a.out;
-                o[r0] = acc0;
-                if (has1) o[r1] = acc1;
-            } else if (EPI == GV_BF16) {
-                bf16 *o = (bf16 *)a.out;
-                o[r0] = __float2bfloat16_rn(acc0);
-                if (has1) o[r1] = __float2bfloat16_rn(acc1);
-            } else { /* gate and up rounded and stored (the taps), act over the rounded values */
-                bf16 *o = (bf16 *)a.out;
-                const float g = rnd<MODE_BF16>(acc0), up = rnd<MODE_BF16>(acc1);
-                o[r0] = __float2bfloat16_rn(g);
-                o[r1] = __float2bfloat16_rn(up);
-                const float silu = a.fault == QD_FAULT_ACT_GELU ? gelu_fault(g) : __fdiv_rn(g, __fadd_rn(1.0f, expf(-g)));
-                a.act[r0] = __float2bfloat16_rn(__fmul_rn(silu, up));
-            }
+        if (lane == 0) gv_store<EPI>(a, r0, r1, has1, acc0, acc1);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// The staged GEMV of the per-layer projections: a block owns upb consecutive units (GV_BF16: rows;
+// GV_SWIGLU: gate row u with up row N + u) and copies all their weights into shared memory (bulk copies of
+// the TMA on sm_90, cp.async before) before griddepcontrol.wait. It lets the next kernel launch first thing, so while one kernel waits for
+// its input and computes, the next ones of the step are already pulling their weights: the DRAM stream
+// no longer stops at every dependency. The host sizes upb so that the grid is about one block per SM and
+// the tile at most GS_TILE_MAX bytes (three consecutive kernels of a layer fit on an SM together).
+// Arithmetic per row is gemv_kernel's: each lane its chunks c8 = lane, lane + 32, ... in order, then the
+// xor butterfly, so both kernels give bitwise the same outputs.
+
+#define GS_THREADS 256                /* at most; the host gives a block one warp per two rows */
+#define GS_TILE_MAX (96 * 1024 + 512) /* weight bytes per block: a 0.6B gate/up tile is 96 KiB */
+
+/* Rows of weights one block stages: upb units, two rows per unit for GV_SWIGLU. */
+template <int EPI> static __host__ __device__ __forceinline__ int gs_rows(int upb) { return EPI == GV_SWIGLU ? 2 * upb : upb; }
+/* dynamic shared memory: the weight tile (gs_rows x K bf16), the norm weight (K fp32), x (K bf16) */
+template <int EPI> static __host__ __device__ __forceinline__ size_t gs_smem(int upb, int K) {
+    return (size_t)gs_rows<EPI>(upb) * K * 2 + (size_t)K * 4 + (size_t)K * 2;
+}
+
+template <int PRO, int EPI>
+__global__ void __launch_bounds__(GS_THREADS) gemv_staged_kernel(const gemv_args a, int upb) {
+    extern __shared__ __align__(16) unsigned char gs_mem[];
+    __shared__ float red[32];
+    __shared__ __align__(8) uint64_t bar[2]; /* the weight tile; the norm weight */
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
+    const int K = a.K, K8 = K / 8, N = a.N;
+    const int u0 = blockIdx.x * upb, nu = min(upb, N - u0);
+    const size_t tile = (size_t)gs_rows<EPI>(upb) * K * 2;
+    uint4 *sw = reinterpret_cast<uint4 *>(gs_mem);                       /* (gs_rows, K8) */
+    float *snw = reinterpret_cast<float *>(gs_mem + tile);                /* (K) */
+    bf16 *sx = reinterpret_cast<bf16 *>(gs_mem + tile + (size_t)K * 4); /* (K) */
+
+    if (tid == 0) {
+        mbar_init(&bar[0]);
+        mbar_init(&bar[1]);
+    }
+    __syncthreads();
+    griddep_launch(); /* the next kernel may start staging its weights now */
+    if (!QD_HAVE_TMA || tid == 0) { /* weights only: nothing a kernel of the step writes */
+        if (PRO == GV_NORM) {
+            void *const d[1] = {snw};
+            const void *const s[1] = {a.nw};
+            const unsigned len[1] = {(unsigned)K * 4};
+            bulk_load(&bar[1], d, s, len, 1);
         }
+        const unsigned bytes = (unsigned)nu * K * 2;
+        void *const dst[2] = {sw, sw + (size_t)upb * K8};
+        const void *const src[2] = {a.W + (size_t)u0 * K, a.W + (size_t)(N + u0) * K};
+        const unsigned len[2] = {bytes, bytes};
+        bulk_load(&bar[0], dst, src, len, EPI == GV_SWIGLU ? 2 : 1);
+    }
+    griddep_wait(); /* the previous kernel has finished and its writes are visible */
+    gv_prologue<PRO>(a, sx, red, snw, &bar[1]);
+    bulk_wait(&bar[0]);
+    __syncthreads(); /* fallback: every thread's copies have landed */
+
+    const uint4 *sxq = reinterpret_cast<const uint4 *>(sx);
+    const int iters = EPI == GV_SWIGLU ? nu : (nu + 1) / 2;
+    for (int it = warp; it < iters; it += nw) {
+        const int s0 = EPI == GV_SWIGLU ? it : 2 * it, s1 = EPI == GV_SWIGLU ? upb + it : 2 * it + 1;
+        const bool has1 = EPI == GV_SWIGLU || s1 < nu; /* warp-uniform */
+        const uint4 *w0 = sw + (size_t)s0 * K8, *w1 = sw + (size_t)(has1 ? s1 : s0) * K8;
+        float acc0 = 0.0f, acc1 = 0.0f;
+#pragma unroll 4
+        for (int c8 = lane; c8 < K8; c8 += 32) {
+            const uint4 q0 = w0[c8], q1 = w1[c8], xq = sxq[c8]; /* 16-byte loads, conflict-free */
+            gv_fma8(acc0, acc1, q0, q1, xq);
+        }
+        acc0 = warp_sum(acc0);
+        acc1 = warp_sum(acc1);
+        const int r0 = u0 + s0, r1 = EPI == GV_SWIGLU ? N + u0 + it : u0 + s1;
+        if (lane == 0) gv_store<EPI>(a, r0, r1, has1, acc0, acc1);
     }
 }
 

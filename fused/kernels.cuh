@@ -98,7 +98,11 @@ static __device__ __forceinline__ void griddep_wait() {
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
 }
-/* Lets the next kernel launch; called after griddep_wait, so at most two kernels overlap. */
+/* Lets the next kernel launch (its blocks start once every block of this one has called it or exited).
+ * The one-token chain (gemv.cuh, decode_attn_qk_kernel) calls it first thing, so that the next kernels
+ * stage their weights while this one waits and computes: safe because before griddep_wait a kernel reads
+ * only what no kernel of the step writes, and after it every earlier kernel has completed (each one
+ * completes only after its own wait). Kernels that call it after griddep_wait keep at most two in flight. */
 static __device__ __forceinline__ void griddep_launch() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
@@ -107,6 +111,87 @@ static __device__ __forceinline__ void griddep_launch() {
 static __device__ __forceinline__ void prefetch_l2(const void *p) {
     asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
 }
+
+// ----------------------------------------------------------------------------
+// asynchronous copies to shared memory (sm_80+)
+
+static __device__ __forceinline__ uint32_t smem_u32(const void *p) {
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+/* 16-byte async copy; src_ok == false writes zeros (rows past the end of Q or of the cache). */
+static __device__ __forceinline__ void cp_async16(void *dst, const void *src, bool src_ok) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+                 "r"(src_ok ? 16 : 0));
+}
+static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> static __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* Bulk copies by the Tensor Memory Accelerator (sm_90): one instruction moves a whole contiguous range
+ * into shared memory and signals an mbarrier when its bytes have landed; the SM's load/store pipe stays
+ * free for the kernels that are computing beside it. Before sm_90 (the PTX fallback) the same calls are
+ * 16-byte cp.async copies by the whole block and a cp.async wait. */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define QD_HAVE_TMA 1
+#else
+#define QD_HAVE_TMA 0
+#endif
+
+/* One thread: an mbarrier for one phase of arrivals; the block must __syncthreads() before using it. */
+static __device__ __forceinline__ void mbar_init(uint64_t *bar) {
+#if QD_HAVE_TMA
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_u32(bar)));
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#else
+    (void)bar;
+#endif
+}
+/* One thread: expect bytes, then copy the n ranges (dst[i], src[i], bytes[i], each 16-byte aligned and a
+ * multiple of 16 bytes). With the fallback, every thread of the block must call it (the copies are
+ * spread over the block). */
+static __device__ __forceinline__ void bulk_load(uint64_t *bar, void *const *dst, const void *const *src,
+                                                 const unsigned *bytes, int n) {
+#if QD_HAVE_TMA
+    unsigned total = 0;
+    for (int i = 0; i < n; i++) total += bytes[i];
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(total)
+                 : "memory");
+    for (int i = 0; i < n; i++)
+        for (unsigned off = 0; off < bytes[i]; off += 32768u) { /* 32 KiB pieces: several in flight */
+            const unsigned len = bytes[i] - off < 32768u ? bytes[i] - off : 32768u;
+            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                             smem_u32((char *)dst[i] + off)),
+                         "l"((const char *)src[i] + off), "r"(len), "r"(smem_u32(bar))
+                         : "memory");
+        }
+#else
+    (void)bar;
+    for (int i = 0; i < n; i++) {
+        uint4 *d = (uint4 *)dst[i];
+        const uint4 *s = (const uint4 *)src[i];
+        for (unsigned c = threadIdx.x; c < bytes[i] / 16; c += blockDim.x) cp_async16(d + c, s + c, true);
+    }
+    cp_async_commit();
+#endif
+}
+/* Every thread: until the copies of bulk_load have landed (phase 0 of a fresh barrier). The fallback
+ * waits for the thread's own cp.async copies; a __syncthreads() must follow before reading. */
+static __device__ __forceinline__ void bulk_wait(uint64_t *bar) {
+#if QD_HAVE_TMA
+    uint32_t done = 0;
+    while (!done)
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(smem_u32(bar))
+                     : "memory");
+#else
+    (void)bar;
+    cp_async_wait<0>();
+#endif
+}
+
 
 // ----------------------------------------------------------------------------
 // reductions in a fixed order
