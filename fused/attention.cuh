@@ -512,8 +512,13 @@ __global__ void __launch_bounds__(128) decode_attn_kernel(const typename act<M>:
  * 16-byte loads of neighbouring rows fall in different banks. */
 static constexpr size_t decode_attn_qk_smem(int HD, size_t elt) { return 2 * (size_t)DEC_CH * (HD * elt + 16); }
 
-template <int M>
-__global__ void __launch_bounds__(128 * DEC_MAXMUL, 1) decode_attn_qk_kernel(
+/* MUL: the most query heads per kv head the instantiation serves (2, 4 or 8; the host takes the smallest
+ * that covers NH/NKV): it sizes the per-head shared arrays (the 8-head instantiation alone needs 30 KB of
+ * static shared memory, the 2-head one 10 KB) and bounds the block to 128 * MUL threads at 64 registers, so that 1024 threads
+ * of the kernel fit on an SM beside the GEMVs of the chain: at long context its grid of splits x kv heads
+ * is several blocks per SM. */
+template <int M, int MUL>
+__global__ void __launch_bounds__(128 * MUL, 8 / MUL) decode_attn_qk_kernel(
     const typename act<M>::T *__restrict__ qkv, typename act<M>::T *__restrict__ q_out, typename act<M>::T *kc,
     typename act<M>::T *vc, const float *__restrict__ qw, const float *__restrict__ kw,
     const float *__restrict__ rope_cos, const float *__restrict__ rope_sin, float *__restrict__ part,
@@ -521,9 +526,9 @@ __global__ void __launch_bounds__(128 * DEC_MAXMUL, 1) decode_attn_qk_kernel(
     int NKV, int HD, int nsplit, float scale, float eps, int fault) {
     typedef typename act<M>::T S;
     extern __shared__ __align__(16) unsigned char dec_smem[];
-    __shared__ __align__(16) float sq[DEC_MAXMUL][256]; /* (kv_mul, HD) q_rope as float */
-    __shared__ float sp[DEC_MAXMUL][DEC_CH];             /* scores */
-    __shared__ float sw[DEC_MAXMUL][2 * DEC_CW], red[DEC_MAXMUL][32];
+    __shared__ __align__(16) float sq[MUL][256]; /* (kv_mul, HD) q_rope as float */
+    __shared__ float sp[MUL][DEC_CH];             /* scores */
+    __shared__ float sw[MUL][2 * DEC_CW], red[MUL][32];
     __shared__ float sqw[256], skw[256], scs[128], ssn[128]; /* q_norm, k_norm weights; this position's RoPE */
     __shared__ int last;
     const int sidx = blockIdx.x, g = blockIdx.y, tid = threadIdx.x, hh = threadIdx.y, lane = tid & 31, wg = tid >> 5;
@@ -609,10 +614,11 @@ __global__ void __launch_bounds__(128 * DEC_MAXMUL, 1) decode_attn_qk_kernel(
             const S *kr = sK + j * LDS + hf * hd2;
             const float *qh = sq[hh] + hf * hd2;
             for (int d8 = 0; d8 < hd2; d8 += 8) {
-                float kv[8];
+                float kv[8], qv[8];
                 ld8(kr + d8, kv);
+                ld8(qh + d8, qv); /* two 16-byte loads, not eight */
 #pragma unroll
-                for (int k = 0; k < 8; k++) acc = __fadd_rn(acc, __fmul_rn(qh[d8 + k], kv[k]));
+                for (int k = 0; k < 8; k++) acc = __fadd_rn(acc, __fmul_rn(qv[k], kv[k]));
             }
         }
         const float s = __fadd_rn(acc, __shfl_xor_sync(0xffffffffu, acc, 1));
@@ -679,7 +685,7 @@ __global__ void __launch_bounds__(128 * DEC_MAXMUL, 1) decode_attn_qk_kernel(
     if (!last) return;
     __threadfence();
     combine_head<M, true, 8>(part + (size_t)h * nsplit * (HD + 2), ns, HD, out + (size_t)h * HD, sw[hh], red[hh],
-                          fault == QD_FAULT_ONLINE_RESCALE);
+                             fault == QD_FAULT_ONLINE_RESCALE);
     if (ltid == 0) counters[g] = 0u;
 }
 

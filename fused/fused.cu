@@ -95,6 +95,8 @@ typedef struct {
     float *kn;   /* (HD) k_norm */
 } layer_dev;
 
+typedef decltype(&decode_attn_qk_kernel<MODE_BF16, 2>) dec_attn_fn; /* any instantiation: one signature */
+
 struct qd_fused {
     qd_config cfg;
     qd_act_dtype act;
@@ -106,6 +108,7 @@ struct qd_fused {
     int use_pdl;                      /* custom decode launches with programmatic dependent launch */
     int num_sms;
     int gemv_staged;        /* custom decode: gemv_staged_kernel for the per-layer projections */
+    dec_attn_fn dec_attn;   /* custom decode: decode_attn_qk_kernel for this kv_mul */
     float eps, scale;
     qd_fault fault;    /* the injected fault (kind QD_FAULT_NONE: none) */
     size_t aelt, welt; /* bytes per activation / weight element */
@@ -381,8 +384,16 @@ static int set_flash_attr(qd_fused *f, qd_err *e) {
     return QD_OK;
 }
 
-/* The custom decode's GEMVs hold their input vector in shared memory as fp32 (K floats): above the
- * default 48 KB they need the opt-in limit raised, and past the device's limit decode stays on cuBLAS. */
+/* The decode attention instantiation for kv_mul query heads per kv head (at most DEC_MAXMUL). */
+static dec_attn_fn dec_attn_for(int kv_mul) {
+    return kv_mul <= 2 ? decode_attn_qk_kernel<MODE_BF16, 2>
+           : kv_mul <= 4 ? decode_attn_qk_kernel<MODE_BF16, 4>
+                         : decode_attn_qk_kernel<MODE_BF16, 8>;
+}
+
+/* The custom decode's kernels: the streaming GEMV holds its input vector in shared memory (K bf16), the
+ * staged GEMVs a weight tile as well, the attention its K/V tiles; above the default 48 KB they need the
+ * opt-in limit raised, and past the device's limit decode stays on cuBLAS. */
 static int set_decode_attr(qd_fused *f, const cudaDeviceProp *p, qd_err *e) {
     f->num_sms = p->multiProcessorCount;
     /* programmatic dependent launch: sm_90; QD_FUSED_PDL=0 turns it off (a diagnostic) */
@@ -397,16 +408,17 @@ static int set_decode_attr(qd_fused *f, const cudaDeviceProp *p, qd_err *e) {
         f->custom_decode = 0;
         return QD_OK;
     }
-    /* decode_attn_qk_kernel: static shared memory plus the split's K and V tiles */
+    /* decode_attn_qk_kernel: the instantiation for this kv_mul; static shared memory plus the split's K and
+     * V tiles */
+    f->dec_attn = dec_attn_for(f->NH / f->NKV);
     const size_t asmem = decode_attn_qk_smem(f->HD, sizeof(bf16));
     cudaFuncAttributes fa;
-    CUDA_CHECK(cudaFuncGetAttributes(&fa, decode_attn_qk_kernel<MODE_BF16>));
+    CUDA_CHECK(cudaFuncGetAttributes(&fa, f->dec_attn));
     if (fa.sharedSizeBytes + asmem > p->sharedMemPerBlockOptin) {
         f->custom_decode = 0;
         return QD_OK;
     }
-    CUDA_CHECK(cudaFuncSetAttribute(decode_attn_qk_kernel<MODE_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    (int)asmem));
+    CUDA_CHECK(cudaFuncSetAttribute(f->dec_attn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)asmem));
     /* the staged GEMVs: a full tile and the largest input vector, within the device's opt-in limit */
     const size_t gsmem = GS_TILE_MAX + kmax * (sizeof(float) + sizeof(bf16));
     const char *gs = getenv("QD_FUSED_GEMV"); /* "stream": the streaming kernel everywhere (a diagnostic) */
@@ -418,7 +430,7 @@ static int set_decode_attr(qd_fused *f, const cudaDeviceProp *p, qd_err *e) {
     }
     /* every kernel of the one-token chain asks for the largest shared-memory carveout, so that kernels
      * of the chain can share an SM without waiting for it to drain and be reconfigured */
-    CUDA_CHECK(cudaFuncSetAttribute(decode_attn_qk_kernel<MODE_BF16>, cudaFuncAttributePreferredSharedMemoryCarveout,
+    CUDA_CHECK(cudaFuncSetAttribute(f->dec_attn, cudaFuncAttributePreferredSharedMemoryCarveout,
                                     (int)cudaSharedmemCarveoutMaxShared));
     CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_NORM, GV_BF16>, cudaFuncAttributePreferredSharedMemoryCarveout, (int)cudaSharedmemCarveoutMaxShared));
     CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_NORM, GV_SWIGLU>, cudaFuncAttributePreferredSharedMemoryCarveout, (int)cudaSharedmemCarveoutMaxShared));
@@ -835,7 +847,7 @@ static int decode_step_custom(qd_fused *f, int pos_host, qd_tap_sink *sink, qd_e
         TRY(emit_dev<M>(f, sink, l, QD_TAP_K_PROJ, A<M>(f->qkv, (size_t)NH * HD), 1, (int)KV, QKV, e));
         TRY(emit_dev<M>(f, sink, l, QD_TAP_V_PROJ, A<M>(f->qkv, (size_t)NH * HD + KV), 1, (int)KV, QKV, e));
 
-        LAUNCH_EX(decode_attn_qk_kernel, f, true, decode_attn_qk_kernel<M>, dim3(f->nsplit, NKV), dim3(128, NH / NKV),
+        LAUNCH_EX(decode_attn_qk_kernel, f, true, f->dec_attn, dim3(f->nsplit, NKV), dim3(128, NH / NKV),
                   decode_attn_qk_smem(HD, sizeof(bf16)),
                   (const bf16 *)f->qkv, A<M>(f->q), kc, vc, (const float *)w->qn, (const float *)w->kn,
                   rope_cos_of(f, l), rope_sin_of(f, l), f->part, f->counters, A<M>(f->att),

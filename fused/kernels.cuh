@@ -368,6 +368,7 @@ static __device__ float head_sumsq_lowp(const float x0[QD_HEAD_MAXJ], const floa
     for (int half = 0; half < 2; half++) {
 #pragma unroll
         for (int j = 0; j < QD_HEAD_MAXJ; j++) {
+#pragma unroll 1 /* a fault path: kept small, so that the clean path of the kernels stays in instruction cache */
             for (int l = 0; l < 32; l++) {
                 const float v = __shfl_sync(0xffffffffu, half ? x1[j] : x0[j], l);
                 if (l + 32 * j < hd2) ss = rnd<M>(__fadd_rn(ss, rnd<M>(__fmul_rn(v, v))));
