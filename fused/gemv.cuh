@@ -1,10 +1,16 @@
 /* gemv.cuh: the decode (one token) matrix-vector products of the fused path, bf16 only (docs/FUSED.md).
  *
  * For T = 1 a GEMM is a GEMV: every weight byte is read once and used once, so the step is bound by
- * memory bandwidth and by the number of launches. gemv_kernel reads each weight row with 16-byte loads
- * (8 bf16 per lane, a warp covering 256 consecutive values, coalesced), keeps several of them in flight
- * per lane, accumulates in fp32 with fused multiply-adds in a fixed order (each lane its chunks in
- * order, then the xor butterfly of warp_sum), and rounds each output once where the contract stores it.
+ * memory bandwidth and by the latency of its chain of kernels. Two kernels, one arithmetic:
+ *   gemv_staged_kernel  the per-layer projections: a block copies its whole weight tile into shared
+ *                       memory before griddepcontrol.wait (below), then computes from there
+ *   gemv_kernel         the lm_head (and tiles too large for shared memory): streams the weights from
+ *                       global memory, several 16-byte loads in flight per lane
+ * Both read each row in 16-byte chunks (8 bf16 per lane, a warp covering 256 consecutive values),
+ * accumulate in fp32 with fused multiply-adds in a fixed order (each lane its chunks in order, then the
+ * xor butterfly of warp_sum), and round each output once where the contract stores it: a row's value
+ * does not depend on which kernel computed it. The input vector is held in shared memory as bf16 (every
+ * value there is bf16 by the contract).
  * What it may fold in without changing a value (docs/PRECISION.md: a fused kernel rounds where the
  * unfused one stores):
  *   prologue GV_NORM    res = A(res + add) and x = A(res * rsqrt(mean(res^2) + eps) * w), the very
@@ -18,8 +24,10 @@
  * norm, so it hosts norm-sumsq-lowp and eps-outside-sqrt as add_rmsnorm_kernel does, and residual-drop
  * (res = add; the host passes it only to the mlp_norm launch, whose add is the attention residual); the
  * GV_SWIGLU epilogue hosts act-gelu.
- * Programmatic dependent launch: before griddepcontrol.wait a block touches only weights (an L2 prefetch
- * of its first rows), which overlaps the previous kernel's tail; after it, it lets the next kernel launch. */
+ * Programmatic dependent launch: before griddepcontrol.wait a block touches only weights (the staged
+ * kernel: all of its tile and the norm weight, by bulk copies; the streaming kernel: an L2 prefetch of
+ * its first rows). The staged kernel lets the next kernel launch first thing, the streaming one (the
+ * last of the step) after its wait. */
 #ifndef QD_FUSED_GEMV_CUH
 #define QD_FUSED_GEMV_CUH
 
@@ -209,9 +217,9 @@ __global__ void __launch_bounds__(GV_THREADS) gemv_kernel(const gemv_args a) {
 // ----------------------------------------------------------------------------
 // The staged GEMV of the per-layer projections: a block owns upb consecutive units (GV_BF16: rows;
 // GV_SWIGLU: gate row u with up row N + u) and copies all their weights into shared memory (bulk copies of
-// the TMA on sm_90, cp.async before) before griddepcontrol.wait. It lets the next kernel launch first thing, so while one kernel waits for
-// its input and computes, the next ones of the step are already pulling their weights: the DRAM stream
-// no longer stops at every dependency. The host sizes upb so that the grid is about one block per SM and
+// the TMA on sm_90, cp.async before) before griddepcontrol.wait. It lets the next kernel launch first
+// thing, so while one kernel waits for its input and computes, the next ones of the step are already
+// pulling their weights: the DRAM stream no longer stops at every dependency. The host sizes upb so that the grid is about one block per SM and
 // the tile at most GS_TILE_MAX bytes (three consecutive kernels of a layer fit on an SM together).
 // Arithmetic per row is gemv_kernel's: each lane its chunks c8 = lane, lane + 32, ... in order, then the
 // xor butterfly, so both kernels give bitwise the same outputs.
