@@ -645,6 +645,33 @@ static double check_decode_custom_vs_cublas(const qd_weights *w, const int32_t *
     return worst;
 }
 
+/* The staged GEMV (the default for the per-layer projections) and the streaming one (QD_FUSED_GEMV=stream,
+ * read at create) compute every row with the same arithmetic in the same order, and their folded norms
+ * emulate one reduction order (gemv.cuh): the decoded logits must be bitwise equal, step after step. */
+static void check_decode_staged_vs_stream(const qd_weights *w, const int32_t *tok, int T0, int steps,
+                                          const char *what) {
+    size_t V = w->cfg.vocab_size;
+    qd_err err;
+    float *out[2] = {malloc((size_t)steps * V * sizeof(float)), malloc((size_t)steps * V * sizeof(float))};
+    for (int k = 0; k < 2; k++) {
+        if (k) setenv("QD_FUSED_GEMV", "stream", 1);
+        else unsetenv("QD_FUSED_GEMV");
+        qd_fused *f = fused_new_dec(w, QD_ACT_BF16, T0 + steps, 0, 0);
+        unsetenv("QD_FUSED_GEMV");
+        FUSED_OK(qd_fused_prefill(f, tok, T0, NULL, NULL, &err));
+        for (int s = 0; s < steps; s++)
+            FUSED_OK(qd_fused_decode(f, tok[(T0 + s) % T0], out[k] + (size_t)s * V, NULL, &err));
+        qd_fused_free(f);
+    }
+    for (int s = 0; s < steps; s++)
+        if (memcmp(out[0] + (size_t)s * V, out[1] + (size_t)s * V, V * sizeof(float)) != 0)
+            fail_msg("%s: step %d: staged and streaming GEMV decode logits differ (rel_l2 %.3g)", what, s,
+                     rel_l2(out[0] + (size_t)s * V, out[1] + (size_t)s * V, V));
+    printf("# %s: staged vs streaming GEMV decode logits: bitwise equal over %d steps\n", what, steps);
+    free(out[0]);
+    free(out[1]);
+}
+
 /* Rows t of a (TL, ...) recorder as a one-row recorder (the emu taps of position t). */
 static void slice_rows(const recorder *all, int64_t t, recorder *one) {
     recorder_init(one);
@@ -692,6 +719,7 @@ static void test_large_decode_custom(void **state) {
     (void)state;
     /* 32 steps from position 250: splits 3 and 4, the last one partly filled */
     check_decode_custom_vs_cublas(&large_w, large_tok, 250, 32, 2.5e-2, "large");
+    check_decode_staged_vs_stream(&large_w, large_tok, 250, 8, "large");
     check_decode_taps_vs_emu(&large_w, large_tok, 190, 3, &large_emu, bound_whole, "large");
 }
 
@@ -711,6 +739,7 @@ static void test_small_decode_custom(void **state) {
     cfg.vocab_size = 131;
     make_model(&w, &cfg, 41);
     check_decode_custom_vs_cublas(&w, prompt, TS - 4, 32, bound_small_row(0, ""), "small");
+    check_decode_staged_vs_stream(&w, prompt, TS - 4, 8, "small");
     recorder want;
     recorder_init(&want);
     run_emu(&w, QD_ACT_BF16, prompt, TS, &want, NULL);
