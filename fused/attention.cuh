@@ -523,8 +523,9 @@ __global__ void __launch_bounds__(128 * MUL, 8 / MUL) decode_attn_qk_kernel(
     typename act<M>::T *vc, const float *__restrict__ qw, const float *__restrict__ kw,
     const float *__restrict__ rope_cos, const float *__restrict__ rope_sin, float *__restrict__ part,
     unsigned *__restrict__ counters, typename act<M>::T *__restrict__ out, const int *__restrict__ d_pos, int NH,
-    int NKV, int HD, int nsplit, float scale, float eps, int fault) {
+    int NKV, int HD, int nsplit, float scale, float eps, int fault, int tl_launch) {
     typedef typename act<M>::T S;
+    TL_START(tl);
     extern __shared__ __align__(16) unsigned char dec_smem[];
     __shared__ __align__(16) float sq[MUL][256]; /* (kv_mul, HD) q_rope as float */
     __shared__ float sp[MUL][DEC_CH];             /* scores */
@@ -572,6 +573,7 @@ __global__ void __launch_bounds__(128 * MUL, 8 / MUL) decode_attn_qk_kernel(
         ssn[i] = rope_sin[(size_t)pos * hd2 + i];
     }
     griddep_wait();
+    TL_WAIT(tl);
     __syncthreads(); /* sqw, skw, scs, ssn */
 
     /* q head of this group (and k, v of this token in the writer split, group 0's warps 1 and 2) */
@@ -605,6 +607,7 @@ __global__ void __launch_bounds__(128 * MUL, 8 / MUL) decode_attn_qk_kernel(
     }
     cp_async_wait<0>();
     __syncthreads();
+    TL_READY(tl);
 
     /* scores of head slot hh: two threads per key, each over half of head_dim, then added */
     {
@@ -682,11 +685,15 @@ __global__ void __launch_bounds__(128 * MUL, 8 / MUL) decode_attn_qk_kernel(
     __syncthreads();
     if (ltid == 0) last = atomicAdd(&counters[g], 1u) == (unsigned)(ns - 1);
     __syncthreads();
-    if (!last) return;
+    if (!last) {
+        TL_END(tl, tl_launch);
+        return;
+    }
     __threadfence();
     combine_head<M, true, 8>(part + (size_t)h * nsplit * (HD + 2), ns, HD, out + (size_t)h * HD, sw[hh], red[hh],
                              fault == QD_FAULT_ONLINE_RESCALE);
     if (ltid == 0) counters[g] = 0u;
+    TL_END(tl, tl_launch);
 }
 
 /* The unfused combine: grid NH, block 128. part (NH, nsplit, HD + 2); out (NH*HD). */

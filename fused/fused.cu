@@ -828,6 +828,11 @@ static gemv_args gemv_norm(const qd_fused *f, const void *W, const void *x, cons
  * into lm_head). The residual stream alternates between f->xres (embed, attn_residual) and f->xres2 (out),
  * because the norm-folding GEMVs read the residual in every block while block 0 writes the update.
  * Taps are the default mode's, emitted in schema order as each launch produces them. Logits in f->logits. */
+static gemv_args with_tl(gemv_args a, int tl) {
+    a.tl = tl;
+    return a;
+}
+
 static int decode_step_custom(qd_fused *f, int pos_host, qd_tap_sink *sink, qd_err *e) {
     const int M = MODE_BF16;
     const int C = f->C, I = f->I, HD = f->HD, NH = f->NH, NKV = f->NKV, QKV = f->QKV, V = f->V;
@@ -839,8 +844,9 @@ static int decode_step_custom(qd_fused *f, int pos_host, qd_tap_sink *sink, qd_e
         const layer_dev *w = &f->lw[l];
         bf16 *kc = A<M>(f->kc, (size_t)l * layer_kv), *vc = A<M>(f->vc, (size_t)l * layer_kv);
         const int fk = fault_in(f, l);
-        TRY((gemv<GV_NORM, GV_BF16>(f, gemv_norm(f, w->wqkv, f->xres, l > 0 ? f->down : NULL, w->ln1, f->xres2,
-                                                 f->xn, f->qkv, QKV, fault_in_no_drop(f, l)), e)));
+        const int tl = l * QD_TL_SLOTS; /* timeline launch ids of this layer (qd_timeline.h) */
+        TRY((gemv<GV_NORM, GV_BF16>(f, with_tl(gemv_norm(f, w->wqkv, f->xres, l > 0 ? f->down : NULL, w->ln1, f->xres2,
+                                                         f->xn, f->qkv, QKV, fault_in_no_drop(f, l)), tl + QD_TL_QKV), e)));
         if (l > 0) TRY(emit_dev<M>(f, sink, l - 1, QD_TAP_OUT, f->xres2, 1, C, C, e));
         TRY(emit_dev<M>(f, sink, l, QD_TAP_ATTN_NORM, f->xn, 1, C, C, e));
         TRY(emit_dev<M>(f, sink, l, QD_TAP_Q_PROJ, f->qkv, 1, NH * HD, QKV, e));
@@ -851,16 +857,17 @@ static int decode_step_custom(qd_fused *f, int pos_host, qd_tap_sink *sink, qd_e
                   decode_attn_qk_smem(HD, sizeof(bf16)),
                   (const bf16 *)f->qkv, A<M>(f->q), kc, vc, (const float *)w->qn, (const float *)w->kn,
                   rope_cos_of(f, l), rope_sin_of(f, l), f->part, f->counters, A<M>(f->att),
-                  (const int *)(f->step + 1), NH, NKV, HD, f->nsplit, f->scale, f->eps, fk);
+                  (const int *)(f->step + 1), NH, NKV, HD, f->nsplit, f->scale, f->eps, fk, tl + QD_TL_ATTN);
         TRY(emit_dev<M>(f, sink, l, QD_TAP_Q_ROPE, f->q, 1, NH * HD, (size_t)NH * HD, e));
         TRY(emit_dev<M>(f, sink, l, QD_TAP_K_ROPE, kc + (size_t)kv_row(f, l, 1, pos_host) * KV, 1, (int)KV, KV, e));
         TRY(emit_dev<M>(f, sink, l, QD_TAP_ATTN, f->att, 1, NH * HD, (size_t)NH * HD, e));
 
-        TRY((gemv<GV_PLAIN, GV_BF16>(f, gemv_plain(w->wo, f->att, f->o, C, NH * HD), e)));
+        TRY((gemv<GV_PLAIN, GV_BF16>(f, with_tl(gemv_plain(w->wo, f->att, f->o, C, NH * HD), tl + QD_TL_O), e)));
         TRY(emit_dev<M>(f, sink, l, QD_TAP_O_PROJ, f->o, 1, C, C, e));
 
         gemv_args gu = gemv_norm(f, w->wgu, f->xres2, f->o, w->ln2, f->xres, f->xn, f->gu, I, fk); /* attn residual */
         gu.act = A<M>(f->actv);
+        gu.tl = tl + QD_TL_GATE_UP;
         TRY((gemv<GV_NORM, GV_SWIGLU>(f, gu, e)));
         TRY(emit_dev<M>(f, sink, l, QD_TAP_ATTN_RESIDUAL, f->xres, 1, C, C, e));
         TRY(emit_dev<M>(f, sink, l, QD_TAP_MLP_NORM, f->xn, 1, C, C, e));
@@ -868,11 +875,11 @@ static int decode_step_custom(qd_fused *f, int pos_host, qd_tap_sink *sink, qd_e
         TRY(emit_dev<M>(f, sink, l, QD_TAP_UP_PROJ, A<M>(f->gu, I), 1, I, 2 * (size_t)I, e));
         TRY(emit_dev<M>(f, sink, l, QD_TAP_ACT, f->actv, 1, I, I, e));
 
-        TRY((gemv<GV_PLAIN, GV_BF16>(f, gemv_plain(w->wdown, f->actv, f->down, C, I), e)));
+        TRY((gemv<GV_PLAIN, GV_BF16>(f, with_tl(gemv_plain(w->wdown, f->actv, f->down, C, I), tl + QD_TL_DOWN), e)));
         TRY(emit_dev<M>(f, sink, l, QD_TAP_DOWN_PROJ, f->down, 1, C, C, e));
     }
-    TRY((gemv<GV_NORM, GV_F32>(f, gemv_norm(f, f->lm_head, f->xres, f->down, f->final_norm, f->xres2, f->xn,
-                                            f->logits, V, fault_in_no_drop(f, -1)), e)));
+    TRY((gemv<GV_NORM, GV_F32>(f, with_tl(gemv_norm(f, f->lm_head, f->xres, f->down, f->final_norm, f->xres2, f->xn,
+                                                    f->logits, V, fault_in_no_drop(f, -1)), f->L * QD_TL_SLOTS), e)));
     TRY(emit_dev<M>(f, sink, f->L - 1, QD_TAP_OUT, f->xres2, 1, C, C, e));
     TRY(emit_dev<M>(f, sink, -1, QD_TAP_FINAL_NORM, f->xn, 1, C, C, e));
     if (sink) {
@@ -1179,4 +1186,55 @@ extern "C" int qd_fused_decode(qd_fused *f, int32_t token, float *logits, qd_tap
     if (token < 0 || token >= f->V)
         return qd_errf(e, QD_EINPUT, "fused: token %d is outside the vocabulary [0, %d)", token, f->V);
     return DISPATCH(decode, f, token, logits, sink, e);
+}
+
+extern "C" int qd_fused_timeline_built(void) {
+#ifdef QD_TIMELINE
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+extern "C" int qd_fused_decode_timeline(qd_fused *f, int32_t token, qd_tl_rec *recs, int cap, int *n, qd_err *e) {
+    *n = 0;
+#ifndef QD_TIMELINE
+    (void)f, (void)token, (void)recs, (void)cap;
+    return qd_errf(e, QD_EINPUT, "fused: this build has no timeline (configure with -Dtimeline=true)");
+#else
+    if (f->act != QD_ACT_BF16 || !f->custom_decode || f->fault.kind != QD_FAULT_NONE)
+        return qd_errf(e, QD_EINPUT, "fused: the timeline covers the custom bf16 decode without a fault");
+    static const unsigned zero = 0;
+    CUDA_CHECK(cudaStreamSynchronize(f->stream));
+    CUDA_CHECK(cudaMemcpyToSymbol(qd_tl_count, &zero, sizeof zero));
+    TRY(qd_fused_decode(f, token, NULL, NULL, e));
+    CUDA_CHECK(cudaStreamSynchronize(f->stream));
+    unsigned count = 0;
+    CUDA_CHECK(cudaMemcpyFromSymbol(&count, qd_tl_count, sizeof count));
+    if (count > QD_TL_MAX)
+        return qd_errf(e, QD_EINPUT, "fused: the step wrote %u timeline records, the buffer holds %d", count,
+                       QD_TL_MAX);
+    if ((int)count > cap)
+        return qd_errf(e, QD_EINPUT, "fused: the step wrote %u timeline records, room for %d", count, cap);
+    qd_tl_dev *d = (qd_tl_dev *)qd_malloc((size_t)(count ? count : 1) * sizeof *d);
+    cudaError_t err = cudaMemcpyFromSymbol(d, qd_tl_buf, (size_t)count * sizeof *d);
+    if (err != cudaSuccess) {
+        free(d);
+        return qd_errf(e, QD_ERUNTIME, "%s:%d: cudaMemcpyFromSymbol(qd_tl_buf): %s", __FILE__, __LINE__,
+                       cudaGetErrorName(err));
+    }
+    unsigned long long t0 = ~0ull;
+    for (unsigned i = 0; i < count; i++) t0 = d[i].start < t0 ? d[i].start : t0;
+    for (unsigned i = 0; i < count; i++) {
+        qd_tl_rec *r = &recs[i];
+        r->launch = d[i].launch, r->block = d[i].block, r->sm = d[i].sm;
+        r->start = (double)(d[i].start - t0) * 1e-3;
+        r->wait = (double)(d[i].wait - t0) * 1e-3;
+        r->ready = (double)(d[i].ready - t0) * 1e-3;
+        r->end = (double)(d[i].end - t0) * 1e-3;
+    }
+    free(d);
+    *n = (int)count;
+    return QD_OK;
+#endif
 }

@@ -56,6 +56,7 @@ typedef struct {
                            2 * GV_THREADS): the sum of squares is accumulated in its order */
     float eps;
     int fault;          /* the fault of this launch (qd_fault_kind), QD_FAULT_NONE for none */
+    int tl;             /* the launch's id in a timeline build (qd_timeline.h) */
 } gemv_args;
 
 /* Unit u of a warp: two weight rows. GV_SWIGLU: gate row u and up row N + u; else rows 2u and 2u + 1
@@ -172,6 +173,7 @@ __global__ void __launch_bounds__(GV_THREADS) gemv_kernel(const gemv_args a) {
     const int K = a.K, K8 = K / 8, N = a.N, units = gv_units<EPI>(N);
     const int gwarp = blockIdx.x * (GV_THREADS / 32) + warp, nwarps = gridDim.x * (GV_THREADS / 32);
     constexpr int GV_U = gv_unroll<PRO>::U;
+    TL_START(tl);
 
     /* weights do not depend on the previous kernel: start pulling this warp's first rows into L2 */
     if (gwarp < units) {
@@ -185,6 +187,7 @@ __global__ void __launch_bounds__(GV_THREADS) gemv_kernel(const gemv_args a) {
     }
     griddep_wait();   /* the previous kernel has finished and its writes are visible */
     griddep_launch(); /* the next one may start its own weight prefetch */
+    TL_WAIT(tl);
     gv_prologue<PRO>(a, sx, red, a.nw, nullptr);
 
     for (int u = gwarp; u < units; u += nwarps) {
@@ -212,6 +215,7 @@ __global__ void __launch_bounds__(GV_THREADS) gemv_kernel(const gemv_args a) {
         acc1 = warp_sum(acc1);
         if (lane == 0) gv_store<EPI>(a, r0, r1, has1, acc0, acc1);
     }
+    TL_END(tl, a.tl);
 }
 
 // ----------------------------------------------------------------------------
@@ -246,6 +250,7 @@ __global__ void __launch_bounds__(GS_THREADS) gemv_staged_kernel(const gemv_args
     uint4 *sw = reinterpret_cast<uint4 *>(gs_mem);                       /* (gs_rows, K8) */
     float *snw = reinterpret_cast<float *>(gs_mem + tile);                /* (K) */
     bf16 *sx = reinterpret_cast<bf16 *>(gs_mem + tile + (size_t)K * 4); /* (K) */
+    TL_START(tl);
 
     if (tid == 0) {
         mbar_init(&bar[0]);
@@ -267,9 +272,11 @@ __global__ void __launch_bounds__(GS_THREADS) gemv_staged_kernel(const gemv_args
         bulk_load(&bar[0], dst, src, len, EPI == GV_SWIGLU ? 2 : 1);
     }
     griddep_wait(); /* the previous kernel has finished and its writes are visible */
+    TL_WAIT(tl);
     gv_prologue<PRO>(a, sx, red, snw, &bar[1]);
     bulk_wait(&bar[0]);
     __syncthreads(); /* fallback: every thread's copies have landed */
+    TL_READY(tl);
 
     const uint4 *sxq = reinterpret_cast<const uint4 *>(sx);
     const int iters = EPI == GV_SWIGLU ? nu : (nu + 1) / 2;
@@ -288,6 +295,7 @@ __global__ void __launch_bounds__(GS_THREADS) gemv_staged_kernel(const gemv_args
         const int r0 = u0 + s0, r1 = EPI == GV_SWIGLU ? N + u0 + it : u0 + s1;
         if (lane == 0) gv_store<EPI>(a, r0, r1, has1, acc0, acc1);
     }
+    TL_END(tl, a.tl);
 }
 
 #endif

@@ -113,6 +113,52 @@ static __device__ __forceinline__ void prefetch_l2(const void *p) {
 }
 
 // ----------------------------------------------------------------------------
+// timeline (a -Dtimeline=true build; qd_timeline.h, docs/FUSED.md): thread (0,0) of every block of the
+// one-token chain records when the block started, when its dependency wait returned, when its inputs were
+// ready (weights landed, prologue done) and when it ended. Without the option the macros are empty.
+
+#ifdef QD_TIMELINE
+#define QD_TL_MAX (1 << 16) /* records per step: the 0.6B chain at context 4096 writes about 18k */
+struct qd_tl_dev {
+    unsigned long long start, wait, ready, end;
+    int launch, block, sm, pad;
+};
+__device__ qd_tl_dev qd_tl_buf[QD_TL_MAX];
+__device__ unsigned qd_tl_count;
+struct qd_tl_stamps {
+    unsigned long long start, wait, ready;
+};
+static __device__ __forceinline__ unsigned long long tl_now() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+/* Called by every thread of the block (it waits for all of them), at the block's last instruction. */
+static __device__ __forceinline__ void tl_end(const qd_tl_stamps &s, int launch) {
+    __syncthreads();
+    if (threadIdx.x == 0 && threadIdx.y == 0) {
+        const unsigned i = atomicAdd(&qd_tl_count, 1u);
+        if (i < QD_TL_MAX) {
+            int sm;
+            asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+            const qd_tl_dev r = {s.start, s.wait, s.ready, tl_now(), launch, (int)(blockIdx.x + blockIdx.y * gridDim.x),
+                                 sm, 0};
+            qd_tl_buf[i] = r;
+        }
+    }
+}
+#define TL_START(s) qd_tl_stamps s = {tl_now(), 0, 0}
+#define TL_WAIT(s) (s.wait = s.ready = tl_now())
+#define TL_READY(s) (s.ready = tl_now())
+#define TL_END(s, launch) tl_end(s, launch)
+#else
+#define TL_START(s) (void)0
+#define TL_WAIT(s) (void)0
+#define TL_READY(s) (void)0
+#define TL_END(s, launch) (void)0
+#endif
+
+// ----------------------------------------------------------------------------
 // asynchronous copies to shared memory (sm_80+)
 
 static __device__ __forceinline__ uint32_t smem_u32(const void *p) {

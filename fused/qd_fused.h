@@ -17,6 +17,7 @@
 #include "qd_act.h"
 #include "qd_fault.h"
 #include "qd_taps.h"
+#include "qd_timeline.h"
 #include "qd_util.h"
 #include "qd_weights.h"
 
@@ -57,6 +58,14 @@ int qd_fused_head(qd_fused *f, const float *h, int T, float *logits, qd_tap_sink
 int qd_fused_prefill(qd_fused *f, const int32_t *tokens, int T, float *logits, qd_tap_sink *sink, qd_err *e);
 int qd_fused_decode(qd_fused *f, int32_t token, float *logits, qd_tap_sink *sink, qd_err *e);
 int qd_fused_position(const qd_fused *f);
+
+/* One decode step, as qd_fused_decode without logits, with its block timeline (qd_timeline.h): up to cap
+ * records into recs, their number in *n (all of them: more than cap is QD_EINPUT, nothing copied). Only
+ * in a build configured with -Dtimeline=true, for the custom bf16 decode without a fault; otherwise
+ * QD_EINPUT with the reason. The step itself is the graph replay qd_fused_decode runs. */
+int qd_fused_decode_timeline(qd_fused *f, int32_t token, qd_tl_rec *recs, int cap, int *n, qd_err *e);
+/* 1 when this build stamps timelines (-Dtimeline=true), else 0. */
+int qd_fused_timeline_built(void);
 
 #ifdef __cplusplus
 }

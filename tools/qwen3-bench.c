@@ -6,8 +6,10 @@
  *             roofline: (bf16 weight bytes + KV-cache bytes read per token) / bandwidth
  * for the fused kernels, for the unfused variant (taps_all: every tap stored, same numbers, cuBLAS
  * decode) and, for decode, for the fused kernels with the cuBLAS one-token GEMMs instead of the custom
- * GEMV kernels (decode_gemv = 1), all in the same run. Times are CUDA events around the calls, after warm-up, median of --runs. This is a benchmark,
- * not a test: it measures and prints, it does not judge.
+ * GEMV kernels (decode_gemv = 1), all in the same run. Times are CUDA events around the calls, after
+ * warm-up, median of --runs. This is a benchmark, not a test: it measures and prints, it does not judge.
+ * --timeline (a build configured with -Dtimeline=true) adds, for each decode context, one more step of
+ * the custom decode with every block's timer stamps, summarised per kernel (docs/FUSED.md, "Timeline").
  *
  * Exit codes: 0 ok, 2 usage or bad input, 3 runtime failure, 77 no CUDA device. */
 #include <cuda_runtime.h>
@@ -16,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "qd_fused.h"
 #include "qd_util.h"
@@ -28,20 +31,22 @@ static const int decode_ctx[] = {512, 4096};
 enum { NPRE = sizeof prefill_T / sizeof prefill_T[0], NDEC = sizeof decode_ctx / sizeof decode_ctx[0] };
 
 typedef struct {
-    const char *model, *json;
+    const char *model, *json, *timeline;
     int runs, warmup, steps;
 } bench_args;
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: " PROG " --model DIR [--json FILE] [--runs N] [--warmup N] [--steps N]\n"
+            "usage: " PROG " --model DIR [--json FILE] [--runs N] [--warmup N] [--steps N] [--timeline FILE]\n"
             "Times the fused CUDA path on a checkpoint (e.g. one written by qwen3-fixture --preset 0.6b).\n"
             "\n"
             "  --model DIR    checkpoint directory (config.json + safetensors)\n"
             "  --json FILE    also write every figure as JSON\n"
             "  --runs N       timed repetitions, the median is reported (default 7)\n"
             "  --warmup N     untimed repetitions first (default 2)\n"
-            "  --steps N      decode steps per timed repetition (default 32)\n");
+            "  --steps N      decode steps per timed repetition (default 32)\n"
+            "  --timeline FILE  one more decode step per context with per-block timer stamps: a per-kernel\n"
+            "                 table, every launch as JSON in FILE (needs a build with -Dtimeline=true)\n");
 }
 
 static int parse_pos(const char *opt, const char *s, int *out) {
@@ -58,8 +63,8 @@ static int parse_pos(const char *opt, const char *s, int *out) {
 static int parse_args(int argc, char **argv, bench_args *a) {
     static const struct option opts[] = {{"model", required_argument, 0, 'm'}, {"json", required_argument, 0, 'j'},
                                          {"runs", required_argument, 0, 'r'},  {"warmup", required_argument, 0, 'w'},
-                                         {"steps", required_argument, 0, 's'}, {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
+                                         {"steps", required_argument, 0, 's'}, {"timeline", required_argument, 0, 't'},
+                                         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
     *a = (bench_args){.runs = 7, .warmup = 2, .steps = 32};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -69,6 +74,7 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         case 'r': if (parse_pos("--runs", optarg, &a->runs)) return QD_EINPUT; break;
         case 'w': if (parse_pos("--warmup", optarg, &a->warmup)) return QD_EINPUT; break;
         case 's': if (parse_pos("--steps", optarg, &a->steps)) return QD_EINPUT; break;
+        case 't': a->timeline = optarg; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return QD_EINPUT;
         }
@@ -79,6 +85,10 @@ static int parse_args(int argc, char **argv, bench_args *a) {
     }
     if (!a->model) {
         fprintf(stderr, PROG ": --model is required\n");
+        return QD_EINPUT;
+    }
+    if (a->timeline && !qd_fused_timeline_built()) {
+        fprintf(stderr, PROG ": --timeline: this build has no timeline stamps (configure with -Dtimeline=true)\n");
         return QD_EINPUT;
     }
     return QD_OK;
@@ -175,9 +185,40 @@ typedef struct {
     double prefill_ms[NPRE], decode_ms[NDEC];
 } variant_result;
 
+/* --timeline: one step of the custom decode per context */
+typedef struct {
+    qd_tl_launch *launch;
+    int n;
+    double step_us; /* first block start to last block end */
+    qd_tl_kind kind[QD_TL_KINDS];
+} timeline_result;
+static timeline_result timelines[NDEC];
+
 static void die_fused(const char *what, const qd_err *e) {
     fprintf(stderr, PROG ": %s: %s\n", what, e->msg);
     exit(e->code ? e->code : QD_ERUNTIME);
+}
+
+/* One more decode step, at the position after the timed ones, with the block timeline. */
+static void timeline_step(qd_fused *f, const qd_weights *w, int32_t token, timeline_result *r) {
+    enum { CAP = 1 << 16 };
+    qd_err e;
+    memset(&e, 0, sizeof e);
+    qd_tl_rec *rec = qd_malloc(CAP * sizeof *rec);
+    int n = 0;
+    if (qd_fused_decode_timeline(f, token, rec, CAP, &n, &e)) die_fused("timeline", &e);
+    const int L = w->cfg.num_hidden_layers;
+    r->launch = qd_malloc(((size_t)L * QD_TL_SLOTS + 1) * sizeof *r->launch);
+    r->n = qd_tl_launches(rec, n, L, r->launch, L * QD_TL_SLOTS + 1);
+    if (r->n < 0) {
+        fprintf(stderr, PROG ": timeline: a record names a launch outside the chain\n");
+        exit(QD_ERUNTIME);
+    }
+    qd_tl_kinds(r->launch, r->n, r->kind);
+    r->step_us = 0;
+    for (int i = 0; i < r->n; i++)
+        if (r->launch[i].end_last > r->step_us) r->step_us = r->launch[i].end_last;
+    free(rec);
 }
 
 /* with_prefill 0: decode only (prefill_ms left 0; prefill does not depend on decode_gemv) */
@@ -215,9 +256,73 @@ static void run_variant(const qd_weights *w, int taps_all, int decode_gemv, int 
             t[k] = toc_ms() / a->steps;
         }
         r->decode_ms[i] = median(t, a->runs);
+        if (a->timeline && !taps_all && !decode_gemv) timeline_step(f, w, tok[ctx + a->steps], &timelines[i]);
     }
     free(t);
     qd_fused_free(f);
+}
+
+/* The --timeline table on stdout and every launch as JSON in a.timeline (written whole or not at all). */
+static int write_timeline(const bench_args *a, const qd_config *c, const char *desc) {
+    json_t *root = json_object(), *ctxs = json_array();
+    json_object_set_new(root, "device", json_string(desc));
+    json_object_set_new(root, "model", json_string(a->model));
+    json_object_set_new(root, "layers", json_integer(c->num_hidden_layers));
+    json_object_set_new(root, "units", json_string("microseconds from the step's first block start"));
+    for (int i = 0; i < NDEC; i++) {
+        const timeline_result *t = &timelines[i];
+        printf("\ntimeline, decode ctx=%d (one step, custom GEMV): %.1f us from the first block start to the last "
+               "block end\n",
+               decode_ctx[i], t->step_us);
+        printf("%-10s %9s %12s %12s %12s   (medians over the layers)\n", "kernel", "launches", "after wait",
+               "after ready", "to next wait");
+        json_t *cx = json_object(), *kinds = json_array(), *launches = json_array();
+        json_object_set_new(cx, "ctx", json_integer(decode_ctx[i]));
+        json_object_set_new(cx, "step_us", json_real(t->step_us));
+        for (int k = 0; k < QD_TL_KINDS; k++) {
+            const qd_tl_kind *q = &t->kind[k];
+            printf("%-10s %9d %9.2f us %9.2f us %9.2f us\n", q->kernel, q->launches, q->after_wait, q->after_ready,
+                   q->gap_to_next);
+            json_t *o = json_object();
+            json_object_set_new(o, "kernel", json_string(q->kernel));
+            json_object_set_new(o, "launches", json_integer(q->launches));
+            json_object_set_new(o, "after_wait_us", json_real(q->after_wait));
+            json_object_set_new(o, "after_ready_us", json_real(q->after_ready));
+            json_object_set_new(o, "to_next_wait_us", json_real(q->gap_to_next));
+            json_array_append_new(kinds, o);
+        }
+        for (int j = 0; j < t->n; j++) {
+            const qd_tl_launch *l = &t->launch[j];
+            json_t *o = json_object();
+            json_object_set_new(o, "launch", json_integer(l->launch));
+            json_object_set_new(o, "layer", json_integer(l->layer));
+            json_object_set_new(o, "kernel", json_string(l->kernel));
+            json_object_set_new(o, "blocks", json_integer(l->blocks));
+            json_object_set_new(o, "start_first", json_real(l->start_first));
+            json_object_set_new(o, "start_last", json_real(l->start_last));
+            json_object_set_new(o, "wait_first", json_real(l->wait_first));
+            json_object_set_new(o, "wait_last", json_real(l->wait_last));
+            json_object_set_new(o, "ready_last", json_real(l->ready_last));
+            json_object_set_new(o, "end_first", json_real(l->end_first));
+            json_object_set_new(o, "end_last", json_real(l->end_last));
+            json_array_append_new(launches, o);
+        }
+        json_object_set_new(cx, "kernels", kinds);
+        json_object_set_new(cx, "launches", launches);
+        json_array_append_new(ctxs, cx);
+        free(t->launch);
+    }
+    json_object_set_new(root, "contexts", ctxs);
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", a->timeline, (long)getpid());
+    int rc = json_dump_file(root, tmp, JSON_INDENT(2));
+    json_decref(root);
+    if (rc != 0 || rename(tmp, a->timeline) != 0) {
+        remove(tmp);
+        fprintf(stderr, PROG ": %s: cannot write the timeline file\n", a->timeline);
+        return QD_ERUNTIME;
+    }
+    return QD_OK;
 }
 
 int main(int argc, char **argv) {
@@ -241,7 +346,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, PROG ": --warmup %d: must be below the smallest decode context %d\n", a.warmup, decode_ctx[0]);
         return QD_EINPUT;
     }
-    int max_seq = decode_ctx[NDEC - 1] + a.steps;
+    int max_seq = decode_ctx[NDEC - 1] + a.steps + 1; /* + 1: the --timeline step after the timed ones */
     if (prefill_T[NPRE - 1] > max_seq) max_seq = prefill_T[NPRE - 1];
     int32_t *tok = malloc((size_t)max_seq * sizeof *tok);
     uint64_t s = 12345;
@@ -286,6 +391,8 @@ int main(int argc, char **argv) {
                res[0].decode_ms[i], res[2].decode_ms[i], res[1].decode_ms[i], roof, 100 * roof / res[0].decode_ms[i],
                100 * roof / res[2].decode_ms[i], 100 * roof / res[1].decode_ms[i]);
     }
+
+    if (a.timeline && write_timeline(&a, c, desc)) return QD_ERUNTIME;
 
     if (a.json) {
         json_t *root = json_object();
