@@ -283,28 +283,17 @@ static int write_timeline(const bench_args *a, const qd_config *c, const char *d
             const qd_tl_kind *q = &t->kind[k];
             printf("%-10s %9d %9.2f us %9.2f us %9.2f us\n", q->kernel, q->launches, q->after_wait, q->after_ready,
                    q->gap_to_next);
-            json_t *o = json_object();
-            json_object_set_new(o, "kernel", json_string(q->kernel));
-            json_object_set_new(o, "launches", json_integer(q->launches));
-            json_object_set_new(o, "after_wait_us", json_real(q->after_wait));
-            json_object_set_new(o, "after_ready_us", json_real(q->after_ready));
-            json_object_set_new(o, "to_next_wait_us", json_real(q->gap_to_next));
+            json_t *o = json_pack("{s:s, s:i, s:f, s:f, s:f}", "kernel", q->kernel, "launches", q->launches,
+                                  "after_wait_us", q->after_wait, "after_ready_us", q->after_ready, "to_next_wait_us",
+                                  q->gap_to_next);
             json_array_append_new(kinds, o);
         }
         for (int j = 0; j < t->n; j++) {
             const qd_tl_launch *l = &t->launch[j];
-            json_t *o = json_object();
-            json_object_set_new(o, "launch", json_integer(l->launch));
-            json_object_set_new(o, "layer", json_integer(l->layer));
-            json_object_set_new(o, "kernel", json_string(l->kernel));
-            json_object_set_new(o, "blocks", json_integer(l->blocks));
-            json_object_set_new(o, "start_first", json_real(l->start_first));
-            json_object_set_new(o, "start_last", json_real(l->start_last));
-            json_object_set_new(o, "wait_first", json_real(l->wait_first));
-            json_object_set_new(o, "wait_last", json_real(l->wait_last));
-            json_object_set_new(o, "ready_last", json_real(l->ready_last));
-            json_object_set_new(o, "end_first", json_real(l->end_first));
-            json_object_set_new(o, "end_last", json_real(l->end_last));
+            json_t *o = json_pack("{s:i, s:i, s:s, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "launch", l->launch, "layer",
+                                  l->layer, "kernel", l->kernel, "blocks", l->blocks, "start_first", l->start_first,
+                                  "start_last", l->start_last, "wait_first", l->wait_first, "wait_last", l->wait_last,
+                                  "ready_last", l->ready_last, "end_first", l->end_first, "end_last", l->end_last);
             json_array_append_new(launches, o);
         }
         json_object_set_new(cx, "kernels", kinds);
