@@ -18,7 +18,9 @@ struct qd_emu {
     qd_act_dtype act;
     int threads;
     int max_seq;
-    qd_weights wb;    /* bf16-rounded copy of the weights (values held in fp32) */
+    const qd_weights *w; /* the weights in use, bf16 values held in fp32: the caller's when they are bf16
+                            already (a bf16 checkpoint: no copy), else &own */
+    qd_weights own;   /* the bf16-rounded copy, when one was needed */
     qd_fault fault;   /* the injected fault (kind QD_FAULT_NONE: none) */
     float *inv_freq;  /* (HD/2) from theta in double, held in fp32 */
     float *inv_freq_bf16; /* (HD/2) the same rounded to bf16: fault rope-freq-bf16 */
@@ -73,6 +75,17 @@ static void round_bf16_copy(float *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = qd_round_bf16(src[i]);
 }
 
+/* Every value already a bf16 value (rounding leaves its bits alone; a NaN never does). */
+static int all_bf16(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        const float r = qd_round_bf16(x[i]);
+        if (memcmp(&r, &x[i], sizeof r) != 0) return 0;
+    }
+    return 1;
+}
+
+int qd_emu_shares_weights(const qd_emu *m) { return m->w != &m->own; }
+
 qd_emu *qd_emu_create(const qd_weights *w, qd_act_dtype act, int threads, int max_seq, const qd_fault *fault,
                       qd_err *e) {
     if (max_seq <= 0) {
@@ -85,17 +98,23 @@ qd_emu *qd_emu_create(const qd_weights *w, qd_act_dtype act, int threads, int ma
     m->threads = threads;
     if (fault) m->fault = *fault;
     m->max_seq = max_seq;
-    qd_weights_alloc(&m->wb, c);
-    m->cfg = &m->wb.cfg;
-    /* Every tensor lives in one allocation in both structs with the same layout, so one pass rounds all
-     * of them; lm_head is its own tensor only when untied. */
-    if (m->wb.mem_floats != w->mem_floats) { /* both come from the same layout function */
-        qd_errf(e, QD_ERUNTIME, "emu: weight layout mismatch (%zu vs %zu floats)", m->wb.mem_floats, w->mem_floats);
-        qd_weights_free(&m->wb);
-        free(m);
-        return NULL;
+    if (all_bf16(w->mem, w->mem_floats)) {
+        m->w = w;
+    } else {
+        qd_weights_alloc(&m->own, c);
+        /* Every tensor lives in one allocation in both structs with the same layout, so one pass rounds
+         * all of them; lm_head is its own tensor only when untied. */
+        if (m->own.mem_floats != w->mem_floats) { /* both come from the same layout function */
+            qd_errf(e, QD_ERUNTIME, "emu: weight layout mismatch (%zu vs %zu floats)", m->own.mem_floats,
+                    w->mem_floats);
+            qd_weights_free(&m->own);
+            free(m);
+            return NULL;
+        }
+        round_bf16_copy(m->own.mem, w->mem, w->mem_floats);
+        m->w = &m->own;
     }
-    round_bf16_copy(m->wb.mem, w->mem, w->mem_floats);
+    m->cfg = &m->w->cfg;
 
     size_t C = c->hidden_size, I = c->intermediate_size, HD = c->head_dim;
     size_t NH = c->num_attention_heads, NKV = c->num_key_value_heads, L = c->num_hidden_layers;
@@ -121,7 +140,7 @@ qd_emu *qd_emu_create(const qd_weights *w, qd_act_dtype act, int threads, int ma
 
 void qd_emu_free(qd_emu *m) {
     if (!m) return;
-    qd_weights_free(&m->wb);
+    if (m->w == &m->own) qd_weights_free(&m->own);
     free(m->inv_freq);
     free(m->inv_freq_bf16);
     free(m->kcache);
@@ -347,7 +366,7 @@ int qd_emu_embed(qd_emu *m, const int32_t *tokens, int T, float *h, qd_tap_sink 
     const qd_config *c = m->cfg;
     size_t C = c->hidden_size;
     if (T > m->max_seq) return QD_EINPUT;
-    for (int t = 0; t < T; t++) memcpy(h + (size_t)t * C, m->wb.embed + (size_t)tokens[t] * C, C * sizeof(float));
+    for (int t = 0; t < T; t++) memcpy(h + (size_t)t * C, m->w->embed + (size_t)tokens[t] * C, C * sizeof(float));
     round_act(m, h, (size_t)T * C); /* exact for bf16 weights; fp16 activations round here */
     EMIT(-1, QD_TAP_EMBED, h);
     return QD_OK;
@@ -355,7 +374,7 @@ int qd_emu_embed(qd_emu *m, const int32_t *tokens, int T, float *h, qd_tap_sink 
 
 int qd_emu_layer(qd_emu *m, int l, const float *h_in, float *h_out, int T, int pos0, qd_tap_sink *sink) {
     const qd_config *c = m->cfg;
-    const qd_layer_weights *lw = &m->wb.layers[l];
+    const qd_layer_weights *lw = &m->w->layers[l];
     int C = c->hidden_size, I = c->intermediate_size, HD = c->head_dim;
     int NH = c->num_attention_heads, NKV = c->num_key_value_heads;
     if (pos0 < 0 || pos0 + T > m->max_seq) return QD_EINPUT;
@@ -433,10 +452,10 @@ int qd_emu_head(qd_emu *m, const float *h, int T, float *logits, qd_tap_sink *si
     int C = c->hidden_size;
     memcpy(m->x, h, (size_t)T * C * sizeof(float));
     round_act(m, m->x, (size_t)T * C);
-    norm_act(m, m->xn, m->x, m->wb.norm, T, C, -1);
+    norm_act(m, m->xn, m->x, m->w->norm, T, C, -1);
     EMIT(-1, QD_TAP_FINAL_NORM, m->xn);
     /* logits stay fp32: fp32 accumulation over the stored final_norm, not rounded */
-    matmul_forward(logits, m->xn, m->wb.lm_head, T, C, c->vocab_size, QD_ACCUM_F32);
+    matmul_forward(logits, m->xn, m->w->lm_head, T, C, c->vocab_size, QD_ACCUM_F32);
     EMIT(-1, QD_TAP_LOGITS, logits);
     return QD_OK;
 }

@@ -17,11 +17,15 @@
 
 typedef struct qd_emu qd_emu;
 
-/* Copies the weights rounded to bf16 (the fused path's weight dtype). fault: a fault of the catalog to
- * inject (qd_fault.h), NULL for none. NULL with e set on failure. */
+/* The weights as bf16 (the fused path's weight dtype): when every value of w is a bf16 value already (a
+ * bf16 checkpoint), emu reads w in place and w must outlive it, unchanged (as the reference's weights
+ * must); otherwise it keeps a rounded copy. fault: a fault of the catalog to inject (qd_fault.h), NULL
+ * for none. NULL with e set on failure. */
 qd_emu *qd_emu_create(const qd_weights *w, qd_act_dtype act, int threads, int max_seq, const qd_fault *fault,
                       qd_err *e);
 void qd_emu_free(qd_emu *m);
+/* 1 when m reads the caller's weights in place, 0 when it holds a rounded copy. */
+int qd_emu_shares_weights(const qd_emu *m);
 
 /* As qd_ref_embed / qd_ref_layer / qd_ref_head. h_in is rounded to the activation dtype on entry (what
  * storing it on the device would do), so another backend's fp32 hidden state can be fed in. */

@@ -177,12 +177,55 @@ static void test_emu_rounds_input(void **state) {
     qd_weights_free(&w);
 }
 
+/* bf16 weights (every released checkpoint) are read in place, others are rounded into emu's own copy;
+ * either way the arithmetic sees the same bf16 values. w2 holds w's values nudged up by less than half a
+ * bf16 ulp (x * (1 + 2^-12): bf16 keeps 8 significant bits), so it is not bf16 but rounds back to w:
+ * the emu that copies and rounds w2 must give bitwise the logits of the emu that reads w in place. */
+static void test_emu_shares_bf16_weights(void **state) {
+    (void)state;
+    qd_weights w, w2;
+    make_small(&w, 0, 23);
+    make_small(&w2, 0, 23);
+    for (size_t i = 0; i < w2.mem_floats; i++) w2.mem[i] *= 1.0f + 0x1p-12f;
+    assert_true(w2.mem[0] != w.mem[0] && qd_round_bf16(w2.mem[0]) == w.mem[0]);
+    qd_err e;
+    qd_emu *a = qd_emu_create(&w, QD_ACT_BF16, 0, T, NULL, &e), *b = qd_emu_create(&w2, QD_ACT_BF16, 0, T, NULL, &e);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_int_equal(qd_emu_shares_weights(a), 1);
+    assert_int_equal(qd_emu_shares_weights(b), 0);
+    const qd_config *c = &w.cfg;
+    size_t n = (size_t)T * c->hidden_size, nl = (size_t)T * c->vocab_size;
+    float *h = malloc(n * sizeof(float)), *h2 = malloc(n * sizeof(float)), *la = malloc(nl * sizeof(float));
+    float *lb = malloc(nl * sizeof(float));
+    qd_emu *m[2] = {a, b};
+    float *lg[2] = {la, lb};
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(qd_emu_embed(m[k], prompt, T, h, NULL), QD_OK);
+        for (int l = 0; l < c->num_hidden_layers; l++) {
+            assert_int_equal(qd_emu_layer(m[k], l, h, h2, T, 0, NULL), QD_OK);
+            memcpy(h, h2, n * sizeof(float));
+        }
+        assert_int_equal(qd_emu_head(m[k], h, T, lg[k], NULL), QD_OK);
+    }
+    assert_memory_equal(la, lb, nl * sizeof(float));
+    free(h);
+    free(h2);
+    free(la);
+    free(lb);
+    qd_emu_free(a);
+    qd_emu_free(b);
+    qd_weights_free(&w);
+    qd_weights_free(&w2);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_emu_fp32_matches_reference),
         cmocka_unit_test(test_emu_bf16_taps_are_bf16),
         cmocka_unit_test(test_emu_bf16_error_is_rounding_sized),
         cmocka_unit_test(test_emu_rounds_input),
+        cmocka_unit_test(test_emu_shares_bf16_weights),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
