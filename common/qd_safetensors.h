@@ -56,6 +56,10 @@ const qd_tensor *qd_st_find(const qd_st *st, const char *name);
 /* Copies a tensor into dst as fp32 (upcasting BF16/F16 exactly). dst holds numel floats. */
 void qd_tensor_to_f32(const qd_tensor *t, float *dst);
 int64_t qd_tensor_numel(const qd_tensor *t);
+/* Tells the kernel the tensor's bytes are no longer needed (their whole pages leave the resident set;
+ * were they read again they would come back from the file). For a loader that has copied it out: the
+ * mapped checkpoint and its fp32 copy are then not both resident at the peak. */
+void qd_tensor_release(const qd_tensor *t);
 
 void qd_st_close(qd_st *st);
 

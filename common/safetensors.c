@@ -444,6 +444,12 @@ void qd_tensor_to_f32(const qd_tensor *t, float *dst) {
     }
 }
 
+void qd_tensor_release(const qd_tensor *t) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t a = ((uintptr_t)t->data + page - 1) / page * page, b = ((uintptr_t)t->data + t->nbytes) / page * page;
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED); /* advice: a failure changes nothing */
+}
+
 void qd_st_close(qd_st *st) {
     for (int i = 0; i < st->n; i++) free(st->tensors[i].name);
     for (int k = 0; k < st->nfiles; k++) {

@@ -206,7 +206,10 @@ int qd_weights_load(const char *dir, qd_weights *w, qd_err *e) {
     }
     w->mem_floats = total;
     point_params(p, n, w->mem);
-    for (int i = 0; i < n; i++) qd_tensor_to_f32(src[i], *p[i].slot);
+    for (int i = 0; i < n; i++) {
+        qd_tensor_to_f32(src[i], *p[i].slot);
+        qd_tensor_release(src[i]);
+    }
     w->src_dtype = src[0]->dtype; /* the embedding's */
     if (w->cfg.tie_word_embeddings) w->lm_head = w->embed;
     free(src);
