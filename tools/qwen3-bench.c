@@ -67,6 +67,7 @@ static int parse_args(int argc, char **argv, bench_args *a) {
                                          {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
     *a = (bench_args){.runs = 7, .warmup = 2, .steps = 32};
     int c;
+    opterr = 0; /* one line of our own instead of getopt's */
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 'm': a->model = optarg; break;
@@ -76,7 +77,9 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         case 's': if (parse_pos("--steps", optarg, &a->steps)) return QD_EINPUT; break;
         case 't': a->timeline = optarg; break;
         case 'h': usage(stdout); exit(0);
-        default: usage(stderr); return QD_EINPUT;
+        default:
+            fprintf(stderr, PROG ": %s: unknown option or missing value (see --help)\n", argv[optind - 1]);
+            return QD_EINPUT;
         }
     }
     if (optind < argc) {
