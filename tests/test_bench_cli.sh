@@ -8,32 +8,9 @@
 set -u
 bin=${1:?usage: test_bench_cli.sh QWEN3_BENCH TIMELINE}
 timeline=${2:?usage: test_bench_cli.sh QWEN3_BENCH TIMELINE}
-tmp=$(mktemp -d /tmp/qd_bench_cli.XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-fail() {
-    echo "FAIL: $*"
-    fails=$((fails + 1))
-}
-
-# expect CODE NEEDLE -- ARGS...
-expect() {
-    local code=$1 needle=$2
-    shift 3
-    local rc=0
-    "$bin" "$@" >"$tmp/out" 2>"$tmp/err" || rc=$?
-    if [ "$rc" -ne "$code" ]; then
-        fail "$* -> exit $rc, expected $code; stderr: $(cat "$tmp/err")"
-    elif [ "$code" -eq 2 ] && [ "$(wc -l <"$tmp/err")" -ne 1 ]; then
-        fail "$* -> $(wc -l <"$tmp/err") lines on stderr, expected 1: $(cat "$tmp/err")"
-    elif [ "$code" -eq 2 ] && ! grep -q '^qwen3-bench: ' "$tmp/err"; then
-        fail "$* -> stderr does not start with 'qwen3-bench: ': $(cat "$tmp/err")"
-    elif [ -n "$needle" ] && ! grep -qF -- "$needle" "$tmp/err" "$tmp/out"; then
-        fail "$* -> output does not mention '$needle': $(cat "$tmp/err" "$tmp/out")"
-    else
-        echo "ok: exit $rc: $*"
-    fi
-}
+prog=qwen3-bench
+# shellcheck source=qd_cli.sh
+. "$(dirname "$0")/qd_cli.sh"
 
 expect 2 "--model is required" --
 expect 2 "--runs" -- --model x --runs 0
@@ -59,8 +36,4 @@ else
     fail "a missing model directory -> exit $rc: $(cat "$tmp/err")"
 fi
 
-if [ "$fails" -ne 0 ]; then
-    echo "$fails check(s) failed"
-    exit 1
-fi
-echo "all qwen3-bench command-line checks passed"
+finish "qwen3-bench command-line"

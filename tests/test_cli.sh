@@ -10,36 +10,9 @@ set -u
 bin=${1:?usage: test_cli.sh QWEN3_DIFF}
 fx=${QD_FIXTURES:-$(cd "$(dirname "$0")/../fixtures" && pwd)}
 model=$fx/gqa_tied
-tmp=$(mktemp -d /tmp/qd_cli.XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-
-fail() {
-    echo "FAIL: $*"
-    fails=$((fails + 1))
-}
-
-# expect CODE NEEDLE -- ARGS...: runs the binary, checks the exit code, that stderr is exactly one line
-# starting with "qwen3-diff: ", and that it contains NEEDLE (a fixed string).
-expect() {
-    local code=$1 needle=$2
-    shift 3
-    local rc=0
-    "$bin" "$@" >"$tmp/out" 2>"$tmp/err" || rc=$?
-    local lines
-    lines=$(wc -l <"$tmp/err")
-    if [ "$rc" -ne "$code" ]; then
-        fail "$* -> exit $rc, expected $code; stderr: $(cat "$tmp/err")"
-    elif [ "$code" -ne 0 ] && [ "$lines" -ne 1 ]; then
-        fail "$* -> $lines lines on stderr, expected 1: $(cat "$tmp/err")"
-    elif [ "$code" -ne 0 ] && ! grep -q '^qwen3-diff: ' "$tmp/err"; then
-        fail "$* -> stderr does not start with 'qwen3-diff: ': $(cat "$tmp/err")"
-    elif [ -n "$needle" ] && ! grep -qF -- "$needle" "$tmp/err" "$tmp/out"; then
-        fail "$* -> output does not mention '$needle': $(cat "$tmp/err")"
-    else
-        echo "ok: exit $rc: $* -> $(head -c 160 "$tmp/err")"
-    fi
-}
+prog=qwen3-diff
+# shellcheck source=qd_cli.sh
+. "$(dirname "$0")/qd_cli.sh"
 
 [ -x "$bin" ] || { echo "FAIL: $bin is not executable"; exit 1; }
 [ -f "$model/config.json" ] || { echo "FAIL: fixture $model missing"; exit 1; }
@@ -133,8 +106,4 @@ expect 0 "next token" -- --model "$model" --tokens "$toks"
 expect 0 "max|k_norm|" -- --model "$model" --tokens "$toks" --summary --threads 1 --ref-accum f64
 [ "$(grep -cE '^ +[0-9]+ ' "$tmp/out")" -eq 2 ] || fail "--summary: expected one row per layer (2): $(cat "$tmp/out")"
 
-if [ "$fails" -ne 0 ]; then
-    echo "$fails check(s) failed"
-    exit 1
-fi
-echo "all CLI checks passed"
+finish CLI
