@@ -1,4 +1,4 @@
-# qd_cli.sh: the command-line checks shared by test_cli.sh and test_bench_cli.sh (sourced, not run).
+# qd_cli.sh: what the shell tests share (test_cli.sh, test_bench_cli.sh, test_schema.sh; sourced, not run).
 # Set bin (the program) and prog (its name as its messages start: "prog: ...") before sourcing; it makes
 # $tmp (removed on exit) and counts failures in $fails.
 tmp=$(mktemp -d /tmp/qd_cli.XXXXXX)

@@ -12,13 +12,9 @@ if ! "$py" -c 'import h5py, numpy' 2>/dev/null; then
     echo "SKIP: $py cannot import h5py and numpy (apt-get install python3-h5py)"
     exit 77
 fi
-tmp=$(mktemp -d /tmp/qd_schema.XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-fail() {
-    echo "FAIL: $*"
-    fails=$((fails + 1))
-}
+prog=qwen3-diff
+# shellcheck source=qd_cli.sh
+. "$(dirname "$0")/qd_cli.sh"
 
 for m in gqa_tied mha_untied; do
     model=$fx/$m
@@ -98,8 +94,4 @@ if "$py" "$check" "$good" "$fx/mha_untied" 2>"$tmp/err" >/dev/null || ! grep -qF
     fail "check_schema did not flag a config_json from another model"
 fi
 
-if [ "$fails" -ne 0 ]; then
-    echo "$fails check(s) failed"
-    exit 1
-fi
-echo "schema v1 checks passed"
+finish "schema v1"
