@@ -488,8 +488,9 @@ __global__ void __launch_bounds__(128) decode_attn_kernel(const typename act<M>:
  * decode_attn_kernel<M, true> and the combine do, with the same contract and the same split of 64 keys.
  * Block (split s, kv head g) has kv_mul groups of 128 threads (blockDim (128, kv_mul)); group hh owns
  * query head slot hh, so the query heads of a kv head run side by side over one shared K/V tile:
- *   - before griddepcontrol.wait the block copies the split's cached K and V rows (earlier steps wrote
- *     them; the previous kernel does not) into shared memory with cp.async, in one go, and the q/k norm
+ *   - first thing it lets the next kernel launch (the o_proj GEMV stages its weights meanwhile); before
+ *     griddepcontrol.wait the block copies the split's cached K and V rows (earlier steps wrote them; no
+ *     kernel of this step does before it) into shared memory with cp.async, in one go, and the q/k norm
  *     weights and this position's RoPE row with plain loads
  *   - then group hh's warp 0 normalises and rotates its query head from qkv (head_rmsnorm and head_rope,
  *     the functions of qk_norm_rope_kernel: bitwise its q_rope); split 0 stores it (the tap)
@@ -514,9 +515,10 @@ static constexpr size_t decode_attn_qk_smem(int HD, size_t elt) { return 2 * (si
 
 /* MUL: the most query heads per kv head the instantiation serves (2, 4 or 8; the host takes the smallest
  * that covers NH/NKV): it sizes the per-head shared arrays (the 8-head instantiation alone needs 30 KB of
- * static shared memory, the 2-head one 10 KB) and bounds the block to 128 * MUL threads at 64 registers, so that 1024 threads
- * of the kernel fit on an SM beside the GEMVs of the chain: at long context its grid of splits x kv heads
- * is several blocks per SM. */
+ * static shared memory, the 2-head one 10 KB) and bounds the block to 128 * MUL threads at 64
+ * registers, so that 1024 threads of the kernel fit on an SM beside the GEMVs of the chain: at long
+ * context its grid of splits x kv heads is several blocks per SM. tl_launch: the launch's id in a
+ * timeline build (qd_timeline.h). */
 template <int M, int MUL>
 __global__ void __launch_bounds__(128 * MUL, 8 / MUL) decode_attn_qk_kernel(
     const typename act<M>::T *__restrict__ qkv, typename act<M>::T *__restrict__ q_out, typename act<M>::T *kc,
