@@ -223,8 +223,9 @@ __global__ void __launch_bounds__(GV_THREADS) gemv_kernel(const gemv_args a) {
 // GV_SWIGLU: gate row u with up row N + u) and copies all their weights into shared memory (bulk copies of
 // the TMA on sm_90, cp.async before) before griddepcontrol.wait. It lets the next kernel launch first
 // thing, so while one kernel waits for its input and computes, the next ones of the step are already
-// pulling their weights: the DRAM stream no longer stops at every dependency. The host sizes upb so that the grid is about one block per SM and
-// the tile at most GS_TILE_MAX bytes (three consecutive kernels of a layer fit on an SM together).
+// pulling their weights: the DRAM stream no longer stops at every dependency. The host sizes upb so that
+// the grid is about one block per SM and the tile at most GS_TILE_MAX bytes (about three consecutive
+// kernels of a layer then fit on an SM together).
 // Arithmetic per row is gemv_kernel's: each lane its chunks c8 = lane, lane + 32, ... in order, then the
 // xor butterfly, so both kernels give bitwise the same outputs.
 
