@@ -22,8 +22,13 @@ int qd_bless(qd_backend *a, qd_backend *b, qd_backend *b_iso, const int32_t *pro
     const qd_config *c = a->cfg;
     int rc = qd_tolerances_default(out, b->precision, a->precision, e);
     if (rc) return rc;
-    qd_calib cal;
+    qd_calib cal, cal_iso; /* free-running rows; teacher-forced rows (with b_iso) */
     if ((rc = qd_calib_init(&cal, c->num_hidden_layers, e))) {
+        qd_tolerances_free(out);
+        return rc;
+    }
+    if ((rc = qd_calib_init(&cal_iso, c->num_hidden_layers, e))) {
+        qd_calib_free(&cal);
         qd_tolerances_free(out);
         return rc;
     }
@@ -46,7 +51,12 @@ int qd_bless(qd_backend *a, qd_backend *b, qd_backend *b_iso, const int32_t *pro
                              row->verdict & QD_V_COLLAPSE ? "collapsed to zero" : "blow-up");
                 break;
             }
-            if (row->mode != QD_MODE_FREE) continue; /* free-running errors include the inherited ones */
+            /* teacher-forced errors get their own, tighter section; the free-running ones include the
+             * inherited error and set the top level, which also covers what the isolated section lacks */
+            if (row->mode == QD_MODE_ISOLATED) {
+                rc = qd_calib_add(&cal_iso, row->layer, qd_row_tap_name(row), &row->m, e);
+                continue;
+            }
             rc = qd_calib_add(&cal, row->layer, qd_row_tap_name(row), &row->m, e);
             if (row->m.rel_l2 > st.worst_rel_l2) {
                 st.worst_rel_l2 = row->m.rel_l2;
@@ -63,6 +73,7 @@ int qd_bless(qd_backend *a, qd_backend *b, qd_backend *b_iso, const int32_t *pro
         qd_report_free(&r);
     }
     if (!rc) rc = qd_calib_to_tolerances(&cal, margin, NULL, out, e);
+    if (!rc && b_iso) rc = qd_calib_to_tolerances_isolated(&cal_iso, margin, NULL, out, e);
     /* A known-good pair whose error already grows g-fold between two layers somewhere (single-token decode
      * steps of a model with near one-hot attention do) must not trip the growth check: the blessed factor
      * is margin x the worst growth measured, never below the default. */
@@ -70,6 +81,7 @@ int qd_bless(qd_backend *a, qd_backend *b, qd_backend *b_iso, const int32_t *pro
     if (stats) *stats = st;
     free(p);
     qd_calib_free(&cal);
+    qd_calib_free(&cal_iso);
     if (rc) qd_tolerances_free(out);
     return rc;
 }

@@ -64,9 +64,10 @@ static void add_row(qd_report *r, const qd_tolerances *tol, int step, int layer,
     qd_metrics_compute(test, ref, ndim, shape, &row->m);
     const char *name = qd_row_tap_name(row);
     int id = layer < 0 ? QD_NUM_LAYER_TAPS + tap : tap;
-    row->tol = qd_tolerances_lookup(tol, layer, name);
+    const int iso = mode == QD_MODE_ISOLATED;
+    row->tol = iso ? qd_tolerances_lookup_isolated(tol, layer, name) : qd_tolerances_lookup(tol, layer, name);
     row->prev_rel_l2 = layer < 0 ? NAN : prev[id];
-    row->verdict = qd_tolerances_verdict(tol, layer, name, &row->m, row->prev_rel_l2);
+    row->verdict = qd_tolerances_verdict(tol, iso, layer, name, &row->m, row->prev_rel_l2);
     prev[id] = row->m.rel_l2;
     if (qd_verdict_fails(row->verdict)) {
         if (r->first_fail[mode] < 0) r->first_fail[mode] = r->n;

@@ -9,6 +9,10 @@
  *     default    ("default": ...)                  itself built on the precision pair's table (tolerances.c)
  * so a partial object inherits what it leaves out from the next level down. The specific tap outranks the
  * whole layer: a layer entry loosens a layer without touching the taps that have their own setting.
+ * A teacher-forced row (qwen3-diff --isolate) first looks through the same four levels of "isolated", if
+ * the file has that section, then through the levels above for what they leave unset. Its error is its
+ * own layer's, none inherited, so it can be held far tighter than a free-running row: on a model whose
+ * free-running error decorrelates (near one-hot attention, long decode), only the isolated gate is tight.
  *
  * File format (JSON, schema "qwen3-diff-tolerances/1"):
  *   {
@@ -21,6 +25,8 @@
  *     "blowup_ratio": 1000,                             > 1
  *     "growth_factor": 10,                              > 1
  *     "growth_floor": 4e-3,                             >= 0 (qd_blowup in qd_metrics.h)
+ *     "isolated": {"default": {...}, "taps": {...}, "layers": {...}},
+ *                                                       optional: the teacher-forced rows' levels
  *     "measured": {...}                                 optional, free-form provenance: prompts, worst figures
  *   }
  * Every field but schema and precision_pair is optional and every tolerance object may be partial;
@@ -52,17 +58,22 @@ typedef struct {
 /* Tap ids used below: a layer tap's qd_layer_tap, or QD_NUM_LAYER_TAPS + a qd_model_tap. */
 #define QD_NUM_TAP_IDS (QD_NUM_LAYER_TAPS + QD_NUM_MODEL_TAPS)
 
-typedef struct {
+typedef struct qd_tolerances qd_tolerances;
+struct qd_tolerances {
     char prec_test[8], prec_ref[8]; /* the precision pair, e.g. "bf16", "fp32" */
     double margin;                  /* provenance: the margin calibration used; 0 when none */
-    qd_tol def;                     /* the default level: always complete */
+    qd_tol def;                     /* the default level */
+    unsigned def_set;               /* its fields that are set: all of them at the top level; in
+                                       `isolated`, those its "default" sets (the rest fall through) */
     qd_tol_entry taps[QD_NUM_TAP_IDS];
     int n_layers;                   /* rows of layers (0 when no layer entry) */
     qd_tol_entry *layers;           /* (n_layers, 1 + QD_NUM_LAYER_TAPS): [l][0] the whole layer l,
                                        [l][1 + tap] layer l's tap */
     qd_blowup blowup;               /* blowup_ratio, growth_factor, growth_floor */
     struct json_t *measured;        /* "measured", kept verbatim; NULL when absent; owned */
-} qd_tolerances;
+    qd_tolerances *isolated;        /* "isolated": the levels of teacher-forced rows (def, def_set, taps,
+                                       layers; nothing else of it is used); NULL when absent; owned */
+};
 
 /* Initialises t (which holds nothing yet, or was qd_tolerances_free'd) with the defaults of the
  * precision pair: no overrides, the pair's default tolerance, the blow-up defaults. The pair is judged
@@ -82,14 +93,20 @@ void qd_tolerances_free(qd_tolerances *t);
  * or non-finite value. */
 int qd_tolerances_set(qd_tolerances *t, int layer, const char *tap, const qd_tol *tol, unsigned set,
                       qd_err *e);
+/* The same at a level of the "isolated" section (created empty on first use). */
+int qd_tolerances_set_isolated(qd_tolerances *t, int layer, const char *tap, const qd_tol *tol, unsigned set,
+                               qd_err *e);
 
 /* The tolerance for `tap` (a layer tap or model tap name) in `layer` (-1 for model-level taps), by the
  * lookup order above. An unknown name gets the layer and default levels. */
 qd_tol qd_tolerances_lookup(const qd_tolerances *t, int layer, const char *tap);
+/* The tolerance of a teacher-forced row: the "isolated" levels, then qd_tolerances_lookup for the rest. */
+qd_tol qd_tolerances_lookup_isolated(const qd_tolerances *t, int layer, const char *tap);
 
-/* qd_verdict with the looked-up tolerance and t's blow-up settings. */
-unsigned qd_tolerances_verdict(const qd_tolerances *t, int layer, const char *tap, const qd_metrics *m,
-                               double prev_rel_l2);
+/* qd_verdict with the looked-up tolerance (of a teacher-forced row when `isolated`) and t's blow-up
+ * settings. */
+unsigned qd_tolerances_verdict(const qd_tolerances *t, int isolated, int layer, const char *tap,
+                               const qd_metrics *m, double prev_rel_l2);
 
 /* Reads and validates a tolerance file (format above). On error t holds nothing. */
 int qd_tolerances_load(const char *path, qd_tolerances *t, qd_err *e);
@@ -133,5 +150,8 @@ int qd_calib_add(qd_calib *c, int layer, const char *tap, const qd_metrics *m, q
  * margin must be >= 1. Sets out->margin. */
 int qd_calib_to_tolerances(const qd_calib *c, double margin, const qd_tol *floor, qd_tolerances *out,
                            qd_err *e);
+/* The same into out's "isolated" section (teacher-forced rows' worst figures), floor and margin alike. */
+int qd_calib_to_tolerances_isolated(const qd_calib *c, double margin, const qd_tol *floor, qd_tolerances *out,
+                                    qd_err *e);
 
 #endif

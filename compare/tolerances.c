@@ -98,6 +98,7 @@ int qd_tolerances_default(qd_tolerances *t, const char *prec_test, const char *p
     snprintf(t->prec_test, sizeof t->prec_test, "%s", prec_test);
     snprintf(t->prec_ref, sizeof t->prec_ref, "%s", prec_ref);
     t->def = pair_table[cls].def;
+    t->def_set = QD_TOL_SET_ALL;
     t->blowup.blowup_ratio = DEFAULT_BLOWUP_RATIO;
     t->blowup.growth_factor = DEFAULT_GROWTH_FACTOR;
     /* growth out of an error below one rounding of the pair is noise, not divergence */
@@ -108,6 +109,10 @@ int qd_tolerances_default(qd_tolerances *t, const char *prec_test, const char *p
 void qd_tolerances_free(qd_tolerances *t) {
     free(t->layers);
     if (t->measured) json_decref(t->measured);
+    if (t->isolated) {
+        qd_tolerances_free(t->isolated);
+        free(t->isolated);
+    }
     memset(t, 0, sizeof *t);
 }
 
@@ -170,9 +175,10 @@ int qd_tolerances_set(qd_tolerances *t, int layer, const char *tap, const qd_tol
                            layer, tap);
     }
     if (layer < 0 && id < 0) {
-        qd_tol_entry d = {t->def, QD_TOL_SET_ALL};
+        qd_tol_entry d = {t->def, t->def_set};
         entry_apply(&d, tol, set);
         t->def = d.tol;
+        t->def_set = d.set;
     } else if (layer < 0) {
         entry_apply(&t->taps[id], tol, set);
     } else {
@@ -181,6 +187,17 @@ int qd_tolerances_set(qd_tolerances *t, int layer, const char *tap, const qd_tol
         entry_apply(&layer_row(t, layer)[id < 0 ? 0 : 1 + id], tol, set);
     }
     return QD_OK;
+}
+
+/* The "isolated" section, created empty (no level sets anything) on first use. */
+static qd_tolerances *isolated_section(qd_tolerances *t) {
+    if (!t->isolated) t->isolated = qd_calloc(1, sizeof *t->isolated);
+    return t->isolated;
+}
+
+int qd_tolerances_set_isolated(qd_tolerances *t, int layer, const char *tap, const qd_tol *tol, unsigned set,
+                               qd_err *e) {
+    return qd_tolerances_set(isolated_section(t), layer, tap, tol, set, e);
 }
 
 /* Fills the fields of *out not yet in *have from entry. */
@@ -192,22 +209,35 @@ static void inherit(qd_tol *out, unsigned *have, const qd_tol_entry *en) {
     *have |= take;
 }
 
+/* The four levels of one section, in lookup order, for the fields not yet in *have. */
+static void inherit_levels(const qd_tolerances *t, int layer, const char *tap, qd_tol *out, unsigned *have) {
+    int id = tap_id(tap);
+    const qd_tol_entry *row = layer >= 0 && layer < t->n_layers ? layer_row(t, layer) : NULL;
+    if (row && id >= 0 && id < QD_NUM_LAYER_TAPS) inherit(out, have, &row[1 + id]);
+    if (id >= 0) inherit(out, have, &t->taps[id]);
+    if (row) inherit(out, have, &row[0]);
+    qd_tol_entry d = {t->def, t->def_set};
+    inherit(out, have, &d);
+}
+
 qd_tol qd_tolerances_lookup(const qd_tolerances *t, int layer, const char *tap) {
     qd_tol out = {0, 0, 0};
     unsigned have = 0;
-    int id = tap_id(tap);
-    const qd_tol_entry *row = layer >= 0 && layer < t->n_layers ? layer_row(t, layer) : NULL;
-    if (row && id >= 0 && id < QD_NUM_LAYER_TAPS) inherit(&out, &have, &row[1 + id]);
-    if (id >= 0) inherit(&out, &have, &t->taps[id]);
-    if (row) inherit(&out, &have, &row[0]);
-    qd_tol_entry d = {t->def, QD_TOL_SET_ALL};
-    inherit(&out, &have, &d);
+    inherit_levels(t, layer, tap, &out, &have);
     return out;
 }
 
-unsigned qd_tolerances_verdict(const qd_tolerances *t, int layer, const char *tap, const qd_metrics *m,
-                               double prev_rel_l2) {
-    qd_tol tol = qd_tolerances_lookup(t, layer, tap);
+qd_tol qd_tolerances_lookup_isolated(const qd_tolerances *t, int layer, const char *tap) {
+    qd_tol out = {0, 0, 0};
+    unsigned have = 0;
+    if (t->isolated) inherit_levels(t->isolated, layer, tap, &out, &have);
+    inherit_levels(t, layer, tap, &out, &have);
+    return out;
+}
+
+unsigned qd_tolerances_verdict(const qd_tolerances *t, int isolated, int layer, const char *tap,
+                               const qd_metrics *m, double prev_rel_l2) {
+    qd_tol tol = isolated ? qd_tolerances_lookup_isolated(t, layer, tap) : qd_tolerances_lookup(t, layer, tap);
     return qd_verdict(m, &tol, &t->blowup, prev_rel_l2);
 }
 
@@ -266,7 +296,8 @@ static int parse_tol(const json_t *v, const char *where, const char *path, qd_to
 }
 
 /* "3" -> 3; "3/k_norm" -> 3 and tap id. A plain decimal with no sign, no leading zero, no spaces. */
-static int parse_layer_key(const char *key, const char *path, int *layer, int *id, qd_err *e) {
+static int parse_layer_key(const char *key, const char *prefix, const char *path, int *layer, int *id,
+                           qd_err *e) {
     const char *slash = strchr(key, '/');
     size_t nd = slash ? (size_t)(slash - key) : strlen(key);
     int ok = nd > 0 && nd <= 4 && !(nd > 1 && key[0] == '0');
@@ -277,9 +308,9 @@ static int parse_layer_key(const char *key, const char *path, int *layer, int *i
     }
     if (!ok || l >= QD_TOL_MAX_LAYERS)
         return qd_errf(e, QD_EINPUT,
-                       "%s: field 'layers.%s': expected \"<layer>\" or \"<layer>/<tap>\" with a layer index "
+                       "%s: field '%slayers.%s': expected \"<layer>\" or \"<layer>/<tap>\" with a layer index "
                        "0..%d",
-                       path, key, QD_TOL_MAX_LAYERS - 1);
+                       path, prefix, key, QD_TOL_MAX_LAYERS - 1);
     *layer = (int)l;
     *id = -1;
     if (slash) {
@@ -287,24 +318,73 @@ static int parse_layer_key(const char *key, const char *path, int *layer, int *i
         if (i < 0) {
             if (qd_model_tap_index(slash + 1) >= 0)
                 return qd_errf(e, QD_EINPUT,
-                               "%s: field 'layers.%s': '%s' is a model-level tap and has no layer (put it "
-                               "under 'taps')",
-                               path, key, slash + 1);
-            return qd_errf(e, QD_EINPUT, "%s: field 'layers.%s': unknown tap '%s'", path, key, slash + 1);
+                               "%s: field '%slayers.%s': '%s' is a model-level tap and has no layer (put it "
+                               "under '%staps')",
+                               path, prefix, key, slash + 1, prefix);
+            return qd_errf(e, QD_EINPUT, "%s: field '%slayers.%s': unknown tap '%s'", path, prefix, key,
+                           slash + 1);
         }
         *id = i;
     }
     return QD_OK;
 }
 
+/* The levels of a section ("default", "taps", "layers") of obj; prefix names the section in messages
+ * ("" or "isolated."). */
+static int load_levels(const json_t *obj, const char *prefix, const char *path, qd_tolerances *t, qd_err *e) {
+    const json_t *v;
+    int rc;
+    if ((v = json_object_get(obj, "default"))) {
+        char field[64];
+        snprintf(field, sizeof field, "%sdefault", prefix);
+        qd_tol_entry d = {t->def, 0};
+        if ((rc = parse_tol(v, field, path, &d, e)) != QD_OK) return rc;
+        t->def = d.tol;
+        t->def_set |= d.set;
+    }
+    if ((v = json_object_get(obj, "taps"))) {
+        if (!json_is_object(v))
+            return qd_errf(e, QD_EINPUT, "%s: field '%staps': expected an object, got %s", path, prefix,
+                           qd_json_type_name(v));
+        const char *k;
+        json_t *x;
+        json_object_foreach((json_t *)v, k, x) {
+            char field[256];
+            snprintf(field, sizeof field, "%staps.%s", prefix, k);
+            int id = tap_id(k);
+            if (id < 0) return qd_errf(e, QD_EINPUT, "%s: field '%s': unknown tap '%s'", path, field, k);
+            if ((rc = parse_tol(x, field, path, &t->taps[id], e)) != QD_OK) return rc;
+        }
+    }
+    if ((v = json_object_get(obj, "layers"))) {
+        if (!json_is_object(v))
+            return qd_errf(e, QD_EINPUT, "%s: field '%slayers': expected an object, got %s", path, prefix,
+                           qd_json_type_name(v));
+        const char *k;
+        json_t *x;
+        json_object_foreach((json_t *)v, k, x) {
+            char field[256];
+            snprintf(field, sizeof field, "%slayers.%s", prefix, k);
+            int layer = 0, id = -1;
+            if ((rc = parse_layer_key(k, prefix, path, &layer, &id, e)) != QD_OK) return rc;
+            if (ensure_layers(t, layer + 1) != QD_OK)
+                return qd_errf(e, QD_ERUNTIME, "%s: out of memory for %d layers", path, layer + 1);
+            if ((rc = parse_tol(x, field, path, &layer_row(t, layer)[id < 0 ? 0 : 1 + id], e)) != QD_OK)
+                return rc;
+        }
+    }
+    return QD_OK;
+}
+
 static int load_root(const json_t *root, const char *path, qd_tolerances *t, qd_err *e) {
     static const char *const keys[] = {"schema", "precision_pair", "margin", "default", "taps", "layers",
-                                       "blowup_ratio", "growth_factor", "growth_floor", "measured", NULL};
+                                       "blowup_ratio", "growth_factor", "growth_floor", "isolated", "measured",
+                                       NULL};
     if (!json_is_object(root))
         return qd_errf(e, QD_EINPUT, "%s: expected a JSON object, got %s", path, qd_json_type_name(root));
     int rc = check_keys(root, keys, "",
                         "schema, precision_pair, margin, default, taps, layers, blowup_ratio, growth_factor, "
-                        "growth_floor or measured",
+                        "growth_floor, isolated or measured",
                         path, e);
     if (rc != QD_OK) return rc;
 
@@ -332,41 +412,14 @@ static int load_root(const json_t *root, const char *path, qd_tolerances *t, qd_
     if ((v = json_object_get(root, "margin")) &&
         (rc = get_number(v, "margin", 1.0, 0, path, &t->margin, e)) != QD_OK)
         return rc;
-    if ((v = json_object_get(root, "default"))) {
-        qd_tol_entry d = {t->def, 0};
-        if ((rc = parse_tol(v, "default", path, &d, e)) != QD_OK) return rc;
-        t->def = d.tol;
-    }
-    if ((v = json_object_get(root, "taps"))) {
+    if ((rc = load_levels(root, "", path, t, e)) != QD_OK) return rc;
+    if ((v = json_object_get(root, "isolated"))) {
+        static const char *const iso_keys[] = {"default", "taps", "layers", NULL};
         if (!json_is_object(v))
-            return qd_errf(e, QD_EINPUT, "%s: field 'taps': expected an object, got %s", path,
+            return qd_errf(e, QD_EINPUT, "%s: field 'isolated': expected an object, got %s", path,
                            qd_json_type_name(v));
-        const char *k;
-        json_t *x;
-        json_object_foreach((json_t *)v, k, x) {
-            char field[256];
-            snprintf(field, sizeof field, "taps.%s", k);
-            int id = tap_id(k);
-            if (id < 0) return qd_errf(e, QD_EINPUT, "%s: field '%s': unknown tap '%s'", path, field, k);
-            if ((rc = parse_tol(x, field, path, &t->taps[id], e)) != QD_OK) return rc;
-        }
-    }
-    if ((v = json_object_get(root, "layers"))) {
-        if (!json_is_object(v))
-            return qd_errf(e, QD_EINPUT, "%s: field 'layers': expected an object, got %s", path,
-                           qd_json_type_name(v));
-        const char *k;
-        json_t *x;
-        json_object_foreach((json_t *)v, k, x) {
-            char field[256];
-            snprintf(field, sizeof field, "layers.%s", k);
-            int layer = 0, id = -1;
-            if ((rc = parse_layer_key(k, path, &layer, &id, e)) != QD_OK) return rc;
-            if (ensure_layers(t, layer + 1) != QD_OK)
-                return qd_errf(e, QD_ERUNTIME, "%s: out of memory for %d layers", path, layer + 1);
-            if ((rc = parse_tol(x, field, path, &layer_row(t, layer)[id < 0 ? 0 : 1 + id], e)) != QD_OK)
-                return rc;
-        }
+        if ((rc = check_keys(v, iso_keys, "isolated", "default, taps or layers", path, e)) != QD_OK) return rc;
+        if ((rc = load_levels(v, "isolated.", path, isolated_section(t), e)) != QD_OK) return rc;
     }
     if ((v = json_object_get(root, "blowup_ratio")) &&
         (rc = get_number(v, "blowup_ratio", 1.0, 1, path, &t->blowup.blowup_ratio, e)) != QD_OK)
@@ -415,13 +468,10 @@ static json_t *tol_json(const qd_tol_entry *en) {
     return o;
 }
 
-static json_t *tolerances_json(const qd_tolerances *t) {
-    json_t *root = json_object();
-    json_object_set_new(root, "schema", json_string(QD_TOL_SCHEMA));
-    json_object_set_new(root, "precision_pair", json_pack("[ss]", t->prec_test, t->prec_ref));
-    if (t->margin > 0) json_object_set_new(root, "margin", json_real(t->margin));
-    qd_tol_entry d = {t->def, QD_TOL_SET_ALL};
-    json_object_set_new(root, "default", tol_json(&d));
+/* A section's levels into obj: "default" (what it sets), "taps" and "layers" (when not empty). */
+static void levels_json(json_t *root, const qd_tolerances *t) {
+    qd_tol_entry d = {t->def, t->def_set};
+    if (d.set) json_object_set_new(root, "default", tol_json(&d));
     json_t *taps = json_object();
     for (int id = 0; id < QD_NUM_TAP_IDS; id++)
         if (t->taps[id].set) json_object_set_new(taps, tap_id_name(id), tol_json(&t->taps[id]));
@@ -443,9 +493,22 @@ static json_t *tolerances_json(const qd_tolerances *t) {
     }
     if (json_object_size(layers)) json_object_set(root, "layers", layers);
     json_decref(layers);
+}
+
+static json_t *tolerances_json(const qd_tolerances *t) {
+    json_t *root = json_object();
+    json_object_set_new(root, "schema", json_string(QD_TOL_SCHEMA));
+    json_object_set_new(root, "precision_pair", json_pack("[ss]", t->prec_test, t->prec_ref));
+    if (t->margin > 0) json_object_set_new(root, "margin", json_real(t->margin));
+    levels_json(root, t);
     json_object_set_new(root, "blowup_ratio", json_real(t->blowup.blowup_ratio));
     json_object_set_new(root, "growth_factor", json_real(t->blowup.growth_factor));
     json_object_set_new(root, "growth_floor", json_real(t->blowup.growth_floor));
+    if (t->isolated) {
+        json_t *iso = json_object();
+        levels_json(iso, t->isolated);
+        json_object_set_new(root, "isolated", iso);
+    }
     if (t->measured) json_object_set(root, "measured", t->measured);
     return root;
 }
@@ -545,8 +608,8 @@ static double calib_value(double worst, double margin, double floor) {
     return round_up3(v > floor ? v : floor);
 }
 
-int qd_calib_to_tolerances(const qd_calib *c, double margin, const qd_tol *floor, qd_tolerances *out,
-                           qd_err *e) {
+static int calib_to_levels(const qd_calib *c, double margin, const qd_tol *floor, qd_tolerances *out,
+                           int isolated, qd_err *e) {
     if (!isfinite(margin) || margin < 1.0)
         return qd_errf(e, QD_EINPUT, "calibration: margin %g must be a finite number >= 1", margin);
     qd_tol fl;
@@ -567,10 +630,21 @@ int qd_calib_to_tolerances(const qd_calib *c, double margin, const qd_tol *floor
             qd_tol tol = {calib_value(s->rel_l2, margin, fl.rel_l2), calib_value(s->abs_zero_ref, margin, fl.atol),
                           calib_value(s->abs_ratio, margin, fl.rtol)};
             const char *name = layer < 0 ? qd_model_tap_name(tap) : qd_layer_tap_name(tap);
-            int rc = qd_tolerances_set(out, layer, name, &tol, QD_TOL_SET_ALL, e);
+            int rc = isolated ? qd_tolerances_set_isolated(out, layer, name, &tol, QD_TOL_SET_ALL, e)
+                              : qd_tolerances_set(out, layer, name, &tol, QD_TOL_SET_ALL, e);
             if (rc != QD_OK) return rc;
         }
     }
     out->margin = margin;
     return QD_OK;
+}
+
+int qd_calib_to_tolerances(const qd_calib *c, double margin, const qd_tol *floor, qd_tolerances *out,
+                           qd_err *e) {
+    return calib_to_levels(c, margin, floor, out, 0, e);
+}
+
+int qd_calib_to_tolerances_isolated(const qd_calib *c, double margin, const qd_tol *floor, qd_tolerances *out,
+                                    qd_err *e) {
+    return calib_to_levels(c, margin, floor, out, 1, e);
 }

@@ -164,6 +164,30 @@ check(rc == 1, f"blessed tolerances stop a fault the defaults are too loose for 
 rc, _, err = run(*model_args("gqa_tied"), "--backends", "ref,emu", "--tolerances", tol, "--act", "fp32", "--quiet")
 check(rc == 2 and "precision_pair" in err, f"a tolerance file for another precision pair is refused ({err.strip()})")
 
+# --- calibration with --isolate: a teacher-forced section, tight where the free-running gate cannot be --
+# knorm_extreme with 64 decode steps: free-running ref vs emu decorrelates (docs/TOLERANCES.md), so the
+# free-running tolerances bless to rel_l2 > 1 from layer 2 on; the teacher-forced ones stay below 0.3.
+KN = model_args("knorm_extreme") + ["--backends", "ref,emu", "--decode", "64"]
+tol_free, tol_iso = os.path.join(tmp, "kn_free.json"), os.path.join(tmp, "kn_iso.json")
+rc1, _, err1 = run(*KN, "--calibrate", "16", "--margin", "3", "--write-tolerances", tol_free)
+rc2, _, err2 = run(*KN, "--isolate", "--calibrate", "16", "--margin", "3", "--write-tolerances", tol_iso)
+check(rc1 == 0 and rc2 == 0, f"knorm_extreme blessed with and without --isolate ({err1.strip()} {err2.strip()})")
+tf, ti = read_json(tol_free), read_json(tol_iso)
+check("isolated" not in tf and "isolated" in ti, "only --isolate writes an isolated section")
+top, iso = ti["layers"]["2/attn"]["rel_l2"], ti["isolated"]["layers"]["2/attn"]["rel_l2"]
+check(top > 1 and iso < 0.3 and ti["layers"] == tf["layers"],
+      f"layer 2 attn: free-running {top}, teacher-forced {iso}; the top level is the same as without --isolate")
+rc, _, err = run(*KN, "--isolate", "--locate", "isolated", "--tolerances", tol_iso, "--quiet")
+check(rc == 0, f"the isolated section passes the clean pair teacher-forced (exit {rc}) {err.strip()}")
+for fault in ("knorm-mul@2", "no-attn-scale@2"):  # found with 10.7x and 3.2x over the isolated tolerance
+    rc1, _, _ = run(*KN, "--isolate", "--locate", "isolated", "--tolerances", tol_free, "--inject", fault, "--quiet")
+    js = os.path.join(tmp, f"kn_{fault}.json")
+    rc2, _, _ = run(*KN, "--isolate", "--locate", "isolated", "--tolerances", tol_iso, "--inject", fault, "--json", js)
+    fd = read_json(js)["first_divergence"] if rc2 == 1 else None
+    check(rc1 == 0 and rc2 == 1 and fd and fd["layer"] == 2,
+          f"{fault}: missed under the free-running tolerances (exit {rc1}), found at layer 2 teacher-forced under "
+          f"the isolated section (exit {rc2}, {fd and (fd['layer'], fd['tap'])})")
+
 # --- exit codes and determinism ------------------------------------------------------------------------
 rc, out, _ = run(*model_args("gqa_tied"), "--backends", "ref,ref", "--json", os.path.join(tmp, "rr.json"))
 rr = read_json(os.path.join(tmp, "rr.json"))

@@ -129,8 +129,8 @@ static void test_lookup_order(void **state) {
     /* the verdict uses the looked-up tolerance: rel_l2 0.2 passes layer 3 (0.31), fails layer 2 out (0.1) */
     qd_metrics m = {.n = 1, .n_finite = 1, .rel_l2 = 0.2, .max_abs = 0.0, .max_mag_ref = 1.0,
                     .max_mag_test = 1.0, .mag_ratio = 1.0};
-    assert_int_equal(qd_tolerances_verdict(&t, 3, "q_norm", &m, NAN), 0);
-    assert_int_equal(qd_tolerances_verdict(&t, 2, "out", &m, NAN), QD_V_REL_L2);
+    assert_int_equal(qd_tolerances_verdict(&t, 0, 3, "q_norm", &m, NAN), 0);
+    assert_int_equal(qd_tolerances_verdict(&t, 0, 2, "out", &m, NAN), QD_V_REL_L2);
 
     /* bad settings */
     qd_err_clear(&e);
@@ -145,14 +145,52 @@ static void test_lookup_order(void **state) {
     qd_tolerances_free(&t);
 }
 
+/* A teacher-forced row: the isolated section's four levels first, field by field, then the top level's. */
+static void test_lookup_isolated(void **state) {
+    (void)state;
+    qd_tolerances t;
+    qd_err e;
+    assert_int_equal(qd_tolerances_default(&t, "bf16", "fp32", &e), QD_OK);
+    assert_int_equal(qd_tolerances_set(&t, -1, NULL, &(qd_tol){0.1, 0.2, 0.3}, QD_TOL_SET_ALL, &e), QD_OK);
+    assert_int_equal(qd_tolerances_set(&t, 3, "attn", &(qd_tol){0.9, 0, 0}, QD_TOL_SET_REL_L2, &e), QD_OK);
+    /* no isolated section: the same tolerance as a free-running row */
+    assert_null(t.isolated);
+    assert_tol_eq(qd_tolerances_lookup_isolated(&t, 3, "attn"), 0.9, 0.2, 0.3);
+    assert_tol_eq(qd_tolerances_lookup_isolated(&t, -1, "logits"), 0.1, 0.2, 0.3);
+    assert_int_equal(qd_tolerances_set_isolated(&t, -1, NULL, &(qd_tol){0, 0.02, 0}, QD_TOL_SET_ATOL, &e), QD_OK);
+    assert_int_equal(qd_tolerances_set_isolated(&t, -1, "attn", &(qd_tol){0.05, 0, 0}, QD_TOL_SET_REL_L2, &e), QD_OK);
+    assert_int_equal(qd_tolerances_set_isolated(&t, 3, NULL, &(qd_tol){0, 0, 0.03}, QD_TOL_SET_RTOL, &e), QD_OK);
+    assert_int_equal(qd_tolerances_set_isolated(&t, 3, "attn", &(qd_tol){0.01, 0, 0}, QD_TOL_SET_REL_L2, &e), QD_OK);
+    assert_int_equal(qd_tolerances_set_isolated(&t, -1, "logits", &(qd_tol){0.04, 0, 0}, QD_TOL_SET_REL_L2, &e),
+                     QD_OK);
+    assert_tol_eq(qd_tolerances_lookup_isolated(&t, 3, "attn"), 0.01, 0.02, 0.03); /* layer+tap, default, layer */
+    assert_tol_eq(qd_tolerances_lookup_isolated(&t, 2, "attn"), 0.05, 0.02, 0.3);  /* tap, default, top level */
+    assert_tol_eq(qd_tolerances_lookup_isolated(&t, 3, "out"), 0.1, 0.02, 0.03);   /* top level's rel_l2 */
+    assert_tol_eq(qd_tolerances_lookup_isolated(&t, -1, "logits"), 0.04, 0.02, 0.3);
+    /* free-running rows never see the section */
+    assert_tol_eq(qd_tolerances_lookup(&t, 3, "attn"), 0.9, 0.2, 0.3);
+    assert_tol_eq(qd_tolerances_lookup(&t, -1, "logits"), 0.1, 0.2, 0.3);
+    /* its setter refuses what the top level's refuses, and changes nothing then */
+    assert_int_equal(qd_tolerances_set_isolated(&t, 3, "logits", &(qd_tol){0.1, 0, 0}, QD_TOL_SET_ALL, &e), QD_EINPUT);
+    assert_int_equal(qd_tolerances_set_isolated(&t, -1, NULL, &(qd_tol){-1, 0, 0}, QD_TOL_SET_REL_L2, &e), QD_EINPUT);
+    assert_tol_eq(qd_tolerances_lookup_isolated(&t, 3, "out"), 0.1, 0.02, 0.03);
+    qd_metrics m = {.n = 10, .n_finite = 10, .rel_l2 = 0.02, .max_abs = 0.0, .max_mag_ref = 1.0,
+                    .max_mag_test = 1.0, .mag_ratio = 1.0, .cosine = 1.0};
+    assert_int_equal(qd_tolerances_verdict(&t, 0, 3, "attn", &m, NAN), 0);
+    assert_int_equal(qd_tolerances_verdict(&t, 1, 3, "attn", &m, NAN), QD_V_REL_L2);
+    qd_tolerances_free(&t);
+    assert_null(t.isolated);
+}
+
 // ----------------------------------------------------------------------------
 // the file
 
-static void check_equal(const qd_tolerances *a, const qd_tolerances *b) {
-    assert_string_equal(a->prec_test, b->prec_test);
-    assert_string_equal(a->prec_ref, b->prec_ref);
-    assert_true(a->margin == b->margin);
-    assert_tol_eq(a->def, b->def.rel_l2, b->def.atol, b->def.rtol);
+/* The levels of two sections: default (the fields set), taps, layers. */
+static void check_levels_equal(const qd_tolerances *a, const qd_tolerances *b) {
+    assert_int_equal(a->def_set, b->def_set);
+    if (a->def_set & QD_TOL_SET_REL_L2) assert_true(a->def.rel_l2 == b->def.rel_l2);
+    if (a->def_set & QD_TOL_SET_ATOL) assert_true(a->def.atol == b->def.atol);
+    if (a->def_set & QD_TOL_SET_RTOL) assert_true(a->def.rtol == b->def.rtol);
     for (int id = 0; id < QD_NUM_TAP_IDS; id++) {
         assert_int_equal(a->taps[id].set, b->taps[id].set);
         const unsigned s = a->taps[id].set;
@@ -171,6 +209,16 @@ static void check_equal(const qd_tolerances *a, const qd_tolerances *b) {
             if (x->set & QD_TOL_SET_ATOL) assert_true(x->tol.atol == y->tol.atol);
             if (x->set & QD_TOL_SET_RTOL) assert_true(x->tol.rtol == y->tol.rtol);
         }
+}
+
+static void check_equal(const qd_tolerances *a, const qd_tolerances *b) {
+    assert_string_equal(a->prec_test, b->prec_test);
+    assert_string_equal(a->prec_ref, b->prec_ref);
+    assert_true(a->margin == b->margin);
+    assert_int_equal(a->def_set, QD_TOL_SET_ALL);
+    check_levels_equal(a, b);
+    assert_int_equal(a->isolated != NULL, b->isolated != NULL);
+    if (a->isolated) check_levels_equal(a->isolated, b->isolated);
     assert_true(a->blowup.blowup_ratio == b->blowup.blowup_ratio);
     assert_true(a->blowup.growth_factor == b->blowup.growth_factor);
     assert_true(a->blowup.growth_floor == b->blowup.growth_floor);
@@ -204,6 +252,11 @@ static void test_round_trip(void **state) {
     assert_int_equal(qd_tolerances_set(&t, 3, NULL, &(qd_tol){6e-2, 0, 0}, QD_TOL_SET_REL_L2, &e), QD_OK);
     assert_int_equal(qd_tolerances_set(&t, 3, "k_norm", &(qd_tol){0, 2e-2, 0}, QD_TOL_SET_ATOL, &e), QD_OK);
     assert_int_equal(qd_tolerances_set(&t, 27, "out", &(qd_tol){0.0123, 1e-7, 0}, QD_TOL_SET_ALL, &e), QD_OK);
+    assert_int_equal(qd_tolerances_set_isolated(&t, -1, NULL, &(qd_tol){1.5e-2, 0, 0}, QD_TOL_SET_REL_L2, &e), QD_OK);
+    assert_int_equal(qd_tolerances_set_isolated(&t, -1, "logits", &(qd_tol){0, 0, 2.5e-2}, QD_TOL_SET_RTOL, &e),
+                     QD_OK);
+    assert_int_equal(qd_tolerances_set_isolated(&t, 3, "attn", &(qd_tol){7e-3, 1e-3, 9e-3}, QD_TOL_SET_ALL, &e),
+                     QD_OK);
     t.measured = json_pack("{s:[ss],s:f,s:s}", "prompts", "hello", "the", "worst_rel_l2", 0.0271, "note", "x");
     char *path = qd_path_join(tmpdir, "tol.json");
     assert_int_equal(qd_tolerances_write(path, &t, &e), QD_OK);
@@ -221,6 +274,7 @@ static void test_round_trip(void **state) {
     assert_int_equal(qd_read_file(path2, &b, NULL, &e), QD_OK);
     assert_string_equal(a, b);
     assert_non_null(strstr(a, "\"3/k_norm\""));
+    assert_non_null(strstr(a, "\"isolated\""));
     assert_non_null(strstr(a, "\"schema\": \"qwen3-diff-tolerances/1\""));
     free(a);
     free(b);
@@ -285,6 +339,12 @@ static void test_load_errors(void **state) {
         {HEAD "\"margin\": 0.5}", "margin"},
         {HEAD "\"measured\": [1, 2]}", "measured"},
         {HEAD "\"default\": {\"rel_l2\": 0.1, \"rel_l2\": 0.2}}", "duplicate"},    /* duplicate key */
+        {HEAD "\"isolated\": [1]}", "'isolated'"},                               /* the isolated section */
+        {HEAD "\"isolated\": {\"growth_factor\": 2}}", "isolated.growth_factor"}, /* only levels there */
+        {HEAD "\"isolated\": {\"default\": {\"rel_l3\": 0.1}}}", "isolated.default.rel_l3"},
+        {HEAD "\"isolated\": {\"taps\": {\"logits\": {\"rel_l2\": -1}}}}", "isolated.taps.logits.rel_l2"},
+        {HEAD "\"isolated\": {\"layers\": {\"3/k_nrom\": {\"rel_l2\": 0.1}}}}", "isolated.layers.3/k_nrom"},
+        {HEAD "\"isolated\": {\"layers\": {\"3/logits\": {\"rel_l2\": 0.1}}}}", "isolated.taps"},
         {"{\"schema\": \"qwen3-diff-tolerances/2\", \"precision_pair\": [\"bf16\", \"fp32\"]}", "'schema'"},
         {"{\"schema\": 1, \"precision_pair\": [\"bf16\", \"fp32\"]}", "'schema'"},
         {"{\"precision_pair\": [\"bf16\", \"fp32\"]}", "'schema'"},                 /* missing */
@@ -312,6 +372,7 @@ static void test_load_errors(void **state) {
         }
         assert_null(t.layers); /* nothing left allocated */
         assert_null(t.measured);
+        assert_null(t.isolated);
         unlink(p);
         free(p);
     }
@@ -396,17 +457,32 @@ static void test_calibration(void **state) {
 
     /* the runs it was calibrated on pass what it produced */
     m = run_metrics(1.25e-2, 0.5, 10.0);
-    assert_int_equal(qd_tolerances_verdict(&t, 0, "k_norm", &m, NAN), 0);
+    assert_int_equal(qd_tolerances_verdict(&t, 0, 0, "k_norm", &m, NAN), 0);
     m = run_metrics(6.17e-3, 1e-3, 1.0);
-    assert_int_equal(qd_tolerances_verdict(&t, 1, "act", &m, NAN), 0);
+    assert_int_equal(qd_tolerances_verdict(&t, 0, 1, "act", &m, NAN), 0);
     m = run_metrics(0.0, 0.125, 0.0);
-    assert_int_equal(qd_tolerances_verdict(&t, -1, "logits", &m, NAN) & (QD_V_REL_L2 | QD_V_MAX_ABS), 0);
+    assert_int_equal(qd_tolerances_verdict(&t, 0, -1, "logits", &m, NAN) & (QD_V_REL_L2 | QD_V_MAX_ABS), 0);
 
     /* with floor NULL the precision pair's floor applies */
     qd_tolerances t2;
     assert_int_equal(qd_tolerances_default(&t2, "bf16", "fp32", &e), QD_OK);
     assert_int_equal(qd_calib_to_tolerances(&c, 2.0, NULL, &t2, &e), QD_OK);
     assert_tol_eq(qd_tolerances_lookup(&t2, 1, "q_proj"), 4e-3, 4e-3, 4e-3);
+
+    /* the teacher-forced rows' worst figures go to the isolated section, leaving the top level as it was */
+    qd_calib ci;
+    assert_int_equal(qd_calib_init(&ci, 2, &e), QD_OK);
+    m = run_metrics(2e-3, 0.05, 10.0);
+    assert_int_equal(qd_calib_add(&ci, 0, "k_norm", &m, &e), QD_OK);
+    assert_int_equal(qd_calib_to_tolerances_isolated(&ci, 2.0, &floor, &t, &e), QD_OK);
+    assert_non_null(t.isolated);
+    assert_tol_eq(qd_tolerances_lookup_isolated(&t, 0, "k_norm"), 4e-3, 2e-3, 1e-2); /* 2 x worst; atol floor */
+    assert_tol_eq(qd_tolerances_lookup(&t, 0, "k_norm"), 2.5e-2, 2e-3, 0.1);        /* unchanged */
+    assert_tol_eq(qd_tolerances_lookup_isolated(&t, 1, "act"), 1.24e-2, 2e-3, 3e-3); /* not seen: top level */
+    m = run_metrics(1e-2, 0.05, 10.0); /* within the free-running gate, over the teacher-forced one */
+    assert_int_equal(qd_tolerances_verdict(&t, 0, 0, "k_norm", &m, NAN), 0);
+    assert_int_equal(qd_tolerances_verdict(&t, 1, 0, "k_norm", &m, NAN), QD_V_REL_L2);
+    qd_calib_free(&ci);
 
     /* and the blessed file round-trips */
     char *path = qd_path_join(tmpdir, "blessed.json");
@@ -426,6 +502,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_lookup_order),
+        cmocka_unit_test(test_lookup_isolated),
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_load_partial),
         cmocka_unit_test(test_load_errors),

@@ -105,6 +105,7 @@ static void usage(FILE *f) {
         "  --precision-sweep      after a divergence, rerun B with fp32, fp16 and bf16 activations (each pair\n"
         "                         blessed on its own) and say whether precision or a bug explains it\n"
         "  --calibrate N          bless a known-good pair: run N prompts, then --write-tolerances\n"
+        "                         (with --isolate, the teacher-forced rows get their own, tighter section)\n"
         "  --write-tolerances F   where --calibrate writes (margin --margin X over the worst error, default 2)\n"
         "  --json FILE            machine-readable report\n"
         "  --junit FILE           JUnit XML, one test case per layer\n"
@@ -569,9 +570,10 @@ static int load_tolerances(const cli_args *a, const qd_backend *ra, const qd_bac
     if (!same) {
         rc = qd_errf(e, QD_EINPUT, "%s: field 'precision_pair': written for %s vs %s, this comparison is %s (%s) vs %s (%s)",
                      a->tolerances, t->prec_test, t->prec_ref, tb->name, tb->precision, ra->name, ra->precision);
-    } else if (t->n_layers > L) {
-        rc = qd_errf(e, QD_EINPUT, "%s: field 'layers': an entry for layer %d, but the model has %d layers",
-                     a->tolerances, t->n_layers - 1, L);
+    } else if (t->n_layers > L || (t->isolated && t->isolated->n_layers > L)) {
+        const int over = t->n_layers > L;
+        rc = qd_errf(e, QD_EINPUT, "%s: field '%slayers': an entry for layer %d, but the model has %d layers",
+                     a->tolerances, over ? "" : "isolated.", (over ? t : t->isolated)->n_layers - 1, L);
     }
     if (rc) qd_tolerances_free(t);
     return rc;
