@@ -26,6 +26,10 @@ BIN, FIXTURE_TOOL = sys.argv[1], sys.argv[2]
 ONLY = sys.argv[3:]
 FX = os.environ.get("QD_FIXTURES") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures")
 DECODE = "64"
+# Margin 3 over ref vs emu's worst error, not the default 2: fused adds its own accumulation-order error on
+# top of the contract's (teacher-forced emu vs fused reaches 0.75x of ref vs fused on the 0.6B shape:
+# 4.3e-3 vs 5.8e-3 on an H200), and the gate must hold for that sum.
+MARGIN = "3"
 # Calibration prompts per model: 16 on the small fixtures (seconds each); 4 on the 0.6B shape, where one
 # prompt with its decode steps costs the fp32 reference about 30 s of CPU.
 MODELS = [("gqa_tied", 16), ("mha_untied", 16), ("knorm_extreme", 16), ("long_prompt", 16), ("0.6b", 4)]
@@ -82,7 +86,7 @@ for name, n_calib in MODELS:
     p = lambda what: os.path.join(tmp, f"{name}.{what}")
 
     # 1. bless on the contract
-    rc, out, err = run(*margs, "--backends", "ref,emu", "--isolate", "--calibrate", str(n_calib), "--margin", "3",
+    rc, out, err = run(*margs, "--backends", "ref,emu", "--isolate", "--calibrate", str(n_calib), "--margin", MARGIN,
                        "--write-tolerances", p("tol.json"))
     check(rc == 0, f"{name}: tolerances blessed on ref vs emu, {n_calib} prompts (exit {rc}) {out.strip()} {err.strip()}")
     if rc:
