@@ -67,7 +67,7 @@ static void add_row(qd_report *r, const qd_tolerances *tol, int step, int layer,
     const int iso = mode == QD_MODE_ISOLATED;
     row->tol = iso ? qd_tolerances_lookup_isolated(tol, layer, name) : qd_tolerances_lookup(tol, layer, name);
     row->prev_rel_l2 = layer < 0 ? NAN : prev[id];
-    row->verdict = qd_tolerances_verdict(tol, iso, layer, name, &row->m, row->prev_rel_l2);
+    row->verdict = qd_verdict(&row->m, &row->tol, &tol->blowup, row->prev_rel_l2); /* the tolerance just looked up */
     prev[id] = row->m.rel_l2;
     if (qd_verdict_fails(row->verdict)) {
         if (r->first_fail[mode] < 0) r->first_fail[mode] = r->n;
