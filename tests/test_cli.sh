@@ -39,6 +39,13 @@ expect 2 "--calibrate" -- --model "$model" --tokens 1,2 --backends ref,emu --cal
 expect 2 "--inject" -- --model "$model" --tokens 1,2 --backends ref,emu --inject knorm-mul@7
 expect 2 "reference takes no faults" -- --model "$model" --tokens 1,2 --backends emu,ref --inject knorm-mul@1
 expect 2 "stray" -- --model "$model" --tokens 1,2 stray
+# a tolerance file with an entry past the model's 2 layers, at the top level or in the isolated section
+th='{"schema": "qwen3-diff-tolerances/1", "precision_pair": ["bf16", "fp32"]'
+echo "$th, \"layers\": {\"5/attn\": {\"rel_l2\": 0.1}}}" > "$tmp/tol_l5.json"
+echo "$th, \"isolated\": {\"layers\": {\"5\": {\"rel_l2\": 0.1}}}}" > "$tmp/tol_iso_l5.json"
+expect 2 "'layers': an entry for layer 5" -- --model "$model" --tokens 1,2 --backends ref,emu --tolerances "$tmp/tol_l5.json"
+expect 2 "'isolated.layers': an entry for layer 5" -- --model "$model" --tokens 1,2 --backends ref,emu --isolate \
+    --tolerances "$tmp/tol_iso_l5.json"
 
 # --- model directory and files ---
 expect 2 "$tmp/no_such_model" -- --model "$tmp/no_such_model" --tokens 1,2

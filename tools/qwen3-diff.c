@@ -570,10 +570,12 @@ static int load_tolerances(const cli_args *a, const qd_backend *ra, const qd_bac
     if (!same) {
         rc = qd_errf(e, QD_EINPUT, "%s: field 'precision_pair': written for %s vs %s, this comparison is %s (%s) vs %s (%s)",
                      a->tolerances, t->prec_test, t->prec_ref, tb->name, tb->precision, ra->name, ra->precision);
-    } else if (t->n_layers > L || (t->isolated && t->isolated->n_layers > L)) {
-        const int over = t->n_layers > L;
-        rc = qd_errf(e, QD_EINPUT, "%s: field '%slayers': an entry for layer %d, but the model has %d layers",
-                     a->tolerances, over ? "" : "isolated.", (over ? t : t->isolated)->n_layers - 1, L);
+    } else {
+        const qd_tolerances *sec[2] = {t, t->isolated}; /* the top level, the isolated section */
+        for (int k = 0; k < 2 && !rc; k++)
+            if (sec[k] && sec[k]->n_layers > L)
+                rc = qd_errf(e, QD_EINPUT, "%s: field '%slayers': an entry for layer %d, but the model has %d layers",
+                             a->tolerances, k ? "isolated." : "", sec[k]->n_layers - 1, L);
     }
     if (rc) qd_tolerances_free(t);
     return rc;
