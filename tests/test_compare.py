@@ -8,6 +8,7 @@ localised to their exact layer and tap in both modes; the dump holds both backen
 JSON and JUnit say the same as the table; every exit code; the dump window and tap selection; calibration
 produces a gate that passes the clean pair and stops a fault.
 """
+import functools
 import json
 import os
 import subprocess
@@ -18,34 +19,15 @@ import xml.etree.ElementTree as ET
 import h5py
 import numpy as np
 
+import qd_check
+from qd_check import FX, check, finish, model_args
+
 BIN, CHECK_SCHEMA = sys.argv[1], sys.argv[2]
-FX = os.environ.get("QD_FIXTURES") or os.path.join(os.path.dirname(__file__), "..", "fixtures")
 FIXTURES = ["gqa_tied", "mha_untied", "knorm_extreme", "long_prompt"]
 LAYER_TAPS = ["attn_norm", "q_proj", "k_proj", "v_proj", "q_norm", "k_norm", "q_rope", "k_rope", "attn",
               "o_proj", "attn_residual", "mlp_norm", "gate_proj", "up_proj", "act", "down_proj", "out"]
 tmp = tempfile.mkdtemp(prefix="qd_compare.")
-failures = 0
-checks = 0
-
-
-def check(cond, what):
-    global failures, checks
-    checks += 1
-    if cond:
-        print(f"ok: {what}")
-    else:
-        failures += 1
-        print(f"FAIL: {what}")
-
-
-def run(*args):
-    p = subprocess.run([BIN, *args], capture_output=True, text=True)
-    return p.returncode, p.stdout, p.stderr
-
-
-def model_args(name):
-    d = os.path.join(FX, name)
-    return ["--model", d, "--tokens", "@" + os.path.join(d, "prompt.txt")]
+run = functools.partial(qd_check.run, BIN)
 
 
 def read_json(path):
@@ -205,5 +187,4 @@ check(rc == 2 and "config.json" in err, f"compare of a non-HDF5 file: exit 2 ({e
 rc, out, _ = run("--inject", "help")
 check(rc == 0 and "online-softmax-rescale" in out, "--inject help lists the catalog")
 
-print(f"{checks - failures} passed, {failures} failed")
-sys.exit(1 if failures else 0)
+finish()

@@ -16,15 +16,18 @@ Prints the worst rel_l2 of each pair, so a run's output is the accuracy table of
 MODEL names a fixture or '0.6b' to run only those. Only the standard library: it runs where the CLI
 runs, with any python3.
 """
+import functools
 import json
 import os
-import subprocess
+import shutil
 import sys
 import tempfile
 
+import qd_check
+from qd_check import FX, check, finish
+
 BIN, FIXTURE_TOOL = sys.argv[1], sys.argv[2]
 ONLY = sys.argv[3:]
-FX = os.environ.get("QD_FIXTURES") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures")
 DECODE = "64"
 # Margin 3 over ref vs emu's worst error, not the default 2: fused adds its own accumulation-order error on
 # top of the contract's (teacher-forced emu vs fused reaches 0.75x of ref vs fused on the 0.6B shape:
@@ -34,21 +37,7 @@ MARGIN = "3"
 # prompt with its decode steps costs the fp32 reference about 30 s of CPU.
 MODELS = [("gqa_tied", 16), ("mha_untied", 16), ("knorm_extreme", 16), ("long_prompt", 16), ("0.6b", 4)]
 tmp = tempfile.mkdtemp(prefix="qd_accept.")
-failures = 0
-checks = 0
-
-
-def check(cond, what):
-    global failures, checks
-    checks += 1
-    print(("ok: " if cond else "FAIL: ") + what, flush=True)
-    if not cond:
-        failures += 1
-
-
-def run(*args, prog=BIN):
-    p = subprocess.run([prog, *args], capture_output=True, text=True)
-    return p.returncode, p.stdout, p.stderr
+run = functools.partial(qd_check.run, BIN)
 
 
 def worst(report, mode, steps):
@@ -76,7 +65,7 @@ for name, n_calib in MODELS:
         continue
     if name == "0.6b":
         model = os.path.join(tmp, "qwen3-0.6b-shape")
-        rc, _, err = run("--out", model, "--preset", "0.6b", "--seed", "1", "--prompt-len", "128", prog=FIXTURE_TOOL)
+        rc, _, err = qd_check.run(FIXTURE_TOOL, "--out", model, "--preset", "0.6b", "--seed", "1", "--prompt-len", "128")
         check(rc == 0, f"0.6b: synthetic 28-layer checkpoint written (exit {rc}) {err.strip()}")
         if rc:
             continue
@@ -142,6 +131,6 @@ print(f"{'model':<14} {'pair':<13} " + " ".join(f"{c:>15}" for c in cols))
 for row in table:
     for pair in ("ref vs fused", "emu vs fused"):
         print(f"{row['model']:<14} {pair:<13} " + " ".join(f"{row[pair][c]:>15.2e}" for c in cols))
-print(f"\n{checks - failures} of {checks} checks passed")
-subprocess.run(["rm", "-rf", tmp])
-sys.exit(1 if failures else 0)
+print()
+shutil.rmtree(tmp)
+finish()

@@ -7,40 +7,25 @@ wrong expectation (--shift-expectation) makes it exit 1; the seed (online-softma
 CLI is a blow-up at layer 1 attn, and its dump holds ~1e29 at layer 1 and zeros after (h5py); the
 precision sweep's verdicts for faults 3, 6 and 8 through the CLI; kv-cache-pos is found at a decode step.
 """
+import functools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
 import h5py
 import numpy as np
 
+import qd_check
+from qd_check import FX, check, finish, model_args
+
 BIN = sys.argv[1]
-FX = os.environ.get("QD_FIXTURES") or os.path.join(os.path.dirname(__file__), "..", "fixtures")
 tmp = tempfile.mkdtemp(prefix="qd_selftest.")
-failures = 0
-checks = 0
 SUBLAYER = ["attn_norm", "q_proj", "k_proj", "v_proj", "q_norm", "k_norm", "q_rope", "k_rope", "mlp_norm",
             "gate_proj", "up_proj", "act", "down_proj"]
 
 
-def check(cond, what):
-    global failures, checks
-    checks += 1
-    print(("ok: " if cond else "FAIL: ") + what)
-    if not cond:
-        failures += 1
-
-
-def run(*args):
-    p = subprocess.run([BIN, *args], capture_output=True, text=True)
-    return p.returncode, p.stdout, p.stderr
-
-
-def model_args(name):
-    d = os.path.join(FX, name)
-    return ["--model", d, "--tokens", "@" + os.path.join(d, "prompt.txt")]
+run = functools.partial(qd_check.run, BIN)
 
 
 # --- the selftest itself -------------------------------------------------------------------------------
@@ -153,5 +138,4 @@ fd = json.load(open(kj))["first_divergence"]
 check(rc == 1 and fd["step"] >= 1 and fd["layer"] == 1 and fd["tap"] == "attn",
       f"kv-cache-pos: first divergence at decode step {fd['step']}, layer {fd['layer']}, {fd['tap']}")
 
-print(f"{checks - failures} passed, {failures} failed")
-sys.exit(1 if failures else 0)
+finish()
