@@ -23,8 +23,18 @@ int qd_errf(qd_err *e, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void qd_err_clear(qd_err *e);
 
-/* malloc/calloc that never return NULL for n > 0; on failure they print file:line and exit 3.
- * Used for host buffers only: running out of host memory is a runtime failure, not an input error. */
+/* Allocation that reports instead of exiting: NULL with e filled (QD_ERUNTIME, "out of memory:
+ * malloc(N bytes) at FILE:LINE") when it fails; n == 0 allocates one byte, so NULL always means failure.
+ * qd_resize leaves p allocated (and owned by the caller) when it fails. Library code uses these. */
+#define qd_alloc(n, e) qd_alloc_at((n), (e), __FILE__, __LINE__)
+#define qd_zalloc(count, size, e) qd_zalloc_at((count), (size), (e), __FILE__, __LINE__)
+#define qd_resize(p, n, e) qd_resize_at((p), (n), (e), __FILE__, __LINE__)
+void *qd_alloc_at(size_t n, qd_err *e, const char *file, int line);
+void *qd_zalloc_at(size_t count, size_t size, qd_err *e, const char *file, int line);
+void *qd_resize_at(void *p, size_t n, qd_err *e, const char *file, int line);
+
+/* Deprecated: malloc/calloc that print file:line and exit 3 on failure. Being replaced by qd_alloc,
+ * qd_zalloc and qd_resize above (library code never exits); do not add new uses. */
 #define qd_malloc(n) qd_malloc_check((n), __FILE__, __LINE__)
 #define qd_calloc(n, sz) qd_calloc_check((n), (sz), __FILE__, __LINE__)
 #define qd_realloc(p, n) qd_realloc_check((p), (n), __FILE__, __LINE__)

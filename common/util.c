@@ -29,6 +29,24 @@ void qd_err_clear(qd_err *e) {
     }
 }
 
+void *qd_alloc_at(size_t n, qd_err *e, const char *file, int line) {
+    void *p = malloc(n ? n : 1);
+    if (!p) qd_errf(e, QD_ERUNTIME, "out of memory: malloc(%zu bytes) at %s:%d", n, file, line);
+    return p;
+}
+
+void *qd_zalloc_at(size_t count, size_t size, qd_err *e, const char *file, int line) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) qd_errf(e, QD_ERUNTIME, "out of memory: calloc(%zu, %zu bytes) at %s:%d", count, size, file, line);
+    return p;
+}
+
+void *qd_resize_at(void *p, size_t n, qd_err *e, const char *file, int line) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q) qd_errf(e, QD_ERUNTIME, "out of memory: realloc(%zu bytes) at %s:%d", n, file, line);
+    return q;
+}
+
 void *qd_malloc_check(size_t n, const char *file, int line) {
     void *p = malloc(n ? n : 1);
     if (!p) {
