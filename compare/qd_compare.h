@@ -109,16 +109,7 @@ int qd_bless(qd_backend *a, qd_backend *b, qd_backend *b_iso, const int32_t *pro
              int decode, double margin, qd_tolerances *out, qd_bless_stats *stats, qd_err *e);
 
 // ----------------------------------------------------------------------------
-// outputs (report.c)
-
-/* The first divergence line, then a compact per-layer table. color: ANSI colours (terminals only). */
-void qd_report_print(const qd_report *r, FILE *f, int color);
-/* {"verdict": "pass"|"diverged", "first_divergence": null | {...}, "taps": [...]} */
-int qd_report_write_json(const qd_report *r, const char *path, qd_err *e);
-/* JUnit XML: one test case per layer (and one each for embed and the head). */
-int qd_report_write_junit(const qd_report *r, const char *path, qd_err *e);
-/* /diff/<A>-vs-<B>/metrics, a compound table of every row, with attrs first_divergence_layer and
- * first_divergence_tap. */
-int qd_report_write_h5(const qd_report *r, qd_dump *d, qd_err *e);
+// outputs: reports/qd_reports.h writes a qd_report for people and machines (terminal, JSON, JUnit, the
+// HDF5 /diff table)
 
 #endif

@@ -31,6 +31,7 @@
 #include "qd_dump.h"
 #include "qd_fault.h"
 #include "qd_ref.h"
+#include "qd_reports.h"
 #include "qd_selftest.h"
 #include "qd_sweep.h"
 #include "qd_tolerances.h"

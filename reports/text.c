@@ -1,5 +1,5 @@
 /* report.c: what the comparator tells people and machines: the first divergence line and a per-layer
- * table (terminal), JSON, JUnit XML and the /diff metrics table of the HDF5 dump (qd_compare.h). */
+ * table (terminal), JSON, JUnit XML and the /diff metrics table of the HDF5 dump (qd_reports.h). */
 #include <errno.h>
 #include <hdf5.h>
 #include <jansson.h>
@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "qd_compare.h"
+#include "qd_reports.h"
 
 // ----------------------------------------------------------------------------
 // shared wording
