@@ -1,0 +1,84 @@
+/* json.c: the machine-readable report (qwen3-diff --json; schema "qwen3-diff-report/1"): every row of a
+ * qd_report with its verdict, reason, tolerance and metrics (qd_reports.h). Doubles go through
+ * qd_json_real, so a non-finite value is a string and the file stays JSON. */
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qd_reports.h"
+#include "shared.h"
+
+static json_t *tol_json(const qd_tol *t) {
+    json_t *o = json_object();
+    json_object_set_new(o, "rel_l2", qd_json_real(t->rel_l2));
+    json_object_set_new(o, "atol", qd_json_real(t->atol));
+    json_object_set_new(o, "rtol", qd_json_real(t->rtol));
+    return o;
+}
+
+/* The row's own fields, then its metrics (qd_metrics_to_json: one key per field of QD_METRICS_FIELDS). */
+static json_t *row_json(const qd_report *r, const qd_tap_row *row) {
+    json_t *o = json_object();
+    json_object_set_new(o, "step", json_integer(row->step));
+    json_object_set_new(o, "layer", json_integer(row->layer));
+    json_object_set_new(o, "tap", json_string(qd_row_tap_name(row)));
+    json_object_set_new(o, "mode", json_string(qd_mode_name(row->mode)));
+    json_object_set_new(o, "pass", json_boolean(!qd_verdict_fails(row->verdict)));
+    json_t *flags = json_array();
+    for (unsigned bit = 1; bit <= QD_V_ALL; bit <<= 1)
+        if (row->verdict & bit) json_array_append_new(flags, json_string(qd_verdict_flag_name(bit)));
+    json_object_set_new(o, "flags", flags);
+    char reason[512];
+    qd_row_reason(r, row, reason, sizeof reason);
+    json_object_set_new(o, "reason", json_string(reason));
+    json_object_set_new(o, "tol", tol_json(&row->tol));
+    json_object_set_new(o, "prev_rel_l2", qd_json_real(row->prev_rel_l2));
+    json_t *m = qd_metrics_to_json(&row->m);
+    json_object_update(o, m);
+    json_decref(m);
+    return o;
+}
+
+static json_t *names_json(const char (*names)[24], int n) {
+    json_t *a = json_array();
+    for (int i = 0; i < n; i++) json_array_append_new(a, json_string(names[i]));
+    return a;
+}
+
+int qd_report_write_json(const qd_report *r, const char *path, qd_err *e) {
+    json_t *root = json_object();
+    json_object_set_new(root, "schema", json_string("qwen3-diff-report/1"));
+    json_object_set_new(root, "verdict", json_string(r->first_div >= 0 ? "diverged" : "pass"));
+    json_object_set_new(root, "first_divergence",
+                        r->first_div >= 0 ? row_json(r, &r->rows[r->first_div]) : json_null());
+    json_t *be = json_object();
+    json_object_set_new(be, "reference", json_pack("{s:s, s:s}", "name", r->name_a, "precision", r->prec_a));
+    json_object_set_new(be, "test", json_pack("{s:s, s:s}", "name", r->name_b, "precision", r->prec_b));
+    json_object_set_new(root, "backends", be);
+    json_object_set_new(root, "layers", json_integer(r->n_layers));
+    json_object_set_new(root, "steps", json_integer(r->steps));
+    json_object_set_new(root, "locate", json_string(qd_mode_name(r->locate)));
+    json_object_set_new(root, "blowup", json_pack("{s:o, s:o, s:o}", "blowup_ratio", qd_json_real(r->blowup.blowup_ratio),
+                                                  "growth_factor", qd_json_real(r->blowup.growth_factor),
+                                                  "growth_floor", qd_json_real(r->blowup.growth_floor)));
+    json_t *taps = json_array();
+    for (int i = 0; i < r->n; i++) json_array_append_new(taps, row_json(r, &r->rows[i]));
+    json_object_set_new(root, "taps", taps);
+    json_object_set_new(root, "only_in_reference", names_json(r->only_a, r->n_only_a));
+    json_object_set_new(root, "only_in_test", names_json(r->only_b, r->n_only_b));
+    char *text = json_dumps(root, JSON_INDENT(1) | JSON_REAL_PRECISION(9));
+    json_decref(root);
+    if (!text) return qd_errf(e, QD_ERUNTIME, "%s: json_dumps failed", path);
+    size_t len = strlen(text);
+    char *with_nl = qd_alloc(len + 2, e);
+    if (!with_nl) {
+        free(text);
+        return QD_ERUNTIME; /* e filled by qd_alloc */
+    }
+    memcpy(with_nl, text, len);
+    memcpy(with_nl + len, "\n", 2);
+    free(text);
+    int rc = qd_write_text_atomically(path, with_nl, e);
+    free(with_nl);
+    return rc;
+}

@@ -1,0 +1,45 @@
+/* shared.c: the wording and file writing the writers of reports/ share (shared.h). */
+#include "shared.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+const char *qd_verdict_class(unsigned v) {
+    if (v & QD_V_NONFINITE) return "non-finite";
+    if (v & QD_V_BLOWUP_MAG) return "blow-up";
+    if (v & QD_V_COLLAPSE) return "collapse";
+    if (v & QD_V_BLOWUP_GROWTH) return "error growth";
+    if (v & QD_V_REL_L2) return "rel_l2";
+    if (v & QD_V_MAX_ABS) return "max_abs";
+    return "ok";
+}
+
+void qd_row_reason(const qd_report *r, const qd_tap_row *row, char *buf, size_t n) {
+    qd_verdict_reason(row->verdict, &row->m, &row->tol, &r->blowup, row->prev_rel_l2, buf, n);
+}
+
+void qd_row_place(const qd_tap_row *row, char *buf, size_t n) {
+    char step[32] = "";
+    if (row->step > 0) snprintf(step, sizeof step, "decode step %d, ", row->step);
+    if (row->layer < 0)
+        snprintf(buf, n, "%s%s", step, qd_row_tap_name(row));
+    else
+        snprintf(buf, n, "%slayer %d, %s", step, row->layer, qd_row_tap_name(row));
+}
+
+int qd_write_text_atomically(const char *path, const char *text, qd_err *e) {
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f) return qd_errf(e, QD_ERUNTIME, "%s: fopen failed: %s", tmp, strerror(errno));
+    size_t len = strlen(text);
+    int bad = fwrite(text, 1, len, f) != len;
+    bad |= fclose(f) != 0;
+    if (bad || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return qd_errf(e, QD_ERUNTIME, "%s: write/rename failed: %s", path, strerror(errno));
+    }
+    return QD_OK;
+}

@@ -1,0 +1,24 @@
+/* shared.h: what the writers of reports/ share (shared.c): the wording of a row's verdict and place, and
+ * writing a text file atomically. Internal to reports/: the public interface is qd_reports.h. */
+#ifndef QD_REPORTS_SHARED_H
+#define QD_REPORTS_SHARED_H
+
+#include <stddef.h>
+
+#include "qd_compare.h"
+
+/* The one-word class of a failure, most telling first: "non-finite", "blow-up", "collapse",
+ * "error growth", "rel_l2", "max_abs"; "ok" for a pass. */
+const char *qd_verdict_class(unsigned v);
+
+/* The row's qd_verdict_reason, with the tolerance and blow-up settings it was judged by. */
+void qd_row_reason(const qd_report *r, const qd_tap_row *row, char *buf, size_t n);
+
+/* "layer 1, o_proj" / "logits" / "decode step 2, layer 1, o_proj" */
+void qd_row_place(const qd_tap_row *row, char *buf, size_t n);
+
+/* Writes text to path.tmp.<pid>, then renames it to path, so a file under the final name is complete.
+ * QD_ERUNTIME naming the failing call. */
+int qd_write_text_atomically(const char *path, const char *text, qd_err *e);
+
+#endif
