@@ -284,32 +284,19 @@ json_t *qd_json_real(double x) {
     return json_real(x);
 }
 
-json_t *qd_metrics_to_json(const qd_metrics *m) {
-    json_t *o = json_object();
+static json_t *coord_json(const qd_metrics *m) {
     json_t *coord = json_array();
     for (int d = 0; d < m->ndim; d++) json_array_append_new(coord, json_integer(m->coord[d]));
-    json_object_set_new(o, "n", json_integer(m->n));
-    json_object_set_new(o, "n_finite", json_integer(m->n_finite));
-    json_object_set_new(o, "max_abs", qd_json_real(m->max_abs));
-    json_object_set_new(o, "max_abs_index", json_integer(m->max_abs_index));
-    json_object_set_new(o, "coord", coord);
-    json_object_set_new(o, "test_at", qd_json_real(m->test_at));
-    json_object_set_new(o, "ref_at", qd_json_real(m->ref_at));
-    json_object_set_new(o, "max_rel", qd_json_real(m->max_rel));
-    json_object_set_new(o, "rel_floor", qd_json_real(m->rel_floor));
-    json_object_set_new(o, "rel_l2", qd_json_real(m->rel_l2));
-    json_object_set_new(o, "cosine", qd_json_real(m->cosine));
-    json_object_set_new(o, "sqnr_db", qd_json_real(m->sqnr_db));
-    json_object_set_new(o, "nan_test", json_integer(m->nan_test));
-    json_object_set_new(o, "posinf_test", json_integer(m->posinf_test));
-    json_object_set_new(o, "neginf_test", json_integer(m->neginf_test));
-    json_object_set_new(o, "nan_ref", json_integer(m->nan_ref));
-    json_object_set_new(o, "posinf_ref", json_integer(m->posinf_ref));
-    json_object_set_new(o, "neginf_ref", json_integer(m->neginf_ref));
-    json_object_set_new(o, "nonfinite_mismatch", json_integer(m->nonfinite_mismatch));
-    json_object_set_new(o, "max_mag_test", qd_json_real(m->max_mag_test));
-    json_object_set_new(o, "max_mag_ref", qd_json_real(m->max_mag_ref));
-    json_object_set_new(o, "mag_ratio", qd_json_real(m->mag_ratio));
+    return coord;
+}
+
+json_t *qd_metrics_to_json(const qd_metrics *m) {
+    json_t *o = json_object();
+#define FIELD(name, ctype, h5type, json, doc) json_object_set_new(o, #name, json(m->name));
+#define AT(value, index) value index json_object_set_new(o, "coord", coord_json(m));
+    QD_METRICS_FIELDS(FIELD, FIELD, AT)
+#undef FIELD
+#undef AT
     return o;
 }
 

@@ -1,7 +1,8 @@
 /* qd_metrics.h: how far one tap of the backend under test is from the same tap of the reference side,
  * and the verdict on that distance. The comparator's numerical core: no I/O, no allocation.
  *
- * The same field names are used in code, HDF5, JSON and docs (docs/TOLERANCES.md).
+ * The same field names are used in code, HDF5, JSON and docs (docs/TOLERANCES.md): one list,
+ * QD_METRICS_FIELDS below, gives them to all.
  *
  * Element classes. Every element of each side is finite, NaN, +Inf or -Inf. The error metrics (max_abs,
  * max_rel, rel_l2, cosine, sqnr_db) are taken over the elements where BOTH sides are finite; the others
@@ -18,44 +19,78 @@
 
 struct json_t;
 
+/* QD_METRICS_FIELDS(M, J, AT): every field of qd_metrics, one entry each, in the order of the struct, of
+ * JSON (qd_metrics_to_json) and of the HDF5 table /diff/<A>-vs-<B>/metrics (docs/SCHEMA.md). The struct
+ * below, the JSON writer, and the table's record, compound type and copy (reports/) are expansions of
+ * this list; only qd_metrics_compute is written by hand per field. A new plain scalar metric is one M line
+ * here plus its computation in metrics.c.
+ *
+ *   M(name, ctype, h5type, json, doc)  in the struct, in JSON and in the HDF5 table
+ *   J(name, ctype, h5type, json, doc)  in the struct and in JSON only (h5type: its type should it join the
+ *                                      table, which would change the dump's content)
+ *   AT(value, index)                   a metric with a place. value and index are M/J entries; the place
+ *                                      is index decoded along the tap's shape: in the struct int ndim and
+ *                                      int64_t coord[3] after index, in JSON "coord" (ndim integers) after
+ *                                      index, in the table token, head, channel (int64, -1 where the shape
+ *                                      has no such axis) after value. The table's record stores those three
+ *                                      before value: schema v1's layout, whose offsets are part of the
+ *                                      file's type.
+ *   ctype   int64_t or double
+ *   h5type  its HDF5 type: a name from hdf5.h, expanded only where hdf5.h is included
+ *   json    what writes it: json_integer, or qd_json_real (a double; non-finite as a string)
+ *   doc     what it is, one line
+ *
+ * coord: (T, C) -> token, channel; (T, H, D) -> token, head, channel; (C) -> channel; unused: -1.
+ * qd_metrics_token/head/channel read them by meaning.
+ *
+ * max_rel = max |test - ref| / max(|ref|, rel_floor), rel_floor = max(1e-6 * max_mag_ref, 1e-30). Without
+ * the floor, one reference element that happens to be 1e-12 (a near-cancelled sum) would turn an ordinary
+ * 1e-9 error into a relative error of 1e3 and hide every meaningful figure; with it, elements more than a
+ * million times smaller than the tap's largest are judged against that millionth. 1e-30 keeps the
+ * division defined when the reference is all zero.
+ *
+ * The counts and magnitudes are per side: the non-finite counts over all elements, the magnitudes over a
+ * side's finite elements (whatever the other side holds there). */
+#define QD_METRICS_FIELDS(M, J, AT) \
+    M(n,                  int64_t, H5T_NATIVE_INT64,  json_integer, "prod(shape): elements on each side") \
+    J(n_finite,           int64_t, H5T_NATIVE_INT64,  json_integer, \
+      "elements finite on both sides: what the error metrics cover") \
+    AT(M(max_abs,         double,  H5T_NATIVE_DOUBLE, qd_json_real, \
+         "the largest |test - ref|; NAN when n_finite == 0"), \
+       J(max_abs_index,   int64_t, H5T_NATIVE_INT64,  json_integer, \
+         "flat row-major index of the first element reaching max_abs; -1 if none")) \
+    M(test_at,            double,  H5T_NATIVE_DOUBLE, qd_json_real, "test[max_abs_index]; NAN if none") \
+    M(ref_at,             double,  H5T_NATIVE_DOUBLE, qd_json_real, "ref[max_abs_index]; NAN if none") \
+    M(max_rel,            double,  H5T_NATIVE_DOUBLE, qd_json_real, \
+      "max |test - ref| / max(|ref|, rel_floor): see above") \
+    J(rel_floor,          double,  H5T_NATIVE_DOUBLE, qd_json_real, "the floor max_rel used") \
+    M(rel_l2,             double,  H5T_NATIVE_DOUBLE, qd_json_real, \
+      "||test - ref|| / ||ref||; ||test - ref|| when ||ref|| == 0, since no relative scale exists") \
+    M(cosine,             double,  H5T_NATIVE_DOUBLE, qd_json_real, \
+      "<test, ref> / (||test|| ||ref||) in [-1, 1]; 1 when both are zero, 0 when exactly one is") \
+    M(sqnr_db,            double,  H5T_NATIVE_DOUBLE, qd_json_real, \
+      "10 log10(sum ref^2 / sum (test-ref)^2); INFINITY when identical, -INFINITY when ref is zero and test " \
+      "is not") \
+    M(nan_test,           int64_t, H5T_NATIVE_INT64,  json_integer, "NaN elements of test") \
+    M(posinf_test,        int64_t, H5T_NATIVE_INT64,  json_integer, "+Inf elements of test") \
+    M(neginf_test,        int64_t, H5T_NATIVE_INT64,  json_integer, "-Inf elements of test") \
+    M(nan_ref,            int64_t, H5T_NATIVE_INT64,  json_integer, "NaN elements of ref") \
+    M(posinf_ref,         int64_t, H5T_NATIVE_INT64,  json_integer, "+Inf elements of ref") \
+    M(neginf_ref,         int64_t, H5T_NATIVE_INT64,  json_integer, "-Inf elements of ref") \
+    J(nonfinite_mismatch, int64_t, H5T_NATIVE_INT64,  json_integer, \
+      "elements whose class (finite/NaN/+Inf/-Inf) differs between the sides: a NaN that moved even when " \
+      "the counts agree") \
+    M(max_mag_test,       double,  H5T_NATIVE_DOUBLE, qd_json_real, "max |test| over test's finite elements") \
+    M(max_mag_ref,        double,  H5T_NATIVE_DOUBLE, qd_json_real, "max |ref| over ref's finite elements") \
+    M(mag_ratio,          double,  H5T_NATIVE_DOUBLE, qd_json_real, "max_mag_test / max(max_mag_ref, 1e-30)")
+
+#define QD_METRICS_MEMBER_(name, ctype, h5type, json, doc) ctype name;
+#define QD_METRICS_AT_(value, index) value index int ndim; int64_t coord[3];
 typedef struct {
-    int64_t n;                /* prod(shape): elements on each side */
-    int64_t n_finite;         /* elements finite on both sides: what the error metrics cover */
-
-    /* the largest absolute error, where it is and what both sides hold there */
-    double max_abs;           /* max |test - ref|; NAN when n_finite == 0 */
-    int64_t max_abs_index;    /* flat row-major index of the first element reaching max_abs; -1 if none */
-    int ndim;                 /* 1..3, the rank of the tap */
-    int64_t coord[3];         /* max_abs_index decoded along the shape: (T, C) -> token, channel;
-                                 (T, H, D) -> token, head, channel; (C) -> channel. Unused: -1.
-                                 qd_metrics_token/head/channel read them by meaning. */
-    double test_at, ref_at;   /* test[max_abs_index], ref[max_abs_index]; NAN if none */
-
-    /* max |test - ref| / max(|ref|, rel_floor), rel_floor = max(1e-6 * max_mag_ref, 1e-30).
-     * Without the floor, one reference element that happens to be 1e-12 (a near-cancelled sum) would
-     * turn an ordinary 1e-9 error into a relative error of 1e3 and hide every meaningful figure; with it,
-     * elements more than a million times smaller than the tap's largest are judged against that
-     * millionth. 1e-30 keeps the division defined when the reference is all zero. */
-    double max_rel;
-    double rel_floor;         /* the floor max_rel used */
-
-    double rel_l2;            /* ||test - ref|| / ||ref||; when ||ref|| == 0 it is ||test||, the absolute
-                                 error, since no relative scale exists */
-    double cosine;            /* <test, ref> / (||test|| ||ref||) in [-1, 1]; 1 when both are zero, 0 when
-                                 exactly one is */
-    double sqnr_db;           /* 10 log10(sum ref^2 / sum (test-ref)^2); INFINITY when identical (JSON
-                                 writers: see qd_json_real), -INFINITY when ref is zero and test is not */
-
-    /* non-finite counts, per side */
-    int64_t nan_test, posinf_test, neginf_test;
-    int64_t nan_ref, posinf_ref, neginf_ref;
-    int64_t nonfinite_mismatch; /* elements whose class (finite/NaN/+Inf/-Inf) differs between the sides:
-                                   catches a NaN that moved even when the counts agree */
-
-    /* magnitudes over each side's finite elements (a side's finite elements, whatever the other holds) */
-    double max_mag_test, max_mag_ref;
-    double mag_ratio;         /* max_mag_test / max(max_mag_ref, 1e-30) */
+    QD_METRICS_FIELDS(QD_METRICS_MEMBER_, QD_METRICS_MEMBER_, QD_METRICS_AT_)
 } qd_metrics;
+#undef QD_METRICS_MEMBER_
+#undef QD_METRICS_AT_
 
 /* Computes every field of m for n = prod(shape) elements. test: the backend under test; ref: the
  * reference side; both (shape) row-major float32. All arithmetic is in double. One pass over the data
@@ -77,7 +112,8 @@ int qd_metrics_where(const qd_metrics *m, char *buf, size_t n);
  * ones as the strings "inf", "-inf" and "nan". Returns a new reference. */
 struct json_t *qd_json_real(double x);
 
-/* Every field of m under its own name; coord as an array of ndim integers. New reference. */
+/* Every field of m under its own name, in the order of QD_METRICS_FIELDS; coord as an array of ndim
+ * integers. New reference. */
 struct json_t *qd_metrics_to_json(const qd_metrics *m);
 
 // ----------------------------------------------------------------------------

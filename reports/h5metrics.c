@@ -4,106 +4,75 @@
 #include <hdf5.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "qd_reports.h"
 
-// ----------------------------------------------------------------------------
-// HDF5: /diff/<A>-vs-<B>/metrics
-
-typedef struct {
-    int32_t step, layer;
-    char tap[24], mode[16];
-    uint8_t pass;
-    uint32_t flags;
-    int64_t n, token, head, channel;
-    double max_abs, test_at, ref_at, max_rel, rel_l2, cosine, sqnr_db;
-    int64_t nan_test, posinf_test, neginf_test, nan_ref, posinf_ref, neginf_ref;
-    double max_mag_test, max_mag_ref, mag_ratio;
-    double tol_rel_l2, tol_atol, tol_rtol, prev_rel_l2;
-} metrics_record;
-
-static int64_t metrics_type(void) {
-    hid_t t = H5Tcreate(H5T_COMPOUND, sizeof(metrics_record));
+/* The compound type: each field at its offset in qd_metrics_record, in the list's order. */
+int64_t qd_metrics_record_type(void) {
+    hid_t t = H5Tcreate(H5T_COMPOUND, sizeof(qd_metrics_record));
     hid_t s24 = H5Tcopy(H5T_C_S1), s16 = H5Tcopy(H5T_C_S1);
-    H5Tset_size(s24, 24);
-    H5Tset_size(s16, 16);
-#define F(name, type) H5Tinsert(t, #name, HOFFSET(metrics_record, name), type)
-    F(step, H5T_NATIVE_INT32);
-    F(layer, H5T_NATIVE_INT32);
-    F(tap, s24);
-    F(mode, s16);
-    F(pass, H5T_NATIVE_UINT8);
-    F(flags, H5T_NATIVE_UINT32);
-    F(n, H5T_NATIVE_INT64);
-    F(max_abs, H5T_NATIVE_DOUBLE);
-    F(token, H5T_NATIVE_INT64);
-    F(head, H5T_NATIVE_INT64);
-    F(channel, H5T_NATIVE_INT64);
-    F(test_at, H5T_NATIVE_DOUBLE);
-    F(ref_at, H5T_NATIVE_DOUBLE);
-    F(max_rel, H5T_NATIVE_DOUBLE);
-    F(rel_l2, H5T_NATIVE_DOUBLE);
-    F(cosine, H5T_NATIVE_DOUBLE);
-    F(sqnr_db, H5T_NATIVE_DOUBLE);
-    F(nan_test, H5T_NATIVE_INT64);
-    F(posinf_test, H5T_NATIVE_INT64);
-    F(neginf_test, H5T_NATIVE_INT64);
-    F(nan_ref, H5T_NATIVE_INT64);
-    F(posinf_ref, H5T_NATIVE_INT64);
-    F(neginf_ref, H5T_NATIVE_INT64);
-    F(max_mag_test, H5T_NATIVE_DOUBLE);
-    F(max_mag_ref, H5T_NATIVE_DOUBLE);
-    F(mag_ratio, H5T_NATIVE_DOUBLE);
-    F(tol_rel_l2, H5T_NATIVE_DOUBLE);
-    F(tol_atol, H5T_NATIVE_DOUBLE);
-    F(tol_rtol, H5T_NATIVE_DOUBLE);
-    F(prev_rel_l2, H5T_NATIVE_DOUBLE);
-#undef F
-    H5Tclose(s24);
-    H5Tclose(s16);
-    return t;
+    int bad = t < 0 || s24 < 0 || s16 < 0;
+    bad |= H5Tset_size(s24, sizeof ((qd_metrics_record *)0)->tap) < 0;
+    bad |= H5Tset_size(s16, sizeof ((qd_metrics_record *)0)->mode) < 0;
+#define INSERT(name, type) bad |= H5Tinsert(t, #name, HOFFSET(qd_metrics_record, name), type) < 0;
+#define TABLE(name, ctype, h5type, json, doc) INSERT(name, h5type)
+#define NOT_IN_TABLE(name, ctype, h5type, json, doc)
+#define AT(value, index) \
+    value index INSERT(token, H5T_NATIVE_INT64) INSERT(head, H5T_NATIVE_INT64) INSERT(channel, H5T_NATIVE_INT64)
+    if (!bad) {
+        INSERT(step, H5T_NATIVE_INT32)
+        INSERT(layer, H5T_NATIVE_INT32)
+        INSERT(tap, s24)
+        INSERT(mode, s16)
+        INSERT(pass, H5T_NATIVE_UINT8)
+        INSERT(flags, H5T_NATIVE_UINT32)
+        QD_METRICS_FIELDS(TABLE, NOT_IN_TABLE, AT)
+        INSERT(tol_rel_l2, H5T_NATIVE_DOUBLE)
+        INSERT(tol_atol, H5T_NATIVE_DOUBLE)
+        INSERT(tol_rtol, H5T_NATIVE_DOUBLE)
+        INSERT(prev_rel_l2, H5T_NATIVE_DOUBLE)
+    }
+#undef INSERT
+#undef TABLE
+#undef NOT_IN_TABLE
+#undef AT
+    if (s24 >= 0) H5Tclose(s24);
+    if (s16 >= 0) H5Tclose(s16);
+    if (bad && t >= 0) H5Tclose(t);
+    return bad ? -1 : t;
+}
+
+void qd_metrics_record_fill(const qd_tap_row *row, qd_metrics_record *x) {
+    memset(x, 0, sizeof *x); /* padding and the strings' tails reach the file as they are */
+    x->step = row->step;
+    x->layer = row->layer;
+    snprintf(x->tap, sizeof x->tap, "%s", qd_row_tap_name(row));
+    snprintf(x->mode, sizeof x->mode, "%s", qd_mode_name(row->mode));
+    x->pass = !qd_verdict_fails(row->verdict);
+    x->flags = row->verdict;
+#define TABLE(name, ctype, h5type, json, doc) x->name = row->m.name;
+#define NOT_IN_TABLE(name, ctype, h5type, json, doc)
+#define AT(value, index) \
+    value index x->token = qd_metrics_token(&row->m); \
+    x->head = qd_metrics_head(&row->m); \
+    x->channel = qd_metrics_channel(&row->m);
+    QD_METRICS_FIELDS(TABLE, NOT_IN_TABLE, AT)
+#undef TABLE
+#undef NOT_IN_TABLE
+#undef AT
+    x->tol_rel_l2 = row->tol.rel_l2;
+    x->tol_atol = row->tol.atol;
+    x->tol_rtol = row->tol.rtol;
+    x->prev_rel_l2 = row->prev_rel_l2;
 }
 
 int qd_report_write_h5(const qd_report *r, qd_dump *d, qd_err *e) {
     char group[160];
     snprintf(group, sizeof group, "%s-vs-%s", r->name_a, r->name_b);
-    /* zeroed: the record's padding and the strings' tails reach the file as they are */
-    metrics_record *rec = qd_zalloc((size_t)r->n, sizeof *rec, e);
-    if (!rec) return QD_ERUNTIME; /* e filled by qd_zalloc */
-    for (int i = 0; i < r->n; i++) {
-        const qd_tap_row *row = &r->rows[i];
-        metrics_record *x = &rec[i];
-        x->step = row->step;
-        x->layer = row->layer;
-        snprintf(x->tap, sizeof x->tap, "%s", qd_row_tap_name(row));
-        snprintf(x->mode, sizeof x->mode, "%s", qd_mode_name(row->mode));
-        x->pass = !qd_verdict_fails(row->verdict);
-        x->flags = row->verdict;
-        x->n = row->m.n;
-        x->max_abs = row->m.max_abs;
-        x->token = qd_metrics_token(&row->m);
-        x->head = qd_metrics_head(&row->m);
-        x->channel = qd_metrics_channel(&row->m);
-        x->test_at = row->m.test_at;
-        x->ref_at = row->m.ref_at;
-        x->max_rel = row->m.max_rel;
-        x->rel_l2 = row->m.rel_l2;
-        x->cosine = row->m.cosine;
-        x->sqnr_db = row->m.sqnr_db;
-        x->nan_test = row->m.nan_test;
-        x->posinf_test = row->m.posinf_test;
-        x->neginf_test = row->m.neginf_test;
-        x->nan_ref = row->m.nan_ref;
-        x->posinf_ref = row->m.posinf_ref;
-        x->neginf_ref = row->m.neginf_ref;
-        x->max_mag_test = row->m.max_mag_test;
-        x->max_mag_ref = row->m.max_mag_ref;
-        x->mag_ratio = row->m.mag_ratio;
-        x->tol_rel_l2 = row->tol.rel_l2;
-        x->tol_atol = row->tol.atol;
-        x->tol_rtol = row->tol.rtol;
-        x->prev_rel_l2 = row->prev_rel_l2;
-    }
+    qd_metrics_record *rec = qd_alloc((size_t)r->n * sizeof *rec, e);
+    if (!rec) return QD_ERUNTIME; /* e filled by qd_alloc */
+    for (int i = 0; i < r->n; i++) qd_metrics_record_fill(&r->rows[i], &rec[i]);
     int fdl = -1;
     char fdt[24] = "", fdm[16] = "";
     int fds = -1;
@@ -114,7 +83,7 @@ int qd_report_write_h5(const qd_report *r, qd_dump *d, qd_err *e) {
         snprintf(fdt, sizeof fdt, "%s", qd_row_tap_name(row));
         snprintf(fdm, sizeof fdm, "%s", qd_mode_name(row->mode));
     }
-    int rc = qd_dump_write_table(d, "diff", group, "metrics", rec, (size_t)r->n, metrics_type, e);
+    int rc = qd_dump_write_table(d, "diff", group, "metrics", rec, (size_t)r->n, qd_metrics_record_type, e);
     if (!rc) rc = qd_dump_group_attr_int(d, "diff", group, "first_divergence_layer", fdl, e);
     if (!rc) rc = qd_dump_group_attr_int(d, "diff", group, "first_divergence_step", fds, e);
     if (!rc) rc = qd_dump_group_attr_string(d, "diff", group, "first_divergence_tap", fdt, e);

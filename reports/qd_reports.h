@@ -5,6 +5,7 @@
 #ifndef QD_REPORTS_H
 #define QD_REPORTS_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 #include "qd_compare.h"
@@ -16,8 +17,32 @@ void qd_report_print(const qd_report *r, FILE *f, int color);
 int qd_report_write_json(const qd_report *r, const char *path, qd_err *e);
 /* JUnit XML: one test case per layer (and one each for embed and the head). */
 int qd_report_write_junit(const qd_report *r, const char *path, qd_err *e);
-/* /diff/<A>-vs-<B>/metrics, a compound table of every row, with attrs first_divergence_layer and
- * first_divergence_tap. */
+/* /diff/<A>-vs-<B>/metrics, a table of qd_metrics_record, one per row in the report's order, and the
+ * group's attributes first_divergence_layer, _step, _tap, _mode, reference and test (docs/SCHEMA.md). */
 int qd_report_write_h5(const qd_report *r, qd_dump *d, qd_err *e);
+
+/* One row of /diff/<A>-vs-<B>/metrics as it is stored: the row's place and verdict, the table's fields of
+ * QD_METRICS_FIELDS (compare/qd_metrics.h) in its order, max_abs's place as token, head and channel, then
+ * the tolerance the row was judged by and the growth check's previous rel_l2. */
+#define QD_RECORD_MEMBER_(name, ctype, h5type, json, doc) ctype name;
+#define QD_RECORD_SKIP_(name, ctype, h5type, json, doc)
+#define QD_RECORD_AT_(value, index) int64_t token, head, channel; value index
+typedef struct {
+    int32_t step, layer;
+    char tap[24], mode[16];  /* NUL-padded */
+    uint8_t pass;            /* 1: the row passed */
+    uint32_t flags;          /* the verdict, QD_V_* */
+    QD_METRICS_FIELDS(QD_RECORD_MEMBER_, QD_RECORD_SKIP_, QD_RECORD_AT_)
+    double tol_rel_l2, tol_atol, tol_rtol, prev_rel_l2;
+} qd_metrics_record;
+#undef QD_RECORD_MEMBER_
+#undef QD_RECORD_SKIP_
+#undef QD_RECORD_AT_
+
+/* The table's compound type: every member of qd_metrics_record at its offset, in the order above (an HDF5
+ * hid_t, as int64_t so that callers need not include hdf5.h; the caller closes it). -1 if HDF5 failed. */
+int64_t qd_metrics_record_type(void);
+/* Fills x (padding included: zeroed) from one row. */
+void qd_metrics_record_fill(const qd_tap_row *row, qd_metrics_record *x);
 
 #endif

@@ -30,15 +30,30 @@ static void print_first_divergence(const qd_report *r, FILE *f, int color) {
             row->m.ref_at);
 }
 
-/* Worst and first-failing rows of one (step, layer, mode) group of rows. */
+/* The per-layer table's metric columns, each a field of QD_METRICS_FIELDS (compare/qd_metrics.h) under its
+ * own name: the figure of the layer's worst tap (WORST: the largest rel_l2) or the largest over the
+ * layer's taps (LARGEST: a blow-up shows on whichever tap it hits), in a printf format 9 wide. */
+#define TABLE_COLUMNS(C) \
+    C(rel_l2, WORST, "%9.2e") \
+    C(max_abs, WORST, "%9.2e") \
+    C(mag_ratio, LARGEST, "%9.3g")
+
+#define COLUMN_INDEX(name, agg, fmt) COL_##name,
+enum { TABLE_COLUMNS(COLUMN_INDEX) NUM_COLUMNS };
+#undef COLUMN_INDEX
+
+/* Worst and first-failing rows of one (step, layer, mode) group of rows, and each column's largest. */
 typedef struct {
     const qd_tap_row *worst, *first_fail;
-    double mag_ratio;
+    double largest[NUM_COLUMNS]; /* 0 when no row is larger; NAN never wins */
     int n;
 } layer_summary;
 
+#define WORST(s, name) ((s).worst->m.name)
+#define LARGEST(s, name) ((s).largest[COL_##name])
+
 static layer_summary summarise(const qd_report *r, int step, int layer, qd_mode mode, int head) {
-    layer_summary s = {NULL, NULL, 0, 0};
+    layer_summary s = {NULL, NULL, {0}, 0};
     for (int i = 0; i < r->n; i++) {
         const qd_tap_row *row = &r->rows[i];
         if (row->step != step || row->layer != layer || row->mode != mode) continue;
@@ -46,7 +61,10 @@ static layer_summary summarise(const qd_report *r, int step, int layer, qd_mode 
         s.n++;
         if (!s.worst || row->m.rel_l2 > s.worst->m.rel_l2 || isnan(row->m.rel_l2)) s.worst = row;
         if (!s.first_fail && qd_verdict_fails(row->verdict)) s.first_fail = row;
-        if (row->m.mag_ratio > s.mag_ratio) s.mag_ratio = row->m.mag_ratio;
+#define FOLD(name, agg, fmt) \
+    if (row->m.name > s.largest[COL_##name]) s.largest[COL_##name] = row->m.name;
+        TABLE_COLUMNS(FOLD)
+#undef FOLD
     }
     return s;
 }
@@ -58,8 +76,10 @@ static void print_layer_row(const qd_report *r, FILE *f, int color, int step, in
     char name[16];
     if (layer >= 0) snprintf(name, sizeof name, "%5d", layer);
     else snprintf(name, sizeof name, "%5s", head ? "head" : "embed");
-    fprintf(f, "%s  %-14s %9.2e %9.2e %9.3g", name, qd_row_tap_name(fr.worst), fr.worst->m.rel_l2,
-            fr.worst->m.max_abs, fr.mag_ratio);
+    fprintf(f, "%s  %-14s", name, qd_row_tap_name(fr.worst));
+#define VALUE(name, agg, fmt) fprintf(f, " " fmt, agg(fr, name));
+    TABLE_COLUMNS(VALUE)
+#undef VALUE
     if (r->isolated) {
         if (is.n)
             fprintf(f, "  %-14s %9.2e", qd_row_tap_name(is.worst), is.worst->m.rel_l2);
@@ -82,7 +102,10 @@ void qd_report_print(const qd_report *r, FILE *f, int color) {
     for (int step = 0; step < r->steps; step++) {
         if (r->steps > 1) fprintf(f, "\n%s\n", step == 0 ? "prompt:" : "");
         if (step > 0) fprintf(f, "decode step %d:\n", step);
-        fprintf(f, "%5s  %-14s %9s %9s %9s", "layer", "worst tap", "rel_l2", "max_abs", "mag_ratio");
+        fprintf(f, "%5s  %-14s", "layer", "worst tap");
+#define HEADER(name, agg, fmt) fprintf(f, " %9s", #name);
+        TABLE_COLUMNS(HEADER)
+#undef HEADER
         if (r->isolated) fprintf(f, "  %-14s %9s", "isolated worst", "rel_l2");
         fprintf(f, "  status\n");
         print_layer_row(r, f, color, step, -1, 0);
