@@ -1,7 +1,8 @@
 /* test_metrics.c: per-tap metrics and the verdict (compare/qd_metrics.h) on small arrays whose answers
  * are worked out by hand in the comments. Values are chosen exactly representable in float, so the only
  * rounding is in the double arithmetic of a handful of terms: expected figures are checked to 1e-12
- * relative (a few double roundings are ~1e-15). */
+ * relative (a few double roundings are ~1e-15). The last section checks that the writers follow the
+ * field list QD_METRICS_FIELDS: JSON's keys, the /diff table's compound type and the copy into it. */
 #include <jansson.h>
 #include <math.h>
 #include <setjmp.h>
@@ -13,8 +14,10 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <hdf5.h>
 
 #include "qd_metrics.h"
+#include "qd_reports.h"
 
 #define DREL 1e-12 /* a few double roundings on exactly representable inputs */
 
@@ -383,6 +386,168 @@ static void test_json(void **state) {
 }
 
 // ----------------------------------------------------------------------------
+// the field list (QD_METRICS_FIELDS) against its writers
+
+#define IS_INT(x) _Generic((x), int64_t: 1, double: 0) /* the list's two C types */
+
+/* Every listed field is a key of qd_metrics_to_json, in the list's order, with coord after its index,
+ * integers as integers and doubles as reals (or "inf"/"-inf"/"nan"), and there is no other key. */
+static void test_fields_json(void **state) {
+    (void)state;
+    float test[4] = {1, 2, NAN, 4}, ref[4] = {1, 2.5f, 3, 4}; /* a NaN: counts and finite values both */
+    int64_t shape[2] = {2, 2};
+    qd_metrics m;
+    compute_ok(test, ref, 2, shape, &m);
+    json_t *j = qd_metrics_to_json(&m);
+    assert_non_null(j);
+    const char *order[64]; /* the keys the list gives, in its order */
+    size_t n = 0;
+#define KEY(name, ctype, h5type, json, doc) \
+    do { \
+        json_t *v = json_object_get(j, #name); \
+        assert_non_null(v); \
+        if (IS_INT(m.name)) assert_true(json_is_integer(v) && json_integer_value(v) == (json_int_t)m.name); \
+        else assert_true(json_is_real(v) || (json_is_string(v) && !isfinite((double)m.name))); \
+        order[n++] = #name; \
+    } while (0);
+#define AT(value, index) \
+    value index assert_int_equal(json_array_size(json_object_get(j, "coord")), m.ndim); \
+    order[n++] = "coord";
+    QD_METRICS_FIELDS(KEY, KEY, AT)
+#undef KEY
+#undef AT
+    assert_int_equal(json_object_size(j), n);
+    size_t k = 0;
+    for (void *it = json_object_iter(j); it; it = json_object_iter_next(j, it), k++)
+        assert_string_equal(json_object_iter_key(it), order[k]);
+    assert_int_equal(k, n);
+    json_decref(j);
+}
+
+/* One member of the /diff table's compound type as the list and qd_metrics_record say it must be. */
+typedef struct {
+    const char *name;
+    size_t offset, size;
+    hid_t type; /* -1: a fixed-length string of that size */
+} member;
+
+#define RECORD_SIZE(name) sizeof(((qd_metrics_record *)0)->name)
+
+/* The members the list gives for the table, in order: the row's place and verdict, the M entries with
+ * the place of an AT entry after its value, the row's tolerance and previous rel_l2. */
+static int expected_members(member *out) {
+    int k = 0;
+#define ROW(name, type) out[k++] = (member){#name, offsetof(qd_metrics_record, name), RECORD_SIZE(name), type};
+    ROW(step, H5T_NATIVE_INT32)
+    ROW(layer, H5T_NATIVE_INT32)
+    ROW(tap, -1)
+    ROW(mode, -1)
+    ROW(pass, H5T_NATIVE_UINT8)
+    ROW(flags, H5T_NATIVE_UINT32)
+#define TABLE(name, ctype, h5type, json, doc) ROW(name, h5type) assert_int_equal(RECORD_SIZE(name), sizeof(ctype));
+#define NOT_IN_TABLE(name, ctype, h5type, json, doc)
+#define AT(value, index) value index ROW(token, H5T_NATIVE_INT64) ROW(head, H5T_NATIVE_INT64) ROW(channel, H5T_NATIVE_INT64)
+    QD_METRICS_FIELDS(TABLE, NOT_IN_TABLE, AT)
+#undef TABLE
+#undef NOT_IN_TABLE
+#undef AT
+    ROW(tol_rel_l2, H5T_NATIVE_DOUBLE)
+    ROW(tol_atol, H5T_NATIVE_DOUBLE)
+    ROW(tol_rtol, H5T_NATIVE_DOUBLE)
+    ROW(prev_rel_l2, H5T_NATIVE_DOUBLE)
+#undef ROW
+    return k;
+}
+
+/* qd_metrics_record_type agrees with the list: as many members, the same names in the same order, each at
+ * its offset in qd_metrics_record with the list's HDF5 type; the fields the list keeps out of the table
+ * are absent. */
+static void test_fields_h5_type(void **state) {
+    (void)state;
+    member want[64];
+    int n = expected_members(want);
+    int n_table = 0, n_json_only = 0;
+#define COUNT_TABLE(name, ctype, h5type, json, doc) n_table++;
+#define COUNT_JSON_ONLY(name, ctype, h5type, json, doc) n_json_only++;
+#define AT(value, index) value index
+    QD_METRICS_FIELDS(COUNT_TABLE, COUNT_JSON_ONLY, AT)
+#undef COUNT_TABLE
+#undef COUNT_JSON_ONLY
+#undef AT
+    assert_int_equal(n, 6 + n_table + 3 + 4); /* place and verdict, the list's, token/head/channel, tol */
+    assert_true(n_json_only > 0);
+    hid_t t = (hid_t)qd_metrics_record_type();
+    assert_true(t >= 0);
+    assert_int_equal(H5Tget_size(t), sizeof(qd_metrics_record));
+    assert_int_equal(H5Tget_nmembers(t), n);
+    for (int i = 0; i < n; i++) {
+        char *name = H5Tget_member_name(t, (unsigned)i);
+        assert_non_null(name);
+        assert_string_equal(name, want[i].name);
+        H5free_memory(name);
+        assert_int_equal(H5Tget_member_offset(t, (unsigned)i), want[i].offset);
+        hid_t mt = H5Tget_member_type(t, (unsigned)i);
+        assert_true(mt >= 0);
+        assert_int_equal(H5Tget_size(mt), want[i].size);
+        if (want[i].type >= 0) assert_true(H5Tequal(mt, want[i].type) > 0);
+        else assert_int_equal(H5Tget_class(mt), H5T_STRING);
+        H5Tclose(mt);
+    }
+#define ABSENT(name, ctype, h5type, json, doc) assert_true(H5Tget_member_index(t, #name) < 0);
+#define PRESENT(name, ctype, h5type, json, doc)
+#define AT(value, index) value index
+    H5E_BEGIN_TRY { QD_METRICS_FIELDS(PRESENT, ABSENT, AT) } H5E_END_TRY; /* a miss prints an HDF5 error */
+#undef ABSENT
+#undef PRESENT
+#undef AT
+    H5Tclose(t);
+}
+
+/* qd_metrics_record_fill copies every table field of the list: each field set to its own value comes out
+ * unchanged, and the place of max_abs as token, head, channel. */
+static void test_fields_record_fill(void **state) {
+    (void)state;
+    qd_tap_row row;
+    memset(&row, 0, sizeof row);
+    row.step = 2;
+    row.layer = 1;
+    row.tap = QD_TAP_K_NORM;
+    row.mode = QD_MODE_ISOLATED;
+    row.verdict = QD_V_REL_L2;
+    row.tol = (qd_tol){2e-2, 1e-2, 4e-2};
+    row.prev_rel_l2 = 0.125;
+    int k = 0;
+#define SET(name, ctype, h5type, json, doc) row.m.name = (ctype)(100 + k++);
+#define AT(value, index) value index row.m.ndim = 3, row.m.coord[0] = 5, row.m.coord[1] = 6, row.m.coord[2] = 7;
+    QD_METRICS_FIELDS(SET, SET, AT)
+#undef SET
+#undef AT
+    qd_metrics_record x;
+    memset(&x, 0xa5, sizeof x); /* fill zeroes what it does not set: padding reaches the file */
+    qd_metrics_record_fill(&row, &x);
+#define SAME(name, ctype, h5type, json, doc) assert_true(x.name == row.m.name);
+#define NOT_IN_TABLE(name, ctype, h5type, json, doc)
+#define AT(value, index) value index
+    QD_METRICS_FIELDS(SAME, NOT_IN_TABLE, AT)
+#undef SAME
+#undef NOT_IN_TABLE
+#undef AT
+    assert_int_equal(x.token, 5);
+    assert_int_equal(x.head, 6);
+    assert_int_equal(x.channel, 7);
+    assert_int_equal(x.step, 2);
+    assert_int_equal(x.layer, 1);
+    assert_string_equal(x.tap, "k_norm");
+    assert_string_equal(x.mode, "isolated");
+    assert_int_equal(x.pass, 0);
+    assert_int_equal(x.flags, QD_V_REL_L2);
+    assert_true(x.tol_rel_l2 == 2e-2 && x.tol_atol == 1e-2 && x.tol_rtol == 4e-2 && x.prev_rel_l2 == 0.125);
+    const unsigned char *pad = (const unsigned char *)&x + offsetof(qd_metrics_record, pass) + 1;
+    for (; pad < (const unsigned char *)&x + offsetof(qd_metrics_record, flags); pad++) assert_int_equal(*pad, 0);
+    for (size_t i = strlen(x.tap); i < sizeof x.tap; i++) assert_int_equal(x.tap[i], 0);
+}
+
+// ----------------------------------------------------------------------------
 // the verdict: each flag alone, then the seed
 
 /* ref all 1, test all 1 + 1/256: rel_l2 3.9e-3, max_abs 3.9e-3 <= 1e-2 + 4e-2: clean. */
@@ -600,6 +765,9 @@ int main(void) {
         cmocka_unit_test(test_against_two_pass),
         cmocka_unit_test(test_bad_shape),
         cmocka_unit_test(test_json),
+        cmocka_unit_test(test_fields_json),
+        cmocka_unit_test(test_fields_h5_type),
+        cmocka_unit_test(test_fields_record_fill),
         cmocka_unit_test(test_verdict_clean),
         cmocka_unit_test(test_verdict_nonfinite_alone),
         cmocka_unit_test(test_verdict_rel_l2_alone),
