@@ -33,10 +33,15 @@ static void row_reason(const qd_report *r, const qd_tap_row *row, char *buf, siz
 static void row_place(const qd_tap_row *row, char *buf, size_t n) {
     char step[32] = "";
     if (row->step > 0) snprintf(step, sizeof step, "decode step %d, ", row->step);
-    if (row->layer < 0)
+    if (row->id.pos != QD_POS_LAYER)
         snprintf(buf, n, "%s%s", step, qd_row_tap_name(row));
     else
-        snprintf(buf, n, "%slayer %d, %s", step, row->layer, qd_row_tap_name(row));
+        snprintf(buf, n, "%slayer %d, %s", step, row->id.layer, qd_row_tap_name(row));
+}
+
+/* The position of a table row: layer >= 0, else the embed or (head) the head row. */
+static qd_tap_pos group_pos(int layer, int head) {
+    return layer >= 0 ? QD_POS_LAYER : head ? QD_POS_HEAD : QD_POS_EMBED;
 }
 
 // ----------------------------------------------------------------------------
@@ -77,8 +82,8 @@ static layer_summary summarise(const qd_report *r, int step, int layer, qd_mode 
     layer_summary s = {NULL, NULL, 0, 0};
     for (int i = 0; i < r->n; i++) {
         const qd_tap_row *row = &r->rows[i];
-        if (row->step != step || row->layer != layer || row->mode != mode) continue;
-        if (layer < 0 && (row->tap == QD_TAP_EMBED) == head) continue; /* embed vs head rows */
+        if (row->step != step || row->id.pos != group_pos(layer, head) || row->id.layer != layer || row->mode != mode)
+            continue;
         s.n++;
         if (!s.worst || row->m.rel_l2 > s.worst->m.rel_l2 || isnan(row->m.rel_l2)) s.worst = row;
         if (!s.first_fail && qd_verdict_fails(row->verdict)) s.first_fail = row;
@@ -150,7 +155,7 @@ static json_t *tol_json(const qd_tol *t) {
 static json_t *row_json(const qd_report *r, const qd_tap_row *row) {
     json_t *o = json_object();
     json_object_set_new(o, "step", json_integer(row->step));
-    json_object_set_new(o, "layer", json_integer(row->layer));
+    json_object_set_new(o, "layer", json_integer(row->id.layer));
     json_object_set_new(o, "tap", json_string(qd_row_tap_name(row)));
     json_object_set_new(o, "mode", json_string(qd_mode_name(row->mode)));
     json_object_set_new(o, "pass", json_boolean(!qd_verdict_fails(row->verdict)));
@@ -215,7 +220,11 @@ int qd_report_write_json(const qd_report *r, const char *path, qd_err *e) {
     json_decref(root);
     if (!text) return qd_errf(e, QD_ERUNTIME, "%s: json_dumps failed", path);
     size_t len = strlen(text);
-    char *with_nl = qd_malloc(len + 2);
+    char *with_nl = qd_alloc(len + 2, e);
+    if (!with_nl) {
+        free(text);
+        return QD_ERUNTIME;
+    }
     memcpy(with_nl, text, len);
     memcpy(with_nl + len, "\n", 2);
     free(text);
@@ -227,9 +236,10 @@ int qd_report_write_json(const qd_report *r, const char *path, qd_err *e) {
 // ----------------------------------------------------------------------------
 // JUnit XML
 
-/* Appends s to the growing buffer, escaping XML's five special characters. */
+/* Appends s to the growing buffer, escaping XML's five special characters. Out of memory: *buf is freed
+ * and left NULL, and later appends do nothing (the writer reports it once). */
 static void xml_append(char **buf, size_t *len, size_t *cap, const char *s, int escape) {
-    for (; *s; s++) {
+    for (; *buf && *s; s++) {
         const char *rep = NULL;
         if (escape) {
             switch (*s) {
@@ -244,13 +254,19 @@ static void xml_append(char **buf, size_t *len, size_t *cap, const char *s, int 
         size_t k = rep ? strlen(rep) : 1;
         if (*len + k + 1 > *cap) {
             *cap = 2 * (*cap + k + 1);
-            *buf = qd_realloc(*buf, *cap);
+            char *grown = qd_resize(*buf, *cap, NULL);
+            if (!grown) {
+                free(*buf);
+                *buf = NULL;
+                return;
+            }
+            *buf = grown;
         }
         if (rep) memcpy(*buf + *len, rep, k);
         else (*buf)[*len] = *s;
         *len += k;
     }
-    (*buf)[*len] = '\0';
+    if (*buf) (*buf)[*len] = '\0';
 }
 
 static void junit_case(const qd_report *r, char **buf, size_t *len, size_t *cap, int step, int layer, int head,
@@ -259,8 +275,7 @@ static void junit_case(const qd_report *r, char **buf, size_t *len, size_t *cap,
     int count = 0, failing = 0;
     for (int i = 0; i < r->n; i++) {
         const qd_tap_row *row = &r->rows[i];
-        if (row->step != step || row->layer != layer) continue;
-        if (layer < 0 && (row->tap == QD_TAP_EMBED) == head) continue;
+        if (row->step != step || row->id.pos != group_pos(layer, head) || row->id.layer != layer) continue;
         count++;
         failing += qd_verdict_fails(row->verdict);
     }
@@ -282,8 +297,8 @@ static void junit_case(const qd_report *r, char **buf, size_t *len, size_t *cap,
         const qd_tap_row *first = NULL;
         for (int i = 0; i < r->n && !first; i++) {
             const qd_tap_row *row = &r->rows[i];
-            if (row->step == step && row->layer == layer && qd_verdict_fails(row->verdict) &&
-                !(layer < 0 && (row->tap == QD_TAP_EMBED) == head))
+            if (row->step == step && row->id.pos == group_pos(layer, head) && row->id.layer == layer &&
+                qd_verdict_fails(row->verdict))
                 first = row;
         }
         char reason[512];
@@ -296,8 +311,9 @@ static void junit_case(const qd_report *r, char **buf, size_t *len, size_t *cap,
         xml_append(buf, len, cap, "\">", 0);
         for (int i = 0; i < r->n; i++) {
             const qd_tap_row *row = &r->rows[i];
-            if (row->step != step || row->layer != layer || !qd_verdict_fails(row->verdict)) continue;
-            if (layer < 0 && (row->tap == QD_TAP_EMBED) == head) continue;
+            if (row->step != step || row->id.pos != group_pos(layer, head) || row->id.layer != layer ||
+                !qd_verdict_fails(row->verdict))
+                continue;
             row_reason(r, row, reason, sizeof reason);
             snprintf(line, sizeof line, "%s (%s): %s\n", qd_row_tap_name(row), qd_mode_name(row->mode), reason);
             xml_append(buf, len, cap, line, 1);
@@ -317,8 +333,7 @@ int qd_report_write_junit(const qd_report *r, const char *path, qd_err *e) {
             int count = 0, failing = 0;
             for (int i = 0; i < r->n; i++) {
                 const qd_tap_row *row = &r->rows[i];
-                if (row->step != step || row->layer != l) continue;
-                if (l < 0 && (row->tap == QD_TAP_EMBED) == hd) continue;
+                if (row->step != step || row->id.pos != group_pos(l, hd) || row->id.layer != l) continue;
                 count++;
                 failing |= qd_verdict_fails(row->verdict);
             }
@@ -326,7 +341,8 @@ int qd_report_write_junit(const qd_report *r, const char *path, qd_err *e) {
             failures += failing;
         }
     size_t len = 0, cap = 4096;
-    char *buf = qd_malloc(cap);
+    char *buf = qd_alloc(cap, e);
+    if (!buf) return QD_ERUNTIME;
     buf[0] = '\0';
     snprintf(head, sizeof head, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites tests=\"%d\" failures=\"%d\">\n"
              "<testsuite name=\"", cases, failures);
@@ -340,6 +356,7 @@ int qd_report_write_junit(const qd_report *r, const char *path, qd_err *e) {
         junit_case(r, &buf, &len, &cap, step, -1, 1, suite);
     }
     xml_append(&buf, &len, &cap, "</testsuite>\n</testsuites>\n", 0);
+    if (!buf) return qd_errf(e, QD_ERUNTIME, "%s: out of memory building the JUnit XML", path);
     int rc = write_text_atomically(path, buf, e);
     free(buf);
     return rc;
@@ -405,12 +422,13 @@ static int64_t metrics_type(void) {
 int qd_report_write_h5(const qd_report *r, qd_dump *d, qd_err *e) {
     char group[160];
     snprintf(group, sizeof group, "%s-vs-%s", r->name_a, r->name_b);
-    metrics_record *rec = qd_calloc((size_t)(r->n ? r->n : 1), sizeof *rec);
+    metrics_record *rec = qd_zalloc((size_t)(r->n ? r->n : 1), sizeof *rec, e);
+    if (!rec) return QD_ERUNTIME;
     for (int i = 0; i < r->n; i++) {
         const qd_tap_row *row = &r->rows[i];
         metrics_record *x = &rec[i];
         x->step = row->step;
-        x->layer = row->layer;
+        x->layer = row->id.layer;
         snprintf(x->tap, sizeof x->tap, "%s", qd_row_tap_name(row));
         snprintf(x->mode, sizeof x->mode, "%s", qd_mode_name(row->mode));
         x->pass = !qd_verdict_fails(row->verdict);
@@ -445,7 +463,7 @@ int qd_report_write_h5(const qd_report *r, qd_dump *d, qd_err *e) {
     int fds = -1;
     if (r->first_div >= 0) {
         const qd_tap_row *row = &r->rows[r->first_div];
-        fdl = row->layer;
+        fdl = row->id.layer;
         fds = row->step;
         snprintf(fdt, sizeof fdt, "%s", qd_row_tap_name(row));
         snprintf(fdm, sizeof fdm, "%s", qd_mode_name(row->mode));

@@ -31,7 +31,7 @@ static void run_ref(const qd_weights *w, recorder *rec) {
     qd_ref *r = qd_ref_create(w, &o, &e);
     assert_non_null(r);
     float *logits = malloc((size_t)T * w->cfg.vocab_size * sizeof(float));
-    assert_int_equal(qd_ref_prefill(r, prompt, T, logits, &rec->sink), QD_OK);
+    assert_int_equal(qd_ref_prefill(r, prompt, T, logits, &rec->sink, &e), QD_OK);
     free(logits);
     qd_ref_free(r);
 }
@@ -44,12 +44,12 @@ static void run_emu(const qd_weights *w, qd_act_dtype act, recorder *rec) {
     float *h = malloc((size_t)T * c->hidden_size * sizeof(float));
     float *h2 = malloc((size_t)T * c->hidden_size * sizeof(float));
     float *logits = malloc((size_t)T * c->vocab_size * sizeof(float));
-    assert_int_equal(qd_emu_embed(m, prompt, T, h, &rec->sink), QD_OK);
+    assert_int_equal(qd_emu_embed(m, prompt, T, h, &rec->sink, &e), QD_OK);
     for (int l = 0; l < c->num_hidden_layers; l++) {
-        assert_int_equal(qd_emu_layer(m, l, h, h2, T, 0, &rec->sink), QD_OK);
+        assert_int_equal(qd_emu_layer(m, l, h, h2, T, 0, &rec->sink, &e), QD_OK);
         memcpy(h, h2, (size_t)T * c->hidden_size * sizeof(float));
     }
-    assert_int_equal(qd_emu_head(m, h, T, logits, &rec->sink), QD_OK);
+    assert_int_equal(qd_emu_head(m, h, T, logits, &rec->sink, &e), QD_OK);
     free(h);
     free(h2);
     free(logits);
@@ -165,8 +165,8 @@ static void test_emu_rounds_input(void **state) {
         h[i] = (float)rng_normal();
         hr[i] = qd_round_bf16(h[i]);
     }
-    assert_int_equal(qd_emu_layer(m1, 0, h, o1, T, 0, NULL), QD_OK);
-    assert_int_equal(qd_emu_layer(m2, 0, hr, o2, T, 0, NULL), QD_OK);
+    assert_int_equal(qd_emu_layer(m1, 0, h, o1, T, 0, NULL, &e), QD_OK);
+    assert_int_equal(qd_emu_layer(m2, 0, hr, o2, T, 0, NULL, &e), QD_OK);
     assert_memory_equal(o1, o2, n * sizeof(float));
     free(h);
     free(hr);
@@ -201,12 +201,12 @@ static void test_emu_shares_bf16_weights(void **state) {
     qd_emu *m[2] = {a, b};
     float *lg[2] = {la, lb};
     for (int k = 0; k < 2; k++) {
-        assert_int_equal(qd_emu_embed(m[k], prompt, T, h, NULL), QD_OK);
+        assert_int_equal(qd_emu_embed(m[k], prompt, T, h, NULL, &e), QD_OK);
         for (int l = 0; l < c->num_hidden_layers; l++) {
-            assert_int_equal(qd_emu_layer(m[k], l, h, h2, T, 0, NULL), QD_OK);
+            assert_int_equal(qd_emu_layer(m[k], l, h, h2, T, 0, NULL, &e), QD_OK);
             memcpy(h, h2, n * sizeof(float));
         }
-        assert_int_equal(qd_emu_head(m[k], h, T, lg[k], NULL), QD_OK);
+        assert_int_equal(qd_emu_head(m[k], h, T, lg[k], NULL, &e), QD_OK);
     }
     assert_memory_equal(la, lb, nl * sizeof(float));
     free(h);
