@@ -81,7 +81,11 @@ int qd_read_file(const char *path, char **out, size_t *len, qd_err *e) {
         return qd_errf(e, errno == ENOENT ? QD_EINPUT : QD_ERUNTIME, "%s: cannot open: %s", path,
                        strerror(errno));
     size_t cap = 4096, n = 0;
-    char *buf = qd_malloc(cap);
+    char *buf = qd_alloc(cap, e);
+    if (!buf) {
+        fclose(f);
+        return QD_ERUNTIME;
+    }
     for (;;) {
         if (n + 1 >= cap) {
             cap *= 2;

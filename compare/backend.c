@@ -15,28 +15,17 @@
 
 /* --- ref: the fp32 reference ------------------------------------------------------------------------ */
 
-/* A failed step: the reference's own message, or the sink's (e.g. a dump write), which the caller holds. */
-static int ref_error(qd_backend *b, int rc, qd_err *e) {
-    const char *msg = qd_ref_last_error((qd_ref *)b->impl);
-    if (msg[0]) return qd_errf(e, rc, "ref: %s", msg);
-    if (e && e->code == QD_OK) qd_errf(e, rc, "ref: a tap sink failed (code %d)", rc);
-    return rc;
-}
-
 static int ref_embed(qd_backend *b, const int32_t *tokens, int T, float *h, qd_tap_sink *sink, qd_err *e) {
-    int rc = qd_ref_embed((qd_ref *)b->impl, tokens, T, h, sink);
-    return rc ? ref_error(b, rc, e) : QD_OK;
+    return qd_ref_embed((qd_ref *)b->impl, tokens, T, h, sink, e);
 }
 
 static int ref_layer(qd_backend *b, int layer, const float *h_in, float *h_out, int T, int pos0,
                      qd_tap_sink *sink, qd_err *e) {
-    int rc = qd_ref_layer((qd_ref *)b->impl, layer, h_in, h_out, T, pos0, sink);
-    return rc ? ref_error(b, rc, e) : QD_OK;
+    return qd_ref_layer((qd_ref *)b->impl, layer, h_in, h_out, T, pos0, sink, e);
 }
 
 static int ref_head(qd_backend *b, const float *h, int T, float *logits, qd_tap_sink *sink, qd_err *e) {
-    int rc = qd_ref_head((qd_ref *)b->impl, h, T, logits, sink);
-    return rc ? ref_error(b, rc, e) : QD_OK;
+    return qd_ref_head((qd_ref *)b->impl, h, T, logits, sink, e);
 }
 
 static void ref_destroy(qd_backend *b) { qd_ref_free((qd_ref *)b->impl); }
@@ -50,7 +39,11 @@ static qd_backend *ref_create(const qd_weights *w, const qd_backend_opts *o, qd_
                       .max_seq = o->max_seq};
     qd_ref *r = qd_ref_create(w, &ro, e);
     if (!r) return NULL;
-    qd_backend *b = qd_calloc(1, sizeof *b);
+    qd_backend *b = qd_zalloc(1, sizeof *b, e);
+    if (!b) {
+        qd_ref_free(r);
+        return NULL;
+    }
     snprintf(b->name, sizeof b->name, "ref");
     snprintf(b->precision, sizeof b->precision, "fp32");
     snprintf(b->accum, sizeof b->accum, "%s", o->accum_f64 ? "f64" : "f32");
@@ -66,21 +59,16 @@ static qd_backend *ref_create(const qd_weights *w, const qd_backend_opts *o, qd_
 /* --- emu: the fused path's precision contract on the CPU ------------------------------------------- */
 
 static int emu_embed(qd_backend *b, const int32_t *tokens, int T, float *h, qd_tap_sink *sink, qd_err *e) {
-    int rc = qd_emu_embed((qd_emu *)b->impl, tokens, T, h, sink);
-    return rc ? qd_errf(e, rc, "emu: embed failed (code %d)", rc) : QD_OK;
+    return qd_emu_embed((qd_emu *)b->impl, tokens, T, h, sink, e);
 }
 
 static int emu_layer(qd_backend *b, int layer, const float *h_in, float *h_out, int T, int pos0,
                      qd_tap_sink *sink, qd_err *e) {
-    int rc = qd_emu_layer((qd_emu *)b->impl, layer, h_in, h_out, T, pos0, sink);
-    if (rc == QD_EINPUT)
-        return qd_errf(e, rc, "emu: layer %d: positions %d..%d exceed the KV cache", layer, pos0, pos0 + T - 1);
-    return rc ? qd_errf(e, rc, "emu: layer %d failed (code %d)", layer, rc) : QD_OK;
+    return qd_emu_layer((qd_emu *)b->impl, layer, h_in, h_out, T, pos0, sink, e);
 }
 
 static int emu_head(qd_backend *b, const float *h, int T, float *logits, qd_tap_sink *sink, qd_err *e) {
-    int rc = qd_emu_head((qd_emu *)b->impl, h, T, logits, sink);
-    return rc ? qd_errf(e, rc, "emu: head failed (code %d)", rc) : QD_OK;
+    return qd_emu_head((qd_emu *)b->impl, h, T, logits, sink, e);
 }
 
 static void emu_destroy(qd_backend *b) { qd_emu_free((qd_emu *)b->impl); }
@@ -93,7 +81,11 @@ static qd_backend *emu_create(const qd_weights *w, const qd_backend_opts *o, qd_
     }
     qd_emu *m = qd_emu_create(w, act, o->threads, o->max_seq, &o->fault, e);
     if (!m) return NULL;
-    qd_backend *b = qd_calloc(1, sizeof *b);
+    qd_backend *b = qd_zalloc(1, sizeof *b, e);
+    if (!b) {
+        qd_emu_free(m);
+        return NULL;
+    }
     snprintf(b->name, sizeof b->name, "emu");
     snprintf(b->precision, sizeof b->precision, "%s", qd_act_dtype_name(act));
     snprintf(b->accum, sizeof b->accum, "f32");
@@ -132,7 +124,11 @@ static qd_backend *fused_create(const qd_weights *w, const qd_backend_opts *o, q
     }
     qd_fused *f = qd_fused_create(w, &fo, e);
     if (!f) return NULL;
-    qd_backend *b = qd_calloc(1, sizeof *b);
+    qd_backend *b = qd_zalloc(1, sizeof *b, e);
+    if (!b) {
+        qd_fused_free(f);
+        return NULL;
+    }
     snprintf(b->name, sizeof b->name, "fused");
     snprintf(b->precision, sizeof b->precision, "%s", qd_act_dtype_name(fo.act));
     snprintf(b->accum, sizeof b->accum, "f32");

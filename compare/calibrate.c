@@ -32,7 +32,8 @@ int qd_bless(qd_backend *a, qd_backend *b, qd_backend *b_iso, const int32_t *pro
         qd_tolerances_free(out);
         return rc;
     }
-    int32_t *p = qd_malloc((size_t)T * sizeof *p); /* (T) */
+    int32_t *p = qd_alloc((size_t)T * sizeof *p, e); /* (T) */
+    if (!p) rc = QD_ERUNTIME;
     for (int i = 0; i < n_prompts && !rc; i++) {
         if (i == 0) memcpy(p, prompt, (size_t)T * sizeof *p);
         else qd_calib_prompt(0x5eedull + (uint64_t)i, T, c->vocab_size, p);
@@ -46,7 +47,7 @@ int qd_bless(qd_backend *a, qd_backend *b, qd_backend *b_iso, const int32_t *pro
             const qd_tap_row *row = &r.rows[k];
             if (row->verdict & (QD_V_NONFINITE | QD_V_BLOWUP_MAG | QD_V_COLLAPSE)) {
                 rc = qd_errf(e, QD_EDIVERGED, "calibration prompt %d: step %d, layer %d, %s: %s: a broken pair "
-                             "cannot be blessed", i, row->step, row->layer, qd_row_tap_name(row),
+                             "cannot be blessed", i, row->step, row->id.layer, qd_row_tap_name(row),
                              row->verdict & QD_V_NONFINITE ? "non-finite values" :
                              row->verdict & QD_V_COLLAPSE ? "collapsed to zero" : "blow-up");
                 break;
@@ -54,20 +55,20 @@ int qd_bless(qd_backend *a, qd_backend *b, qd_backend *b_iso, const int32_t *pro
             /* teacher-forced errors get their own, tighter section; the free-running ones include the
              * inherited error and set the top level, which also covers what the isolated section lacks */
             if (row->mode == QD_MODE_ISOLATED) {
-                rc = qd_calib_add(&cal_iso, row->layer, qd_row_tap_name(row), &row->m, e);
+                rc = qd_calib_add(&cal_iso, row->id.layer, qd_row_tap_name(row), &row->m, e);
                 continue;
             }
-            rc = qd_calib_add(&cal, row->layer, qd_row_tap_name(row), &row->m, e);
+            rc = qd_calib_add(&cal, row->id.layer, qd_row_tap_name(row), &row->m, e);
             if (row->m.rel_l2 > st.worst_rel_l2) {
                 st.worst_rel_l2 = row->m.rel_l2;
-                snprintf(st.worst_at, sizeof st.worst_at, "step %d, layer %d, %s", row->step, row->layer,
+                snprintf(st.worst_at, sizeof st.worst_at, "step %d, layer %d, %s", row->step, row->id.layer,
                          qd_row_tap_name(row));
             }
             /* layer-to-layer growth, as the verdict measures it */
             if (row->prev_rel_l2 > out->blowup.growth_floor && row->m.rel_l2 / row->prev_rel_l2 > st.worst_growth) {
                 st.worst_growth = row->m.rel_l2 / row->prev_rel_l2;
                 snprintf(st.worst_growth_at, sizeof st.worst_growth_at, "step %d, layer %d, %s", row->step,
-                         row->layer, qd_row_tap_name(row));
+                         row->id.layer, qd_row_tap_name(row));
             }
         }
         qd_report_free(&r);

@@ -37,7 +37,6 @@ struct qd_dump {
     int compress;            /* 0 none, 1..9 gzip level (with shuffle) */
     dump_backend **backends; /* (nbackends), pointers so sinks handed out stay valid */
     int nbackends;
-    qd_err last;             /* the last error of a sink's writes */
 };
 
 // ----------------------------------------------------------------------------
@@ -175,13 +174,15 @@ static int valid_group_name(const char *s) {
 }
 
 /* Best effort: a leftover PATH.tmp.<pid> is harmless, its name says what it is. */
-static void remove_tmp(const char *tmp) { (void)unlink(tmp); }
+static void remove_tmp(const char *tmp) {
+    if (tmp) (void)unlink(tmp);
+}
 
 // ----------------------------------------------------------------------------
 // API
 
-static int backend_emit(qd_tap_sink *self, int layer, const char *name, const float *data, int ndim,
-                        const int64_t *shape);
+static int backend_emit(qd_tap_sink *self, qd_tap_id id, const float *data, int ndim, const int64_t *shape,
+                        qd_err *e);
 
 qd_dump *qd_dump_create(const char *path, const char *model_path, const char *config_json,
                         const int32_t *input_ids, int T, int compress, qd_err *e) {
@@ -208,13 +209,14 @@ qd_dump *qd_dump_create(const char *path, const char *model_path, const char *co
     H5dont_atexit();
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
 
-    qd_dump *d = qd_calloc(1, sizeof *d);
+    qd_dump *d = qd_zalloc(1, sizeof *d, e);
+    if (!d) return NULL;
     d->file = -1;
     d->T = T;
     d->compress = compress;
     d->path = strdup(path);
     size_t n = strlen(path) + 32;
-    d->tmp = qd_malloc(n);
+    if (!(d->tmp = qd_alloc(n, e))) goto fail;
     snprintf(d->tmp, n, "%s.tmp.%ld", path, (long)getpid());
     if (!d->path) {
         qd_errf(e, QD_ERUNTIME, "%s: strdup failed", path);
@@ -258,7 +260,6 @@ qd_dump *qd_dump_create(const char *path, const char *model_path, const char *co
     if (dcpl >= 0) H5Pclose(dcpl);
     if (space >= 0) H5Sclose(space);
     if (rc) goto fail;
-    qd_err_clear(&d->last);
     return d;
 
 fail:
@@ -294,7 +295,11 @@ int qd_dump_add_backend(qd_dump *d, const char *backend, const char *precision, 
         H5Gclose(g);
         return rc;
     }
-    dump_backend *b = qd_calloc(1, sizeof *b);
+    dump_backend *b = qd_zalloc(1, sizeof *b, e);
+    if (!b) {
+        H5Gclose(g);
+        return QD_ERUNTIME;
+    }
     b->d = d;
     b->name = strdup(backend);
     b->group = g;
@@ -323,24 +328,25 @@ int qd_dump_backend_attr(qd_dump *d, const char *backend, const char *key, const
     return write_string_attr(d, b->group, objpath, key, value ? value : "", e);
 }
 
-int qd_dump_write_tap(qd_dump *d, const char *backend, int layer, const char *name, const float *data,
-                      int ndim, const int64_t *shape, qd_err *e) {
+int qd_dump_write_tap(qd_dump *d, const char *backend, qd_tap_id id, const float *data, int ndim,
+                      const int64_t *shape, qd_err *e) {
     dump_backend *b = backend ? find_backend(d, backend) : NULL;
     if (!b) return qd_errf(e, QD_EINPUT, "%s: backend '%s' was not added", d->path, backend ? backend : "");
-    if (layer < -1 || layer > QD_MAX_LAYER)
-        return qd_errf(e, QD_EINPUT, "%s: backend '%s': layer %d is not in -1..%d", d->path, backend, layer,
+    const int layer = id.layer;
+    if (id.pos == QD_POS_LAYER && layer > QD_MAX_LAYER)
+        return qd_errf(e, QD_EINPUT, "%s: backend '%s': layer %d is not in 0..%d", d->path, backend, layer,
                        QD_MAX_LAYER);
+    if (!qd_tap_id_valid(id))
+        return qd_errf(e, QD_EINPUT, "%s: backend '%s': tap %d of position %d, layer %d is not a tap of schema v1",
+                       d->path, backend, id.tap, (int)id.pos, layer);
     /* The schema fixes the tap names and their rank (qd_taps.h); the config is not needed for that. */
     qd_config probe = {0};
     int64_t want[3];
-    int tap = name ? (layer < 0 ? qd_model_tap_index(name) : qd_layer_tap_index(name)) : -1;
-    if (tap < 0)
-        return qd_errf(e, QD_EINPUT, "%s: backend '%s': '%s' is not a %s tap of schema v1", d->path, backend,
-                       name ? name : "", layer < 0 ? "model-level" : "layer");
-    int want_ndim = layer < 0 ? qd_model_tap_shape(&probe, tap, 1, want) : qd_layer_tap_shape(&probe, tap, 1, want);
+    int want_ndim = qd_tap_id_shape(&probe, id, 1, want);
+    const char *name = qd_tap_id_name(id);
 
     char objpath[160];
-    if (layer < 0)
+    if (id.pos != QD_POS_LAYER)
         snprintf(objpath, sizeof objpath, "/%s/%s", backend, name);
     else
         snprintf(objpath, sizeof objpath, "/%s/layers/%03d/%s", backend, layer, name);
@@ -359,7 +365,7 @@ int qd_dump_write_tap(qd_dump *d, const char *backend, int layer, const char *na
 
     int rc = QD_OK;
     hid_t layers = -1, lg = -1, parent = b->group, space = -1, dcpl = -1, ds = -1;
-    if (layer >= 0) {
+    if (id.pos == QD_POS_LAYER) {
         char lname[8], lpath[100];
         snprintf(lname, sizeof lname, "%03d", layer);
         snprintf(lpath, sizeof lpath, "/%s/layers", backend);
@@ -412,22 +418,20 @@ out:
     return rc;
 }
 
-static int backend_emit(qd_tap_sink *self, int layer, const char *name, const float *data, int ndim,
-                        const int64_t *shape) {
+static int backend_emit(qd_tap_sink *self, qd_tap_id id, const float *data, int ndim, const int64_t *shape,
+                        qd_err *e) {
     dump_backend *b = self->ctx;
-    return qd_dump_write_tap(b->d, b->name, layer, name, data, ndim, shape, &b->d->last);
+    return qd_dump_write_tap(b->d, b->name, id, data, ndim, shape, e);
 }
 
-qd_tap_sink *qd_dump_backend_sink(qd_dump *d, const char *backend) {
+qd_tap_sink *qd_dump_backend_sink(qd_dump *d, const char *backend, qd_err *e) {
     dump_backend *b = backend ? find_backend(d, backend) : NULL;
     if (!b) {
-        qd_errf(&d->last, QD_EINPUT, "%s: backend '%s' was not added", d->path, backend ? backend : "");
+        qd_errf(e, QD_EINPUT, "%s: backend '%s' was not added", d->path, backend ? backend : "");
         return NULL;
     }
     return &b->sink;
 }
-
-const qd_err *qd_dump_last_error(const qd_dump *d) { return &d->last; }
 
 // ----------------------------------------------------------------------------
 // tables beside the backend groups

@@ -36,50 +36,54 @@ void qd_report_free(qd_report *r) {
     r->n = r->cap = 0;
 }
 
-const char *qd_row_tap_name(const qd_tap_row *row) {
-    return row->layer < 0 ? qd_model_tap_name(row->tap) : qd_layer_tap_name(row->tap);
-}
+const char *qd_row_tap_name(const qd_tap_row *row) { return qd_tap_id_name(row->id); }
 
 int qd_report_diverged(const qd_report *r) { return r->first_div >= 0; }
 
-static void add_only(char (*list)[24], int *n, const char *name) {
+static void add_only(char (*list)[24], int *n, qd_tap_id id) {
+    const char *name = qd_tap_id_name(id);
     for (int i = 0; i < *n; i++)
         if (strcmp(list[i], name) == 0) return;
-    if (*n < QD_NUM_LAYER_TAPS + QD_NUM_MODEL_TAPS) snprintf(list[(*n)++], 24, "%s", name);
+    if (*n < QD_NUM_TAP_KINDS) snprintf(list[(*n)++], 24, "%s", name);
 }
 
-/* Compares one tap and appends its row. prev: the growth-check memory of this mode, indexed by tap id. */
-static void add_row(qd_report *r, const qd_tolerances *tol, int step, int layer, int tap, qd_mode mode,
-                    const float *test, const float *ref, int ndim, const int64_t *shape, double *prev) {
+/* Compares one tap and appends its row. prev: the growth-check memory of this mode, indexed by
+ * qd_tap_id_kind. */
+static int add_row(qd_report *r, const qd_tolerances *tol, int step, qd_tap_id id, qd_mode mode, const float *test,
+                   const float *ref, int ndim, const int64_t *shape, double *prev, qd_err *e) {
     if (r->n == r->cap) {
-        r->cap = r->cap ? 2 * r->cap : 256;
-        r->rows = qd_realloc(r->rows, (size_t)r->cap * sizeof *r->rows);
+        int cap = r->cap ? 2 * r->cap : 256;
+        qd_tap_row *rows = qd_resize(r->rows, (size_t)cap * sizeof *r->rows, e);
+        if (!rows) return QD_ERUNTIME;
+        r->rows = rows;
+        r->cap = cap;
     }
     qd_tap_row *row = &r->rows[r->n];
     memset(row, 0, sizeof *row);
     row->step = step;
-    row->layer = layer;
-    row->tap = tap;
+    row->id = id;
     row->mode = mode;
     qd_metrics_compute(test, ref, ndim, shape, &row->m);
-    const char *name = qd_row_tap_name(row);
-    int id = layer < 0 ? QD_NUM_LAYER_TAPS + tap : tap;
+    /* tolerance files name their taps: the lookup is by name */
+    const char *name = qd_tap_id_name(id);
+    const int kind = qd_tap_id_kind(id);
     const int iso = mode == QD_MODE_ISOLATED;
-    row->tol = iso ? qd_tolerances_lookup_isolated(tol, layer, name) : qd_tolerances_lookup(tol, layer, name);
-    row->prev_rel_l2 = layer < 0 ? NAN : prev[id];
+    row->tol = iso ? qd_tolerances_lookup_isolated(tol, id.layer, name) : qd_tolerances_lookup(tol, id.layer, name);
+    row->prev_rel_l2 = id.pos != QD_POS_LAYER ? NAN : prev[kind];
     row->verdict = qd_verdict(&row->m, &row->tol, &tol->blowup, row->prev_rel_l2); /* the tolerance just looked up */
-    prev[id] = row->m.rel_l2;
+    prev[kind] = row->m.rel_l2;
     if (qd_verdict_fails(row->verdict)) {
         if (r->first_fail[mode] < 0) r->first_fail[mode] = r->n;
         if (mode == r->locate && r->first_div < 0) r->first_div = r->n;
     }
     if (mode == QD_MODE_ISOLATED) r->isolated = 1;
     r->n++;
+    return QD_OK;
 }
 
-static void reset_prev(double prev[2][QD_NUM_LAYER_TAPS + QD_NUM_MODEL_TAPS]) {
+static void reset_prev(double prev[2][QD_NUM_TAP_KINDS]) {
     for (int m = 0; m < 2; m++)
-        for (int i = 0; i < QD_NUM_LAYER_TAPS + QD_NUM_MODEL_TAPS; i++) prev[m][i] = NAN;
+        for (int i = 0; i < QD_NUM_TAP_KINDS; i++) prev[m][i] = NAN;
 }
 
 // ----------------------------------------------------------------------------
@@ -87,8 +91,7 @@ static void reset_prev(double prev[2][QD_NUM_LAYER_TAPS + QD_NUM_MODEL_TAPS]) {
 
 typedef struct {
     const char *group; /* backend group name */
-    int layer;
-    char name[24];
+    qd_tap_id id;
     int pos;           /* 0 embed, l+1 layer l, L+1 head */
     int ndim;
     int64_t shape[3];
@@ -125,29 +128,32 @@ static void drop_held_before(dump_ctl *dc, int pos) {
 }
 
 /* Offers one tap to the dump: written now, held for the window, or dropped. */
-static int dump_tap(dump_ctl *dc, const char *group, int layer, const char *name, int pos, const qd_tapbuf *t,
-                    qd_err *e) {
-    if (!dc->d || !tap_selected(dc->globs, name)) return QD_OK;
+static int dump_tap(dump_ctl *dc, const char *group, qd_tap_id id, int pos, const qd_tapbuf *t, qd_err *e) {
+    if (!dc->d || !tap_selected(dc->globs, qd_tap_id_name(id))) return QD_OK;
     int write_now = dc->window < 0 ||
                     (dc->diverged_pos >= 0 && pos >= dc->diverged_pos - dc->window &&
                      pos <= dc->diverged_pos + dc->window);
-    if (write_now) return qd_dump_write_tap(dc->d, group, layer, name, t->data, t->ndim, t->shape, e);
+    if (write_now) return qd_dump_write_tap(dc->d, group, id, t->data, t->ndim, t->shape, e);
     if (dc->diverged_pos >= 0) return QD_OK; /* past the window */
     if (dc->n_held == dc->cap_held) {
-        dc->cap_held = dc->cap_held ? 2 * dc->cap_held : 64;
-        dc->held = qd_realloc(dc->held, (size_t)dc->cap_held * sizeof *dc->held);
+        int cap = dc->cap_held ? 2 * dc->cap_held : 64;
+        held_tap *held = qd_resize(dc->held, (size_t)cap * sizeof *dc->held, e);
+        if (!held) return QD_ERUNTIME;
+        dc->held = held;
+        dc->cap_held = cap;
     }
-    held_tap *h = &dc->held[dc->n_held++];
     size_t n = 1;
     for (int i = 0; i < t->ndim; i++) n *= (size_t)t->shape[i];
+    float *data = qd_alloc(n * sizeof(float), e); /* (shape) */
+    if (!data) return QD_ERUNTIME;
+    memcpy(data, t->data, n * sizeof(float));
+    held_tap *h = &dc->held[dc->n_held++];
     h->group = group;
-    h->layer = layer;
-    snprintf(h->name, sizeof h->name, "%s", name);
+    h->id = id;
     h->pos = pos;
     h->ndim = t->ndim;
     memcpy(h->shape, t->shape, sizeof h->shape);
-    h->data = qd_malloc(n * sizeof(float));
-    memcpy(h->data, t->data, n * sizeof(float));
+    h->data = data;
     return QD_OK;
 }
 
@@ -159,7 +165,7 @@ static int dump_after_position(dump_ctl *dc, int pos, int diverged_now, qd_err *
         drop_held_before(dc, pos - dc->window);
         for (int i = 0; i < dc->n_held; i++) {
             held_tap *h = &dc->held[i];
-            int rc = qd_dump_write_tap(dc->d, h->group, h->layer, h->name, h->data, h->ndim, h->shape, e);
+            int rc = qd_dump_write_tap(dc->d, h->group, h->id, h->data, h->ndim, h->shape, e);
             if (rc) return rc;
         }
         drop_held_before(dc, 1 << 30);
@@ -186,13 +192,14 @@ typedef struct {
     float *logits;     /* (T, V) */
 } side;
 
-static void side_init(side *s, qd_backend *be, const char *group, size_t hidden, size_t logits) {
+static int side_init(side *s, qd_backend *be, const char *group, size_t hidden, size_t logits, qd_err *e) {
     s->be = be;
     s->group = group;
-    qd_tapstore_init(&s->store, NULL);
-    s->h = qd_malloc(hidden * sizeof(float));
-    s->h2 = qd_malloc(hidden * sizeof(float));
-    s->logits = qd_malloc(logits * sizeof(float));
+    qd_tapstore_init(&s->store);
+    s->h = qd_alloc(hidden * sizeof(float), e);
+    s->h2 = s->h ? qd_alloc(hidden * sizeof(float), e) : NULL;
+    s->logits = s->h2 ? qd_alloc(logits * sizeof(float), e) : NULL;
+    return s->logits ? QD_OK : QD_ERUNTIME;
 }
 
 static void side_free(side *s) {
@@ -202,30 +209,48 @@ static void side_free(side *s) {
     free(s->logits);
 }
 
-/* Compares the taps both sides hold for one layer (layer -1: the model taps in `taps`). */
-static void compare_taps(qd_report *r, const qd_tolerances *tol, int step, int layer, const int *taps, int ntaps,
-                         const side *a, const side *b, qd_mode mode, double *prev) {
-    for (int k = 0; k < ntaps; k++) {
-        int tap = taps[k];
-        const qd_tapbuf *ta = qd_tapstore_get(&a->store, layer, tap);
-        const qd_tapbuf *tb = qd_tapstore_get(&b->store, layer, tap);
-        const char *name = layer < 0 ? qd_model_tap_name(tap) : qd_layer_tap_name(tap);
-        if (ta && !tb) add_only(r->only_a, &r->n_only_a, name);
-        if (tb && !ta) add_only(r->only_b, &r->n_only_b, name);
+/* The taps of one position of a run, in execution order: embed, layer l's, or the head's. */
+typedef struct {
+    qd_tap_id id[QD_NUM_LAYER_TAPS];
+    int n;
+} tap_list;
+
+static tap_list embed_taps(void) { return (tap_list){{qd_tap_model(QD_TAP_EMBED)}, 1}; }
+
+static tap_list head_taps(void) {
+    return (tap_list){{qd_tap_model(QD_TAP_FINAL_NORM), qd_tap_model(QD_TAP_LOGITS)}, 2};
+}
+
+static tap_list layer_taps(int layer) {
+    tap_list t = {.n = QD_NUM_LAYER_TAPS};
+    for (int i = 0; i < QD_NUM_LAYER_TAPS; i++) t.id[i] = qd_tap_layer(layer, i);
+    return t;
+}
+
+/* Compares the taps both sides hold of one position. */
+static int compare_taps(qd_report *r, const qd_tolerances *tol, int step, tap_list taps, const side *a,
+                        const side *b, qd_mode mode, double *prev, qd_err *e) {
+    for (int k = 0; k < taps.n; k++) {
+        qd_tap_id id = taps.id[k];
+        const qd_tapbuf *ta = qd_tapstore_get(&a->store, id);
+        const qd_tapbuf *tb = qd_tapstore_get(&b->store, id);
+        if (ta && !tb) add_only(r->only_a, &r->n_only_a, id);
+        if (tb && !ta) add_only(r->only_b, &r->n_only_b, id);
         if (!ta || !tb) continue;
         int same = ta->ndim == tb->ndim;
         for (int d = 0; same && d < ta->ndim; d++) same = ta->shape[d] == tb->shape[d];
         if (!same) continue; /* a backend's shape bug; the dump keeps both for inspection */
-        add_row(r, tol, step, layer, tap, mode, tb->data, ta->data, ta->ndim, ta->shape, prev);
+        int rc = add_row(r, tol, step, id, mode, tb->data, ta->data, ta->ndim, ta->shape, prev, e);
+        if (rc) return rc;
     }
+    return QD_OK;
 }
 
-static int dump_side(dump_ctl *dc, const side *s, int layer, const int *taps, int ntaps, int pos, qd_err *e) {
-    for (int k = 0; k < ntaps; k++) {
-        const qd_tapbuf *t = qd_tapstore_get(&s->store, layer, taps[k]);
+static int dump_side(dump_ctl *dc, const side *s, tap_list taps, int pos, qd_err *e) {
+    for (int k = 0; k < taps.n; k++) {
+        const qd_tapbuf *t = qd_tapstore_get(&s->store, taps.id[k]);
         if (!t) continue;
-        const char *name = layer < 0 ? qd_model_tap_name(taps[k]) : qd_layer_tap_name(taps[k]);
-        int rc = dump_tap(dc, s->group, layer, name, pos, t, e);
+        int rc = dump_tap(dc, s->group, taps.id[k], pos, t, e);
         if (rc) return rc;
     }
     return QD_OK;
@@ -247,12 +272,13 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
     char iso_group[80];
     snprintf(iso_group, sizeof iso_group, "%s-isolated", b->name);
 
-    side sa, sb, si;
-    side_init(&sa, a, a->name, (size_t)T * C, (size_t)T * V);
-    side_init(&sb, b, b->name, (size_t)T * C, (size_t)T * V);
-    if (b_iso) side_init(&si, b_iso, iso_group, (size_t)T * C, (size_t)T * V);
-
+    side sa = {0}, sb = {0}, si = {0};
     dump_ctl dc = {.d = o->dump, .globs = o->dump_taps, .window = o->dump_window, .diverged_pos = -1};
+    if ((rc = side_init(&sa, a, a->name, (size_t)T * C, (size_t)T * V, e)) ||
+        (rc = side_init(&sb, b, b->name, (size_t)T * C, (size_t)T * V, e)) ||
+        (b_iso && (rc = side_init(&si, b_iso, iso_group, (size_t)T * C, (size_t)T * V, e))))
+        goto done;
+
     if (o->dump) {
         const side *sides[3] = {&sa, &sb, b_iso ? &si : NULL};
         for (int i = 0; i < 3 && !rc; i++) {
@@ -265,11 +291,7 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
         if (rc) goto done;
     }
 
-    static const int embed_taps[] = {QD_TAP_EMBED};
-    static const int head_taps[] = {QD_TAP_FINAL_NORM, QD_TAP_LOGITS};
-    int layer_taps[QD_NUM_LAYER_TAPS];
-    for (int i = 0; i < QD_NUM_LAYER_TAPS; i++) layer_taps[i] = i;
-    double prev[2][QD_NUM_LAYER_TAPS + QD_NUM_MODEL_TAPS];
+    double prev[2][QD_NUM_TAP_KINDS];
 
     int32_t next_token = 0;
     r->steps = 1 + (o->decode > 0 ? o->decode : 0);
@@ -286,9 +308,9 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
             (rc = b->embed(b, tokens, Tn, sb.h, &sb.store.sink, e)))
             goto done;
         int before = r->first_div;
-        compare_taps(r, o->tol, step, -1, embed_taps, 1, &sa, &sb, QD_MODE_FREE, prev[0]);
-        if (dcs && ((rc = dump_side(dcs, &sa, -1, embed_taps, 1, 0, e)) ||
-                    (rc = dump_side(dcs, &sb, -1, embed_taps, 1, 0, e)) ||
+        if ((rc = compare_taps(r, o->tol, step, embed_taps(), &sa, &sb, QD_MODE_FREE, prev[0], e))) goto done;
+        if (dcs && ((rc = dump_side(dcs, &sa, embed_taps(), 0, e)) ||
+                    (rc = dump_side(dcs, &sb, embed_taps(), 0, e)) ||
                     (rc = dump_after_position(dcs, 0, before < 0 && r->first_div >= 0, e))))
             goto done;
 
@@ -305,13 +327,12 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
                 if ((rc = b_iso->layer(b_iso, l, sa.h, si.h2, Tn, pos0, &si.store.sink, e))) goto done;
             }
             before = r->first_div;
-            compare_taps(r, o->tol, step, l, layer_taps, QD_NUM_LAYER_TAPS, &sa, &sb, QD_MODE_FREE, prev[0]);
-            if (b_iso)
-                compare_taps(r, o->tol, step, l, layer_taps, QD_NUM_LAYER_TAPS, &sa, &si, QD_MODE_ISOLATED,
-                             prev[1]);
-            if (dcs && ((rc = dump_side(dcs, &sa, l, layer_taps, QD_NUM_LAYER_TAPS, l + 1, e)) ||
-                        (rc = dump_side(dcs, &sb, l, layer_taps, QD_NUM_LAYER_TAPS, l + 1, e)) ||
-                        (b_iso && (rc = dump_side(dcs, &si, l, layer_taps, QD_NUM_LAYER_TAPS, l + 1, e))) ||
+            const tap_list lt = layer_taps(l);
+            if ((rc = compare_taps(r, o->tol, step, lt, &sa, &sb, QD_MODE_FREE, prev[0], e)) ||
+                (b_iso && (rc = compare_taps(r, o->tol, step, lt, &sa, &si, QD_MODE_ISOLATED, prev[1], e))))
+                goto done;
+            if (dcs && ((rc = dump_side(dcs, &sa, lt, l + 1, e)) || (rc = dump_side(dcs, &sb, lt, l + 1, e)) ||
+                        (b_iso && (rc = dump_side(dcs, &si, lt, l + 1, e))) ||
                         (rc = dump_after_position(dcs, l + 1, before < 0 && r->first_div >= 0, e))))
                 goto done;
             float *t;
@@ -325,11 +346,12 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
             goto done;
         if (b_iso && (rc = b_iso->head(b_iso, sa.h, Tn, si.logits, &si.store.sink, e))) goto done;
         before = r->first_div;
-        compare_taps(r, o->tol, step, -1, head_taps, 2, &sa, &sb, QD_MODE_FREE, prev[0]);
-        if (b_iso) compare_taps(r, o->tol, step, -1, head_taps, 2, &sa, &si, QD_MODE_ISOLATED, prev[1]);
-        if (dcs && ((rc = dump_side(dcs, &sa, -1, head_taps, 2, L + 1, e)) ||
-                    (rc = dump_side(dcs, &sb, -1, head_taps, 2, L + 1, e)) ||
-                    (b_iso && (rc = dump_side(dcs, &si, -1, head_taps, 2, L + 1, e))) ||
+        if ((rc = compare_taps(r, o->tol, step, head_taps(), &sa, &sb, QD_MODE_FREE, prev[0], e)) ||
+            (b_iso && (rc = compare_taps(r, o->tol, step, head_taps(), &sa, &si, QD_MODE_ISOLATED, prev[1], e))))
+            goto done;
+        if (dcs && ((rc = dump_side(dcs, &sa, head_taps(), L + 1, e)) ||
+                    (rc = dump_side(dcs, &sb, head_taps(), L + 1, e)) ||
+                    (b_iso && (rc = dump_side(dcs, &si, head_taps(), L + 1, e))) ||
                     (rc = dump_after_position(dcs, L + 1, before < 0 && r->first_div >= 0, e))))
             goto done;
         /* the next decode step feeds both sides the reference side's greedy token */
@@ -363,14 +385,14 @@ static int only_group(const char *path, char *out, size_t n, qd_err *e) {
 }
 
 static int compare_one(qd_report *r, const qd_tolerances *tol, qd_h5in *fa, const char *ga, qd_h5in *fb,
-                       const char *gb, int layer, int tap, double *prev, qd_err *e) {
-    const char *name = layer < 0 ? qd_model_tap_name(tap) : qd_layer_tap_name(tap);
+                       const char *gb, qd_tap_id id, double *prev, qd_err *e) {
+    const char *name = qd_tap_id_name(id);
     char pa[256], pb[256];
-    qd_h5_tap_path(pa, sizeof pa, ga, layer, name);
-    qd_h5_tap_path(pb, sizeof pb, gb, layer, name);
+    qd_h5_tap_path(pa, sizeof pa, ga, id.layer, name);
+    qd_h5_tap_path(pb, sizeof pb, gb, id.layer, name);
     int ha = qd_h5in_has(fa, pa), hb = qd_h5in_has(fb, pb);
-    if (ha && !hb) add_only(r->only_a, &r->n_only_a, name);
-    if (hb && !ha) add_only(r->only_b, &r->n_only_b, name);
+    if (ha && !hb) add_only(r->only_a, &r->n_only_a, id);
+    if (hb && !ha) add_only(r->only_b, &r->n_only_b, id);
     if (!ha || !hb) return QD_OK;
     float *da = NULL, *db = NULL;
     int nda = 0, ndb = 0;
@@ -381,9 +403,9 @@ static int compare_one(qd_report *r, const qd_tolerances *tol, qd_h5in *fa, cons
         int same = nda == ndb;
         for (int d = 0; same && d < nda; d++) same = sa[d] == sb[d];
         if (!same)
-            rc = qd_errf(e, QD_EINPUT, "tap '%s' of layer %d: shapes differ between the two files", name, layer);
+            rc = qd_errf(e, QD_EINPUT, "tap '%s' of layer %d: shapes differ between the two files", name, id.layer);
         else
-            add_row(r, tol, 0, layer, tap, QD_MODE_FREE, db, da, nda, sa, prev);
+            rc = add_row(r, tol, 0, id, QD_MODE_FREE, db, da, nda, sa, prev, e);
     }
     free(da);
     free(db);
@@ -441,13 +463,14 @@ int qd_compare_files(const char *path_a, const char *group_a, const char *path_b
         snprintf(name_b, sizeof name_b, "B:%.58s", gb);
     }
     qd_report_init(r, name_a, prec_a, name_b, prec_b, L, QD_MODE_FREE, &tol->blowup);
-    double prev[QD_NUM_LAYER_TAPS + QD_NUM_MODEL_TAPS];
-    for (int i = 0; i < QD_NUM_LAYER_TAPS + QD_NUM_MODEL_TAPS; i++) prev[i] = NAN;
-    rc = compare_one(r, tol, fa, ga, fb, gb, -1, QD_TAP_EMBED, prev, e);
+    double prev[QD_NUM_TAP_KINDS];
+    for (int i = 0; i < QD_NUM_TAP_KINDS; i++) prev[i] = NAN;
+    rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_model(QD_TAP_EMBED), prev, e);
     for (int l = 0; l < L && !rc; l++)
-        for (int t = 0; t < QD_NUM_LAYER_TAPS && !rc; t++) rc = compare_one(r, tol, fa, ga, fb, gb, l, t, prev, e);
-    if (!rc) rc = compare_one(r, tol, fa, ga, fb, gb, -1, QD_TAP_FINAL_NORM, prev, e);
-    if (!rc) rc = compare_one(r, tol, fa, ga, fb, gb, -1, QD_TAP_LOGITS, prev, e);
+        for (int t = 0; t < QD_NUM_LAYER_TAPS && !rc; t++)
+            rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_layer(l, t), prev, e);
+    if (!rc) rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_model(QD_TAP_FINAL_NORM), prev, e);
+    if (!rc) rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_model(QD_TAP_LOGITS), prev, e);
     if (own_tol) qd_tolerances_free(&deflt);
 out:
     qd_h5in_close(fa);

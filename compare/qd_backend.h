@@ -5,7 +5,8 @@
  *     head(h)                       -> logits (T, V)
  * Hidden states cross the interface as host float32 (T, C) arrays, whatever the backend computes in, so
  * one backend's input to layer i can be fed to another (teacher forcing, --isolate). Taps go to the sink
- * given to each call (may be NULL). Every call returns QD_OK or an error code with e filled. */
+ * given to each call (may be NULL). Every call returns QD_OK or an error code with e filled: the backend's
+ * own message, or a failing sink's (passed through untouched, e.g. a dump write's). */
 #ifndef QD_BACKEND_H
 #define QD_BACKEND_H
 

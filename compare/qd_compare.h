@@ -24,8 +24,7 @@ const char *qd_mode_name(qd_mode m); /* "free", "isolated" */
 
 typedef struct {
     int step;           /* 0: the prompt; k >= 1: decode step k */
-    int layer;          /* -1 for embed, final_norm, logits */
-    int tap;            /* qd_layer_tap when layer >= 0, qd_model_tap when layer == -1 */
+    qd_tap_id id;       /* which tap: embed, layer n's, or the head's (id.layer -1 outside the layers) */
     qd_mode mode;
     qd_metrics m;
     qd_tol tol;         /* the tolerance it was judged by */
@@ -45,9 +44,9 @@ typedef struct {
     int n, cap;
     int first_div;                   /* row index of the first divergence in the located mode; -1 none */
     int first_fail[2];               /* first failing row per mode; -1 none */
-    char only_a[QD_NUM_LAYER_TAPS + QD_NUM_MODEL_TAPS][24]; /* taps only one side has (names) */
+    char only_a[QD_NUM_TAP_KINDS][24]; /* taps only one side has (names) */
     int n_only_a;
-    char only_b[QD_NUM_LAYER_TAPS + QD_NUM_MODEL_TAPS][24];
+    char only_b[QD_NUM_TAP_KINDS][24];
     int n_only_b;
 } qd_report;
 

@@ -29,13 +29,14 @@ int qd_dump_add_backend(qd_dump *d, const char *backend, const char *precision, 
  * or is "precision" (set by qd_dump_add_backend), is QD_EINPUT. */
 int qd_dump_backend_attr(qd_dump *d, const char *backend, const char *key, const char *value, qd_err *e);
 
-/* A tap sink writing each emitted tap to /<backend>/... (layer -1 -> model-level). The sink stays valid
- * until qd_dump_close. */
-qd_tap_sink *qd_dump_backend_sink(qd_dump *d, const char *backend);
+/* A tap sink writing each emitted tap to /<backend>/... (embed and the head's taps at the group's top,
+ * layer taps under layers/NNN); a failed write fills the emitting caller's qd_err. The sink stays valid
+ * until qd_dump_close. NULL with e set (QD_EINPUT) when the backend was not added. */
+qd_tap_sink *qd_dump_backend_sink(qd_dump *d, const char *backend, qd_err *e);
 
-/* Writes one tensor directly. */
-int qd_dump_write_tap(qd_dump *d, const char *backend, int layer, const char *name, const float *data,
-                      int ndim, const int64_t *shape, qd_err *e);
+/* Writes one tensor directly, at the path of its id. */
+int qd_dump_write_tap(qd_dump *d, const char *backend, qd_tap_id id, const float *data, int ndim,
+                      const int64_t *shape, qd_err *e);
 
 /* --- tables beside the backend groups (the comparator's /diff/<A>-vs-<B>/metrics) --- */
 
@@ -52,8 +53,5 @@ int qd_dump_group_attr_string(qd_dump *d, const char *parent, const char *group,
 
 /* commit=1: flush, close, rename to the final path. commit=0: close and delete. Frees d. */
 int qd_dump_close(qd_dump *d, int commit, qd_err *e);
-
-/* The last error of a sink's writes (the sink's emit returns QD_ERUNTIME and records why here). */
-const qd_err *qd_dump_last_error(const qd_dump *d);
 
 #endif

@@ -147,9 +147,9 @@ int qd_selftest_matches(const qd_report *r, qd_mode mode, int step, int layer, c
     }
     const qd_tap_row *row = &r->rows[i];
     const char *name = qd_row_tap_name(row);
-    if (row->layer < 0) snprintf(found, n, "step %d, %s", row->step, name);
-    else snprintf(found, n, "step %d, layer %d, %s", row->step, row->layer, name);
-    return row->step == step && row->layer == layer && strcmp(name, tap) == 0;
+    if (row->id.pos != QD_POS_LAYER) snprintf(found, n, "step %d, %s", row->step, name);
+    else snprintf(found, n, "step %d, layer %d, %s", row->step, row->id.layer, name);
+    return row->step == step && row->id.layer == layer && strcmp(name, tap) == 0;
 }
 
 // ----------------------------------------------------------------------------
@@ -226,7 +226,10 @@ static int load_context(const char *root, const st_context *cx, qd_weights *w, i
     const qd_config *c = &w->cfg;
     if (cx->prompt_len > 0) {
         *T = cx->prompt_len;
-        *tokens = qd_malloc((size_t)*T * sizeof **tokens);
+        if (!(*tokens = qd_alloc((size_t)*T * sizeof **tokens, e))) {
+            qd_weights_free(w);
+            return QD_ERUNTIME;
+        }
         qd_calib_prompt(cx->prompt_seed, *T, c->vocab_size, *tokens);
     } else {
         snprintf(arg, sizeof arg, "@%s/prompt.txt", dir);
@@ -302,7 +305,11 @@ static int run_context(const char *root, const st_context *cx, const char *backe
     qd_backend *a = NULL, *b = NULL, *bi = NULL;
     qd_tolerances tol;
     int have_tol = 0;
-    int32_t *p = qd_malloc((size_t)T * sizeof *p); /* (T) */
+    int32_t *p = qd_alloc((size_t)T * sizeof *p, e); /* (T) */
+    if (!p) {
+        rc = QD_ERUNTIME;
+        goto out;
+    }
     if (!(a = make("ref", &w, threads, max_seq, NULL, none, e)) || !(b = make(backend, &w, threads, max_seq, NULL, none, e)) ||
         !(bi = make(backend, &w, threads, max_seq, NULL, none, e))) {
         rc = e->code ? e->code : QD_ERUNTIME;

@@ -86,8 +86,8 @@ static int sweep_one(const qd_weights *w, const qd_sweep_opts *o, int i, qd_swee
         const qd_tap_row *row = &r.rows[r.first_div];
         en->diverged = 1;
         en->step = row->step;
-        en->layer = row->layer;
-        en->tap = row->tap;
+        en->layer = row->id.layer;
+        en->tap = row->id.tap;
         snprintf(en->tap_name, sizeof en->tap_name, "%s", qd_row_tap_name(row));
         en->verdict = row->verdict;
         qd_verdict_reason(row->verdict, &row->m, &row->tol, &r.blowup, row->prev_rel_l2, en->reason,

@@ -6,44 +6,42 @@
 
 #include "qd_util.h"
 
-static int tapstore_emit(qd_tap_sink *self, int layer, const char *name, const float *data, int ndim,
-                         const int64_t *shape) {
+static int tapstore_emit(qd_tap_sink *self, qd_tap_id id, const float *data, int ndim, const int64_t *shape,
+                         qd_err *e) {
     qd_tapstore *s = (qd_tapstore *)self->ctx;
-    qd_tapbuf *b = NULL;
-    if (layer < 0) {
-        int i = qd_model_tap_index(name);
-        if (i >= 0) b = &s->model_taps[i];
+    if (!qd_tap_id_valid(id) || ndim < 1 || ndim > 3)
+        return qd_errf(e, QD_EINPUT, "tap store: tap %d at position %d, layer %d, rank %d is not a tap of the "
+                                     "schema", id.tap, (int)id.pos, id.layer, ndim);
+    qd_tapbuf *b;
+    if (id.pos == QD_POS_LAYER) {
+        if (s->layer != id.layer) {
+            qd_tapstore_clear_layer(s);
+            s->layer = id.layer;
+        }
+        b = &s->layer_taps[id.tap];
     } else {
-        int i = qd_layer_tap_index(name);
-        if (i >= 0) {
-            if (s->layer != layer) {
-                qd_tapstore_clear_layer(s);
-                s->layer = layer;
-            }
-            b = &s->layer_taps[i];
-        }
+        b = &s->model_taps[id.tap];
     }
-    if (b) {
-        size_t n = 1;
-        for (int d = 0; d < ndim; d++) n *= (size_t)shape[d];
-        if (n > b->cap) {
-            free(b->data);
-            b->data = qd_malloc(n * sizeof(float));
-            b->cap = n;
-        }
-        memcpy(b->data, data, n * sizeof(float));
-        b->ndim = ndim;
-        for (int d = 0; d < 3; d++) b->shape[d] = d < ndim ? shape[d] : 1;
-        b->present = 1;
+    size_t n = 1;
+    for (int d = 0; d < ndim; d++) n *= (size_t)shape[d];
+    if (n > b->cap) {
+        float *grown = qd_alloc(n * sizeof(float), e);
+        if (!grown) return QD_ERUNTIME;
+        free(b->data);
+        b->data = grown;
+        b->cap = n;
     }
-    return s->forward ? s->forward->emit(s->forward, layer, name, data, ndim, shape) : QD_OK;
+    memcpy(b->data, data, n * sizeof(float));
+    b->ndim = ndim;
+    for (int d = 0; d < 3; d++) b->shape[d] = d < ndim ? shape[d] : 1;
+    b->present = 1;
+    return QD_OK;
 }
 
-void qd_tapstore_init(qd_tapstore *s, qd_tap_sink *forward) {
+void qd_tapstore_init(qd_tapstore *s) {
     memset(s, 0, sizeof *s);
     s->sink.emit = tapstore_emit;
     s->sink.ctx = s;
-    s->forward = forward;
     s->layer = -1;
 }
 
@@ -52,14 +50,14 @@ void qd_tapstore_clear_layer(qd_tapstore *s) {
     s->layer = -1;
 }
 
-const qd_tapbuf *qd_tapstore_get(const qd_tapstore *s, int layer, int tap) {
+const qd_tapbuf *qd_tapstore_get(const qd_tapstore *s, qd_tap_id id) {
+    if (!qd_tap_id_valid(id)) return NULL;
     const qd_tapbuf *b;
-    if (layer < 0) {
-        if (tap < 0 || tap >= QD_NUM_MODEL_TAPS) return NULL;
-        b = &s->model_taps[tap];
+    if (id.pos == QD_POS_LAYER) {
+        if (s->layer != id.layer) return NULL;
+        b = &s->layer_taps[id.tap];
     } else {
-        if (tap < 0 || tap >= QD_NUM_LAYER_TAPS || s->layer != layer) return NULL;
-        b = &s->layer_taps[tap];
+        b = &s->model_taps[id.tap];
     }
     return b->present ? b : NULL;
 }

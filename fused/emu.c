@@ -51,20 +51,10 @@ static float round1(const qd_emu *m, float x) {
     return m->act == QD_ACT_BF16 ? qd_round_bf16(x) : m->act == QD_ACT_FP16 ? qd_round_f16(x) : x;
 }
 
-static int emit(qd_tap_sink *sink, int layer, const qd_config *c, int tap, int T, const float *data) {
-    if (!sink) return QD_OK;
-    int64_t shape[3];
-    if (layer < 0) {
-        int nd = qd_model_tap_shape(c, tap, T, shape);
-        return sink->emit(sink, -1, qd_model_tap_name(tap), data, nd, shape);
-    }
-    int nd = qd_layer_tap_shape(c, tap, T, shape);
-    return sink->emit(sink, layer, qd_layer_tap_name(tap), data, nd, shape);
-}
-
-#define EMIT(layer, tap, data)                                                                            \
+/* Emits a tap (a qd_tap_id) and returns from the calling function on a sink error (e as the sink left it). */
+#define EMIT(id, data)                                                                                    \
     do {                                                                                                  \
-        int rc_ = emit(sink, (layer), c, (tap), T, (data));                                               \
+        int rc_ = qd_tap_emit(sink, c, (id), (data), T, e);                                               \
         if (rc_) return rc_;                                                                              \
     } while (0)
 
@@ -93,7 +83,8 @@ qd_emu *qd_emu_create(const qd_weights *w, qd_act_dtype act, int threads, int ma
         return NULL;
     }
     const qd_config *c = &w->cfg;
-    qd_emu *m = qd_calloc(1, sizeof *m);
+    qd_emu *m = qd_zalloc(1, sizeof *m, e);
+    if (!m) return NULL;
     m->act = act;
     m->threads = threads;
     if (fault) m->fault = *fault;
@@ -119,22 +110,20 @@ qd_emu *qd_emu_create(const qd_weights *w, qd_act_dtype act, int threads, int ma
     size_t C = c->hidden_size, I = c->intermediate_size, HD = c->head_dim;
     size_t NH = c->num_attention_heads, NKV = c->num_key_value_heads, L = c->num_hidden_layers;
     size_t S = (size_t)max_seq;
-    m->inv_freq = qd_malloc(HD / 2 * sizeof(float));
+    if (!(m->inv_freq = qd_alloc(HD / 2 * sizeof(float), e)) ||
+        !(m->inv_freq_bf16 = qd_alloc(HD / 2 * sizeof(float), e)) ||
+        !(m->kcache = qd_zalloc(L * S * NKV * HD, sizeof(float), e)) ||
+        !(m->vcache = qd_zalloc(L * S * NKV * HD, sizeof(float), e)) ||
+        !(m->x = qd_alloc(S * C * sizeof(float), e)) || !(m->xn = qd_alloc(S * C * sizeof(float), e)) ||
+        !(m->q = qd_alloc(S * NH * HD * sizeof(float), e)) || !(m->k = qd_alloc(S * NKV * HD * sizeof(float), e)) ||
+        !(m->v = qd_alloc(S * NKV * HD * sizeof(float), e)) || !(m->att = qd_alloc(S * NH * HD * sizeof(float), e)) ||
+        !(m->o = qd_alloc(S * C * sizeof(float), e)) || !(m->res = qd_alloc(S * C * sizeof(float), e)) ||
+        !(m->gate = qd_alloc(S * I * sizeof(float), e)) || !(m->up = qd_alloc(S * I * sizeof(float), e))) {
+        qd_emu_free(m);
+        return NULL;
+    }
     rope_inv_freq(m->inv_freq, (int)HD, c->rope_theta);
-    m->inv_freq_bf16 = qd_malloc(HD / 2 * sizeof(float));
     for (size_t i = 0; i < HD / 2; i++) m->inv_freq_bf16[i] = qd_round_bf16(m->inv_freq[i]);
-    m->kcache = qd_calloc(L * S * NKV * HD, sizeof(float));
-    m->vcache = qd_calloc(L * S * NKV * HD, sizeof(float));
-    m->x = qd_malloc(S * C * sizeof(float));
-    m->xn = qd_malloc(S * C * sizeof(float));
-    m->q = qd_malloc(S * NH * HD * sizeof(float));
-    m->k = qd_malloc(S * NKV * HD * sizeof(float));
-    m->v = qd_malloc(S * NKV * HD * sizeof(float));
-    m->att = qd_malloc(S * NH * HD * sizeof(float));
-    m->o = qd_malloc(S * C * sizeof(float));
-    m->res = qd_malloc(S * C * sizeof(float));
-    m->gate = qd_malloc(S * I * sizeof(float));
-    m->up = qd_malloc(S * I * sizeof(float));
     return m;
 }
 
@@ -254,9 +243,10 @@ static float softmax_pv_splits(const qd_emu *m, float *acc, const float *s, cons
  * sum, probabilities rounded to the activation dtype for the P.V product with the max known when they are
  * formed (key tiles with a running max in prefill, splits with their own max for one token; the sum uses
  * the unrounded exps), fp32 accumulation, the output divided by the sum and rounded.
- * q (T, NH, HD); kc, vc (max_seq, NKV, HD); out (T, NH*HD). l: the layer, for the faults that live here. */
-static void attention_act(const qd_emu *m, float *out, const float *q, const float *kc, const float *vc, int T,
-                          int pos0, int l) {
+ * q (T, NH, HD); kc, vc (max_seq, NKV, HD); out (T, NH*HD). l: the layer, for the faults that live here.
+ * QD_OK, or QD_ERUNTIME with err set when a thread's scratch cannot be allocated. */
+static int attention_act(const qd_emu *m, float *out, const float *q, const float *kc, const float *vc, int T,
+                         int pos0, int l, qd_err *err) {
     const qd_config *c = m->cfg;
     int NH = c->num_attention_heads, NKV = c->num_key_value_heads, HD = c->head_dim;
     int kv_mul = NH / NKV;
@@ -268,14 +258,21 @@ static void attention_act(const qd_emu *m, float *out, const float *q, const flo
     int max_keys = pos0 + T;
     /* the prefill kernel's key tile: 64 on tensor cores (bf16, head_dim 32/64/128), else 128 */
     int tile = m->act == QD_ACT_BF16 && (HD == 32 || HD == 64 || HD == 128) ? EMU_FA_BC : 2 * EMU_FA_BC;
+    size_t scratch = ((size_t)max_keys + 2 * (size_t)HD) * sizeof(float);
+    int failed = 0; /* a thread without scratch: the call fails, once every thread has left the loop */
 #pragma omp parallel num_threads(m->threads > 0 ? m->threads : omp_get_max_threads())
     {
         /* (max_keys) scores, then (HD) acc and (HD) one split's acc */
-        float *p = qd_malloc(((size_t)max_keys + 2 * (size_t)HD) * sizeof(float));
-        float *acc = p + max_keys;
+        float *p = qd_alloc(scratch, NULL);
+        if (!p) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        float *acc = p ? p + max_keys : NULL;
 #pragma omp for collapse(2) schedule(static)
         for (int t = 0; t < T; t++) {
             for (int h = 0; h < NH; h++) {
+                if (!p) continue;
                 int n_keys = no_causal ? max_keys : pos0 + t + 1; /* fault 5: every key of the step */
                 int kvh = gqa_mod ? h % NKV : h / kv_mul;         /* fault 4 */
                 const float *qh = q + ((size_t)t * NH + h) * HD;
@@ -332,6 +329,9 @@ static void attention_act(const qd_emu *m, float *out, const float *q, const flo
         }
         free(p);
     }
+    if (failed)
+        return qd_errf(err, QD_ERUNTIME, "emu: out of memory: attention scratch of %zu bytes per thread", scratch);
+    return QD_OK;
 }
 
 /* RoPE over x (T, nheads, HD), rotate-half, rounded; the faults that live here swap the pairing
@@ -362,48 +362,50 @@ static void rope_act(const qd_emu *m, float *x, int T, int nheads, int pos0, int
 // ----------------------------------------------------------------------------
 // the model, stepped
 
-int qd_emu_embed(qd_emu *m, const int32_t *tokens, int T, float *h, qd_tap_sink *sink) {
+int qd_emu_embed(qd_emu *m, const int32_t *tokens, int T, float *h, qd_tap_sink *sink, qd_err *e) {
     const qd_config *c = m->cfg;
     size_t C = c->hidden_size;
-    if (T > m->max_seq) return QD_EINPUT;
+    if (T > m->max_seq) return qd_errf(e, QD_EINPUT, "emu: embed: %d tokens do not fit max_seq %d", T, m->max_seq);
     for (int t = 0; t < T; t++) memcpy(h + (size_t)t * C, m->w->embed + (size_t)tokens[t] * C, C * sizeof(float));
     round_act(m, h, (size_t)T * C); /* exact for bf16 weights; fp16 activations round here */
-    EMIT(-1, QD_TAP_EMBED, h);
+    EMIT(qd_tap_model(QD_TAP_EMBED), h);
     return QD_OK;
 }
 
-int qd_emu_layer(qd_emu *m, int l, const float *h_in, float *h_out, int T, int pos0, qd_tap_sink *sink) {
+int qd_emu_layer(qd_emu *m, int l, const float *h_in, float *h_out, int T, int pos0, qd_tap_sink *sink,
+                 qd_err *e) {
     const qd_config *c = m->cfg;
     const qd_layer_weights *lw = &m->w->layers[l];
     int C = c->hidden_size, I = c->intermediate_size, HD = c->head_dim;
     int NH = c->num_attention_heads, NKV = c->num_key_value_heads;
-    if (pos0 < 0 || pos0 + T > m->max_seq) return QD_EINPUT;
+    if (pos0 < 0 || pos0 + T > m->max_seq)
+        return qd_errf(e, QD_EINPUT, "emu: layer %d: positions %d..%d exceed the KV cache", l, pos0, pos0 + T - 1);
     size_t S = (size_t)m->max_seq;
 
     memcpy(m->x, h_in, (size_t)T * C * sizeof(float));
     round_act(m, m->x, (size_t)T * C); /* the hidden state as the device stores it */
 
     norm_act(m, m->xn, m->x, lw->input_layernorm, T, C, l);
-    EMIT(l, QD_TAP_ATTN_NORM, m->xn);
+    EMIT(qd_tap_layer(l, QD_TAP_ATTN_NORM), m->xn);
     matmul_act(m, m->q, m->xn, lw->q_proj, T, C, NH * HD);
-    EMIT(l, QD_TAP_Q_PROJ, m->q);
+    EMIT(qd_tap_layer(l, QD_TAP_Q_PROJ), m->q);
     matmul_act(m, m->k, m->xn, lw->k_proj, T, C, NKV * HD);
-    EMIT(l, QD_TAP_K_PROJ, m->k);
+    EMIT(qd_tap_layer(l, QD_TAP_K_PROJ), m->k);
     matmul_act(m, m->v, m->xn, lw->v_proj, T, C, NKV * HD);
-    EMIT(l, QD_TAP_V_PROJ, m->v);
+    EMIT(qd_tap_layer(l, QD_TAP_V_PROJ), m->v);
 
     norm_act(m, m->q, m->q, lw->q_norm, T * NH, HD, l); /* per head, over head_dim */
-    EMIT(l, QD_TAP_Q_NORM, m->q);
+    EMIT(qd_tap_layer(l, QD_TAP_Q_NORM), m->q);
     if (qd_fault_at(&m->fault, QD_FAULT_KNORM_MUL, l)) { /* fault 1: the weight without the norm */
         for (size_t i = 0; i < (size_t)T * NKV * HD; i++) m->k[i] = round1(m, m->k[i] * lw->k_norm[i % HD]);
     } else {
         norm_act(m, m->k, m->k, lw->k_norm, T * NKV, HD, l);
     }
-    EMIT(l, QD_TAP_K_NORM, m->k);
+    EMIT(qd_tap_layer(l, QD_TAP_K_NORM), m->k);
     rope_act(m, m->q, T, NH, pos0, l);
-    EMIT(l, QD_TAP_Q_ROPE, m->q);
+    EMIT(qd_tap_layer(l, QD_TAP_Q_ROPE), m->q);
     rope_act(m, m->k, T, NKV, pos0, l);
-    EMIT(l, QD_TAP_K_ROPE, m->k);
+    EMIT(qd_tap_layer(l, QD_TAP_K_ROPE), m->k);
 
     float *kc = m->kcache + (size_t)l * S * NKV * HD; /* (max_seq, NKV, HD) */
     float *vc = m->vcache + (size_t)l * S * NKV * HD;
@@ -412,23 +414,24 @@ int qd_emu_layer(qd_emu *m, int l, const float *h_in, float *h_out, int T, int p
     memcpy(kc + (size_t)wpos * NKV * HD, m->k, (size_t)T * NKV * HD * sizeof(float));
     memcpy(vc + (size_t)wpos * NKV * HD, m->v, (size_t)T * NKV * HD * sizeof(float));
 
-    attention_act(m, m->att, m->q, kc, vc, T, pos0, l);
-    EMIT(l, QD_TAP_ATTN, m->att);
+    int rc = attention_act(m, m->att, m->q, kc, vc, T, pos0, l, e);
+    if (rc) return rc;
+    EMIT(qd_tap_layer(l, QD_TAP_ATTN), m->att);
     matmul_act(m, m->o, m->att, lw->o_proj, T, NH * HD, C);
-    EMIT(l, QD_TAP_O_PROJ, m->o);
+    EMIT(qd_tap_layer(l, QD_TAP_O_PROJ), m->o);
     if (qd_fault_at(&m->fault, QD_FAULT_RESIDUAL_DROP, l)) /* fault 10 */
         memcpy(m->res, m->o, (size_t)T * C * sizeof(float));
     else
         residual_forward(m->res, m->x, m->o, (long)T * C);
     round_act(m, m->res, (size_t)T * C);
-    EMIT(l, QD_TAP_ATTN_RESIDUAL, m->res);
+    EMIT(qd_tap_layer(l, QD_TAP_ATTN_RESIDUAL), m->res);
 
     norm_act(m, m->xn, m->res, lw->post_attention_layernorm, T, C, l);
-    EMIT(l, QD_TAP_MLP_NORM, m->xn);
+    EMIT(qd_tap_layer(l, QD_TAP_MLP_NORM), m->xn);
     matmul_act(m, m->gate, m->xn, lw->gate_proj, T, C, I);
-    EMIT(l, QD_TAP_GATE_PROJ, m->gate);
+    EMIT(qd_tap_layer(l, QD_TAP_GATE_PROJ), m->gate);
     matmul_act(m, m->up, m->xn, lw->up_proj, T, C, I);
-    EMIT(l, QD_TAP_UP_PROJ, m->up);
+    EMIT(qd_tap_layer(l, QD_TAP_UP_PROJ), m->up);
     if (qd_fault_at(&m->fault, QD_FAULT_ACT_GELU, l)) { /* fault 11: GELU where SiLU belongs */
         for (size_t i = 0; i < (size_t)T * I; i++) {
             float g = m->gate[i];
@@ -438,24 +441,24 @@ int qd_emu_layer(qd_emu *m, int l, const float *h_in, float *h_out, int T, int p
         swiglu_forward(m->gate, m->gate, m->up, (long)T * I);
     }
     round_act(m, m->gate, (size_t)T * I);
-    EMIT(l, QD_TAP_ACT, m->gate);
+    EMIT(qd_tap_layer(l, QD_TAP_ACT), m->gate);
     matmul_act(m, m->o, m->gate, lw->down_proj, T, I, C);
-    EMIT(l, QD_TAP_DOWN_PROJ, m->o);
+    EMIT(qd_tap_layer(l, QD_TAP_DOWN_PROJ), m->o);
     residual_forward(h_out, m->res, m->o, (long)T * C);
     round_act(m, h_out, (size_t)T * C);
-    EMIT(l, QD_TAP_OUT, h_out);
+    EMIT(qd_tap_layer(l, QD_TAP_OUT), h_out);
     return QD_OK;
 }
 
-int qd_emu_head(qd_emu *m, const float *h, int T, float *logits, qd_tap_sink *sink) {
+int qd_emu_head(qd_emu *m, const float *h, int T, float *logits, qd_tap_sink *sink, qd_err *e) {
     const qd_config *c = m->cfg;
     int C = c->hidden_size;
     memcpy(m->x, h, (size_t)T * C * sizeof(float));
     round_act(m, m->x, (size_t)T * C);
     norm_act(m, m->xn, m->x, m->w->norm, T, C, -1);
-    EMIT(-1, QD_TAP_FINAL_NORM, m->xn);
+    EMIT(qd_tap_model(QD_TAP_FINAL_NORM), m->xn);
     /* logits stay fp32: fp32 accumulation over the stored final_norm, not rounded */
     matmul_forward(logits, m->xn, m->w->lm_head, T, C, c->vocab_size, QD_ACCUM_F32);
-    EMIT(-1, QD_TAP_LOGITS, logits);
+    EMIT(qd_tap_model(QD_TAP_LOGITS), logits);
     return QD_OK;
 }

@@ -602,23 +602,19 @@ template <int M> static int upload_act(qd_fused *f, void *dst, const float *src,
     return QD_OK;
 }
 
-static int emit_host(qd_fused *f, qd_tap_sink *sink, int layer, int tap, const float *data, int rows, qd_err *e) {
-    int64_t shape[3];
-    int nd = layer >= 0 ? qd_layer_tap_shape(&f->cfg, tap, rows, shape) : qd_model_tap_shape(&f->cfg, tap, rows, shape);
-    const char *name = layer >= 0 ? qd_layer_tap_name(tap) : qd_model_tap_name(tap);
-    int rc = sink->emit(sink, layer, name, data, nd, shape);
-    if (rc) return qd_errf(e, rc, "fused: tap sink failed on '%s' of layer %d (code %d)", name, layer, rc);
-    return QD_OK;
+/* Emits a host tap of `rows` rows (T, or 1 for the last row's logits). */
+static int emit_host(qd_fused *f, qd_tap_sink *sink, qd_tap_id id, const float *data, int rows, qd_err *e) {
+    return qd_tap_emit(sink, &f->cfg, id, data, rows, e);
 }
 
 /* Emits a device tap (rows, cols) with row stride ld; nothing at all without a sink. */
 template <int M>
-static int emit_dev(qd_fused *f, qd_tap_sink *sink, int layer, int tap, const void *src, int rows, int cols,
-                    size_t ld, qd_err *e) {
+static int emit_dev(qd_fused *f, qd_tap_sink *sink, qd_tap_id id, const void *src, int rows, int cols, size_t ld,
+                    qd_err *e) {
     if (!sink) return QD_OK;
     TRY(host_staging(f, e));
     TRY(download_act<M>(f, f->h_tap, src, rows, cols, ld, e));
-    return emit_host(f, sink, layer, tap, f->h_tap, rows, e);
+    return emit_host(f, sink, id, f->h_tap, rows, e);
 }
 
 // ----------------------------------------------------------------------------
@@ -839,7 +835,7 @@ static int decode_step_custom(qd_fused *f, int pos_host, qd_tap_sink *sink, qd_e
     const size_t KV = (size_t)NKV * HD, layer_kv = (size_t)f->max_seq * KV;
     embed_kernel<M><<<1, 128, 0, f->stream>>>(A<M>(f->xres), (const bf16 *)f->embed, f->step, C);
     LAUNCH_CHECK(embed_kernel);
-    TRY(emit_dev<M>(f, sink, -1, QD_TAP_EMBED, f->xres, 1, C, C, e));
+    TRY(emit_dev<M>(f, sink, qd_tap_model(QD_TAP_EMBED), f->xres, 1, C, C, e));
     for (int l = 0; l < f->L; l++) {
         const layer_dev *w = &f->lw[l];
         bf16 *kc = A<M>(f->kc, (size_t)l * layer_kv), *vc = A<M>(f->vc, (size_t)l * layer_kv);
@@ -847,46 +843,46 @@ static int decode_step_custom(qd_fused *f, int pos_host, qd_tap_sink *sink, qd_e
         const int tl = l * QD_TL_SLOTS; /* timeline launch ids of this layer (qd_timeline.h) */
         TRY((gemv<GV_NORM, GV_BF16>(f, with_tl(gemv_norm(f, w->wqkv, f->xres, l > 0 ? f->down : NULL, w->ln1, f->xres2,
                                                          f->xn, f->qkv, QKV, fault_in_no_drop(f, l)), tl + QD_TL_QKV), e)));
-        if (l > 0) TRY(emit_dev<M>(f, sink, l - 1, QD_TAP_OUT, f->xres2, 1, C, C, e));
-        TRY(emit_dev<M>(f, sink, l, QD_TAP_ATTN_NORM, f->xn, 1, C, C, e));
-        TRY(emit_dev<M>(f, sink, l, QD_TAP_Q_PROJ, f->qkv, 1, NH * HD, QKV, e));
-        TRY(emit_dev<M>(f, sink, l, QD_TAP_K_PROJ, A<M>(f->qkv, (size_t)NH * HD), 1, (int)KV, QKV, e));
-        TRY(emit_dev<M>(f, sink, l, QD_TAP_V_PROJ, A<M>(f->qkv, (size_t)NH * HD + KV), 1, (int)KV, QKV, e));
+        if (l > 0) TRY(emit_dev<M>(f, sink, qd_tap_layer(l - 1, QD_TAP_OUT), f->xres2, 1, C, C, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_ATTN_NORM), f->xn, 1, C, C, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_Q_PROJ), f->qkv, 1, NH * HD, QKV, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_K_PROJ), A<M>(f->qkv, (size_t)NH * HD), 1, (int)KV, QKV, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_V_PROJ), A<M>(f->qkv, (size_t)NH * HD + KV), 1, (int)KV, QKV, e));
 
         LAUNCH_EX(decode_attn_qk_kernel, f, true, f->dec_attn, dim3(f->nsplit, NKV), dim3(128, NH / NKV),
                   decode_attn_qk_smem(HD, sizeof(bf16)),
                   (const bf16 *)f->qkv, A<M>(f->q), kc, vc, (const float *)w->qn, (const float *)w->kn,
                   rope_cos_of(f, l), rope_sin_of(f, l), f->part, f->counters, A<M>(f->att),
                   (const int *)(f->step + 1), NH, NKV, HD, f->nsplit, f->scale, f->eps, fk, tl + QD_TL_ATTN);
-        TRY(emit_dev<M>(f, sink, l, QD_TAP_Q_ROPE, f->q, 1, NH * HD, (size_t)NH * HD, e));
-        TRY(emit_dev<M>(f, sink, l, QD_TAP_K_ROPE, kc + (size_t)kv_row(f, l, 1, pos_host) * KV, 1, (int)KV, KV, e));
-        TRY(emit_dev<M>(f, sink, l, QD_TAP_ATTN, f->att, 1, NH * HD, (size_t)NH * HD, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_Q_ROPE), f->q, 1, NH * HD, (size_t)NH * HD, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_K_ROPE), kc + (size_t)kv_row(f, l, 1, pos_host) * KV, 1, (int)KV, KV, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_ATTN), f->att, 1, NH * HD, (size_t)NH * HD, e));
 
         TRY((gemv<GV_PLAIN, GV_BF16>(f, with_tl(gemv_plain(w->wo, f->att, f->o, C, NH * HD), tl + QD_TL_O), e)));
-        TRY(emit_dev<M>(f, sink, l, QD_TAP_O_PROJ, f->o, 1, C, C, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_O_PROJ), f->o, 1, C, C, e));
 
         gemv_args gu = gemv_norm(f, w->wgu, f->xres2, f->o, w->ln2, f->xres, f->xn, f->gu, I, fk); /* attn residual */
         gu.act = A<M>(f->actv);
         gu.tl = tl + QD_TL_GATE_UP;
         TRY((gemv<GV_NORM, GV_SWIGLU>(f, gu, e)));
-        TRY(emit_dev<M>(f, sink, l, QD_TAP_ATTN_RESIDUAL, f->xres, 1, C, C, e));
-        TRY(emit_dev<M>(f, sink, l, QD_TAP_MLP_NORM, f->xn, 1, C, C, e));
-        TRY(emit_dev<M>(f, sink, l, QD_TAP_GATE_PROJ, f->gu, 1, I, 2 * (size_t)I, e));
-        TRY(emit_dev<M>(f, sink, l, QD_TAP_UP_PROJ, A<M>(f->gu, I), 1, I, 2 * (size_t)I, e));
-        TRY(emit_dev<M>(f, sink, l, QD_TAP_ACT, f->actv, 1, I, I, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_ATTN_RESIDUAL), f->xres, 1, C, C, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_MLP_NORM), f->xn, 1, C, C, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_GATE_PROJ), f->gu, 1, I, 2 * (size_t)I, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_UP_PROJ), A<M>(f->gu, I), 1, I, 2 * (size_t)I, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_ACT), f->actv, 1, I, I, e));
 
         TRY((gemv<GV_PLAIN, GV_BF16>(f, with_tl(gemv_plain(w->wdown, f->actv, f->down, C, I), tl + QD_TL_DOWN), e)));
-        TRY(emit_dev<M>(f, sink, l, QD_TAP_DOWN_PROJ, f->down, 1, C, C, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_DOWN_PROJ), f->down, 1, C, C, e));
     }
     TRY((gemv<GV_NORM, GV_F32>(f, with_tl(gemv_norm(f, f->lm_head, f->xres, f->down, f->final_norm, f->xres2, f->xn,
                                                     f->logits, V, fault_in_no_drop(f, -1)), f->L * QD_TL_SLOTS), e)));
-    TRY(emit_dev<M>(f, sink, f->L - 1, QD_TAP_OUT, f->xres2, 1, C, C, e));
-    TRY(emit_dev<M>(f, sink, -1, QD_TAP_FINAL_NORM, f->xn, 1, C, C, e));
+    TRY(emit_dev<M>(f, sink, qd_tap_layer(f->L - 1, QD_TAP_OUT), f->xres2, 1, C, C, e));
+    TRY(emit_dev<M>(f, sink, qd_tap_model(QD_TAP_FINAL_NORM), f->xn, 1, C, C, e));
     if (sink) {
         TRY(host_staging(f, e));
         CUDA_CHECK(cudaMemcpyAsync(f->h_tap, f->logits, (size_t)V * sizeof(float), cudaMemcpyDeviceToHost, f->stream));
         CUDA_CHECK(cudaStreamSynchronize(f->stream));
-        TRY(emit_host(f, sink, -1, QD_TAP_LOGITS, f->h_tap, 1, e));
+        TRY(emit_host(f, sink, qd_tap_model(QD_TAP_LOGITS), f->h_tap, 1, e));
     }
     return QD_OK;
 }
@@ -909,13 +905,13 @@ static int run_layer(qd_fused *f, int l, int T, int pos0, const int *d_pos, bool
 
     /* the add here is the previous layer's MLP residual; the norm is this layer's attn_norm */
     TRY(add_norm<M>(f, f->xres, pending ? f->down : NULL, f->xn, w->ln1, T, fault_in_no_drop(f, l), e));
-    if (pending) TRY(emit_dev<M>(f, sink, l - 1, QD_TAP_OUT, f->xres, T, C, C, e));
-    TRY(emit_dev<M>(f, sink, l, QD_TAP_ATTN_NORM, f->xn, T, C, C, e));
+    if (pending) TRY(emit_dev<M>(f, sink, qd_tap_layer(l - 1, QD_TAP_OUT), f->xres, T, C, C, e));
+    TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_ATTN_NORM), f->xn, T, C, C, e));
 
     TRY(gemm<M>(f, f->qkv, f->xn, w->wqkv, T, C, QKV, false, e));
-    TRY(emit_dev<M>(f, sink, l, QD_TAP_Q_PROJ, f->qkv, T, NH * HD, QKV, e));
-    TRY(emit_dev<M>(f, sink, l, QD_TAP_K_PROJ, A<M>(f->qkv, (size_t)NH * HD), T, (int)KV, QKV, e));
-    TRY(emit_dev<M>(f, sink, l, QD_TAP_V_PROJ, A<M>(f->qkv, (size_t)NH * HD + KV), T, (int)KV, QKV, e));
+    TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_Q_PROJ), f->qkv, T, NH * HD, QKV, e));
+    TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_K_PROJ), A<M>(f->qkv, (size_t)NH * HD), T, (int)KV, QKV, e));
+    TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_V_PROJ), A<M>(f->qkv, (size_t)NH * HD + KV), T, (int)KV, QKV, e));
 
     const unsigned warps = (unsigned)T * (NH + NKV);
     if (!f->taps_all) {
@@ -924,19 +920,19 @@ static int run_layer(qd_fused *f, int l, int T, int pos0, const int *d_pos, bool
                                                                      rcos, rsin, T, pos0, d_pos, NH, NKV, HD, f->eps,
                                                                      fk);
         LAUNCH_CHECK(qk_norm_rope_kernel);
-        TRY(emit_dev<M>(f, sink, l, QD_TAP_Q_ROPE, f->q, T, NH * HD, (size_t)NH * HD, e));
-        TRY(emit_dev<M>(f, sink, l, QD_TAP_K_ROPE, kc + (size_t)kv_row(f, l, T, pos0) * KV, T, (int)KV, KV, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_Q_ROPE), f->q, T, NH * HD, (size_t)NH * HD, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_K_ROPE), kc + (size_t)kv_row(f, l, T, pos0) * KV, T, (int)KV, KV, e));
     } else {
         head_norm_kernel<M><<<(warps + 3) / 4, 128, 0, f->stream>>>(A<M>(f->qkv), A<M>(f->qn), A<M>(f->kn), w->qn,
                                                                     w->kn, T, NH, NKV, HD, f->eps, fk);
         LAUNCH_CHECK(head_norm_kernel);
-        TRY(emit_dev<M>(f, sink, l, QD_TAP_Q_NORM, f->qn, T, NH * HD, (size_t)NH * HD, e));
-        TRY(emit_dev<M>(f, sink, l, QD_TAP_K_NORM, f->kn, T, (int)KV, KV, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_Q_NORM), f->qn, T, NH * HD, (size_t)NH * HD, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_K_NORM), f->kn, T, (int)KV, KV, e));
         rope_kernel<M><<<(warps + 3) / 4, 128, 0, f->stream>>>(A<M>(f->qn), A<M>(f->kn), A<M>(f->q), A<M>(f->kr),
                                                                rcos, rsin, T, pos0, d_pos, NH, NKV, HD, fk);
         LAUNCH_CHECK(rope_kernel);
-        TRY(emit_dev<M>(f, sink, l, QD_TAP_Q_ROPE, f->q, T, NH * HD, (size_t)NH * HD, e));
-        TRY(emit_dev<M>(f, sink, l, QD_TAP_K_ROPE, f->kr, T, (int)KV, KV, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_Q_ROPE), f->q, T, NH * HD, (size_t)NH * HD, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_K_ROPE), f->kr, T, (int)KV, KV, e));
         size_t n8 = (size_t)T * KV / 8;
         kv_store_kernel<M><<<grid_for(n8, 256), 256, 0, f->stream>>>(A<M>(f->kr), A<M>(f->qkv), kc, vc, T, pos0,
                                                                      d_pos, NH, NKV, HD, fk);
@@ -944,23 +940,23 @@ static int run_layer(qd_fused *f, int l, int T, int pos0, const int *d_pos, bool
     }
 
     TRY(attention<M>(f, kc, vc, T, pos0, d_pos, fk, e));
-    TRY(emit_dev<M>(f, sink, l, QD_TAP_ATTN, f->att, T, NH * HD, (size_t)NH * HD, e));
+    TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_ATTN), f->att, T, NH * HD, (size_t)NH * HD, e));
     TRY(gemm<M>(f, f->o, f->att, w->wo, T, NH * HD, C, false, e));
-    TRY(emit_dev<M>(f, sink, l, QD_TAP_O_PROJ, f->o, T, C, C, e));
+    TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_O_PROJ), f->o, T, C, C, e));
 
     TRY(add_norm<M>(f, f->xres, f->o, f->xn, w->ln2, T, fk, e)); /* the attention residual, mlp_norm */
-    TRY(emit_dev<M>(f, sink, l, QD_TAP_ATTN_RESIDUAL, f->xres, T, C, C, e));
-    TRY(emit_dev<M>(f, sink, l, QD_TAP_MLP_NORM, f->xn, T, C, C, e));
+    TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_ATTN_RESIDUAL), f->xres, T, C, C, e));
+    TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_MLP_NORM), f->xn, T, C, C, e));
 
     TRY(gemm<M>(f, f->gu, f->xn, w->wgu, T, C, 2 * I, false, e));
-    TRY(emit_dev<M>(f, sink, l, QD_TAP_GATE_PROJ, f->gu, T, I, 2 * (size_t)I, e));
-    TRY(emit_dev<M>(f, sink, l, QD_TAP_UP_PROJ, A<M>(f->gu, I), T, I, 2 * (size_t)I, e));
+    TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_GATE_PROJ), f->gu, T, I, 2 * (size_t)I, e));
+    TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_UP_PROJ), A<M>(f->gu, I), T, I, 2 * (size_t)I, e));
     size_t n8 = (size_t)T * I / 8;
     swiglu_kernel<M><<<grid_for(n8, 256), 256, 0, f->stream>>>(A<M>(f->actv), A<M>(f->gu), T, I, fk);
     LAUNCH_CHECK(swiglu_kernel);
-    TRY(emit_dev<M>(f, sink, l, QD_TAP_ACT, f->actv, T, I, I, e));
+    TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_ACT), f->actv, T, I, I, e));
     TRY(gemm<M>(f, f->down, f->actv, w->wdown, T, I, C, false, e));
-    TRY(emit_dev<M>(f, sink, l, QD_TAP_DOWN_PROJ, f->down, T, C, C, e));
+    TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_DOWN_PROJ), f->down, T, C, C, e));
     return QD_OK;
 }
 
@@ -971,8 +967,8 @@ template <int M>
 static int run_head(qd_fused *f, int T, bool pending, float *logits, bool last_only, qd_tap_sink *sink, qd_err *e) {
     const int C = f->C, V = f->V;
     TRY(add_norm<M>(f, f->xres, pending ? f->down : NULL, f->xn, f->final_norm, T, fault_in_no_drop(f, -1), e));
-    if (pending) TRY(emit_dev<M>(f, sink, f->L - 1, QD_TAP_OUT, f->xres, T, C, C, e));
-    TRY(emit_dev<M>(f, sink, -1, QD_TAP_FINAL_NORM, f->xn, T, C, C, e));
+    if (pending) TRY(emit_dev<M>(f, sink, qd_tap_layer(f->L - 1, QD_TAP_OUT), f->xres, T, C, C, e));
+    TRY(emit_dev<M>(f, sink, qd_tap_model(QD_TAP_FINAL_NORM), f->xn, T, C, C, e));
     if (last_only) {
         TRY(gemm<M>(f, f->logits, A<M>(f->xn, (size_t)(T - 1) * C), f->lm_head, 1, C, V, true, e));
         if (sink) {
@@ -980,7 +976,7 @@ static int run_head(qd_fused *f, int T, bool pending, float *logits, bool last_o
             CUDA_CHECK(cudaMemcpyAsync(f->h_tap, f->logits, (size_t)V * sizeof(float), cudaMemcpyDeviceToHost,
                                        f->stream));
             CUDA_CHECK(cudaStreamSynchronize(f->stream));
-            TRY(emit_host(f, sink, -1, QD_TAP_LOGITS, f->h_tap, 1, e));
+            TRY(emit_host(f, sink, qd_tap_model(QD_TAP_LOGITS), f->h_tap, 1, e));
         }
         return QD_OK;
     }
@@ -1001,7 +997,7 @@ static int run_head(qd_fused *f, int T, bool pending, float *logits, bool last_o
         if (!rc && err != cudaSuccess)
             rc = qd_errf(e, QD_ERUNTIME, "%s:%d: logits copy: %s", __FILE__, __LINE__, cudaGetErrorName(err));
     }
-    if (!rc && sink) rc = emit_host(f, sink, -1, QD_TAP_LOGITS, out, T, e);
+    if (!rc && sink) rc = emit_host(f, sink, qd_tap_model(QD_TAP_LOGITS), out, T, e);
     free(tmp);
     return rc;
 }
@@ -1009,7 +1005,7 @@ static int run_head(qd_fused *f, int T, bool pending, float *logits, bool last_o
 template <int M> static int embed(qd_fused *f, const int32_t *d_tok, int T, qd_tap_sink *sink, qd_err *e) {
     embed_kernel<M><<<T, 128, 0, f->stream>>>(A<M>(f->xres), (const typename act<M>::W *)f->embed, d_tok, f->C);
     LAUNCH_CHECK(embed_kernel);
-    return emit_dev<M>(f, sink, -1, QD_TAP_EMBED, f->xres, T, f->C, f->C, e);
+    return emit_dev<M>(f, sink, qd_tap_model(QD_TAP_EMBED), f->xres, T, f->C, f->C, e);
 }
 
 template <int M>
@@ -1097,7 +1093,7 @@ static int layer_step(qd_fused *f, int l, const float *h_in, float *h_out, int T
     TRY(run_layer<M>(f, l, T, pos0, NULL, false, sink, e));
     TRY(residual<M>(f, f->xres, f->down, T, e));
     TRY(download_act<M>(f, h_out, f->xres, T, f->C, f->C, e));
-    if (sink) TRY(emit_host(f, sink, l, QD_TAP_OUT, h_out, T, e));
+    if (sink) TRY(emit_host(f, sink, qd_tap_layer(l, QD_TAP_OUT), h_out, T, e));
     return QD_OK;
 }
 
@@ -1107,7 +1103,7 @@ static int embed_step(qd_fused *f, const int32_t *tokens, int T, float *h, qd_ta
     embed_kernel<M><<<T, 128, 0, f->stream>>>(A<M>(f->xres), (const typename act<M>::W *)f->embed, f->tokens, f->C);
     LAUNCH_CHECK(embed_kernel);
     TRY(download_act<M>(f, h, f->xres, T, f->C, f->C, e));
-    if (sink) TRY(emit_host(f, sink, -1, QD_TAP_EMBED, h, T, e));
+    if (sink) TRY(emit_host(f, sink, qd_tap_model(QD_TAP_EMBED), h, T, e));
     return QD_OK;
 }
 

@@ -27,10 +27,12 @@ void qd_emu_free(qd_emu *m);
 /* 1 when m reads the caller's weights in place, 0 when it holds a rounded copy. */
 int qd_emu_shares_weights(const qd_emu *m);
 
-/* As qd_ref_embed / qd_ref_layer / qd_ref_head. h_in is rounded to the activation dtype on entry (what
- * storing it on the device would do), so another backend's fp32 hidden state can be fed in. */
-int qd_emu_embed(qd_emu *m, const int32_t *tokens, int T, float *h, qd_tap_sink *sink);
-int qd_emu_layer(qd_emu *m, int layer, const float *h_in, float *h_out, int T, int pos0, qd_tap_sink *sink);
-int qd_emu_head(qd_emu *m, const float *h, int T, float *logits, qd_tap_sink *sink);
+/* As qd_ref_embed / qd_ref_layer / qd_ref_head: QD_OK, or an error code with e filled (by emu, or by a
+ * failing sink, which stops the step). h_in is rounded to the activation dtype on entry (what storing it
+ * on the device would do), so another backend's fp32 hidden state can be fed in. */
+int qd_emu_embed(qd_emu *m, const int32_t *tokens, int T, float *h, qd_tap_sink *sink, qd_err *e);
+int qd_emu_layer(qd_emu *m, int layer, const float *h_in, float *h_out, int T, int pos0, qd_tap_sink *sink,
+                 qd_err *e);
+int qd_emu_head(qd_emu *m, const float *h, int T, float *logits, qd_tap_sink *sink, qd_err *e);
 
 #endif

@@ -146,22 +146,29 @@ static void attention_row_f64(float *out, const float *q, const float *k, const 
     for (int d = 0; d < HD; d++) out[d] = (float)acc[d];
 }
 
-void attention_forward(float *out, const float *q, const float *kcache, const float *vcache, int T,
-                       int pos0, int NH, int NKV, int HD, qd_accum accum) {
+int attention_forward(float *out, const float *q, const float *kcache, const float *vcache, int T,
+                      int pos0, int NH, int NKV, int HD, qd_accum accum, qd_err *e) {
     // q (T, NH, HD); kcache, vcache (max_seq, NKV, HD) holding positions 0..pos0+T-1; out (T, NH*HD)
     int kv_mul = NH / NKV;                    // query heads per kv head
     int max_keys = pos0 + T;                  // the last query sees every cached position
     size_t kv_stride = (size_t)NKV * HD;      // floats between consecutive positions of one kv head
     double scale64 = 1.0 / sqrt((double)HD);  // HD^-0.5
     float scale32 = (float)scale64;
+    size_t scratch = (size_t)max_keys * sizeof(double) + (size_t)HD * sizeof(double);
+    int failed = 0; // a thread without scratch: the call fails, once every thread has left the loop
 #pragma omp parallel
     {
         // per-thread scratch for one row of scores (double covers both accumulations)
-        double *att = qd_malloc((size_t)max_keys * sizeof(double) + (size_t)HD * sizeof(double));
-        double *acc = att + max_keys; // (HD)
+        double *att = qd_alloc(scratch, NULL);
+        if (!att) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        double *acc = att ? att + max_keys : NULL; // (HD)
 #pragma omp for collapse(2) schedule(static)
         for (int t = 0; t < T; t++) {
             for (int h = 0; h < NH; h++) {
+                if (!att) continue;
                 int n_keys = pos0 + t + 1; // causal: positions 0..pos0+t
                 int kvh = h / kv_mul;
                 const float *qh = q + ((size_t)t * NH + h) * HD;  // (HD)
@@ -176,6 +183,9 @@ void attention_forward(float *out, const float *q, const float *kcache, const fl
         }
         free(att);
     }
+    if (failed)
+        return qd_errf(e, QD_ERUNTIME, "out of memory: attention scratch of %zu bytes per thread", scratch);
+    return QD_OK;
 }
 
 // ----------------------------------------------------------------------------

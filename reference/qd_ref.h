@@ -39,19 +39,17 @@ void qd_ref_free(qd_ref *r);
 void qd_ref_reset(qd_ref *r);
 
 /* Token ids must be in [0, V) (checked by the caller); sink may be NULL. Return QD_OK, QD_EINPUT when
- * the cache would overflow, or the sink's error code. */
-int qd_ref_embed(qd_ref *r, const int32_t *tokens, int T, float *h, qd_tap_sink *sink);
+ * the cache would overflow (e names the step), QD_ERUNTIME when scratch memory runs out, or the sink's
+ * code with e as the sink filled it (the step stops at the failing tap). */
+int qd_ref_embed(qd_ref *r, const int32_t *tokens, int T, float *h, qd_tap_sink *sink, qd_err *e);
 int qd_ref_layer(qd_ref *r, int layer, const float *h_in, float *h_out, int T, int pos0,
-                 qd_tap_sink *sink);
-int qd_ref_head(qd_ref *r, const float *h, int T, float *logits, qd_tap_sink *sink);
+                 qd_tap_sink *sink, qd_err *e);
+int qd_ref_head(qd_ref *r, const float *h, int T, float *logits, qd_tap_sink *sink, qd_err *e);
 
 /* Conveniences over the three steps above. prefill resets the cache and runs positions 0..T-1;
  * decode runs one token at the next position. logits: (T, V) / (V). */
-int qd_ref_prefill(qd_ref *r, const int32_t *tokens, int T, float *logits, qd_tap_sink *sink);
-int qd_ref_decode(qd_ref *r, int32_t token, float *logits, qd_tap_sink *sink);
+int qd_ref_prefill(qd_ref *r, const int32_t *tokens, int T, float *logits, qd_tap_sink *sink, qd_err *e);
+int qd_ref_decode(qd_ref *r, int32_t token, float *logits, qd_tap_sink *sink, qd_err *e);
 int qd_ref_position(const qd_ref *r); /* tokens in the cache */
-
-/* The message of the last failed call (one line, naming what was wrong), "" if none. */
-const char *qd_ref_last_error(const qd_ref *r);
 
 #endif

@@ -22,9 +22,10 @@ void rope_forward(float *x, int T, int nheads, int head_dim, int pos0, const flo
 
 /* Causal GQA attention for T queries at positions pos0..pos0+T-1 over keys 0..pos0+T-1.
  * q (T, NH, HD); kcache, vcache (max_seq, NKV, HD) already holding positions 0..pos0+T-1;
- * out (T, NH*HD). Head h reads kv head h / (NH/NKV). Scores scaled by HD^-0.5, max-subtracted softmax. */
-void attention_forward(float *out, const float *q, const float *kcache, const float *vcache, int T,
-                       int pos0, int NH, int NKV, int HD, qd_accum accum);
+ * out (T, NH*HD). Head h reads kv head h / (NH/NKV). Scores scaled by HD^-0.5, max-subtracted softmax.
+ * QD_OK, or QD_ERUNTIME with e set when the per-thread score scratch cannot be allocated. */
+int attention_forward(float *out, const float *q, const float *kcache, const float *vcache, int T,
+                      int pos0, int NH, int NKV, int HD, qd_accum accum, qd_err *e);
 
 /* out = silu(gate) * up, elementwise over n values. silu(x) = x / (1 + exp(-x)). */
 void swiglu_forward(float *out, const float *gate, const float *up, long n);

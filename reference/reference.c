@@ -10,7 +10,6 @@
 #include "qd_ref.h"
 
 #include <omp.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,19 +36,7 @@ struct qd_ref {
     float *xb2;          // (max_seq, C)      o_proj, then down_proj
     float *hb;           // (max_seq, I)      gate_proj -> act (in place)
     float *hb2;          // (max_seq, I)      up_proj
-    qd_err err;          // the last error (qd_ref_last_error)
 };
-
-/* Records the error for qd_ref_last_error (the stepped API has no qd_err argument) and returns its code. */
-static int ref_fail(qd_ref *r, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int ref_fail(qd_ref *r, int code, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    r->err.code = code;
-    vsnprintf(r->err.msg, sizeof(r->err.msg), fmt, ap);
-    va_end(ap);
-    return code;
-}
 
 // ----------------------------------------------------------------------------
 // threads
@@ -103,21 +90,25 @@ qd_ref *qd_ref_create(const qd_weights *w, const qd_ref_opts *opts, qd_err *e) {
         return NULL;
     }
 
-    qd_ref *r = qd_calloc(1, sizeof(*r));
+    qd_ref *r = qd_zalloc(1, sizeof(*r), e);
+    if (!r) return NULL;
     r->w = w;
     r->opts = *opts;
-    r->inv_freq = qd_malloc(HD / 2 * sizeof(float));
+    if (!(r->inv_freq = qd_alloc(HD / 2 * sizeof(float), e)) ||
+        !(r->key_cache = qd_zalloc(cache, sizeof(float), e)) ||
+        !(r->value_cache = qd_zalloc(cache, sizeof(float), e)) ||
+        !(r->xb = qd_zalloc(S * C, sizeof(float), e)) ||
+        !(r->q = qd_zalloc(S * QD, sizeof(float), e)) ||
+        !(r->k = qd_zalloc(S * KVD, sizeof(float), e)) ||
+        !(r->v = qd_zalloc(S * KVD, sizeof(float), e)) ||
+        !(r->att = qd_zalloc(S * QD, sizeof(float), e)) ||
+        !(r->xb2 = qd_zalloc(S * C, sizeof(float), e)) ||
+        !(r->hb = qd_zalloc(S * I, sizeof(float), e)) ||
+        !(r->hb2 = qd_zalloc(S * I, sizeof(float), e))) {
+        qd_ref_free(r);
+        return NULL;
+    }
     rope_inv_freq(r->inv_freq, c->head_dim, c->rope_theta);
-    r->key_cache = qd_calloc(cache, sizeof(float));
-    r->value_cache = qd_calloc(cache, sizeof(float));
-    r->xb = qd_calloc(S * C, sizeof(float));
-    r->q = qd_calloc(S * QD, sizeof(float));
-    r->k = qd_calloc(S * KVD, sizeof(float));
-    r->v = qd_calloc(S * KVD, sizeof(float));
-    r->att = qd_calloc(S * QD, sizeof(float));
-    r->xb2 = qd_calloc(S * C, sizeof(float));
-    r->hb = qd_calloc(S * I, sizeof(float));
-    r->hb2 = qd_calloc(S * I, sizeof(float));
     return r;
 }
 
@@ -142,34 +133,16 @@ void qd_ref_reset(qd_ref *r) { r->pos = 0; }
 int qd_ref_position(const qd_ref *r) { return r->pos; }
 
 // ----------------------------------------------------------------------------
-// taps
-
-static int emit_layer_tap(qd_tap_sink *sink, const qd_config *c, int layer, int tap, const float *data,
-                          int T) {
-    if (!sink) return QD_OK;
-    int64_t shape[3];
-    int ndim = qd_layer_tap_shape(c, tap, T, shape);
-    return sink->emit(sink, layer, qd_layer_tap_name(tap), data, ndim, shape);
-}
-
-static int emit_model_tap(qd_tap_sink *sink, const qd_config *c, int tap, const float *data, int T) {
-    if (!sink) return QD_OK;
-    int64_t shape[3];
-    int ndim = qd_model_tap_shape(c, tap, T, shape);
-    return sink->emit(sink, -1, qd_model_tap_name(tap), data, ndim, shape);
-}
-
-// ----------------------------------------------------------------------------
 // embedding
 
-int qd_ref_embed(qd_ref *r, const int32_t *tokens, int T, float *h, qd_tap_sink *sink) {
+int qd_ref_embed(qd_ref *r, const int32_t *tokens, int T, float *h, qd_tap_sink *sink, qd_err *e) {
     // tokens (T); h (T, C)
     const qd_config *c = &r->w->cfg;
     int C = c->hidden_size;
     int old_threads = threads_push(r); // only so that a sink sees the same OpenMP setting throughout
     for (int t = 0; t < T; t++)
         memcpy(h + (size_t)t * C, r->w->embed + (size_t)tokens[t] * C, (size_t)C * sizeof(float));
-    int rc = emit_model_tap(sink, c, QD_TAP_EMBED, h, T);
+    int rc = qd_tap_emit(sink, c, qd_tap_model(QD_TAP_EMBED), h, T, e);
     threads_pop(old_threads);
     return rc;
 }
@@ -177,28 +150,28 @@ int qd_ref_embed(qd_ref *r, const int32_t *tokens, int T, float *h, qd_tap_sink 
 // ----------------------------------------------------------------------------
 // one decoder layer
 
-/* Emits a tap and returns from the calling function on a sink error. */
-#define EMIT(tap, data)                                                  \
-    do {                                                                 \
-        int rc_ = emit_layer_tap(sink, c, layer, (tap), (data), T);      \
-        if (rc_ != QD_OK) {                                              \
-            threads_pop(old_threads);                                    \
-            return rc_;                                                  \
-        }                                                                \
+/* Emits a tap and returns from the calling function on a sink error (e as the sink left it). */
+#define EMIT(tap, data)                                                            \
+    do {                                                                           \
+        int rc_ = qd_tap_emit(sink, c, qd_tap_layer(layer, (tap)), (data), T, e);  \
+        if (rc_ != QD_OK) {                                                        \
+            threads_pop(old_threads);                                              \
+            return rc_;                                                            \
+        }                                                                          \
     } while (0)
 
 int qd_ref_layer(qd_ref *r, int layer, const float *h_in, float *h_out, int T, int pos0,
-                 qd_tap_sink *sink) {
+                 qd_tap_sink *sink, qd_err *e) {
     // h_in, h_out (T, C); h_out may alias h_in. Reads and writes the cache at positions 0..pos0+T-1.
     const qd_config *c = &r->w->cfg;
     if (layer < 0 || layer >= c->num_hidden_layers)
-        return ref_fail(r, QD_EINPUT, "layer %d out of range (the model has %d)", layer,
+        return qd_errf(e, QD_EINPUT, "ref: layer %d out of range (the model has %d)", layer,
                         c->num_hidden_layers);
     if (T <= 0 || pos0 < 0)
-        return ref_fail(r, QD_EINPUT, "layer %d: invalid step: T %d, pos0 %d", layer, T, pos0);
+        return qd_errf(e, QD_EINPUT, "ref: layer %d: invalid step: T %d, pos0 %d", layer, T, pos0);
     if (pos0 > r->opts.max_seq - T)
-        return ref_fail(r, QD_EINPUT, "layer %d: KV cache overflow: positions %d..%lld do not fit max_seq %d",
-                        layer, pos0, (long long)pos0 + T - 1, r->opts.max_seq);
+        return qd_errf(e, QD_EINPUT, "ref: layer %d: KV cache overflow: positions %d..%lld do not fit max_seq %d",
+                       layer, pos0, (long long)pos0 + T - 1, r->opts.max_seq);
     int old_threads = threads_push(r);
     const qd_layer_weights *lw = &r->w->layers[layer];
     qd_accum accum = r->opts.accum;
@@ -232,7 +205,11 @@ int qd_ref_layer(qd_ref *r, int layer, const float *h_in, float *h_out, int T, i
     memcpy(key_cache + (size_t)pos0 * kv_row, r->k, (size_t)T * kv_row * sizeof(float));
     memcpy(value_cache + (size_t)pos0 * kv_row, r->v, (size_t)T * kv_row * sizeof(float));
 
-    attention_forward(r->att, r->q, key_cache, value_cache, T, pos0, NH, NKV, HD, accum);
+    int rc = attention_forward(r->att, r->q, key_cache, value_cache, T, pos0, NH, NKV, HD, accum, e);
+    if (rc != QD_OK) {
+        threads_pop(old_threads);
+        return rc;
+    }
     EMIT(QD_TAP_ATTN, r->att);
     matmul_forward(r->xb2, r->att, lw->o_proj, T, NH * HD, C, accum);
     EMIT(QD_TAP_O_PROJ, r->xb2);
@@ -262,17 +239,17 @@ int qd_ref_layer(qd_ref *r, int layer, const float *h_in, float *h_out, int T, i
 // ----------------------------------------------------------------------------
 // head: final RMSNorm and lm_head (the embedding when tied; qd_weights points lm_head at it)
 
-int qd_ref_head(qd_ref *r, const float *h, int T, float *logits, qd_tap_sink *sink) {
+int qd_ref_head(qd_ref *r, const float *h, int T, float *logits, qd_tap_sink *sink, qd_err *e) {
     // h (T, C); logits (T, V)
     const qd_config *c = &r->w->cfg;
     if (T <= 0 || T > r->opts.max_seq)
-        return ref_fail(r, QD_EINPUT, "head: %d tokens do not fit max_seq %d", T, r->opts.max_seq);
+        return qd_errf(e, QD_EINPUT, "ref: head: %d tokens do not fit max_seq %d", T, r->opts.max_seq);
     int old_threads = threads_push(r);
     rmsnorm_forward(r->xb, h, r->w->norm, T, c->hidden_size, (float)c->rms_norm_eps, r->opts.accum);
-    int rc = emit_model_tap(sink, c, QD_TAP_FINAL_NORM, r->xb, T);
+    int rc = qd_tap_emit(sink, c, qd_tap_model(QD_TAP_FINAL_NORM), r->xb, T, e);
     if (rc == QD_OK) {
         matmul_forward(logits, r->xb, r->w->lm_head, T, c->hidden_size, c->vocab_size, r->opts.accum);
-        rc = emit_model_tap(sink, c, QD_TAP_LOGITS, logits, T);
+        rc = qd_tap_emit(sink, c, qd_tap_model(QD_TAP_LOGITS), logits, T, e);
     }
     threads_pop(old_threads);
     return rc;
@@ -281,29 +258,29 @@ int qd_ref_head(qd_ref *r, const float *h, int T, float *logits, qd_tap_sink *si
 // ----------------------------------------------------------------------------
 // prefill and decode: embed, every layer, head at positions pos0..pos0+T-1
 
-static int forward(qd_ref *r, const int32_t *tokens, int T, int pos0, float *logits, qd_tap_sink *sink) {
+static int forward(qd_ref *r, const int32_t *tokens, int T, int pos0, float *logits, qd_tap_sink *sink,
+                   qd_err *e) {
     const qd_config *c = &r->w->cfg;
     if (T <= 0)
-        return ref_fail(r, QD_EINPUT, "invalid step: T %d", T);
+        return qd_errf(e, QD_EINPUT, "ref: invalid step: T %d", T);
     if (pos0 > r->opts.max_seq - T)
-        return ref_fail(r, QD_EINPUT, "KV cache overflow: positions %d..%lld do not fit max_seq %d", pos0,
-                        (long long)pos0 + T - 1, r->opts.max_seq);
-    float *h = qd_malloc((size_t)T * c->hidden_size * sizeof(float)); // (T, C) the residual stream
-    int rc = qd_ref_embed(r, tokens, T, h, sink);
-    for (int l = 0; l < c->num_hidden_layers && rc == QD_OK; l++) rc = qd_ref_layer(r, l, h, h, T, pos0, sink);
-    if (rc == QD_OK) rc = qd_ref_head(r, h, T, logits, sink);
+        return qd_errf(e, QD_EINPUT, "ref: KV cache overflow: positions %d..%lld do not fit max_seq %d", pos0,
+                       (long long)pos0 + T - 1, r->opts.max_seq);
+    float *h = qd_alloc((size_t)T * c->hidden_size * sizeof(float), e); // (T, C) the residual stream
+    if (!h) return QD_ERUNTIME;
+    int rc = qd_ref_embed(r, tokens, T, h, sink, e);
+    for (int l = 0; l < c->num_hidden_layers && rc == QD_OK; l++) rc = qd_ref_layer(r, l, h, h, T, pos0, sink, e);
+    if (rc == QD_OK) rc = qd_ref_head(r, h, T, logits, sink, e);
     free(h);
     if (rc == QD_OK) r->pos = pos0 + T;
     return rc;
 }
 
-int qd_ref_prefill(qd_ref *r, const int32_t *tokens, int T, float *logits, qd_tap_sink *sink) {
+int qd_ref_prefill(qd_ref *r, const int32_t *tokens, int T, float *logits, qd_tap_sink *sink, qd_err *e) {
     qd_ref_reset(r);
-    return forward(r, tokens, T, 0, logits, sink);
+    return forward(r, tokens, T, 0, logits, sink, e);
 }
 
-int qd_ref_decode(qd_ref *r, int32_t token, float *logits, qd_tap_sink *sink) {
-    return forward(r, &token, 1, r->pos, logits, sink);
+int qd_ref_decode(qd_ref *r, int32_t token, float *logits, qd_tap_sink *sink, qd_err *e) {
+    return forward(r, &token, 1, r->pos, logits, sink, e);
 }
-
-const char *qd_ref_last_error(const qd_ref *r) { return r->err.msg; }

@@ -46,7 +46,7 @@ int64_t qd_metrics_record_type(void) {
 void qd_metrics_record_fill(const qd_tap_row *row, qd_metrics_record *x) {
     memset(x, 0, sizeof *x); /* padding and the strings' tails reach the file as they are */
     x->step = row->step;
-    x->layer = row->layer;
+    x->layer = row->id.layer;
     snprintf(x->tap, sizeof x->tap, "%s", qd_row_tap_name(row));
     snprintf(x->mode, sizeof x->mode, "%s", qd_mode_name(row->mode));
     x->pass = !qd_verdict_fails(row->verdict);
@@ -78,7 +78,7 @@ int qd_report_write_h5(const qd_report *r, qd_dump *d, qd_err *e) {
     int fds = -1;
     if (r->first_div >= 0) {
         const qd_tap_row *row = &r->rows[r->first_div];
-        fdl = row->layer;
+        fdl = row->id.layer;
         fds = row->step;
         snprintf(fdt, sizeof fdt, "%s", qd_row_tap_name(row));
         snprintf(fdm, sizeof fdm, "%s", qd_mode_name(row->mode));

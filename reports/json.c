@@ -20,7 +20,7 @@ static json_t *tol_json(const qd_tol *t) {
 static json_t *row_json(const qd_report *r, const qd_tap_row *row) {
     json_t *o = json_object();
     json_object_set_new(o, "step", json_integer(row->step));
-    json_object_set_new(o, "layer", json_integer(row->layer));
+    json_object_set_new(o, "layer", json_integer(row->id.layer));
     json_object_set_new(o, "tap", json_string(qd_row_tap_name(row)));
     json_object_set_new(o, "mode", json_string(qd_mode_name(row->mode)));
     json_object_set_new(o, "pass", json_boolean(!qd_verdict_fails(row->verdict)));

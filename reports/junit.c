@@ -53,8 +53,7 @@ static void junit_case(const qd_report *r, xml_buf *x, int step, int layer, int 
     int count = 0, failing = 0;
     for (int i = 0; i < r->n; i++) {
         const qd_tap_row *row = &r->rows[i];
-        if (row->step != step || row->layer != layer) continue;
-        if (layer < 0 && (row->tap == QD_TAP_EMBED) == head) continue;
+        if (!qd_row_in_group(row, step, layer, head)) continue;
         count++;
         failing += qd_verdict_fails(row->verdict);
     }
@@ -76,8 +75,7 @@ static void junit_case(const qd_report *r, xml_buf *x, int step, int layer, int 
         const qd_tap_row *first = NULL;
         for (int i = 0; i < r->n && !first; i++) {
             const qd_tap_row *row = &r->rows[i];
-            if (row->step == step && row->layer == layer && qd_verdict_fails(row->verdict) &&
-                !(layer < 0 && (row->tap == QD_TAP_EMBED) == head))
+            if (qd_row_in_group(row, step, layer, head) && qd_verdict_fails(row->verdict))
                 first = row;
         }
         char reason[512];
@@ -90,8 +88,7 @@ static void junit_case(const qd_report *r, xml_buf *x, int step, int layer, int 
         xml_append(x, "\">", 0);
         for (int i = 0; i < r->n; i++) {
             const qd_tap_row *row = &r->rows[i];
-            if (row->step != step || row->layer != layer || !qd_verdict_fails(row->verdict)) continue;
-            if (layer < 0 && (row->tap == QD_TAP_EMBED) == head) continue;
+            if (!qd_row_in_group(row, step, layer, head) || !qd_verdict_fails(row->verdict)) continue;
             qd_row_reason(r, row, reason, sizeof reason);
             snprintf(line, sizeof line, "%s (%s): %s\n", qd_row_tap_name(row), qd_mode_name(row->mode), reason);
             xml_append(x, line, 1);
@@ -111,8 +108,7 @@ int qd_report_write_junit(const qd_report *r, const char *path, qd_err *e) {
             int count = 0, failing = 0;
             for (int i = 0; i < r->n; i++) {
                 const qd_tap_row *row = &r->rows[i];
-                if (row->step != step || row->layer != l) continue;
-                if (l < 0 && (row->tap == QD_TAP_EMBED) == hd) continue;
+                if (!qd_row_in_group(row, step, l, hd)) continue;
                 count++;
                 failing |= qd_verdict_fails(row->verdict);
             }

@@ -23,10 +23,15 @@ void qd_row_reason(const qd_report *r, const qd_tap_row *row, char *buf, size_t 
 void qd_row_place(const qd_tap_row *row, char *buf, size_t n) {
     char step[32] = "";
     if (row->step > 0) snprintf(step, sizeof step, "decode step %d, ", row->step);
-    if (row->layer < 0)
+    if (row->id.pos != QD_POS_LAYER)
         snprintf(buf, n, "%s%s", step, qd_row_tap_name(row));
     else
-        snprintf(buf, n, "%slayer %d, %s", step, row->layer, qd_row_tap_name(row));
+        snprintf(buf, n, "%slayer %d, %s", step, row->id.layer, qd_row_tap_name(row));
+}
+
+int qd_row_in_group(const qd_tap_row *row, int step, int layer, int head) {
+    qd_tap_pos pos = layer >= 0 ? QD_POS_LAYER : head ? QD_POS_HEAD : QD_POS_EMBED;
+    return row->step == step && row->id.pos == pos && (pos != QD_POS_LAYER || row->id.layer == layer);
 }
 
 int qd_write_text_atomically(const char *path, const char *text, qd_err *e) {

@@ -17,6 +17,10 @@ void qd_row_reason(const qd_report *r, const qd_tap_row *row, char *buf, size_t 
 /* "layer 1, o_proj" / "logits" / "decode step 2, layer 1, o_proj" */
 void qd_row_place(const qd_tap_row *row, char *buf, size_t n);
 
+/* 1 when the row is in the table group of (step, layer): a layer (layer >= 0), or the embed or (head)
+ * the head row (layer < 0). */
+int qd_row_in_group(const qd_tap_row *row, int step, int layer, int head);
+
 /* Writes text to path.tmp.<pid>, then renames it to path, so a file under the final name is complete.
  * QD_ERUNTIME naming the failing call. */
 int qd_write_text_atomically(const char *path, const char *text, qd_err *e);

@@ -56,8 +56,7 @@ static layer_summary summarise(const qd_report *r, int step, int layer, qd_mode 
     layer_summary s = {NULL, NULL, {0}, 0};
     for (int i = 0; i < r->n; i++) {
         const qd_tap_row *row = &r->rows[i];
-        if (row->step != step || row->layer != layer || row->mode != mode) continue;
-        if (layer < 0 && (row->tap == QD_TAP_EMBED) == head) continue; /* embed vs head rows */
+        if (row->mode != mode || !qd_row_in_group(row, step, layer, head)) continue;
         s.n++;
         if (!s.worst || row->m.rel_l2 > s.worst->m.rel_l2 || isnan(row->m.rel_l2)) s.worst = row;
         if (!s.first_fail && qd_verdict_fails(row->verdict)) s.first_fail = row;

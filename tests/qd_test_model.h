@@ -67,21 +67,25 @@ static inline void make_model(qd_weights *w, const qd_config *cfg, uint64_t seed
 typedef struct {
     qd_tap_sink sink;
     int n;
-    int layer[MAX_TAPS];
-    char name[MAX_TAPS][24];
+    qd_tap_id id[MAX_TAPS];
+    int layer[MAX_TAPS];     /* id.layer: -1 for embed and the head */
+    char name[MAX_TAPS][24]; /* qd_tap_id_name(id) */
     size_t count[MAX_TAPS];
     int64_t rows[MAX_TAPS];
     float *data[MAX_TAPS];
 } recorder;
 
-static inline int record(qd_tap_sink *self, int layer, const char *name, const float *data, int ndim, const int64_t *shape) {
+static inline int record(qd_tap_sink *self, qd_tap_id id, const float *data, int ndim, const int64_t *shape,
+                         qd_err *e) {
+    (void)e;
     recorder *r = (recorder *)self->ctx;
     assert_true(r->n < MAX_TAPS);
     size_t n = 1;
     for (int i = 0; i < ndim; i++) n *= (size_t)shape[i];
     int k = r->n++;
-    r->layer[k] = layer;
-    snprintf(r->name[k], sizeof r->name[k], "%s", name);
+    r->id[k] = id;
+    r->layer[k] = id.layer;
+    snprintf(r->name[k], sizeof r->name[k], "%s", qd_tap_id_name(id));
     r->count[k] = n;
     r->rows[k] = shape[0];
     r->data[k] = malloc(n * sizeof(float));

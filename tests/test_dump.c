@@ -73,14 +73,15 @@ static void remove_dir(tmpdir *t) {
 
 /* Emits one tap filled with its fake values. Model-level taps (layer -1) use key 100 + tap. */
 static int emit_tap(qd_tap_sink *s, const qd_config *c, int layer, int tap) {
+    qd_tap_id id = layer < 0 ? qd_tap_model(tap) : qd_tap_layer(layer, tap);
     int64_t shape[3];
-    int ndim = layer < 0 ? qd_model_tap_shape(c, tap, T, shape) : qd_layer_tap_shape(c, tap, T, shape);
-    const char *name = layer < 0 ? qd_model_tap_name(tap) : qd_layer_tap_name(tap);
+    int ndim = qd_tap_id_shape(c, id, T, shape);
     int key = layer < 0 ? 100 + tap : tap;
     long n = numel(ndim, shape);
     float *buf = malloc(sizeof(float) * (size_t)n);
     for (long i = 0; i < n; i++) buf[i] = fake_value(layer, key, i);
-    int rc = s->emit(s, layer, name, buf, ndim, shape);
+    qd_err e = {0};
+    int rc = s->emit(s, id, buf, ndim, shape, &e);
     free(buf);
     return rc;
 }
@@ -160,7 +161,7 @@ static void test_write_and_read_back(void **state) {
     assert_int_equal(qd_dump_add_backend(d, "ref", "fp32", &e), QD_OK);
     assert_int_equal(qd_dump_backend_attr(d, "ref", "accum", "f64", &e), QD_OK);
     assert_int_equal(qd_dump_add_backend(d, "hf", "bf16", &e), QD_OK);
-    qd_tap_sink *s = qd_dump_backend_sink(d, "ref");
+    qd_tap_sink *s = qd_dump_backend_sink(d, "ref", &e);
     assert_non_null(s);
     assert_int_equal(emit_all(s, &c), QD_OK);
     /* a second backend, one tap written directly */
@@ -168,7 +169,7 @@ static void test_write_and_read_back(void **state) {
     int ndim = qd_model_tap_shape(&c, QD_TAP_EMBED, T, shape);
     float emb[T * 8];
     for (int i = 0; i < T * 8; i++) emb[i] = fake_value(-1, 100 + QD_TAP_EMBED, i);
-    assert_int_equal(qd_dump_write_tap(d, "hf", -1, "embed", emb, ndim, shape, &e), QD_OK);
+    assert_int_equal(qd_dump_write_tap(d, "hf", qd_tap_model(QD_TAP_EMBED), emb, ndim, shape, &e), QD_OK);
 
     /* until commit the final name does not exist, only the temp file does */
     assert_int_not_equal(access(t.path, F_OK), 0);
@@ -250,10 +251,10 @@ static void test_compression_and_chunks(void **state) {
     long n = numel(ndim, shape);
     float *buf = malloc(sizeof(float) * (size_t)n);
     for (long i = 0; i < n; i++) buf[i] = fake_value(-1, 7, i % 1000); /* compressible */
-    assert_int_equal(qd_dump_write_tap(d, "ref", -1, "logits", buf, ndim, shape, &e), QD_OK);
+    assert_int_equal(qd_dump_write_tap(d, "ref", qd_tap_model(QD_TAP_LOGITS), buf, ndim, shape, &e), QD_OK);
     ndim = qd_layer_tap_shape(&c, QD_TAP_K_NORM, T, shape);
     for (long i = 0; i < numel(ndim, shape); i++) buf[i] = fake_value(0, QD_TAP_K_NORM, i);
-    assert_int_equal(qd_dump_write_tap(d, "ref", 0, "k_norm", buf, ndim, shape, &e), QD_OK);
+    assert_int_equal(qd_dump_write_tap(d, "ref", qd_tap_layer(0, QD_TAP_K_NORM), buf, ndim, shape, &e), QD_OK);
     assert_int_equal(qd_dump_close(d, 1, &e), QD_OK);
 
     hid_t f = H5Fopen(t.path, H5F_ACC_RDONLY, H5P_DEFAULT);
@@ -300,7 +301,7 @@ static void test_abort_leaves_nothing(void **state) {
     qd_dump *d = qd_dump_create(t.path, "m", CONFIG_JSON, IDS, T, 1, &e);
     assert_non_null(d);
     assert_int_equal(qd_dump_add_backend(d, "ref", "fp32", &e), QD_OK);
-    assert_int_equal(emit_all(qd_dump_backend_sink(d, "ref"), &c), QD_OK);
+    assert_int_equal(emit_all(qd_dump_backend_sink(d, "ref", &e), &c), QD_OK);
     assert_int_equal(count_entries(t.dir), 1); /* the temp file */
     assert_int_equal(qd_dump_close(d, 0, &e), QD_OK);
     assert_int_equal(count_entries(t.dir), 0); /* neither the final nor the temp file */
@@ -318,16 +319,22 @@ static void test_duplicate_tap(void **state) {
     int64_t shape[3];
     int ndim = qd_layer_tap_shape(&c, QD_TAP_Q_NORM, T, shape);
     float buf[T * 8] = {0};
-    assert_int_equal(qd_dump_write_tap(d, "ref", 1, "q_norm", buf, ndim, shape, &e), QD_OK);
-    assert_int_equal(qd_dump_write_tap(d, "ref", 1, "q_norm", buf, ndim, shape, &e), QD_EINPUT);
+    assert_int_equal(qd_dump_write_tap(d, "ref", qd_tap_layer(1, QD_TAP_Q_NORM), buf, ndim, shape, &e), QD_OK);
+    assert_int_equal(qd_dump_write_tap(d, "ref", qd_tap_layer(1, QD_TAP_Q_NORM), buf, ndim, shape, &e), QD_EINPUT);
     assert_non_null(strstr(e.msg, "duplicate tap"));
     assert_non_null(strstr(e.msg, "/ref/layers/001/q_norm"));
-    /* through the sink: the emit fails and the dump keeps why */
-    qd_tap_sink *s = qd_dump_backend_sink(d, "ref");
-    assert_int_equal(s->emit(s, 1, "q_norm", buf, ndim, shape), QD_EINPUT);
-    assert_non_null(strstr(qd_dump_last_error(d)->msg, "duplicate tap"));
+    /* through the sink: the emit fails and fills the caller's qd_err with why */
+    qd_tap_sink *s = qd_dump_backend_sink(d, "ref", &e);
+    assert_non_null(s);
+    qd_err se = {0};
+    assert_int_equal(s->emit(s, qd_tap_layer(1, QD_TAP_Q_NORM), buf, ndim, shape, &se), QD_EINPUT);
+    assert_int_equal(se.code, QD_EINPUT);
+    assert_non_null(strstr(se.msg, "duplicate tap"));
+    assert_non_null(strstr(se.msg, "/ref/layers/001/q_norm"));
     /* same name in another layer or backend is not a duplicate */
-    assert_int_equal(s->emit(s, 0, "q_norm", buf, ndim, shape), QD_OK);
+    qd_err_clear(&se);
+    assert_int_equal(s->emit(s, qd_tap_layer(0, QD_TAP_Q_NORM), buf, ndim, shape, &se), QD_OK);
+    assert_int_equal(se.code, QD_OK);
     /* a backend added twice */
     assert_int_equal(qd_dump_add_backend(d, "ref", "fp32", &e), QD_EINPUT);
     assert_int_equal(qd_dump_close(d, 0, &e), QD_OK);
@@ -356,16 +363,26 @@ static void test_bad_inputs(void **state) {
     int64_t shape[3];
     float buf[T * 12] = {0};
     int ndim = qd_layer_tap_shape(&c, QD_TAP_ACT, T, shape);
-    assert_int_equal(qd_dump_write_tap(d, "emu", 0, "act", buf, ndim, shape, &e), QD_EINPUT); /* not added */
-    assert_int_equal(qd_dump_write_tap(d, "ref", 0, "activation", buf, ndim, shape, &e), QD_EINPUT);
-    assert_non_null(strstr(e.msg, "activation"));
-    assert_int_equal(qd_dump_write_tap(d, "ref", -1, "act", buf, ndim, shape, &e), QD_EINPUT); /* layer tap */
-    assert_int_equal(qd_dump_write_tap(d, "ref", 1000, "act", buf, ndim, shape, &e), QD_EINPUT);
-    assert_int_equal(qd_dump_write_tap(d, "ref", 0, "act", buf, 3, shape, &e), QD_EINPUT); /* rank */
+    const qd_tap_id act0 = qd_tap_layer(0, QD_TAP_ACT);
+    assert_int_equal(qd_dump_write_tap(d, "emu", act0, buf, ndim, shape, &e), QD_EINPUT); /* not added */
+    assert_int_equal(qd_dump_write_tap(d, "ref", qd_tap_layer(0, QD_NUM_LAYER_TAPS), buf, ndim, shape, &e),
+                     QD_EINPUT); /* no such tap */
+    assert_non_null(strstr(e.msg, "not a tap of schema v1"));
+    const qd_tap_id act_model = {QD_POS_HEAD, -1, QD_TAP_ACT}; /* a layer tap's number outside the layers */
+    assert_int_equal(qd_dump_write_tap(d, "ref", act_model, buf, ndim, shape, &e), QD_EINPUT);
+    const qd_tap_id embed_in_layer = {QD_POS_EMBED, 0, QD_TAP_EMBED};
+    assert_int_equal(qd_dump_write_tap(d, "ref", embed_in_layer, buf, ndim, shape, &e), QD_EINPUT);
+    assert_int_equal(qd_dump_write_tap(d, "ref", qd_tap_layer(1000, QD_TAP_ACT), buf, ndim, shape, &e), QD_EINPUT);
+    assert_non_null(strstr(e.msg, "layer 1000"));
+    assert_int_equal(qd_dump_write_tap(d, "ref", qd_tap_layer(-1, QD_TAP_ACT), buf, ndim, shape, &e), QD_EINPUT);
+    assert_int_equal(qd_dump_write_tap(d, "ref", act0, buf, 3, shape, &e), QD_EINPUT); /* rank */
     shape[0] = T + 1;
-    assert_int_equal(qd_dump_write_tap(d, "ref", 0, "act", buf, ndim, shape, &e), QD_EINPUT); /* rows != T */
+    assert_int_equal(qd_dump_write_tap(d, "ref", act0, buf, ndim, shape, &e), QD_EINPUT); /* rows != T */
     assert_non_null(strstr(e.msg, "/ref/layers/000/act"));
-    assert_null(qd_dump_backend_sink(d, "emu"));
+    qd_err_clear(&e);
+    assert_null(qd_dump_backend_sink(d, "emu", &e));
+    assert_int_equal(e.code, QD_EINPUT);
+    assert_non_null(strstr(e.msg, "'emu' was not added"));
     assert_int_equal(qd_dump_close(d, 0, &e), QD_OK);
 
     assert_null(qd_dump_create(t.path, "m", "{}", IDS, 0, 0, &e)); /* no tokens */

@@ -31,7 +31,7 @@ static void run_ref(const qd_weights *w, recorder *rec) {
     qd_ref *r = qd_ref_create(w, &o, &e);
     assert_non_null(r);
     float *logits = malloc((size_t)T * w->cfg.vocab_size * sizeof(float));
-    assert_int_equal(qd_ref_prefill(r, prompt, T, logits, &rec->sink), QD_OK);
+    assert_int_equal(qd_ref_prefill(r, prompt, T, logits, &rec->sink, &e), QD_OK);
     free(logits);
     qd_ref_free(r);
 }
@@ -44,12 +44,12 @@ static void run_emu(const qd_weights *w, qd_act_dtype act, recorder *rec) {
     float *h = malloc((size_t)T * c->hidden_size * sizeof(float));
     float *h2 = malloc((size_t)T * c->hidden_size * sizeof(float));
     float *logits = malloc((size_t)T * c->vocab_size * sizeof(float));
-    assert_int_equal(qd_emu_embed(m, prompt, T, h, &rec->sink), QD_OK);
+    assert_int_equal(qd_emu_embed(m, prompt, T, h, &rec->sink, &e), QD_OK);
     for (int l = 0; l < c->num_hidden_layers; l++) {
-        assert_int_equal(qd_emu_layer(m, l, h, h2, T, 0, &rec->sink), QD_OK);
+        assert_int_equal(qd_emu_layer(m, l, h, h2, T, 0, &rec->sink, &e), QD_OK);
         memcpy(h, h2, (size_t)T * c->hidden_size * sizeof(float));
     }
-    assert_int_equal(qd_emu_head(m, h, T, logits, &rec->sink), QD_OK);
+    assert_int_equal(qd_emu_head(m, h, T, logits, &rec->sink, &e), QD_OK);
     free(h);
     free(h2);
     free(logits);
@@ -165,8 +165,8 @@ static void test_emu_rounds_input(void **state) {
         h[i] = (float)rng_normal();
         hr[i] = qd_round_bf16(h[i]);
     }
-    assert_int_equal(qd_emu_layer(m1, 0, h, o1, T, 0, NULL), QD_OK);
-    assert_int_equal(qd_emu_layer(m2, 0, hr, o2, T, 0, NULL), QD_OK);
+    assert_int_equal(qd_emu_layer(m1, 0, h, o1, T, 0, NULL, &e), QD_OK);
+    assert_int_equal(qd_emu_layer(m2, 0, hr, o2, T, 0, NULL, &e), QD_OK);
     assert_memory_equal(o1, o2, n * sizeof(float));
     free(h);
     free(hr);
@@ -201,12 +201,12 @@ static void test_emu_shares_bf16_weights(void **state) {
     qd_emu *m[2] = {a, b};
     float *lg[2] = {la, lb};
     for (int k = 0; k < 2; k++) {
-        assert_int_equal(qd_emu_embed(m[k], prompt, T, h, NULL), QD_OK);
+        assert_int_equal(qd_emu_embed(m[k], prompt, T, h, NULL, &e), QD_OK);
         for (int l = 0; l < c->num_hidden_layers; l++) {
-            assert_int_equal(qd_emu_layer(m[k], l, h, h2, T, 0, NULL), QD_OK);
+            assert_int_equal(qd_emu_layer(m[k], l, h, h2, T, 0, NULL, &e), QD_OK);
             memcpy(h, h2, n * sizeof(float));
         }
-        assert_int_equal(qd_emu_head(m[k], h, T, lg[k], NULL), QD_OK);
+        assert_int_equal(qd_emu_head(m[k], h, T, lg[k], NULL, &e), QD_OK);
     }
     assert_memory_equal(la, lb, nl * sizeof(float));
     free(h);
@@ -219,6 +219,70 @@ static void test_emu_shares_bf16_weights(void **state) {
     qd_weights_free(&w2);
 }
 
+/* A sink that refuses the n-th tap (0-based) with a message of its own. */
+typedef struct {
+    int n, fail_at;
+} refusing_sink;
+
+static int refuse_emit(qd_tap_sink *self, qd_tap_id id, const float *data, int ndim, const int64_t *shape,
+                       qd_err *e) {
+    (void)data, (void)ndim, (void)shape;
+    refusing_sink *r = self->ctx;
+    if (r->n++ == r->fail_at)
+        return qd_errf(e, QD_ERUNTIME, "disk full at %s of layer %d", qd_tap_id_name(id), id.layer);
+    return QD_OK;
+}
+
+/* A failing sink stops emu at that tap; the step returns the sink's code with the sink's message. Bad
+ * positions are QD_EINPUT with a message naming the layer and the positions. */
+static void test_emu_sink_error_stops(void **state) {
+    (void)state;
+    qd_weights w;
+    make_small(&w, 1, 29);
+    const qd_config *c = &w.cfg;
+    qd_err e;
+    qd_err_clear(&e);
+    qd_emu *m = qd_emu_create(&w, QD_ACT_BF16, 0, T, NULL, &e);
+    assert_non_null(m);
+    size_t n = (size_t)T * c->hidden_size;
+    float *h = malloc(n * sizeof(float)), *h2 = malloc(n * sizeof(float));
+    float *logits = malloc((size_t)T * c->vocab_size * sizeof(float));
+    refusing_sink r = {0, 0};
+    qd_tap_sink sink = {refuse_emit, &r};
+
+    assert_int_equal(qd_emu_embed(m, prompt, T, h, &sink, &e), QD_ERUNTIME);
+    assert_int_equal(e.code, QD_ERUNTIME);
+    assert_string_equal(e.msg, "disk full at embed of layer -1");
+
+    qd_err_clear(&e);
+    r = (refusing_sink){0, QD_TAP_K_NORM};
+    assert_int_equal(qd_emu_layer(m, 1, h, h2, T, 0, &sink, &e), QD_ERUNTIME);
+    assert_int_equal(r.n, QD_TAP_K_NORM + 1); /* nothing emitted after the refused tap */
+    assert_string_equal(e.msg, "disk full at k_norm of layer 1");
+
+    qd_err_clear(&e);
+    r = (refusing_sink){0, 1};
+    assert_int_equal(qd_emu_head(m, h, T, logits, &sink, &e), QD_ERUNTIME);
+    assert_int_equal(r.n, 2);
+    assert_string_equal(e.msg, "disk full at logits of layer -1");
+
+    qd_err_clear(&e);
+    assert_int_equal(qd_emu_layer(m, 0, h, h2, 2, T - 1, NULL, &e), QD_EINPUT);
+    assert_int_equal(e.code, QD_EINPUT);
+    char want[96];
+    snprintf(want, sizeof want, "emu: layer 0: positions %d..%d exceed the KV cache", T - 1, T);
+    assert_string_equal(e.msg, want);
+    qd_err_clear(&e);
+    assert_int_equal(qd_emu_embed(m, prompt, T + 1, h, NULL, &e), QD_EINPUT);
+    assert_non_null(strstr(e.msg, "max_seq"));
+
+    free(h);
+    free(h2);
+    free(logits);
+    qd_emu_free(m);
+    qd_weights_free(&w);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_emu_fp32_matches_reference),
@@ -226,6 +290,7 @@ int main(void) {
         cmocka_unit_test(test_emu_bf16_error_is_rounding_sized),
         cmocka_unit_test(test_emu_rounds_input),
         cmocka_unit_test(test_emu_shares_bf16_weights),
+        cmocka_unit_test(test_emu_sink_error_stops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

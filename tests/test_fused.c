@@ -136,12 +136,12 @@ static void run_emu(const qd_weights *w, qd_act_dtype act, const int32_t *tok, i
     size_t n = (size_t)T * c->hidden_size;
     float *h = malloc(n * sizeof(float)), *h2 = malloc(n * sizeof(float));
     float *lg = logits ? logits : malloc((size_t)T * c->vocab_size * sizeof(float));
-    assert_int_equal(qd_emu_embed(m, tok, T, h, rec ? &rec->sink : NULL), QD_OK);
+    assert_int_equal(qd_emu_embed(m, tok, T, h, rec ? &rec->sink : NULL, &e), QD_OK);
     for (int l = 0; l < c->num_hidden_layers; l++) {
-        assert_int_equal(qd_emu_layer(m, l, h, h2, T, 0, rec ? &rec->sink : NULL), QD_OK);
+        assert_int_equal(qd_emu_layer(m, l, h, h2, T, 0, rec ? &rec->sink : NULL, &e), QD_OK);
         memcpy(h, h2, n * sizeof(float));
     }
-    assert_int_equal(qd_emu_head(m, h, T, lg, rec ? &rec->sink : NULL), QD_OK);
+    assert_int_equal(qd_emu_head(m, h, T, lg, rec ? &rec->sink : NULL, &e), QD_OK);
     if (!logits) free(lg);
     free(h);
     free(h2);
@@ -279,15 +279,15 @@ static void test_small_chunked_vs_emu(void **state) {
         recorder a, b;
         recorder_init(&a);
         recorder_init(&b);
-        assert_int_equal(qd_emu_embed(m, tok + pos0, T, he, &a.sink), QD_OK);
+        assert_int_equal(qd_emu_embed(m, tok + pos0, T, he, &a.sink, &e), QD_OK);
         FUSED_OK(qd_fused_embed(f, tok + pos0, T, hf, &b.sink, &err));
         for (int l = 0; l < c->num_hidden_layers; l++) {
-            assert_int_equal(qd_emu_layer(m, l, he, he2, T, pos0, &a.sink), QD_OK);
+            assert_int_equal(qd_emu_layer(m, l, he, he2, T, pos0, &a.sink, &e), QD_OK);
             FUSED_OK(qd_fused_layer(f, l, hf, hf2, T, pos0, &b.sink, &err));
             memcpy(he, he2, (size_t)T * C * sizeof(float));
             memcpy(hf, hf2, (size_t)T * C * sizeof(float));
         }
-        assert_int_equal(qd_emu_head(m, he, T, le, &a.sink), QD_OK);
+        assert_int_equal(qd_emu_head(m, he, T, le, &a.sink, &e), QD_OK);
         FUSED_OK(qd_fused_head(f, hf, T, lf, &b.sink, &err));
         assert_int_equal(qd_fused_position(f), pos0 + T);
         char what[64];
@@ -350,7 +350,7 @@ static void test_small_fp32_vs_ref(void **state) {
     qd_ref *r = qd_ref_create(&w, &ro, &e);
     assert_non_null(r);
     float *logits = malloc((size_t)TS * cfg.vocab_size * sizeof(float));
-    assert_int_equal(qd_ref_prefill(r, prompt, TS, logits, &want.sink), QD_OK);
+    assert_int_equal(qd_ref_prefill(r, prompt, TS, logits, &want.sink, &e), QD_OK);
     qd_fused *f = fused_new(&w, QD_ACT_FP32, TS, 1);
     run_fused_stepped(f, &w.cfg, prompt, TS, &got, NULL);
     assert_int_equal(got.n, want.n);
@@ -474,7 +474,7 @@ static void test_large_prefill_vs_emu_and_ref(void **state) {
     qd_ref *r = qd_ref_create(&large_w, &ro, &e);
     assert_non_null(r);
     float *lr = malloc((size_t)TL * c->vocab_size * sizeof(float));
-    assert_int_equal(qd_ref_prefill(r, large_tok, TL, lr, NULL), QD_OK);
+    assert_int_equal(qd_ref_prefill(r, large_tok, TL, lr, NULL, &e), QD_OK);
     double d_ref = rel_l2(lg, lr, (size_t)TL * c->vocab_size);
     double d_emu_ref = rel_l2(large_emu_logits, lr, (size_t)TL * c->vocab_size);
     printf("# large: logits rel_l2 fused vs ref %.3g (emu vs ref %.3g)\n", d_ref, d_emu_ref);

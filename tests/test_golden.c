@@ -49,11 +49,12 @@ typedef struct {
     char worst_rel_tap[256], worst_abs_tap[256];
 } golden_check;
 
-static int compare_tap(qd_tap_sink *self, int layer, const char *name, const float *data, int ndim,
-                       const int64_t *shape) {
+static int compare_tap(qd_tap_sink *self, qd_tap_id id, const float *data, int ndim, const int64_t *shape,
+                       qd_err *err) {
+    (void)err; /* a mismatch is counted, never a reason to stop the run */
     golden_check *g = (golden_check *)self->ctx;
     char path[256];
-    qd_h5_tap_path(path, sizeof path, "hf", layer, name);
+    qd_h5_tap_path(path, sizeof path, "hf", id.layer, qd_tap_id_name(id));
     float *hf = NULL;
     int hnd = 0;
     int64_t hshape[3];
@@ -133,8 +134,9 @@ static void check_fixture(const char *name, qd_accum accum) {
     if (!r) fail_msg("%s", e.msg);
     g.sink.emit = compare_tap;
     g.sink.ctx = &g;
-    float *logits = qd_malloc((size_t)T * w.cfg.vocab_size * sizeof(float));
-    assert_int_equal(qd_ref_prefill(r, ids, T, logits, &g.sink), QD_OK);
+    float *logits = qd_alloc((size_t)T * w.cfg.vocab_size * sizeof(float), &e);
+    assert_non_null(logits);
+    assert_int_equal(qd_ref_prefill(r, ids, T, logits, &g.sink, &e), QD_OK);
 
     printf("# %s (accum %s, T=%d): %d taps; worst rel_l2 %.3g (%s); worst max_abs/max(1,max|ref|) %.3g (%s)\n",
            name, accum == QD_ACCUM_F64 ? "f64" : "f32", T, g.checked, g.worst_rel_l2, g.worst_rel_tap,

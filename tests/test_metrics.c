@@ -510,8 +510,7 @@ static void test_fields_record_fill(void **state) {
     qd_tap_row row;
     memset(&row, 0, sizeof row);
     row.step = 2;
-    row.layer = 1;
-    row.tap = QD_TAP_K_NORM;
+    row.id = qd_tap_layer(1, QD_TAP_K_NORM);
     row.mode = QD_MODE_ISOLATED;
     row.verdict = QD_V_REL_L2;
     row.tol = (qd_tol){2e-2, 1e-2, 4e-2};

@@ -23,6 +23,9 @@
 
 enum { C = 64, NH = 4, NKV = 2, HD = 24, I = 112, L = 2, V = 128 };
 
+/* the error of every stepped call (the messages are checked where a call fails) */
+static qd_err err;
+
 // ----------------------------------------------------------------------------
 // a random model
 
@@ -90,7 +93,8 @@ static const int32_t tokens[8] = {3, 77, 12, 127, 0, 45, 45, 101};
 // a sink that records every tap
 
 typedef struct {
-    int layer;
+    qd_tap_id id;
+    int layer; /* id.layer */
     char name[32];
     int ndim;
     int64_t shape[3];
@@ -105,17 +109,19 @@ typedef struct {
     int threads_min, threads_max; /* omp_get_max_threads() seen by the emits: the model's setting */
 } recorder;
 
-static int record_emit(qd_tap_sink *self, int layer, const char *name, const float *data, int ndim,
-                       const int64_t *shape) {
+static int record_emit(qd_tap_sink *self, qd_tap_id id, const float *data, int ndim, const int64_t *shape,
+                       qd_err *e) {
     recorder *rec = self->ctx;
-    if (rec->n == rec->fail_at) return QD_ERUNTIME;
+    if (rec->n == rec->fail_at)
+        return qd_errf(e, QD_ERUNTIME, "recorder: refused tap %s of layer %d", qd_tap_id_name(id), id.layer);
     int nt = omp_get_max_threads();
     if (rec->n == 0 || nt < rec->threads_min) rec->threads_min = nt;
     if (rec->n == 0 || nt > rec->threads_max) rec->threads_max = nt;
     assert_true(rec->n < 256);
     tap_rec *t = &rec->recs[rec->n++];
-    t->layer = layer;
-    snprintf(t->name, sizeof(t->name), "%s", name);
+    t->id = id;
+    t->layer = id.layer;
+    snprintf(t->name, sizeof(t->name), "%s", qd_tap_id_name(id));
     t->ndim = ndim;
     t->n = 1;
     for (int d = 0; d < 3; d++) t->shape[d] = d < ndim ? shape[d] : 0;
@@ -156,15 +162,15 @@ static void check_decode_matches_prefill(int tied) {
     float *step = malloc((size_t)T * V * sizeof(float)); // (T, V)
 
     qd_ref *r = make_ref(&w, 0, QD_ACCUM_F32, 16);
-    assert_int_equal(qd_ref_prefill(r, tokens, T, full, NULL), QD_OK);
+    assert_int_equal(qd_ref_prefill(r, tokens, T, full, NULL, &err), QD_OK);
     assert_int_equal(qd_ref_position(r), T);
     qd_ref_free(r);
 
     r = make_ref(&w, 0, QD_ACCUM_F32, 16);
-    assert_int_equal(qd_ref_prefill(r, tokens, K, step, NULL), QD_OK);
+    assert_int_equal(qd_ref_prefill(r, tokens, K, step, NULL, &err), QD_OK);
     assert_int_equal(qd_ref_position(r), K);
     for (int t = K; t < T; t++) {
-        assert_int_equal(qd_ref_decode(r, tokens[t], step + (size_t)t * V, NULL), QD_OK);
+        assert_int_equal(qd_ref_decode(r, tokens[t], step + (size_t)t * V, NULL, &err), QD_OK);
         assert_int_equal(qd_ref_position(r), t + 1);
     }
     double max_diff = 0, max_ref = 0;
@@ -184,10 +190,10 @@ static void check_decode_matches_prefill(int tied) {
     /* a real cache bug is far above the bound: decoding the last token one position too late */
     r = make_ref(&w, 0, QD_ACCUM_F32, 16);
     float *h = malloc((size_t)C * sizeof(float)), *bad = malloc((size_t)V * sizeof(float));
-    assert_int_equal(qd_ref_prefill(r, tokens, T - 1, step, NULL), QD_OK);
-    assert_int_equal(qd_ref_embed(r, &tokens[T - 1], 1, h, NULL), QD_OK);
-    for (int l = 0; l < L; l++) assert_int_equal(qd_ref_layer(r, l, h, h, 1, T, NULL), QD_OK);
-    assert_int_equal(qd_ref_head(r, h, 1, bad, NULL), QD_OK);
+    assert_int_equal(qd_ref_prefill(r, tokens, T - 1, step, NULL, &err), QD_OK);
+    assert_int_equal(qd_ref_embed(r, &tokens[T - 1], 1, h, NULL, &err), QD_OK);
+    for (int l = 0; l < L; l++) assert_int_equal(qd_ref_layer(r, l, h, h, 1, T, NULL, &err), QD_OK);
+    assert_int_equal(qd_ref_head(r, h, 1, bad, NULL, &err), QD_OK);
     double bug = 0;
     for (int i = 0; i < V; i++) bug = fmax(bug, fabs((double)bad[i] - full[(size_t)(T - 1) * V + i]));
     printf("decode one position too late (tied %d): max |diff| / max |logit| = %.3g\n", tied, bug / max_ref);
@@ -211,8 +217,8 @@ static void run_recorded(const qd_weights *w, int threads, qd_accum accum, float
     qd_tap_sink sink;
     recorder *rec = recorder_new(&sink);
     qd_ref *r = make_ref(w, threads, accum, 8);
-    assert_int_equal(qd_ref_prefill(r, tokens, T, logits, &sink), QD_OK);
-    assert_int_equal(qd_ref_decode(r, tokens[T], logits + (size_t)T * V, &sink), QD_OK);
+    assert_int_equal(qd_ref_prefill(r, tokens, T, logits, &sink, &err), QD_OK);
+    assert_int_equal(qd_ref_decode(r, tokens[T], logits + (size_t)T * V, &sink, &err), QD_OK);
     qd_ref_free(r);
     *out = rec;
 }
@@ -281,7 +287,7 @@ static void check_taps(int tied) {
     recorder *rec = recorder_new(&sink);
     qd_ref *r = make_ref(&w, 0, QD_ACCUM_F32, T);
     float *logits = malloc((size_t)T * V * sizeof(float)); // (T, V)
-    assert_int_equal(qd_ref_prefill(r, tokens, T, logits, &sink), QD_OK);
+    assert_int_equal(qd_ref_prefill(r, tokens, T, logits, &sink, &err), QD_OK);
 
     /* order and shapes, written out independently of qd_layer_tap_shape */
     static const struct { const char *name; int ndim; int d1, d2; } layer_taps[QD_NUM_LAYER_TAPS] = {
@@ -374,16 +380,33 @@ static void test_sink_error_stops(void **state) {
     make_model(&w, 1);
     qd_ref *r = make_ref(&w, 0, QD_ACCUM_F32, 4);
     float logits[4 * V];
-    /* fail in the middle of layer 0 (emit 5 is q_norm), and on the very last tap (logits) */
+    /* fail in the middle of layer 0 (emit 5 is q_norm), and on the very last tap (logits): the run stops
+     * there and returns the sink's code with the sink's message, untouched */
     const int fail_at[2] = {5, 1 + L * QD_NUM_LAYER_TAPS + 1};
+    const char *const why[2] = {"recorder: refused tap q_norm of layer 0", "recorder: refused tap logits of layer -1"};
     for (int k = 0; k < 2; k++) {
         qd_tap_sink sink;
         recorder *rec = recorder_new(&sink);
         rec->fail_at = fail_at[k];
-        assert_int_equal(qd_ref_prefill(r, tokens, 4, logits, &sink), QD_ERUNTIME);
+        qd_err_clear(&err);
+        assert_int_equal(qd_ref_prefill(r, tokens, 4, logits, &sink, &err), QD_ERUNTIME);
         assert_int_equal(rec->n, fail_at[k]); /* nothing emitted after the failing tap */
+        assert_int_equal(err.code, QD_ERUNTIME);
+        assert_string_equal(err.msg, why[k]);
         recorder_free(rec);
     }
+    /* the stepped calls too: a layer stops at its failing tap */
+    float h[4 * C];
+    qd_tap_sink sink;
+    recorder *rec = recorder_new(&sink);
+    qd_ref_reset(r);
+    assert_int_equal(qd_ref_embed(r, tokens, 4, h, NULL, &err), QD_OK);
+    rec->fail_at = QD_TAP_ATTN;
+    qd_err_clear(&err);
+    assert_int_equal(qd_ref_layer(r, 1, h, h, 4, 0, &sink, &err), QD_ERUNTIME);
+    assert_int_equal(rec->n, QD_TAP_ATTN);
+    assert_string_equal(err.msg, "recorder: refused tap attn of layer 1");
+    recorder_free(rec);
     qd_ref_free(r);
     qd_weights_free(&w);
 }
@@ -427,20 +450,23 @@ static void test_cache_overflow(void **state) {
     make_model(&w, 0);
     float *logits = malloc(8 * V * sizeof(float)), h[2 * C];
     qd_ref *r = make_ref(&w, 0, QD_ACCUM_F32, 6);
-    assert_int_equal(qd_ref_prefill(r, tokens, 6, logits, NULL), QD_OK); /* exactly full */
-    assert_int_equal(qd_ref_decode(r, tokens[6], logits, NULL), QD_EINPUT);
+    assert_int_equal(qd_ref_prefill(r, tokens, 6, logits, NULL, &err), QD_OK); /* exactly full */
+    assert_int_equal(qd_ref_decode(r, tokens[6], logits, NULL, &err), QD_EINPUT);
+    assert_string_equal(err.msg, "ref: KV cache overflow: positions 6..6 do not fit max_seq 6");
     assert_int_equal(qd_ref_position(r), 6); /* a refused step does not advance */
-    assert_int_equal(qd_ref_prefill(r, tokens, 7, logits, NULL), QD_EINPUT);
-    assert_int_equal(qd_ref_embed(r, tokens, 2, h, NULL), QD_OK);
-    assert_int_equal(qd_ref_layer(r, 0, h, h, 2, 5, NULL), QD_EINPUT); /* positions 5, 6 */
-    assert_int_equal(qd_ref_layer(r, 0, h, h, 2, 4, NULL), QD_OK);     /* positions 4, 5 */
-    assert_int_equal(qd_ref_layer(r, 0, h, h, 1, -1, NULL), QD_EINPUT);
-    assert_int_equal(qd_ref_layer(r, L, h, h, 1, 0, NULL), QD_EINPUT);
-    assert_int_equal(qd_ref_layer(r, -1, h, h, 1, 0, NULL), QD_EINPUT);
-    assert_int_equal(qd_ref_layer(r, 0, h, h, 1, 0x7fffffff, NULL), QD_EINPUT); /* no int overflow */
+    assert_int_equal(qd_ref_prefill(r, tokens, 7, logits, NULL, &err), QD_EINPUT);
+    assert_int_equal(qd_ref_embed(r, tokens, 2, h, NULL, &err), QD_OK);
+    assert_int_equal(qd_ref_layer(r, 0, h, h, 2, 5, NULL, &err), QD_EINPUT); /* positions 5, 6 */
+    assert_string_equal(err.msg, "ref: layer 0: KV cache overflow: positions 5..6 do not fit max_seq 6");
+    assert_int_equal(qd_ref_layer(r, 0, h, h, 2, 4, NULL, &err), QD_OK);     /* positions 4, 5 */
+    assert_int_equal(qd_ref_layer(r, 0, h, h, 1, -1, NULL, &err), QD_EINPUT);
+    assert_int_equal(qd_ref_layer(r, L, h, h, 1, 0, NULL, &err), QD_EINPUT);
+    assert_string_equal(err.msg, "ref: layer 2 out of range (the model has 2)");
+    assert_int_equal(qd_ref_layer(r, -1, h, h, 1, 0, NULL, &err), QD_EINPUT);
+    assert_int_equal(qd_ref_layer(r, 0, h, h, 1, 0x7fffffff, NULL, &err), QD_EINPUT); /* no int overflow */
     qd_ref_reset(r);
     assert_int_equal(qd_ref_position(r), 0);
-    assert_int_equal(qd_ref_decode(r, tokens[0], logits, NULL), QD_OK);
+    assert_int_equal(qd_ref_decode(r, tokens[0], logits, NULL, &err), QD_OK);
     assert_int_equal(qd_ref_position(r), 1);
     qd_ref_free(r);
 

@@ -200,7 +200,7 @@ static void test_attention_values_and_scale(void **state) {
     const double want[4] = {2.462117157, -0.193175737, 0, 2.924234315};
     for (int accum = QD_ACCUM_F32; accum <= QD_ACCUM_F64; accum++) {
         float out[4];
-        attention_forward(out, q, k, v, 1, 1, 1, 1, 4, (qd_accum)accum);
+        assert_int_equal(attention_forward(out, q, k, v, 1, 1, 1, 1, 4, (qd_accum)accum, NULL), QD_OK);
         for (int i = 0; i < 4; i++) assert_close(out[i], want[i], "attention", i);
     }
 }
@@ -214,17 +214,17 @@ static void test_attention_causal(void **state) {
     float k[T * HD] = {1, 0, 0, 1, 1, 1};
     float v[T * HD] = {1, 2, 3, 4, 5, 6};
     float out_a[T * HD], out_b[T * HD];
-    attention_forward(out_a, q, k, v, T, 0, 1, 1, HD, QD_ACCUM_F32);
+    assert_int_equal(attention_forward(out_a, q, k, v, T, 0, 1, 1, HD, QD_ACCUM_F32, NULL), QD_OK);
     assert_true(out_a[0] == 1.0f && out_a[1] == 2.0f); /* softmax of one score is exactly 1 */
     k[4] = 50, k[5] = -50, v[4] = 100, v[5] = -100;
-    attention_forward(out_b, q, k, v, T, 0, 1, 1, HD, QD_ACCUM_F32);
+    assert_int_equal(attention_forward(out_b, q, k, v, T, 0, 1, 1, HD, QD_ACCUM_F32, NULL), QD_OK);
     assert_memory_equal(out_a, out_b, 2 * HD * sizeof(float));
     assert_memory_not_equal(out_a + 2 * HD, out_b + 2 * HD, HD * sizeof(float));
 
     /* the same queries one at a time (pos0 = 0, 1, 2 with T = 1) give the same rows bitwise */
     for (int t = 0; t < T; t++) {
         float row[HD];
-        attention_forward(row, q + t * HD, k, v, 1, t, 1, 1, HD, QD_ACCUM_F32);
+        assert_int_equal(attention_forward(row, q + t * HD, k, v, 1, t, 1, 1, HD, QD_ACCUM_F32, NULL), QD_OK);
         assert_memory_equal(row, out_b + t * HD, sizeof(row));
     }
 }
@@ -242,7 +242,7 @@ static void test_attention_gqa_mapping(void **state) {
     const float want[8] = {3, 6, 3, 6, 20, 30, 20, 30};
     for (int accum = QD_ACCUM_F32; accum <= QD_ACCUM_F64; accum++) {
         float out[8];
-        attention_forward(out, q, k, v, 1, 1, 4, 2, 2, (qd_accum)accum);
+        assert_int_equal(attention_forward(out, q, k, v, 1, 1, 4, 2, 2, (qd_accum)accum, NULL), QD_OK);
         assert_memory_equal(out, want, sizeof(want)); /* exact: 0.5*2 + 0.5*4 etc. */
     }
 }
@@ -260,10 +260,10 @@ static void test_attention_huge_scores(void **state) {
     const float v[8] = {1, 0, 0, 0, 0, 1, 0, 0};
     for (int accum = QD_ACCUM_F32; accum <= QD_ACCUM_F64; accum++) {
         float out[4];
-        attention_forward(out, q, kp, v, 1, 1, 1, 1, 4, (qd_accum)accum);
+        assert_int_equal(attention_forward(out, q, kp, v, 1, 1, 1, 1, 4, (qd_accum)accum, NULL), QD_OK);
         assert_close(out[0], 0.268941421, "attention +1e4", 0);
         assert_close(out[1], 0.731058579, "attention +1e4", 1);
-        attention_forward(out, q, kn, v, 1, 1, 1, 1, 4, (qd_accum)accum);
+        assert_int_equal(attention_forward(out, q, kn, v, 1, 1, 1, 1, 4, (qd_accum)accum, NULL), QD_OK);
         assert_close(out[0], 0.731058579, "attention -1e4", 0);
         assert_close(out[1], 0.268941421, "attention -1e4", 1);
     }

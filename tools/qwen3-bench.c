@@ -207,11 +207,13 @@ static void timeline_step(qd_fused *f, const qd_weights *w, int32_t token, timel
     enum { CAP = 1 << 16 };
     qd_err e;
     memset(&e, 0, sizeof e);
-    qd_tl_rec *rec = qd_malloc(CAP * sizeof *rec);
+    qd_tl_rec *rec = qd_alloc(CAP * sizeof *rec, &e);
+    if (!rec) die_fused("timeline", &e);
     int n = 0;
     if (qd_fused_decode_timeline(f, token, rec, CAP, &n, &e)) die_fused("timeline", &e);
     const int L = w->cfg.num_hidden_layers;
-    r->launch = qd_malloc(((size_t)L * QD_TL_SLOTS + 1) * sizeof *r->launch);
+    r->launch = qd_alloc(((size_t)L * QD_TL_SLOTS + 1) * sizeof *r->launch, &e);
+    if (!r->launch) die_fused("timeline", &e);
     r->n = qd_tl_launches(rec, n, L, r->launch, L * QD_TL_SLOTS + 1);
     if (r->n < 0) {
         fprintf(stderr, PROG ": timeline: a record names a launch outside the chain\n");

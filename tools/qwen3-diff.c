@@ -309,8 +309,7 @@ typedef struct {
     int L;
     layer_stats *layers;    /* (L) */
     long nonfinite;         /* over every tap, model-level ones included */
-    int first_bad_layer;    /* where the first non-finite value appeared (-1: model level) */
-    char first_bad_tap[24]; /* "" while everything is finite */
+    qd_tap_id first_bad;    /* where the first non-finite value appeared (when nonfinite > 0) */
 } run_sink;
 
 /* max|x| and the count of non-finite values over n values; NaN never wins the max. */
@@ -332,28 +331,25 @@ static double rms(const float *x, long n) {
     return n ? sqrt(s / (double)n) : 0.0;
 }
 
-static int run_emit(qd_tap_sink *self, int layer, const char *name, const float *data, int ndim,
-                    const int64_t *shape) {
+static int run_emit(qd_tap_sink *self, qd_tap_id id, const float *data, int ndim, const int64_t *shape,
+                    qd_err *e) {
     run_sink *s = self->ctx;
     if (s->dump) {
-        int rc = s->dump->emit(s->dump, layer, name, data, ndim, shape);
+        int rc = s->dump->emit(s->dump, id, data, ndim, shape, e);
         if (rc) return rc;
     }
     long n = 1;
     for (int i = 0; i < ndim; i++) n *= (long)shape[i];
     long bad = 0;
     float m = max_abs(data, n, &bad);
-    if (bad && !s->nonfinite) {
-        s->first_bad_layer = layer;
-        snprintf(s->first_bad_tap, sizeof s->first_bad_tap, "%s", name);
-    }
+    if (bad && !s->nonfinite) s->first_bad = id;
     s->nonfinite += bad;
-    if (layer < 0 || layer >= s->L) return QD_OK;
-    layer_stats *ls = &s->layers[layer];
+    if (id.pos != QD_POS_LAYER || id.layer >= s->L) return QD_OK;
+    layer_stats *ls = &s->layers[id.layer];
     ls->nonfinite += bad;
-    if (strcmp(name, "k_norm") == 0) ls->k_norm_max = m;
-    else if (strcmp(name, "attn") == 0) ls->attn_max = m;
-    else if (strcmp(name, "act") == 0) ls->act_max = m;
+    if (id.tap == QD_TAP_K_NORM) ls->k_norm_max = m;
+    else if (id.tap == QD_TAP_ATTN) ls->attn_max = m;
+    else if (id.tap == QD_TAP_ACT) ls->act_max = m;
     return QD_OK;
 }
 
@@ -414,8 +410,8 @@ static void print_summary(const cli_args *a, const char *model, const qd_backend
     printf("\n");
     if (s->nonfinite) {
         printf("warning %ld non-finite values, the first in ", s->nonfinite);
-        if (s->first_bad_layer < 0) printf("model-level tap '%s'\n", s->first_bad_tap);
-        else printf("layer %d tap '%s'\n", s->first_bad_layer, s->first_bad_tap);
+        if (s->first_bad.pos != QD_POS_LAYER) printf("model-level tap '%s'\n", qd_tap_id_name(s->first_bad));
+        else printf("layer %d tap '%s'\n", s->first_bad.layer, qd_tap_id_name(s->first_bad));
     }
 }
 
@@ -485,7 +481,10 @@ static int run_single(const cli_args *a, const char *model, const char *token_ar
         if ((rc = qd_dump_add_backend(dump, be->name, be->precision, e)) ||
             (rc = qd_dump_backend_attr(dump, be->name, "accum", be->accum, e)))
             goto out;
-        s.dump = qd_dump_backend_sink(dump, be->name);
+        if (!(s.dump = qd_dump_backend_sink(dump, be->name, e))) {
+            rc = e->code;
+            goto out;
+        }
     }
 
     size_t TC;
@@ -494,13 +493,16 @@ static int run_single(const cli_args *a, const char *model, const char *token_ar
         rc = qd_errf(e, QD_EINPUT, "T=%d tokens: activation size overflows", T);
         goto out;
     }
-    h = qd_malloc(TC * sizeof(float));      /* (T, C) layer input */
-    h2 = qd_malloc(TC * sizeof(float));     /* (T, C) layer output */
-    logits = qd_malloc(TV * sizeof(float)); /* (T, V) */
     s.sink.emit = run_emit;
     s.sink.ctx = &s;
     s.L = c->num_hidden_layers;
-    s.layers = qd_calloc((size_t)s.L, sizeof *s.layers);
+    if (!(h = qd_alloc(TC * sizeof(float), e)) ||      /* (T, C) layer input */
+        !(h2 = qd_alloc(TC * sizeof(float), e)) ||     /* (T, C) layer output */
+        !(logits = qd_alloc(TV * sizeof(float), e)) || /* (T, V) */
+        !(s.layers = qd_zalloc((size_t)s.L, sizeof *s.layers, e))) {
+        rc = QD_ERUNTIME;
+        goto out;
+    }
 
     double t0 = now_seconds();
     rc = be->embed(be, tokens, T, h, &s.sink, e);
@@ -517,12 +519,7 @@ static int run_single(const cli_args *a, const char *model, const char *token_ar
     }
     if (rc == QD_OK) rc = be->head(be, h, T, logits, &s.sink, e);
     double seconds = now_seconds() - t0;
-    if (rc) {
-        /* a dump write failure has its own message, more precise than the backend's */
-        const qd_err *de = dump ? qd_dump_last_error(dump) : NULL;
-        if (de && de->code) qd_errf(e, rc, "%s", de->msg);
-        goto out;
-    }
+    if (rc) goto out; /* e holds the step's message, or the dump's when a write failed */
 
     if (dump) {
         rc = qd_dump_close(dump, 1, e);
