@@ -27,7 +27,8 @@ static int spelled_out(const char *word, const qd_cli_opt *o) {
 int qd_cli_parse(const qd_cli_cmd *c, const qd_cli_handlers *h, void *ctx, int argc, char **argv, qd_err *e) {
     struct option lo[MAX_OPTS + 1];
     char shorts[2 + 2 * MAX_OPTS + 1];
-    if (c->nopts > MAX_OPTS) return qd_errf(e, QD_ERUNTIME, "%s: %d options, at most %d", c->name, c->nopts, MAX_OPTS);
+    if (c->nopts > MAX_OPTS)
+        return qd_errf(e, QD_ERUNTIME, "%s: %d options, at most %d", c->name ? c->name : "qwen3-diff", c->nopts, MAX_OPTS);
     int ns = 0;
     shorts[ns++] = '-'; /* every word in order (operands come back as 1): nothing is permuted */
     shorts[ns++] = ':'; /* a missing value comes back as ':', not '?' */

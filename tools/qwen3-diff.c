@@ -540,13 +540,17 @@ static int run_single(const cli_args *a, const char *model, const char *token_ar
         rc = qd_errf(e, QD_EINPUT, "T=%d tokens: activation size overflows", T);
         goto out;
     }
-    h = qd_malloc(TC * sizeof(float));      /* (T, C) layer input */
-    h2 = qd_malloc(TC * sizeof(float));     /* (T, C) layer output */
-    logits = qd_malloc(TV * sizeof(float)); /* (T, V) */
     s.sink.emit = run_emit;
     s.sink.ctx = &s;
     s.L = c->num_hidden_layers;
-    s.layers = qd_calloc((size_t)s.L, sizeof *s.layers);
+    h = qd_alloc(TC * sizeof(float), e);                    /* (T, C) layer input */
+    h2 = qd_alloc(TC * sizeof(float), e);                   /* (T, C) layer output */
+    logits = qd_alloc(TV * sizeof(float), e);               /* (T, V) */
+    s.layers = qd_zalloc((size_t)s.L, sizeof *s.layers, e); /* (L) */
+    if (!h || !h2 || !logits || !s.layers) { /* e: the last failure; out frees the others */
+        rc = e->code;
+        goto out;
+    }
 
     double t0 = now_seconds();
     rc = be->embed(be, tokens, T, h, &s.sink, e);
@@ -652,6 +656,10 @@ static int calibrate(const cli_args *a, const char *model, qd_backend *ra, qd_ba
     return rc;
 }
 
+/* The precision sweep blesses each dtype's pair over as many prompts as the selftest's bless step
+ * (the brief of --calibrate: >= 5 known-good runs), with --margin. */
+#define SWEEP_CALIB_PROMPTS 5
+
 static int run_lockstep(const cli_args *a, const char *model, const char *token_arg, qd_err *e) {
     qd_config cfg;
     char *config_text = NULL;
@@ -718,7 +726,7 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
         if (!a->quiet) printf("precision sweep: no divergence to explain\n");
     } else if (a->precision_sweep) {
         qd_sweep_opts so = {.name_a = name_a, .name_b = name_b, .tokens = tokens, .T = T, .decode = a->decode,
-                            .calib_prompts = 5, .margin = a->margin, .locate = a->locate,
+                            .calib_prompts = SWEEP_CALIB_PROMPTS, .margin = a->margin, .locate = a->locate,
                             .opts = {.threads = a->threads, .accum_f64 = a->accum == QD_ACCUM_F64,
                                      .fault = a->fault, .taps_all = a->taps_all}};
         qd_sweep_result sr;
