@@ -3,6 +3,7 @@
  *   qwen3-diff --layer-by-layer [--backends A,B]   runs two backends in lockstep and compares every tap
  *   qwen3-diff compare A.h5[:GROUP] B.h5[:GROUP]   compares two schema-v1 dumps from any engine
  *   qwen3-diff --backends ref --summary            runs one backend and prints what the run looked like
+ *   qwen3-diff selftest [--backend emu|fused]      proves the harness on every fault (selftest_cli.c)
  *
  * Every mode can stream the taps into an HDF5 dump (schema v1, docs/SCHEMA.md).
  *
@@ -10,7 +11,11 @@
  *   arguments -> config.json -> token ids (need the vocab) -> dump file created -> weights -> run.
  * Errors travel as qd_err up to main(), the only place that prints them ("qwen3-diff: <msg>", one line
  * on stderr) and exits: 2 for bad input or usage, 3 for runtime failures. A failed run never leaves a
- * dump under the final name (qd_dump_close(commit=0)). */
+ * dump under the final name (qd_dump_close(commit=0)).
+ *
+ * Options: one table per command (main_opts and compare_opts below, selftest's in selftest_cli.c), from
+ * which the parser and --help are generated (cli_opts.h). An option is a row of its table and a case of
+ * take_option; checks across options stay in parse_args. */
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
