@@ -8,7 +8,9 @@
  *   - every fault of the catalog is injected into B on each fixture where it can show, and its first
  *     divergence, free-running and isolated, must be exactly the expected (step, layer, tap);
  *   - the precision sweep (qd_sweep.h) must classify faults 3, 6 and 8 as docs/FAULTS.md says.
- * The expectations live in one table in selftest.c (qd_selftest_cases) with the reason for each. */
+ * The expectations live in one table in selftest.c (qd_selftest_cases) with the reason for each;
+ * qd_selftest_run checks them all and returns one record per check. The command line around it
+ * (`qwen3-diff selftest`: options, table, JSON, exit status) is tools/selftest_cli.c. */
 #ifndef QD_SELFTEST_H
 #define QD_SELFTEST_H
 
@@ -19,6 +21,11 @@
 #include "qd_fault.h"
 #include "qd_sweep.h"
 #include "qd_tolerances.h"
+
+#define QD_SELFTEST_CALIB_PROMPTS 5 /* the bless step's prompts (the brief of --calibrate: >= 5 known-good runs) */
+#define QD_SELFTEST_CLEAN_PROMPTS 5 /* held-out clean prompts per context, never used for calibration */
+#define QD_SELFTEST_MARGIN 2.0      /* calibration margin, as --calibrate's default */
+#define QD_SELFTEST_DECODE 2        /* decode steps of the contexts whose faults show only in decode steps */
 
 /* Weight variants a fault needs and the fixture generator cannot write. */
 typedef enum {
@@ -66,11 +73,44 @@ const qd_sweep_case *qd_sweep_cases(int *n);
 int qd_selftest_matches(const qd_report *r, qd_mode mode, int step, int layer, const char *tap, char *found,
                         size_t n);
 
-/* `qwen3-diff selftest [--backend emu|fused] [--fixtures DIR] [--json FILE] [--threads N] [--quiet]
- * [--no-color]`: argv[0] is "selftest". --backend fused needs a binary built with CUDA and a device (else
- * exit 2 or 3 with the message). Returns the exit status: 0 every expectation met, 1 a miss, 2 bad usage or input, 3 runtime
- * failure (the message on stderr). Hidden for tests of the checker: --shift-expectation FAULT expects
- * FAULT one layer later than the table says, which must make the selftest fail. */
-int qd_selftest_main(int argc, char **argv);
+typedef struct {
+    const char *backend;  /* the backend under test: "emu", or "fused" (a CUDA build and device); NULL: emu */
+    const char *fixtures; /* the fixtures root, a directory per fixture; NULL: the source tree's fixtures/ */
+    int threads;          /* CPU threads; 0: OpenMP's default */
+    /* A fault name whose expectations are taken one layer later than the table says, which must make its
+     * checks miss (a test of the checker); NULL: none. */
+    const char *shift_expectation;
+    /* Called before each fixture context and each sweep, with one line ("gqa_tied: blessing ref vs emu
+     * over 5 prompts"); NULL: nothing is reported. */
+    void (*progress)(void *ctx, const char *msg);
+    void *progress_ctx;
+} qd_selftest_opts;
+
+/* One check: an expectation of the table in one mode, the clean prompts of a context in one mode, or a
+ * precision sweep. */
+typedef struct {
+    const char *kind;   /* "fault", "clean", "sweep" */
+    char fault[48];     /* "knorm-mul@1", "clean (5 prompts)" */
+    char fixture[96];   /* the context: "knorm_extreme", "gqa_tied+tiny-row", "knorm_extreme/T16#2" */
+    char expected[96];  /* "step 0, layer 1, k_norm", "no divergence", a sweep class */
+    char found[128];    /* the same form; "prompt 7: ..." for a clean prompt that diverged */
+    const char *mode;   /* "free", "isolated", "sweep" */
+    int ok;             /* found is what was expected */
+    char reason[240];   /* the first divergence's reason, or the sweep's per-dtype summary */
+    int32_t *tokens;    /* (T) the prompt of fault and sweep checks, owned; NULL for clean checks */
+    int T;
+} qd_selftest_check;
+
+typedef struct {
+    qd_selftest_check *checks; /* (n) in the order they ran */
+    int n, cap;
+    int misses;                /* checks not ok */
+} qd_selftest_result;
+
+/* Runs every check (minutes on the CPU). Returns QD_OK with out filled, whatever the misses, or an error
+ * code with e set and out empty: QD_EINPUT for bad options or fixtures, QD_ERUNTIME for a failing run.
+ * Free out with qd_selftest_result_free. */
+int qd_selftest_run(const qd_selftest_opts *o, qd_selftest_result *out, qd_err *e);
+void qd_selftest_result_free(qd_selftest_result *r);
 
 #endif

@@ -1,27 +1,28 @@
-/* selftest.c: `qwen3-diff selftest`, proving the harness (qd_selftest.h, docs/FAULTS.md).
+/* selftest.c: proving the harness (qd_selftest.h, docs/FAULTS.md): the table of expectations and
+ * qd_selftest_run, which checks them. The command line (`qwen3-diff selftest`: its options, table, JSON
+ * and exit status) is tools/selftest_cli.c.
  *
  * Order of work per fixture context: load the weights (and apply a variant), bless the clean pair ref vs
- * the backend under test (emu, or fused with --backend fused; qd_bless, 5 prompts, margin 2), run 5
- * held-out clean prompts in both modes, then every fault whose expectation names this context, injected
- * into that backend. The precision sweeps come last. Nothing here exits: errors travel as
- * qd_err to qd_selftest_main, which returns the status. */
+ * the backend under test (emu, or fused; qd_bless, 5 prompts, margin 2), run 5 held-out clean prompts in
+ * both modes, then every fault whose expectation names this context, injected into that backend. The
+ * precision sweeps come last. Nothing here exits or prints: errors travel as qd_err, progress goes to the
+ * caller's callback. */
 #include "qd_selftest.h"
 
-#include <jansson.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include "qd_build_config.h"
 #include "qd_tokens.h"
 #include "qd_weights.h"
 
-#define ST_DECODE 2        /* decode steps of the contexts whose faults show only in decode steps */
-#define ST_CALIB_PROMPTS 5 /* the bless step's prompts (the brief of --calibrate: >= 5 known-good runs) */
-#define ST_CLEAN_PROMPTS 5 /* held-out clean prompts per context, never used for calibration */
-#define ST_MARGIN 2.0      /* calibration margin, as --calibrate's default */
+#define ST_DECODE QD_SELFTEST_DECODE
+#define ST_CALIB_PROMPTS QD_SELFTEST_CALIB_PROMPTS
+#define ST_CLEAN_PROMPTS QD_SELFTEST_CLEAN_PROMPTS
+#define ST_MARGIN QD_SELFTEST_MARGIN
 #define ST_TINY_SCALE 1e-3f /* the tiny row: rms ~1e-3, mean(x^2) ~1e-6 = eps, where eps's place matters */
 #define ST_TINY_POS 2      /* the prompt position whose token gets the tiny row */
 
@@ -155,39 +156,37 @@ int qd_selftest_matches(const qd_report *r, qd_mode mode, int step, int layer, c
 // ----------------------------------------------------------------------------
 // results
 
-typedef struct {
-    const char *kind;    /* "fault", "clean", "sweep" */
-    char fault[48];      /* "knorm-mul@1", "clean (5 prompts)" */
-    char fixture[96];
-    char expected[96];
-    char found[128];
-    const char *mode;    /* "free", "isolated", "sweep" */
-    int ok;
-    char reason[240];    /* the first divergence's reason, or the sweep's per-dtype summary */
-    json_t *tokens;      /* the prompt (fault rows), owned */
-} st_row;
-
-typedef struct {
-    st_row *rows;
-    int n, cap;
-} st_rows;
-
-static st_row *add_st_row(st_rows *rs) {
-    if (rs->n == rs->cap) {
-        rs->cap = rs->cap ? 2 * rs->cap : 64;
-        st_row *nr = realloc(rs->rows, (size_t)rs->cap * sizeof *nr);
-        if (!nr) return NULL;
-        rs->rows = nr;
+/* A new, zeroed check at the end of out; NULL (e filled) when memory runs out. */
+static qd_selftest_check *add_check(qd_selftest_result *out, qd_err *e) {
+    if (out->n == out->cap) {
+        int cap = out->cap ? 2 * out->cap : 64;
+        qd_selftest_check *nc = qd_resize(out->checks, (size_t)cap * sizeof *nc, e); /* (cap) */
+        if (!nc) return NULL;
+        out->checks = nc;
+        out->cap = cap;
     }
-    st_row *r = &rs->rows[rs->n++];
-    memset(r, 0, sizeof *r);
-    return r;
+    qd_selftest_check *c = &out->checks[out->n++];
+    memset(c, 0, sizeof *c);
+    return c;
 }
 
-static json_t *tokens_json(const int32_t *t, int T) {
-    json_t *a = json_array();
-    for (int i = 0; i < T; i++) json_array_append_new(a, json_integer(t[i]));
-    return a;
+/* The check's own copy of the prompt t (T). */
+static int keep_tokens(qd_selftest_check *c, const int32_t *t, int T, qd_err *e) {
+    if (!(c->tokens = qd_alloc((size_t)T * sizeof *t, e))) return e->code;
+    memcpy(c->tokens, t, (size_t)T * sizeof *t);
+    c->T = T;
+    return QD_OK;
+}
+
+static void progress(const qd_selftest_opts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void progress(const qd_selftest_opts *o, const char *fmt, ...) {
+    if (!o->progress) return;
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    o->progress(o->progress_ctx, msg);
 }
 
 /* "layer 1 k_norm" (step 0) or "step 1, layer 1 attn". */
@@ -226,9 +225,9 @@ static int load_context(const char *root, const st_context *cx, qd_weights *w, i
     const qd_config *c = &w->cfg;
     if (cx->prompt_len > 0) {
         *T = cx->prompt_len;
-        if (!(*tokens = qd_alloc((size_t)*T * sizeof **tokens, e))) {
+        if (!(*tokens = qd_alloc((size_t)*T * sizeof **tokens, e))) { /* (T) */
             qd_weights_free(w);
-            return QD_ERUNTIME;
+            return e->code;
         }
         qd_calib_prompt(cx->prompt_seed, *T, c->vocab_size, *tokens);
     } else {
@@ -280,8 +279,10 @@ static void row_reason(const qd_report *r, qd_mode mode, char *buf, size_t n) {
     qd_verdict_reason(row->verdict, &row->m, &row->tol, &r->blowup, row->prev_rel_l2, buf, n);
 }
 
-static int run_context(const char *root, const st_context *cx, const char *backend, int threads, const char *shift,
-                       st_rows *rs, int quiet, qd_err *e) {
+static int run_context(const qd_selftest_opts *o, const char *root, const char *backend, const st_context *cx,
+                       qd_selftest_result *out, qd_err *e) {
+    const int threads = o->threads;
+    const char *shift = o->shift_expectation;
     qd_weights w;
     int32_t *tokens = NULL;
     int T = 0;
@@ -289,8 +290,7 @@ static int run_context(const char *root, const st_context *cx, const char *backe
     if (rc) return rc;
     char cname[96];
     context_name(cx, cname, sizeof cname);
-    if (!quiet)
-        fprintf(stderr, "selftest: %s: blessing ref vs %s over %d prompts\n", cname, backend, ST_CALIB_PROMPTS);
+    progress(o, "%s: blessing ref vs %s over %d prompts", cname, backend, ST_CALIB_PROMPTS);
     /* Decode steps only where a fault needs them: a single-token step's error is one token's, not an
      * average over T, so on knorm_extreme (one bf16 rounding of K can move a probability mass) 5 blessed
      * prompts do not bound the next prompt's decode steps (measured: rel_l2 9e-2 vs a blessed 7.9e-2) */
@@ -306,11 +306,7 @@ static int run_context(const char *root, const st_context *cx, const char *backe
     qd_tolerances tol;
     int have_tol = 0;
     int32_t *p = qd_alloc((size_t)T * sizeof *p, e); /* (T) */
-    if (!p) {
-        rc = QD_ERUNTIME;
-        goto out;
-    }
-    if (!(a = make("ref", &w, threads, max_seq, NULL, none, e)) || !(b = make(backend, &w, threads, max_seq, NULL, none, e)) ||
+    if (!p || !(a = make("ref", &w, threads, max_seq, NULL, none, e)) || !(b = make(backend, &w, threads, max_seq, NULL, none, e)) ||
         !(bi = make(backend, &w, threads, max_seq, NULL, none, e))) {
         rc = e->code ? e->code : QD_ERUNTIME;
         goto out;
@@ -320,9 +316,9 @@ static int run_context(const char *root, const st_context *cx, const char *backe
 
     /* clean, held out: prompts the bless step never saw */
     for (int mode = 0; mode < 2; mode++) {
-        st_row *row = add_st_row(rs);
+        qd_selftest_check *row = add_check(out, e);
         if (!row) {
-            rc = qd_errf(e, QD_ERUNTIME, "selftest: out of memory");
+            rc = e->code;
             goto out;
         }
         row->kind = "clean";
@@ -338,7 +334,7 @@ static int run_context(const char *root, const st_context *cx, const char *backe
         qd_report r;
         if ((rc = run_pair(a, b, bi, p, T, decode, &tol, &r, e))) goto out;
         for (int mode = 0; mode < 2; mode++) {
-            st_row *row = &rs->rows[rs->n - 2 + mode];
+            qd_selftest_check *row = &out->checks[out->n - 2 + mode];
             char found[96];
             if (row->ok && r.first_fail[mode] >= 0) {
                 qd_selftest_matches(&r, (qd_mode)mode, -1, -1, "", found, sizeof found);
@@ -372,9 +368,9 @@ static int run_context(const char *root, const st_context *cx, const char *backe
             goto out;
         }
         for (int mode = 0; mode < 2; mode++) {
-            st_row *row = add_st_row(rs);
+            qd_selftest_check *row = add_check(out, e);
             if (!row) {
-                rc = qd_errf(e, QD_ERUNTIME, "selftest: out of memory");
+                rc = e->code;
                 break;
             }
             row->kind = "fault";
@@ -390,7 +386,7 @@ static int run_context(const char *root, const st_context *cx, const char *backe
                          qd_verdict_flag_name(need));
             }
             row_reason(&r, (qd_mode)mode, row->reason, sizeof row->reason);
-            row->tokens = tokens_json(tokens, T);
+            if ((rc = keep_tokens(row, tokens, T, e))) break;
         }
         qd_report_free(&r);
         qd_backend_destroy(fb);
@@ -409,8 +405,8 @@ out:
     return rc;
 }
 
-static int run_sweep_case(const char *root, const qd_sweep_case *sc, const char *backend, int threads, st_rows *rs,
-                          int quiet, qd_err *e) {
+static int run_sweep_case(const qd_selftest_opts *o, const char *root, const char *backend, const qd_sweep_case *sc,
+                          qd_selftest_result *out, qd_err *e) {
     st_context cx = {sc->fixture, QD_VARIANT_NONE, sc->prompt_len, sc->prompt_seed};
     qd_weights w;
     int32_t *tokens = NULL;
@@ -420,30 +416,28 @@ static int run_sweep_case(const char *root, const qd_sweep_case *sc, const char 
     char cname[96];
     context_name(&cx, cname, sizeof cname);
     const qd_fault_info *fi = qd_fault_info_of(sc->fault);
-    if (!quiet) fprintf(stderr, "selftest: %s: precision sweep of %s@%d in %s\n", cname, fi->name, sc->inject, backend);
-    qd_sweep_opts so = {.name_a = "ref", .name_b = backend, .opts = {.threads = threads, .fault = {sc->fault, sc->inject}},
+    progress(o, "%s: precision sweep of %s@%d in %s", cname, fi->name, sc->inject, backend);
+    qd_sweep_opts so = {.name_a = "ref", .name_b = backend,
+                        .opts = {.threads = o->threads, .fault = {sc->fault, sc->inject}},
                         .tokens = tokens, .T = T, .decode = 0, .calib_prompts = ST_CALIB_PROMPTS,
                         .margin = ST_MARGIN, .locate = QD_MODE_FREE};
     qd_sweep_result res;
     rc = qd_precision_sweep(&w, &so, &res, e);
-    if (!rc) {
-        st_row *row = add_st_row(rs);
-        if (!row) {
-            rc = qd_errf(e, QD_ERUNTIME, "selftest: out of memory");
-        } else {
-            row->kind = "sweep";
-            snprintf(row->fault, sizeof row->fault, "%s@%d", fi->name, sc->inject);
-            snprintf(row->fixture, sizeof row->fixture, "%s", cname);
-            snprintf(row->expected, sizeof row->expected, "%s", qd_sweep_class_name(sc->expect));
-            snprintf(row->found, sizeof row->found, "%s", qd_sweep_class_name(res.cls));
-            row->mode = "sweep";
-            row->ok = res.cls == sc->expect;
-            snprintf(row->reason, sizeof row->reason, "fp32 %s, fp16 %s, bf16 %s",
-                     res.e[QD_SWEEP_FP32].diverged ? "diverges" : "clean",
-                     res.e[QD_SWEEP_FP16].diverged ? "diverges" : "clean",
-                     res.e[QD_SWEEP_BF16].diverged ? "diverges" : "clean");
-            row->tokens = tokens_json(tokens, T);
-        }
+    qd_selftest_check *row = rc ? NULL : add_check(out, e);
+    if (!rc && !row) rc = e->code;
+    if (row) {
+        row->kind = "sweep";
+        snprintf(row->fault, sizeof row->fault, "%s@%d", fi->name, sc->inject);
+        snprintf(row->fixture, sizeof row->fixture, "%s", cname);
+        snprintf(row->expected, sizeof row->expected, "%s", qd_sweep_class_name(sc->expect));
+        snprintf(row->found, sizeof row->found, "%s", qd_sweep_class_name(res.cls));
+        row->mode = "sweep";
+        row->ok = res.cls == sc->expect;
+        snprintf(row->reason, sizeof row->reason, "fp32 %s, fp16 %s, bf16 %s",
+                 res.e[QD_SWEEP_FP32].diverged ? "diverges" : "clean",
+                 res.e[QD_SWEEP_FP16].diverged ? "diverges" : "clean",
+                 res.e[QD_SWEEP_BF16].diverged ? "diverges" : "clean");
+        rc = keep_tokens(row, tokens, T, e);
     }
     free(tokens);
     qd_weights_free(&w);
@@ -451,135 +445,26 @@ static int run_sweep_case(const char *root, const qd_sweep_case *sc, const char 
 }
 
 // ----------------------------------------------------------------------------
-// output
+// the run
 
-static int utf8_terminal(void) {
-    if (!isatty(1)) return 0;
-    const char *vars[] = {"LC_ALL", "LC_CTYPE", "LANG"};
-    for (int i = 0; i < 3; i++) {
-        const char *v = getenv(vars[i]);
-        if (v && *v) return strstr(v, "UTF-8") || strstr(v, "utf8") || strstr(v, "UTF8") || strstr(v, "utf-8");
-    }
-    return 0;
+void qd_selftest_result_free(qd_selftest_result *r) {
+    for (int i = 0; i < r->n; i++) free(r->checks[i].tokens);
+    free(r->checks);
+    memset(r, 0, sizeof *r);
 }
 
-static void print_table(const st_rows *rs, FILE *f) {
-    int utf8 = utf8_terminal();
-    fprintf(f, "%-28s %-26s %-28s %-30s %-8s %s\n", "fault", "fixture", "expected", "found", "mode", "");
-    for (int i = 0; i < rs->n; i++) {
-        const st_row *r = &rs->rows[i];
-        const char *mark = r->ok ? (utf8 ? "\u2713" : "ok") : (utf8 ? "\u2717" : "MISS");
-        fprintf(f, "%-28s %-26s %-28s %-30s %-8s %s\n", r->fault, r->fixture, r->expected, r->found, r->mode, mark);
-    }
-}
-
-static int write_json(const st_rows *rs, const char *root, const char *backend, int pass, const char *path, qd_err *e) {
-    json_t *rows = json_array();
-    for (int i = 0; i < rs->n; i++) {
-        const st_row *r = &rs->rows[i];
-        json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:b, s:s}", "kind", r->kind, "fault", r->fault,
-                              "fixture", r->fixture, "expected", r->expected, "found", r->found, "mode", r->mode,
-                              "ok", r->ok, "reason", r->reason);
-        if (r->tokens) json_object_set(o, "tokens", r->tokens);
-        json_array_append_new(rows, o);
-    }
-    json_t *root_o = json_pack("{s:s, s:b, s:s, s:s, s:i, s:i, s:f, s:i, s:o}", "schema", "qwen3-diff-selftest/1",
-                               "pass", pass, "fixtures", root, "backend", backend, "calibration_prompts",
-                               ST_CALIB_PROMPTS, "clean_prompts", ST_CLEAN_PROMPTS, "margin", ST_MARGIN,
-                               "decode_steps", ST_DECODE, "rows", rows);
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    int rc = json_dump_file(root_o, tmp, JSON_INDENT(1));
-    json_decref(root_o);
-    if (rc != 0 || rename(tmp, path) != 0) {
-        remove(tmp);
-        return qd_errf(e, QD_ERUNTIME, "selftest: cannot write %s", path);
-    }
-    return QD_OK;
-}
-
-// ----------------------------------------------------------------------------
-// the subcommand
-
-static void selftest_usage(FILE *f) {
-    fprintf(f,
-            "usage: qwen3-diff selftest [--backend emu|fused] [--fixtures DIR] [--json FILE] [--threads N]\n"
-            "                           [--quiet]\n"
-            "\n"
-            "Proves the harness: blesses ref vs the backend under test (emu by default; fused: the CUDA\n"
-            "kernels) on each fixture (%d prompts, margin %g), checks that %d held-out clean prompts flag\n"
-            "nothing, injects every fault of the catalog (qwen3-diff --inject help) into that backend where it\n"
-            "can show and checks that the first divergence is the expected step, layer and tap in free-running\n"
-            "and isolated mode, and checks the precision sweep's verdicts (docs/FAULTS.md).\n"
-            "Exit status: 0 every expectation met, 1 a miss, 2 bad usage or input, 3 runtime failure.\n",
-            ST_CALIB_PROMPTS, ST_MARGIN, ST_CLEAN_PROMPTS);
-}
-
-int qd_selftest_main(int argc, char **argv) {
-    const char *root = QD_SOURCE_ROOT "/fixtures", *json = NULL, *shift = NULL, *backend = "emu";
-    int threads = 0, quiet = 0;
-    qd_err e;
-    qd_err_clear(&e);
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
-            selftest_usage(stdout);
-            return 0;
-        }
-        if (strcmp(arg, "--quiet") == 0) { quiet = 1; continue; }
-        if (strcmp(arg, "--no-color") == 0) continue; /* the table has no colour */
-        const char *const valued[] = {"--fixtures", "--json", "--threads", "--shift-expectation", "--backend"};
-        const char *flag = NULL, *val = NULL;
-        for (int k = 0; k < 5 && !flag; k++) {
-            size_t fl = strlen(valued[k]);
-            if (strcmp(arg, valued[k]) == 0) {
-                flag = valued[k];
-                if (i + 1 >= argc) {
-                    fprintf(stderr, "qwen3-diff: selftest: %s: missing value\n", flag);
-                    return QD_EINPUT;
-                }
-                val = argv[++i];
-            } else if (strncmp(arg, valued[k], fl) == 0 && arg[fl] == '=') {
-                flag = valued[k];
-                val = arg + fl + 1;
-            }
-        }
-        if (!flag || !*val) {
-            fprintf(stderr, "qwen3-diff: selftest: %s '%s' (see qwen3-diff selftest --help)\n",
-                    flag ? "empty value for" : "unknown argument", arg);
-            return QD_EINPUT;
-        }
-        if (strcmp(flag, "--fixtures") == 0) root = val;
-        else if (strcmp(flag, "--json") == 0) json = val;
-        else if (strcmp(flag, "--shift-expectation") == 0) shift = val;
-        else if (strcmp(flag, "--backend") == 0) {
-            if (strcmp(val, "emu") && strcmp(val, "fused")) {
-                fprintf(stderr, "qwen3-diff: selftest: --backend: '%s': expected emu or fused\n", val);
-                return QD_EINPUT;
-            }
-            backend = val;
-        } else {
-            char *end;
-            long t = strtol(val, &end, 10);
-            if (*end || t < 0 || t > 4096) {
-                fprintf(stderr, "qwen3-diff: selftest: --threads: '%s' is not an integer in 0..4096\n", val);
-                return QD_EINPUT;
-            }
-            threads = (int)t;
-        }
-    }
+int qd_selftest_run(const qd_selftest_opts *o, qd_selftest_result *out, qd_err *e) {
+    memset(out, 0, sizeof *out);
+    const char *root = o->fixtures ? o->fixtures : QD_SOURCE_ROOT "/fixtures";
+    const char *backend = o->backend ? o->backend : "emu";
+    if (strcmp(backend, "emu") != 0 && strcmp(backend, "fused") != 0)
+        return qd_errf(e, QD_EINPUT, "selftest: backend '%s': expected emu or fused", backend);
     struct stat st;
-    if (stat(root, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        fprintf(stderr, "qwen3-diff: selftest: --fixtures %s: no such directory\n", root);
-        return QD_EINPUT;
-    }
-    if (shift) {
-        qd_fault f;
-        if (qd_fault_parse(shift, &f, &e)) {
-            fprintf(stderr, "qwen3-diff: selftest: --shift-expectation: %s\n", e.msg);
-            return QD_EINPUT;
-        }
-    }
+    if (stat(root, &st) != 0 || !S_ISDIR(st.st_mode))
+        return qd_errf(e, QD_EINPUT, "selftest: fixtures %s: no such directory", root);
+    qd_fault shifted;
+    int rc = o->shift_expectation ? qd_fault_parse(o->shift_expectation, &shifted, e) : QD_OK;
+    if (rc) return rc;
 
     /* the distinct contexts, in table order */
     int nc;
@@ -594,25 +479,14 @@ int qd_selftest_main(int argc, char **argv) {
         if (!seen && ncx < 64) cx[ncx++] = (st_context){cs[k].fixture, cs[k].variant, cs[k].prompt_len, cs[k].prompt_seed};
     }
 
-    st_rows rs = {0};
-    int rc = QD_OK;
-    for (int j = 0; j < ncx && !rc; j++) rc = run_context(root, &cx[j], backend, threads, shift, &rs, quiet, &e);
+    for (int j = 0; j < ncx && !rc; j++) rc = run_context(o, root, backend, &cx[j], out, e);
     int ns;
     const qd_sweep_case *sw = qd_sweep_cases(&ns);
-    for (int j = 0; j < ns && !rc; j++) rc = run_sweep_case(root, &sw[j], backend, threads, &rs, quiet, &e);
-
-    int misses = 0;
-    for (int i = 0; i < rs.n; i++) misses += !rs.rows[i].ok;
-    if (!rc) {
-        print_table(&rs, stdout);
-        printf("selftest: %d checks, %d missed (backend %s)\n", rs.n, misses, backend);
-        if (json) rc = write_json(&rs, root, backend, misses == 0, json, &e);
-    }
-    for (int i = 0; i < rs.n; i++) json_decref(rs.rows[i].tokens);
-    free(rs.rows);
+    for (int j = 0; j < ns && !rc; j++) rc = run_sweep_case(o, root, backend, &sw[j], out, e);
     if (rc) {
-        fprintf(stderr, "qwen3-diff: selftest: %s\n", e.msg[0] ? e.msg : "failed");
-        return rc == QD_EINPUT ? 2 : rc == QD_EDIVERGED ? 1 : 3;
+        qd_selftest_result_free(out);
+        return rc;
     }
-    return misses ? 1 : 0;
+    for (int i = 0; i < out->n; i++) out->misses += !out->checks[i].ok;
+    return QD_OK;
 }

@@ -4,7 +4,7 @@
 #   - a dump that cannot be written exits 3 and leaves no file;
 #   - a failed run after the dump was opened leaves no file (no half-written dump);
 #   - a successful --dump leaves exactly the final file, no temp file;
-#   - --version and --help exit 0.
+#   - --version and --help exit 0; --help lists every option the parser takes, each one spelled out.
 # Fixtures come from $QD_FIXTURES (set by meson), else ../fixtures next to this script.
 set -u
 bin=${1:?usage: test_cli.sh QWEN3_DIFF}
@@ -46,6 +46,57 @@ echo "$th, \"isolated\": {\"layers\": {\"5\": {\"rel_l2\": 0.1}}}}" > "$tmp/tol_
 expect 2 "'layers': an entry for layer 5" -- --model "$model" --tokens 1,2 --backends ref,emu --tolerances "$tmp/tol_l5.json"
 expect 2 "'isolated.layers': an entry for layer 5" -- --model "$model" --tokens 1,2 --backends ref,emu --isolate \
     --tolerances "$tmp/tol_iso_l5.json"
+
+# --- the option tables (tools/cli_opts.h): parsing and --help come from one table per command ---
+"$bin" --help >"$tmp/help"
+sections=$(grep -E '^[a-z][a-zA-Z ]*$' "$tmp/help" | tr '\n' ',')
+[ "$sections" = "input,backends,verdict and CI,dump,output," ] || fail "--help sections: '$sections'"
+head -3 "$tmp/help" | grep -q '^usage: qwen3-diff \[--layer-by-layer\] \[--model DIR\] \[--tokens LIST|@FILE\] \[options\]$' ||
+    fail "--help: usage line: $(head -1 "$tmp/help")"
+grep -q '^       qwen3-diff compare A.h5\[:GROUP\] B.h5\[:GROUP\] \[--tolerances FILE\] \[--json F\] \[--junit F\]$' \
+    "$tmp/help" || fail "--help: no synopsis of compare"
+grep -q '^       qwen3-diff selftest \[--fixtures DIR\] \[--json FILE\]   proves' "$tmp/help" || fail "--help: no synopsis of selftest"
+# every option --help lists is parsed: a flag is followed by the bad --threads x, a valued option takes
+# "--threads" as its value and leaves 'x' over; neither may be an unknown option
+listed=$(grep -E '^  --' "$tmp/help" | grep -oE -- '--[a-z][a-z-]*' | sort -u)
+[ "$(echo "$listed" | wc -l)" -ge 25 ] || fail "--help lists only: $listed"
+for opt in $listed; do
+    rc=0
+    "$bin" "$opt" --threads x >"$tmp/out" 2>"$tmp/err" || rc=$?
+    if [ "$rc" -ne 2 ] || grep -qF "unknown option '$opt'" "$tmp/err"; then
+        fail "$opt, listed in --help, is not parsed: exit $rc, $(cat "$tmp/err")"
+    fi
+done
+echo "ok: every option --help lists is parsed ($(echo $listed | wc -w))"
+expect 0 "Exit status:" -- -h
+# long options are spelled out: getopt_long's abbreviations, clusters and '--' are not this CLI's
+expect 2 "unknown option '--mod'" -- --mod "$model" --tokens 1,2
+expect 2 "unknown option '--help=1'" -- --help=1
+expect 2 "unknown option '-hx'" -- -hx
+expect 2 "unknown option '--'" -- -- --help
+expect 2 "unknown option '-'" -- -
+expect 2 "--threads: empty value" -- --threads=
+expect 2 "--threads: missing value" -- --model "$model" --tokens 1,2 --threads
+expect 2 "unknown option '--bogus'" -- --help --bogus
+# compare has its own table: its report options, --quiet, --no-color, --help
+expect 0 "usage: qwen3-diff" -- compare --help
+expect 2 "unknown option '--threads'" -- compare a.h5 b.h5 --threads 4
+expect 2 "expected two dumps, A.h5[:GROUP] B.h5[:GROUP] (got 1)" -- compare a.h5
+expect 2 "(got 3)" -- compare a.h5 b.h5 c.h5 --quiet
+expect 2 "--json: empty value" -- compare a.h5 b.h5 --json=
+# selftest's table and messages (the run itself is test_selftest.py's)
+expect 0 "[--threads N]" -- selftest --help
+"$bin" selftest --help | sed -n 2p | grep -qx ' \{27\}\[--quiet\]' || fail "selftest --help: the usage line wraps under its first option"
+expect 2 "selftest: unknown argument '--bogus' (see qwen3-diff selftest --help)" -- selftest --bogus
+expect 2 "selftest: unknown argument 'stray'" -- selftest stray
+expect 2 "selftest: unknown argument '--thr'" -- selftest --thr 2
+expect 2 "selftest: --threads: missing value" -- selftest --threads
+expect 2 "selftest: --threads: '5000' is not an integer in 0..4096" -- selftest --threads=5000
+expect 2 "selftest: empty value for '--json='" -- selftest --json=
+expect 2 "selftest: --backend: 'cuda': expected emu or fused" -- selftest --backend cuda
+expect 2 "selftest: --fixtures $tmp/nowhere: no such directory" -- selftest --fixtures "$tmp/nowhere"
+expect 2 "selftest: --shift-expectation: --inject: unknown fault 'bogus'" -- selftest --shift-expectation bogus
+expect 2 "selftest: unknown argument '--bogus'" -- selftest --bogus --help
 
 # --- model directory and files ---
 expect 2 "$tmp/no_such_model" -- --model "$tmp/no_such_model" --tokens 1,2

@@ -761,9 +761,18 @@ static void test_selftest_fused(void **state) {
     (void)state;
     const char *fx = getenv("QD_FIXTURES");
     if (!fx) fx = "fixtures";
-    char *argv[] = {"selftest", "--backend", "fused", "--fixtures", (char *)fx, "--quiet"};
-    int rc = qd_selftest_main(6, argv);
-    if (rc != 0) fail_msg("qwen3-diff selftest --backend fused: exit %d (the table above shows the misses)", rc);
+    qd_selftest_opts o = {.backend = "fused", .fixtures = fx};
+    qd_selftest_result r;
+    qd_err err;
+    memset(&err, 0, sizeof err);
+    if (qd_selftest_run(&o, &r, &err) != QD_OK) fail_msg("selftest on fused: %s", err.msg);
+    for (int i = 0; i < r.n; i++)
+        if (!r.checks[i].ok)
+            print_message("MISS %s on %s (%s): expected %s, found %s\n", r.checks[i].fault, r.checks[i].fixture,
+                          r.checks[i].mode, r.checks[i].expected, r.checks[i].found);
+    int misses = r.misses;
+    qd_selftest_result_free(&r);
+    if (misses) fail_msg("selftest on fused: %d checks missed (listed above)", misses);
 }
 
 /* Prefill T0 tokens, then `steps` one-token decodes with fault f; logits (steps, V). */

@@ -3,6 +3,7 @@
  *   qwen3-diff --layer-by-layer [--backends A,B]   runs two backends in lockstep and compares every tap
  *   qwen3-diff compare A.h5[:GROUP] B.h5[:GROUP]   compares two schema-v1 dumps from any engine
  *   qwen3-diff --backends ref --summary            runs one backend and prints what the run looked like
+ *   qwen3-diff selftest [--backend emu|fused]      proves the harness on every fault (selftest_cli.c)
  *
  * Every mode can stream the taps into an HDF5 dump (schema v1, docs/SCHEMA.md).
  *
@@ -10,7 +11,11 @@
  *   arguments -> config.json -> token ids (need the vocab) -> dump file created -> weights -> run.
  * Errors travel as qd_err up to main(), the only place that prints them ("qwen3-diff: <msg>", one line
  * on stderr) and exits: 2 for bad input or usage, 3 for runtime failures. A failed run never leaves a
- * dump under the final name (qd_dump_close(commit=0)). */
+ * dump under the final name (qd_dump_close(commit=0)).
+ *
+ * Options: one table per command (main_opts and compare_opts below, selftest's in selftest_cli.c), from
+ * which the parser and --help are generated (cli_opts.h). An option is a row of its table and a case of
+ * take_option; checks across options stay in parse_args. */
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -32,7 +37,6 @@
 #include "qd_fault.h"
 #include "qd_ref.h"
 #include "qd_reports.h"
-#include "qd_selftest.h"
 #include "qd_sweep.h"
 #include "qd_tolerances.h"
 #include "qd_taps.h"
@@ -40,8 +44,12 @@
 #include "qd_util.h"
 #include "qd_weights.h"
 
+#include "cli_opts.h"
+#include "selftest_cli.h"
+
 // ----------------------------------------------------------------------------
-// command line
+// command line: one option table per command (cli_opts.h); parsing, the usage lines and --help's option
+// list all come from the tables
 
 #define MAX_BACKENDS 2
 
@@ -71,65 +79,107 @@ typedef struct {
     int summary, quiet, help, version, no_color, list_faults;
     int precision_sweep;        /* after a divergence: rerun B in fp32, fp16 and bf16 (qd_sweep.h) */
     const char *compare_a, *compare_b; /* the compare subcommand's operands */
+    int noperands;              /* how many the compare subcommand was given */
 } cli_args;
 
+enum {
+    O_MODEL = 1, O_TOKENS, O_BACKENDS, O_LAYER_BY_LAYER, O_ISOLATE, O_LOCATE, O_DECODE, O_ACT, O_FUSED_PRECISION,
+    O_FUSED_TAPS, O_INJECT, O_THREADS, O_REF_ACCUM, O_TOLERANCES, O_PRECISION_SWEEP, O_CALIBRATE, O_WRITE_TOL,
+    O_MARGIN, O_JSON, O_JUNIT, O_DUMP, O_DUMP_TAPS, O_DUMP_ON_DIVERGENCE, O_DUMP_COMPRESS, O_SUMMARY, O_QUIET,
+    O_NO_COLOR, O_HELP, O_VERSION,
+};
+
+/* name, value, id, section, help (NULL: not listed), usage position, flags, short name; in the order of --help */
+static const qd_cli_opt main_opts[] = {
+    {"model", "DIR", O_MODEL, "input", "HF checkpoint: config.json + model.safetensors (or an index of shards)\n"
+     "(default: the bundled extreme-k_norm fixture, with its prompt)", 2, 0, 0},
+    /* an empty list is left to the token parser, whose message says "empty token list" */
+    {"tokens", "LIST|@FILE", O_TOKENS, "input",
+     "prompt ids \"5,17,3\", or @FILE with ids separated by commas/whitespace", 3, QD_CLI_EMPTY_OK, 0},
+    {"backends", "A[,B]", O_BACKENDS, "backends", "{backends}; A is the reference side (default: ref,fused with a\n"
+     "CUDA device, else ref,emu)", 0, 0, 0},
+    {"layer-by-layer", NULL, O_LAYER_BY_LAYER, "backends",
+     "compare the two backends in lockstep (implied by two backends)", 1, 0, 0},
+    {"isolate", NULL, O_ISOLATE, "backends", "also run B teacher-forced: layer i of B gets A's input to layer i", 0, 0, 0},
+    {"locate", "free|isolated", O_LOCATE, "backends", "which run locates the first divergence (default free)", 0, 0, 0},
+    {"decode", "N", O_DECODE, "backends", "also compare N decode steps after the prompt (greedy on A's logits)", 0, 0, 0},
+    {"act", "bf16|fp16|fp32", O_ACT, "backends",
+     "activation dtype of emu and fused (default bf16; also --fused-precision)", 0, 0, 0},
+    {"fused-precision", "bf16|fp16|fp32", O_FUSED_PRECISION, "backends", NULL, 0, 0, 0}, /* --act's older name */
+    {"fused-taps", "all|fused", O_FUSED_TAPS, "backends", "all: the unfused variant of the CUDA kernels, so every tap "
+     "exists\n(default fused: taps a kernel fuses away are absent)", 0, 0, 0},
+    {"inject", "NAME[@L]", O_INJECT, "backends", "inject a fault of the catalog into the backend under test (B), in "
+     "layer L\nor every layer (names: qwen3-diff --inject help)", 0, 0, 0},
+    {"threads", "N", O_THREADS, "backends",
+     "CPU threads (default: all; the reference is bitwise identical for any N)", 0, 0, 0},
+    {"ref-accum", "f32|f64", O_REF_ACCUM, "backends",
+     "the reference's accumulation (default f32; f64 is the tighter oracle)", 0, 0, 0},
+    {"tolerances", "FILE", O_TOLERANCES, "verdict and CI",
+     "tolerances (docs/TOLERANCES.md); default: from the precision pair", 0, 0, 0},
+    {"precision-sweep", NULL, O_PRECISION_SWEEP, "verdict and CI", "after a divergence, rerun B with fp32, fp16 and "
+     "bf16 activations (each pair\nblessed on its own) and say whether precision or a bug explains it", 0, 0, 0},
+    {"calibrate", "N", O_CALIBRATE, "verdict and CI", "bless a known-good pair: run N prompts, then "
+     "--write-tolerances\n(with --isolate, the teacher-forced rows get their own, tighter section)", 0, 0, 0},
+    {"write-tolerances", "F", O_WRITE_TOL, "verdict and CI",
+     "where --calibrate writes (margin --margin X over the worst error, default 2)", 0, 0, 0},
+    {"margin", "X", O_MARGIN, "verdict and CI", NULL, 0, 0, 0}, /* described with --write-tolerances */
+    {"json", "FILE", O_JSON, "verdict and CI", "machine-readable report", 0, 0, 0},
+    {"junit", "FILE", O_JUNIT, "verdict and CI", "JUnit XML, one test case per layer", 0, 0, 0},
+    {"dump", "OUT.h5", O_DUMP, "dump", "every tap of both backends plus /diff/<A>-vs-<B>/metrics (schema v1),\n"
+     "written to OUT.h5.tmp.<pid> and renamed when complete", 0, 0, 0},
+    {"dump-taps", "GLOBS", O_DUMP_TAPS, "dump", "only taps whose names match (comma-separated, e.g. 'k_*,attn')", 0, 0, 0},
+    {"dump-on-divergence", "K", O_DUMP_ON_DIVERGENCE, "dump",
+     "full tensors only within K layers of the first divergence", 0, 0, 0},
+    {"dump-compress", "N", O_DUMP_COMPRESS, "dump", "gzip level 0-9 (default 0)", 0, 0, 0},
+    {"summary", NULL, O_SUMMARY, "output", "one backend: a per-layer table (max|k_norm|, top-5 next tokens)", 0, 0, 0},
+    {"quiet", NULL, O_QUIET, "output", "print nothing on success", 0, 0, 0},
+    {"no-color", NULL, O_NO_COLOR, "output", "never colour (colour is used only on a terminal anyway)", 0, 0, 0},
+    {"help", NULL, O_HELP, "output", "", 0, 0, 'h'},
+    {"version", NULL, O_VERSION, "output", "", 0, 0, 0},
+};
+
+/* compare's options, described by the main --help: the report files, the tolerances, the output */
+static const qd_cli_opt compare_opts[] = {
+    {"tolerances", "FILE", O_TOLERANCES, NULL, NULL, 1, QD_CLI_SYNOPSIS, 0},
+    {"json", "F", O_JSON, NULL, NULL, 2, QD_CLI_SYNOPSIS, 0},
+    {"junit", "F", O_JUNIT, NULL, NULL, 3, QD_CLI_SYNOPSIS, 0},
+    {"quiet", NULL, O_QUIET, NULL, NULL, 0, 0, 0},
+    {"no-color", NULL, O_NO_COLOR, NULL, NULL, 0, 0, 0},
+    {"help", NULL, O_HELP, NULL, NULL, 0, 0, 'h'},
+};
+
+static const qd_cli_cmd main_cmd = {
+    .usage_tail = " [options]",
+    .opts = main_opts,
+    .nopts = (int)(sizeof main_opts / sizeof *main_opts),
+};
+
+static const qd_cli_cmd compare_cmd = {
+    .name = "compare",
+    .operands = "A.h5[:GROUP] B.h5[:GROUP]",
+    .opts = compare_opts,
+    .nopts = (int)(sizeof compare_opts / sizeof *compare_opts),
+};
+
 static void usage(FILE *f) {
-    fprintf(f,
-        "usage: qwen3-diff [--layer-by-layer] [--model DIR] [--tokens LIST|@FILE] [options]\n"
-        "       qwen3-diff compare A.h5[:GROUP] B.h5[:GROUP] [--tolerances FILE] [--json F] [--junit F]\n"
-        "       qwen3-diff selftest [--fixtures DIR] [--json FILE]   proves the harness on every fault (--help)\n"
-        "\n"
-        "Finds where, how badly and why two Qwen3 implementations diverge. --layer-by-layer runs two\n"
-        "backends one layer at a time, compares every intermediate tensor (\"tap\") they share and prints the\n"
-        "first layer and op whose error exceeds its tolerance or blows up. With one backend it just runs it.\n"
-        "\n"
-        "input\n"
-        "  --model DIR            HF checkpoint: config.json + model.safetensors (or an index of shards)\n"
-        "                         (default: the bundled extreme-k_norm fixture, with its prompt)\n"
-        "  --tokens LIST|@FILE    prompt ids \"5,17,3\", or @FILE with ids separated by commas/whitespace\n"
-        "backends\n"
-        "  --backends A[,B]       %s; A is the reference side (default: ref,fused with a\n"
-        "                         CUDA device, else ref,emu)\n"
-        "  --layer-by-layer       compare the two backends in lockstep (implied by two backends)\n"
-        "  --isolate              also run B teacher-forced: layer i of B gets A's input to layer i\n"
-        "  --locate free|isolated which run locates the first divergence (default free)\n"
-        "  --decode N             also compare N decode steps after the prompt (greedy on A's logits)\n"
-        "  --act bf16|fp16|fp32   activation dtype of emu and fused (default bf16; also --fused-precision)\n"
-        "  --fused-taps all|fused all: the unfused variant of the CUDA kernels, so every tap exists\n"
-        "                         (default fused: taps a kernel fuses away are absent)\n"
-        "  --inject NAME[@L]      inject a fault of the catalog into the backend under test (B), in layer L\n"
-        "                         or every layer (names: qwen3-diff --inject help)\n"
-        "  --threads N            CPU threads (default: all; the reference is bitwise identical for any N)\n"
-        "  --ref-accum f32|f64    the reference's accumulation (default f32; f64 is the tighter oracle)\n"
-        "verdict and CI\n"
-        "  --tolerances FILE      tolerances (docs/TOLERANCES.md); default: from the precision pair\n"
-        "  --precision-sweep      after a divergence, rerun B with fp32, fp16 and bf16 activations (each pair\n"
-        "                         blessed on its own) and say whether precision or a bug explains it\n"
-        "  --calibrate N          bless a known-good pair: run N prompts, then --write-tolerances\n"
-        "                         (with --isolate, the teacher-forced rows get their own, tighter section)\n"
-        "  --write-tolerances F   where --calibrate writes (margin --margin X over the worst error, default 2)\n"
-        "  --json FILE            machine-readable report\n"
-        "  --junit FILE           JUnit XML, one test case per layer\n"
-        "dump\n"
-        "  --dump OUT.h5          every tap of both backends plus /diff/<A>-vs-<B>/metrics (schema v1),\n"
-        "                         written to OUT.h5.tmp.<pid> and renamed when complete\n"
-        "  --dump-taps GLOBS      only taps whose names match (comma-separated, e.g. 'k_*,attn')\n"
-        "  --dump-on-divergence K full tensors only within K layers of the first divergence\n"
-        "  --dump-compress N      gzip level 0-9 (default 0)\n"
-        "output\n"
-        "  --summary              one backend: a per-layer table (max|k_norm|, top-5 next tokens)\n"
-        "  --quiet                print nothing on success\n"
-        "  --no-color             never colour (colour is used only on a terminal anyway)\n"
-        "  --help, --version\n"
-        "\n"
-        "Exit status: 0 within tolerance, 1 diverged, 2 bad usage or input, 3 runtime failure.\n"
-        "\n"
-        "Example: locate a divergence, keep the evidence, read it back in h5py\n"
-        "  qwen3-diff --layer-by-layer --model fixtures/knorm_extreme --tokens @fixtures/knorm_extreme/prompt.txt \\\n"
-        "      --backends ref,emu --isolate --dump /tmp/knorm.h5 --json /tmp/knorm.json\n"
-        "  /usr/bin/python3 -c \"import h5py; f = h5py.File('/tmp/knorm.h5'); "
-        "print(f['diff/ref-vs-emu/metrics'][:5])\"\n",
-        qd_backend_names());
+    const char *const vars[] = {"backends", qd_backend_names(), NULL};
+    qd_cli_print_usage(f, "usage: qwen3-diff", &main_cmd, 0);
+    qd_cli_print_usage(f, "       qwen3-diff", &compare_cmd, 1);
+    qd_cli_print_usage(f, "       qwen3-diff", &selftest_cli_cmd, 1);
+    fputs("\n"
+          "Finds where, how badly and why two Qwen3 implementations diverge. --layer-by-layer runs two\n"
+          "backends one layer at a time, compares every intermediate tensor (\"tap\") they share and prints the\n"
+          "first layer and op whose error exceeds its tolerance or blows up. With one backend it just runs it.\n"
+          "\n", f);
+    qd_cli_print_options(f, &main_cmd, vars);
+    fputs("\n"
+          "Exit status: 0 within tolerance, 1 diverged, 2 bad usage or input, 3 runtime failure.\n"
+          "\n"
+          "Example: locate a divergence, keep the evidence, read it back in h5py\n"
+          "  qwen3-diff --layer-by-layer --model fixtures/knorm_extreme --tokens @fixtures/knorm_extreme/prompt.txt \\\n"
+          "      --backends ref,emu --isolate --dump /tmp/knorm.h5 --json /tmp/knorm.json\n"
+          "  /usr/bin/python3 -c \"import h5py; f = h5py.File('/tmp/knorm.h5'); "
+          "print(f['diff/ref-vs-emu/metrics'][:5])\"\n", f);
 }
 
 /* A whole decimal integer in [lo, hi], or QD_EINPUT naming the flag. */
@@ -159,107 +209,109 @@ static int parse_backends(const char *list, cli_args *a, qd_err *e) {
     return QD_OK; /* ref,ref is allowed: a determinism check */
 }
 
+/* One option of the main command or compare (whose options are a subset, with the same ids). */
+static int take_option(void *ctx, const qd_cli_opt *o, const char *flag, const char *val, qd_err *e) {
+    cli_args *a = ctx;
+    switch (o->id) {
+    case O_HELP: a->help = 1; return QD_OK;
+    case O_VERSION: a->version = 1; return QD_OK;
+    case O_SUMMARY: a->summary = 1; return QD_OK;
+    case O_QUIET: a->quiet = 1; return QD_OK;
+    case O_NO_COLOR: a->no_color = 1; return QD_OK;
+    case O_LAYER_BY_LAYER: a->layer_by_layer = 1; return QD_OK;
+    case O_ISOLATE: a->isolate = 1; return QD_OK;
+    case O_PRECISION_SWEEP: a->precision_sweep = 1; return QD_OK;
+    case O_MODEL: a->model = val; return QD_OK;
+    case O_TOKENS: a->tokens = val; return QD_OK;
+    case O_DUMP: a->dump = val; return QD_OK;
+    case O_TOLERANCES: a->tolerances = val; return QD_OK;
+    case O_WRITE_TOL: a->write_tol = val; return QD_OK;
+    case O_JSON: a->json = val; return QD_OK;
+    case O_JUNIT: a->junit = val; return QD_OK;
+    case O_DUMP_TAPS: a->dump_taps = val; return QD_OK;
+    case O_BACKENDS: return parse_backends(val, a, e);
+    case O_FUSED_TAPS:
+        if (strcmp(val, "all") == 0) a->taps_all = 1;
+        else if (strcmp(val, "fused") == 0) a->taps_all = 0;
+        else return qd_errf(e, QD_EINPUT, "--fused-taps: '%s' is not all or fused", val);
+        return QD_OK;
+    case O_INJECT:
+        if (strcmp(val, "help") == 0) {
+            a->list_faults = 1;
+            return QD_OK;
+        }
+        return qd_fault_parse(val, &a->fault, e);
+    case O_DUMP_COMPRESS: return parse_int(flag, val, 0, 9, &a->dump_compress, e);
+    case O_THREADS: return parse_int(flag, val, 0, 4096, &a->threads, e);
+    case O_DECODE: return parse_int(flag, val, 0, 1 << 20, &a->decode, e);
+    case O_CALIBRATE: return parse_int(flag, val, 1, 100000, &a->calibrate, e);
+    case O_DUMP_ON_DIVERGENCE: return parse_int(flag, val, 0, 1000, &a->dump_window, e);
+    case O_ACT:
+    case O_FUSED_PRECISION: {
+        qd_act_dtype d;
+        a->act = val;
+        if (qd_act_dtype_parse(val, &d) != 0) return qd_errf(e, QD_EINPUT, "%s: '%s' is not bf16, fp16 or fp32", flag, val);
+        return QD_OK;
+    }
+    case O_MARGIN: {
+        char *end;
+        a->margin = strtod(val, &end);
+        if (*end || !(a->margin >= 1.0 && a->margin <= 1e6))
+            return qd_errf(e, QD_EINPUT, "--margin: '%s' is not a number >= 1", val);
+        return QD_OK;
+    }
+    case O_LOCATE:
+        if (strcmp(val, "free") == 0) a->locate = QD_MODE_FREE;
+        else if (strcmp(val, "isolated") == 0) a->locate = QD_MODE_ISOLATED;
+        else return qd_errf(e, QD_EINPUT, "--locate: '%s' is not free or isolated", val);
+        return QD_OK;
+    case O_REF_ACCUM:
+        if (strcmp(val, "f32") == 0) a->accum = QD_ACCUM_F32;
+        else if (strcmp(val, "f64") == 0) a->accum = QD_ACCUM_F64;
+        else return qd_errf(e, QD_EINPUT, "--ref-accum: '%s' is not f32 or f64", val);
+        return QD_OK;
+    }
+    return qd_errf(e, QD_ERUNTIME, "option %s has no handler", flag);
+}
+
+/* compare's operands: the two dumps, counted so that a wrong number is reported as such */
+static int take_operand(void *ctx, const char *word, qd_err *e) {
+    cli_args *a = ctx;
+    (void)e;
+    if (a->noperands == 0) a->compare_a = word;
+    else if (a->noperands == 1) a->compare_b = word;
+    a->noperands++;
+    return QD_OK;
+}
+
+static int misuse(qd_cli_misuse k, const char *word, const char *flag, qd_err *e) {
+    switch (k) {
+    case QD_CLI_UNKNOWN: return qd_errf(e, QD_EINPUT, "unknown option '%s' (see --help)", word);
+    case QD_CLI_STRAY: return qd_errf(e, QD_EINPUT, "unexpected argument '%s' (see --help)", word);
+    case QD_CLI_MISSING: return qd_errf(e, QD_EINPUT, "%s: missing value", flag);
+    case QD_CLI_EMPTY: return qd_errf(e, QD_EINPUT, "%s: empty value", flag);
+    }
+    return qd_errf(e, QD_EINPUT, "'%s' (see --help)", word);
+}
+
 static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
     memset(a, 0, sizeof *a);
     a->accum = QD_ACCUM_F32;
     a->dump_window = -1;
     a->margin = 2.0;
     a->locate = QD_MODE_FREE;
-    int first = 1;
+    qd_cli_handlers h = {.option = take_option, .misuse = misuse};
     if (argc > 1 && strcmp(argv[1], "compare") == 0) {
-        first = 2;
-        int n = 0;
-        for (int i = 2; i < argc; i++) {
-            if (argv[i][0] == '-') {
-                /* skip an option and its value; parsed below */
-                if (!strchr(argv[i], '=') && strcmp(argv[i], "--quiet") != 0 && strcmp(argv[i], "--no-color") != 0 &&
-                    strcmp(argv[i], "--help") != 0)
-                    i++;
-                continue;
-            }
-            if (n == 0) a->compare_a = argv[i];
-            else if (n == 1) a->compare_b = argv[i];
-            n++;
-        }
-        if (n != 2) return qd_errf(e, QD_EINPUT, "compare: expected two dumps, A.h5[:GROUP] B.h5[:GROUP] (got %d)", n);
+        h.operand = take_operand;
+        int rc = qd_cli_parse(&compare_cmd, &h, a, argc - 1, argv + 1, e);
+        if (rc || a->help) return rc;
+        if (a->noperands != 2)
+            return qd_errf(e, QD_EINPUT, "compare: expected two dumps, A.h5[:GROUP] B.h5[:GROUP] (got %d)", a->noperands);
+        return QD_OK;
     }
-    for (int i = first; i < argc; i++) {
-        const char *arg = argv[i];
-        if (arg == a->compare_a || arg == a->compare_b) continue;
-        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) { a->help = 1; continue; }
-        if (strcmp(arg, "--version") == 0) { a->version = 1; continue; }
-        if (strcmp(arg, "--summary") == 0) { a->summary = 1; continue; }
-        if (strcmp(arg, "--quiet") == 0) { a->quiet = 1; continue; }
-        if (strcmp(arg, "--no-color") == 0) { a->no_color = 1; continue; }
-        if (strcmp(arg, "--layer-by-layer") == 0) { a->layer_by_layer = 1; continue; }
-        if (strcmp(arg, "--isolate") == 0) { a->isolate = 1; continue; }
-        if (strcmp(arg, "--precision-sweep") == 0) { a->precision_sweep = 1; continue; }
-        /* flags with a value: "--flag VALUE" or "--flag=VALUE" */
-        static const char *const valued[] = {
-            "--model", "--tokens", "--backends", "--dump", "--dump-compress", "--threads", "--ref-accum",
-            "--locate", "--decode", "--act", "--tolerances", "--calibrate", "--write-tolerances", "--margin",
-            "--json", "--junit", "--dump-taps", "--dump-on-divergence", "--fused-precision", "--inject", "--fused-taps"};
-        const char *flag = NULL, *val = NULL;
-        for (int k = 0; k < (int)(sizeof valued / sizeof *valued) && !flag; k++) {
-            size_t fl = strlen(valued[k]);
-            if (strcmp(arg, valued[k]) == 0) {
-                flag = valued[k];
-                if (i + 1 >= argc) return qd_errf(e, QD_EINPUT, "%s: missing value", flag);
-                val = argv[++i];
-            } else if (strncmp(arg, valued[k], fl) == 0 && arg[fl] == '=') {
-                flag = valued[k];
-                val = arg + fl + 1;
-            }
-        }
-        if (!flag) {
-            if (arg[0] == '-') return qd_errf(e, QD_EINPUT, "unknown option '%s' (see --help)", arg);
-            return qd_errf(e, QD_EINPUT, "unexpected argument '%s' (see --help)", arg);
-        }
-        /* an empty --tokens is left to the token parser, whose message says "empty token list" */
-        if (!*val && strcmp(flag, "--tokens") != 0) return qd_errf(e, QD_EINPUT, "%s: empty value", flag);
-        int rc = QD_OK;
-        if (strcmp(flag, "--model") == 0) a->model = val;
-        else if (strcmp(flag, "--tokens") == 0) a->tokens = val;
-        else if (strcmp(flag, "--dump") == 0) a->dump = val;
-        else if (strcmp(flag, "--tolerances") == 0) a->tolerances = val;
-        else if (strcmp(flag, "--write-tolerances") == 0) a->write_tol = val;
-        else if (strcmp(flag, "--json") == 0) a->json = val;
-        else if (strcmp(flag, "--junit") == 0) a->junit = val;
-        else if (strcmp(flag, "--dump-taps") == 0) a->dump_taps = val;
-        else if (strcmp(flag, "--backends") == 0) rc = parse_backends(val, a, e);
-        else if (strcmp(flag, "--fused-taps") == 0) {
-            if (strcmp(val, "all") == 0) a->taps_all = 1;
-            else if (strcmp(val, "fused") == 0) a->taps_all = 0;
-            else rc = qd_errf(e, QD_EINPUT, "--fused-taps: '%s' is not all or fused", val);
-        }
-        else if (strcmp(flag, "--inject") == 0 && strcmp(val, "help") == 0) a->list_faults = 1;
-        else if (strcmp(flag, "--inject") == 0) rc = qd_fault_parse(val, &a->fault, e);
-        else if (strcmp(flag, "--dump-compress") == 0) rc = parse_int(flag, val, 0, 9, &a->dump_compress, e);
-        else if (strcmp(flag, "--threads") == 0) rc = parse_int(flag, val, 0, 4096, &a->threads, e);
-        else if (strcmp(flag, "--decode") == 0) rc = parse_int(flag, val, 0, 1 << 20, &a->decode, e);
-        else if (strcmp(flag, "--calibrate") == 0) rc = parse_int(flag, val, 1, 100000, &a->calibrate, e);
-        else if (strcmp(flag, "--dump-on-divergence") == 0) rc = parse_int(flag, val, 0, 1000, &a->dump_window, e);
-        else if (strcmp(flag, "--act") == 0 || strcmp(flag, "--fused-precision") == 0) {
-            qd_act_dtype d;
-            if (qd_act_dtype_parse(val, &d) != 0) rc = qd_errf(e, QD_EINPUT, "%s: '%s' is not bf16, fp16 or fp32", flag, val);
-            a->act = val;
-        } else if (strcmp(flag, "--margin") == 0) {
-            char *end;
-            a->margin = strtod(val, &end);
-            if (*end || !(a->margin >= 1.0 && a->margin <= 1e6))
-                rc = qd_errf(e, QD_EINPUT, "--margin: '%s' is not a number >= 1", val);
-        } else if (strcmp(flag, "--locate") == 0) {
-            if (strcmp(val, "free") == 0) a->locate = QD_MODE_FREE;
-            else if (strcmp(val, "isolated") == 0) a->locate = QD_MODE_ISOLATED;
-            else rc = qd_errf(e, QD_EINPUT, "--locate: '%s' is not free or isolated", val);
-        } else { /* --ref-accum */
-            if (strcmp(val, "f32") == 0) a->accum = QD_ACCUM_F32;
-            else if (strcmp(val, "f64") == 0) a->accum = QD_ACCUM_F64;
-            else rc = qd_errf(e, QD_EINPUT, "--ref-accum: '%s' is not f32 or f64", val);
-        }
-        if (rc) return rc;
-    }
-    if (a->help || a->version || a->list_faults || a->compare_a) return QD_OK;
+    int rc = qd_cli_parse(&main_cmd, &h, a, argc, argv, e);
+    if (rc) return rc;
+    if (a->help || a->version || a->list_faults) return QD_OK;
     if (a->nbackends == 2) a->layer_by_layer = 1;
     if (a->calibrate) a->layer_by_layer = 1;
     if (a->calibrate && !a->write_tol) return qd_errf(e, QD_EINPUT, "--calibrate needs --write-tolerances FILE");
@@ -603,6 +655,10 @@ static int calibrate(const cli_args *a, const char *model, qd_backend *ra, qd_ba
     return rc;
 }
 
+/* The precision sweep blesses each dtype's pair over as many prompts as the selftest's bless step
+ * (the brief of --calibrate: >= 5 known-good runs), with --margin. */
+#define SWEEP_CALIB_PROMPTS 5
+
 static int run_lockstep(const cli_args *a, const char *model, const char *token_arg, qd_err *e) {
     qd_config cfg;
     char *config_text = NULL;
@@ -669,7 +725,7 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
         if (!a->quiet) printf("precision sweep: no divergence to explain\n");
     } else if (a->precision_sweep) {
         qd_sweep_opts so = {.name_a = name_a, .name_b = name_b, .tokens = tokens, .T = T, .decode = a->decode,
-                            .calib_prompts = 5, .margin = a->margin, .locate = a->locate,
+                            .calib_prompts = SWEEP_CALIB_PROMPTS, .margin = a->margin, .locate = a->locate,
                             .opts = {.threads = a->threads, .accum_f64 = a->accum == QD_ACCUM_F64,
                                      .fault = a->fault, .taps_all = a->taps_all}};
         qd_sweep_result sr;
@@ -732,7 +788,7 @@ int main(int argc, char **argv) {
     cli_args a;
     qd_err e;
     qd_err_clear(&e);
-    if (argc > 1 && strcmp(argv[1], "selftest") == 0) return qd_selftest_main(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "selftest") == 0) return selftest_cli_main(argc - 1, argv + 1);
     int rc = parse_args(argc, argv, &a, &e);
     if (rc == QD_OK && a.help) {
         usage(stdout);
