@@ -775,7 +775,9 @@ int main(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--filter") && i + 1 < argc) {
             filter = argv[++i];
         } else {
-            return usage(argv[i]);
+            char msg[256];
+            snprintf(msg, sizeof msg, "unknown argument '%s'", argv[i]);
+            return usage(msg);
         }
     }
     int enabled[NCOL] = {1, 1, 0};
