@@ -28,7 +28,7 @@
 extern "C" {
 #include "qd_bf16.h"
 #include "qd_fused.h"
-#include "qd_ref_ops.h"
+#include "qd_spec.h"
 }
 
 #include "attention.cuh"
@@ -290,8 +290,8 @@ static int upload_weights(qd_fused *f, const qd_weights *w, qd_err *e) {
     return rc;
 }
 
-/* cos/sin of every position, computed on the host exactly as rope_forward does (fp32 angle
- * pos * inv_freq, inv_freq from theta in double, cos/sin in double rounded to fp32), so the device
+/* cos/sin of every position, computed on the host by the shared spec (qd_spec.h: rope_cos_sin, an fp32
+ * angle pos * inv_freq, inv_freq from theta in double, cos/sin in double rounded to fp32), so the device
  * rotates with bitwise the same factors as emu and the reference. With fault rope-freq-bf16 a second
  * table is built from inv_freq rounded to bf16 (emu's inv_freq_bf16); the faulty layers get it. */
 static int upload_rope_table(const qd_fused *f, const float *inv, float *d_cos, float *d_sin, qd_err *e) {
@@ -302,14 +302,8 @@ static int upload_rope_table(const qd_fused *f, const float *inv, float *d_cos, 
         free(cs), free(sn);
         return qd_errf(e, QD_ERUNTIME, "fused: out of host memory for the RoPE tables");
     }
-    for (int p = 0; p < f->max_seq; p++) {
-        float pos = (float)p;
-        for (int i = 0; i < hd2; i++) {
-            float angle = pos * inv[i];
-            cs[(size_t)p * hd2 + i] = (float)cos((double)angle);
-            sn[(size_t)p * hd2 + i] = (float)sin((double)angle);
-        }
-    }
+    for (int p = 0; p < f->max_seq; p++)
+        for (int i = 0; i < hd2; i++) rope_cos_sin(p, inv[i], &cs[(size_t)p * hd2 + i], &sn[(size_t)p * hd2 + i]);
     cudaError_t err = cudaMemcpy(d_cos, cs, n * sizeof(float), cudaMemcpyHostToDevice);
     if (err == cudaSuccess) err = cudaMemcpy(d_sin, sn, n * sizeof(float), cudaMemcpyHostToDevice);
     free(cs), free(sn);

@@ -12,21 +12,6 @@
 #include "qd_util.h"
 
 // ----------------------------------------------------------------------------
-// reductions: one dot product, in the order i = 0, 1, ..., n-1
-
-static float dot_f32(const float *a, const float *b, int n) {
-    float sum = 0.0f;
-    for (int i = 0; i < n; i++) sum += a[i] * b[i];
-    return sum;
-}
-
-static double dot_f64(const float *a, const float *b, int n) {
-    double sum = 0.0;
-    for (int i = 0; i < n; i++) sum += (double)a[i] * (double)b[i]; /* the product is exact in double */
-    return sum;
-}
-
-// ----------------------------------------------------------------------------
 // RMSNorm
 
 void rmsnorm_forward(float *out, const float *x, const float *w, int T, int n, float eps, qd_accum accum) {
@@ -36,11 +21,9 @@ void rmsnorm_forward(float *out, const float *x, const float *w, int T, int n, f
         float *ot = out + (size_t)t * n;     // (n)
         float scale;
         if (accum == QD_ACCUM_F64) {
-            double ss = dot_f64(xt, xt, n);
-            scale = (float)(1.0 / sqrt(ss / n + (double)eps));
+            scale = rms_scale_f64(dot_f64(xt, xt, n), n, eps);
         } else {
-            float ss = dot_f32(xt, xt, n);
-            scale = 1.0f / sqrtf(ss / (float)n + eps);
+            scale = rms_scale_f32(dot_f32(xt, xt, n), n, eps);
         }
         // normalise first, then weight: (x * scale) * w, the order transformers uses
         for (int i = 0; i < n; i++) ot[i] = (xt[i] * scale) * w[i];
@@ -66,32 +49,18 @@ void matmul_forward(float *out, const float *x, const float *W, int T, int in, i
 }
 
 // ----------------------------------------------------------------------------
-// RoPE, rotate-half ("NEOX") layout
-// NORMAL (GPT-J) pairs 2i with 2i+1; NEOX, which Qwen3 uses, pairs j with j + head_dim/2, and pair j
-// rotates by pos * inv_freq[j].
-
-void rope_inv_freq(float *inv_freq, int head_dim, double theta) {
-    // inv_freq (head_dim/2)
-    for (int i = 0; i < head_dim / 2; i++)
-        inv_freq[i] = (float)(1.0 / pow(theta, (double)(2 * i) / (double)head_dim));
-}
+// RoPE, rotate-half ("NEOX") layout (qd_spec.h): pair i with i + head_dim/2, rotated by pos * inv_freq[i]
 
 void rope_forward(float *x, int T, int nheads, int head_dim, int pos0, const float *inv_freq) {
     // x (T, nheads, head_dim); inv_freq (head_dim/2)
     int half = head_dim / 2;
     for (int t = 0; t < T; t++) {
-        float pos = (float)(pos0 + t);
         for (int i = 0; i < half; i++) {
-            // the angle is an fp32 product, as in transformers (fp32 inv_freq times fp32 positions);
-            // only cos/sin themselves are evaluated in double
-            float angle = pos * inv_freq[i];
-            float c = (float)cos((double)angle);
-            float s = (float)sin((double)angle);
+            float c, s;
+            rope_cos_sin(pos0 + t, inv_freq[i], &c, &s);
             for (int h = 0; h < nheads; h++) {
                 float *xh = x + ((size_t)t * nheads + h) * head_dim; // (head_dim)
-                float x0 = xh[i], x1 = xh[i + half];
-                xh[i] = x0 * c - x1 * s;
-                xh[i + half] = x1 * c + x0 * s;
+                rope_rotate_pair(&xh[i], &xh[i + half], c, s);
             }
         }
     }
@@ -195,9 +164,7 @@ void swiglu_forward(float *out, const float *gate, const float *up, long n) {
     // gate, up, out (n); out may alias gate or up
 #pragma omp parallel for schedule(static)
     for (long i = 0; i < n; i++) {
-        float g = gate[i];
-        float silu = g / (1.0f + expf(-g)); // for g -> -inf, expf overflows to inf and silu is -0
-        out[i] = silu * up[i];
+        out[i] = silu(gate[i]) * up[i];
     }
 }
 

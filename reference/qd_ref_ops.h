@@ -1,10 +1,13 @@
 /* qd_ref_ops.h: the reference's ops, plain functions named <op>_forward, exposed for unit tests.
- * All buffers are fp32, row-major; shapes are given next to every pointer. `accum` selects float or
- * double accumulation (qd_accum). Row-parallel ops use OpenMP over independent output rows only. */
+ * The maths the backends share (dot products, the RMSNorm scale, RoPE frequencies, angles and rotation,
+ * SiLU) is common/qd_spec.h's; these ops are its loops in the obvious order. All buffers are fp32,
+ * row-major; shapes are given next to every pointer. `accum` selects float or double accumulation
+ * (qd_accum). Row-parallel ops use OpenMP over independent output rows only. */
 #ifndef QD_REF_OPS_H
 #define QD_REF_OPS_H
 
 #include "qd_ref.h"
+#include "qd_spec.h"
 
 /* out[t,:] = x[t,:] * 1/sqrt(mean(x[t,:]^2) + eps) * w.  x, out (T, n); w (n). out may alias x. */
 void rmsnorm_forward(float *out, const float *x, const float *w, int T, int n, float eps, qd_accum accum);
@@ -12,12 +15,9 @@ void rmsnorm_forward(float *out, const float *x, const float *w, int T, int n, f
 /* out[t,o] = sum_i x[t,i] * W[o,i].  x (T, in); W (out_dim, in) (HF layout); out (T, out_dim). */
 void matmul_forward(float *out, const float *x, const float *W, int T, int in, int out_dim, qd_accum accum);
 
-/* inv_freq[i] = theta^(-2i/head_dim), computed in double, stored as float. inv_freq (head_dim/2). */
-void rope_inv_freq(float *inv_freq, int head_dim, double theta);
-
 /* Rotate-half ("NEOX") RoPE in place on x (T, nheads, head_dim) for positions pos0..pos0+T-1:
- * pair j with j + head_dim/2. The angle pos*inv_freq[i] is formed in float, as transformers does, then
- * cos/sin in double, rounded to float. */
+ * pair j with j + head_dim/2, each rotated by rope_cos_sin / rope_rotate_pair (qd_spec.h).
+ * inv_freq (head_dim/2) from rope_inv_freq. */
 void rope_forward(float *x, int T, int nheads, int head_dim, int pos0, const float *inv_freq);
 
 /* Causal GQA attention for T queries at positions pos0..pos0+T-1 over keys 0..pos0+T-1.
@@ -27,7 +27,7 @@ void rope_forward(float *x, int T, int nheads, int head_dim, int pos0, const flo
 int attention_forward(float *out, const float *q, const float *kcache, const float *vcache, int T,
                       int pos0, int NH, int NKV, int HD, qd_accum accum, qd_err *e);
 
-/* out = silu(gate) * up, elementwise over n values. silu(x) = x / (1 + exp(-x)). */
+/* out = silu(gate) * up, elementwise over n values (silu: qd_spec.h). */
 void swiglu_forward(float *out, const float *gate, const float *up, long n);
 
 /* out = a + b, elementwise over n values. out may alias a. */
