@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
 """hf_golden.py: golden activations from Hugging Face transformers, in qwen3-diff's HDF5 schema v1.
 
-Runs transformers' Qwen3ForCausalLM (eager attention, float32 end to end: loaded with
+Runs transformers' Qwen3ForCausalLM (by default eager attention, float32 end to end: loaded with
 from_pretrained(dir, dtype=torch.float32), never cast to bf16 and back, see QWEN3.md on RoPE's inv_freq)
 on a checkpoint directory and its prompt, and writes every tap under /hf:
 
     python3 tools/hf_golden.py fixtures/gqa_tied [fixtures/... ...]      # writes DIR/golden.h5
     python3 tools/hf_golden.py DIR --tokens 5,17,3 --out other.h5
+
+The same model as a user of transformers runs it in low precision, one group per attention
+implementation (`hf_<dtype>_<attn>`, precision attribute = the dtype), e.g. on a GPU:
+
+    python3 tools/hf_golden.py fixtures/knorm_extreme --device cuda --dtype bf16 --attn eager,sdpa
+                                                                      # writes DIR/hf_bf16.h5
 
 Taps come from forward hooks and pre-hooks on HF's own modules; q_rope/k_rope are the outputs of HF's own
 apply_rotary_pos_emb, recorded by wrapping it (its values are the ones the attention then uses).
@@ -112,7 +118,16 @@ def capture(model, input_ids):
     return taps
 
 
-def write_h5(path, model_dir, config_text, tokens, taps, n_layers, device):
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def group_name(dtype, attn):
+    """The fp32 eager golden keeps the name it always had; every other run says what it is."""
+    return "hf" if (dtype, attn) == ("fp32", "eager") else f"hf_{dtype}_{attn}"
+
+
+def write_h5(path, model_dir, config_text, tokens, runs, n_layers, device, dtype):
+    """runs: {attn implementation: taps}, one backend group each."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         with h5py.File(tmp, "w") as f:
@@ -122,17 +137,18 @@ def write_h5(path, model_dir, config_text, tokens, taps, n_layers, device):
             f.attrs["tool_version"] = (f"hf_golden.py (transformers {transformers.__version__}, "
                                        f"torch {torch.__version__})")
             f.create_dataset("input_ids", data=np.asarray(tokens, dtype=np.int32))
-            g = f.create_group("hf")
-            g.attrs["precision"] = "fp32"
-            g.attrs["device"] = device
-            g.attrs["attn_implementation"] = "eager"
             opts = dict(compression="gzip", compression_opts=6, shuffle=True)
-            for name in ("embed", "final_norm", "logits"):
-                g.create_dataset(name, data=taps[(-1, name)], **opts)
-            for i in range(n_layers):
-                lg = g.create_group(f"layers/{i:03d}")
-                for name in LAYER_TAPS:
-                    lg.create_dataset(name, data=taps[(i, name)], **opts)
+            for attn, taps in runs.items():
+                g = f.create_group(group_name(dtype, attn))
+                g.attrs["precision"] = dtype
+                g.attrs["device"] = device
+                g.attrs["attn_implementation"] = attn
+                for name in ("embed", "final_norm", "logits"):
+                    g.create_dataset(name, data=taps[(-1, name)], **opts)
+                for i in range(n_layers):
+                    lg = g.create_group(f"layers/{i:03d}")
+                    for name in LAYER_TAPS:
+                        lg.create_dataset(name, data=taps[(i, name)], **opts)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -146,9 +162,17 @@ def main():
     ap.add_argument("--tokens", help="ids '5,17,3' or @FILE (default: DIR/prompt.txt)")
     ap.add_argument("--out", help="output file (default: DIR/golden.h5; only with one model)")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES),
+                    help="the model's dtype (from_pretrained(dtype=...)); default fp32")
+    ap.add_argument("--attn", default="eager",
+                    help="attention implementation(s), comma-separated: eager (default), sdpa")
     args = ap.parse_args()
     if args.out and len(args.models) != 1:
         ap.error("--out needs exactly one model")
+    attns = [a for a in args.attn.split(",") if a]
+    if not attns or any(a not in ("eager", "sdpa") for a in attns) or len(set(attns)) != len(attns):
+        ap.error(f"--attn: expected a list of eager, sdpa; got '{args.attn}'")
+    default_out = "golden.h5" if [group_name(args.dtype, a) for a in attns] == ["hf"] else f"hf_{args.dtype}.h5"
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -158,18 +182,23 @@ def main():
         tokens = read_tokens(args.tokens or "@" + os.path.join(d, "prompt.txt"))
         with open(os.path.join(d, "config.json")) as f:
             config_text = f.read()
-        model = Qwen3ForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
-        model.eval().to(args.device)
-        assert all(p.dtype == torch.float32 for p in model.parameters())
-        ids = torch.tensor([tokens], dtype=torch.long, device=args.device)
-        taps = capture(model, ids)
-        n_layers = model.config.num_hidden_layers
-        missing = [(i, t) for i in range(n_layers) for t in LAYER_TAPS if (i, t) not in taps]
-        if missing:
-            sys.exit(f"hf_golden: taps not captured: {missing[:5]}")
-        out = args.out or os.path.join(d, "golden.h5")
-        write_h5(out, d.rstrip("/"), config_text, tokens, taps, n_layers, args.device)
-        print(f"{out}: T={len(tokens)} layers={n_layers} max|logits|={np.abs(taps[(-1, 'logits')]).max():.4g}")
+        runs = {}
+        for attn in attns:
+            model = Qwen3ForCausalLM.from_pretrained(d, dtype=DTYPES[args.dtype], attn_implementation=attn)
+            model.eval().to(args.device)
+            assert all(p.dtype == DTYPES[args.dtype] for p in model.parameters())
+            ids = torch.tensor([tokens], dtype=torch.long, device=args.device)
+            taps = capture(model, ids)
+            n_layers = model.config.num_hidden_layers
+            missing = [(i, t) for i in range(n_layers) for t in LAYER_TAPS if (i, t) not in taps]
+            if missing:
+                sys.exit(f"hf_golden: taps not captured ({attn}): {missing[:5]}")
+            runs[attn] = taps
+            print(f"{d} {args.dtype} {attn}: T={len(tokens)} layers={n_layers} "
+                  f"max|logits|={np.abs(taps[(-1, 'logits')]).max():.4g}")
+        out = args.out or os.path.join(d, default_out)
+        write_h5(out, d.rstrip("/"), config_text, tokens, runs, n_layers, args.device, args.dtype)
+        print(f"{out}: groups {', '.join(group_name(args.dtype, a) for a in runs)}")
 
 
 if __name__ == "__main__":
