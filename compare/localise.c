@@ -196,9 +196,10 @@ static void append(char *buf, size_t n, const char *fmt, const char *s) {
     if (used < n) snprintf(buf + used, n - used, fmt, s);
 }
 
-/* Writes the set of the k indices in m[] (ascending) into s: members, range, text. heaviest: the axis'
- * top entries, for a set too scattered to spell out. */
-static void describe(qd_where_set *s, int axis, int64_t N, const int64_t *m, int64_t k, const qd_where_axis *x) {
+/* Writes the set of the k indices in m[] (ascending) into s: members, range, text. heavy: its n_heavy (<= 3)
+ * heaviest members, named when the set is too scattered to spell out. */
+static void describe(qd_where_set *s, int axis, int64_t N, const int64_t *m, int64_t k, const int64_t *heavy,
+                     int n_heavy) {
     s->lo = s->hi = -1;
     s->n_index = (int)(k < QD_WHERE_TOP ? k : QD_WHERE_TOP);
     for (int i = 0; i < s->n_index; i++) s->index[i] = m[i];
@@ -244,9 +245,9 @@ static void describe(qd_where_set *s, int axis, int64_t N, const int64_t *m, int
         }
     } else { /* scattered: its size and the heaviest three */
         snprintf(t, n, "%lld %s (", (long long)k, noun(axis, 1, 0));
-        for (int i = 0; i < 3 && i < x->n_top; i++) {
+        for (int i = 0; i < n_heavy; i++) {
             char num[32];
-            snprintf(num, sizeof num, "%lld", (long long)x->top[i].index);
+            snprintf(num, sizeof num, "%lld", (long long)heavy[i]);
             append(t, n, i == 0 ? "%s" : ", %s", num);
         }
         append(t, n, "%s", ", ...)");
@@ -300,18 +301,22 @@ static void find_set(qd_where_axis *x, int axis, axis_acc *a, int by_nf, double 
     qd_where_set hs = {0};
     int hot_ok = kh > 0 && carries_most(hin, hout, W, kh, N, &hs) && small_or_range(m, kh, N) &&
                  (!core_ok || holds(hot, a->order, kc));
+    int64_t heavy[3]; /* the set's heaviest members, from order[] while it is still heaviest first */
+    int n_heavy = 0;
+    for (int64_t j = 0; j < N && n_heavy < 3; j++)
+        if (hot_ok ? hot[a->order[j]] : j < kc) heavy[n_heavy++] = a->order[j];
     if (hot_ok) {
         x->set = hs;
-        describe(&x->set, axis, N, m, kh, x);
+        describe(&x->set, axis, N, m, kh, heavy, n_heavy);
         if (core_ok && kc <= 4 && kc < kh) {
             sort_indices(a->order, kc, lower_index, a, by_nf);
             x->peak = core;
-            describe(&x->peak, axis, N, a->order, kc, x);
+            describe(&x->peak, axis, N, a->order, kc, heavy, 0);
         }
     } else if (core_ok) {
         sort_indices(a->order, kc, lower_index, a, by_nf);
         x->set = core;
-        describe(&x->set, axis, N, a->order, kc, x);
+        describe(&x->set, axis, N, a->order, kc, heavy, n_heavy);
     }
 }
 

@@ -253,6 +253,24 @@ static void test_one_channel(void **state) {
     drop(&t);
 }
 
+/* Seven scattered channels (more than 5 items to spell out): the count and the heaviest three. */
+static void test_scattered(void **state) {
+    (void)state;
+    tensors t = make(2, 16, 64, 0, 14);
+    const int64_t ch[7] = {50, 2, 41, 9, 60, 17, 30}; /* heaviest first: errors 3.0, 2.8, ..., 1.8 */
+    for (int64_t tok = 0; tok < 16; tok++)
+        for (int i = 0; i < 7; i++) t.test[tok * 64 + ch[i]] += (float)(3.0 - 0.2 * i);
+    const qd_where *w = localise(&t, 0);
+    const qd_where_set *s = &w->axis[QD_AXIS_CHANNEL].set;
+    assert_int_equal(s->size, 7);
+    assert_string_equal(s->text, "7 channels (50, 2, 41, ...)");
+    assert_int_equal(s->lo, -1);
+    assert_int_equal(s->n_index, QD_WHERE_TOP); /* the first five, ascending */
+    assert_int_equal(s->index[0], 2);
+    assert_int_equal(s->index[4], 41);
+    drop(&t);
+}
+
 /* Only the rounding noise: nothing carries most; the sentence names the axes. */
 static void test_spread(void **state) {
     (void)state;
@@ -452,6 +470,7 @@ int main(void) {
         cmocka_unit_test(test_band),
         cmocka_unit_test(test_blowup),
         cmocka_unit_test(test_one_channel),
+        cmocka_unit_test(test_scattered),
         cmocka_unit_test(test_spread),
         cmocka_unit_test(test_nonfinite),
         cmocka_unit_test(test_shapes),
