@@ -74,7 +74,11 @@ static int add_row(qd_report *r, const qd_tolerances *tol, int step, qd_tap_id i
     prev[kind] = row->m.rel_l2;
     if (qd_verdict_fails(row->verdict)) {
         if (r->first_fail[mode] < 0) r->first_fail[mode] = r->n;
-        if (mode == r->locate && r->first_div < 0) r->first_div = r->n;
+        if (mode == r->locate && r->first_div < 0) {
+            r->first_div = r->n;
+            int rc = qd_report_localise(r, row, test, ref, ndim, shape, e);
+            if (rc) return rc;
+        }
     }
     if (mode == QD_MODE_ISOLATED) r->isolated = 1;
     r->n++;
@@ -272,6 +276,7 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
     char iso_group[80];
     snprintf(iso_group, sizeof iso_group, "%s-isolated", b->name);
 
+    r->head_dim = c->head_dim;
     side sa = {0}, sb = {0}, si = {0};
     dump_ctl dc = {.d = o->dump, .globs = o->dump_taps, .window = o->dump_window, .diverged_pos = -1};
     if ((rc = side_init(&sa, a, a->name, (size_t)T * C, (size_t)T * V, e)) ||
@@ -463,6 +468,7 @@ int qd_compare_files(const char *path_a, const char *group_a, const char *path_b
         snprintf(name_b, sizeof name_b, "B:%.58s", gb);
     }
     qd_report_init(r, name_a, prec_a, name_b, prec_b, L, QD_MODE_FREE, &tol->blowup);
+    r->head_dim = qd_compare_dump_head_dim(fa);
     double prev[QD_NUM_TAP_KINDS];
     for (int i = 0; i < QD_NUM_TAP_KINDS; i++) prev[i] = NAN;
     rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_model(QD_TAP_EMBED), prev, e);

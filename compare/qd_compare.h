@@ -15,6 +15,7 @@
 
 #include "qd_backend.h"
 #include "qd_dump.h"
+#include "qd_localise.h"
 #include "qd_metrics.h"
 #include "qd_tolerances.h"
 
@@ -48,6 +49,9 @@ typedef struct {
     int n_only_a;
     char only_b[QD_NUM_TAP_KINDS][24];
     int n_only_b;
+    int head_dim;                    /* HD: where's per-head view of q_proj, k_proj, v_proj and attn; 0 unknown */
+    qd_where where;                  /* where inside the first divergence's tap the error lives
+                                        (qd_report_localise); where.valid 0 when none */
 } qd_report;
 
 void qd_report_init(qd_report *r, const char *name_a, const char *prec_a, const char *name_b,
@@ -56,6 +60,18 @@ void qd_report_free(qd_report *r);
 /* Name of a row's tap. */
 const char *qd_row_tap_name(const qd_tap_row *row);
 int qd_report_diverged(const qd_report *r);
+
+/* Fills r->where from the two tensors the row was judged on (test = B, ref = A, shape (ndim)): whichever
+ * judge decides the first divergence calls this once, at that moment, while the tensors are at hand; the
+ * breakdown is a few hundred bytes, nothing else is kept. q_proj, k_proj, v_proj and attn are viewed per
+ * head with r->head_dim. QD_OK, or QD_ERUNTIME (e filled) when its O(T + H + C) scratch cannot be
+ * allocated. */
+int qd_report_localise(qd_report *r, const qd_tap_row *row, const float *test, const float *ref, int ndim,
+                       const int64_t *shape, qd_err *e);
+/* head_dim of a schema-v1 dump's config_json (the offline compare's r->head_dim); 0 when it has none that
+ * parses. */
+struct qd_h5in;
+int qd_compare_dump_head_dim(struct qd_h5in *f);
 
 typedef struct {
     const int32_t *tokens;

@@ -1,6 +1,7 @@
 /* json.c: the machine-readable report (qwen3-diff --json; schema "qwen3-diff-report/1"): every row of a
- * qd_report with its verdict, reason, tolerance and metrics (qd_reports.h). Doubles go through
- * qd_json_real, so a non-finite value is a string and the file stays JSON. */
+ * qd_report with its verdict, reason, tolerance and metrics, and where inside the first divergence's tap
+ * the error lives (qd_reports.h). Doubles go through qd_json_real, so a non-finite value is a string and
+ * the file stays JSON. */
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,54 @@ static json_t *row_json(const qd_report *r, const qd_tap_row *row) {
     return o;
 }
 
+static json_t *set_json(const qd_where_set *s) {
+    if (s->size == 0) return json_null();
+    json_t *o = json_object();
+    json_object_set_new(o, "text", json_string(s->text));
+    json_object_set_new(o, "size", json_integer(s->size));
+    json_object_set_new(o, "share", qd_json_real(s->share));
+    json_object_set_new(o, "contrast", qd_json_real(s->contrast));
+    json_object_set_new(o, "lo", s->lo >= 0 ? json_integer(s->lo) : json_null());
+    json_object_set_new(o, "hi", s->hi >= 0 ? json_integer(s->hi) : json_null());
+    json_t *idx = json_array();
+    for (int i = 0; i < s->n_index; i++) json_array_append_new(idx, json_integer(s->index[i]));
+    json_object_set_new(o, "index", idx);
+    return o;
+}
+
+/* One axis of the breakdown: its length, what carries most (null: spread), and the top offenders. */
+static json_t *axis_json(const qd_where_axis *x) {
+    if (x->len == 0) return json_null();
+    json_t *o = json_object();
+    json_object_set_new(o, "len", json_integer(x->len));
+    json_object_set_new(o, "set", set_json(&x->set));
+    json_object_set_new(o, "peak", set_json(&x->peak));
+    json_t *top = json_array();
+    for (int i = 0; i < x->n_top; i++) {
+        const qd_where_entry *t = &x->top[i];
+        json_array_append_new(top, json_pack("{s:I, s:o, s:o, s:o, s:I}", "index", (json_int_t)t->index, "share",
+                                             qd_json_real(t->share), "rms_err", qd_json_real(t->rms_err), "rms_ref",
+                                             qd_json_real(t->rms_ref), "nonfinite", (json_int_t)t->nonfinite));
+    }
+    json_object_set_new(o, "top", top);
+    return o;
+}
+
+/* first_divergence.where: the breakdown of qd_localise.h, one key per axis (null where the view has none). */
+static json_t *where_json(const qd_where *w) {
+    json_t *o = json_object();
+    json_object_set_new(o, "summary", json_string(w->summary));
+    json_t *view = json_array();
+    for (int i = 0; i < w->ndim; i++) json_array_append_new(view, json_integer(w->shape[i]));
+    json_object_set_new(o, "view", view);
+    json_object_set_new(o, "energy", qd_json_real(w->energy));
+    json_object_set_new(o, "ref_energy", qd_json_real(w->ref_energy));
+    json_object_set_new(o, "nonfinite", json_integer(w->nonfinite));
+    json_object_set_new(o, "shares_of", json_string(w->by_nonfinite ? "nonfinite" : "energy"));
+    for (int a = 0; a < QD_NUM_AXES; a++) json_object_set_new(o, qd_where_axis_name(a), axis_json(&w->axis[a]));
+    return o;
+}
+
 static json_t *names_json(const char (*names)[24], int n) {
     json_t *a = json_array();
     for (int i = 0; i < n; i++) json_array_append_new(a, json_string(names[i]));
@@ -49,8 +98,9 @@ int qd_report_write_json(const qd_report *r, const char *path, qd_err *e) {
     json_t *root = json_object();
     json_object_set_new(root, "schema", json_string("qwen3-diff-report/1"));
     json_object_set_new(root, "verdict", json_string(r->first_div >= 0 ? "diverged" : "pass"));
-    json_object_set_new(root, "first_divergence",
-                        r->first_div >= 0 ? row_json(r, &r->rows[r->first_div]) : json_null());
+    json_t *fd = r->first_div >= 0 ? row_json(r, &r->rows[r->first_div]) : json_null();
+    if (r->first_div >= 0 && r->where.valid) json_object_set_new(fd, "where", where_json(&r->where));
+    json_object_set_new(root, "first_divergence", fd);
     json_t *be = json_object();
     json_object_set_new(be, "reference", json_pack("{s:s, s:s}", "name", r->name_a, "precision", r->prec_a));
     json_object_set_new(be, "test", json_pack("{s:s, s:s}", "name", r->name_b, "precision", r->prec_b));

@@ -13,12 +13,13 @@
 
 /* The first divergence line, then a compact per-layer table. color: ANSI colours (terminals only). */
 void qd_report_print(const qd_report *r, FILE *f, int color);
-/* {"verdict": "pass"|"diverged", "first_divergence": null | {...}, "taps": [...]} */
+/* {"verdict": "pass"|"diverged", "first_divergence": null | {..., "where": {...}}, "taps": [...]} */
 int qd_report_write_json(const qd_report *r, const char *path, qd_err *e);
 /* JUnit XML: one test case per layer (and one each for embed and the head). */
 int qd_report_write_junit(const qd_report *r, const char *path, qd_err *e);
-/* /diff/<A>-vs-<B>/metrics, a table of qd_metrics_record, one per row in the report's order, and the
- * group's attributes first_divergence_layer, _step, _tap, _mode, reference and test (docs/SCHEMA.md). */
+/* /diff/<A>-vs-<B>/metrics, a table of qd_metrics_record, one per row in the report's order, the
+ * group's attributes first_divergence_layer, _step, _tap, _mode, _where, reference and test, and the table
+ * where: the first divergence's top offenders per axis (docs/SCHEMA.md). */
 int qd_report_write_h5(const qd_report *r, qd_dump *d, qd_err *e);
 
 /* One row of /diff/<A>-vs-<B>/metrics as it is stored: the row's place and verdict, the table's fields of

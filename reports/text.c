@@ -1,5 +1,6 @@
 /* text.c: what a person reads on the terminal (qd_report_print, qd_reports.h): the first divergence line,
- * with its place, magnitudes, reason and the values there, then a compact per-layer table per step. */
+ * with its place, magnitudes, reason and the values there, where inside the tap the error lives, then a
+ * compact per-layer table per step. */
 #include <math.h>
 #include <stdio.h>
 
@@ -28,6 +29,11 @@ static void print_first_divergence(const qd_report *r, FILE *f, int color) {
             qd_verdict_class(row->verdict));
     fprintf(f, "  why: %s; there %s = %.6g, %s = %.6g\n", reason, r->name_b, row->m.test_at, r->name_a,
             row->m.ref_at);
+    if (!r->where.valid) return;
+    /* where inside the tap: the sentence, then the heaviest index of each axis */
+    char top[512];
+    fprintf(f, "  where: %s\n", r->where.summary);
+    if (qd_where_top_line(&r->where, top, sizeof top) > 0) fprintf(f, "  top: %s\n", top);
 }
 
 /* The per-layer table's metric columns, each a field of QD_METRICS_FIELDS (compare/qd_metrics.h) under its
