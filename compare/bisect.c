@@ -272,9 +272,10 @@ static int search(bisect_ctx *c, qd_err *e) {
     }
     int order[QD_NUM_PRECISION_POINTS], n = 0, best = -1;
     double alone[QD_NUM_PRECISION_POINTS];
+    int cut = 0; /* the bound ran out before every point was tried alone */
     for (int p = 0; p < QD_NUM_PRECISION_POINTS; p++) {
         if (!(cand >> p & 1u)) continue;
-        if (!budget_left(c)) return QD_OK;
+        if ((cut = !budget_left(c))) break;
         if ((rc = rerun(c, 1u << p, "single", &t, e))) return rc;
         alone[p] = t->rel_l2;
         order[n++] = p;
@@ -287,11 +288,12 @@ static int search(bisect_ctx *c, qd_err *e) {
             }
         }
     }
-    if (best >= 0) {
+    if (best >= 0) { /* one point: no smaller set passes (the empty one is the divergence) */
         out->set = 1u << best;
         out->outcome = QD_BISECT_MINIMAL;
         return QD_OK;
     }
+    if (cut) return QD_OK; /* the whole set, NOT_MINIMAL */
     /* least help alone first (the largest rel_l2; a NaN helps least of all), execution order on ties */
     for (int i = 1; i < n; i++) {
         int p = order[i], j = i;

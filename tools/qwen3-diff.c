@@ -776,7 +776,7 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
             goto out;
         }
         rc = qd_precision_bisect(&w, &bso, bisect, e);
-        bisect_progress(NULL, 0, 0);
+        if (!a->quiet) bisect_progress(NULL, 0, 0);
         if (rc) goto out;
     }
     if (a->json && (rc = qd_report_write_json_bisect(&r, bisect, a->json, e))) goto out;
