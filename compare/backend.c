@@ -81,6 +81,7 @@ static qd_backend *emu_create(const qd_weights *w, const qd_backend_opts *o, qd_
     }
     qd_emu *m = qd_emu_create(w, act, o->threads, o->max_seq, &o->fault, e);
     if (!m) return NULL;
+    qd_emu_set_fp32_points(m, o->fp32_points);
     qd_backend *b = qd_zalloc(1, sizeof *b, e);
     if (!b) {
         qd_emu_free(m);
@@ -145,6 +146,11 @@ static qd_backend *fused_create(const qd_weights *w, const qd_backend_opts *o, q
 /* --- registry --------------------------------------------------------------------------------------- */
 
 qd_backend *qd_backend_create(const char *name, const qd_weights *w, const qd_backend_opts *opts, qd_err *e) {
+    /* per-op precision is emu's alone: the reference has no roundings, the CUDA kernels no such switch */
+    if (opts->fp32_points && (strcmp(name, "ref") == 0 || strcmp(name, "fused") == 0)) {
+        qd_errf(e, QD_EINPUT, "--fp32-ops: only emu keeps chosen ops in fp32; %s takes no per-op precision", name);
+        return NULL;
+    }
     if (strcmp(name, "ref") == 0) return ref_create(w, opts, e);
     if (strcmp(name, "emu") == 0) return emu_create(w, opts, e);
 #if QD_HAVE_CUDA

@@ -38,6 +38,8 @@ typedef struct {
     const char *act; /* emu, fused: activation dtype "bf16" (default when NULL) | "fp16" | "fp32" */
     qd_fault fault;  /* emu, fused: a fault to inject; kind QD_FAULT_NONE for none */
     int taps_all;    /* fused: the unfused variant, so every tap exists */
+    unsigned fp32_points; /* emu: precision points kept in fp32 (qd_emu.h, bit p: qd_precision_point p); 0: none.
+                             Any other backend refuses a non-zero mask (QD_EINPUT) */
 } qd_backend_opts;
 
 /* Creates a backend by name over loaded weights (borrowed). Unknown names and backends not built into

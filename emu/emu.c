@@ -1,12 +1,14 @@
 /* emu.c: the fused path's precision contract on the CPU (qd_emu.h, docs/PRECISION.md).
  *
  * The model stepped over emu's ops (qd_emu_ops.h: the shared maths of common/qd_spec.h with the contract's
- * roundings): read it beside reference/reference.c. Each `round_act` below is a point where a fused
- * kernel stores (or, fused, rounds in registers) a tensor in the activation dtype. */
+ * roundings): read it beside reference/reference.c. Each op's output is rounded where a fused kernel
+ * stores (or, fused, rounds in registers) a tensor, to the dtype of its precision point (`act_at`,
+ * qd_emu.h): the activation dtype, unless the caller keeps that point in fp32. */
 #include "qd_emu.h"
 
 #include <math.h>
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,6 +26,7 @@ struct qd_emu {
                             already (a bf16 checkpoint: no copy), else &own */
     qd_weights own;   /* the bf16-rounded copy, when one was needed */
     qd_fault fault;   /* the injected fault (kind QD_FAULT_NONE: none) */
+    unsigned fp32_points; /* precision points kept in fp32 (bit p: qd_precision_point p); 0: the contract */
     float *inv_freq;  /* (HD/2) from theta in double, held in fp32 */
     float *inv_freq_bf16; /* (HD/2) the same rounded to bf16: fault rope-freq-bf16 */
     float *kcache;    /* (L, max_seq, NKV, HD) k_rope as stored */
@@ -42,10 +45,104 @@ struct qd_emu {
     float *att_scratch; /* (emu_attention_scratch(nthreads, max_seq, HD)) per-thread scores and accumulators */
 };
 
-/* A store in the activation dtype: round-to-nearest-even, as __float2bfloat16_rn / __float2half_rn. */
-static void round_act(const qd_emu *m, float *x, size_t n) { emu_round_n(m->act, x, n); }
+/* The activation dtype of precision point p: fp32 when p is kept in fp32, else the contract's. */
+static qd_act_dtype act_at(const qd_emu *m, qd_precision_point p) {
+    return m->fp32_points >> p & 1u ? QD_ACT_FP32 : m->act;
+}
+
+/* A store of the residual stream: round-to-nearest-even, as __float2bfloat16_rn / __float2half_rn. */
+static void round_residual(const qd_emu *m, float *x, size_t n) { emu_round_n(act_at(m, QD_PT_RESIDUAL), x, n); }
 
 /* Emits a tap (a qd_tap_id) and returns from the calling function on a sink error (e as the sink left it). */
+// ----------------------------------------------------------------------------
+// precision points (qd_emu.h)
+
+static const qd_precision_point_info points[QD_NUM_PRECISION_POINTS] = {
+    [QD_PT_RESIDUAL] = {"residual", NULL, 1, -1,
+                        "the residual stream as stored: embed, each layer's and the head's input, attn_residual, out"},
+    [QD_PT_ATTN_NORM] = {"attn_norm", NULL, 1, QD_TAP_ATTN_NORM, "input RMSNorm output (and its sum of squares' type)"},
+    [QD_PT_Q_PROJ] = {"q_proj", NULL, 1, QD_TAP_Q_PROJ, "q projection output"},
+    [QD_PT_K_PROJ] = {"k_proj", NULL, 1, QD_TAP_K_PROJ, "k projection output"},
+    [QD_PT_V_PROJ] = {"v_proj", NULL, 1, QD_TAP_V_PROJ, "v projection output, and so the V cache"},
+    [QD_PT_Q_NORM] = {"q_norm", NULL, 1, QD_TAP_Q_NORM, "per-head RMSNorm of q"},
+    [QD_PT_K_NORM] = {"k_norm", NULL, 1, QD_TAP_K_NORM, "per-head RMSNorm of k"},
+    [QD_PT_Q_ROPE] = {"q_rope", NULL, 1, QD_TAP_Q_ROPE, "RoPE of q"},
+    [QD_PT_K_ROPE] = {"k_rope", NULL, 1, QD_TAP_K_ROPE, "RoPE of k, and so the K cache"},
+    [QD_PT_QK] = {"qk", "scores", 0, QD_TAP_ATTN, "attention scores q.k, scaled: fp32 in the contract already"},
+    [QD_PT_SOFTMAX] = {"softmax", NULL, 1, QD_TAP_ATTN, "probabilities P = exp(s - m) as the P.V operand"},
+    [QD_PT_ATTN] = {"attn", "pv", 1, QD_TAP_ATTN, "P.V output divided by the sum (tap attn)"},
+    [QD_PT_O_PROJ] = {"o_proj", NULL, 1, QD_TAP_O_PROJ, "o projection output"},
+    [QD_PT_MLP_NORM] = {"mlp_norm", NULL, 1, QD_TAP_MLP_NORM, "post-attention RMSNorm output"},
+    [QD_PT_GATE_PROJ] = {"gate_proj", NULL, 1, QD_TAP_GATE_PROJ, "gate projection output"},
+    [QD_PT_UP_PROJ] = {"up_proj", NULL, 1, QD_TAP_UP_PROJ, "up projection output"},
+    [QD_PT_ACT] = {"act", "swiglu", 1, QD_TAP_ACT, "silu(gate) * up"},
+    [QD_PT_DOWN_PROJ] = {"down_proj", NULL, 1, QD_TAP_DOWN_PROJ, "down projection output"},
+    [QD_PT_FINAL_NORM] = {"final_norm", NULL, 1, QD_NUM_LAYER_TAPS, "final RMSNorm output (the lm_head's input)"},
+};
+
+const qd_precision_point_info *qd_precision_point_info_of(int p) {
+    return p >= 0 && p < QD_NUM_PRECISION_POINTS ? &points[p] : NULL;
+}
+
+unsigned qd_precision_points_all(void) {
+    unsigned mask = 0;
+    for (int p = 0; p < QD_NUM_PRECISION_POINTS; p++)
+        if (points[p].rounds) mask |= 1u << p;
+    return mask;
+}
+
+/* word (n chars) spells name, ignoring case and '_' on both sides. */
+static int spells(const char *word, size_t n, const char *name) {
+    size_t i = 0;
+    for (const char *c = name;; c++) {
+        while (i < n && word[i] == '_') i++;
+        while (*c == '_') c++;
+        if (i == n || !*c) return i == n && !*c;
+        char w = word[i] >= 'A' && word[i] <= 'Z' ? (char)(word[i] - 'A' + 'a') : word[i];
+        if (w != *c) return 0;
+        i++;
+    }
+}
+
+int qd_precision_points_parse(const char *list, unsigned *mask, qd_err *e) {
+    *mask = 0;
+    for (const char *w = list; *w;) {
+        size_t n = strcspn(w, ",");
+        int found = -1;
+        if (spells(w, n, "all")) {
+            *mask |= qd_precision_points_all();
+            found = QD_NUM_PRECISION_POINTS;
+        } else if (spells(w, n, "none")) {
+            found = QD_NUM_PRECISION_POINTS;
+        }
+        for (int p = 0; p < QD_NUM_PRECISION_POINTS && found < 0; p++)
+            if (spells(w, n, points[p].name) || (points[p].alias && spells(w, n, points[p].alias))) found = p;
+        if (found < 0) {
+            char names[512];
+            qd_precision_points_format((1u << QD_NUM_PRECISION_POINTS) - 1u, names, sizeof names);
+            return qd_errf(e, QD_EINPUT, "--fp32-ops: unknown op '%.*s' (ops: %s, all, none)", (int)(n < 64 ? n : 64), w,
+                           names);
+        }
+        if (found < QD_NUM_PRECISION_POINTS) *mask |= 1u << found;
+        w += n;
+        if (*w == ',') w++;
+    }
+    return QD_OK;
+}
+
+void qd_precision_points_format(unsigned mask, char *buf, size_t n) {
+    if (!n) return;
+    buf[0] = '\0';
+    size_t k = 0;
+    for (int p = 0; p < QD_NUM_PRECISION_POINTS; p++) {
+        if (!(mask >> p & 1u)) continue;
+        int w = snprintf(buf + k, n - k, "%s%s", k ? "," : "", points[p].name);
+        if (w < 0 || (size_t)w >= n - k) return; /* truncated */
+        k += (size_t)w;
+    }
+    if (!k) snprintf(buf, n, "none");
+}
+
 #define EMIT(id, data)                                                                                    \
     do {                                                                                                  \
         int rc_ = qd_tap_emit(sink, c, (id), (data), T, e);                                               \
@@ -69,6 +166,8 @@ static int all_bf16(const float *x, size_t n) {
 }
 
 int qd_emu_shares_weights(const qd_emu *m) { return m->w != &m->own; }
+
+void qd_emu_set_fp32_points(qd_emu *m, unsigned mask) { m->fp32_points = mask; }
 
 qd_emu *qd_emu_create(const qd_weights *w, qd_act_dtype act, int threads, int max_seq, const qd_fault *fault,
                       qd_err *e) {
@@ -154,29 +253,32 @@ static int fault_in(const qd_emu *m, int l) {
                                                                                          : (int)QD_FAULT_NONE;
 }
 
-/* RMSNorm over rows of n (the hidden norms, q_norm): knorm-mul is k_norm's alone. */
-static void norm_act(const qd_emu *m, float *out, const float *x, const float *w, int rows, int n, int l) {
+/* RMSNorm over rows of n (the hidden norms, q_norm) at point p: knorm-mul is k_norm's alone. */
+static void norm_act(const qd_emu *m, qd_precision_point p, float *out, const float *x, const float *w, int rows,
+                     int n, int l) {
     int fault = fault_in(m, l);
-    emu_rmsnorm(out, x, w, rows, n, (float)m->cfg->rms_norm_eps, m->act,
+    emu_rmsnorm(out, x, w, rows, n, (float)m->cfg->rms_norm_eps, act_at(m, p),
                 fault == QD_FAULT_KNORM_MUL ? (int)QD_FAULT_NONE : fault);
 }
 
-static void matmul_act(const qd_emu *m, float *out, const float *x, const float *W, int T, int in, int out_dim) {
-    emu_matmul(out, x, W, T, in, out_dim, m->act);
+static void matmul_act(const qd_emu *m, qd_precision_point p, float *out, const float *x, const float *W, int T,
+                       int in, int out_dim) {
+    emu_matmul(out, x, W, T, in, out_dim, act_at(m, p));
 }
 
 static void attention_act(const qd_emu *m, float *out, const float *q, const float *kc, const float *vc, int T,
                           int pos0, int l) {
     const qd_config *c = m->cfg;
-    emu_attention(out, q, kc, vc, T, pos0, c->num_attention_heads, c->num_key_value_heads, c->head_dim, m->act,
-                  m->nthreads, fault_in(m, l), m->att_scratch);
+    /* the kernel (its key tile) is the activation dtype's whatever the points */
+    emu_attention_at(out, q, kc, vc, T, pos0, c->num_attention_heads, c->num_key_value_heads, c->head_dim, m->act,
+                     act_at(m, QD_PT_SOFTMAX), act_at(m, QD_PT_ATTN), m->nthreads, fault_in(m, l), m->att_scratch);
 }
 
 /* Fault rope-freq-bf16 is the choice of frequencies (as fused's host picks its table). */
-static void rope_act(const qd_emu *m, float *x, int T, int nheads, int pos0, int l) {
+static void rope_act(const qd_emu *m, qd_precision_point p, float *x, int T, int nheads, int pos0, int l) {
     int fault = fault_in(m, l);
     emu_rope(x, T, nheads, m->cfg->head_dim, pos0, fault == QD_FAULT_ROPE_FREQ_BF16 ? m->inv_freq_bf16 : m->inv_freq,
-             m->act, fault);
+             act_at(m, p), fault);
 }
 
 // ----------------------------------------------------------------------------
@@ -187,7 +289,7 @@ int qd_emu_embed(qd_emu *m, const int32_t *tokens, int T, float *h, qd_tap_sink 
     size_t C = c->hidden_size;
     if (T > m->max_seq) return qd_errf(e, QD_EINPUT, "emu: embed: %d tokens do not fit max_seq %d", T, m->max_seq);
     for (int t = 0; t < T; t++) memcpy(h + (size_t)t * C, m->w->embed + (size_t)tokens[t] * C, C * sizeof(float));
-    round_act(m, h, (size_t)T * C); /* exact for bf16 weights; fp16 activations round here */
+    round_residual(m, h, (size_t)T * C); /* exact for bf16 weights; fp16 activations round here */
     EMIT(qd_tap_model(QD_TAP_EMBED), h);
     return QD_OK;
 }
@@ -203,24 +305,25 @@ int qd_emu_layer(qd_emu *m, int l, const float *h_in, float *h_out, int T, int p
     size_t S = (size_t)m->max_seq;
 
     memcpy(m->x, h_in, (size_t)T * C * sizeof(float));
-    round_act(m, m->x, (size_t)T * C); /* the hidden state as the device stores it */
+    round_residual(m, m->x, (size_t)T * C); /* the hidden state as the device stores it */
 
-    norm_act(m, m->xn, m->x, lw->input_layernorm, T, C, l);
+    norm_act(m, QD_PT_ATTN_NORM, m->xn, m->x, lw->input_layernorm, T, C, l);
     EMIT(qd_tap_layer(l, QD_TAP_ATTN_NORM), m->xn);
-    matmul_act(m, m->q, m->xn, lw->q_proj, T, C, NH * HD);
+    matmul_act(m, QD_PT_Q_PROJ, m->q, m->xn, lw->q_proj, T, C, NH * HD);
     EMIT(qd_tap_layer(l, QD_TAP_Q_PROJ), m->q);
-    matmul_act(m, m->k, m->xn, lw->k_proj, T, C, NKV * HD);
+    matmul_act(m, QD_PT_K_PROJ, m->k, m->xn, lw->k_proj, T, C, NKV * HD);
     EMIT(qd_tap_layer(l, QD_TAP_K_PROJ), m->k);
-    matmul_act(m, m->v, m->xn, lw->v_proj, T, C, NKV * HD);
+    matmul_act(m, QD_PT_V_PROJ, m->v, m->xn, lw->v_proj, T, C, NKV * HD);
     EMIT(qd_tap_layer(l, QD_TAP_V_PROJ), m->v);
 
-    norm_act(m, m->q, m->q, lw->q_norm, T * NH, HD, l); /* per head, over head_dim */
+    norm_act(m, QD_PT_Q_NORM, m->q, m->q, lw->q_norm, T * NH, HD, l); /* per head, over head_dim */
     EMIT(qd_tap_layer(l, QD_TAP_Q_NORM), m->q);
-    emu_rmsnorm(m->k, m->k, lw->k_norm, T * NKV, HD, (float)c->rms_norm_eps, m->act, fault_in(m, l)); /* knorm-mul */
+    emu_rmsnorm(m->k, m->k, lw->k_norm, T * NKV, HD, (float)c->rms_norm_eps, act_at(m, QD_PT_K_NORM),
+                fault_in(m, l)); /* knorm-mul */
     EMIT(qd_tap_layer(l, QD_TAP_K_NORM), m->k);
-    rope_act(m, m->q, T, NH, pos0, l);
+    rope_act(m, QD_PT_Q_ROPE, m->q, T, NH, pos0, l);
     EMIT(qd_tap_layer(l, QD_TAP_Q_ROPE), m->q);
-    rope_act(m, m->k, T, NKV, pos0, l);
+    rope_act(m, QD_PT_K_ROPE, m->k, T, NKV, pos0, l);
     EMIT(qd_tap_layer(l, QD_TAP_K_ROPE), m->k);
 
     float *kc = m->kcache + (size_t)l * S * NKV * HD; /* (max_seq, NKV, HD) */
@@ -232,22 +335,23 @@ int qd_emu_layer(qd_emu *m, int l, const float *h_in, float *h_out, int T, int p
 
     attention_act(m, m->att, m->q, kc, vc, T, pos0, l);
     EMIT(qd_tap_layer(l, QD_TAP_ATTN), m->att);
-    matmul_act(m, m->o, m->att, lw->o_proj, T, NH * HD, C);
+    matmul_act(m, QD_PT_O_PROJ, m->o, m->att, lw->o_proj, T, NH * HD, C);
     EMIT(qd_tap_layer(l, QD_TAP_O_PROJ), m->o);
-    emu_residual(m->res, m->x, m->o, (long)T * C, m->act, fault_in(m, l)); /* residual-drop */
+    emu_residual(m->res, m->x, m->o, (long)T * C, act_at(m, QD_PT_RESIDUAL), fault_in(m, l)); /* residual-drop */
     EMIT(qd_tap_layer(l, QD_TAP_ATTN_RESIDUAL), m->res);
 
-    norm_act(m, m->xn, m->res, lw->post_attention_layernorm, T, C, l);
+    norm_act(m, QD_PT_MLP_NORM, m->xn, m->res, lw->post_attention_layernorm, T, C, l);
     EMIT(qd_tap_layer(l, QD_TAP_MLP_NORM), m->xn);
-    matmul_act(m, m->gate, m->xn, lw->gate_proj, T, C, I);
+    matmul_act(m, QD_PT_GATE_PROJ, m->gate, m->xn, lw->gate_proj, T, C, I);
     EMIT(qd_tap_layer(l, QD_TAP_GATE_PROJ), m->gate);
-    matmul_act(m, m->up, m->xn, lw->up_proj, T, C, I);
+    matmul_act(m, QD_PT_UP_PROJ, m->up, m->xn, lw->up_proj, T, C, I);
     EMIT(qd_tap_layer(l, QD_TAP_UP_PROJ), m->up);
-    emu_swiglu(m->gate, m->gate, m->up, (long)T * I, m->act, fault_in(m, l)); /* act-gelu */
+    emu_swiglu(m->gate, m->gate, m->up, (long)T * I, act_at(m, QD_PT_ACT), fault_in(m, l)); /* act-gelu */
     EMIT(qd_tap_layer(l, QD_TAP_ACT), m->gate);
-    matmul_act(m, m->o, m->gate, lw->down_proj, T, I, C);
+    matmul_act(m, QD_PT_DOWN_PROJ, m->o, m->gate, lw->down_proj, T, I, C);
     EMIT(qd_tap_layer(l, QD_TAP_DOWN_PROJ), m->o);
-    emu_residual(h_out, m->res, m->o, (long)T * C, m->act, QD_FAULT_NONE); /* the MLP's: residual-drop is not its bug */
+    /* the MLP's: residual-drop is not its bug */
+    emu_residual(h_out, m->res, m->o, (long)T * C, act_at(m, QD_PT_RESIDUAL), QD_FAULT_NONE);
     EMIT(qd_tap_layer(l, QD_TAP_OUT), h_out);
     return QD_OK;
 }
@@ -256,8 +360,8 @@ int qd_emu_head(qd_emu *m, const float *h, int T, float *logits, qd_tap_sink *si
     const qd_config *c = m->cfg;
     int C = c->hidden_size;
     memcpy(m->x, h, (size_t)T * C * sizeof(float));
-    round_act(m, m->x, (size_t)T * C);
-    norm_act(m, m->xn, m->x, m->w->norm, T, C, -1);
+    round_residual(m, m->x, (size_t)T * C);
+    norm_act(m, QD_PT_FINAL_NORM, m->xn, m->x, m->w->norm, T, C, -1);
     EMIT(qd_tap_model(QD_TAP_FINAL_NORM), m->xn);
     /* logits stay fp32: fp32 accumulation over the stored final_norm, not rounded */
     emu_matmul(logits, m->xn, m->w->lm_head, T, C, c->vocab_size, QD_ACT_FP32);

@@ -158,6 +158,12 @@ size_t emu_attention_scratch(int threads, int max_keys, int HD) {
 
 void emu_attention(float *out, const float *q, const float *kc, const float *vc, int T, int pos0, int NH, int NKV,
                    int HD, qd_act_dtype act, int threads, int fault, float *scratch) {
+    emu_attention_at(out, q, kc, vc, T, pos0, NH, NKV, HD, act, act, act, threads, fault, scratch);
+}
+
+void emu_attention_at(float *out, const float *q, const float *kc, const float *vc, int T, int pos0, int NH,
+                      int NKV, int HD, qd_act_dtype act, qd_act_dtype act_p, qd_act_dtype act_out, int threads,
+                      int fault, float *scratch) {
     // q (T, NH, HD); kc, vc (max_seq, NKV, HD); out (T, NH*HD); scratch (threads, pos0 + T + 2*HD)
     int kv_mul = NH / NKV;
     size_t kv_stride = (size_t)NKV * HD;
@@ -203,7 +209,7 @@ void emu_attention(float *out, const float *q, const float *kc, const float *vc,
                         for (int j = j0; j < j1; j++) {
                             float e = expf(p[j] - mt);
                             sum += e;
-                            float pr = emu_round(act, e); /* P rounded with the running max, as the kernel does */
+                            float pr = emu_round(act_p, e); /* P rounded with the running max, as the kernel does */
                             for (int d = 0; d < HD; d++) acc[d] += pr * v[(size_t)j * kv_stride + d];
                         }
                         mx = mt;
@@ -213,17 +219,17 @@ void emu_attention(float *out, const float *q, const float *kc, const float *vc,
                     for (int j = 0; j < n_keys; j++) {
                         float e = expf(p[j]);
                         sum += e;
-                        p[j] = emu_round(act, e);
+                        p[j] = emu_round(act_p, e);
                     }
                     for (int j = 0; j < n_keys; j++)
                         for (int d = 0; d < HD; d++) acc[d] += p[j] * v[(size_t)j * kv_stride + d];
                 } else if (T == 1) {
-                    sum = softmax_pv_splits(act, acc, p, v, kv_stride, n_keys, HD, acc + HD);
+                    sum = softmax_pv_splits(act_p, acc, p, v, kv_stride, n_keys, HD, acc + HD);
                 } else {
-                    sum = softmax_pv_tiles(act, acc, p, v, kv_stride, n_keys, HD, tile);
+                    sum = softmax_pv_tiles(act_p, acc, p, v, kv_stride, n_keys, HD, tile);
                 }
                 float *oh = out + ((size_t)t * NH + h) * HD;
-                for (int d = 0; d < HD; d++) oh[d] = emu_round(act, acc[d] / sum);
+                for (int d = 0; d < HD; d++) oh[d] = emu_round(act_out, acc[d] / sum);
             }
         }
     }

@@ -8,6 +8,7 @@
 #ifndef QD_EMU_H
 #define QD_EMU_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "qd_act.h"
@@ -17,6 +18,54 @@
 
 typedef struct qd_emu qd_emu;
 
+/* Precision points: the places where the contract rounds (docs/PRECISION.md, "Per-op precision"), each of
+ * which can be kept in fp32 while everything else stays in the activation dtype (qd_emu_set_fp32_points),
+ * to ask which rounding a divergence needs (compare/qd_bisect.h). A point covers its op in every layer.
+ * Keeping a point in fp32 runs that op with fp32 activations: its output is not rounded, and whatever the op
+ * does in the activation type (the norm-sumsq-lowp accumulator) is fp32 too, as in an fp32 run. Listed in
+ * execution order; bit p of a mask is point p. */
+typedef enum {
+    QD_PT_RESIDUAL = 0, /* the residual stream as stored: embed, each layer's and the head's input, attn_residual, out */
+    QD_PT_ATTN_NORM,
+    QD_PT_Q_PROJ,
+    QD_PT_K_PROJ,
+    QD_PT_V_PROJ,
+    QD_PT_Q_NORM,
+    QD_PT_K_NORM,
+    QD_PT_Q_ROPE,
+    QD_PT_K_ROPE,       /* also the K cache, which holds k_rope as stored (the V cache holds v_proj) */
+    QD_PT_QK,           /* the scores q.k: fp32 in the contract already, so no rounding to remove */
+    QD_PT_SOFTMAX,      /* P = A(exp(s - m)), the P.V operand */
+    QD_PT_ATTN,         /* the P.V output, tap attn */
+    QD_PT_O_PROJ,
+    QD_PT_MLP_NORM,
+    QD_PT_GATE_PROJ,
+    QD_PT_UP_PROJ,
+    QD_PT_ACT,          /* silu(gate) * up */
+    QD_PT_DOWN_PROJ,
+    QD_PT_FINAL_NORM,
+    QD_NUM_PRECISION_POINTS
+} qd_precision_point;
+
+typedef struct {
+    const char *name;  /* "k_norm", "softmax": the tap's name where the point is a tap's rounding */
+    const char *alias; /* another accepted spelling ("pv"), or NULL */
+    int rounds;        /* 0: the contract keeps this value in fp32 already (qk), keeping it in fp32 changes nothing */
+    int tap;           /* the first layer tap (qd_layer_tap) the point's rounding reaches within a layer: -1 for
+                          the residual stream (the layer's input), QD_NUM_LAYER_TAPS for final_norm (the head) */
+    const char *doc;   /* one line: what is rounded there */
+} qd_precision_point_info;
+
+/* The point's row of the table; NULL outside 0..QD_NUM_PRECISION_POINTS-1. */
+const qd_precision_point_info *qd_precision_point_info_of(int p);
+/* Every point whose rounding can be kept in fp32 (rounds == 1). */
+unsigned qd_precision_points_all(void);
+/* "k_norm,softmax" -> a mask. Names are matched ignoring case and '_' ("knorm"), or by alias; "all" names
+ * every point, "none" or "" none. QD_EINPUT naming the bad word and listing the names. */
+int qd_precision_points_parse(const char *list, unsigned *mask, qd_err *e);
+/* The mask as "k_norm,softmax" in point order ("none" for 0), truncated to n. */
+void qd_precision_points_format(unsigned mask, char *buf, size_t n);
+
 /* The weights as bf16 (the fused path's weight dtype): when every value of w is a bf16 value already (a
  * bf16 checkpoint), emu reads w in place and w must outlive it, unchanged (as the reference's weights
  * must); otherwise it keeps a rounded copy. fault: a fault of the catalog to inject (qd_fault.h), NULL
@@ -24,6 +73,9 @@ typedef struct qd_emu qd_emu;
 qd_emu *qd_emu_create(const qd_weights *w, qd_act_dtype act, int threads, int max_seq, const qd_fault *fault,
                       qd_err *e);
 void qd_emu_free(qd_emu *m);
+/* Keeps the precision points of mask (bit p: qd_precision_point p) in fp32 from the next step on; 0 (the
+ * default) is the contract itself, bitwise. */
+void qd_emu_set_fp32_points(qd_emu *m, unsigned mask);
 /* 1 when m reads the caller's weights in place, 0 when it holds a rounded copy. */
 int qd_emu_shares_weights(const qd_emu *m);
 

@@ -55,6 +55,13 @@ size_t emu_attention_scratch(int threads, int max_keys, int HD);
 void emu_attention(float *out, const float *q, const float *kc, const float *vc, int T, int pos0, int NH, int NKV,
                    int HD, qd_act_dtype act, int threads, int fault, float *scratch);
 
+/* emu_attention with its two roundings chosen apart (the per-op precision of qd_emu.h's points `softmax` and
+ * `attn`): act is the kernel's activation dtype (it picks the prefill tile), act_p rounds P before P.V,
+ * act_out rounds the output. emu_attention(..., act, ...) is emu_attention_at(..., act, act, act, ...). */
+void emu_attention_at(float *out, const float *q, const float *kc, const float *vc, int T, int pos0, int NH,
+                      int NKV, int HD, qd_act_dtype act, qd_act_dtype act_p, qd_act_dtype act_out, int threads,
+                      int fault, float *scratch);
+
 /* out = A(silu(gate) * up) over n values; out may alias gate or up. Fault act-gelu: GELU (erf form). */
 void emu_swiglu(float *out, const float *gate, const float *up, long n, qd_act_dtype act, int fault);
 

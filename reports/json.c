@@ -9,6 +9,21 @@
 #include "qd_reports.h"
 #include "shared.h"
 
+/* The precision points of a mask, by name in point order. */
+static json_t *points_json(unsigned mask) {
+    json_t *a = json_array();
+    for (int p = 0; p < 32; p++)
+        if (mask >> p & 1u && qd_bisect_point_name(p)) json_array_append_new(a, json_string(qd_bisect_point_name(p)));
+    return a;
+}
+
+static json_t *flags_json(unsigned verdict) {
+    json_t *flags = json_array();
+    for (unsigned bit = 1; bit <= QD_V_ALL; bit <<= 1)
+        if (verdict & bit) json_array_append_new(flags, json_string(qd_verdict_flag_name(bit)));
+    return flags;
+}
+
 static json_t *tol_json(const qd_tol *t) {
     json_t *o = json_object();
     json_object_set_new(o, "rel_l2", qd_json_real(t->rel_l2));
@@ -25,10 +40,7 @@ static json_t *row_json(const qd_report *r, const qd_tap_row *row) {
     json_object_set_new(o, "tap", json_string(qd_row_tap_name(row)));
     json_object_set_new(o, "mode", json_string(qd_mode_name(row->mode)));
     json_object_set_new(o, "pass", json_boolean(!qd_verdict_fails(row->verdict)));
-    json_t *flags = json_array();
-    for (unsigned bit = 1; bit <= QD_V_ALL; bit <<= 1)
-        if (row->verdict & bit) json_array_append_new(flags, json_string(qd_verdict_flag_name(bit)));
-    json_object_set_new(o, "flags", flags);
+    json_object_set_new(o, "flags", flags_json(row->verdict));
     char reason[512];
     qd_row_reason(r, row, reason, sizeof reason);
     json_object_set_new(o, "reason", json_string(reason));
@@ -94,7 +106,39 @@ static json_t *names_json(const char (*names)[24], int n) {
     return a;
 }
 
+static json_t *bisect_json(const qd_bisect_result *b) {
+    json_t *o = json_object();
+    json_object_set_new(o, "flagged", json_pack("{s:i, s:i, s:s, s:s}", "step", b->step, "layer", b->id.layer, "tap",
+                                                qd_tap_id_name(b->id), "mode", qd_mode_name(b->mode)));
+    json_object_set_new(o, "reference", json_string(b->name_a));
+    json_object_set_new(o, "test", json_string("emu"));
+    json_object_set_new(o, "stands_in_for", b->stand_in ? json_string("fused") : json_null());
+    json_object_set_new(o, "outcome", json_string(qd_bisect_outcome_name(b->outcome)));
+    json_object_set_new(o, "set", points_json(b->set));
+    json_object_set_new(o, "also_alone", points_json(b->also_alone));
+    json_object_set_new(o, "candidates", points_json(b->candidates));
+    json_object_set_new(o, "reruns", json_integer(b->reruns));
+    json_t *tried = json_array();
+    for (int i = 0; i < b->n_tried; i++) {
+        const qd_bisect_try *t = &b->tried[i];
+        json_t *x = json_object();
+        json_object_set_new(x, "fp32", points_json(t->fp32));
+        json_object_set_new(x, "stage", json_string(t->stage));
+        json_object_set_new(x, "rel_l2", qd_json_real(t->rel_l2));
+        json_object_set_new(x, "pass", json_boolean(t->fixed));
+        json_object_set_new(x, "flags", flags_json(t->verdict));
+        json_object_set_new(x, "earlier_fail", json_boolean(t->earlier_fail));
+        json_array_append_new(tried, x);
+    }
+    json_object_set_new(o, "tried", tried);
+    return o;
+}
+
 int qd_report_write_json(const qd_report *r, const char *path, qd_err *e) {
+    return qd_report_write_json_bisect(r, NULL, path, e);
+}
+
+int qd_report_write_json_bisect(const qd_report *r, const qd_bisect_result *bisect, const char *path, qd_err *e) {
     json_t *root = json_object();
     json_object_set_new(root, "schema", json_string("qwen3-diff-report/1"));
     json_object_set_new(root, "verdict", json_string(r->first_div >= 0 ? "diverged" : "pass"));
@@ -116,6 +160,7 @@ int qd_report_write_json(const qd_report *r, const char *path, qd_err *e) {
     json_object_set_new(root, "taps", taps);
     json_object_set_new(root, "only_in_reference", names_json(r->only_a, r->n_only_a));
     json_object_set_new(root, "only_in_test", names_json(r->only_b, r->n_only_b));
+    if (bisect) json_object_set_new(root, "precision_bisect", bisect_json(bisect));
     char *text = json_dumps(root, JSON_INDENT(1) | JSON_REAL_PRECISION(9));
     json_decref(root);
     if (!text) return qd_errf(e, QD_ERUNTIME, "%s: json_dumps failed", path);

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "qd_bisect.h"
 #include "qd_compare.h"
 #include "qd_dump.h"
 
@@ -15,6 +16,8 @@
 void qd_report_print(const qd_report *r, FILE *f, int color);
 /* {"verdict": "pass"|"diverged", "first_divergence": null | {..., "where": {...}}, "taps": [...]} */
 int qd_report_write_json(const qd_report *r, const char *path, qd_err *e);
+/* The same with the precision bisection's result as the field "precision_bisect" (bisect NULL: none). */
+int qd_report_write_json_bisect(const qd_report *r, const qd_bisect_result *bisect, const char *path, qd_err *e);
 /* JUnit XML: one test case per layer (and one each for embed and the head). */
 int qd_report_write_junit(const qd_report *r, const char *path, qd_err *e);
 /* /diff/<A>-vs-<B>/metrics, a table of qd_metrics_record, one per row in the report's order, the

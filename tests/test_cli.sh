@@ -39,6 +39,15 @@ expect 2 "--calibrate" -- --model "$model" --tokens 1,2 --backends ref,emu --cal
 expect 2 "--inject" -- --model "$model" --tokens 1,2 --backends ref,emu --inject knorm-mul@7
 expect 2 "reference takes no faults" -- --model "$model" --tokens 1,2 --backends emu,ref --inject knorm-mul@1
 expect 2 "stray" -- --model "$model" --tokens 1,2 stray
+# per-op precision (--fp32-ops, --precision-bisect): emu's alone
+expect 2 "unknown op 'bogus'" -- --model "$model" --tokens 1,2 --backends ref,emu --fp32-ops k_norm,bogus
+expect 2 "only emu keeps chosen ops in fp32; fused" -- --model "$model" --tokens 1,2 --backends ref,fused --fp32-ops k_norm
+expect 2 "only emu keeps chosen ops in fp32; ref" -- --model "$model" --tokens 1,2 --backends emu,ref --fp32-ops k_norm
+expect 2 "only emu keeps chosen ops in fp32; ref" -- --model "$model" --tokens 1,2 --backends ref --fp32-ops attn
+expect 0 "" -- --model "$model" --tokens 1,2 --backends emu --fp32-ops knorm,softmax
+expect 2 "drop --fp32-ops" -- --model "$model" --tokens 1,2 --backends ref,emu --precision-bisect --fp32-ops k_norm
+expect 2 "B must be emu or fused" -- --model "$model" --tokens 1,2 --backends emu,ref --precision-bisect
+expect 2 "--precision-bisect needs two backends" -- --model "$model" --tokens 1,2 --backends emu --precision-bisect
 # a tolerance file with an entry past the model's 2 layers, at the top level or in the isolated section
 th='{"schema": "qwen3-diff-tolerances/1", "precision_pair": ["bf16", "fp32"]'
 echo "$th, \"layers\": {\"5/attn\": {\"rel_l2\": 0.1}}}" > "$tmp/tol_l5.json"
@@ -58,7 +67,7 @@ grep -q '^       qwen3-diff compare A.h5\[:GROUP\] B.h5\[:GROUP\] \[--tolerances
 grep -q '^       qwen3-diff selftest \[--fixtures DIR\] \[--json FILE\]   proves' "$tmp/help" || fail "--help: no synopsis of selftest"
 # every option --help lists is parsed: a flag is followed by the bad --threads x, a valued option takes
 # "--threads" as its value and leaves 'x' over; neither may be an unknown option
-listed=$(grep -E '^  --' "$tmp/help" | grep -oE -- '--[a-z][a-z-]*' | sort -u)
+listed=$(grep -E '^  --' "$tmp/help" | grep -oE -- '--[a-z][a-z0-9-]*' | sort -u)
 [ "$(echo "$listed" | wc -l)" -ge 25 ] || fail "--help lists only: $listed"
 for opt in $listed; do
     rc=0

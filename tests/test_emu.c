@@ -36,10 +36,12 @@ static void run_ref(const qd_weights *w, recorder *rec) {
     qd_ref_free(r);
 }
 
-static void run_emu(const qd_weights *w, qd_act_dtype act, recorder *rec) {
+/* emu with the precision points of fp32_points kept in fp32 (0: the contract). */
+static void run_emu_points(const qd_weights *w, qd_act_dtype act, unsigned fp32_points, recorder *rec) {
     qd_err e;
     qd_emu *m = qd_emu_create(w, act, 0, T, NULL, &e);
     assert_non_null(m);
+    qd_emu_set_fp32_points(m, fp32_points);
     const qd_config *c = &w->cfg;
     float *h = malloc((size_t)T * c->hidden_size * sizeof(float));
     float *h2 = malloc((size_t)T * c->hidden_size * sizeof(float));
@@ -55,6 +57,8 @@ static void run_emu(const qd_weights *w, qd_act_dtype act, recorder *rec) {
     free(logits);
     qd_emu_free(m);
 }
+
+static void run_emu(const qd_weights *w, qd_act_dtype act, recorder *rec) { run_emu_points(w, act, 0, rec); }
 
 /* With fp32 activations emu is the reference computed another way (P.V accumulated before dividing by the
  * softmax sum instead of after): every tap agrees to float32 rounding. */
@@ -219,6 +223,134 @@ static void test_emu_shares_bf16_weights(void **state) {
     qd_weights_free(&w2);
 }
 
+// ----------------------------------------------------------------------------
+// precision points (qd_emu_set_fp32_points)
+
+/* Index of the first tap where two recordings of the same run differ bitwise; b->n if none. */
+static int first_difference(const recorder *a, const recorder *b) {
+    assert_int_equal(a->n, b->n);
+    for (int i = 0; i < a->n; i++) {
+        assert_int_equal(a->count[i], b->count[i]);
+        if (memcmp(a->data[i], b->data[i], a->count[i] * sizeof(float)) != 0) return i;
+    }
+    return a->n;
+}
+
+static int holds_non_bf16(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (x[i] != qd_round_bf16(x[i])) return 1;
+    return 0;
+}
+
+/* An empty mask is the contract bitwise (also after another mask was set and cleared); every point kept in
+ * fp32 is an fp32 run bitwise (the prompt's 12 keys fit one key tile of either kernel). */
+static void test_emu_fp32_points_empty_and_all(void **state) {
+    (void)state;
+    qd_weights w;
+    make_small(&w, 1, 31);
+    recorder base, empty, all, f32;
+    recorder_init(&base);
+    recorder_init(&empty);
+    recorder_init(&all);
+    recorder_init(&f32);
+    run_emu(&w, QD_ACT_BF16, &base);
+    qd_err e;
+    qd_emu *m = qd_emu_create(&w, QD_ACT_BF16, 0, T, NULL, &e);
+    assert_non_null(m);
+    qd_emu_set_fp32_points(m, qd_precision_points_all());
+    qd_emu_set_fp32_points(m, 0);
+    const qd_config *c = &w.cfg;
+    float *h = malloc((size_t)T * c->hidden_size * sizeof(float)), *h2 = malloc((size_t)T * c->hidden_size * sizeof(float));
+    float *logits = malloc((size_t)T * c->vocab_size * sizeof(float));
+    assert_int_equal(qd_emu_embed(m, prompt, T, h, &empty.sink, &e), QD_OK);
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        assert_int_equal(qd_emu_layer(m, l, h, h2, T, 0, &empty.sink, &e), QD_OK);
+        memcpy(h, h2, (size_t)T * c->hidden_size * sizeof(float));
+    }
+    assert_int_equal(qd_emu_head(m, h, T, logits, &empty.sink, &e), QD_OK);
+    assert_int_equal(first_difference(&base, &empty), base.n);
+
+    run_emu_points(&w, QD_ACT_BF16, qd_precision_points_all(), &all);
+    run_emu(&w, QD_ACT_FP32, &f32);
+    assert_int_equal(first_difference(&all, &f32), all.n);
+    assert_true(first_difference(&base, &all) < base.n); /* and that is not the bf16 run */
+    free(h);
+    free(h2);
+    free(logits);
+    qd_emu_free(m);
+    recorder_free(&base);
+    recorder_free(&empty);
+    recorder_free(&all);
+    recorder_free(&f32);
+    qd_weights_free(&w);
+}
+
+/* One point in fp32: every tap before the point's first tap in layer 0 is the contract's bitwise, the
+ * point's tap is the first to change, and where the point is that tap's rounding the tap holds values that
+ * bf16 cannot (its output stayed unrounded). qk is fp32 in the contract: the run does not change. */
+static void test_emu_fp32_point_unrounded(void **state) {
+    (void)state;
+    qd_weights w;
+    make_small(&w, 0, 37);
+    recorder base;
+    recorder_init(&base);
+    run_emu(&w, QD_ACT_BF16, &base);
+    for (int p = 0; p < QD_NUM_PRECISION_POINTS; p++) {
+        const qd_precision_point_info *pi = qd_precision_point_info_of(p);
+        recorder r;
+        recorder_init(&r);
+        run_emu_points(&w, QD_ACT_BF16, 1u << p, &r);
+        int d = first_difference(&base, &r);
+        if (!pi->rounds) {
+            assert_int_equal(d, base.n);
+            recorder_free(&r);
+            continue;
+        }
+        assert_true(d < base.n);
+        /* the first tap the point reaches: embed is exact for bf16 weights and the entry rounding then the
+         * identity, so the residual stream first shows at attn_residual */
+        const char *want = p == QD_PT_RESIDUAL ? "attn_residual" : p == QD_PT_SOFTMAX ? "attn" : pi->name;
+        int want_layer = p == QD_PT_FINAL_NORM ? -1 : 0;
+        if (strcmp(r.name[d], want) != 0 || r.layer[d] != want_layer)
+            fail_msg("point %s: first change at layer %d %s, expected layer %d %s", pi->name, r.layer[d], r.name[d],
+                     want_layer, want);
+        /* P in fp32 feeds a product whose output is still rounded; every other point is its tap's rounding */
+        assert_int_equal(holds_non_bf16(r.data[d], r.count[d]), p != QD_PT_SOFTMAX);
+        recorder_free(&r);
+    }
+    recorder_free(&base);
+    qd_weights_free(&w);
+}
+
+/* --fp32-ops' names: the tap names, ignoring case and '_', the aliases, all and none; a bad name is one
+ * line naming it. */
+static void test_emu_fp32_points_parse(void **state) {
+    (void)state;
+    qd_err e;
+    unsigned mask;
+    assert_int_equal(qd_precision_points_parse("knorm,Softmax", &mask, &e), QD_OK);
+    assert_int_equal(mask, 1u << QD_PT_K_NORM | 1u << QD_PT_SOFTMAX);
+    assert_int_equal(qd_precision_points_parse("pv,q_rope,scores", &mask, &e), QD_OK);
+    assert_int_equal(mask, 1u << QD_PT_ATTN | 1u << QD_PT_Q_ROPE | 1u << QD_PT_QK);
+    assert_int_equal(qd_precision_points_parse("all", &mask, &e), QD_OK);
+    assert_int_equal(mask, qd_precision_points_all());
+    assert_false(mask >> QD_PT_QK & 1u); /* nothing to keep: the scores are fp32 already */
+    assert_int_equal(qd_precision_points_parse("none", &mask, &e), QD_OK);
+    assert_int_equal(mask, 0);
+    char buf[256];
+    qd_precision_points_format(1u << QD_PT_RESIDUAL | 1u << QD_PT_FINAL_NORM, buf, sizeof buf);
+    assert_string_equal(buf, "residual,final_norm");
+    qd_precision_points_format(0, buf, sizeof buf);
+    assert_string_equal(buf, "none");
+    qd_err_clear(&e);
+    assert_int_equal(qd_precision_points_parse("k_norm,bogus", &mask, &e), QD_EINPUT);
+    assert_non_null(strstr(e.msg, "'bogus'"));
+    assert_null(strchr(e.msg, '\n'));
+    qd_err_clear(&e);
+    assert_int_equal(qd_precision_points_parse("k_norm,,act", &mask, &e), QD_EINPUT); /* an empty name */
+    assert_non_null(strstr(e.msg, "''"));
+}
+
 /* A sink that refuses the n-th tap (0-based) with a message of its own. */
 typedef struct {
     int n, fail_at;
@@ -291,6 +423,9 @@ int main(void) {
         cmocka_unit_test(test_emu_rounds_input),
         cmocka_unit_test(test_emu_shares_bf16_weights),
         cmocka_unit_test(test_emu_sink_error_stops),
+        cmocka_unit_test(test_emu_fp32_points_empty_and_all),
+        cmocka_unit_test(test_emu_fp32_point_unrounded),
+        cmocka_unit_test(test_emu_fp32_points_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

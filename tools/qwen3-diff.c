@@ -30,10 +30,12 @@
 
 #include "qd_act.h"
 #include "qd_backend.h"
+#include "qd_bisect.h"
 #include "qd_build_config.h"
 #include "qd_compare.h"
 #include "qd_config.h"
 #include "qd_dump.h"
+#include "qd_emu.h"
 #include "qd_fault.h"
 #include "qd_ref.h"
 #include "qd_reports.h"
@@ -78,6 +80,8 @@ typedef struct {
     qd_accum accum;
     int summary, quiet, help, version, no_color, list_faults;
     int precision_sweep;        /* after a divergence: rerun B in fp32, fp16 and bf16 (qd_sweep.h) */
+    int precision_bisect;       /* after a divergence: the smallest set of ops whose fp32 fixes it (qd_bisect.h) */
+    unsigned fp32_points;       /* --fp32-ops: emu's precision points kept in fp32 (qd_emu.h) */
     const char *compare_a, *compare_b; /* the compare subcommand's operands */
     int noperands;              /* how many the compare subcommand was given */
 } cli_args;
@@ -86,7 +90,7 @@ enum {
     O_MODEL = 1, O_TOKENS, O_BACKENDS, O_LAYER_BY_LAYER, O_ISOLATE, O_LOCATE, O_DECODE, O_ACT, O_FUSED_PRECISION,
     O_FUSED_TAPS, O_INJECT, O_THREADS, O_REF_ACCUM, O_TOLERANCES, O_PRECISION_SWEEP, O_CALIBRATE, O_WRITE_TOL,
     O_MARGIN, O_JSON, O_JUNIT, O_DUMP, O_DUMP_TAPS, O_DUMP_ON_DIVERGENCE, O_DUMP_COMPRESS, O_SUMMARY, O_QUIET,
-    O_NO_COLOR, O_HELP, O_VERSION,
+    O_NO_COLOR, O_HELP, O_VERSION, O_FP32_OPS, O_PRECISION_BISECT,
 };
 
 /* name, value, id, section, help (NULL: not listed), usage position, flags, short name; in the order of --help */
@@ -106,6 +110,8 @@ static const qd_cli_opt main_opts[] = {
     {"act", "bf16|fp16|fp32", O_ACT, "backends",
      "activation dtype of emu and fused (default bf16; also --fused-precision)", 0, 0, 0},
     {"fused-precision", "bf16|fp16|fp32", O_FUSED_PRECISION, "backends", NULL, 0, 0, 0}, /* --act's older name */
+    {"fp32-ops", "OPS", O_FP32_OPS, "backends", "keep these ops of emu (B) in fp32, the rest in the activation "
+     "dtype\n(docs/PRECISION.md): {fp32_ops}", 0, 0, 0},
     {"fused-taps", "all|fused", O_FUSED_TAPS, "backends", "all: the unfused variant of the CUDA kernels, so every tap "
      "exists\n(default fused: taps a kernel fuses away are absent)", 0, 0, 0},
     {"inject", "NAME[@L]", O_INJECT, "backends", "inject a fault of the catalog into the backend under test (B), in "
@@ -118,6 +124,8 @@ static const qd_cli_opt main_opts[] = {
      "tolerances (docs/TOLERANCES.md); default: from the precision pair", 0, 0, 0},
     {"precision-sweep", NULL, O_PRECISION_SWEEP, "verdict and CI", "after a divergence, rerun B with fp32, fp16 and "
      "bf16 activations (each pair\nblessed on its own) and say whether precision or a bug explains it", 0, 0, 0},
+    {"precision-bisect", NULL, O_PRECISION_BISECT, "verdict and CI", "after a divergence, rerun B as emu with chosen "
+     "ops in fp32 and name the\nsmallest set of ops whose fp32 fixes the flagged tap, or say none does", 0, 0, 0},
     {"calibrate", "N", O_CALIBRATE, "verdict and CI", "bless a known-good pair: run N prompts, then "
      "--write-tolerances\n(with --isolate, the teacher-forced rows get their own, tighter section)", 0, 0, 0},
     {"write-tolerances", "F", O_WRITE_TOL, "verdict and CI",
@@ -161,8 +169,26 @@ static const qd_cli_cmd compare_cmd = {
     .nopts = (int)(sizeof compare_opts / sizeof *compare_opts),
 };
 
+/* --fp32-ops' names for --help, wrapped under the help column (cli_opts.c's HELP_COLUMN) */
+static void fp32_ops_names(char *buf, size_t n) {
+    enum { HELP_COLUMN = 25, WIDTH = 100 };
+    size_t k = 0;
+    int col = HELP_COLUMN + (int)strlen("(docs/PRECISION.md): ");
+    buf[0] = '\0';
+    for (int p = 0; p < QD_NUM_PRECISION_POINTS && k < n; p++) {
+        const char *name = qd_precision_point_info_of(p)->name;
+        int len = (int)strlen(name), wrap = p && col + 2 + len > WIDTH;
+        int w = snprintf(buf + k, n - k, "%s%*s%s", !p ? "" : wrap ? ",\n" : ", ", wrap ? HELP_COLUMN : 0, "", name);
+        if (w < 0) return;
+        k += (size_t)w;
+        col = (wrap ? HELP_COLUMN : col + (p ? 2 : 0)) + len;
+    }
+}
+
 static void usage(FILE *f) {
-    const char *const vars[] = {"backends", qd_backend_names(), NULL};
+    char ops[512];
+    fp32_ops_names(ops, sizeof ops);
+    const char *const vars[] = {"backends", qd_backend_names(), "fp32_ops", ops, NULL};
     qd_cli_print_usage(f, "usage: qwen3-diff", &main_cmd, 0);
     qd_cli_print_usage(f, "       qwen3-diff", &compare_cmd, 1);
     qd_cli_print_usage(f, "       qwen3-diff", &selftest_cli_cmd, 1);
@@ -221,6 +247,8 @@ static int take_option(void *ctx, const qd_cli_opt *o, const char *flag, const c
     case O_LAYER_BY_LAYER: a->layer_by_layer = 1; return QD_OK;
     case O_ISOLATE: a->isolate = 1; return QD_OK;
     case O_PRECISION_SWEEP: a->precision_sweep = 1; return QD_OK;
+    case O_PRECISION_BISECT: a->precision_bisect = 1; return QD_OK;
+    case O_FP32_OPS: return qd_precision_points_parse(val, &a->fp32_points, e);
     case O_MODEL: a->model = val; return QD_OK;
     case O_TOKENS: a->tokens = val; return QD_OK;
     case O_DUMP: a->dump = val; return QD_OK;
@@ -325,7 +353,8 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
         const char *only_lockstep = a->isolate ? "--isolate" : a->tolerances ? "--tolerances" : a->json ? "--json"
                                   : a->junit ? "--junit" : a->decode ? "--decode" : a->dump_taps ? "--dump-taps"
                                   : a->dump_window >= 0 ? "--dump-on-divergence"
-                                  : a->precision_sweep ? "--precision-sweep" : NULL;
+                                  : a->precision_sweep ? "--precision-sweep"
+                                  : a->precision_bisect ? "--precision-bisect" : NULL;
         if (only_lockstep && a->nbackends == 1)
             return qd_errf(e, QD_EINPUT, "%s needs two backends (--layer-by-layer --backends A,B)", only_lockstep);
         if (only_lockstep) a->layer_by_layer = 1;
@@ -336,6 +365,8 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
     }
     if (a->layer_by_layer && a->summary)
         return qd_errf(e, QD_EINPUT, "--summary describes a one-backend run; a comparison prints its own table");
+    if (a->precision_bisect && a->fp32_points)
+        return qd_errf(e, QD_EINPUT, "--precision-bisect chooses the fp32 ops itself: drop --fp32-ops");
     if (a->locate == QD_MODE_ISOLATED && !a->isolate)
         return qd_errf(e, QD_EINPUT, "--locate isolated needs --isolate");
     /* no --model: the bundled extreme-k_norm fixture, with its own prompt unless --tokens is given */
@@ -524,7 +555,7 @@ static int run_single(const cli_args *a, const char *model, const char *token_ar
     have_weights = 1;
     const qd_config *c = &w.cfg;
     qd_backend_opts bo = {.threads = a->threads, .accum_f64 = a->accum == QD_ACCUM_F64, .max_seq = T, .act = a->act,
-                          .fault = a->fault, .taps_all = a->taps_all};
+                          .fault = a->fault, .taps_all = a->taps_all, .fp32_points = a->fp32_points};
     if (!(be = qd_backend_create(a->backends[0], &w, &bo, e))) {
         rc = e->code ? e->code : QD_ERUNTIME;
         goto out;
@@ -655,6 +686,19 @@ static int calibrate(const cli_args *a, const char *model, qd_backend *ra, qd_ba
     return rc;
 }
 
+/* "rerun k" on a terminal while the bisection runs; rerun 0 clears the line. */
+static void bisect_progress(void *ctx, int rerun, unsigned fp32) {
+    (void)ctx;
+    if (!isatty(2)) return;
+    if (!rerun) {
+        fprintf(stderr, "\r\033[K");
+        return;
+    }
+    char set[256];
+    qd_precision_points_format(fp32, set, sizeof set);
+    fprintf(stderr, "\r\033[Kqwen3-diff: precision bisect, rerun %d: %.60s", rerun, set);
+}
+
 /* The precision sweep blesses each dtype's pair over as many prompts as the selftest's bless step
  * (the brief of --calibrate: >= 5 known-good runs), with --margin. */
 #define SWEEP_CALIB_PROMPTS 5
@@ -670,12 +714,18 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
     qd_backend *ba = NULL, *bb = NULL, *bi = NULL;
     qd_tolerances tol;
     qd_report r;
+    qd_bisect_result *bisect = NULL; /* --precision-bisect's result, after a divergence */
 
     if ((rc = open_input(a, model, token_arg, a->calibrate ? NULL : a->dump, &cfg, &config_text, &tokens, &T,
                          &dump, e)))
         return rc;
     const char *name_a = a->nbackends ? a->backends[0] : "ref";
     const char *name_b = a->nbackends ? a->backends[1] : qd_backend_default_test();
+    if (a->precision_bisect && strcmp(name_b, "emu") != 0 && strcmp(name_b, "fused") != 0) {
+        rc = qd_errf(e, QD_EINPUT, "--precision-bisect: B is %s; it reruns emu's precision points, so B must be emu "
+                                   "or fused (emu standing in for it)", name_b);
+        goto out;
+    }
     if ((rc = qd_weights_load(model, &w, e))) goto out;
     have_weights = 1;
     const int L = w.cfg.num_hidden_layers;
@@ -687,6 +737,7 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
                           .act = a->act, .taps_all = a->taps_all};
     qd_backend_opts bo_test = bo;
     bo_test.fault = a->fault;
+    bo_test.fp32_points = a->fp32_points;
     if (!(ba = qd_backend_create(name_a, &w, &bo, e)) || !(bb = qd_backend_create(name_b, &w, &bo_test, e)) ||
         (a->isolate && !(bi = qd_backend_create(name_b, &w, &bo_test, e)))) {
         rc = e->code ? e->code : QD_ERUNTIME;
@@ -714,7 +765,21 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
         dump = NULL;
         if (rc) goto out;
     }
-    if (a->json && (rc = qd_report_write_json(&r, a->json, e))) goto out;
+    if (a->precision_bisect && qd_report_diverged(&r)) {
+        qd_bisect_opts bso = {.name_a = name_a, .name_b = name_b, .tokens = tokens, .T = T, .decode = a->decode,
+                              .tol = &tol, .locate = a->locate, .flagged = &r.rows[r.first_div],
+                              .progress = a->quiet ? NULL : bisect_progress,
+                              .opts = {.threads = a->threads, .accum_f64 = a->accum == QD_ACCUM_F64, .act = a->act,
+                                       .fault = a->fault, .taps_all = a->taps_all}};
+        if (!(bisect = qd_alloc(sizeof *bisect, e))) {
+            rc = QD_ERUNTIME;
+            goto out;
+        }
+        rc = qd_precision_bisect(&w, &bso, bisect, e);
+        if (!a->quiet) bisect_progress(NULL, 0, 0);
+        if (rc) goto out;
+    }
+    if (a->json && (rc = qd_report_write_json_bisect(&r, bisect, a->json, e))) goto out;
     if (a->junit && (rc = qd_report_write_junit(&r, a->junit, e))) goto out;
     if (!a->quiet) {
         printf("model %s, T=%d tokens\n", model, T);
@@ -732,9 +797,15 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
         if ((rc = qd_precision_sweep(&w, &so, &sr, e))) goto out;
         qd_sweep_print(&sr, &so, stdout);
     }
+    if (a->precision_bisect && !qd_report_diverged(&r)) {
+        if (!a->quiet) printf("precision bisect: no divergence to explain\n");
+    } else if (bisect) {
+        qd_bisect_print(bisect, stdout);
+    }
     rc = qd_report_diverged(&r) ? QD_EDIVERGED : QD_OK;
 
 out:
+    free(bisect);
     if (dump) qd_dump_close(dump, 0, NULL);
     if (have_report) qd_report_free(&r);
     if (have_tol) qd_tolerances_free(&tol);
