@@ -162,6 +162,27 @@ static const float *engine_tap(const qd_tap_source *src, const qd_config *c, qd_
     return d;
 }
 
+/* The oracle's RoPE: the exact rotation, angle pos * theta^(-2i/HD), cos, sin and the products in double,
+ * rounded once. Every engine (the reference too) takes its angle in fp32 from an fp32 inv_freq: that
+ * rounding grows with the position (~pos * 2^-24 rad) and is part of each engine's noise, so it belongs in
+ * the floor, not in the oracle (transformers' float inv_freq differs from ours by an ulp: 2.3e-7 at
+ * position 300, 13 output roundings). x (T, nh, HD) in place. */
+static void rope_oracle(float *x, int T, int nh, int HD, int pos0, double theta) {
+    const int half = HD / 2;
+    for (int i = 0; i < half; i++) {
+        const double inv = pow(theta, -2.0 * i / (double)HD);
+        for (int t = 0; t < T; t++) {
+            const double a = (double)(pos0 + t) * inv, c = cos(a), s = sin(a);
+            for (int h = 0; h < nh; h++) {
+                float *xh = x + ((size_t)t * nh + h) * HD; /* (HD) */
+                const double x0 = xh[i], x1 = xh[i + half];
+                xh[i] = (float)(x0 * c - x1 * s);
+                xh[i + half] = (float)(x1 * c + x0 * s);
+            }
+        }
+    }
+}
+
 static void norm_o(float *out, const float *x, const float *w, int rows, int n, float eps) {
     rmsnorm_forward(out, x, w, rows, n, eps, QD_ACCUM_F64);
 }
@@ -283,7 +304,7 @@ int qd_replay_layer(qd_replay *rp, const qd_tap_source *src, int l, const float 
             size_t n = (size_t)T * qk[i].nh * HD;
             memcpy(O[qk[i].rope], IN_O(qk[i].norm), n * sizeof(float));
             memcpy(K[qk[i].rope], IN_C(qk[i].norm), n * sizeof(float));
-            rope_forward(O[qk[i].rope], T, qk[i].nh, HD, pos0, rp->inv_freq);
+            rope_oracle(O[qk[i].rope], T, qk[i].nh, HD, pos0, c->rope_theta);
             rope_c(rp, K[qk[i].rope], T, qk[i].nh, HD, pos0);
             done[qk[i].rope] = 1;
         }
