@@ -28,6 +28,8 @@ void qd_report_init(qd_report *r, const char *name_a, const char *prec_a, const 
     if (blowup) r->blowup = *blowup;
     r->first_div = -1;
     r->first_fail[0] = r->first_fail[1] = -1;
+    r->worst_inherited = -1;
+    r->threshold = QD_REPLAY_THRESHOLD;
 }
 
 void qd_report_free(qd_report *r) {
@@ -47,10 +49,28 @@ static void add_only(char (*list)[24], int *n, qd_tap_id id) {
     if (*n < QD_NUM_TAP_KINDS) snprintf(list[(*n)++], 24, "%s", name);
 }
 
+/* The replay judge of a row: each side's op judged on its own; the row's verdict is the judged side's. */
+static void judge_row(const qd_report *r, qd_tap_row *row) {
+    unsigned v[2];
+    for (int k = 0; k < 2; k++) v[k] = qd_replay_verdict(&row->rp[k], r->threshold, r->blowup.blowup_ratio);
+    int fails0 = qd_verdict_fails(v[0]), fails1 = qd_verdict_fails(v[1]);
+    if (!row->rp[0].have && !row->rp[1].have) {
+        row->judged = -1;
+    } else if (fails0 != fails1) {
+        row->judged = fails1;
+    } else if (!row->rp[0].have || !row->rp[1].have) {
+        row->judged = row->rp[1].have;
+    } else { /* the larger ratio; a NAN ratio (nothing finite to compare) never wins */
+        row->judged = row->rp[1].ratio >= row->rp[0].ratio || isnan(row->rp[0].ratio); /* a tie: B, the side under test */
+    }
+    row->verdict = row->judged < 0 ? 0 : v[row->judged];
+}
+
 /* Compares one tap and appends its row. prev: the growth-check memory of this mode, indexed by
- * qd_tap_id_kind. */
+ * qd_tap_id_kind. ra, rb: the op replayed on A's and B's own inputs (replay judge; NULL: none). */
 static int add_row(qd_report *r, const qd_tolerances *tol, int step, qd_tap_id id, qd_mode mode, const float *test,
-                   const float *ref, int ndim, const int64_t *shape, double *prev, qd_err *e) {
+                   const float *ref, int ndim, const int64_t *shape, double *prev, const qd_replay_op *ra,
+                   const qd_replay_op *rb, qd_err *e) {
     if (r->n == r->cap) {
         int cap = r->cap ? 2 * r->cap : 256;
         qd_tap_row *rows = qd_resize(r->rows, (size_t)cap * sizeof *r->rows, e);
@@ -72,6 +92,16 @@ static int add_row(qd_report *r, const qd_tolerances *tol, int step, qd_tap_id i
     row->prev_rel_l2 = id.pos != QD_POS_LAYER ? NAN : prev[kind];
     row->verdict = qd_verdict(&row->m, &row->tol, &tol->blowup, row->prev_rel_l2); /* the tolerance just looked up */
     prev[kind] = row->m.rel_l2;
+    row->judged = -1;
+    if (r->replay) {
+        if (ra) row->rp[0] = *ra;
+        if (rb) row->rp[1] = *rb;
+        if (!ra) row->rp[0].ratio = NAN;
+        if (!rb) row->rp[1].ratio = NAN;
+        judge_row(r, row);
+        if (!r->single && (r->worst_inherited < 0 || row->m.rel_l2 > r->rows[r->worst_inherited].m.rel_l2))
+            r->worst_inherited = r->n;
+    }
     if (qd_verdict_fails(row->verdict)) {
         if (r->first_fail[mode] < 0) r->first_fail[mode] = r->n;
         if (mode == r->locate && r->first_div < 0) {
@@ -81,6 +111,32 @@ static int add_row(qd_report *r, const qd_tolerances *tol, int step, qd_tap_id i
         }
     }
     if (mode == QD_MODE_ISOLATED) r->isolated = 1;
+    r->n++;
+    return QD_OK;
+}
+
+/* `qwen3-diff replay`: one engine's op, judged on its own (row->m is its local metrics: there is no pair). */
+static int add_single_row(qd_report *r, qd_tap_id id, const qd_replay_op *op, qd_err *e) {
+    if (r->n == r->cap) {
+        int cap = r->cap ? 2 * r->cap : 256;
+        qd_tap_row *rows = qd_resize(r->rows, (size_t)cap * sizeof *r->rows, e);
+        if (!rows) return QD_ERUNTIME;
+        r->rows = rows;
+        r->cap = cap;
+    }
+    qd_tap_row *row = &r->rows[r->n];
+    memset(row, 0, sizeof *row);
+    row->id = id;
+    row->mode = QD_MODE_FREE;
+    row->m = op->local;
+    row->prev_rel_l2 = NAN;
+    row->rp[0] = *op;
+    row->rp[1].ratio = NAN;
+    judge_row(r, row);
+    if (qd_verdict_fails(row->verdict)) {
+        if (r->first_fail[0] < 0) r->first_fail[0] = r->n;
+        if (r->first_div < 0) r->first_div = r->n;
+    }
     r->n++;
     return QD_OK;
 }
@@ -194,7 +250,18 @@ typedef struct {
     qd_tapstore store;
     float *h, *h2;     /* (T, C) hidden state in and out */
     float *logits;     /* (T, V) */
+    qd_replay *rp;     /* replay judge: this side's replay, its own K/V history; NULL: none */
+    qd_tap_source src; /* over store */
+    qd_replay_op ops[QD_NUM_LAYER_TAPS]; /* the current position's replays, in its tap list's order */
 } side;
+
+static const float *store_get(void *ctx, qd_tap_id id, int *ndim, int64_t shape[3]) {
+    const qd_tapbuf *t = qd_tapstore_get((const qd_tapstore *)ctx, id);
+    if (!t) return NULL;
+    *ndim = t->ndim;
+    memcpy(shape, t->shape, sizeof t->shape);
+    return t->data;
+}
 
 static int side_init(side *s, qd_backend *be, const char *group, size_t hidden, size_t logits, qd_err *e) {
     s->be = be;
@@ -206,7 +273,15 @@ static int side_init(side *s, qd_backend *be, const char *group, size_t hidden, 
     return s->logits ? QD_OK : QD_ERUNTIME;
 }
 
+/* The replay judge's state for a side whose engine is be. */
+static int side_replay(side *s, const qd_replay_judge *j, int max_seq, qd_err *e) {
+    s->rp = qd_replay_create(j->w, s->be->precision, s->be->accum, max_seq, j->threads, e);
+    s->src = (qd_tap_source){store_get, &s->store};
+    return s->rp ? QD_OK : e->code;
+}
+
 static void side_free(side *s) {
+    qd_replay_free(s->rp);
     qd_tapstore_free(&s->store);
     free(s->h);
     free(s->h2);
@@ -231,9 +306,11 @@ static tap_list layer_taps(int layer) {
     return t;
 }
 
-/* Compares the taps both sides hold of one position. */
+/* Compares the taps both sides hold of one position. ra, rb: the sides' replays of these taps, in the list's
+ * order (NULL: none). */
 static int compare_taps(qd_report *r, const qd_tolerances *tol, int step, tap_list taps, const side *a,
-                        const side *b, qd_mode mode, double *prev, qd_err *e) {
+                        const side *b, qd_mode mode, double *prev, const qd_replay_op *ra, const qd_replay_op *rb,
+                        qd_err *e) {
     for (int k = 0; k < taps.n; k++) {
         qd_tap_id id = taps.id[k];
         const qd_tapbuf *ta = qd_tapstore_get(&a->store, id);
@@ -244,7 +321,8 @@ static int compare_taps(qd_report *r, const qd_tolerances *tol, int step, tap_li
         int same = ta->ndim == tb->ndim;
         for (int d = 0; same && d < ta->ndim; d++) same = ta->shape[d] == tb->shape[d];
         if (!same) continue; /* a backend's shape bug; the dump keeps both for inspection */
-        int rc = add_row(r, tol, step, id, mode, tb->data, ta->data, ta->ndim, ta->shape, prev, e);
+        int rc = add_row(r, tol, step, id, mode, tb->data, ta->data, ta->ndim, ta->shape, prev, ra ? &ra[k] : NULL,
+                         rb ? &rb[k] : NULL, e);
         if (rc) return rc;
     }
     return QD_OK;
@@ -283,6 +361,17 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
         (rc = side_init(&sb, b, b->name, (size_t)T * C, (size_t)T * V, e)) ||
         (b_iso && (rc = side_init(&si, b_iso, iso_group, (size_t)T * C, (size_t)T * V, e))))
         goto done;
+    r->replay = o->judge.w != NULL;
+    if (r->replay) {
+        r->threshold = o->judge.threshold > 0 ? o->judge.threshold : QD_REPLAY_THRESHOLD;
+        const int max_seq = T + (o->decode > 0 ? o->decode : 0);
+        if ((rc = side_replay(&sa, &o->judge, max_seq, e)) || (rc = side_replay(&sb, &o->judge, max_seq, e)) ||
+            (b_iso && (rc = side_replay(&si, &o->judge, max_seq, e))))
+            goto done;
+    }
+    /* the replays of a position, when judging by them: A's ops, B's, and isolated B's against A's */
+    const qd_replay_op *ra = r->replay ? sa.ops : NULL, *rb = r->replay ? sb.ops : NULL;
+    const qd_replay_op *ri = r->replay ? si.ops : NULL;
 
     if (o->dump) {
         const side *sides[3] = {&sa, &sb, b_iso ? &si : NULL};
@@ -312,8 +401,11 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
         if ((rc = a->embed(a, tokens, Tn, sa.h, &sa.store.sink, e)) ||
             (rc = b->embed(b, tokens, Tn, sb.h, &sb.store.sink, e)))
             goto done;
+        if (r->replay && ((rc = qd_replay_embed(sa.rp, &sa.src, tokens, Tn, sa.ops, e)) ||
+                          (rc = qd_replay_embed(sb.rp, &sb.src, tokens, Tn, sb.ops, e))))
+            goto done;
         int before = r->first_div;
-        if ((rc = compare_taps(r, o->tol, step, embed_taps(), &sa, &sb, QD_MODE_FREE, prev[0], e))) goto done;
+        if ((rc = compare_taps(r, o->tol, step, embed_taps(), &sa, &sb, QD_MODE_FREE, prev[0], ra, rb, e))) goto done;
         if (dcs && ((rc = dump_side(dcs, &sa, embed_taps(), 0, e)) ||
                     (rc = dump_side(dcs, &sb, embed_taps(), 0, e)) ||
                     (rc = dump_after_position(dcs, 0, before < 0 && r->first_div >= 0, e))))
@@ -331,10 +423,15 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
                 qd_tapstore_clear_layer(&si.store);
                 if ((rc = b_iso->layer(b_iso, l, sa.h, si.h2, Tn, pos0, &si.store.sink, e))) goto done;
             }
+            /* each side's ops from its own inputs: A's and B's own layer inputs, isolated B's is A's */
+            if (r->replay && ((rc = qd_replay_layer(sa.rp, &sa.src, l, sa.h, Tn, pos0, sa.ops, e)) ||
+                              (rc = qd_replay_layer(sb.rp, &sb.src, l, sb.h, Tn, pos0, sb.ops, e)) ||
+                              (b_iso && (rc = qd_replay_layer(si.rp, &si.src, l, sa.h, Tn, pos0, si.ops, e)))))
+                goto done;
             before = r->first_div;
             const tap_list lt = layer_taps(l);
-            if ((rc = compare_taps(r, o->tol, step, lt, &sa, &sb, QD_MODE_FREE, prev[0], e)) ||
-                (b_iso && (rc = compare_taps(r, o->tol, step, lt, &sa, &si, QD_MODE_ISOLATED, prev[1], e))))
+            if ((rc = compare_taps(r, o->tol, step, lt, &sa, &sb, QD_MODE_FREE, prev[0], ra, rb, e)) ||
+                (b_iso && (rc = compare_taps(r, o->tol, step, lt, &sa, &si, QD_MODE_ISOLATED, prev[1], ra, ri, e))))
                 goto done;
             if (dcs && ((rc = dump_side(dcs, &sa, lt, l + 1, e)) || (rc = dump_side(dcs, &sb, lt, l + 1, e)) ||
                         (b_iso && (rc = dump_side(dcs, &si, lt, l + 1, e))) ||
@@ -350,9 +447,13 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
             (rc = b->head(b, sb.h, Tn, sb.logits, &sb.store.sink, e)))
             goto done;
         if (b_iso && (rc = b_iso->head(b_iso, sa.h, Tn, si.logits, &si.store.sink, e))) goto done;
+        if (r->replay && ((rc = qd_replay_head(sa.rp, &sa.src, sa.h, Tn, sa.ops, e)) ||
+                          (rc = qd_replay_head(sb.rp, &sb.src, sb.h, Tn, sb.ops, e)) ||
+                          (b_iso && (rc = qd_replay_head(si.rp, &si.src, sa.h, Tn, si.ops, e)))))
+            goto done;
         before = r->first_div;
-        if ((rc = compare_taps(r, o->tol, step, head_taps(), &sa, &sb, QD_MODE_FREE, prev[0], e)) ||
-            (b_iso && (rc = compare_taps(r, o->tol, step, head_taps(), &sa, &si, QD_MODE_ISOLATED, prev[1], e))))
+        if ((rc = compare_taps(r, o->tol, step, head_taps(), &sa, &sb, QD_MODE_FREE, prev[0], ra, rb, e)) ||
+            (b_iso && (rc = compare_taps(r, o->tol, step, head_taps(), &sa, &si, QD_MODE_ISOLATED, prev[1], ra, ri, e))))
             goto done;
         if (dcs && ((rc = dump_side(dcs, &sa, head_taps(), L + 1, e)) ||
                     (rc = dump_side(dcs, &sb, head_taps(), L + 1, e)) ||
@@ -390,7 +491,8 @@ static int only_group(const char *path, char *out, size_t n, qd_err *e) {
 }
 
 static int compare_one(qd_report *r, const qd_tolerances *tol, qd_h5in *fa, const char *ga, qd_h5in *fb,
-                       const char *gb, qd_tap_id id, double *prev, qd_err *e) {
+                       const char *gb, qd_tap_id id, double *prev, const qd_replay_op *ra, const qd_replay_op *rb,
+                       qd_err *e) {
     const char *name = qd_tap_id_name(id);
     char pa[256], pb[256];
     qd_h5_tap_path(pa, sizeof pa, ga, id.layer, name);
@@ -410,17 +512,176 @@ static int compare_one(qd_report *r, const qd_tolerances *tol, qd_h5in *fa, cons
         if (!same)
             rc = qd_errf(e, QD_EINPUT, "tap '%s' of layer %d: shapes differ between the two files", name, id.layer);
         else
-            rc = add_row(r, tol, 0, id, QD_MODE_FREE, db, da, nda, sa, prev, e);
+            rc = add_row(r, tol, 0, id, QD_MODE_FREE, db, da, nda, sa, prev, ra, rb, e);
     }
     free(da);
     free(db);
     return rc;
 }
 
+// ----------------------------------------------------------------------------
+// offline replay: a dump's taps as a qd_tap_source
+
+/* The taps of one position read from a dump group, held until the position is done. */
+typedef struct {
+    qd_h5in *f;
+    const char *group;
+    struct {
+        qd_tap_id id;
+        float *data; /* (shape) */
+        int ndim;
+        int64_t shape[3];
+    } held[QD_NUM_LAYER_TAPS + QD_NUM_MODEL_TAPS];
+    int n;
+    int rc;   /* a read failure (the replay goes on without the tap; the caller reports it) */
+    qd_err e;
+} h5_source;
+
+static const float *h5_get(void *ctx, qd_tap_id id, int *ndim, int64_t shape[3]) {
+    h5_source *s = ctx;
+    for (int i = 0; i < s->n; i++)
+        if (qd_tap_id_equal(s->held[i].id, id)) {
+            *ndim = s->held[i].ndim;
+            memcpy(shape, s->held[i].shape, 3 * sizeof *shape);
+            return s->held[i].data;
+        }
+    char path[256];
+    qd_h5_tap_path(path, sizeof path, s->group, id.layer, qd_tap_id_name(id));
+    if (s->rc || s->n == (int)(sizeof s->held / sizeof *s->held) || !qd_h5in_has(s->f, path)) return NULL;
+    float *d = NULL;
+    int nd = 0;
+    int64_t sh[3] = {1, 1, 1};
+    if ((s->rc = qd_h5in_read_f32(s->f, path, &d, &nd, sh, &s->e))) return NULL;
+    s->held[s->n].id = id;
+    s->held[s->n].data = d;
+    s->held[s->n].ndim = nd;
+    memcpy(s->held[s->n].shape, sh, sizeof sh);
+    s->n++;
+    *ndim = nd;
+    memcpy(shape, sh, sizeof sh);
+    return d;
+}
+
+static void h5_drop(h5_source *s) {
+    for (int i = 0; i < s->n; i++) free(s->held[i].data);
+    s->n = 0;
+}
+
+/* One group of a dump being replayed: its source, its replay, and its last layer output. */
+typedef struct {
+    h5_source hs;
+    qd_tap_source src;
+    qd_replay *rp;
+    float *h;   /* (T, C) the input of the next layer (the previous out, or embed); NULL: not in the dump */
+} file_side;
+
+static int file_side_open(file_side *fs, qd_h5in *f, const char *path, const char *group, const qd_replay_judge *j,
+                          int T, qd_err *e) {
+    memset(fs, 0, sizeof *fs);
+    fs->hs.f = f;
+    fs->hs.group = group;
+    fs->src = (qd_tap_source){h5_get, &fs->hs};
+    char pth[160], prec[16], accum[16];
+    snprintf(pth, sizeof pth, "/%s", group);
+    int rc = qd_h5in_attr_string(f, pth, "precision", prec, sizeof prec, e);
+    if (rc) return rc;
+    qd_err ignored;
+    int have_accum = qd_h5in_attr_string(f, pth, "accum", accum, sizeof accum, &ignored) == QD_OK;
+    fs->rp = qd_replay_create(j->w, prec, have_accum ? accum : NULL, T, j->threads, e);
+    if (!fs->rp) return e->code == QD_EINPUT ? qd_errf(e, QD_EINPUT, "%s: group '%s': %s", path, group, e->msg) : e->code;
+    return QD_OK;
+}
+
+static void file_side_close(file_side *fs) {
+    h5_drop(&fs->hs);
+    qd_replay_free(fs->rp);
+    free(fs->h);
+}
+
+/* Keeps the side's tap `id` (embed or a layer's out) as the next layer's input; NULL when absent. */
+static int file_side_keep_input(file_side *fs, qd_tap_id id, const qd_config *c, int T, qd_err *e) {
+    free(fs->h);
+    fs->h = NULL;
+    int nd;
+    int64_t shape[3];
+    const float *d = h5_get(&fs->hs, id, &nd, shape);
+    if (fs->hs.rc) return qd_errf(e, fs->hs.rc, "%s", fs->hs.e.msg);
+    if (!d || nd != 2 || shape[0] != T || shape[1] != c->hidden_size) return QD_OK;
+    size_t n = (size_t)T * c->hidden_size;
+    if (!(fs->h = qd_alloc(n * sizeof(float), e))) return QD_ERUNTIME;
+    memcpy(fs->h, d, n * sizeof(float));
+    return QD_OK;
+}
+
+/* Replays one position of a dump side: pos QD_POS_EMBED, QD_POS_LAYER (layer l) or QD_POS_HEAD. ops: in the
+ * position's tap list's order. Afterwards the side holds the next layer's input. */
+static int file_side_replay(file_side *fs, const qd_config *c, qd_tap_pos pos, int l, const int32_t *tokens, int T,
+                            qd_replay_op *ops, qd_err *e) {
+    int rc;
+    if (pos == QD_POS_EMBED) rc = qd_replay_embed(fs->rp, &fs->src, tokens, T, ops, e);
+    else if (pos == QD_POS_LAYER) rc = qd_replay_layer(fs->rp, &fs->src, l, fs->h, T, 0, ops, e);
+    else rc = qd_replay_head(fs->rp, &fs->src, fs->h, T, ops, e);
+    if (!rc && fs->hs.rc) rc = qd_errf(e, fs->hs.rc, "%s", fs->hs.e.msg);
+    if (!rc && pos != QD_POS_HEAD)
+        rc = file_side_keep_input(fs, pos == QD_POS_EMBED ? qd_tap_model(QD_TAP_EMBED) : qd_tap_layer(l, QD_TAP_OUT), c,
+                                  T, e);
+    h5_drop(&fs->hs);
+    return rc;
+}
+
+/* The prompt of a dump (/input_ids) checked against the model. */
+static int file_tokens(qd_h5in *f, const char *path, const qd_config *c, int32_t **tokens, int *T, qd_err *e) {
+    int rc = qd_h5in_input_ids(f, tokens, T, e);
+    if (rc) return rc;
+    if (*T <= 0) return qd_errf(e, QD_EINPUT, "%s: '/input_ids' is empty", path);
+    for (int t = 0; t < *T; t++)
+        if ((*tokens)[t] < 0 || (*tokens)[t] >= c->vocab_size)
+            return qd_errf(e, QD_EINPUT, "%s: '/input_ids'[%d] = %d is outside the model's vocabulary (%d)", path, t,
+                           (*tokens)[t], c->vocab_size);
+    return QD_OK;
+}
+
+int qd_dump_model_dir(const char *path, char *out, size_t n, qd_err *e) {
+    qd_h5in *f = qd_h5in_open(path, e);
+    if (!f) return e->code;
+    char model[4096] = "";
+    qd_err ignored;
+    int have = qd_h5in_attr_string(f, "/", "model", model, sizeof model, &ignored) == QD_OK && model[0];
+    qd_h5in_close(f);
+    char probe[4200];
+    if (have) {
+        snprintf(probe, sizeof probe, "%s/config.json", model);
+        if (access(probe, R_OK) == 0) {
+            snprintf(out, n, "%s", model);
+            return QD_OK;
+        }
+    }
+    /* the dump's own directory */
+    snprintf(probe, sizeof probe, "%s", path);
+    char *slash = strrchr(probe, '/');
+    if (slash) *slash = '\0';
+    else snprintf(probe, sizeof probe, ".");
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%.4000s", probe);
+    snprintf(probe, sizeof probe, "%s/config.json", dir);
+    if (access(probe, R_OK) == 0) {
+        snprintf(out, n, "%s", dir);
+        return QD_OK;
+    }
+    return qd_errf(e, QD_EINPUT, "%s: the replay needs the model the dump was made with: its attribute 'model' (%s) is "
+                   "not a checkpoint directory here; give --model DIR", path, have ? model : "absent");
+}
+
 int qd_compare_files(const char *path_a, const char *group_a, const char *path_b, const char *group_b,
                      const qd_tolerances *tol, qd_report *r, qd_err *e) {
+    return qd_compare_files_judged(path_a, group_a, path_b, group_b, tol, NULL, r, e);
+}
+
+int qd_compare_files_judged(const char *path_a, const char *group_a, const char *path_b, const char *group_b,
+                            const qd_tolerances *tol, const qd_replay_judge *judge, qd_report *r, qd_err *e) {
     char ga[128], gb[128];
     int rc = QD_OK;
+    if (judge && !judge->w) judge = NULL;
     if (group_a) snprintf(ga, sizeof ga, "%s", group_a);
     else if ((rc = only_group(path_a, ga, sizeof ga, e))) return rc;
     if (group_b) snprintf(gb, sizeof gb, "%s", group_b);
@@ -471,15 +732,96 @@ int qd_compare_files(const char *path_a, const char *group_a, const char *path_b
     r->head_dim = qd_compare_dump_head_dim(fa);
     double prev[QD_NUM_TAP_KINDS];
     for (int i = 0; i < QD_NUM_TAP_KINDS; i++) prev[i] = NAN;
-    rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_model(QD_TAP_EMBED), prev, e);
-    for (int l = 0; l < L && !rc; l++)
+    /* the replay judge: each file's group replayed on its own, over the prompt of file A */
+    file_side fs[2];
+    int nfs = 0, T = 0;
+    int32_t *tokens = NULL;
+    qd_replay_op ops[2][QD_NUM_LAYER_TAPS];
+    const qd_replay_op *ra = NULL, *rb = NULL;
+    if (judge) {
+        const qd_config *c = &judge->w->cfg;
+        r->replay = 1;
+        r->threshold = judge->threshold > 0 ? judge->threshold : QD_REPLAY_THRESHOLD;
+        if (L > c->num_hidden_layers)
+            rc = qd_errf(e, QD_EINPUT, "%s vs %s: the dumps hold %d layers, the model %d", path_a, path_b, L,
+                         c->num_hidden_layers);
+        int32_t *tb = NULL;
+        int Tb = 0;
+        if (!rc) rc = file_tokens(fa, path_a, c, &tokens, &T, e);
+        if (!rc) rc = file_tokens(fb, path_b, c, &tb, &Tb, e);
+        if (!rc && (Tb != T || memcmp(tokens, tb, (size_t)T * sizeof *tb) != 0))
+            rc = qd_errf(e, QD_EINPUT, "%s vs %s: the two dumps ran different prompts ('/input_ids')", path_a, path_b);
+        free(tb);
+        if (!rc && !(rc = file_side_open(&fs[0], fa, path_a, ga, judge, T, e))) nfs = 1;
+        if (!rc && !(rc = file_side_open(&fs[1], fb, path_b, gb, judge, T, e))) nfs = 2;
+        ra = ops[0];
+        rb = ops[1];
+    }
+    const qd_config *jc = judge ? &judge->w->cfg : NULL;
+    for (int k = 0; k < nfs && !rc; k++) rc = file_side_replay(&fs[k], jc, QD_POS_EMBED, -1, tokens, T, ops[k], e);
+    if (!rc) rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_model(QD_TAP_EMBED), prev, ra, rb, e);
+    for (int l = 0; l < L && !rc; l++) {
+        for (int k = 0; k < nfs && !rc; k++) rc = file_side_replay(&fs[k], jc, QD_POS_LAYER, l, tokens, T, ops[k], e);
         for (int t = 0; t < QD_NUM_LAYER_TAPS && !rc; t++)
-            rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_layer(l, t), prev, e);
-    if (!rc) rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_model(QD_TAP_FINAL_NORM), prev, e);
-    if (!rc) rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_model(QD_TAP_LOGITS), prev, e);
+            rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_layer(l, t), prev, ra ? &ra[t] : NULL, rb ? &rb[t] : NULL, e);
+    }
+    for (int k = 0; k < nfs && !rc; k++) rc = file_side_replay(&fs[k], jc, QD_POS_HEAD, -1, tokens, T, ops[k], e);
+    if (!rc) rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_model(QD_TAP_FINAL_NORM), prev, ra, rb, e);
+    if (!rc) rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_model(QD_TAP_LOGITS), prev, ra ? &ra[1] : NULL,
+                              rb ? &rb[1] : NULL, e);
+    for (int k = 0; k < nfs; k++) file_side_close(&fs[k]);
+    free(tokens);
     if (own_tol) qd_tolerances_free(&deflt);
 out:
     qd_h5in_close(fa);
     qd_h5in_close(fb);
+    return rc;
+}
+
+int qd_replay_file(const char *path, const char *group, const qd_replay_judge *judge, qd_report *r, qd_err *e) {
+    char g[128];
+    int rc = QD_OK;
+    if (!judge || !judge->w) return qd_errf(e, QD_EINPUT, "replay: no model weights given");
+    if (group) snprintf(g, sizeof g, "%s", group);
+    else if ((rc = only_group(path, g, sizeof g, e))) return rc;
+    qd_h5in *f = qd_h5in_open(path, e);
+    if (!f) return e->code;
+    const qd_config *c = &judge->w->cfg;
+    char pth[160], prec[16];
+    int32_t *tokens = NULL;
+    int T = 0, opened = 0;
+    file_side fs;
+    snprintf(pth, sizeof pth, "/%s", g);
+    if (!qd_h5in_has(f, pth)) rc = qd_errf(e, QD_EINPUT, "%s: no group '%s'", path, g);
+    if (!rc) rc = qd_h5in_attr_string(f, pth, "precision", prec, sizeof prec, e);
+    int L = 0;
+    for (; !rc; L++) {
+        char pl[160];
+        snprintf(pl, sizeof pl, "/%s/layers/%03d", g, L);
+        if (!qd_h5in_has(f, pl)) break;
+    }
+    if (!rc && L > c->num_hidden_layers)
+        rc = qd_errf(e, QD_EINPUT, "%s: group '%s' holds %d layers, the model %d", path, g, L, c->num_hidden_layers);
+    if (!rc) rc = file_tokens(f, path, c, &tokens, &T, e);
+    if (!rc && !(rc = file_side_open(&fs, f, path, g, judge, T, e))) opened = 1;
+    if (rc) goto out;
+    qd_blowup b = {.blowup_ratio = 1000.0, .growth_factor = 10.0, .growth_floor = 0.0};
+    qd_report_init(r, g, prec, "", "", L, QD_MODE_FREE, &b);
+    r->replay = r->single = 1;
+    r->threshold = judge->threshold > 0 ? judge->threshold : QD_REPLAY_THRESHOLD;
+    qd_replay_op ops[QD_NUM_LAYER_TAPS];
+    /* one row per replayed op: the engine against itself as the "pair" (no A-vs-B metrics), rp[0] judged */
+    for (int pos = 0; pos < L + 2 && !rc; pos++) {
+        qd_tap_pos p = pos == 0 ? QD_POS_EMBED : pos <= L ? QD_POS_LAYER : QD_POS_HEAD;
+        tap_list tl = p == QD_POS_EMBED ? embed_taps() : p == QD_POS_LAYER ? layer_taps(pos - 1) : head_taps();
+        if ((rc = file_side_replay(&fs, c, p, pos - 1, tokens, T, ops, e))) break;
+        for (int k = 0; k < tl.n && !rc; k++) {
+            if (ops[k].have) rc = add_single_row(r, tl.id[k], &ops[k], e);
+        }
+    }
+out:
+    if (opened) file_side_close(&fs);
+    free(tokens);
+    qd_h5in_close(f);
     return rc;
 }

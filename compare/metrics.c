@@ -333,6 +333,7 @@ const char *qd_verdict_flag_name(unsigned flag) {
     case QD_V_BLOWUP_MAG: return "blowup_mag";
     case QD_V_BLOWUP_GROWTH: return "blowup_growth";
     case QD_V_COLLAPSE: return "collapse";
+    case QD_V_LOCAL: return "local";
     }
     return "?";
 }

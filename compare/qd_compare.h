@@ -6,7 +6,13 @@
  * computed with test = B, ref = A.
  * Modes: free-running (B runs on its own outputs, so each layer's error includes what it inherited) and,
  * with --isolate, teacher-forced (layer i of B runs on A's input to layer i, so the error is local to the
- * layer). The first divergence is located in one of them (--locate free|isolated). */
+ * layer). The first divergence is located in one of them (--locate free|isolated).
+ *
+ * Judges: by default (a qd_replay_judge with weights) every op of each side is replayed from that side's
+ * own inputs (compare/qd_replay.h) and a row fails when either side's local error exceeds the threshold x its
+ * noise floor: the first divergence is a local error, never drift inherited from earlier ops. With
+ * tolerances only (no weights given: --tolerances FILE, --calibrate, the selftest's blessed gates) a row
+ * fails when the A-vs-B error exceeds its tolerance (the stricter gate, docs/TOLERANCES.md). */
 #ifndef QD_COMPARE_H
 #define QD_COMPARE_H
 
@@ -17,6 +23,7 @@
 #include "qd_dump.h"
 #include "qd_localise.h"
 #include "qd_metrics.h"
+#include "qd_replay.h"
 #include "qd_tolerances.h"
 
 typedef enum { QD_MODE_FREE = 0, QD_MODE_ISOLATED = 1 } qd_mode;
@@ -30,7 +37,10 @@ typedef struct {
     qd_metrics m;
     qd_tol tol;         /* the tolerance it was judged by */
     double prev_rel_l2; /* the same tap's rel_l2 one layer earlier (growth check); NAN if none */
-    unsigned verdict;   /* QD_V_* mask; 0 = pass */
+    unsigned verdict;   /* QD_V_* mask; 0 = pass. Replay judge: the judged side's qd_replay_verdict */
+    qd_replay_op rp[2]; /* replay judge: the op replayed on A's (0) and B's (1) own inputs; .have 0: none */
+    int judged;         /* replay judge: the side that judged the row (0 A, 1 B): the failing one with the
+                           larger ratio, else the larger ratio; -1: no replay */
 } qd_tap_row;
 
 typedef struct {
@@ -52,6 +62,10 @@ typedef struct {
     int head_dim;                    /* HD: where's per-head view of q_proj, k_proj, v_proj and attn; 0 unknown */
     qd_where where;                  /* where inside the first divergence's tap the error lives
                                         (qd_report_localise); where.valid 0 when none */
+    int replay;                      /* 1: rows judged by the local ratio (qd_replay.h); 0: by tolerances */
+    double threshold;                /* replay: the ratio's threshold */
+    int single;                      /* `qwen3-diff replay`: one engine (side A), no A-vs-B metrics */
+    int worst_inherited;             /* replay: the row with the largest A-vs-B rel_l2; -1 none */
 } qd_report;
 
 void qd_report_init(qd_report *r, const char *name_a, const char *prec_a, const char *name_b,
@@ -86,6 +100,7 @@ typedef struct {
                                    first divergence (embed is position 0, layer i is i+1, the head
                                    L+1); < 0: every position */
     int progress;               /* "layer i/N" on stderr */
+    qd_replay_judge judge;      /* judge.w NULL (a zeroed struct): the tolerance verdict; else the replay's */
 } qd_lockstep_opts;
 
 /* Runs A and B (and b_iso, a second instance of B's kind, for isolated mode; NULL for none) in lockstep
@@ -99,6 +114,19 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
  * the defaults of the groups' precision pair. Taps present on only one side are listed, not failed. */
 int qd_compare_files(const char *path_a, const char *group_a, const char *path_b, const char *group_b,
                      const qd_tolerances *tol, qd_report *r, qd_err *e);
+/* The same, judged by judge: judge NULL or judge->w NULL is qd_compare_files; else both files' groups are
+ * replayed over judge->w (the checkpoint the dumps were made with) and rows judged by the local ratio. */
+int qd_compare_files_judged(const char *path_a, const char *group_a, const char *path_b, const char *group_b,
+                            const qd_tolerances *tol, const qd_replay_judge *judge, qd_report *r, qd_err *e);
+
+/* Offline, one engine: replays path's group (NULL: the only one) over judge->w and fills r (side A = that
+ * group, r->single set; every row's rp[0] and verdict). Returns QD_OK whatever the verdict. */
+int qd_replay_file(const char *path, const char *group, const qd_replay_judge *judge, qd_report *r, qd_err *e);
+
+/* The model directory a dump names in its root attribute `model`, when it names an existing directory
+ * holding a config.json; else the dump's own directory when that holds one (a golden kept beside its
+ * checkpoint, as the fixtures'). QD_EINPUT naming the file when neither does. */
+int qd_dump_model_dir(const char *path, char *out, size_t n, qd_err *e);
 
 // ----------------------------------------------------------------------------
 // the bless step (calibrate.c)

@@ -146,8 +146,10 @@ enum {
                                      reference is not: the signature of an fp32 overflow upstream (a
                                      finite 1e29 squared overflows the next RMSNorm's sum of squares,
                                      rsqrt gives 0, everything after is zero, no NaN/Inf anywhere) */
+    QD_V_LOCAL = 1u << 6,         /* the op's local error, replayed from the engine's own inputs, exceeds
+                                     threshold x its noise floor (compare/qd_replay.h) */
 };
-#define QD_V_ALL 0x3fu
+#define QD_V_ALL 0x7fu
 
 /* Judges m. prev_rel_l2: the same tap's rel_l2 in the previous layer, or NAN when there is none (layer 0,
  * model-level taps); (e) is skipped unless it is finite and > b->growth_floor. Returns the mask; 0 = pass. */
@@ -158,7 +160,7 @@ unsigned qd_verdict(const qd_metrics *m, const qd_tol *tol, const qd_blowup *b, 
 int qd_verdict_fails(unsigned mask);
 
 /* Short name of one flag, as written in JSON: "nonfinite", "rel_l2", "max_abs", "blowup_mag",
- * "blowup_growth", "collapse"; "?" otherwise. */
+ * "blowup_growth", "collapse", "local"; "?" otherwise. */
 const char *qd_verdict_flag_name(unsigned flag);
 
 /* One line saying why, most telling first, reasons joined by "; ", e.g.

@@ -32,6 +32,8 @@ int64_t qd_metrics_record_type(void) {
         INSERT(tol_atol, H5T_NATIVE_DOUBLE)
         INSERT(tol_rtol, H5T_NATIVE_DOUBLE)
         INSERT(prev_rel_l2, H5T_NATIVE_DOUBLE)
+        QD_REPLAY_FIELDS(TABLE)
+        INSERT(judged, H5T_NATIVE_INT32)
     }
 #undef INSERT
 #undef TABLE
@@ -65,6 +67,11 @@ void qd_metrics_record_fill(const qd_tap_row *row, qd_metrics_record *x) {
     x->tol_atol = row->tol.atol;
     x->tol_rtol = row->tol.rtol;
     x->prev_rel_l2 = row->prev_rel_l2;
+    const qd_replay_figures f = qd_replay_figures_of(row->judged >= 0 ? &row->rp[row->judged] : NULL);
+#define FIGURE(name, ctype, h5type, json, doc) x->name = f.name;
+    QD_REPLAY_FIELDS(FIGURE)
+#undef FIGURE
+    x->judged = row->judged;
 }
 
 /* One row of /diff/<A>-vs-<B>/where: a top offender of one axis of the first divergence's tap
@@ -146,6 +153,11 @@ int qd_report_write_h5(const qd_report *r, qd_dump *d, qd_err *e) {
     if (!rc) rc = qd_dump_group_attr_string(d, "diff", group, "reference", r->name_a, e);
     if (!rc) rc = qd_dump_group_attr_string(d, "diff", group, "test", r->name_b, e);
     if (!rc) rc = write_where(r, d, group, e);
+    /* which verdict judged the rows: "replay" (the local ratio, with its threshold) or "tolerances" */
+    if (!rc) rc = qd_dump_group_attr_string(d, "diff", group, "verdict", r->replay ? "replay" : "tolerances", e);
+    if (!rc && r->replay && r->first_div >= 0)
+        rc = qd_dump_group_attr_string(d, "diff", group, "first_divergence_side",
+                                       r->rows[r->first_div].judged == 0 ? r->name_a : r->name_b, e);
     free(rec);
     return rc;
 }

@@ -49,6 +49,27 @@ static json_t *row_json(const qd_report *r, const qd_tap_row *row) {
     json_t *m = qd_metrics_to_json(&row->m);
     json_object_update(o, m);
     json_decref(m);
+    if (r->replay) {
+        /* the replay verdict: the judged side's figures at the top, each side's replay below */
+        const qd_replay_figures f = qd_replay_figures_of(row->judged >= 0 ? &row->rp[row->judged] : NULL);
+#define FIGURE(name, ctype, h5type, json, doc) json_object_set_new(o, #name, json(f.name));
+        QD_REPLAY_FIELDS(FIGURE)
+#undef FIGURE
+        json_object_set_new(o, "side", row->judged < 0 ? json_null() : json_string(row->judged ? r->name_b : r->name_a));
+        json_t *sides = json_object();
+        for (int k = 0; k < (r->single ? 1 : 2); k++) {
+            if (!row->rp[k].have) continue;
+            const qd_replay_figures fk = qd_replay_figures_of(&row->rp[k]);
+            json_t *so = json_object();
+#define FIGURE_K(name, ctype, h5type, json, doc) json_object_set_new(so, #name, json(fk.name));
+            QD_REPLAY_FIELDS(FIGURE_K)
+#undef FIGURE_K
+            json_object_set_new(so, "local", qd_metrics_to_json(&row->rp[k].local));
+            json_object_set_new(so, "floor", qd_metrics_to_json(&row->rp[k].floor));
+            json_object_set_new(sides, k ? r->name_b : r->name_a, so);
+        }
+        json_object_set_new(o, "replay", sides);
+    }
     return o;
 }
 
@@ -152,6 +173,15 @@ int qd_report_write_json_bisect(const qd_report *r, const qd_bisect_result *bise
     json_object_set_new(root, "layers", json_integer(r->n_layers));
     json_object_set_new(root, "steps", json_integer(r->steps));
     json_object_set_new(root, "locate", json_string(qd_mode_name(r->locate)));
+    json_object_set_new(root, "judge", json_string(r->replay ? "replay" : "tolerances"));
+    if (r->replay) {
+        json_object_set_new(root, "ratio_threshold", qd_json_real(r->threshold));
+        json_object_set_new(root, "first_divergence_side",
+                            r->first_div >= 0 && r->rows[r->first_div].judged >= 0
+                                ? json_string(r->rows[r->first_div].judged ? r->name_b : r->name_a) : json_null());
+        json_object_set_new(root, "worst_inherited",
+                            r->worst_inherited >= 0 ? row_json(r, &r->rows[r->worst_inherited]) : json_null());
+    }
     json_object_set_new(root, "blowup", json_pack("{s:o, s:o, s:o}", "blowup_ratio", qd_json_real(r->blowup.blowup_ratio),
                                                   "growth_factor", qd_json_real(r->blowup.growth_factor),
                                                   "growth_floor", qd_json_real(r->blowup.growth_floor)));

@@ -8,10 +8,14 @@
 #include "qd_compare.h"
 
 /* The one-word class of a failure, most telling first: "non-finite", "blow-up", "collapse",
- * "error growth", "rel_l2", "max_abs"; "ok" for a pass. */
+ * "error growth", "rel_l2", "max_abs", "local error"; "ok" for a pass. */
 const char *qd_verdict_class(unsigned v);
 
-/* The row's qd_verdict_reason, with the tolerance and blow-up settings it was judged by. */
+/* The name of the side a replay-judged row was judged on (A's when none). */
+const char *qd_row_side_name(const qd_report *r, const qd_tap_row *row);
+
+/* The row's qd_verdict_reason, with the tolerance and blow-up settings it was judged by; with the replay
+ * verdict, the judged side's local error over its noise floor. */
 void qd_row_reason(const qd_report *r, const qd_tap_row *row, char *buf, size_t n);
 
 /* "layer 1, o_proj" / "logits" / "decode step 2, layer 1, o_proj" */

@@ -12,6 +12,15 @@
 #define BOLD(c) ((c) ? "\033[1m" : "")
 #define RESET(c) ((c) ? "\033[0m" : "")
 
+/* Where inside the first divergence's tap the error lives (qd_localise.h): the sentence, then the heaviest
+ * index of each axis. The breakdown is of the two sides' difference at that tap. */
+static void print_where(const qd_report *r, FILE *f) {
+    if (r->first_div < 0 || !r->where.valid) return;
+    char top[512];
+    fprintf(f, "  where: %s\n", r->where.summary);
+    if (qd_where_top_line(&r->where, top, sizeof top) > 0) fprintf(f, "  top: %s\n", top);
+}
+
 static void print_first_divergence(const qd_report *r, FILE *f, int color) {
     if (r->first_div < 0) {
         fprintf(f, "%sno divergence%s: every shared tap of %s vs %s is within tolerance (%s mode)\n",
@@ -29,11 +38,7 @@ static void print_first_divergence(const qd_report *r, FILE *f, int color) {
             qd_verdict_class(row->verdict));
     fprintf(f, "  why: %s; there %s = %.6g, %s = %.6g\n", reason, r->name_b, row->m.test_at, r->name_a,
             row->m.ref_at);
-    if (!r->where.valid) return;
-    /* where inside the tap: the sentence, then the heaviest index of each axis */
-    char top[512];
-    fprintf(f, "  where: %s\n", r->where.summary);
-    if (qd_where_top_line(&r->where, top, sizeof top) > 0) fprintf(f, "  top: %s\n", top);
+    print_where(r, f);
 }
 
 /* The per-layer table's metric columns, each a field of QD_METRICS_FIELDS (compare/qd_metrics.h) under its
@@ -99,7 +104,153 @@ static void print_layer_row(const qd_report *r, FILE *f, int color, int step, in
         fprintf(f, "  %sok%s\n", GREEN(color), RESET(color));
 }
 
+// ----------------------------------------------------------------------------
+// the replay verdict: each op judged by its local error over its noise floor (compare/qd_replay.h)
+
+static const qd_replay_op *judged_op(const qd_tap_row *row) {
+    return row->judged >= 0 ? &row->rp[row->judged] : NULL;
+}
+
+static double judged_ratio(const qd_tap_row *row) {
+    const qd_replay_op *op = judged_op(row);
+    return op ? op->ratio : NAN;
+}
+
+static void print_replay_first_divergence(const qd_report *r, FILE *f, int color) {
+    if (r->first_div < 0) {
+        if (r->single)
+            fprintf(f, "%sno divergence%s: every op of %s is within %gx its noise floor\n", GREEN(color), RESET(color),
+                    r->name_a, r->threshold);
+        else
+            fprintf(f, "%sno divergence%s: every op of %s and of %s is within %gx its noise floor (%s mode; each replayed "
+                    "on its own inputs)\n", GREEN(color), RESET(color), r->name_a, r->name_b, r->threshold,
+                    qd_mode_name(r->locate));
+    } else {
+        const qd_tap_row *row = &r->rows[r->first_div];
+        const qd_replay_op *op = judged_op(row);
+        const char *side = qd_row_side_name(r, row);
+        char place[96], where[96], reason[640];
+        qd_row_place(row, place, sizeof place);
+        qd_metrics_where(&op->local, where, sizeof where);
+        qd_row_reason(r, row, reason, sizeof reason);
+        fprintf(f, "%sfirst divergence%s%s: %s — on %s%s: local error %.3g = %.3gx the noise floor, max|%s| %.3g vs "
+                "max|oracle| %.3g at %s (%s)\n", RED(color),
+                r->isolated ? (row->mode == QD_MODE_ISOLATED ? " (isolated)" : " (free-running)") : "", RESET(color),
+                place, side, r->single ? "" : row->judged ? " (B)" : " (A, the reference side)", op->local.rel_l2,
+                op->ratio, side, op->local.max_mag_test, op->local.max_mag_ref, where, qd_verdict_class(row->verdict));
+        fprintf(f, "  why: %s; there %s = %.6g, oracle = %.6g", reason, side, op->local.test_at, op->local.ref_at);
+        if (!r->single) fprintf(f, "; inherited: %s vs %s rel_l2 %.3g", r->name_b, r->name_a, row->m.rel_l2);
+        fprintf(f, "\n");
+        print_where(r, f);
+    }
+    if (r->worst_inherited >= 0) {
+        const qd_tap_row *w = &r->rows[r->worst_inherited];
+        char place[96];
+        qd_row_place(w, place, sizeof place);
+        fprintf(f, "  inherited: largest %s vs %s error rel_l2 %.3g at %s (%s)%s\n", r->name_b, r->name_a, w->m.rel_l2,
+                place, qd_mode_name(w->mode),
+                qd_verdict_fails(w->verdict) ? "" : ": carried in from earlier ops and steps, its op's local error is "
+                                                    "within its floor");
+    }
+}
+
+/* The worst row by judged ratio of a (step, layer, mode) group, and the group's largest inherited rel_l2. */
+typedef struct {
+    const qd_tap_row *worst, *first_fail;
+    double inherited;
+    int n;
+} replay_summary;
+
+static replay_summary summarise_replay(const qd_report *r, int step, int layer, qd_mode mode, int head) {
+    replay_summary s = {NULL, NULL, 0.0, 0};
+    for (int i = 0; i < r->n; i++) {
+        const qd_tap_row *row = &r->rows[i];
+        if (row->mode != mode || !qd_row_in_group(row, step, layer, head)) continue;
+        s.n++;
+        if (!s.worst || judged_ratio(row) > judged_ratio(s.worst) || (isnan(judged_ratio(s.worst)) && row->judged >= 0))
+            s.worst = row;
+        if (!s.first_fail && qd_verdict_fails(row->verdict)) s.first_fail = row;
+        if (row->m.rel_l2 > s.inherited) s.inherited = row->m.rel_l2;
+    }
+    return s;
+}
+
+static void print_replay_layer_row(const qd_report *r, FILE *f, int color, int step, int layer, int head) {
+    replay_summary fr = summarise_replay(r, step, layer, QD_MODE_FREE, head);
+    if (fr.n == 0) return;
+    replay_summary is = summarise_replay(r, step, layer, QD_MODE_ISOLATED, head);
+    char name[16];
+    if (layer >= 0) snprintf(name, sizeof name, "%5d", layer);
+    else snprintf(name, sizeof name, "%5s", head ? "head" : "embed");
+    const qd_replay_op *op = judged_op(fr.worst);
+    fprintf(f, "%s  %-14s", name, qd_row_tap_name(fr.worst));
+    if (op)
+        fprintf(f, " %8.3g %9.2e %9.2e  %-6.6s", op->ratio, op->local.rel_l2,
+                op->floor.rel_l2 > op->min_floor ? op->floor.rel_l2 : op->min_floor, qd_row_side_name(r, fr.worst));
+    else
+        fprintf(f, " %8s %9s %9s  %-6s", "-", "-", "-", "-");
+    fprintf(f, " %9.2e", fr.inherited);
+    if (r->isolated) {
+        if (is.n && judged_op(is.worst))
+            fprintf(f, "  %-14s %8.3g", qd_row_tap_name(is.worst), judged_ratio(is.worst));
+        else
+            fprintf(f, "  %-14s %8s", "-", "-");
+    }
+    const qd_tap_row *ff = fr.first_fail ? fr.first_fail : is.first_fail;
+    if (ff)
+        fprintf(f, "  %sFAIL%s %s%s on %s: %s\n", RED(color), RESET(color), qd_row_tap_name(ff),
+                ff->mode == QD_MODE_ISOLATED ? " (isolated)" : "", qd_row_side_name(r, ff), qd_verdict_class(ff->verdict));
+    else
+        fprintf(f, "  %sok%s\n", GREEN(color), RESET(color));
+}
+
+/* `qwen3-diff replay`: every op of one engine, one line each. */
+static void print_single(const qd_report *r, FILE *f, int color) {
+    fprintf(f, "%5s  %-14s %9s %9s %8s  %s\n", "layer", "op", "local", "floor", "ratio", "verdict");
+    for (int i = 0; i < r->n; i++) {
+        const qd_tap_row *row = &r->rows[i];
+        const qd_replay_op *op = &row->rp[0];
+        char pos[16];
+        qd_tap_id_pos_label(row->id, pos, sizeof pos);
+        int fails = qd_verdict_fails(row->verdict);
+        fprintf(f, "%5s  %-14s %9.2e %9.2e %8.3g  %s%s%s\n", pos, qd_row_tap_name(row), op->local.rel_l2,
+                op->floor.rel_l2 > op->min_floor ? op->floor.rel_l2 : op->min_floor, op->ratio,
+                fails ? RED(color) : GREEN(color), fails ? qd_verdict_class(row->verdict) : "ok", RESET(color));
+    }
+}
+
+static void print_replay(const qd_report *r, FILE *f, int color) {
+    if (r->single)
+        fprintf(f, "%s%s (%s)%s: %d layers, %d ops replayed; local error vs the oracle (fp32, f64 accumulation), "
+                "noise floor of its precision, threshold %gx\n", BOLD(color), r->name_a, r->prec_a, RESET(color),
+                r->n_layers, r->n, r->threshold);
+    else
+        fprintf(f, "%s%s (%s) vs %s (%s)%s: %d layers, %d taps compared%s; each op replayed on each side's own inputs, "
+                "threshold %gx the noise floor\n", BOLD(color), r->name_a, r->prec_a, r->name_b, r->prec_b,
+                RESET(color), r->n_layers, r->n, r->steps > 1 ? ", prompt and decode steps" : "", r->threshold);
+    print_replay_first_divergence(r, f, color);
+    if (r->single) {
+        print_single(r, f, color);
+        return;
+    }
+    for (int step = 0; step < r->steps; step++) {
+        if (r->steps > 1) fprintf(f, "\n%s\n", step == 0 ? "prompt:" : "");
+        if (step > 0) fprintf(f, "decode step %d:\n", step);
+        fprintf(f, "%5s  %-14s %8s %9s %9s  %-6s %9s", "layer", "worst op", "ratio", "local", "floor", "side",
+                "inherited");
+        if (r->isolated) fprintf(f, "  %-14s %8s", "isolated worst", "ratio");
+        fprintf(f, "  status\n");
+        print_replay_layer_row(r, f, color, step, -1, 0);
+        for (int l = 0; l < r->n_layers; l++) print_replay_layer_row(r, f, color, step, l, 0);
+        print_replay_layer_row(r, f, color, step, -1, 1);
+    }
+}
+
 void qd_report_print(const qd_report *r, FILE *f, int color) {
+    if (r->replay) {
+        print_replay(r, f, color);
+        goto only;
+    }
     fprintf(f, "%s%s (%s) vs %s (%s)%s: %d layers, %d taps compared%s\n", BOLD(color), r->name_a, r->prec_a,
             r->name_b, r->prec_b, RESET(color), r->n_layers, r->n,
             r->steps > 1 ? ", prompt and decode steps" : "");
@@ -117,6 +268,7 @@ void qd_report_print(const qd_report *r, FILE *f, int color) {
         for (int l = 0; l < r->n_layers; l++) print_layer_row(r, f, color, step, l, 0);
         print_layer_row(r, f, color, step, -1, 1);
     }
+only:
     if (r->n_only_a || r->n_only_b) {
         for (int side = 0; side < 2; side++) {
             int n = side ? r->n_only_b : r->n_only_a;

@@ -170,6 +170,55 @@ for fault in ("knorm-mul@2", "no-attn-scale@2"):  # found with 10.7x and 3.2x ov
           f"{fault}: missed under the free-running tolerances (exit {rc1}), found at layer 2 teacher-forced under "
           f"the isolated section (exit {rc2}, {fd and (fd['layer'], fd['tap'])})")
 
+# --- the replay verdict (the default): local error over the noise floor, each side on its own ----------
+KN16 = model_args("knorm_extreme") + ["--backends", "ref,emu", "--isolate", "--decode", "16"]
+js = os.path.join(tmp, "kn16.json")
+rc, out, err = run(*KN16, "--json", js, "--no-color")
+r = read_json(js)
+wi = r["worst_inherited"]
+check(rc == 0 and r["judge"] == "replay" and r["first_divergence"] is None,
+      f"knorm_extreme clean, --isolate --decode 16: no divergence by the replay verdict (exit {rc}) {err.strip()}")
+check(wi is not None and wi["rel_l2"] > 0.05 and "inherited: largest emu vs ref error" in out and "carried in" in out,
+      f"its free-running drift is reported as inherited only (rel_l2 {wi and wi['rel_l2']})")
+emu_rows = [t["replay"]["emu"] for t in r["taps"] if "emu" in t["replay"]]
+check(len(emu_rows) == len(r["taps"]) and all(x["local_rel_l2"] == x["floor_rel_l2"] for x in emu_rows),
+      "emu replayed by its own contract: local error == noise floor on every row")
+check(all(t["ratio"] <= 1.0 for t in r["taps"]) and all("local_rel_l2" in t and "floor_rel_l2" in t for t in r["taps"]),
+      "JSON rows carry local_rel_l2, floor_rel_l2 and ratio; every ratio <= 1")
+deflt = os.path.join(tmp, "defaults.json")
+with open(deflt, "w") as f:
+    json.dump({"schema": "qwen3-diff-tolerances/1", "precision_pair": ["bf16", "fp32"]}, f)
+rc_abs, _, _ = run(*KN16, "--tolerances", deflt, "--quiet")
+print(f"note: the same run under the absolute bf16 defaults exits {rc_abs}")
+check(rc_abs in (0, 1), "the absolute defaults stay available through --tolerances")
+# a faulty reference side is named: A = emu fp32 with a fault, B = emu bf16 clean
+js = os.path.join(tmp, "a_side.json")
+rc, out, _ = run(*model_args("gqa_tied"), "--backends", "emu,emu", "--act-a", "fp32", "--inject-a", "act-gelu@1",
+                 "--isolate", "--decode", "2", "--json", js, "--no-color")
+r = read_json(js)
+fd = r["first_divergence"]
+check(rc == 1 and fd and fd["layer"] == 1 and fd["tap"] == "act" and fd["side"] == "emu" and r["first_divergence_side"] == "emu"
+      and "(A, the reference side)" in out, f"a fault on the reference side is flagged on A (exit {rc}, {fd and (fd['layer'], fd['tap'], fd['side'])})")
+# replay of one dump, offline: the faulty group flagged at its layer and op, the clean one passes
+dump = os.path.join(tmp, "replay_src.h5")
+run(*model_args("gqa_tied"), "--backends", "ref,emu", "--inject", "residual-drop@1", "--dump", dump, "--quiet")
+rc, out, err = run("replay", dump + ":emu", "--no-color", "--json", os.path.join(tmp, "replay.json"))
+fd = read_json(os.path.join(tmp, "replay.json"))["first_divergence"]
+check(rc == 1 and fd and fd["layer"] == 1 and fd["tap"] == "attn_residual" and "first divergence: layer 1, attn_residual" in out,
+      f"replay of emu's dump alone finds residual-drop@1 (exit {rc}) {err.strip()}")
+rc, out, err = run("replay", "--model", os.path.join(FX, "gqa_tied"), dump + ":ref", "--no-color")
+check(rc == 0 and "no divergence" in out and "attn_norm" in out, f"replay of ref's dump: no divergence (exit {rc}) {err.strip()}")
+with h5py.File(dump, "r") as f:
+    m = f["diff/ref-vs-emu/metrics"][:]
+    check(all(x in m.dtype.names for x in ["local_rel_l2", "floor_rel_l2", "ratio", "judged"])
+          and f["diff/ref-vs-emu"].attrs["verdict"] == "replay", "the /diff table carries the replay's columns")
+rc, _, err = run("replay", os.path.join(tmp, "cmp.h5"))
+check(rc == 2 and "several backend groups" in err, f"replay needs a group when a file has several ({err.strip()})")
+rc, _, err = run("replay", "--model", os.path.join(tmp, "nowhere"), dump + ":emu")
+check(rc == 2 and "nowhere" in err, f"replay with a missing model: exit 2 ({err.strip()})")
+rc, _, err = run("replay")
+check(rc == 2 and "expected one dump" in err, f"replay without a dump: exit 2 ({err.strip()})")
+
 # --- exit codes and determinism ------------------------------------------------------------------------
 rc, out, _ = run(*model_args("gqa_tied"), "--backends", "ref,ref", "--json", os.path.join(tmp, "rr.json"))
 rr = read_json(os.path.join(tmp, "rr.json"))

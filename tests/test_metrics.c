@@ -455,6 +455,10 @@ static int expected_members(member *out) {
     ROW(tol_atol, H5T_NATIVE_DOUBLE)
     ROW(tol_rtol, H5T_NATIVE_DOUBLE)
     ROW(prev_rel_l2, H5T_NATIVE_DOUBLE)
+#define REPLAY(name, ctype, h5type, json, doc) ROW(name, h5type) assert_int_equal(RECORD_SIZE(name), sizeof(ctype));
+    QD_REPLAY_FIELDS(REPLAY)
+#undef REPLAY
+    ROW(judged, H5T_NATIVE_INT32)
 #undef ROW
     return k;
 }
@@ -474,7 +478,12 @@ static void test_fields_h5_type(void **state) {
 #undef COUNT_TABLE
 #undef COUNT_JSON_ONLY
 #undef AT
-    assert_int_equal(n, 6 + n_table + 3 + 4); /* place and verdict, the list's, token/head/channel, tol */
+    int n_replay = 0;
+#define COUNT_REPLAY(name, ctype, h5type, json, doc) n_replay++;
+    QD_REPLAY_FIELDS(COUNT_REPLAY)
+#undef COUNT_REPLAY
+    /* place and verdict, the list's, token/head/channel, tol, the replay's figures and its judged side */
+    assert_int_equal(n, 6 + n_table + 3 + 4 + n_replay + 1);
     assert_true(n_json_only > 0);
     hid_t t = (hid_t)qd_metrics_record_type();
     assert_true(t >= 0);

@@ -2,6 +2,7 @@
  *
  *   qwen3-diff --layer-by-layer [--backends A,B]   runs two backends in lockstep and compares every tap
  *   qwen3-diff compare A.h5[:GROUP] B.h5[:GROUP]   compares two schema-v1 dumps from any engine
+ *   qwen3-diff replay DUMP.h5[:GROUP]              judges one engine's dump op by op on its own
  *   qwen3-diff --backends ref --summary            runs one backend and prints what the run looked like
  *   qwen3-diff selftest [--backend emu|fused]      proves the harness on every fault (selftest_cli.c)
  *
@@ -13,7 +14,11 @@
  * on stderr) and exits: 2 for bad input or usage, 3 for runtime failures. A failed run never leaves a
  * dump under the final name (qd_dump_close(commit=0)).
  *
- * Options: one table per command (main_opts and compare_opts below, selftest's in selftest_cli.c), from
+ * Verdicts: by default each op of each side is replayed from that side's own tapped inputs and judged by its
+ * local error over its noise floor (compare/qd_replay.h); --tolerances FILE or --calibrate selects the
+ * absolute, blessed tolerances instead (docs/TOLERANCES.md).
+ *
+ * Options: one table per command (main_opts, compare_opts and replay_opts below, selftest's in selftest_cli.c), from
  * which the parser and --help are generated (cli_opts.h). An option is a row of its table and a case of
  * take_option; checks across options stay in parse_args. */
 #include <limits.h>
@@ -66,6 +71,9 @@ typedef struct {
     int decode;                 /* decode steps compared after the prompt */
     const char *act;            /* emu/fused activation dtype */
     qd_fault fault;             /* --inject: into the backend under test */
+    const char *act_a;          /* --act-a: the reference side's activation dtype (emu/fused); NULL: --act */
+    qd_fault fault_a;           /* --inject-a: into the reference side (emu/fused) */
+    double threshold;           /* --ratio-threshold; 0: QD_REPLAY_THRESHOLD */
     int taps_all;               /* --fused-taps all */
     const char *tolerances;     /* JSON file; NULL: the precision pair's defaults */
     int calibrate;              /* > 0: the bless step over this many prompts */
@@ -83,6 +91,7 @@ typedef struct {
     int precision_bisect;       /* after a divergence: the smallest set of ops whose fp32 fixes it (qd_bisect.h) */
     unsigned fp32_points;       /* --fp32-ops: emu's precision points kept in fp32 (qd_emu.h) */
     const char *compare_a, *compare_b; /* the compare subcommand's operands */
+    const char *replay_dump;    /* the replay subcommand's operand */
     int noperands;              /* how many the compare subcommand was given */
 } cli_args;
 
@@ -90,7 +99,7 @@ enum {
     O_MODEL = 1, O_TOKENS, O_BACKENDS, O_LAYER_BY_LAYER, O_ISOLATE, O_LOCATE, O_DECODE, O_ACT, O_FUSED_PRECISION,
     O_FUSED_TAPS, O_INJECT, O_THREADS, O_REF_ACCUM, O_TOLERANCES, O_PRECISION_SWEEP, O_CALIBRATE, O_WRITE_TOL,
     O_MARGIN, O_JSON, O_JUNIT, O_DUMP, O_DUMP_TAPS, O_DUMP_ON_DIVERGENCE, O_DUMP_COMPRESS, O_SUMMARY, O_QUIET,
-    O_NO_COLOR, O_HELP, O_VERSION, O_FP32_OPS, O_PRECISION_BISECT,
+    O_NO_COLOR, O_HELP, O_VERSION, O_FP32_OPS, O_PRECISION_BISECT, O_ACT_A, O_INJECT_A, O_RATIO_THRESHOLD,
 };
 
 /* name, value, id, section, help (NULL: not listed), usage position, flags, short name; in the order of --help */
@@ -116,12 +125,19 @@ static const qd_cli_opt main_opts[] = {
      "exists\n(default fused: taps a kernel fuses away are absent)", 0, 0, 0},
     {"inject", "NAME[@L]", O_INJECT, "backends", "inject a fault of the catalog into the backend under test (B), in "
      "layer L\nor every layer (names: qwen3-diff --inject help)", 0, 0, 0},
+    {"act-a", "bf16|fp16|fp32", O_ACT_A, "backends",
+     "activation dtype of the reference side A when it is emu or fused (default: --act)", 0, 0, 0},
+    {"inject-a", "NAME[@L]", O_INJECT_A, "backends", "inject a fault into the reference side A (emu or fused): the "
+     "replay verdict\njudges each side on its own and names the faulty one", 0, 0, 0},
     {"threads", "N", O_THREADS, "backends",
      "CPU threads (default: all; the reference is bitwise identical for any N)", 0, 0, 0},
     {"ref-accum", "f32|f64", O_REF_ACCUM, "backends",
      "the reference's accumulation (default f32; f64 is the tighter oracle)", 0, 0, 0},
     {"tolerances", "FILE", O_TOLERANCES, "verdict and CI",
-     "tolerances (docs/TOLERANCES.md); default: from the precision pair", 0, 0, 0},
+     "judge by absolute tolerances (docs/TOLERANCES.md), the stricter gate; default:\n"
+     "replay each op from each side's own inputs and judge its local error over\nits noise floor", 0, 0, 0},
+    {"ratio-threshold", "X", O_RATIO_THRESHOLD, "verdict and CI",
+     "the replay verdict's threshold on local error / noise floor (default 4)", 0, 0, 0},
     {"precision-sweep", NULL, O_PRECISION_SWEEP, "verdict and CI", "after a divergence, rerun B with fp32, fp16 and "
      "bf16 activations (each pair\nblessed on its own) and say whether precision or a bug explains it", 0, 0, 0},
     {"precision-bisect", NULL, O_PRECISION_BISECT, "verdict and CI", "after a divergence, rerun B as emu with chosen "
@@ -146,11 +162,26 @@ static const qd_cli_opt main_opts[] = {
     {"version", NULL, O_VERSION, "output", "", 0, 0, 0},
 };
 
-/* compare's options, described by the main --help: the report files, the tolerances, the output */
+/* compare's options, described by the main --help: the model (for the replay verdict), the report files, the
+ * tolerances, the output */
 static const qd_cli_opt compare_opts[] = {
-    {"tolerances", "FILE", O_TOLERANCES, NULL, NULL, 1, QD_CLI_SYNOPSIS, 0},
-    {"json", "F", O_JSON, NULL, NULL, 2, QD_CLI_SYNOPSIS, 0},
-    {"junit", "F", O_JUNIT, NULL, NULL, 3, QD_CLI_SYNOPSIS, 0},
+    {"model", "DIR", O_MODEL, NULL, NULL, 1, QD_CLI_SYNOPSIS, 0},
+    {"tolerances", "FILE", O_TOLERANCES, NULL, NULL, 2, QD_CLI_SYNOPSIS, 0},
+    {"ratio-threshold", "X", O_RATIO_THRESHOLD, NULL, NULL, 0, 0, 0},
+    {"threads", "N", O_THREADS, NULL, NULL, 0, 0, 0},
+    {"json", "F", O_JSON, NULL, NULL, 3, QD_CLI_SYNOPSIS, 0},
+    {"junit", "F", O_JUNIT, NULL, NULL, 4, QD_CLI_SYNOPSIS, 0},
+    {"quiet", NULL, O_QUIET, NULL, NULL, 0, 0, 0},
+    {"no-color", NULL, O_NO_COLOR, NULL, NULL, 0, 0, 0},
+    {"help", NULL, O_HELP, NULL, NULL, 0, 0, 'h'},
+};
+
+/* replay's options: the model the dump was made with, the threshold, the report, the output */
+static const qd_cli_opt replay_opts[] = {
+    {"model", "DIR", O_MODEL, NULL, NULL, 1, QD_CLI_SYNOPSIS, 0},
+    {"ratio-threshold", "X", O_RATIO_THRESHOLD, NULL, NULL, 2, 0, 0},
+    {"threads", "N", O_THREADS, NULL, NULL, 0, 0, 0},
+    {"json", "F", O_JSON, NULL, NULL, 3, QD_CLI_SYNOPSIS, 0},
     {"quiet", NULL, O_QUIET, NULL, NULL, 0, 0, 0},
     {"no-color", NULL, O_NO_COLOR, NULL, NULL, 0, 0, 0},
     {"help", NULL, O_HELP, NULL, NULL, 0, 0, 'h'},
@@ -185,17 +216,29 @@ static void fp32_ops_names(char *buf, size_t n) {
     }
 }
 
+static const qd_cli_cmd replay_cmd = {
+    .name = "replay",
+    .operands = "DUMP.h5[:GROUP]",
+    .opts = replay_opts,
+    .nopts = (int)(sizeof replay_opts / sizeof *replay_opts),
+};
+
 static void usage(FILE *f) {
     char ops[512];
     fp32_ops_names(ops, sizeof ops);
     const char *const vars[] = {"backends", qd_backend_names(), "fp32_ops", ops, NULL};
     qd_cli_print_usage(f, "usage: qwen3-diff", &main_cmd, 0);
     qd_cli_print_usage(f, "       qwen3-diff", &compare_cmd, 1);
+    qd_cli_print_usage(f, "       qwen3-diff", &replay_cmd, 1);
     qd_cli_print_usage(f, "       qwen3-diff", &selftest_cli_cmd, 1);
     fputs("\n"
           "Finds where, how badly and why two Qwen3 implementations diverge. --layer-by-layer runs two\n"
           "backends one layer at a time, compares every intermediate tensor (\"tap\") they share and prints the\n"
           "first layer and op whose error exceeds its tolerance or blows up. With one backend it just runs it.\n"
+          "By default each op of each side is replayed from that side's own inputs, and an op diverges when\n"
+          "its local error exceeds 4x the noise floor of its precision (drift inherited from earlier ops is\n"
+          "reported, never blamed). compare replays both dumps (the model: --model DIR or the dump's 'model'\n"
+          "attribute); replay judges one dump on its own.\n"
           "\n", f);
     qd_cli_print_options(f, &main_cmd, vars);
     fputs("\n"
@@ -269,6 +312,20 @@ static int take_option(void *ctx, const qd_cli_opt *o, const char *flag, const c
             return QD_OK;
         }
         return qd_fault_parse(val, &a->fault, e);
+    case O_INJECT_A: return qd_fault_parse(val, &a->fault_a, e);
+    case O_ACT_A: {
+        qd_act_dtype d;
+        a->act_a = val;
+        if (qd_act_dtype_parse(val, &d) != 0) return qd_errf(e, QD_EINPUT, "%s: '%s' is not bf16, fp16 or fp32", flag, val);
+        return QD_OK;
+    }
+    case O_RATIO_THRESHOLD: {
+        char *end;
+        a->threshold = strtod(val, &end);
+        if (*end || !(a->threshold > 0 && a->threshold <= 1e12))
+            return qd_errf(e, QD_EINPUT, "--ratio-threshold: '%s' is not a positive number", val);
+        return QD_OK;
+    }
     case O_DUMP_COMPRESS: return parse_int(flag, val, 0, 9, &a->dump_compress, e);
     case O_THREADS: return parse_int(flag, val, 0, 4096, &a->threads, e);
     case O_DECODE: return parse_int(flag, val, 0, 1 << 20, &a->decode, e);
@@ -306,6 +363,11 @@ static int take_option(void *ctx, const qd_cli_opt *o, const char *flag, const c
 static int take_operand(void *ctx, const char *word, qd_err *e) {
     cli_args *a = ctx;
     (void)e;
+    if (a->replay_dump || a->noperands < 0) { /* replay: one operand */
+        a->replay_dump = word;
+        a->noperands = a->noperands < 0 ? 1 : a->noperands + 1;
+        return QD_OK;
+    }
     if (a->noperands == 0) a->compare_a = word;
     else if (a->noperands == 1) a->compare_b = word;
     a->noperands++;
@@ -337,6 +399,16 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
             return qd_errf(e, QD_EINPUT, "compare: expected two dumps, A.h5[:GROUP] B.h5[:GROUP] (got %d)", a->noperands);
         return QD_OK;
     }
+    if (argc > 1 && strcmp(argv[1], "replay") == 0) {
+        h.operand = take_operand;
+        a->noperands = -1; /* take_operand: the replay's operand */
+        int rc = qd_cli_parse(&replay_cmd, &h, a, argc - 1, argv + 1, e);
+        if (rc || a->help) return rc;
+        if (a->noperands != 1)
+            return qd_errf(e, QD_EINPUT, "replay: expected one dump, DUMP.h5[:GROUP] (got %d)",
+                           a->noperands < 0 ? 0 : a->noperands);
+        return QD_OK;
+    }
     int rc = qd_cli_parse(&main_cmd, &h, a, argc, argv, e);
     if (rc) return rc;
     if (a->help || a->version || a->list_faults) return QD_OK;
@@ -344,7 +416,8 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
     if (a->calibrate) a->layer_by_layer = 1;
     if (a->calibrate && !a->write_tol) return qd_errf(e, QD_EINPUT, "--calibrate needs --write-tolerances FILE");
     if (a->write_tol && !a->calibrate) return qd_errf(e, QD_EINPUT, "--write-tolerances needs --calibrate N");
-    if (a->calibrate && (a->dump || a->json || a->junit || a->tolerances || a->fault.kind != QD_FAULT_NONE))
+    if (a->calibrate && (a->dump || a->json || a->junit || a->tolerances || a->fault.kind != QD_FAULT_NONE ||
+                         a->fault_a.kind != QD_FAULT_NONE))
         return qd_errf(e, QD_EINPUT, "--calibrate blesses a clean pair and writes only --write-tolerances "
                                      "(drop --dump, --json, --junit, --tolerances and --inject)");
     if (a->layer_by_layer && a->nbackends == 1)
@@ -354,7 +427,9 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
                                   : a->junit ? "--junit" : a->decode ? "--decode" : a->dump_taps ? "--dump-taps"
                                   : a->dump_window >= 0 ? "--dump-on-divergence"
                                   : a->precision_sweep ? "--precision-sweep"
-                                  : a->precision_bisect ? "--precision-bisect" : NULL;
+                                  : a->precision_bisect ? "--precision-bisect"
+                                  : a->fault_a.kind != QD_FAULT_NONE ? "--inject-a" : a->act_a ? "--act-a"
+                                  : a->threshold > 0 ? "--ratio-threshold" : NULL;
         if (only_lockstep && a->nbackends == 1)
             return qd_errf(e, QD_EINPUT, "%s needs two backends (--layer-by-layer --backends A,B)", only_lockstep);
         if (only_lockstep) a->layer_by_layer = 1;
@@ -729,16 +804,21 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
     if ((rc = qd_weights_load(model, &w, e))) goto out;
     have_weights = 1;
     const int L = w.cfg.num_hidden_layers;
-    if (a->fault.kind != QD_FAULT_NONE && a->fault.layer >= L) {
-        rc = qd_errf(e, QD_EINPUT, "--inject: layer %d, but the model has %d layers", a->fault.layer, L);
-        goto out;
+    for (int k = 0; k < 2; k++) {
+        const qd_fault *f = k ? &a->fault_a : &a->fault;
+        if (f->kind != QD_FAULT_NONE && f->layer >= L) {
+            rc = qd_errf(e, QD_EINPUT, "--inject%s: layer %d, but the model has %d layers", k ? "-a" : "", f->layer, L);
+            goto out;
+        }
     }
     qd_backend_opts bo = {.threads = a->threads, .accum_f64 = a->accum == QD_ACCUM_F64, .max_seq = T + a->decode,
                           .act = a->act, .taps_all = a->taps_all};
-    qd_backend_opts bo_test = bo;
+    qd_backend_opts bo_test = bo, bo_ref = bo;
     bo_test.fault = a->fault;
     bo_test.fp32_points = a->fp32_points;
-    if (!(ba = qd_backend_create(name_a, &w, &bo, e)) || !(bb = qd_backend_create(name_b, &w, &bo_test, e)) ||
+    bo_ref.fault = a->fault_a; /* --inject-a: a faulty reference side, which the replay verdict names */
+    if (a->act_a) bo_ref.act = a->act_a;
+    if (!(ba = qd_backend_create(name_a, &w, &bo_ref, e)) || !(bb = qd_backend_create(name_b, &w, &bo_test, e)) ||
         (a->isolate && !(bi = qd_backend_create(name_b, &w, &bo_test, e)))) {
         rc = e->code ? e->code : QD_ERUNTIME;
         goto out;
@@ -757,7 +837,9 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
     have_report = 1;
     qd_lockstep_opts o = {.tokens = tokens, .T = T, .decode = a->decode, .tol = &tol, .locate = a->locate,
                           .dump = dump, .dump_taps = a->dump_taps, .dump_window = a->dump_window,
-                          .progress = !a->quiet};
+                          .progress = !a->quiet,
+                          /* the replay verdict unless tolerances were asked for: the stricter gate */
+                          .judge = {.w = a->tolerances ? NULL : &w, .threshold = a->threshold, .threads = a->threads}};
     if ((rc = qd_lockstep(ba, bb, bi, &o, &r, e))) goto out;
     if (dump) {
         if ((rc = qd_report_write_h5(&r, dump, e))) goto out;
@@ -830,19 +912,39 @@ static void split_operand(const char *arg, char *path, size_t n, char *group, si
     }
 }
 
+/* The checkpoint a dump's replay needs: --model, else the dump's own 'model' attribute (qd_dump_model_dir). */
+static int load_dump_model(const cli_args *a, const char *path, qd_weights *w, qd_err *e) {
+    char dir[4096];
+    struct stat st;
+    if (a->model) {
+        if (stat(a->model, &st) != 0 || !S_ISDIR(st.st_mode))
+            return qd_errf(e, QD_EINPUT, "--model %s: no such directory", a->model);
+        snprintf(dir, sizeof dir, "%s", a->model);
+    } else {
+        int rc = qd_dump_model_dir(path, dir, sizeof dir, e);
+        if (rc) return rc;
+    }
+    return qd_weights_load(dir, w, e);
+}
+
 static int run_compare(const cli_args *a, qd_err *e) {
     char pa[4096], pb[4096], ga[128], gb[128];
     split_operand(a->compare_a, pa, sizeof pa, ga, sizeof ga);
     split_operand(a->compare_b, pb, sizeof pb, gb, sizeof gb);
     qd_tolerances tol;
-    int have_tol = 0, rc = QD_OK;
+    qd_weights w;
+    int have_tol = 0, have_w = 0, rc = QD_OK;
     if (a->tolerances) {
         if ((rc = qd_tolerances_load(a->tolerances, &tol, e))) return rc;
         have_tol = 1;
+    } else { /* the replay verdict: both dumps replayed over the checkpoint they were made with */
+        if ((rc = load_dump_model(a, pa, &w, e))) return rc;
+        have_w = 1;
     }
     qd_report r;
     memset(&r, 0, sizeof r);
-    rc = qd_compare_files(pa, ga[0] ? ga : NULL, pb, gb[0] ? gb : NULL, have_tol ? &tol : NULL, &r, e);
+    qd_replay_judge judge = {.w = have_w ? &w : NULL, .threshold = a->threshold, .threads = a->threads};
+    rc = qd_compare_files_judged(pa, ga[0] ? ga : NULL, pb, gb[0] ? gb : NULL, have_tol ? &tol : NULL, &judge, &r, e);
     if (!rc && a->json) rc = qd_report_write_json(&r, a->json, e);
     if (!rc && a->junit) rc = qd_report_write_junit(&r, a->junit, e);
     if (!rc && !a->quiet) {
@@ -852,6 +954,29 @@ static int run_compare(const cli_args *a, qd_err *e) {
     if (!rc) rc = qd_report_diverged(&r) ? QD_EDIVERGED : QD_OK;
     qd_report_free(&r);
     if (have_tol) qd_tolerances_free(&tol);
+    if (have_w) qd_weights_free(&w);
+    return rc;
+}
+
+/* One engine's dump judged on its own, op by op. */
+static int run_replay(const cli_args *a, qd_err *e) {
+    char path[4096], group[128];
+    split_operand(a->replay_dump, path, sizeof path, group, sizeof group);
+    qd_weights w;
+    int rc = load_dump_model(a, path, &w, e);
+    if (rc) return rc;
+    qd_report r;
+    memset(&r, 0, sizeof r);
+    qd_replay_judge judge = {.w = &w, .threshold = a->threshold, .threads = a->threads};
+    rc = qd_replay_file(path, group[0] ? group : NULL, &judge, &r, e);
+    if (!rc && a->json) rc = qd_report_write_json(&r, a->json, e);
+    if (!rc && !a->quiet) {
+        printf("replay %s\n", a->replay_dump);
+        qd_report_print(&r, stdout, isatty(1) && !a->no_color);
+    }
+    if (!rc) rc = qd_report_diverged(&r) ? QD_EDIVERGED : QD_OK;
+    qd_report_free(&r);
+    qd_weights_free(&w);
     return rc;
 }
 
@@ -883,7 +1008,8 @@ int main(int argc, char **argv) {
         char token_arg[4200];
         snprintf(token_arg, sizeof token_arg, "%s", a.tokens ? a.tokens : "");
         if (!a.tokens) snprintf(token_arg, sizeof token_arg, "@%s/prompt.txt", model);
-        if (a.compare_a) rc = run_compare(&a, &e);
+        if (a.replay_dump) rc = run_replay(&a, &e);
+        else if (a.compare_a) rc = run_compare(&a, &e);
         else if (a.layer_by_layer) rc = run_lockstep(&a, model, token_arg, &e);
         else rc = run_single(&a, model, token_arg, &e);
     }

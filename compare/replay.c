@@ -1,0 +1,465 @@
+/* replay.c: op replay (qd_replay.h). Each op of one engine recomputed from the engine's own tapped inputs by
+ * the oracle (the reference's ops, f64 accumulation) and by the engine's contract (emu's ops in its
+ * activation dtype, or the reference's fp32 ops), and the engine's tap measured against both. */
+#include "qd_replay.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qd_act.h"
+#include "qd_bf16.h"
+#include "qd_emu_ops.h"
+#include "qd_ref_ops.h"
+
+struct qd_replay {
+    const qd_weights *w;   /* the oracle's: the checkpoint as loaded (borrowed) */
+    const qd_weights *wc;  /* the contract's: w, or &own, its bf16 rounding (emu's weights) */
+    qd_weights own;
+    int lowp;              /* contract = emu's ops in act; else the reference's ops with accum_c */
+    qd_act_dtype act;
+    qd_accum accum_c;
+    double min_floor;      /* of the activation dtype */
+    double min_floor_f32;  /* of fp32 (the contract's logits) */
+    int max_seq, threads;
+    float *inv_freq;       /* (HD/2) rope_inv_freq */
+    /* the inputs attention saw at every earlier position: the engine's k_rope and v_proj (or, when it does
+     * not tap them, each side's own replay of them) */
+    float *kc_o, *vc_o;    /* (L, max_seq, NKV, HD) oracle side */
+    float *kc_c, *vc_c;    /* (L, max_seq, NKV, HD) contract side */
+    unsigned char *hist;   /* (L, max_seq) 1: that position's K/V is known */
+    float *o[QD_NUM_LAYER_TAPS]; /* (max_seq, width of the tap) oracle replays */
+    float *c[QD_NUM_LAYER_TAPS]; /* (max_seq, width of the tap) contract replays */
+    float *xr;             /* (max_seq, C) the contract's copy of an input */
+    float *fn_o, *fn_c;    /* (max_seq, C) final_norm replays */
+    float *lg_o, *lg_c;    /* (max_seq, V) logits replays */
+    float *att_scratch;    /* (emu_attention_scratch(threads, max_seq, HD)) */
+};
+
+static size_t tap_width(const qd_config *c, int tap) {
+    int64_t shape[3];
+    int nd = qd_layer_tap_shape(c, tap, 1, shape);
+    size_t n = 1;
+    for (int d = 1; d < nd; d++) n *= (size_t)shape[d];
+    return n;
+}
+
+double qd_replay_min_floor(const char *precision) {
+    int p = 24;
+    if (!strcmp(precision, "bf16")) p = 8;
+    else if (!strcmp(precision, "fp16")) p = 11;
+    else if (!strcmp(precision, "fp64")) p = 53;
+    return ldexp(1.0, -(p + 1)) / sqrt(3.0);
+}
+
+void qd_replay_free(qd_replay *rp) {
+    if (!rp) return;
+    if (rp->wc == &rp->own) qd_weights_free(&rp->own);
+    free(rp->inv_freq);
+    free(rp->kc_o);
+    free(rp->vc_o);
+    free(rp->kc_c);
+    free(rp->vc_c);
+    free(rp->hist);
+    for (int t = 0; t < QD_NUM_LAYER_TAPS; t++) {
+        free(rp->o[t]);
+        free(rp->c[t]);
+    }
+    free(rp->xr);
+    free(rp->fn_o);
+    free(rp->fn_c);
+    free(rp->lg_o);
+    free(rp->lg_c);
+    free(rp->att_scratch);
+    free(rp);
+}
+
+/* Every value already a bf16 value (as emu.c asks before it shares a checkpoint's weights). */
+static int all_bf16(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        const float r = qd_round_bf16(x[i]);
+        if (memcmp(&r, &x[i], sizeof r) != 0) return 0;
+    }
+    return 1;
+}
+
+qd_replay *qd_replay_create(const qd_weights *w, const char *precision, const char *accum, int max_seq, int threads,
+                            qd_err *e) {
+    const qd_config *c = &w->cfg;
+    if (max_seq <= 0) {
+        qd_errf(e, QD_EINPUT, "replay: max_seq must be positive, got %d", max_seq);
+        return NULL;
+    }
+    int lowp = !strcmp(precision, "bf16") || !strcmp(precision, "fp16");
+    if (!lowp && strcmp(precision, "fp32") && strcmp(precision, "fp64")) {
+        qd_errf(e, QD_EINPUT, "replay: precision '%s': expected bf16, fp16, fp32 or fp64", precision);
+        return NULL;
+    }
+    if (accum && strcmp(accum, "f32") && strcmp(accum, "f64")) {
+        qd_errf(e, QD_EINPUT, "replay: accumulation '%s': expected f32 or f64", accum);
+        return NULL;
+    }
+    qd_replay *rp = qd_zalloc(1, sizeof *rp, e);
+    if (!rp) return NULL;
+    rp->w = w;
+    rp->wc = w;
+    rp->lowp = lowp;
+    if (lowp) qd_act_dtype_parse(precision, &rp->act);
+    /* an fp64 engine, or an fp32 one reducing in f64, is the oracle's maths: its floor is 0 */
+    rp->accum_c = !strcmp(precision, "fp64") || (accum && !strcmp(accum, "f64")) ? QD_ACCUM_F64 : QD_ACCUM_F32;
+    rp->min_floor = qd_replay_min_floor(precision);
+    rp->min_floor_f32 = qd_replay_min_floor("fp32");
+    rp->max_seq = max_seq;
+    rp->threads = threads > 0 ? threads : omp_get_max_threads();
+    size_t S = (size_t)max_seq, L = (size_t)c->num_hidden_layers, C = (size_t)c->hidden_size;
+    size_t HD = (size_t)c->head_dim, KV = (size_t)c->num_key_value_heads * HD, V = (size_t)c->vocab_size;
+    int ok = (rp->inv_freq = qd_alloc(HD / 2 * sizeof(float), e)) && (rp->kc_o = qd_zalloc(L * S * KV, sizeof(float), e)) &&
+             (rp->vc_o = qd_zalloc(L * S * KV, sizeof(float), e)) && (rp->kc_c = qd_zalloc(L * S * KV, sizeof(float), e)) &&
+             (rp->vc_c = qd_zalloc(L * S * KV, sizeof(float), e)) && (rp->hist = qd_zalloc(L * S, 1, e)) &&
+             (rp->xr = qd_alloc(S * C * sizeof(float), e)) && (rp->fn_o = qd_alloc(S * C * sizeof(float), e)) &&
+             (rp->fn_c = qd_alloc(S * C * sizeof(float), e)) && (rp->lg_o = qd_alloc(S * V * sizeof(float), e)) &&
+             (rp->lg_c = qd_alloc(S * V * sizeof(float), e)) &&
+             (rp->att_scratch = qd_alloc(emu_attention_scratch(rp->threads, max_seq, (int)HD) * sizeof(float), e));
+    for (int t = 0; ok && t < QD_NUM_LAYER_TAPS; t++)
+        ok = (rp->o[t] = qd_alloc(S * tap_width(c, t) * sizeof(float), e)) &&
+             (rp->c[t] = qd_alloc(S * tap_width(c, t) * sizeof(float), e));
+    if (ok && lowp && !all_bf16(w->mem, w->mem_floats)) {
+        /* emu's weights: the checkpoint rounded to bf16 once (docs/PRECISION.md) */
+        qd_weights_alloc(&rp->own, c);
+        if (rp->own.mem_floats != w->mem_floats) {
+            qd_errf(e, QD_ERUNTIME, "replay: weight layout mismatch (%zu vs %zu floats)", rp->own.mem_floats,
+                    w->mem_floats);
+            qd_weights_free(&rp->own);
+            ok = 0;
+        } else {
+            for (size_t i = 0; i < w->mem_floats; i++) rp->own.mem[i] = qd_round_bf16(w->mem[i]);
+            rp->wc = &rp->own;
+        }
+    }
+    if (!ok) {
+        qd_replay_free(rp);
+        return NULL;
+    }
+    rope_inv_freq(rp->inv_freq, (int)HD, c->rope_theta);
+    return rp;
+}
+
+// ----------------------------------------------------------------------------
+// the ops on each side
+
+/* The tap of the engine when it has it with the shape of T rows, else NULL. */
+static const float *engine_tap(const qd_tap_source *src, const qd_config *c, qd_tap_id id, int T) {
+    if (!src || !src->get) return NULL;
+    int nd = 0;
+    int64_t shape[3] = {0, 0, 0}, want[3];
+    const float *d = src->get(src->ctx, id, &nd, shape);
+    if (!d) return NULL;
+    int wn = qd_tap_id_shape(c, id, T, want);
+    if (nd != wn) return NULL;
+    for (int i = 0; i < nd; i++)
+        if (shape[i] != want[i]) return NULL;
+    return d;
+}
+
+/* The oracle's RoPE: the exact rotation, angle pos * theta^(-2i/HD), cos, sin and the products in double,
+ * rounded once. Every engine (the reference too) takes its angle in fp32 from an fp32 inv_freq: that
+ * rounding grows with the position (~pos * 2^-24 rad) and is part of each engine's noise, so it belongs in
+ * the floor, not in the oracle (transformers' float inv_freq differs from ours by an ulp: 2.3e-7 at
+ * position 300, 13 output roundings). x (T, nh, HD) in place. */
+static void rope_oracle(float *x, int T, int nh, int HD, int pos0, double theta) {
+    const int half = HD / 2;
+    for (int i = 0; i < half; i++) {
+        const double inv = pow(theta, -2.0 * i / (double)HD);
+        for (int t = 0; t < T; t++) {
+            const double a = (double)(pos0 + t) * inv, c = cos(a), s = sin(a);
+            for (int h = 0; h < nh; h++) {
+                float *xh = x + ((size_t)t * nh + h) * HD; /* (HD) */
+                const double x0 = xh[i], x1 = xh[i + half];
+                xh[i] = (float)(x0 * c - x1 * s);
+                xh[i + half] = (float)(x1 * c + x0 * s);
+            }
+        }
+    }
+}
+
+static void norm_o(float *out, const float *x, const float *w, int rows, int n, float eps) {
+    rmsnorm_forward(out, x, w, rows, n, eps, QD_ACCUM_F64);
+}
+
+static void norm_c(const qd_replay *rp, float *out, const float *x, const float *w, int rows, int n, float eps) {
+    if (rp->lowp) emu_rmsnorm(out, x, w, rows, n, eps, rp->act, QD_FAULT_NONE);
+    else rmsnorm_forward(out, x, w, rows, n, eps, rp->accum_c);
+}
+
+static void matmul_c(const qd_replay *rp, float *out, const float *x, const float *W, int T, int in, int out_dim) {
+    if (rp->lowp) emu_matmul(out, x, W, T, in, out_dim, rp->act);
+    else matmul_forward(out, x, W, T, in, out_dim, rp->accum_c);
+}
+
+static void rope_c(const qd_replay *rp, float *x, int T, int nh, int HD, int pos0) {
+    if (rp->lowp) emu_rope(x, T, nh, HD, pos0, rp->inv_freq, rp->act, QD_FAULT_NONE);
+    else rope_forward(x, T, nh, HD, pos0, rp->inv_freq);
+}
+
+/* The contract's copy of an input the engine may hold in a wider type (a layer input fed from the other
+ * side): rounded as the engine stores it. */
+static const float *input_c(qd_replay *rp, const float *x, size_t n) {
+    if (!rp->lowp) return x;
+    memcpy(rp->xr, x, n * sizeof(float));
+    emu_round_n(rp->act, rp->xr, n);
+    return rp->xr;
+}
+
+static void measure(qd_replay_op *op, const float *engine, const float *oracle, const float *contract, int ndim,
+                    const int64_t *shape, double min_floor) {
+    memset(op, 0, sizeof *op);
+    op->have = 1;
+    qd_metrics_compute(engine, oracle, ndim, shape, &op->local);
+    qd_metrics_compute(contract, oracle, ndim, shape, &op->floor);
+    op->min_floor = min_floor;
+    double fl = op->floor.rel_l2 > min_floor ? op->floor.rel_l2 : min_floor;
+    op->ratio = op->local.rel_l2 / fl;
+}
+
+static void clear_ops(qd_replay_op *ops, int n) {
+    memset(ops, 0, (size_t)n * sizeof *ops);
+    for (int i = 0; i < n; i++) ops[i].ratio = NAN;
+}
+
+int qd_replay_embed(qd_replay *rp, const qd_tap_source *src, const int32_t *tokens, int T, qd_replay_op *op,
+                    qd_err *e) {
+    const qd_config *c = &rp->w->cfg;
+    clear_ops(op, 1);
+    if (T <= 0 || T > rp->max_seq) return qd_errf(e, QD_EINPUT, "replay: embed: %d tokens do not fit max_seq %d", T, rp->max_seq);
+    const qd_tap_id id = qd_tap_model(QD_TAP_EMBED);
+    const float *eng = engine_tap(src, c, id, T);
+    if (!eng) return QD_OK;
+    size_t C = (size_t)c->hidden_size;
+    for (int t = 0; t < T; t++) {
+        if (tokens[t] < 0 || tokens[t] >= c->vocab_size)
+            return qd_errf(e, QD_EINPUT, "replay: token %d at position %d is outside the vocabulary (%d)", tokens[t], t,
+                           c->vocab_size);
+        memcpy(rp->fn_o + t * C, rp->w->embed + (size_t)tokens[t] * C, C * sizeof(float));
+        memcpy(rp->fn_c + t * C, rp->wc->embed + (size_t)tokens[t] * C, C * sizeof(float));
+    }
+    if (rp->lowp) emu_round_n(rp->act, rp->fn_c, (size_t)T * C);
+    int64_t shape[3];
+    int nd = qd_tap_id_shape(c, id, T, shape);
+    measure(op, eng, rp->fn_o, rp->fn_c, nd, shape, rp->min_floor);
+    return QD_OK;
+}
+
+int qd_replay_layer(qd_replay *rp, const qd_tap_source *src, int l, const float *h_in, int T, int pos0,
+                    qd_replay_op *ops, qd_err *e) {
+    const qd_config *c = &rp->w->cfg;
+    clear_ops(ops, QD_NUM_LAYER_TAPS);
+    if (l < 0 || l >= c->num_hidden_layers) return qd_errf(e, QD_EINPUT, "replay: layer %d out of range", l);
+    if (T <= 0 || pos0 < 0 || pos0 + T > rp->max_seq)
+        return qd_errf(e, QD_EINPUT, "replay: layer %d: positions %d..%d exceed max_seq %d", l, pos0, pos0 + T - 1,
+                       rp->max_seq);
+    const qd_layer_weights *lo = &rp->w->layers[l], *lc = &rp->wc->layers[l];
+    const int C = c->hidden_size, I = c->intermediate_size, HD = c->head_dim, NH = c->num_attention_heads;
+    const int NKV = c->num_key_value_heads;
+    const float eps = (float)c->rms_norm_eps;
+    const size_t TC = (size_t)T * C;
+
+    const float *eng[QD_NUM_LAYER_TAPS];
+    for (int t = 0; t < QD_NUM_LAYER_TAPS; t++) eng[t] = engine_tap(src, c, qd_tap_layer(l, t), T);
+    /* done[t]: the op was replayed on both sides; avail(t): its output is known to its consumers, the
+     * engine's tap (the same on both sides) or each side's own replay when the engine has no such tap */
+    int done[QD_NUM_LAYER_TAPS] = {0};
+#define AVAIL(t) (eng[t] || done[t])
+#define IN_O(t) (eng[t] ? eng[t] : rp->o[t])
+#define IN_C(t) (eng[t] ? eng[t] : rp->c[t])
+    float **O = rp->o, **K = rp->c;
+
+    if (h_in) {
+        norm_o(O[QD_TAP_ATTN_NORM], h_in, lo->input_layernorm, T, C, eps);
+        norm_c(rp, K[QD_TAP_ATTN_NORM], input_c(rp, h_in, TC), lc->input_layernorm, T, C, eps);
+        done[QD_TAP_ATTN_NORM] = 1;
+    }
+    if (AVAIL(QD_TAP_ATTN_NORM)) {
+        const struct { int tap; const float *wo, *wc; int out; } proj[3] = {
+            {QD_TAP_Q_PROJ, lo->q_proj, lc->q_proj, NH * HD},
+            {QD_TAP_K_PROJ, lo->k_proj, lc->k_proj, NKV * HD},
+            {QD_TAP_V_PROJ, lo->v_proj, lc->v_proj, NKV * HD}};
+        for (int i = 0; i < 3; i++) {
+            matmul_forward(O[proj[i].tap], IN_O(QD_TAP_ATTN_NORM), proj[i].wo, T, C, proj[i].out, QD_ACCUM_F64);
+            matmul_c(rp, K[proj[i].tap], IN_C(QD_TAP_ATTN_NORM), proj[i].wc, T, C, proj[i].out);
+            done[proj[i].tap] = 1;
+        }
+    }
+    /* per-head norms over head_dim, then RoPE: q and k alike */
+    const struct { int proj, norm, rope, nh; const float *wo, *wc; } qk[2] = {
+        {QD_TAP_Q_PROJ, QD_TAP_Q_NORM, QD_TAP_Q_ROPE, NH, lo->q_norm, lc->q_norm},
+        {QD_TAP_K_PROJ, QD_TAP_K_NORM, QD_TAP_K_ROPE, NKV, lo->k_norm, lc->k_norm}};
+    for (int i = 0; i < 2; i++) {
+        if (AVAIL(qk[i].proj)) {
+            norm_o(O[qk[i].norm], IN_O(qk[i].proj), qk[i].wo, T * qk[i].nh, HD, eps);
+            norm_c(rp, K[qk[i].norm], IN_C(qk[i].proj), qk[i].wc, T * qk[i].nh, HD, eps);
+            done[qk[i].norm] = 1;
+        }
+        if (AVAIL(qk[i].norm)) {
+            size_t n = (size_t)T * qk[i].nh * HD;
+            memcpy(O[qk[i].rope], IN_O(qk[i].norm), n * sizeof(float));
+            memcpy(K[qk[i].rope], IN_C(qk[i].norm), n * sizeof(float));
+            rope_oracle(O[qk[i].rope], T, qk[i].nh, HD, pos0, c->rope_theta);
+            rope_c(rp, K[qk[i].rope], T, qk[i].nh, HD, pos0);
+            done[qk[i].rope] = 1;
+        }
+    }
+
+    /* this step's keys and values join the history, then attention over positions 0..pos0+T-1 */
+    const size_t S = (size_t)rp->max_seq, kv = (size_t)NKV * HD;
+    float *kco = rp->kc_o + (size_t)l * S * kv, *vco = rp->vc_o + (size_t)l * S * kv; /* (max_seq, NKV, HD) */
+    float *kcc = rp->kc_c + (size_t)l * S * kv, *vcc = rp->vc_c + (size_t)l * S * kv;
+    unsigned char *hist = rp->hist + (size_t)l * S; /* (max_seq) */
+    int have_kv = AVAIL(QD_TAP_K_ROPE) && AVAIL(QD_TAP_V_PROJ);
+    for (int t = 0; t < T; t++) hist[pos0 + t] = (unsigned char)have_kv;
+    if (have_kv) {
+        memcpy(kco + (size_t)pos0 * kv, IN_O(QD_TAP_K_ROPE), (size_t)T * kv * sizeof(float));
+        memcpy(kcc + (size_t)pos0 * kv, IN_C(QD_TAP_K_ROPE), (size_t)T * kv * sizeof(float));
+        memcpy(vco + (size_t)pos0 * kv, IN_O(QD_TAP_V_PROJ), (size_t)T * kv * sizeof(float));
+        memcpy(vcc + (size_t)pos0 * kv, IN_C(QD_TAP_V_PROJ), (size_t)T * kv * sizeof(float));
+    }
+    int full_hist = 1;
+    for (int p = 0; p < pos0 + T; p++) full_hist &= hist[p];
+    if (full_hist && AVAIL(QD_TAP_Q_ROPE)) {
+        int rc = attention_forward(O[QD_TAP_ATTN], IN_O(QD_TAP_Q_ROPE), kco, vco, T, pos0, NH, NKV, HD, QD_ACCUM_F64, e);
+        if (!rc && rp->lowp)
+            emu_attention(K[QD_TAP_ATTN], IN_C(QD_TAP_Q_ROPE), kcc, vcc, T, pos0, NH, NKV, HD, rp->act, rp->threads,
+                          QD_FAULT_NONE, rp->att_scratch);
+        else if (!rc)
+            rc = attention_forward(K[QD_TAP_ATTN], IN_C(QD_TAP_Q_ROPE), kcc, vcc, T, pos0, NH, NKV, HD, rp->accum_c, e);
+        if (rc) return rc;
+        done[QD_TAP_ATTN] = 1;
+    }
+    if (AVAIL(QD_TAP_ATTN)) {
+        matmul_forward(O[QD_TAP_O_PROJ], IN_O(QD_TAP_ATTN), lo->o_proj, T, NH * HD, C, QD_ACCUM_F64);
+        matmul_c(rp, K[QD_TAP_O_PROJ], IN_C(QD_TAP_ATTN), lc->o_proj, T, NH * HD, C);
+        done[QD_TAP_O_PROJ] = 1;
+    }
+    /* the residual adds: fp32 adds over the stored values, rounded once in the contract */
+    if (h_in && AVAIL(QD_TAP_O_PROJ)) {
+        residual_forward(O[QD_TAP_ATTN_RESIDUAL], h_in, IN_O(QD_TAP_O_PROJ), (long)TC);
+        if (rp->lowp)
+            emu_residual(K[QD_TAP_ATTN_RESIDUAL], input_c(rp, h_in, TC), IN_C(QD_TAP_O_PROJ), (long)TC, rp->act,
+                         QD_FAULT_NONE);
+        else
+            residual_forward(K[QD_TAP_ATTN_RESIDUAL], h_in, IN_C(QD_TAP_O_PROJ), (long)TC);
+        done[QD_TAP_ATTN_RESIDUAL] = 1;
+    }
+    if (AVAIL(QD_TAP_ATTN_RESIDUAL)) {
+        norm_o(O[QD_TAP_MLP_NORM], IN_O(QD_TAP_ATTN_RESIDUAL), lo->post_attention_layernorm, T, C, eps);
+        norm_c(rp, K[QD_TAP_MLP_NORM], IN_C(QD_TAP_ATTN_RESIDUAL), lc->post_attention_layernorm, T, C, eps);
+        done[QD_TAP_MLP_NORM] = 1;
+    }
+    if (AVAIL(QD_TAP_MLP_NORM)) {
+        matmul_forward(O[QD_TAP_GATE_PROJ], IN_O(QD_TAP_MLP_NORM), lo->gate_proj, T, C, I, QD_ACCUM_F64);
+        matmul_c(rp, K[QD_TAP_GATE_PROJ], IN_C(QD_TAP_MLP_NORM), lc->gate_proj, T, C, I);
+        matmul_forward(O[QD_TAP_UP_PROJ], IN_O(QD_TAP_MLP_NORM), lo->up_proj, T, C, I, QD_ACCUM_F64);
+        matmul_c(rp, K[QD_TAP_UP_PROJ], IN_C(QD_TAP_MLP_NORM), lc->up_proj, T, C, I);
+        done[QD_TAP_GATE_PROJ] = done[QD_TAP_UP_PROJ] = 1;
+    }
+    if (AVAIL(QD_TAP_GATE_PROJ) && AVAIL(QD_TAP_UP_PROJ)) {
+        swiglu_forward(O[QD_TAP_ACT], IN_O(QD_TAP_GATE_PROJ), IN_O(QD_TAP_UP_PROJ), (long)T * I);
+        if (rp->lowp)
+            emu_swiglu(K[QD_TAP_ACT], IN_C(QD_TAP_GATE_PROJ), IN_C(QD_TAP_UP_PROJ), (long)T * I, rp->act, QD_FAULT_NONE);
+        else
+            swiglu_forward(K[QD_TAP_ACT], IN_C(QD_TAP_GATE_PROJ), IN_C(QD_TAP_UP_PROJ), (long)T * I);
+        done[QD_TAP_ACT] = 1;
+    }
+    if (AVAIL(QD_TAP_ACT)) {
+        matmul_forward(O[QD_TAP_DOWN_PROJ], IN_O(QD_TAP_ACT), lo->down_proj, T, I, C, QD_ACCUM_F64);
+        matmul_c(rp, K[QD_TAP_DOWN_PROJ], IN_C(QD_TAP_ACT), lc->down_proj, T, I, C);
+        done[QD_TAP_DOWN_PROJ] = 1;
+    }
+    if (AVAIL(QD_TAP_ATTN_RESIDUAL) && AVAIL(QD_TAP_DOWN_PROJ)) {
+        residual_forward(O[QD_TAP_OUT], IN_O(QD_TAP_ATTN_RESIDUAL), IN_O(QD_TAP_DOWN_PROJ), (long)TC);
+        if (rp->lowp)
+            emu_residual(K[QD_TAP_OUT], IN_C(QD_TAP_ATTN_RESIDUAL), IN_C(QD_TAP_DOWN_PROJ), (long)TC, rp->act,
+                         QD_FAULT_NONE);
+        else
+            residual_forward(K[QD_TAP_OUT], IN_C(QD_TAP_ATTN_RESIDUAL), IN_C(QD_TAP_DOWN_PROJ), (long)TC);
+        done[QD_TAP_OUT] = 1;
+    }
+#undef AVAIL
+#undef IN_O
+#undef IN_C
+
+    for (int t = 0; t < QD_NUM_LAYER_TAPS; t++) {
+        if (!eng[t] || !done[t]) continue;
+        int64_t shape[3];
+        int nd = qd_layer_tap_shape(c, t, T, shape);
+        measure(&ops[t], eng[t], O[t], K[t], nd, shape, rp->min_floor);
+    }
+    return QD_OK;
+}
+
+/* Every finite value of x (n) is a value of act: an engine that stores its logits in the activation dtype. */
+static int all_in_act(qd_act_dtype act, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (isfinite(x[i]) && emu_round(act, x[i]) != x[i]) return 0;
+    return 1;
+}
+
+int qd_replay_head(qd_replay *rp, const qd_tap_source *src, const float *h, int T, qd_replay_op *ops, qd_err *e) {
+    const qd_config *c = &rp->w->cfg;
+    clear_ops(ops, 2);
+    if (T <= 0 || T > rp->max_seq) return qd_errf(e, QD_EINPUT, "replay: head: %d tokens do not fit max_seq %d", T, rp->max_seq);
+    const int C = c->hidden_size, V = c->vocab_size;
+    const float eps = (float)c->rms_norm_eps;
+    const qd_tap_id fid = qd_tap_model(QD_TAP_FINAL_NORM), lid = qd_tap_model(QD_TAP_LOGITS);
+    const float *fn = engine_tap(src, c, fid, T);
+    int64_t shape[3];
+    int nd;
+    int have_fn = 0;
+    if (h) {
+        norm_o(rp->fn_o, h, rp->w->norm, T, C, eps);
+        norm_c(rp, rp->fn_c, input_c(rp, h, (size_t)T * C), rp->wc->norm, T, C, eps);
+        have_fn = 1;
+        if (fn) {
+            nd = qd_tap_id_shape(c, fid, T, shape);
+            measure(&ops[0], fn, rp->fn_o, rp->fn_c, nd, shape, rp->min_floor);
+        }
+    }
+    if (!fn && !have_fn) return QD_OK;
+    const float *lg = engine_tap(src, c, lid, T);
+    if (!lg) return QD_OK;
+    const float *in_o = fn ? fn : rp->fn_o, *in_c = fn ? fn : rp->fn_c;
+    matmul_forward(rp->lg_o, in_o, rp->w->lm_head, T, C, V, QD_ACCUM_F64);
+    /* the contract keeps logits in fp32 (docs/PRECISION.md); an engine that stores them in its activation
+     * dtype (every value representable) is replayed with that rounding, and judged by its floor */
+    size_t n = (size_t)T * V;
+    int rounded = rp->lowp && all_in_act(rp->act, lg, n);
+    if (rp->lowp) emu_matmul(rp->lg_c, in_c, rp->wc->lm_head, T, C, V, rounded ? rp->act : QD_ACT_FP32);
+    else matmul_forward(rp->lg_c, in_c, rp->wc->lm_head, T, C, V, rp->accum_c);
+    nd = qd_tap_id_shape(c, lid, T, shape);
+    measure(&ops[1], lg, rp->lg_o, rp->lg_c, nd, shape, rounded || !rp->lowp ? rp->min_floor : rp->min_floor_f32);
+    return QD_OK;
+}
+
+unsigned qd_replay_verdict(const qd_replay_op *op, double threshold, double blowup_ratio) {
+    if (!op->have) return 0;
+    unsigned v = 0;
+    const qd_metrics *l = &op->local, *f = &op->floor;
+    int64_t nf_engine = l->nan_test + l->posinf_test + l->neginf_test;
+    int64_t nf_contract = f->nan_test + f->posinf_test + f->neginf_test;
+    if (nf_engine > nf_contract || l->nonfinite_mismatch > f->nonfinite_mismatch) v |= QD_V_NONFINITE;
+    if (op->ratio > threshold) v |= QD_V_LOCAL;
+    if (l->mag_ratio >= blowup_ratio && f->mag_ratio < blowup_ratio) v |= QD_V_BLOWUP_MAG;
+    if (l->max_mag_test == 0 && l->max_mag_ref > 0 && f->max_mag_test > 0 && l->n_finite > 0) v |= QD_V_COLLAPSE;
+    return v;
+}
+
+qd_replay_figures qd_replay_figures_of(const qd_replay_op *op) {
+    qd_replay_figures f = {NAN, NAN, NAN, NAN, NAN};
+    if (!op || !op->have) return f;
+    f.local_rel_l2 = op->local.rel_l2;
+    f.floor_rel_l2 = op->floor.rel_l2;
+    f.min_floor = op->min_floor;
+    f.ratio = op->ratio;
+    f.local_max_abs = op->local.max_abs;
+    return f;
+}
