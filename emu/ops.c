@@ -161,6 +161,45 @@ void emu_attention(float *out, const float *q, const float *kc, const float *vc,
     emu_attention_at(out, q, kc, vc, T, pos0, NH, NKV, HD, act, act, act, threads, fault, scratch);
 }
 
+void emu_attention_eager(float *out, const float *q, const float *kc, const float *vc, int T, int pos0, int NH,
+                         int NKV, int HD, qd_act_dtype act, int threads, float *scratch) {
+    // q (T, NH, HD); kc, vc (max_seq, NKV, HD); out (T, NH*HD); scratch (threads, pos0 + T + 2*HD)
+    const int kv_mul = NH / NKV;
+    const size_t kv_stride = (size_t)NKV * HD;
+    const float scale = (float)(1.0 / sqrt((double)HD));
+    const size_t per_thread = emu_attention_scratch(1, pos0 + T, HD);
+#pragma omp parallel num_threads(threads)
+    {
+        float *p = scratch + (size_t)omp_get_thread_num() * per_thread; /* (pos0 + T) scores, then P */
+        float *acc = p + pos0 + T;                                      /* (HD) */
+#pragma omp for collapse(2) schedule(static)
+        for (int t = 0; t < T; t++) {
+            for (int h = 0; h < NH; h++) {
+                const int n_keys = pos0 + t + 1;
+                const float *qh = q + ((size_t)t * NH + h) * HD;
+                const float *k = kc + (size_t)(h / kv_mul) * HD;
+                const float *v = vc + (size_t)(h / kv_mul) * HD;
+                float mx = -INFINITY;
+                for (int j = 0; j < n_keys; j++) {
+                    p[j] = emu_round(act, emu_round(act, dot_f32(qh, k + (size_t)j * kv_stride, HD)) * scale);
+                    if (p[j] > mx) mx = p[j];
+                }
+                float sum = 0.0f;
+                for (int j = 0; j < n_keys; j++) {
+                    p[j] = expf(p[j] - mx);
+                    sum += p[j];
+                }
+                for (int j = 0; j < n_keys; j++) p[j] = emu_round(act, p[j] / sum);
+                for (int d = 0; d < HD; d++) acc[d] = 0.0f;
+                for (int j = 0; j < n_keys; j++)
+                    for (int d = 0; d < HD; d++) acc[d] += p[j] * v[(size_t)j * kv_stride + d];
+                float *o = out + ((size_t)t * NH + h) * HD;
+                for (int d = 0; d < HD; d++) o[d] = emu_round(act, acc[d]);
+            }
+        }
+    }
+}
+
 void emu_attention_at(float *out, const float *q, const float *kc, const float *vc, int T, int pos0, int NH,
                       int NKV, int HD, qd_act_dtype act, qd_act_dtype act_p, qd_act_dtype act_out, int threads,
                       int fault, float *scratch) {

@@ -62,6 +62,15 @@ void emu_attention_at(float *out, const float *q, const float *kc, const float *
                       int NKV, int HD, qd_act_dtype act, qd_act_dtype act_p, qd_act_dtype act_out, int threads,
                       int fault, float *scratch);
 
+/* Causal GQA attention as an eager bf16 implementation computes it (transformers' eager attention on a
+ * bf16 model): scores A(A(q . k) * HD^-0.5) (the QK^T product stored, then the scaling stored), an fp32
+ * softmax over the whole row with its max, P = A(exp(s - m) / sum) normalised before it is stored, fp32
+ * P.V, the output rounded. Another correct way to do the contract's arithmetic: the replay's noise floor
+ * of attention takes the wider of this and emu_attention (docs/TOLERANCES.md). Shapes and scratch as
+ * emu_attention; no faults. */
+void emu_attention_eager(float *out, const float *q, const float *kc, const float *vc, int T, int pos0, int NH,
+                         int NKV, int HD, qd_act_dtype act, int threads, float *scratch);
+
 /* out = A(silu(gate) * up) over n values; out may alias gate or up. Fault act-gelu: GELU (erf form). */
 void emu_swiglu(float *out, const float *gate, const float *up, long n, qd_act_dtype act, int fault);
 

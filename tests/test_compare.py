@@ -180,9 +180,13 @@ check(rc == 0 and r["judge"] == "replay" and r["first_divergence"] is None,
       f"knorm_extreme clean, --isolate --decode 16: no divergence by the replay verdict (exit {rc}) {err.strip()}")
 check(wi is not None and wi["rel_l2"] > 0.05 and "inherited: largest emu vs ref error" in out and "carried in" in out,
       f"its free-running drift is reported as inherited only (rel_l2 {wi and wi['rel_l2']})")
-emu_rows = [t["replay"]["emu"] for t in r["taps"] if "emu" in t["replay"]]
-check(len(emu_rows) == len(r["taps"]) and all(x["local_rel_l2"] == x["floor_rel_l2"] for x in emu_rows),
-      "emu replayed by its own contract: local error == noise floor on every row")
+emu_rows = [(t["tap"], t["replay"]["emu"]) for t in r["taps"] if "emu" in t["replay"]]
+# attention's floor is the wider of the fused and the eager forms (docs/TOLERANCES.md): emu is the fused one,
+# so there its local error is at most the floor; everywhere else it is the floor, bit for bit
+check(len(emu_rows) == len(r["taps"]) and
+      all(x["local_rel_l2"] == x["floor_rel_l2"] if tap != "attn" else x["local_rel_l2"] <= x["floor_rel_l2"]
+          for tap, x in emu_rows),
+      "emu replayed by its own contract: local error == noise floor on every row (attn: <=)")
 check(all(t["ratio"] <= 1.0 for t in r["taps"]) and all("local_rel_l2" in t and "floor_rel_l2" in t for t in r["taps"]),
       "JSON rows carry local_rel_l2, floor_rel_l2 and ratio; every ratio <= 1")
 deflt = os.path.join(tmp, "defaults.json")

@@ -128,9 +128,14 @@ static void test_clean_fixtures(void **state) {
         for (int k = 0; k < r.n; k++) {
             const qd_tap_row *row = &r.rows[k];
             assert_true(row->rp[1].have);
-            /* emu replayed by emu's ops on emu's own inputs: the same maths, bit for bit */
-            assert_true(row->rp[1].local.rel_l2 == row->rp[1].floor.rel_l2);
-            assert_true(row->rp[1].local.max_abs == row->rp[1].floor.max_abs);
+            /* emu replayed by emu's ops on emu's own inputs: the same maths, bit for bit; attention's floor is
+             * the wider of the fused form (emu's) and the eager form, so there local <= floor */
+            if (row->id.pos == QD_POS_LAYER && row->id.tap == QD_TAP_ATTN) {
+                assert_true(row->rp[1].local.rel_l2 <= row->rp[1].floor.rel_l2);
+            } else {
+                assert_true(row->rp[1].local.rel_l2 == row->rp[1].floor.rel_l2);
+                assert_true(row->rp[1].local.max_abs == row->rp[1].floor.max_abs);
+            }
             assert_true(row->rp[1].ratio <= 1.0);
             /* the reference's own f32 ops are the fp32 contract: local == floor too */
             assert_true(row->rp[0].ratio <= 1.0);
