@@ -297,7 +297,8 @@ int qd_config_parse(const char *json_text, const char *path, qd_config *c, qd_er
 int qd_config_load(const char *dir, qd_config *c, char **text_out, qd_err *e) {
     if (text_out) *text_out = NULL;
     memset(c, 0, sizeof *c);
-    char *path = qd_path_join(dir, "config.json");
+    char *path = qd_path_join(dir, "config.json", e);
+    if (!path) return QD_ERUNTIME;
     char *text = NULL;
     int rc = qd_read_file(path, &text, NULL, e);
     if (rc == QD_OK) rc = qd_config_parse(text, path, c, e);

@@ -46,8 +46,9 @@ void *qd_realloc_check(void *p, size_t n, const char *file, int line);
  * read error. *len may be NULL. */
 int qd_read_file(const char *path, char **out, size_t *len, qd_err *e);
 
-/* Joins dir and name with one '/'; the result is malloc'd. */
-char *qd_path_join(const char *dir, const char *name);
+/* Joins dir and name with one '/'; the result is malloc'd. NULL with e filled (QD_ERUNTIME) when out
+ * of memory. */
+char *qd_path_join(const char *dir, const char *name, qd_err *e);
 
 /* Overflow-checked size arithmetic: returns 0 and sets *out, or -1 on overflow. */
 int qd_mul_size(size_t a, size_t b, size_t *out);

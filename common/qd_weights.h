@@ -40,8 +40,9 @@ typedef struct {
 /* Loads DIR (config.json + safetensors) into w. On failure w is left freed. */
 int qd_weights_load(const char *dir, qd_weights *w, qd_err *e);
 
-/* Allocates zeroed weights for a config without any file (unit tests, synthetic models). */
-void qd_weights_alloc(qd_weights *w, const qd_config *c);
+/* Allocates zeroed weights for a config without any file (unit tests, synthetic models). QD_ERUNTIME
+ * with e filled when out of memory; w is then left freed. */
+int qd_weights_alloc(qd_weights *w, const qd_config *c, qd_err *e);
 
 void qd_weights_free(qd_weights *w);
 

@@ -29,16 +29,24 @@
 // ----------------------------------------------------------------------------
 // small helpers
 
-static char *str_dup(const char *s) {
+/* NULL with e filled when out of memory. */
+static char *str_dup(const char *s, qd_err *e) {
     size_t n = strlen(s) + 1;
-    char *p = qd_malloc(n);
-    memcpy(p, s, n);
+    char *p = qd_alloc(n, e);
+    if (p) memcpy(p, s, n);
     return p;
 }
 
-/* Grows a malloc'd array from n to n + add elements of size sz (old contents kept). */
-static void *grow(void *p, size_t n, size_t add, size_t sz) {
-    void *q = qd_malloc((n + add) * sz);
+/* Grows a malloc'd array from n to n + add elements of size sz (old contents kept). On failure
+ * returns NULL with e filled and leaves p untouched, so the caller's array stays valid. */
+static void *grow(void *p, size_t n, size_t add, size_t sz, qd_err *e) {
+    size_t bytes;
+    if (qd_mul_size(n + add, sz, &bytes)) {
+        qd_errf(e, QD_ERUNTIME, "out of memory: %zu elements of %zu bytes overflow a size", n + add, sz);
+        return NULL;
+    }
+    void *q = qd_alloc(bytes, e);
+    if (!q) return NULL;
     if (n) memcpy(q, p, n * sz);
     free(p);
     return q;
@@ -194,6 +202,7 @@ int qd_st_open_file(qd_st *st, const char *path, qd_err *e) {
     json_t *root = NULL;
     qd_tensor *ts = NULL;
     span *spans = NULL;
+    char *fname = NULL; /* the file's name, shared by its tensors once committed */
     size_t nt = 0;
     if (hlen > size - 8) {
         rc = qd_errf(
@@ -218,15 +227,22 @@ int qd_st_open_file(qd_st *st, const char *path, qd_err *e) {
     size_t data_size = size - 8 - (size_t)hlen;
     const unsigned char *data = bytes + 8 + hlen;
     size_t cap = json_object_size(root);
-    ts = qd_calloc(cap ? cap : 1, sizeof *ts);
-    spans = qd_calloc(cap ? cap : 1, sizeof *spans);
+    ts = qd_zalloc(cap ? cap : 1, sizeof *ts, e);
+    spans = qd_zalloc(cap ? cap : 1, sizeof *spans, e);
+    if (!ts || !spans) {
+        rc = QD_ERUNTIME;
+        goto fail;
+    }
     const char *key;
     json_t *val;
     json_object_foreach(root, key, val) {
         if (strcmp(key, "__metadata__") == 0) continue; /* free-form string map; nothing we need */
         qd_tensor *t = &ts[nt];
         if ((rc = parse_entry(path, key, val, data_size, t, &spans[nt], e))) goto fail;
-        t->name = str_dup(key);
+        if (!(t->name = str_dup(key, e))) {
+            rc = QD_ERUNTIME;
+            goto fail;
+        }
         t->data = data + spans[nt].begin;
         spans[nt].idx = (int)nt;
         nt++;
@@ -259,16 +275,22 @@ int qd_st_open_file(qd_st *st, const char *path, qd_err *e) {
         }
     }
 
-    /* Commit: append the file and its tensors to st. */
-    char *fname = str_dup(path);
-    st->files = grow(st->files, (size_t)st->nfiles, 1, sizeof *st->files);
-    st->maps = grow(st->maps, (size_t)st->nfiles, 1, sizeof *st->maps);
-    st->map_sizes = grow(st->map_sizes, (size_t)st->nfiles, 1, sizeof *st->map_sizes);
+    /* Commit: append the file and its tensors to st. Every allocation comes first; an array that
+     * grew before a later one failed keeps its old contents and counts, so st stays as it was. */
+    void *g;
+    if (!(fname = str_dup(path, e))) goto oom;
+    if (!(g = grow(st->files, (size_t)st->nfiles, 1, sizeof *st->files, e))) goto oom;
+    st->files = g;
+    if (!(g = grow(st->maps, (size_t)st->nfiles, 1, sizeof *st->maps, e))) goto oom;
+    st->maps = g;
+    if (!(g = grow(st->map_sizes, (size_t)st->nfiles, 1, sizeof *st->map_sizes, e))) goto oom;
+    st->map_sizes = g;
+    if (!(g = grow(st->tensors, (size_t)st->n, nt, sizeof *st->tensors, e))) goto oom;
+    st->tensors = g;
     st->files[st->nfiles] = fname;
     st->maps[st->nfiles] = map;
     st->map_sizes[st->nfiles] = size;
     st->nfiles++;
-    st->tensors = grow(st->tensors, (size_t)st->n, nt, sizeof *st->tensors);
     for (size_t i = 0; i < nt; i++) {
         ts[i].file = fname;
         st->tensors[st->n++] = ts[i];
@@ -278,7 +300,10 @@ int qd_st_open_file(qd_st *st, const char *path, qd_err *e) {
     json_decref(root);
     return QD_OK;
 
+oom:
+    rc = QD_ERUNTIME;
 fail:
+    free(fname);
     for (size_t i = 0; i < nt; i++) free(ts[i].name);
     free(ts);
     free(spans);
@@ -326,7 +351,11 @@ static int open_index(qd_st *st, const char *dir, const char *ipath, qd_err *e) 
     }
 
     /* Distinct shard names, in order of first appearance. */
-    shards = qd_calloc(json_object_size(wm), sizeof *shards);
+    shards = qd_zalloc(json_object_size(wm), sizeof *shards, e);
+    if (!shards) {
+        rc = QD_ERUNTIME;
+        goto done;
+    }
     const char *name;
     const json_t *v;
     json_object_foreach((json_t *)wm, name, v) {
@@ -349,9 +378,16 @@ static int open_index(qd_st *st, const char *dir, const char *ipath, qd_err *e) 
         if (k == nshards) shards[nshards++] = s;
     }
 
-    spaths = qd_calloc(nshards, sizeof *spaths);
+    spaths = qd_zalloc(nshards, sizeof *spaths, e);
+    if (!spaths) {
+        rc = QD_ERUNTIME;
+        goto done;
+    }
     for (size_t k = 0; k < nshards; k++) {
-        spaths[k] = qd_path_join(dir, shards[k]);
+        if (!(spaths[k] = qd_path_join(dir, shards[k], e))) {
+            rc = QD_ERUNTIME;
+            goto done;
+        }
         if ((rc = qd_st_open_file(st, spaths[k], e))) goto done;
     }
 
@@ -392,10 +428,12 @@ int qd_st_open_dir(qd_st *st, const char *dir, qd_err *e) {
         return qd_errf(e, errno == ENOENT || errno == ENOTDIR ? QD_EINPUT : QD_ERUNTIME,
                        "%s: cannot open checkpoint directory: %s", dir, strerror(errno));
     if (!S_ISDIR(sb.st_mode)) return qd_errf(e, QD_EINPUT, "%s: not a directory", dir);
-    char *single = qd_path_join(dir, "model.safetensors");
-    char *index = qd_path_join(dir, "model.safetensors.index.json");
+    char *single = qd_path_join(dir, "model.safetensors", e);
+    char *index = single ? qd_path_join(dir, "model.safetensors.index.json", e) : NULL;
     int rc;
-    if (stat(single, &sb) == 0)
+    if (!index)
+        rc = QD_ERUNTIME;
+    else if (stat(single, &sb) == 0)
         rc = qd_st_open_file(st, single, e);
     else if (stat(index, &sb) == 0)
         rc = open_index(st, dir, index, e);

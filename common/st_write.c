@@ -141,7 +141,12 @@ static int build_header(const char *path, const qd_st_entry *entries, int n, con
         goto done;
     }
     size_t tl = strlen(text), padded = (tl + 7) / 8 * 8; /* 8 + padded: data starts 8-aligned */
-    char *buf = qd_malloc(padded + 1);
+    char *buf = qd_alloc(padded + 1, e);
+    if (!buf) {
+        free(text);
+        rc = QD_ERUNTIME;
+        goto done;
+    }
     memcpy(buf, text, tl);
     memset(buf + tl, ' ', padded - tl);
     buf[padded] = '\0';
@@ -164,7 +169,8 @@ static int st_write_impl(const char *path, const qd_st_entry *entries, int n, co
                          qd_st_fill_fn fill, void *ctx, qd_err *e) {
     if (!path || n < 0 || (n > 0 && !entries))
         return qd_errf(e, QD_EINPUT, "%s: qd_st_write: bad arguments (n=%d)", path ? path : "(null)", n);
-    size_t *nbytes = qd_calloc((size_t)(n > 0 ? n : 1), sizeof *nbytes); /* (n) */
+    size_t *nbytes = qd_zalloc((size_t)(n > 0 ? n : 1), sizeof *nbytes, e); /* (n) */
+    if (!nbytes) return QD_ERUNTIME;
     char *header = NULL, *tmp = NULL, *chunk = NULL;
     size_t hlen = 0;
     FILE *f = NULL;
@@ -180,7 +186,10 @@ static int st_write_impl(const char *path, const qd_st_entry *entries, int n, co
     }
 
     size_t tmplen = strlen(path) + 32;
-    tmp = qd_malloc(tmplen);
+    if (!(tmp = qd_alloc(tmplen, e))) {
+        rc = QD_ERUNTIME;
+        goto out;
+    }
     snprintf(tmp, tmplen, "%s.tmp.%ld", path, (long)getpid());
     f = fopen(tmp, "wb");
     if (!f) {
@@ -195,7 +204,10 @@ static int st_write_impl(const char *path, const qd_st_entry *entries, int n, co
 
     /* 16 MiB chunks (a multiple of 8) bound the memory of the streaming path. */
     const size_t chunk_max = (size_t)16 << 20;
-    if (fill) chunk = qd_malloc(chunk_max);
+    if (fill && !(chunk = qd_alloc(chunk_max, e))) {
+        rc = QD_ERUNTIME;
+        goto fail;
+    }
     for (int i = 0; i < n; i++) {
         if (!fill) {
             if ((rc = write_all(f, entries[i].data, nbytes[i], tmp, e))) goto fail;

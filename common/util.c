@@ -113,9 +113,10 @@ int qd_read_file(const char *path, char **out, size_t *len, qd_err *e) {
     return QD_OK;
 }
 
-char *qd_path_join(const char *dir, const char *name) {
+char *qd_path_join(const char *dir, const char *name, qd_err *e) {
     size_t a = strlen(dir), b = strlen(name);
-    char *p = qd_malloc(a + b + 2);
+    char *p = qd_alloc(a + b + 2, e);
+    if (!p) return NULL;
     memcpy(p, dir, a);
     size_t k = a;
     if (a > 0 && dir[a - 1] != '/') p[k++] = '/';

@@ -30,14 +30,16 @@ static void set_param(param *p, float **slot, int ndim, int64_t d0, int64_t d1, 
     p->slot = slot;
 }
 
-/* The parameter list for w->cfg's first L layers (w->layers holds L). Returns the count. */
-static int build_params(qd_weights *w, int L, param **out) {
+/* The parameter list for w->cfg's first L layers (w->layers holds L). Returns the count, or -1 with e
+ * filled when out of memory. */
+static int build_params(qd_weights *w, int L, param **out, qd_err *e) {
     const qd_config *c = &w->cfg;
     const int64_t V = c->vocab_size, C = c->hidden_size, I = c->intermediate_size;
     const int64_t HD = c->head_dim, QD = (int64_t)c->num_attention_heads * c->head_dim,
                   KVD = (int64_t)c->num_key_value_heads * c->head_dim;
     int n = 0, cap = 2 + LAYER_PARAMS * L + (c->tie_word_embeddings ? 0 : 1);
-    param *p = qd_calloc((size_t)cap, sizeof *p);
+    param *p = qd_zalloc((size_t)cap, sizeof *p, e);
+    if (!p) return -1;
     set_param(&p[n++], &w->embed, 2, V, C, "model.embed_tokens.weight", 0);
     for (int l = 0; l < L; l++) {
         qd_layer_weights *lw = &w->layers[l];
@@ -100,10 +102,11 @@ static int shape_matches(const param *p, const qd_tensor *t) {
     return 1;
 }
 
-static char *str_dup(const char *s) {
+/* NULL with e filled when out of memory. */
+static char *str_dup(const char *s, qd_err *e) {
     size_t n = strlen(s) + 1;
-    char *p = qd_malloc(n);
-    memcpy(p, s, n);
+    char *p = qd_alloc(n, e);
+    if (p) memcpy(p, s, n);
     return p;
 }
 
@@ -114,21 +117,33 @@ static int ends_with(const char *s, const char *suffix) {
 
 // ----------------------------------------------------------------------------
 
-void qd_weights_alloc(qd_weights *w, const qd_config *c) {
+int qd_weights_alloc(qd_weights *w, const qd_config *c, qd_err *e) {
     memset(w, 0, sizeof *w);
     w->cfg = *c;
     w->src_dtype = QD_DT_F32;
-    w->layers = qd_calloc((size_t)c->num_hidden_layers, sizeof *w->layers);
-    param *p;
-    int n = build_params(w, c->num_hidden_layers, &p);
-    size_t total;
-    /* An overflowing size cannot be allocated either: let qd_calloc report it and exit. */
-    if (params_total(p, n, &total)) total = SIZE_MAX;
-    w->mem = qd_calloc(total, sizeof(float));
+    param *p = NULL;
+    int n = -1;
+    size_t total = 0;
+    if (!(w->layers = qd_zalloc((size_t)c->num_hidden_layers, sizeof *w->layers, e)) ||
+        (n = build_params(w, c->num_hidden_layers, &p, e)) < 0)
+        goto fail;
+    /* An overflowing size cannot be allocated either: reported as the allocation failing. */
+    if (params_total(p, n, &total)) {
+        qd_errf(e, QD_ERUNTIME, "out of memory: the weights of a %d-layer model overflow a size",
+                c->num_hidden_layers);
+        goto fail;
+    }
+    if (!(w->mem = qd_zalloc(total, sizeof(float), e))) goto fail;
     w->mem_floats = total;
     point_params(p, n, w->mem);
     if (c->tie_word_embeddings) w->lm_head = w->embed;
     free(p);
+    return QD_OK;
+
+fail:
+    free(p);
+    qd_weights_free(w);
+    return QD_ERUNTIME;
 }
 
 int qd_weights_load(const char *dir, qd_weights *w, qd_err *e) {
@@ -141,11 +156,18 @@ int qd_weights_load(const char *dir, qd_weights *w, qd_err *e) {
     const qd_tensor **src = NULL; /* (n) the tensor each parameter comes from */
     int rc;
     if ((rc = qd_config_load(dir, &w->cfg, &w->config_json, e))) goto fail;
-    w->dir = str_dup(dir);
+    if (!(w->dir = str_dup(dir, e))) {
+        rc = QD_ERUNTIME;
+        goto fail;
+    }
     if ((rc = qd_st_open_dir(&st, dir, e))) goto fail;
     /* What a message about a missing tensor names: the file, or a sharded checkpoint's index. */
-    where =
-        st.nfiles == 1 ? str_dup(st.files[0]) : qd_path_join(dir, "model.safetensors.index.json");
+    where = st.nfiles == 1 ? str_dup(st.files[0], e)
+                           : qd_path_join(dir, "model.safetensors.index.json", e);
+    if (!where) {
+        rc = QD_ERUNTIME;
+        goto fail;
+    }
 
     /* Each layer has LAYER_PARAMS tensors. A config claiming more layers than the checkpoint has
      * tensors for is checked only as far as its first missing tensor (which lies within the first
@@ -154,10 +176,13 @@ int qd_weights_load(const char *dir, qd_weights *w, qd_err *e) {
     int Lcheck = L;
     if ((int64_t)LAYER_PARAMS * L + 2 > st.n && st.n / LAYER_PARAMS + 1 < L)
         Lcheck = st.n / LAYER_PARAMS + 1;
-    w->layers = qd_calloc((size_t)Lcheck, sizeof *w->layers);
-    int n = build_params(w, Lcheck, &p);
-    used = qd_calloc((size_t)st.n + 1, 1);
-    src = qd_calloc((size_t)n, sizeof *src);
+    int n = -1;
+    if (!(w->layers = qd_zalloc((size_t)Lcheck, sizeof *w->layers, e)) ||
+        (n = build_params(w, Lcheck, &p, e)) < 0 || !(used = qd_zalloc((size_t)st.n + 1, 1, e)) ||
+        !(src = qd_zalloc((size_t)n, sizeof *src, e))) {
+        rc = QD_ERUNTIME;
+        goto fail;
+    }
     char want[96], got[96];
     for (int i = 0; i < n; i++) {
         const qd_tensor *t = qd_st_find(&st, p[i].name);

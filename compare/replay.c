@@ -129,8 +129,9 @@ qd_replay *qd_replay_create(const qd_weights *w, const char *precision, const ch
              (rp->c[t] = qd_alloc(S * tap_width(c, t) * sizeof(float), e));
     if (ok && lowp && !all_bf16(w->mem, w->mem_floats)) {
         /* emu's weights: the checkpoint rounded to bf16 once (docs/PRECISION.md) */
-        qd_weights_alloc(&rp->own, c);
-        if (rp->own.mem_floats != w->mem_floats) {
+        if (qd_weights_alloc(&rp->own, c, e)) {
+            ok = 0;
+        } else if (rp->own.mem_floats != w->mem_floats) {
             qd_errf(e, QD_ERUNTIME, "replay: weight layout mismatch (%zu vs %zu floats)", rp->own.mem_floats,
                     w->mem_floats);
             qd_weights_free(&rp->own);

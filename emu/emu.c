@@ -186,7 +186,10 @@ qd_emu *qd_emu_create(const qd_weights *w, qd_act_dtype act, int threads, int ma
     if (all_bf16(w->mem, w->mem_floats)) {
         m->w = w;
     } else {
-        qd_weights_alloc(&m->own, c);
+        if (qd_weights_alloc(&m->own, c, e)) {
+            free(m);
+            return NULL;
+        }
         /* Every tensor lives in one allocation in both structs with the same layout, so one pass rounds
          * all of them; lm_head is its own tensor only when untied. */
         if (m->own.mem_floats != w->mem_floats) { /* both come from the same layout function */

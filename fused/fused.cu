@@ -500,7 +500,8 @@ static int create_device(qd_fused *f, const qd_weights *w, qd_err *e) {
 extern "C" qd_fused *qd_fused_create(const qd_weights *w, const qd_fused_opts *opts, qd_err *e) {
     const qd_config *c = &w->cfg;
     if (check_shapes(c, opts, e)) return NULL;
-    qd_fused *f = (qd_fused *)qd_calloc(1, sizeof *f);
+    qd_fused *f = (qd_fused *)qd_zalloc(1, sizeof *f, e);
+    if (!f) return NULL;
     f->cfg = *c;
     f->act = opts->act;
     f->max_seq = opts->max_seq;
@@ -524,7 +525,11 @@ extern "C" qd_fused *qd_fused_create(const qd_weights *w, const qd_fused_opts *o
     if ((size_t)f->NH * f->HD > wm) wm = (size_t)f->NH * f->HD;
     if ((size_t)f->I > wm) wm = f->I;
     f->wmax = wm;
-    f->lw = (layer_dev *)qd_calloc((size_t)f->L, sizeof(layer_dev));
+    f->lw = (layer_dev *)qd_zalloc((size_t)f->L, sizeof(layer_dev), e); /* (L) */
+    if (!f->lw) { /* nothing on the device yet */
+        free(f);
+        return NULL;
+    }
     if (create_device(f, w, e)) {
         qd_fused_free(f);
         return NULL;
@@ -1206,7 +1211,8 @@ extern "C" int qd_fused_decode_timeline(qd_fused *f, int32_t token, qd_tl_rec *r
                        QD_TL_MAX);
     if ((int)count > cap)
         return qd_errf(e, QD_EINPUT, "fused: the step wrote %u timeline records, room for %d", count, cap);
-    qd_tl_dev *d = (qd_tl_dev *)qd_malloc((size_t)(count ? count : 1) * sizeof *d);
+    qd_tl_dev *d = (qd_tl_dev *)qd_alloc((size_t)(count ? count : 1) * sizeof *d, e); /* (count) */
+    if (!d) return QD_ERUNTIME;
     cudaError_t err = cudaMemcpyFromSymbol(d, qd_tl_buf, (size_t)count * sizeof *d);
     if (err != cudaSuccess) {
         free(d);

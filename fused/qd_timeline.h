@@ -9,6 +9,8 @@
 #ifndef QD_TIMELINE_H
 #define QD_TIMELINE_H
 
+#include "qd_util.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -46,12 +48,14 @@ typedef struct {
 const char *qd_tl_kernel(int launch, int n_layers);
 
 /* Per-launch summaries of n records, in launch order, into out (at most cap); returns how many, or -1
- * when a record's launch id lies outside the chain or cap is too small. */
-int qd_tl_launches(const qd_tl_rec *r, int n, int n_layers, qd_tl_launch *out, int cap);
+ * with e filled: QD_EINPUT when a record's launch id lies outside the chain or cap is too small,
+ * QD_ERUNTIME when out of memory. */
+int qd_tl_launches(const qd_tl_rec *r, int n, int n_layers, qd_tl_launch *out, int cap, qd_err *e);
 
 /* Per-kernel medians over the launches of qd_tl_launches (in launch order); out[k] for the kind k of
- * QD_TL_KINDS (k == QD_TL_SLOTS: the head). A kind without launches has launches 0 and zero times. */
-void qd_tl_kinds(const qd_tl_launch *l, int n, qd_tl_kind out[QD_TL_KINDS]);
+ * QD_TL_KINDS (k == QD_TL_SLOTS: the head). A kind without launches has launches 0 and zero times.
+ * Returns QD_OK, or QD_ERUNTIME with e filled when out of memory. */
+int qd_tl_kinds(const qd_tl_launch *l, int n, qd_tl_kind out[QD_TL_KINDS], qd_err *e);
 
 #ifdef __cplusplus
 }

@@ -14,13 +14,19 @@ const char *qd_tl_kernel(int launch, int n_layers) {
     return launch == n_layers * QD_TL_SLOTS ? kernel_names[QD_TL_SLOTS] : kernel_names[launch % QD_TL_SLOTS];
 }
 
-int qd_tl_launches(const qd_tl_rec *r, int n, int n_layers, qd_tl_launch *out, int cap) {
+int qd_tl_launches(const qd_tl_rec *r, int n, int n_layers, qd_tl_launch *out, int cap, qd_err *e) {
     const int ids = n_layers * QD_TL_SLOTS + 1;
-    if (n_layers < 0 || cap < 0) return -1;
-    int *slot = qd_malloc((size_t)ids * sizeof *slot); /* launch id -> index in out, or -1 */
+    if (n_layers < 0 || cap < 0) {
+        qd_errf(e, QD_EINPUT, "timeline: %d layers, room for %d launches", n_layers, cap);
+        return -1;
+    }
+    int *slot = qd_alloc((size_t)ids * sizeof *slot, e); /* (ids) launch id -> index in out, or -1 */
+    if (!slot) return -1;
     for (int i = 0; i < ids; i++) slot[i] = -1;
     for (int i = 0; i < n; i++)
         if (r[i].launch < 0 || r[i].launch >= ids) {
+            qd_errf(e, QD_EINPUT, "timeline: a record names a launch outside the chain (launch %d, %d layers)",
+                    r[i].launch, n_layers);
             free(slot);
             return -1;
         } else {
@@ -30,6 +36,7 @@ int qd_tl_launches(const qd_tl_rec *r, int n, int n_layers, qd_tl_launch *out, i
     for (int id = 0; id < ids; id++) { /* launch order */
         if (slot[id] < 0) continue;
         if (m == cap) {
+            qd_errf(e, QD_EINPUT, "timeline: more launches than the room for %d", cap);
             free(slot);
             return -1;
         }
@@ -69,9 +76,11 @@ static double median(double *v, int n) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-void qd_tl_kinds(const qd_tl_launch *l, int n, qd_tl_kind out[QD_TL_KINDS]) {
+int qd_tl_kinds(const qd_tl_launch *l, int n, qd_tl_kind out[QD_TL_KINDS], qd_err *e) {
     const int cap = n > 0 ? n : 1;
-    double *a = qd_malloc((size_t)cap * 3 * sizeof *a), *b = a + cap, *c = b + cap;
+    double *a = qd_alloc((size_t)cap * 3 * sizeof *a, e); /* (3, cap): per-kind a, b and c below */
+    if (!a) return QD_ERUNTIME;
+    double *b = a + cap, *c = b + cap;
     for (int k = 0; k < QD_TL_KINDS; k++) {
         int na = 0, nc = 0;
         for (int i = 0; i < n; i++) {
@@ -88,4 +97,5 @@ void qd_tl_kinds(const qd_tl_launch *l, int n, qd_tl_kind out[QD_TL_KINDS]) {
         out[k].gap_to_next = median(c, nc);
     }
     free(a);
+    return QD_OK;
 }

@@ -39,7 +39,8 @@ static inline qd_config small_cfg(int tied) {
 /* Linear weights N(0, sd) (sd = 1/sqrt(C) keeps activations O(1)), embedding N(0, 1), norm weights
  * 1 + N(0, 0.2), and layer 0's k_norm with the seed's extreme scale (std ~9, max ~96). */
 static inline void make_model(qd_weights *w, const qd_config *cfg, uint64_t seed) {
-    qd_weights_alloc(w, cfg);
+    qd_err err;
+    assert_int_equal(qd_weights_alloc(w, cfg, &err), QD_OK);
     const qd_config *c = &w->cfg;
     double sd = c->hidden_size <= 64 ? 0.15 : 1.0 / sqrt((double)c->hidden_size);
     rng_state = seed;

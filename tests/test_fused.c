@@ -868,7 +868,7 @@ static void test_errors(void **state) {
     qd_config odd = cfg;
     odd.head_dim = 24; /* not a multiple of 16 */
     qd_weights w2;
-    qd_weights_alloc(&w2, &odd);
+    assert_int_equal(qd_weights_alloc(&w2, &odd, &err), QD_OK);
     qd_fused_opts ok = {.act = QD_ACT_BF16, .max_seq = 8, .taps_all = 0};
     assert_null(qd_fused_create(&w2, &ok, &err));
     assert_int_equal(err.code, QD_EINPUT);

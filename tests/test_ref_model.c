@@ -51,7 +51,7 @@ static void make_model(qd_weights *w, int tied) {
     c.num_attention_heads = NH, c.num_key_value_heads = NKV, c.head_dim = HD;
     c.rope_theta = 1e6, c.rms_norm_eps = 1e-6, c.tie_word_embeddings = tied;
     strcpy(c.dtype, "float32");
-    qd_weights_alloc(w, &c);
+    assert_int_equal(qd_weights_alloc(w, &c, &err), QD_OK);
     rng_state = 0x243f6a8885a308d3ull + (uint64_t)tied;
     fill(w->embed, (size_t)V * C, 1.0f, 0.0f);
     for (int l = 0; l < L; l++) {

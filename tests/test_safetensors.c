@@ -23,10 +23,19 @@
 
 #include "qd_safetensors.h"
 
+/* qd_path_join, asserting that it allocated. */
+static char *path_join(const char *dir, const char *name) {
+    qd_err e;
+    qd_err_clear(&e);
+    char *p = qd_path_join(dir, name, &e);
+    if (!p) fail_msg("qd_path_join: %s", e.msg);
+    return p;
+}
+
 
 /* A fresh subdirectory of tmpdir per test, so tests cannot see each other's files. */
 static char *subdir(const char *name) {
-    char *d = qd_path_join(tmpdir, name);
+    char *d = path_join(tmpdir, name);
     assert_int_equal(mkdir(d, 0755), 0);
     return d;
 }
@@ -44,7 +53,8 @@ static void write_raw(const char *path, const char *header, const void *data, si
                       uint64_t hlen_override) {
     size_t hl = strlen(header);
     uint64_t hlen = hlen_override ? hlen_override : hl;
-    unsigned char *buf = qd_malloc(8 + hl + ndata);
+    unsigned char *buf = qd_alloc(8 + hl + ndata, NULL);
+    assert_non_null(buf);
     for (int i = 0; i < 8; i++) buf[i] = (unsigned char)(hlen >> (8 * i));
     memcpy(buf + 8, header, hl);
     if (ndata) memcpy(buf + 8 + hl, data, ndata);
@@ -95,7 +105,7 @@ static void expect_bits(const float *got, const float *want, int n) {
 static void test_roundtrip_dtypes(void **state) {
     (void)state;
     char *d = subdir("roundtrip");
-    char *path = qd_path_join(d, "model.safetensors");
+    char *path = path_join(d, "model.safetensors");
 
     /* BF16: the fp32 value is the bf16 bits shifted left 16, by definition of the format. */
     static const uint16_t bf16[8] = {0x3f80, 0xc040, 0x0001, 0x8001,
@@ -177,7 +187,7 @@ static void test_roundtrip_dtypes(void **state) {
 static void test_unaligned_and_edge_shapes(void **state) {
     (void)state;
     char *d = subdir("unaligned");
-    char *path = qd_path_join(d, "x.safetensors");
+    char *path = path_join(d, "x.safetensors");
     const float v[3] = {-1.0f, 2.5f, 1e-42f};
     unsigned char data[1 + 12 + 4];
     data[0] = 0xAA;          /* one byte of gap before the first tensor */
@@ -213,7 +223,7 @@ static void test_unaligned_and_edge_shapes(void **state) {
 static void test_release(void **state) {
     (void)state;
     char *d = subdir("release");
-    char *path = qd_path_join(d, "x.safetensors");
+    char *path = path_join(d, "x.safetensors");
     enum { N = 5000 }; /* 20000 bytes per tensor: whole pages inside each, partial ones at the ends */
     float *a = malloc(3 * N * sizeof(float));
     for (int i = 0; i < 3 * N; i++) a[i] = (float)i * 0.5f - 7.0f;
@@ -243,7 +253,7 @@ static void test_release(void **state) {
 }
 
 static void write_index(const char *dir, const char *body) {
-    char *p = qd_path_join(dir, "model.safetensors.index.json");
+    char *p = path_join(dir, "model.safetensors.index.json");
     write_bytes(p, body, strlen(body));
     free(p);
 }
@@ -257,9 +267,9 @@ static void test_sharded(void **state) {
     const qd_st_entry s1[2] = {{"a", QD_DT_F32, 1, {2}, a}, {"x", QD_DT_F32, 1, {2}, x}};
     const qd_st_entry s2[1] = {{"b", QD_DT_F32, 1, {3}, b}};
     const qd_st_entry s3[1] = {{"c", QD_DT_F32, 1, {1}, c}};
-    char *p1 = qd_path_join(d, "model-00001-of-00003.safetensors");
-    char *p2 = qd_path_join(d, "model-00002-of-00003.safetensors");
-    char *p3 = qd_path_join(d, "model-00003-of-00003.safetensors");
+    char *p1 = path_join(d, "model-00001-of-00003.safetensors");
+    char *p2 = path_join(d, "model-00002-of-00003.safetensors");
+    char *p3 = path_join(d, "model-00003-of-00003.safetensors");
     assert_int_equal(qd_st_write(p1, s1, 2, NULL, &e), QD_OK);
     assert_int_equal(qd_st_write(p2, s2, 1, NULL, &e), QD_OK);
     assert_int_equal(qd_st_write(p3, s3, 1, NULL, &e), QD_OK);
@@ -286,7 +296,7 @@ static void test_sharded(void **state) {
     qd_st_close(&st);
 
     /* model.safetensors wins over an index when both exist (as in transformers). */
-    char *single = qd_path_join(d, "model.safetensors");
+    char *single = path_join(d, "model.safetensors");
     assert_int_equal(qd_st_write(single, s3, 1, NULL, &e), QD_OK);
     assert_int_equal(qd_st_open_dir(&st, d, &e), QD_OK);
     assert_int_equal(st.n, 1);
@@ -309,9 +319,9 @@ static void test_missing(void **state) {
     qd_err e;
     expect_einput(qd_st_open_dir(&st, d, &e), &e, d, "model.safetensors.index.json",
                   "model.safetensors ");
-    char *nope = qd_path_join(tmpdir, "no-such-dir");
+    char *nope = path_join(tmpdir, "no-such-dir");
     expect_einput(qd_st_open_dir(&st, nope, &e), &e, nope, NULL, NULL);
-    char *f = qd_path_join(d, "absent.safetensors");
+    char *f = path_join(d, "absent.safetensors");
     expect_einput(qd_st_open_file(&st, f, &e), &e, f, NULL, NULL);
     /* A directory is not a safetensors file. */
     expect_einput(qd_st_open_file(&st, d, &e), &e, d, "regular", NULL);
@@ -325,7 +335,7 @@ static void test_missing(void **state) {
 static void test_short_file(void **state) {
     (void)state;
     char *d = subdir("short");
-    char *p = qd_path_join(d, "short.safetensors");
+    char *p = path_join(d, "short.safetensors");
     write_bytes(p, "\x10\0\0\0\0", 5);
     expect_file_refused(p, "truncated", "8");
     write_bytes(p, "", 0);
@@ -337,7 +347,7 @@ static void test_short_file(void **state) {
 static void test_header_past_end(void **state) {
     (void)state;
     char *d = subdir("hlen");
-    char *p = qd_path_join(d, "h.safetensors");
+    char *p = path_join(d, "h.safetensors");
     write_raw(p, "{}", NULL, 0, 1000);
     expect_file_refused(p, "header length 1000", "past the end");
     /* A length near 2^64 must not wrap around. */
@@ -350,7 +360,7 @@ static void test_header_past_end(void **state) {
 static void test_header_not_json(void **state) {
     (void)state;
     char *d = subdir("notjson");
-    char *p = qd_path_join(d, "n.safetensors");
+    char *p = path_join(d, "n.safetensors");
     write_raw(p, "{\"a\": {\"dtype\": ", NULL, 0, 0);
     expect_file_refused(p, "JSON", NULL);
     write_raw(p, "[1, 2, 3]", NULL, 0, 0);
@@ -368,7 +378,7 @@ static void test_header_not_json(void **state) {
 static void test_bad_entry_types(void **state) {
     (void)state;
     char *d = subdir("types");
-    char *p = qd_path_join(d, "t.safetensors");
+    char *p = path_join(d, "t.safetensors");
     const char zeros[16] = {0};
     write_raw(p, "{\"w\": [1]}", zeros, 16, 0);
     expect_file_refused(p, "'w'", "object");
@@ -397,7 +407,7 @@ static void test_bad_entry_types(void **state) {
 static void test_offsets_out_of_range(void **state) {
     (void)state;
     char *d = subdir("range");
-    char *p = qd_path_join(d, "r.safetensors");
+    char *p = path_join(d, "r.safetensors");
     const char zeros[16] = {0};
     /* end past the data section: 4 floats declared, 8 bytes present. */
     write_raw(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", zeros, 8, 0);
@@ -423,7 +433,7 @@ static void test_offsets_out_of_range(void **state) {
 static void test_truncated_data(void **state) {
     (void)state;
     char *d = subdir("trunc");
-    char *p = qd_path_join(d, "model.safetensors");
+    char *p = path_join(d, "model.safetensors");
     const float a[4] = {1, 2, 3, 4}, b[4] = {5, 6, 7, 8};
     const qd_st_entry ents[2] = {{"a", QD_DT_F32, 1, {4}, a}, {"b", QD_DT_F32, 1, {4}, b}};
     qd_err e;
@@ -442,7 +452,7 @@ static void test_truncated_data(void **state) {
 static void test_overlap(void **state) {
     (void)state;
     char *d = subdir("overlap");
-    char *p = qd_path_join(d, "o.safetensors");
+    char *p = path_join(d, "o.safetensors");
     const char zeros[16] = {0};
     write_raw(p,
               "{\"first\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
@@ -462,7 +472,7 @@ static void test_overlap(void **state) {
 static void test_size_mismatch(void **state) {
     (void)state;
     char *d = subdir("size");
-    char *p = qd_path_join(d, "s.safetensors");
+    char *p = path_join(d, "s.safetensors");
     const char zeros[16] = {0};
     write_raw(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", zeros, 16, 0);
     expect_file_refused(p, "'w'", "[3]");
@@ -482,7 +492,7 @@ static void test_size_mismatch(void **state) {
 static void test_unknown_dtype(void **state) {
     (void)state;
     char *d = subdir("dtype");
-    char *p = qd_path_join(d, "d.safetensors");
+    char *p = path_join(d, "d.safetensors");
     const char zeros[16] = {0};
     write_raw(p, "{\"w\":{\"dtype\":\"F64\",\"shape\":[2],\"data_offsets\":[0,16]}}", zeros, 16, 0);
     expect_file_refused(p, "'w'", "unsupported dtype 'F64'");
@@ -500,7 +510,7 @@ static void test_unknown_dtype(void **state) {
 static void test_negative_shape(void **state) {
     (void)state;
     char *d = subdir("neg");
-    char *p = qd_path_join(d, "n.safetensors");
+    char *p = path_join(d, "n.safetensors");
     const char zeros[16] = {0};
     write_raw(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[-1,2],\"data_offsets\":[0,8]}}", zeros, 16,
               0);
@@ -521,7 +531,7 @@ static void write_shard(const char *dir, const char *file, const char *const *na
     static const float v[2] = {1, 2};
     qd_st_entry ents[4];
     for (int i = 0; i < n; i++) ents[i] = (qd_st_entry){names[i], QD_DT_F32, 1, {2}, v};
-    char *p = qd_path_join(dir, file);
+    char *p = path_join(dir, file);
     qd_err e;
     int rc = qd_st_write(p, ents, n, NULL, &e);
     if (rc) fail_msg("%s", e.msg);
@@ -531,8 +541,8 @@ static void write_shard(const char *dir, const char *file, const char *const *na
 static void test_shard_escapes(void **state) {
     (void)state;
     char *d = subdir("escape");
-    char *idx = qd_path_join(d, "model.safetensors.index.json");
-    char *inner = qd_path_join(d, "inner");
+    char *idx = path_join(d, "model.safetensors.index.json");
+    char *inner = path_join(d, "inner");
     assert_int_equal(mkdir(inner, 0755), 0);
     write_shard(inner, "s.safetensors", (const char *const[]){"a"}, 1);
     write_shard(tmpdir, "outside.safetensors", (const char *const[]){"a"}, 1);
@@ -551,7 +561,7 @@ static void test_shard_escapes(void **state) {
         assert_int_equal(st.nfiles, 0);
         qd_st_close(&st);
     }
-    char *out = qd_path_join(tmpdir, "outside.safetensors");
+    char *out = path_join(tmpdir, "outside.safetensors");
     remove(out);
     free(out);
     free(inner);
@@ -562,7 +572,7 @@ static void test_shard_escapes(void **state) {
 static void test_index_malformed(void **state) {
     (void)state;
     char *d = subdir("badindex");
-    char *idx = qd_path_join(d, "model.safetensors.index.json");
+    char *idx = path_join(d, "model.safetensors.index.json");
     write_shard(d, "s1.safetensors", (const char *const[]){"a"}, 1);
     static const char *const bad[][2] = {
         {"{\"weight_map\": ", "JSON"},          {"[]", "object"},
@@ -591,8 +601,8 @@ static void test_index_tensor_missing(void **state) {
     char *d = subdir("idxmissing");
     write_shard(d, "s1.safetensors", (const char *const[]){"a"}, 1);
     write_shard(d, "s2.safetensors", (const char *const[]){"b"}, 1);
-    char *idx = qd_path_join(d, "model.safetensors.index.json");
-    char *s1 = qd_path_join(d, "s1.safetensors");
+    char *idx = path_join(d, "model.safetensors.index.json");
+    char *s1 = path_join(d, "s1.safetensors");
     /* "c" is listed in s1 but s1 does not hold it. */
     write_index(d, "{\"weight_map\": {\"a\": \"s1.safetensors\", \"b\": \"s2.safetensors\", "
                    "\"c\": \"s1.safetensors\"}}");
@@ -622,7 +632,7 @@ static void test_duplicate_across_shards(void **state) {
     write_shard(d, "s2.safetensors", (const char *const[]){"b", "w"}, 2);
     write_index(d, "{\"weight_map\": {\"a\": \"s1.safetensors\", \"b\": \"s2.safetensors\", "
                    "\"w\": \"s1.safetensors\"}}");
-    char *s1 = qd_path_join(d, "s1.safetensors"), *s2 = qd_path_join(d, "s2.safetensors");
+    char *s1 = path_join(d, "s1.safetensors"), *s2 = path_join(d, "s2.safetensors");
     qd_st st = {0};
     qd_err e;
     expect_einput(qd_st_open_dir(&st, d, &e), &e, "'w'", s1, s2);

@@ -12,6 +12,8 @@
 
 #include "qd_timeline.h"
 
+static qd_err err;
+
 static void test_kernel_names(void **state) {
     (void)state;
     assert_string_equal(qd_tl_kernel(0, 2), "q/k/v");
@@ -52,7 +54,7 @@ static void test_launches(void **state) {
     qd_tl_launch l[16];
     const int n = two_layers(r);
     assert_int_equal(n, 23);
-    assert_int_equal(qd_tl_launches(r, n, 2, l, 16), 11);
+    assert_int_equal(qd_tl_launches(r, n, 2, l, 16, &err), 11);
     for (int i = 0; i < 11; i++) assert_int_equal(l[i].launch, i); /* launch order whatever the input order */
     /* layer 1, o_proj: launch 7, t0 = 28; blocks 0 and 1 */
     const qd_tl_launch *o = &l[7];
@@ -69,7 +71,7 @@ static void test_launches(void **state) {
     assert_int_equal(h->blocks, 3);
     assert_true(h->wait_first == 50 && h->end_last == 62 && h->ready_last == 52.5);
     /* a launch without records is left out */
-    assert_int_equal(qd_tl_launches(r + 3, n - 3, 2, l, 16), 10);
+    assert_int_equal(qd_tl_launches(r + 3, n - 3, 2, l, 16, &err), 10);
     assert_int_equal(l[9].launch, 9);
 }
 
@@ -78,11 +80,13 @@ static void test_launches_refused(void **state) {
     qd_tl_rec r[64];
     qd_tl_launch l[16];
     const int n = two_layers(r);
-    assert_int_equal(qd_tl_launches(r, n, 2, l, 10), -1); /* 11 launches, room for 10 */
+    assert_int_equal(qd_tl_launches(r, n, 2, l, 10, &err), -1); /* 11 launches, room for 10 */
+    assert_int_equal(err.code, QD_EINPUT);
     r[5].launch = 11;                                     /* outside a 2-layer chain */
-    assert_int_equal(qd_tl_launches(r, n, 2, l, 16), -1);
+    assert_int_equal(qd_tl_launches(r, n, 2, l, 16, &err), -1);
     r[5].launch = -1;
-    assert_int_equal(qd_tl_launches(r, n, 2, l, 16), -1);
+    assert_int_equal(qd_tl_launches(r, n, 2, l, 16, &err), -1);
+    assert_non_null(strstr(err.msg, "outside the chain"));
 }
 
 static void test_kinds(void **state) {
@@ -90,8 +94,8 @@ static void test_kinds(void **state) {
     qd_tl_rec r[64];
     qd_tl_launch l[16];
     qd_tl_kind k[QD_TL_KINDS];
-    const int n = qd_tl_launches(r, two_layers(r), 2, l, 16);
-    qd_tl_kinds(l, n, k);
+    const int n = qd_tl_launches(r, two_layers(r), 2, l, 16, &err);
+    assert_int_equal(qd_tl_kinds(l, n, k, &err), QD_OK);
     /* layer l kernel k: wait_first = t0 + 1, ready_last = t0 + 2.5, end_last = t0 + 3.25 + 0.25 l, so
      * after wait 2.25 + 0.25 l (median of layers 0 and 1: 2.375), after ready 0.75 + 0.25 l (0.875) */
     for (int q = 0; q < QD_TL_SLOTS; q++) {
@@ -109,7 +113,7 @@ static void test_kinds(void **state) {
     assert_true(k[QD_TL_SLOTS].after_wait == 12 && k[QD_TL_SLOTS].after_ready == 9.5);
     assert_true(k[QD_TL_SLOTS].gap_to_next == 0); /* nothing after the head */
     /* no launches at all: zeros */
-    qd_tl_kinds(l, 0, k);
+    assert_int_equal(qd_tl_kinds(l, 0, k, &err), QD_OK);
     for (int q = 0; q < QD_TL_KINDS; q++) assert_true(k[q].launches == 0 && k[q].after_wait == 0);
 }
 

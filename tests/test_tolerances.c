@@ -19,6 +19,15 @@
 
 static char tmpdir[256];
 
+/* qd_path_join, asserting that it allocated. */
+static char *path_join(const char *dir, const char *name) {
+    qd_err e;
+    qd_err_clear(&e);
+    char *p = qd_path_join(dir, name, &e);
+    if (!p) fail_msg("qd_path_join: %s", e.msg);
+    return p;
+}
+
 static int setup_dir(void **state) {
     (void)state;
     snprintf(tmpdir, sizeof tmpdir, "/tmp/qd_test_tol.XXXXXX");
@@ -32,7 +41,7 @@ static int teardown_dir(void **state) {
         struct dirent *de;
         while ((de = readdir(d)))
             if (de->d_name[0] != '.') {
-                char *p = qd_path_join(tmpdir, de->d_name);
+                char *p = path_join(tmpdir, de->d_name);
                 unlink(p);
                 free(p);
             }
@@ -43,7 +52,7 @@ static int teardown_dir(void **state) {
 }
 
 static char *write_tmp(const char *name, const char *text) {
-    char *p = qd_path_join(tmpdir, name);
+    char *p = path_join(tmpdir, name);
     FILE *f = fopen(p, "w");
     assert_non_null(f);
     fputs(text, f);
@@ -258,7 +267,7 @@ static void test_round_trip(void **state) {
     assert_int_equal(qd_tolerances_set_isolated(&t, 3, "attn", &(qd_tol){7e-3, 1e-3, 9e-3}, QD_TOL_SET_ALL, &e),
                      QD_OK);
     t.measured = json_pack("{s:[ss],s:f,s:s}", "prompts", "hello", "the", "worst_rel_l2", 0.0271, "note", "x");
-    char *path = qd_path_join(tmpdir, "tol.json");
+    char *path = path_join(tmpdir, "tol.json");
     assert_int_equal(qd_tolerances_write(path, &t, &e), QD_OK);
     assert_int_equal(count_tmp_files(), 0); /* the temporary was renamed away */
     qd_err_clear(&e);
@@ -267,7 +276,7 @@ static void test_round_trip(void **state) {
     assert_int_equal(rc, QD_OK);
     check_equal(&t, &u);
     /* and written again, byte for byte the same file */
-    char *path2 = qd_path_join(tmpdir, "tol2.json");
+    char *path2 = path_join(tmpdir, "tol2.json");
     assert_int_equal(qd_tolerances_write(path2, &u, &e), QD_OK);
     char *a, *b;
     assert_int_equal(qd_read_file(path, &a, NULL, &e), QD_OK);
@@ -378,7 +387,7 @@ static void test_load_errors(void **state) {
     }
 #undef HEAD
     /* a missing file */
-    char *p = qd_path_join(tmpdir, "missing.json");
+    char *p = path_join(tmpdir, "missing.json");
     qd_tolerances t;
     qd_err e;
     qd_err_clear(&e);
@@ -387,7 +396,7 @@ static void test_load_errors(void **state) {
     free(p);
     /* writing into a directory that does not exist */
     assert_int_equal(qd_tolerances_default(&t, "bf16", "fp32", &e), QD_OK);
-    p = qd_path_join(tmpdir, "no/such/dir/tol.json");
+    p = path_join(tmpdir, "no/such/dir/tol.json");
     assert_int_not_equal(qd_tolerances_write(p, &t, &e), QD_OK);
     assert_non_null(strstr(e.msg, "no/such/dir"));
     free(p);
@@ -485,7 +494,7 @@ static void test_calibration(void **state) {
     qd_calib_free(&ci);
 
     /* and the blessed file round-trips */
-    char *path = qd_path_join(tmpdir, "blessed.json");
+    char *path = path_join(tmpdir, "blessed.json");
     assert_int_equal(qd_tolerances_write(path, &t, &e), QD_OK);
     qd_tolerances u;
     assert_int_equal(qd_tolerances_load(path, &u, &e), QD_OK);

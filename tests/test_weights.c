@@ -25,11 +25,20 @@
 #include "qd_bf16.h"
 #include "qd_weights.h"
 
+/* qd_path_join, asserting that it allocated. */
+static char *path_join(const char *dir, const char *name) {
+    qd_err e;
+    qd_err_clear(&e);
+    char *p = qd_path_join(dir, name, &e);
+    if (!p) fail_msg("qd_path_join: %s", e.msg);
+    return p;
+}
+
 enum { V = 16, C = 8, I = 12, L = 2, NH = 4, NKV = 2, HD = 4 };
 
 
 static char *subdir(const char *name) {
-    char *d = qd_path_join(tmpdir, name);
+    char *d = path_join(tmpdir, name);
     assert_int_equal(mkdir(d, 0755), 0);
     return d;
 }
@@ -49,7 +58,7 @@ static void write_config(const char *dir, int tied) {
                           "rope_theta", 1000000, "tie_word_embeddings", tied, "attention_bias", 0,
                           "hidden_act", "silu", "torch_dtype", "bfloat16");
     assert_non_null(j);
-    char *p = qd_path_join(dir, "config.json");
+    char *p = path_join(dir, "config.json");
     assert_int_equal(json_dump_file(j, p, JSON_INDENT(2)), 0);
     json_decref(j);
     free(p);
@@ -69,7 +78,8 @@ static void ck_add(ckpt *ck, const char *name, qd_dtype dt, int ndim, int64_t d0
     assert_true(ck->n < 64);
     int64_t numel = d0 * (ndim == 2 ? d1 : 1);
     size_t isz = dt == QD_DT_F32 ? 4 : 2;
-    unsigned char *buf = qd_malloc((size_t)numel * isz + 1);
+    unsigned char *buf = qd_alloc((size_t)numel * isz + 1, NULL);
+    assert_non_null(buf);
     for (int64_t i = 0; i < numel; i++) {
         float f = gen(name, i);
         if (dt == QD_DT_F32) {
@@ -141,7 +151,7 @@ static void ck_write(const ckpt *ck, const char *dir, int nshards) {
     qd_err e;
     int rc;
     if (nshards <= 1) {
-        char *p = qd_path_join(dir, "model.safetensors");
+        char *p = path_join(dir, "model.safetensors");
         rc = qd_st_write(p, ck->ent, ck->n, NULL, &e);
         if (rc) fail_msg("%s", e.msg);
         free(p);
@@ -153,14 +163,14 @@ static void ck_write(const ckpt *ck, const char *dir, int nshards) {
         char file[64];
         snprintf(file, sizeof file, "model-%05d-of-%05d.safetensors", s + 1, nshards);
         int lo = s * per, hi = lo + per < ck->n ? lo + per : ck->n;
-        char *p = qd_path_join(dir, file);
+        char *p = path_join(dir, file);
         rc = qd_st_write(p, ck->ent + lo, hi - lo, NULL, &e);
         if (rc) fail_msg("%s", e.msg);
         free(p);
         for (int k = lo; k < hi; k++) json_object_set_new(wm, ck->names[k], json_string(file));
     }
     json_t *idx = json_pack("{s:{s:i}, s:o}", "metadata", "total_size", 0, "weight_map", wm);
-    char *p = qd_path_join(dir, "model.safetensors.index.json");
+    char *p = path_join(dir, "model.safetensors.index.json");
     assert_int_equal(json_dump_file(idx, p, JSON_INDENT(2)), 0);
     json_decref(idx);
     free(p);
@@ -323,7 +333,7 @@ static void test_mixed_dtypes_tied_with_lm_head(void **state) {
 static void test_wrong_shape(void **state) {
     (void)state;
     char *d = subdir("shape");
-    char *file = qd_path_join(d, "model.safetensors");
+    char *file = path_join(d, "model.safetensors");
     write_config(d, 1);
     ckpt ck;
     /* q_proj built as (C, C), as a loader assuming head_dim = hidden / heads would expect. */
@@ -361,14 +371,14 @@ static void test_missing_tensor(void **state) {
     ck_build(&ck, QD_DT_BF16, QD_DT_BF16, 0);
     ck_remove(&ck, "model.layers.1.self_attn.k_norm.weight");
     ck_write(&ck, d, 1);
-    char *file = qd_path_join(d, "model.safetensors");
+    char *file = path_join(d, "model.safetensors");
     load_refused(d, file, "'model.layers.1.self_attn.k_norm.weight'", "missing");
     /* A config claiming a billion layers fails on the first missing one, without sizing anything by
      * num_hidden_layers (this would otherwise try to allocate ~100 GB of layer records). */
     ck_free(&ck);
     ck_build(&ck, QD_DT_BF16, QD_DT_BF16, 0);
     ck_write(&ck, d, 1);
-    char *cfg = qd_path_join(d, "config.json");
+    char *cfg = path_join(d, "config.json");
     json_error_t je;
     json_t *j = json_load_file(cfg, 0, &je);
     assert_non_null(j);
@@ -390,7 +400,7 @@ static void test_unexpected_tensors(void **state) {
     ck_build(&ck, QD_DT_BF16, QD_DT_BF16, 0);
     ck_add(&ck, "model.layers.0.self_attn.q_proj.bias", QD_DT_BF16, 1, NH * HD, 0);
     ck_write(&ck, d, 1);
-    char *file = qd_path_join(d, "model.safetensors");
+    char *file = path_join(d, "model.safetensors");
     load_refused(d, file, "unexpected tensor 'model.layers.0.self_attn.q_proj.bias'", "bias");
     ck_free(&ck);
     /* A layer beyond num_hidden_layers. */
@@ -410,7 +420,7 @@ static void test_untied_without_lm_head(void **state) {
     ckpt ck;
     ck_build(&ck, QD_DT_BF16, QD_DT_BF16, 0);
     ck_write(&ck, d, 2);
-    char *idx = qd_path_join(d, "model.safetensors.index.json");
+    char *idx = path_join(d, "model.safetensors.index.json");
     load_refused(d, idx, "'lm_head.weight'", "missing");
     free(idx);
     ck_free(&ck);
@@ -424,7 +434,7 @@ static void test_bad_config_or_checkpoint(void **state) {
     ck_build(&ck, QD_DT_BF16, QD_DT_BF16, 0);
     ck_write(&ck, d, 1);
     load_refused(d, "config.json", NULL, NULL); /* no config.json */
-    char *cfg = qd_path_join(d, "config.json");
+    char *cfg = path_join(d, "config.json");
     FILE *f = fopen(cfg, "wb");
     assert_non_null(f);
     fputs("{\"model_type\": \"qwen3\", \"attention_bias\": true}", f);
@@ -454,7 +464,8 @@ static void test_alloc(void **state) {
     for (int tied = 0; tied <= 1; tied++) {
         c.tie_word_embeddings = tied;
         qd_weights w;
-        qd_weights_alloc(&w, &c);
+        qd_err err;
+        assert_int_equal(qd_weights_alloc(&w, &c, &err), QD_OK);
         assert_int_equal(w.mem_floats, expected_floats(tied));
         for (size_t i = 0; i < w.mem_floats; i++) assert_true(w.mem[i] == 0.0f);
         /* Layout: embed first, each layer in struct order, then norm and lm_head, back to back. */

@@ -214,12 +214,12 @@ static void timeline_step(qd_fused *f, const qd_weights *w, int32_t token, timel
     const int L = w->cfg.num_hidden_layers;
     r->launch = qd_alloc(((size_t)L * QD_TL_SLOTS + 1) * sizeof *r->launch, &e);
     if (!r->launch) die_fused("timeline", &e);
-    r->n = qd_tl_launches(rec, n, L, r->launch, L * QD_TL_SLOTS + 1);
-    if (r->n < 0) {
-        fprintf(stderr, PROG ": timeline: a record names a launch outside the chain\n");
+    r->n = qd_tl_launches(rec, n, L, r->launch, L * QD_TL_SLOTS + 1, &e);
+    if (r->n < 0) { /* the device wrote them: a runtime failure whatever the code */
+        fprintf(stderr, PROG ": %s\n", e.msg);
         exit(QD_ERUNTIME);
     }
-    qd_tl_kinds(r->launch, r->n, r->kind);
+    if (qd_tl_kinds(r->launch, r->n, r->kind, &e)) die_fused("timeline", &e);
     r->step_us = 0;
     for (int i = 0; i < r->n; i++)
         if (r->launch[i].end_last > r->step_us) r->step_us = r->launch[i].end_last;

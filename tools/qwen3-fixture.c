@@ -68,6 +68,17 @@ static void die_err(const qd_err *e) {
     exit(e->code ? e->code : QD_ERUNTIME);
 }
 
+/* Allocation for the tool: a failure goes out through die_err, its message naming the call's file and
+ * line (macros, so qd_alloc's __LINE__ is the caller's). */
+static qd_err alloc_err;
+static void *alloc_or_die(void *p) {
+    if (!p) die_err(&alloc_err);
+    return p;
+}
+#define ALLOC(n) alloc_or_die(qd_alloc((n), &alloc_err))
+#define ZALLOC(count, size) alloc_or_die(qd_zalloc((count), (size), &alloc_err))
+#define PATH_JOIN(dir, name) ((char *)alloc_or_die(qd_path_join((dir), (name), &alloc_err)))
+
 // ----------------------------------------------------------------------------
 // PRNG: splitmix64 (one stream per tensor) and Box-Muller normals
 
@@ -355,7 +366,7 @@ static tspec *build_tensors(const opts_t *o, float **knorm_vals, int *n_out) {
     int64_t C = o->hidden, I = o->intermediate, V = o->vocab, HD = o->head_dim;
     int64_t QD = (int64_t)o->heads * HD, KVD = (int64_t)o->kv_heads * HD;
     int cap = 3 + 11 * o->layers, n = 0;
-    tspec *t = qd_calloc((size_t)cap, sizeof *t); /* (cap) */
+    tspec *t = ZALLOC((size_t)cap, sizeof *t); /* (cap) */
     char nm[96];
     add_tensor(t, &n, "model.embed_tokens.weight", 2, V, C, T_EMBED, 1.0);
     for (int l = 0; l < o->layers; l++) {
@@ -416,8 +427,8 @@ static int same_3sig(double a, double b) {
  * reach, the nearest k. Finally t is bisected so the std of the dtype-rounded vector hits S. */
 static float *make_knorm(const opts_t *o, const knorm_stat *ks) {
     int n = o->head_dim;
-    float *w = qd_malloc((size_t)n * sizeof *w); /* (head_dim) */
-    double *g = qd_malloc((size_t)(n - 1) * sizeof *g); /* (head_dim - 1) */
+    float *w = ALLOC((size_t)n * sizeof *w); /* (head_dim) */
+    double *g = ALLOC((size_t)(n - 1) * sizeof *g); /* (head_dim - 1) */
     char name[96];
     snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", ks->layer);
     rng_t r;
@@ -552,7 +563,7 @@ static int fill_tensor(void *vctx, int index, size_t offset, void *buf, size_t n
 /* Writes text to path through path.tmp.<pid> + rename, like the safetensors writer. */
 static void write_text(const char *path, const char *text) {
     size_t len = strlen(path) + 32;
-    char *tmp = qd_malloc(len);
+    char *tmp = ALLOC(len);
     snprintf(tmp, len, "%s.tmp.%ld", path, (long)getpid());
     FILE *f = fopen(tmp, "wb");
     if (!f) die_io("fopen(%s): %s", tmp, strerror(errno));
@@ -581,7 +592,7 @@ static char *dump_json(json_t *j) {
     char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(15));
     if (!s) die_io("json_dumps failed");
     size_t n = strlen(s);
-    char *t = qd_malloc(n + 2);
+    char *t = ALLOC(n + 2);
     memcpy(t, s, n);
     t[n] = '\n';
     t[n + 1] = '\0';
@@ -640,7 +651,7 @@ static void write_config(const opts_t *o, const char *dir) {
     json_object_set_new(c, "vocab_size", json_integer(o->vocab));
     char *text = dump_json(c);
     json_decref(c);
-    char *path = qd_path_join(dir, "config.json");
+    char *path = PATH_JOIN(dir, "config.json");
     write_text(path, text);
     free(path);
     free(text);
@@ -650,14 +661,14 @@ static void write_prompt(const opts_t *o, const char *dir) {
     rng_t r;
     rng_init(&r, o->seed, "prompt.txt");
     size_t cap = (size_t)o->prompt_len * 12 + 2, len = 0;
-    char *text = qd_malloc(cap);
+    char *text = ALLOC(cap);
     for (int i = 0; i < o->prompt_len; i++) {
         int sep = (i + 1) % 16 == 0 || i + 1 == o->prompt_len ? '\n' : ' ';
         len += (size_t)snprintf(text + len, cap - len, "%llu%c",
                                 (unsigned long long)rng_below(&r, (uint64_t)o->vocab), sep);
     }
     text[len] = '\0';
-    char *path = qd_path_join(dir, "prompt.txt");
+    char *path = PATH_JOIN(dir, "prompt.txt");
     write_text(path, text);
     free(path);
     free(text);
@@ -683,7 +694,7 @@ static void prepare_dir(const opts_t *o) {
             if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
             nonempty = 1;
             if (o->force && is_our_file(de->d_name)) {
-                char *p = qd_path_join(o->out, de->d_name);
+                char *p = PATH_JOIN(o->out, de->d_name);
                 if (remove(p) != 0) die_io("remove(%s): %s", p, strerror(errno));
                 free(p);
             }
@@ -708,8 +719,8 @@ static void prepare_dir(const opts_t *o) {
 }
 
 static void write_weights(const opts_t *o, const tspec *t, int n) {
-    qd_st_entry *en = qd_calloc((size_t)n, sizeof *en); /* (n) */
-    size_t *nb = qd_calloc((size_t)n, sizeof *nb);      /* (n) byte size of each tensor */
+    qd_st_entry *en = ZALLOC((size_t)n, sizeof *en); /* (n) */
+    size_t *nb = ZALLOC((size_t)n, sizeof *nb);      /* (n) byte size of each tensor */
     unsigned long long total = 0;
     for (int i = 0; i < n; i++) {
         en[i].name = t[i].name;
@@ -726,7 +737,7 @@ static void write_weights(const opts_t *o, const tspec *t, int n) {
     qd_err_clear(&e);
     if (o->shards == 1) {
         g.t = t;
-        char *path = qd_path_join(o->out, "model.safetensors");
+        char *path = PATH_JOIN(o->out, "model.safetensors");
         if (qd_st_write_stream(path, en, n, meta, fill_tensor, &g, &e)) die_err(&e);
         free(path);
     } else {
@@ -746,7 +757,7 @@ static void write_weights(const opts_t *o, const tspec *t, int n) {
             char fname[64];
             snprintf(fname, sizeof fname, "model-%05d-of-%05d.safetensors", s + 1, o->shards);
             g.t = t + begin;
-            char *path = qd_path_join(o->out, fname);
+            char *path = PATH_JOIN(o->out, fname);
             if (qd_st_write_stream(path, en + begin, end - begin, meta, fill_tensor, &g, &e)) die_err(&e);
             free(path);
             for (int i = begin; i < end; i++) json_object_set_new(wm, t[i].name, json_string(fname));
@@ -758,7 +769,7 @@ static void write_weights(const opts_t *o, const tspec *t, int n) {
         json_object_set_new(idx, "weight_map", wm);
         char *text = dump_json(idx);
         json_decref(idx);
-        char *path = qd_path_join(o->out, "model.safetensors.index.json");
+        char *path = PATH_JOIN(o->out, "model.safetensors.index.json");
         write_text(path, text);
         free(path);
         free(text);
@@ -773,7 +784,7 @@ int main(int argc, char **argv) {
     opts_t o;
     parse_args(argc, argv, &o);
 
-    float **knorm = qd_calloc((size_t)o.layers, sizeof *knorm); /* (layers) NULL or (head_dim) */
+    float **knorm = ZALLOC((size_t)o.layers, sizeof *knorm); /* (layers) NULL or (head_dim) */
     for (int i = 0; i < o.nkstats; i++) knorm[o.kstats[i].layer] = make_knorm(&o, &o.kstats[i]);
     int n;
     tspec *t = build_tensors(&o, knorm, &n);
