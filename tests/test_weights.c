@@ -486,6 +486,37 @@ static void test_alloc(void **state) {
     }
 }
 
+/* Sizes no allocation can hold are reported, not an exit, and leave w freed: a tied one-layer model of
+ * INT32_MAX^2 embedding floats fits a size_t but not as bytes (calloc refuses it); an untied one with an
+ * INT32_MAX^2 MLP as well overflows the count of floats itself. */
+static void test_alloc_too_large(void **state) {
+    (void)state;
+    qd_config c = {.vocab_size = INT32_MAX,
+                   .hidden_size = INT32_MAX,
+                   .intermediate_size = I,
+                   .num_hidden_layers = 1,
+                   .num_attention_heads = NH,
+                   .num_key_value_heads = NKV,
+                   .head_dim = HD,
+                   .rope_theta = 1e6,
+                   .rms_norm_eps = 1e-6,
+                   .tie_word_embeddings = 1};
+    for (int untied_mlp = 0; untied_mlp <= 1; untied_mlp++) {
+        if (untied_mlp) c.tie_word_embeddings = 0, c.intermediate_size = INT32_MAX;
+        qd_weights w;
+        qd_err err;
+        qd_err_clear(&err);
+        assert_int_equal(qd_weights_alloc(&w, &c, &err), QD_ERUNTIME);
+        assert_int_equal(err.code, QD_ERUNTIME);
+        printf("# %s\n", err.msg);
+        assert_non_null(strstr(err.msg, untied_mlp ? "overflow" : "calloc"));
+        assert_null(strchr(err.msg, '\n'));
+        assert_null(w.mem);
+        assert_null(w.layers);
+        assert_int_equal(w.mem_floats, 0);
+    }
+}
+
 // ----------------------------------------------------------------------------
 
 int main(void) {
@@ -500,6 +531,7 @@ int main(void) {
         cmocka_unit_test(test_untied_without_lm_head),
         cmocka_unit_test(test_bad_config_or_checkpoint),
         cmocka_unit_test(test_alloc),
+        cmocka_unit_test(test_alloc_too_large),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
