@@ -1002,6 +1002,9 @@ void qd_repro_print(const qd_repro_result *r, FILE *f) {
     if (r->faulted.have) print_impl(f, "+fault", &r->faulted);
     if (r->fused.have) print_impl(f, "fused", &r->fused);
     else fprintf(f, "  fused: %s\n", r->fused.note);
+    if (r->fault != QD_FAULT_NONE && r->fused.have)
+        fprintf(f, "  fused: the launchers take no fault (fused/qd_fused_ops.h), so the kernel above ran clean; the "
+                "fused backend hosts it: --backends ref,fused --inject %s\n", qd_fault_info_of((qd_fault_kind)r->fault)->name);
     const qd_metrics *l = &r->stored.op.local;
     fprintf(f, "stored %s output: rel_l2 %.3g vs the oracle = %.3gx the floor", r->engine, l->rel_l2, r->stored.op.ratio);
     if (r->stored.verdict & QD_V_BLOWUP_MAG)
