@@ -927,13 +927,17 @@ int qd_repro_run(const char *path, int fault, int threads, qd_repro_result *r, q
     r->stored.op = clean;
     r->stored.verdict = qd_replay_verdict(&clean, r->threshold, r->blowup_ratio);
     judge_impl(&r->contract, contract, oracle, &clean, r, c);
-    snprintf(r->contract.note, sizeof r->contract.note, "emu's op in %s", r->precision);
+    const int lowp = !strcmp(r->precision, "bf16") || !strcmp(r->precision, "fp16");
+    if (lowp) snprintf(r->contract.note, sizeof r->contract.note, "emu's op in %s", r->precision);
+    else
+        snprintf(r->contract.note, sizeof r->contract.note, "the reference's fp32 maths, %s accumulation",
+                 !strcmp(r->precision, "fp64") || !strcmp(r->accum, "f64") ? "f64" : "f32");
     if (fault != QD_FAULT_NONE) {
         qd_replay_op fop;
         if ((rc = replay_once(&d, r, fault, threads, &fop, NULL, &faulted, e))) goto out;
         judge_impl(&r->faulted, faulted, oracle, &clean, r, c);
         snprintf(r->faulted.note, sizeof r->faulted.note, "emu's op in %s with %s",
-                 strcmp(r->precision, "bf16") && strcmp(r->precision, "fp16") ? "fp32" : r->precision,
+                 lowp ? r->precision : "fp32",
                  qd_fault_info_of((qd_fault_kind)fault)->name);
     }
 #if QD_HAVE_CUDA
