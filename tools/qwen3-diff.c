@@ -248,7 +248,8 @@ static void usage(FILE *f) {
           "By default each op of each side is replayed from that side's own inputs, and an op diverges when\n"
           "its local error exceeds 4x the noise floor of its precision (drift inherited from earlier ops is\n"
           "reported, never blamed). compare replays both dumps (the model: --model DIR or the dump's 'model'\n"
-          "attribute); replay judges one dump on its own.\n"
+          "attribute); replay judges one dump on its own, or reruns the op of a --repro file from that file\n"
+          "alone (--inject NAME: with a fault of the catalog in the contract).\n"
           "\n", f);
     qd_cli_print_options(f, &main_cmd, vars);
     fputs("\n"
