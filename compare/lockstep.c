@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "qd_h5read.h"
+#include "qd_repro.h"
 #include "qd_tapstore.h"
 
 // ----------------------------------------------------------------------------
@@ -338,6 +339,24 @@ static int dump_side(dump_ctl *dc, const side *s, tap_list taps, int pos, qd_err
     return QD_OK;
 }
 
+/* Hands the first divergence's op (found at this position) to the repro writer (judge.repro), from the side
+ * that judged it: A, B, or isolated B, whose input is A's. h_a, h_b: the sides' inputs to the position (NULL
+ * for embed). */
+static int lockstep_repro(const qd_lockstep_opts *o, const qd_report *r, const side *sa, const side *sb,
+                          const side *si, const float *h_a, const float *h_b, const int32_t *tokens, int step, int T,
+                          int pos0, qd_err *e) {
+    const qd_tap_row *row = &r->rows[r->first_div];
+    if (!o->judge.repro || row->judged < 0) return QD_OK;
+    const int iso = row->mode == QD_MODE_ISOLATED, k = row->judged;
+    const side *s = k == 0 ? sa : iso ? si : sb;
+    qd_repro_op op = {.id = row->id, .step = step, .T = T, .pos0 = pos0, .side = k ? 'B' : 'A',
+                      .engine = s->be->name, .precision = s->be->precision, .accum = s->be->accum,
+                      .mode = qd_mode_name(row->mode), .w = o->judge.w, .rp = s->rp, .src = &s->src,
+                      .h_in = k == 0 || iso ? h_a : h_b, .tokens = tokens, .op = &row->rp[k], .verdict = row->verdict,
+                      .threshold = r->threshold, .blowup_ratio = r->blowup.blowup_ratio};
+    return qd_repro_write(o->judge.repro, &op, e);
+}
+
 static int argmax_row(const float *x, int n) {
     int best = 0;
     for (int i = 1; i < n; i++)
@@ -406,6 +425,9 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
             goto done;
         int before = r->first_div;
         if ((rc = compare_taps(r, o->tol, step, embed_taps(), &sa, &sb, QD_MODE_FREE, prev[0], ra, rb, e))) goto done;
+        if (before < 0 && r->first_div >= 0 &&
+            (rc = lockstep_repro(o, r, &sa, &sb, &si, NULL, NULL, tokens, step, Tn, pos0, e)))
+            goto done;
         if (dcs && ((rc = dump_side(dcs, &sa, embed_taps(), 0, e)) ||
                     (rc = dump_side(dcs, &sb, embed_taps(), 0, e)) ||
                     (rc = dump_after_position(dcs, 0, before < 0 && r->first_div >= 0, e))))
@@ -433,6 +455,9 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
             if ((rc = compare_taps(r, o->tol, step, lt, &sa, &sb, QD_MODE_FREE, prev[0], ra, rb, e)) ||
                 (b_iso && (rc = compare_taps(r, o->tol, step, lt, &sa, &si, QD_MODE_ISOLATED, prev[1], ra, ri, e))))
                 goto done;
+            if (before < 0 && r->first_div >= 0 &&
+                (rc = lockstep_repro(o, r, &sa, &sb, &si, sa.h, sb.h, tokens, step, Tn, pos0, e)))
+                goto done;
             if (dcs && ((rc = dump_side(dcs, &sa, lt, l + 1, e)) || (rc = dump_side(dcs, &sb, lt, l + 1, e)) ||
                         (b_iso && (rc = dump_side(dcs, &si, lt, l + 1, e))) ||
                         (rc = dump_after_position(dcs, l + 1, before < 0 && r->first_div >= 0, e))))
@@ -454,6 +479,9 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
         before = r->first_div;
         if ((rc = compare_taps(r, o->tol, step, head_taps(), &sa, &sb, QD_MODE_FREE, prev[0], ra, rb, e)) ||
             (b_iso && (rc = compare_taps(r, o->tol, step, head_taps(), &sa, &si, QD_MODE_ISOLATED, prev[1], ra, ri, e))))
+            goto done;
+        if (before < 0 && r->first_div >= 0 &&
+            (rc = lockstep_repro(o, r, &sa, &sb, &si, sa.h, sb.h, tokens, step, Tn, pos0, e)))
             goto done;
         if (dcs && ((rc = dump_side(dcs, &sa, head_taps(), L + 1, e)) ||
                     (rc = dump_side(dcs, &sb, head_taps(), L + 1, e)) ||
@@ -641,6 +669,49 @@ static int file_tokens(qd_h5in *f, const char *path, const qd_config *c, int32_t
     return QD_OK;
 }
 
+/* The offline first divergence's op handed to the repro writer (judge->repro): the judged side's group is
+ * replayed again up to that position (the comparison's own replay has moved past it), its input kept. */
+static int files_repro(const char *path, const char *group, char which, const qd_replay_judge *judge,
+                       const qd_report *r, const int32_t *tokens, int T, qd_err *e) {
+    const qd_tap_row *row = &r->rows[r->first_div];
+    const qd_config *c = &judge->w->cfg;
+    qd_h5in *f = qd_h5in_open(path, e);
+    if (!f) return e->code;
+    file_side fs;
+    char pth[160], accum[16];
+    qd_err ignored;
+    snprintf(pth, sizeof pth, "/%s", group);
+    int have_accum = qd_h5in_attr_string(f, pth, "accum", accum, sizeof accum, &ignored) == QD_OK;
+    int rc = file_side_open(&fs, f, path, group, judge, T, e), opened = !rc;
+    float *h_in = NULL; /* (T, C) the position's input as the side had it */
+    const int last = row->id.pos == QD_POS_EMBED ? 0 : row->id.pos == QD_POS_LAYER ? row->id.layer + 1 : r->n_layers + 1;
+    qd_replay_op ops[QD_NUM_LAYER_TAPS];
+    for (int pos = 0; pos <= last && !rc; pos++) {
+        qd_tap_pos p = pos == 0 ? QD_POS_EMBED : pos <= r->n_layers ? QD_POS_LAYER : QD_POS_HEAD;
+        if (pos == last && fs.h) {
+            size_t n = (size_t)T * c->hidden_size;
+            if (!(h_in = qd_alloc(n * sizeof(float), e))) rc = QD_ERUNTIME;
+            else memcpy(h_in, fs.h, n * sizeof(float));
+        }
+        if (!rc) rc = file_side_replay(&fs, c, p, pos - 1, tokens, T, ops, e);
+    }
+    if (!rc) {
+        char prec[16];
+        rc = qd_h5in_attr_string(f, pth, "precision", prec, sizeof prec, e);
+        qd_repro_op op = {.id = row->id, .step = 0, .T = T, .pos0 = 0, .side = which, .engine = group,
+                          .precision = prec, .accum = have_accum ? accum : NULL, .mode = qd_mode_name(row->mode),
+                          .w = judge->w, .rp = fs.rp, .src = &fs.src, .h_in = h_in, .tokens = tokens,
+                          .op = &row->rp[row->judged], .verdict = row->verdict, .threshold = r->threshold,
+                          .blowup_ratio = r->blowup.blowup_ratio};
+        if (!rc) rc = qd_repro_write(judge->repro, &op, e); /* the source reads the taps again, lazily */
+        if (!rc && fs.hs.rc) rc = qd_errf(e, fs.hs.rc, "%s", fs.hs.e.msg);
+    }
+    free(h_in);
+    if (opened) file_side_close(&fs);
+    qd_h5in_close(f);
+    return rc;
+}
+
 int qd_dump_model_dir(const char *path, char *out, size_t n, qd_err *e) {
     qd_h5in *f = qd_h5in_open(path, e);
     if (!f) return e->code;
@@ -770,6 +841,10 @@ int qd_compare_files_judged(const char *path_a, const char *group_a, const char 
     if (!rc) rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_model(QD_TAP_LOGITS), prev, ra ? &ra[1] : NULL,
                               rb ? &rb[1] : NULL, e);
     for (int k = 0; k < nfs; k++) file_side_close(&fs[k]);
+    if (!rc && judge && judge->repro && r->first_div >= 0 && r->rows[r->first_div].judged >= 0) {
+        const int k = r->rows[r->first_div].judged;
+        rc = files_repro(k ? path_b : path_a, k ? gb : ga, k ? 'B' : 'A', judge, r, tokens, T, e);
+    }
     free(tokens);
     if (own_tol) qd_tolerances_free(&deflt);
 out:

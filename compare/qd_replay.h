@@ -117,11 +117,67 @@ double qd_replay_min_floor(const char *precision);
  * is not; QD_V_COLLAPSE when the engine's output is all zero and neither the oracle's nor the contract's is. */
 unsigned qd_replay_verdict(const qd_replay_op *op, double threshold, double blowup_ratio);
 
+// ----------------------------------------------------------------------------
+// what each op reads: the one definition replay runs by and repro files (compare/qd_repro.h) are cut by
+
+/* An input of an op that is not a tap of the same step. */
+enum {
+    QD_RIN_H = -1,      /* the layer's input h_in (final_norm: the last layer's output as the head got it) */
+    QD_RIN_TOKENS = -2, /* the token ids (embed) */
+};
+
+/* The weights an op reads, one tensor each. */
+typedef enum {
+    QD_RW_NONE = 0,
+    QD_RW_INPUT_LAYERNORM, QD_RW_Q_PROJ, QD_RW_K_PROJ, QD_RW_V_PROJ, QD_RW_Q_NORM, QD_RW_K_NORM, QD_RW_O_PROJ,
+    QD_RW_POST_ATTENTION_LAYERNORM, QD_RW_GATE_PROJ, QD_RW_UP_PROJ, QD_RW_DOWN_PROJ, /* layer l's */
+    QD_RW_EMBED, QD_RW_NORM, QD_RW_LM_HEAD,                                           /* the model's */
+    QD_NUM_RW
+} qd_replay_weight;
+
+/* The inputs of one op as replay reads them: taps of the same step and layer (by qd_tap_id_kind: layer taps
+ * are qd_layer_tap, final_norm is QD_NUM_LAYER_TAPS + QD_TAP_FINAL_NORM), or QD_RIN_*. When the engine
+ * did not tap an input, replay goes through the op that makes it (its own reads, recursively). */
+typedef struct {
+    int n_in;
+    int in[3];
+    int history;             /* 1: k_rope and v_proj (in[1], in[2]) of every position 0..pos0+T-1 (attn) */
+    qd_replay_weight weight; /* QD_RW_NONE: none */
+} qd_replay_reads;
+
+/* The reads of the op producing tap id (every tap is one op's output). */
+const qd_replay_reads *qd_replay_reads_of(qd_tap_id id);
+/* The weight's name in the checkpoint's layer or model ("k_norm", "q_proj", "lm_head"; "" for none). */
+const char *qd_replay_weight_name(qd_replay_weight k);
+/* The weight's shape (HF layout (out, in), or (n) for a norm): its ndim (1 or 2; 0 for none). The embedding's
+ * is (V, C); a repro stores only the rows its tokens read. */
+int qd_replay_weight_shape(const qd_config *c, qd_replay_weight k, int64_t shape[2]);
+/* The weight k of layer (ignored for the model's weights) in w; NULL for none. */
+const float *qd_replay_weight_of(const qd_weights *w, int layer, qd_replay_weight k);
+
+/* The oracle's and the contract's replays of tap id at the replay's last call of that position (T rows, the
+ * tap's shape), valid until the next call; 0 with both NULL when the replay keeps none for id. The embed's
+ * share their buffers with final_norm's. */
+int qd_replay_outputs(const qd_replay *rp, qd_tap_id id, const float **oracle, const float **contract);
+/* Layer l's keys and values attention read at positions 0..n-1: the engine's k_rope and v_proj, or (when it
+ * did not tap them) the oracle side's replay of them. k, v (n, NKV, HD). 0 when a position is not known. */
+int qd_replay_history(const qd_replay *rp, int l, int n, const float **k, const float **v);
+
+/* A fault of the catalog (common/qd_fault.h) in the contract's ops from now on (QD_FAULT_NONE: none), as emu
+ * hosts it: each op takes the faults of the kernel it models; knorm-mul only k_norm, residual-drop only the
+ * attention residual, rope-freq-bf16 the bf16 table, kv-cache-pos the one-token step's history write. An
+ * fp32 or fp64 engine's contract is then emu's ops in fp32 (the reference's hosts no fault). QD_EINPUT for
+ * an unknown kind. */
+int qd_replay_set_fault(qd_replay *rp, int fault, qd_err *e);
+
 /* What judges a comparison: the local ratio (w != NULL) or the tolerances (w == NULL). */
+struct qd_repro_req;
 typedef struct {
     const qd_weights *w; /* the checkpoint both engines ran; NULL: no replay, the tolerance verdict */
     double threshold;    /* on the local ratio; <= 0: QD_REPLAY_THRESHOLD */
     int threads;         /* <= 0: OpenMP's default */
+    struct qd_repro_req *repro; /* NULL; else the first divergence's op is written as a repro file there
+                                   (compare/qd_repro.h) */
 } qd_replay_judge;
 
 #endif

@@ -18,12 +18,15 @@ struct qd_replay {
     const qd_weights *wc;  /* the contract's: w, or &own, its bf16 rounding (emu's weights) */
     qd_weights own;
     int lowp;              /* contract = emu's ops in act; else the reference's ops with accum_c */
+    int emu;               /* the contract runs emu's ops: lowp, or a fault set (qd_replay_set_fault) */
+    int fault;             /* qd_fault_kind in the contract's ops; QD_FAULT_NONE: the clean contract */
     qd_act_dtype act;
     qd_accum accum_c;
     double min_floor;      /* of the activation dtype */
     double min_floor_f32;  /* of fp32 (the contract's logits) */
     int max_seq, threads;
     float *inv_freq;       /* (HD/2) rope_inv_freq */
+    float *inv_freq_bf16;  /* (HD/2) the same rounded to bf16 (fault rope-freq-bf16); NULL until asked */
     /* the inputs attention saw at every earlier position: the engine's k_rope and v_proj (or, when it does
      * not tap them, each side's own replay of them) */
     float *kc_o, *vc_o;    /* (L, max_seq, NKV, HD) oracle side */
@@ -58,6 +61,7 @@ void qd_replay_free(qd_replay *rp) {
     if (!rp) return;
     if (rp->wc == &rp->own) qd_weights_free(&rp->own);
     free(rp->inv_freq);
+    free(rp->inv_freq_bf16);
     free(rp->kc_o);
     free(rp->vc_o);
     free(rp->kc_c);
@@ -75,6 +79,43 @@ void qd_replay_free(qd_replay *rp) {
     free(rp->att_scratch);
     free(rp->att_eager);
     free(rp);
+}
+
+/* own = w with every tensor rounded to bf16, in its own allocation laid out as w's (w may hold only some
+ * tensors, as a repro file's weights: the pointers are rebased, NULL ones stay NULL). */
+static int round_weights(const qd_weights *w, qd_weights *own, qd_err *e) {
+    const int L = w->cfg.num_hidden_layers;
+    memset(own, 0, sizeof *own);
+    own->cfg = w->cfg;
+    own->src_dtype = w->src_dtype;
+    if (!(own->mem = qd_alloc((w->mem_floats ? w->mem_floats : 1) * sizeof(float), e))) return QD_ERUNTIME;
+    if (!(own->layers = qd_zalloc((size_t)(L > 0 ? L : 1), sizeof *own->layers, e))) {
+        free(own->mem);
+        return QD_ERUNTIME;
+    }
+    own->mem_floats = w->mem_floats;
+    for (size_t i = 0; i < w->mem_floats; i++) own->mem[i] = qd_round_bf16(w->mem[i]);
+#define REBASE(p) ((p) ? own->mem + ((p) - w->mem) : NULL)
+    own->embed = REBASE(w->embed);
+    own->norm = REBASE(w->norm);
+    own->lm_head = REBASE(w->lm_head);
+    for (int l = 0; l < L; l++) {
+        const qd_layer_weights *a = &w->layers[l];
+        qd_layer_weights *b = &own->layers[l];
+        b->input_layernorm = REBASE(a->input_layernorm);
+        b->q_proj = REBASE(a->q_proj);
+        b->k_proj = REBASE(a->k_proj);
+        b->v_proj = REBASE(a->v_proj);
+        b->q_norm = REBASE(a->q_norm);
+        b->k_norm = REBASE(a->k_norm);
+        b->o_proj = REBASE(a->o_proj);
+        b->post_attention_layernorm = REBASE(a->post_attention_layernorm);
+        b->gate_proj = REBASE(a->gate_proj);
+        b->up_proj = REBASE(a->up_proj);
+        b->down_proj = REBASE(a->down_proj);
+    }
+#undef REBASE
+    return QD_OK;
 }
 
 /* Every value already a bf16 value (as emu.c asks before it shares a checkpoint's weights). */
@@ -106,7 +147,9 @@ qd_replay *qd_replay_create(const qd_weights *w, const char *precision, const ch
     if (!rp) return NULL;
     rp->w = w;
     rp->wc = w;
-    rp->lowp = lowp;
+    rp->lowp = rp->emu = lowp;
+    rp->act = QD_ACT_FP32;
+    rp->fault = QD_FAULT_NONE;
     if (lowp) qd_act_dtype_parse(precision, &rp->act);
     /* an fp64 engine, or an fp32 one reducing in f64, is the oracle's maths: its floor is 0 */
     rp->accum_c = !strcmp(precision, "fp64") || (accum && !strcmp(accum, "f64")) ? QD_ACCUM_F64 : QD_ACCUM_F32;
@@ -129,17 +172,8 @@ qd_replay *qd_replay_create(const qd_weights *w, const char *precision, const ch
              (rp->c[t] = qd_alloc(S * tap_width(c, t) * sizeof(float), e));
     if (ok && lowp && !all_bf16(w->mem, w->mem_floats)) {
         /* emu's weights: the checkpoint rounded to bf16 once (docs/PRECISION.md) */
-        if (qd_weights_alloc(&rp->own, c, e)) {
-            ok = 0;
-        } else if (rp->own.mem_floats != w->mem_floats) {
-            qd_errf(e, QD_ERUNTIME, "replay: weight layout mismatch (%zu vs %zu floats)", rp->own.mem_floats,
-                    w->mem_floats);
-            qd_weights_free(&rp->own);
-            ok = 0;
-        } else {
-            for (size_t i = 0; i < w->mem_floats; i++) rp->own.mem[i] = qd_round_bf16(w->mem[i]);
-            rp->wc = &rp->own;
-        }
+        if (round_weights(w, &rp->own, e)) ok = 0;
+        else rp->wc = &rp->own;
     }
     if (!ok) {
         qd_replay_free(rp);
@@ -191,28 +225,41 @@ static void norm_o(float *out, const float *x, const float *w, int rows, int n, 
     rmsnorm_forward(out, x, w, rows, n, eps, QD_ACCUM_F64);
 }
 
-static void norm_c(const qd_replay *rp, float *out, const float *x, const float *w, int rows, int n, float eps) {
-    if (rp->lowp) emu_rmsnorm(out, x, w, rows, n, eps, rp->act, QD_FAULT_NONE);
+/* fault: the contract's fault as this launch takes it (FAULT_FOR). */
+static void norm_c(const qd_replay *rp, float *out, const float *x, const float *w, int rows, int n, float eps,
+                   int fault) {
+    if (rp->emu) emu_rmsnorm(out, x, w, rows, n, eps, rp->act, fault);
     else rmsnorm_forward(out, x, w, rows, n, eps, rp->accum_c);
 }
 
 static void matmul_c(const qd_replay *rp, float *out, const float *x, const float *W, int T, int in, int out_dim) {
-    if (rp->lowp) emu_matmul(out, x, W, T, in, out_dim, rp->act);
+    if (rp->emu) emu_matmul(out, x, W, T, in, out_dim, rp->act);
     else matmul_forward(out, x, W, T, in, out_dim, rp->accum_c);
 }
 
 static void rope_c(const qd_replay *rp, float *x, int T, int nh, int HD, int pos0) {
-    if (rp->lowp) emu_rope(x, T, nh, HD, pos0, rp->inv_freq, rp->act, QD_FAULT_NONE);
+    if (rp->emu)
+        emu_rope(x, T, nh, HD, pos0, rp->fault == QD_FAULT_ROPE_FREQ_BF16 ? rp->inv_freq_bf16 : rp->inv_freq, rp->act,
+                 rp->fault);
     else rope_forward(x, T, nh, HD, pos0, rp->inv_freq);
 }
 
 /* The contract's copy of an input the engine may hold in a wider type (a layer input fed from the other
  * side): rounded as the engine stores it. */
 static const float *input_c(qd_replay *rp, const float *x, size_t n) {
-    if (!rp->lowp) return x;
+    if (!rp->emu) return x;
     memcpy(rp->xr, x, n * sizeof(float));
     emu_round_n(rp->act, rp->xr, n);
     return rp->xr;
+}
+
+/* Every input of an op (rd) is known this step: the engine tapped it, it was replayed, or it is h_in. */
+static int ready(const qd_replay_reads *rd, const float *const *eng, const int *done, const float *h_in) {
+    for (int i = 0; i < rd->n_in; i++) {
+        const int in = rd->in[i];
+        if (in == QD_RIN_H ? !h_in : in < 0 || in >= QD_NUM_LAYER_TAPS || !(eng[in] || done[in])) return 0;
+    }
+    return 1;
 }
 
 static void measure(qd_replay_op *op, const float *engine, const float *oracle, const float *contract, int ndim,
@@ -268,6 +315,120 @@ int qd_replay_embed(qd_replay *rp, const qd_tap_source *src, const int32_t *toke
     return QD_OK;
 }
 
+// ----------------------------------------------------------------------------
+// what each op reads (qd_replay.h): the table qd_replay_layer decides by, and repro files are cut by
+
+#define MODEL_KIND(t) (QD_NUM_LAYER_TAPS + (t))
+static const qd_replay_reads op_reads[QD_NUM_TAP_KINDS] = {
+    [QD_TAP_ATTN_NORM] = {1, {QD_RIN_H}, 0, QD_RW_INPUT_LAYERNORM},
+    [QD_TAP_Q_PROJ] = {1, {QD_TAP_ATTN_NORM}, 0, QD_RW_Q_PROJ},
+    [QD_TAP_K_PROJ] = {1, {QD_TAP_ATTN_NORM}, 0, QD_RW_K_PROJ},
+    [QD_TAP_V_PROJ] = {1, {QD_TAP_ATTN_NORM}, 0, QD_RW_V_PROJ},
+    [QD_TAP_Q_NORM] = {1, {QD_TAP_Q_PROJ}, 0, QD_RW_Q_NORM},
+    [QD_TAP_K_NORM] = {1, {QD_TAP_K_PROJ}, 0, QD_RW_K_NORM},
+    [QD_TAP_Q_ROPE] = {1, {QD_TAP_Q_NORM}, 0, QD_RW_NONE},
+    [QD_TAP_K_ROPE] = {1, {QD_TAP_K_NORM}, 0, QD_RW_NONE},
+    [QD_TAP_ATTN] = {3, {QD_TAP_Q_ROPE, QD_TAP_K_ROPE, QD_TAP_V_PROJ}, 1, QD_RW_NONE},
+    [QD_TAP_O_PROJ] = {1, {QD_TAP_ATTN}, 0, QD_RW_O_PROJ},
+    [QD_TAP_ATTN_RESIDUAL] = {2, {QD_RIN_H, QD_TAP_O_PROJ}, 0, QD_RW_NONE},
+    [QD_TAP_MLP_NORM] = {1, {QD_TAP_ATTN_RESIDUAL}, 0, QD_RW_POST_ATTENTION_LAYERNORM},
+    [QD_TAP_GATE_PROJ] = {1, {QD_TAP_MLP_NORM}, 0, QD_RW_GATE_PROJ},
+    [QD_TAP_UP_PROJ] = {1, {QD_TAP_MLP_NORM}, 0, QD_RW_UP_PROJ},
+    [QD_TAP_ACT] = {2, {QD_TAP_GATE_PROJ, QD_TAP_UP_PROJ}, 0, QD_RW_NONE},
+    [QD_TAP_DOWN_PROJ] = {1, {QD_TAP_ACT}, 0, QD_RW_DOWN_PROJ},
+    [QD_TAP_OUT] = {2, {QD_TAP_ATTN_RESIDUAL, QD_TAP_DOWN_PROJ}, 0, QD_RW_NONE},
+    [MODEL_KIND(QD_TAP_EMBED)] = {1, {QD_RIN_TOKENS}, 0, QD_RW_EMBED},
+    [MODEL_KIND(QD_TAP_FINAL_NORM)] = {1, {QD_RIN_H}, 0, QD_RW_NORM},
+    [MODEL_KIND(QD_TAP_LOGITS)] = {1, {MODEL_KIND(QD_TAP_FINAL_NORM)}, 0, QD_RW_LM_HEAD},
+};
+
+const qd_replay_reads *qd_replay_reads_of(qd_tap_id id) {
+    if (!qd_tap_id_valid(id)) return NULL;
+    return &op_reads[qd_tap_id_kind(id)];
+}
+
+static const char *const weight_names[QD_NUM_RW] = {
+    "", "input_layernorm", "q_proj", "k_proj", "v_proj", "q_norm", "k_norm", "o_proj", "post_attention_layernorm",
+    "gate_proj", "up_proj", "down_proj", "embed_tokens", "norm", "lm_head"};
+
+const char *qd_replay_weight_name(qd_replay_weight k) {
+    return k > QD_RW_NONE && k < QD_NUM_RW ? weight_names[k] : "";
+}
+
+int qd_replay_weight_shape(const qd_config *c, qd_replay_weight k, int64_t shape[2]) {
+    const int64_t C = c->hidden_size, I = c->intermediate_size, HD = c->head_dim, V = c->vocab_size;
+    const int64_t Q = (int64_t)c->num_attention_heads * HD, KV = (int64_t)c->num_key_value_heads * HD;
+    const int64_t dims[QD_NUM_RW][2] = {
+        [QD_RW_INPUT_LAYERNORM] = {C, 0}, [QD_RW_Q_PROJ] = {Q, C}, [QD_RW_K_PROJ] = {KV, C}, [QD_RW_V_PROJ] = {KV, C},
+        [QD_RW_Q_NORM] = {HD, 0}, [QD_RW_K_NORM] = {HD, 0}, [QD_RW_O_PROJ] = {C, Q},
+        [QD_RW_POST_ATTENTION_LAYERNORM] = {C, 0}, [QD_RW_GATE_PROJ] = {I, C}, [QD_RW_UP_PROJ] = {I, C},
+        [QD_RW_DOWN_PROJ] = {C, I}, [QD_RW_EMBED] = {V, C}, [QD_RW_NORM] = {C, 0}, [QD_RW_LM_HEAD] = {V, C}};
+    if (k <= QD_RW_NONE || k >= QD_NUM_RW) return 0;
+    shape[0] = dims[k][0];
+    shape[1] = dims[k][1];
+    return dims[k][1] ? 2 : 1;
+}
+
+const float *qd_replay_weight_of(const qd_weights *w, int layer, qd_replay_weight k) {
+    if (k == QD_RW_EMBED) return w->embed;
+    if (k == QD_RW_NORM) return w->norm;
+    if (k == QD_RW_LM_HEAD) return w->lm_head;
+    if (k <= QD_RW_NONE || k >= QD_NUM_RW || layer < 0 || layer >= w->cfg.num_hidden_layers) return NULL;
+    const qd_layer_weights *lw = &w->layers[layer];
+    const float *const p[] = {NULL, lw->input_layernorm, lw->q_proj, lw->k_proj, lw->v_proj, lw->q_norm, lw->k_norm,
+                              lw->o_proj, lw->post_attention_layernorm, lw->gate_proj, lw->up_proj, lw->down_proj};
+    return p[k];
+}
+
+/* The fault as op `tap` of the contract takes it: the kernels host knorm-mul in k_norm only and residual-drop
+ * in the attention residual only (qd_emu_ops.h); the history write's kv-cache-pos and the table's
+ * rope-freq-bf16 are the callers'. */
+static int fault_for(const qd_replay *rp, int tap) {
+    if (rp->fault == QD_FAULT_KNORM_MUL && tap != QD_TAP_K_NORM) return QD_FAULT_NONE;
+    if (rp->fault == QD_FAULT_RESIDUAL_DROP && tap != QD_TAP_ATTN_RESIDUAL) return QD_FAULT_NONE;
+    return rp->fault;
+}
+
+int qd_replay_set_fault(qd_replay *rp, int fault, qd_err *e) {
+    if (fault < QD_FAULT_NONE || fault >= QD_NUM_FAULTS) return qd_errf(e, QD_EINPUT, "replay: unknown fault %d", fault);
+    const int HD = rp->w->cfg.head_dim;
+    if (fault == QD_FAULT_ROPE_FREQ_BF16 && !rp->inv_freq_bf16) {
+        if (!(rp->inv_freq_bf16 = qd_alloc((size_t)(HD / 2) * sizeof(float), e))) return QD_ERUNTIME;
+        for (int i = 0; i < HD / 2; i++) rp->inv_freq_bf16[i] = qd_round_bf16(rp->inv_freq[i]);
+    }
+    rp->fault = fault;
+    rp->emu = rp->lowp || fault != QD_FAULT_NONE;
+    return QD_OK;
+}
+
+int qd_replay_outputs(const qd_replay *rp, qd_tap_id id, const float **oracle, const float **contract) {
+    *oracle = *contract = NULL;
+    if (!qd_tap_id_valid(id)) return 0;
+    if (id.pos == QD_POS_LAYER) {
+        *oracle = rp->o[id.tap];
+        *contract = rp->c[id.tap];
+    } else if (id.tap == QD_TAP_LOGITS) {
+        *oracle = rp->lg_o;
+        *contract = rp->lg_c;
+    } else {
+        *oracle = rp->fn_o;
+        *contract = rp->fn_c;
+    }
+    return 1;
+}
+
+int qd_replay_history(const qd_replay *rp, int l, int n, const float **k, const float **v) {
+    const qd_config *c = &rp->w->cfg;
+    *k = *v = NULL;
+    if (l < 0 || l >= c->num_hidden_layers || n < 0 || n > rp->max_seq) return 0;
+    const size_t S = (size_t)rp->max_seq, kv = (size_t)c->num_key_value_heads * c->head_dim;
+    for (int p = 0; p < n; p++)
+        if (!rp->hist[(size_t)l * S + p]) return 0;
+    *k = rp->kc_o + (size_t)l * S * kv;
+    *v = rp->vc_o + (size_t)l * S * kv;
+    return 1;
+}
+
 int qd_replay_layer(qd_replay *rp, const qd_tap_source *src, int l, const float *h_in, int T, int pos0,
                     qd_replay_op *ops, qd_err *e) {
     const qd_config *c = &rp->w->cfg;
@@ -276,7 +437,6 @@ int qd_replay_layer(qd_replay *rp, const qd_tap_source *src, int l, const float 
     if (T <= 0 || pos0 < 0 || pos0 + T > rp->max_seq)
         return qd_errf(e, QD_EINPUT, "replay: layer %d: positions %d..%d exceed max_seq %d", l, pos0, pos0 + T - 1,
                        rp->max_seq);
-    const qd_layer_weights *lo = &rp->w->layers[l], *lc = &rp->wc->layers[l];
     const int C = c->hidden_size, I = c->intermediate_size, HD = c->head_dim, NH = c->num_attention_heads;
     const int NKV = c->num_key_value_heads;
     const float eps = (float)c->rms_norm_eps;
@@ -290,41 +450,45 @@ int qd_replay_layer(qd_replay *rp, const qd_tap_source *src, int l, const float 
 #define AVAIL(t) (eng[t] || done[t])
 #define IN_O(t) (eng[t] ? eng[t] : rp->o[t])
 #define IN_C(t) (eng[t] ? eng[t] : rp->c[t])
+/* op t's inputs (op_reads) are all known this step, and its weight is held (a repro file holds only its op's) */
+#define READY(t) (ready(&op_reads[t], eng, done, h_in) && (op_reads[t].weight == QD_RW_NONE || W_O(t)))
+/* op t's weight on the oracle's and the contract's side */
+#define W_O(t) qd_replay_weight_of(rp->w, l, op_reads[t].weight)
+#define W_C(t) qd_replay_weight_of(rp->wc, l, op_reads[t].weight)
     float **O = rp->o, **K = rp->c;
 
-    if (h_in) {
-        norm_o(O[QD_TAP_ATTN_NORM], h_in, lo->input_layernorm, T, C, eps);
-        norm_c(rp, K[QD_TAP_ATTN_NORM], input_c(rp, h_in, TC), lc->input_layernorm, T, C, eps);
+    if (READY(QD_TAP_ATTN_NORM)) {
+        norm_o(O[QD_TAP_ATTN_NORM], h_in, W_O(QD_TAP_ATTN_NORM), T, C, eps);
+        norm_c(rp, K[QD_TAP_ATTN_NORM], input_c(rp, h_in, TC), W_C(QD_TAP_ATTN_NORM), T, C, eps,
+               fault_for(rp, QD_TAP_ATTN_NORM));
         done[QD_TAP_ATTN_NORM] = 1;
     }
-    if (AVAIL(QD_TAP_ATTN_NORM)) {
-        const struct { int tap; const float *wo, *wc; int out; } proj[3] = {
-            {QD_TAP_Q_PROJ, lo->q_proj, lc->q_proj, NH * HD},
-            {QD_TAP_K_PROJ, lo->k_proj, lc->k_proj, NKV * HD},
-            {QD_TAP_V_PROJ, lo->v_proj, lc->v_proj, NKV * HD}};
-        for (int i = 0; i < 3; i++) {
-            matmul_forward(O[proj[i].tap], IN_O(QD_TAP_ATTN_NORM), proj[i].wo, T, C, proj[i].out, QD_ACCUM_F64);
-            matmul_c(rp, K[proj[i].tap], IN_C(QD_TAP_ATTN_NORM), proj[i].wc, T, C, proj[i].out);
-            done[proj[i].tap] = 1;
-        }
+    const struct { int tap, out; } proj[3] = {{QD_TAP_Q_PROJ, NH * HD}, {QD_TAP_K_PROJ, NKV * HD},
+                                              {QD_TAP_V_PROJ, NKV * HD}};
+    for (int i = 0; i < 3; i++) {
+        const int t = proj[i].tap;
+        if (!READY(t)) continue;
+        matmul_forward(O[t], IN_O(QD_TAP_ATTN_NORM), W_O(t), T, C, proj[i].out, QD_ACCUM_F64);
+        matmul_c(rp, K[t], IN_C(QD_TAP_ATTN_NORM), W_C(t), T, C, proj[i].out);
+        done[t] = 1;
     }
     /* per-head norms over head_dim, then RoPE: q and k alike */
-    const struct { int proj, norm, rope, nh; const float *wo, *wc; } qk[2] = {
-        {QD_TAP_Q_PROJ, QD_TAP_Q_NORM, QD_TAP_Q_ROPE, NH, lo->q_norm, lc->q_norm},
-        {QD_TAP_K_PROJ, QD_TAP_K_NORM, QD_TAP_K_ROPE, NKV, lo->k_norm, lc->k_norm}};
+    const struct { int proj, norm, rope, nh; } qk[2] = {{QD_TAP_Q_PROJ, QD_TAP_Q_NORM, QD_TAP_Q_ROPE, NH},
+                                                        {QD_TAP_K_PROJ, QD_TAP_K_NORM, QD_TAP_K_ROPE, NKV}};
     for (int i = 0; i < 2; i++) {
-        if (AVAIL(qk[i].proj)) {
-            norm_o(O[qk[i].norm], IN_O(qk[i].proj), qk[i].wo, T * qk[i].nh, HD, eps);
-            norm_c(rp, K[qk[i].norm], IN_C(qk[i].proj), qk[i].wc, T * qk[i].nh, HD, eps);
-            done[qk[i].norm] = 1;
+        const int nt = qk[i].norm, rt = qk[i].rope;
+        if (READY(nt)) {
+            norm_o(O[nt], IN_O(qk[i].proj), W_O(nt), T * qk[i].nh, HD, eps);
+            norm_c(rp, K[nt], IN_C(qk[i].proj), W_C(nt), T * qk[i].nh, HD, eps, fault_for(rp, nt));
+            done[nt] = 1;
         }
-        if (AVAIL(qk[i].norm)) {
+        if (READY(rt)) {
             size_t n = (size_t)T * qk[i].nh * HD;
-            memcpy(O[qk[i].rope], IN_O(qk[i].norm), n * sizeof(float));
-            memcpy(K[qk[i].rope], IN_C(qk[i].norm), n * sizeof(float));
-            rope_oracle(O[qk[i].rope], T, qk[i].nh, HD, pos0, c->rope_theta);
-            rope_c(rp, K[qk[i].rope], T, qk[i].nh, HD, pos0);
-            done[qk[i].rope] = 1;
+            memcpy(O[rt], IN_O(nt), n * sizeof(float));
+            memcpy(K[rt], IN_C(nt), n * sizeof(float));
+            rope_oracle(O[rt], T, qk[i].nh, HD, pos0, c->rope_theta);
+            rope_c(rp, K[rt], T, qk[i].nh, HD, pos0);
+            done[rt] = 1;
         }
     }
 
@@ -333,71 +497,79 @@ int qd_replay_layer(qd_replay *rp, const qd_tap_source *src, int l, const float 
     float *kco = rp->kc_o + (size_t)l * S * kv, *vco = rp->vc_o + (size_t)l * S * kv; /* (max_seq, NKV, HD) */
     float *kcc = rp->kc_c + (size_t)l * S * kv, *vcc = rp->vc_c + (size_t)l * S * kv;
     unsigned char *hist = rp->hist + (size_t)l * S; /* (max_seq) */
-    int have_kv = AVAIL(QD_TAP_K_ROPE) && AVAIL(QD_TAP_V_PROJ);
+    const int k_in = op_reads[QD_TAP_ATTN].in[1], v_in = op_reads[QD_TAP_ATTN].in[2];
+    int have_kv = AVAIL(k_in) && AVAIL(v_in);
     for (int t = 0; t < T; t++) hist[pos0 + t] = (unsigned char)have_kv;
     if (have_kv) {
-        memcpy(kco + (size_t)pos0 * kv, IN_O(QD_TAP_K_ROPE), (size_t)T * kv * sizeof(float));
-        memcpy(kcc + (size_t)pos0 * kv, IN_C(QD_TAP_K_ROPE), (size_t)T * kv * sizeof(float));
-        memcpy(vco + (size_t)pos0 * kv, IN_O(QD_TAP_V_PROJ), (size_t)T * kv * sizeof(float));
-        memcpy(vcc + (size_t)pos0 * kv, IN_C(QD_TAP_V_PROJ), (size_t)T * kv * sizeof(float));
+        /* fault kv-cache-pos: the contract's one-token step writes one position early, as emu's cache does */
+        const int wpos = rp->fault == QD_FAULT_KV_POS && T == 1 && pos0 > 0 ? pos0 - 1 : pos0;
+        memcpy(kco + (size_t)pos0 * kv, IN_O(k_in), (size_t)T * kv * sizeof(float));
+        memcpy(kcc + (size_t)wpos * kv, IN_C(k_in), (size_t)T * kv * sizeof(float));
+        memcpy(vco + (size_t)pos0 * kv, IN_O(v_in), (size_t)T * kv * sizeof(float));
+        memcpy(vcc + (size_t)wpos * kv, IN_C(v_in), (size_t)T * kv * sizeof(float));
     }
     int full_hist = 1;
     for (int p = 0; p < pos0 + T; p++) full_hist &= hist[p];
-    if (full_hist && AVAIL(QD_TAP_Q_ROPE)) {
-        int rc = attention_forward(O[QD_TAP_ATTN], IN_O(QD_TAP_Q_ROPE), kco, vco, T, pos0, NH, NKV, HD, QD_ACCUM_F64, e);
-        if (!rc && rp->lowp) {
-            emu_attention(K[QD_TAP_ATTN], IN_C(QD_TAP_Q_ROPE), kcc, vcc, T, pos0, NH, NKV, HD, rp->act, rp->threads,
-                          QD_FAULT_NONE, rp->att_scratch);
-            emu_attention_eager(rp->att_eager, IN_C(QD_TAP_Q_ROPE), kcc, vcc, T, pos0, NH, NKV, HD, rp->act,
-                                rp->threads, rp->att_scratch);
-        } else if (!rc)
-            rc = attention_forward(K[QD_TAP_ATTN], IN_C(QD_TAP_Q_ROPE), kcc, vcc, T, pos0, NH, NKV, HD, rp->accum_c, e);
+    if (full_hist && READY(QD_TAP_ATTN)) {
+        const int q_in = op_reads[QD_TAP_ATTN].in[0];
+        const int fault = fault_for(rp, QD_TAP_ATTN);
+        int rc = attention_forward(O[QD_TAP_ATTN], IN_O(q_in), kco, vco, T, pos0, NH, NKV, HD, QD_ACCUM_F64, e);
+        if (!rc && rp->emu)
+            emu_attention(K[QD_TAP_ATTN], IN_C(q_in), kcc, vcc, T, pos0, NH, NKV, HD, rp->act, rp->threads, fault,
+                          rp->att_scratch);
+        else if (!rc)
+            rc = attention_forward(K[QD_TAP_ATTN], IN_C(q_in), kcc, vcc, T, pos0, NH, NKV, HD, rp->accum_c, e);
+        if (!rc && rp->lowp && fault == QD_FAULT_NONE) /* the eager form, for the wider floor (widen_floor) */
+            emu_attention_eager(rp->att_eager, IN_C(q_in), kcc, vcc, T, pos0, NH, NKV, HD, rp->act, rp->threads,
+                                rp->att_scratch);
         if (rc) return rc;
         done[QD_TAP_ATTN] = 1;
     }
-    if (AVAIL(QD_TAP_ATTN)) {
-        matmul_forward(O[QD_TAP_O_PROJ], IN_O(QD_TAP_ATTN), lo->o_proj, T, NH * HD, C, QD_ACCUM_F64);
-        matmul_c(rp, K[QD_TAP_O_PROJ], IN_C(QD_TAP_ATTN), lc->o_proj, T, NH * HD, C);
+    if (READY(QD_TAP_O_PROJ)) {
+        matmul_forward(O[QD_TAP_O_PROJ], IN_O(QD_TAP_ATTN), W_O(QD_TAP_O_PROJ), T, NH * HD, C, QD_ACCUM_F64);
+        matmul_c(rp, K[QD_TAP_O_PROJ], IN_C(QD_TAP_ATTN), W_C(QD_TAP_O_PROJ), T, NH * HD, C);
         done[QD_TAP_O_PROJ] = 1;
     }
     /* the residual adds: fp32 adds over the stored values, rounded once in the contract */
-    if (h_in && AVAIL(QD_TAP_O_PROJ)) {
+    if (READY(QD_TAP_ATTN_RESIDUAL)) {
         residual_forward(O[QD_TAP_ATTN_RESIDUAL], h_in, IN_O(QD_TAP_O_PROJ), (long)TC);
-        if (rp->lowp)
+        if (rp->emu)
             emu_residual(K[QD_TAP_ATTN_RESIDUAL], input_c(rp, h_in, TC), IN_C(QD_TAP_O_PROJ), (long)TC, rp->act,
-                         QD_FAULT_NONE);
+                         fault_for(rp, QD_TAP_ATTN_RESIDUAL));
         else
             residual_forward(K[QD_TAP_ATTN_RESIDUAL], h_in, IN_C(QD_TAP_O_PROJ), (long)TC);
         done[QD_TAP_ATTN_RESIDUAL] = 1;
     }
-    if (AVAIL(QD_TAP_ATTN_RESIDUAL)) {
-        norm_o(O[QD_TAP_MLP_NORM], IN_O(QD_TAP_ATTN_RESIDUAL), lo->post_attention_layernorm, T, C, eps);
-        norm_c(rp, K[QD_TAP_MLP_NORM], IN_C(QD_TAP_ATTN_RESIDUAL), lc->post_attention_layernorm, T, C, eps);
+    if (READY(QD_TAP_MLP_NORM)) {
+        norm_o(O[QD_TAP_MLP_NORM], IN_O(QD_TAP_ATTN_RESIDUAL), W_O(QD_TAP_MLP_NORM), T, C, eps);
+        norm_c(rp, K[QD_TAP_MLP_NORM], IN_C(QD_TAP_ATTN_RESIDUAL), W_C(QD_TAP_MLP_NORM), T, C, eps,
+               fault_for(rp, QD_TAP_MLP_NORM));
         done[QD_TAP_MLP_NORM] = 1;
     }
-    if (AVAIL(QD_TAP_MLP_NORM)) {
-        matmul_forward(O[QD_TAP_GATE_PROJ], IN_O(QD_TAP_MLP_NORM), lo->gate_proj, T, C, I, QD_ACCUM_F64);
-        matmul_c(rp, K[QD_TAP_GATE_PROJ], IN_C(QD_TAP_MLP_NORM), lc->gate_proj, T, C, I);
-        matmul_forward(O[QD_TAP_UP_PROJ], IN_O(QD_TAP_MLP_NORM), lo->up_proj, T, C, I, QD_ACCUM_F64);
-        matmul_c(rp, K[QD_TAP_UP_PROJ], IN_C(QD_TAP_MLP_NORM), lc->up_proj, T, C, I);
-        done[QD_TAP_GATE_PROJ] = done[QD_TAP_UP_PROJ] = 1;
+    const int gu[2] = {QD_TAP_GATE_PROJ, QD_TAP_UP_PROJ};
+    for (int i = 0; i < 2; i++) {
+        if (!READY(gu[i])) continue;
+        matmul_forward(O[gu[i]], IN_O(QD_TAP_MLP_NORM), W_O(gu[i]), T, C, I, QD_ACCUM_F64);
+        matmul_c(rp, K[gu[i]], IN_C(QD_TAP_MLP_NORM), W_C(gu[i]), T, C, I);
+        done[gu[i]] = 1;
     }
-    if (AVAIL(QD_TAP_GATE_PROJ) && AVAIL(QD_TAP_UP_PROJ)) {
+    if (READY(QD_TAP_ACT)) {
         swiglu_forward(O[QD_TAP_ACT], IN_O(QD_TAP_GATE_PROJ), IN_O(QD_TAP_UP_PROJ), (long)T * I);
-        if (rp->lowp)
-            emu_swiglu(K[QD_TAP_ACT], IN_C(QD_TAP_GATE_PROJ), IN_C(QD_TAP_UP_PROJ), (long)T * I, rp->act, QD_FAULT_NONE);
+        if (rp->emu)
+            emu_swiglu(K[QD_TAP_ACT], IN_C(QD_TAP_GATE_PROJ), IN_C(QD_TAP_UP_PROJ), (long)T * I, rp->act,
+                       fault_for(rp, QD_TAP_ACT));
         else
             swiglu_forward(K[QD_TAP_ACT], IN_C(QD_TAP_GATE_PROJ), IN_C(QD_TAP_UP_PROJ), (long)T * I);
         done[QD_TAP_ACT] = 1;
     }
-    if (AVAIL(QD_TAP_ACT)) {
-        matmul_forward(O[QD_TAP_DOWN_PROJ], IN_O(QD_TAP_ACT), lo->down_proj, T, I, C, QD_ACCUM_F64);
-        matmul_c(rp, K[QD_TAP_DOWN_PROJ], IN_C(QD_TAP_ACT), lc->down_proj, T, I, C);
+    if (READY(QD_TAP_DOWN_PROJ)) {
+        matmul_forward(O[QD_TAP_DOWN_PROJ], IN_O(QD_TAP_ACT), W_O(QD_TAP_DOWN_PROJ), T, I, C, QD_ACCUM_F64);
+        matmul_c(rp, K[QD_TAP_DOWN_PROJ], IN_C(QD_TAP_ACT), W_C(QD_TAP_DOWN_PROJ), T, I, C);
         done[QD_TAP_DOWN_PROJ] = 1;
     }
-    if (AVAIL(QD_TAP_ATTN_RESIDUAL) && AVAIL(QD_TAP_DOWN_PROJ)) {
+    if (READY(QD_TAP_OUT)) {
         residual_forward(O[QD_TAP_OUT], IN_O(QD_TAP_ATTN_RESIDUAL), IN_O(QD_TAP_DOWN_PROJ), (long)TC);
-        if (rp->lowp)
+        if (rp->emu)
             emu_residual(K[QD_TAP_OUT], IN_C(QD_TAP_ATTN_RESIDUAL), IN_C(QD_TAP_DOWN_PROJ), (long)TC, rp->act,
                          QD_FAULT_NONE);
         else
@@ -407,13 +579,17 @@ int qd_replay_layer(qd_replay *rp, const qd_tap_source *src, int l, const float 
 #undef AVAIL
 #undef IN_O
 #undef IN_C
+#undef READY
+#undef W_O
+#undef W_C
 
     for (int t = 0; t < QD_NUM_LAYER_TAPS; t++) {
         if (!eng[t] || !done[t]) continue;
         int64_t shape[3];
         int nd = qd_layer_tap_shape(c, t, T, shape);
         measure(&ops[t], eng[t], O[t], K[t], nd, shape, rp->min_floor);
-        if (t == QD_TAP_ATTN && rp->lowp) widen_floor(&ops[t], rp->att_eager, O[t], nd, shape);
+        if (t == QD_TAP_ATTN && rp->lowp && fault_for(rp, QD_TAP_ATTN) == QD_FAULT_NONE)
+            widen_floor(&ops[t], rp->att_eager, O[t], nd, shape);
     }
     return QD_OK;
 }
@@ -438,7 +614,7 @@ int qd_replay_head(qd_replay *rp, const qd_tap_source *src, const float *h, int 
     int have_fn = 0;
     if (h) {
         norm_o(rp->fn_o, h, rp->w->norm, T, C, eps);
-        norm_c(rp, rp->fn_c, input_c(rp, h, (size_t)T * C), rp->wc->norm, T, C, eps);
+        norm_c(rp, rp->fn_c, input_c(rp, h, (size_t)T * C), rp->wc->norm, T, C, eps, fault_for(rp, -1));
         have_fn = 1;
         if (fn) {
             nd = qd_tap_id_shape(c, fid, T, shape);

@@ -3,6 +3,7 @@
  *   qwen3-diff --layer-by-layer [--backends A,B]   runs two backends in lockstep and compares every tap
  *   qwen3-diff compare A.h5[:GROUP] B.h5[:GROUP]   compares two schema-v1 dumps from any engine
  *   qwen3-diff replay DUMP.h5[:GROUP]              judges one engine's dump op by op on its own
+ *   qwen3-diff replay REPRO.h5                     reruns one op from its repro file (--repro), no checkpoint
  *   qwen3-diff --backends ref --summary            runs one backend and prints what the run looked like
  *   qwen3-diff selftest [--backend emu|fused]      proves the harness on every fault (selftest_cli.c)
  *
@@ -44,6 +45,7 @@
 #include "qd_fault.h"
 #include "qd_ref.h"
 #include "qd_reports.h"
+#include "qd_repro.h"
 #include "qd_sweep.h"
 #include "qd_tolerances.h"
 #include "qd_taps.h"
@@ -81,6 +83,7 @@ typedef struct {
     double margin;              /* calibration margin over the worst measured error */
     const char *json, *junit;   /* report files */
     const char *dump;           /* NULL: no dump */
+    const char *repro;          /* --repro: the first divergence's op as a repro file; NULL: none */
     const char *dump_taps;      /* globs */
     int dump_window;            /* --dump-on-divergence K; -1: everything */
     int dump_compress;          /* 0..9 */
@@ -100,6 +103,7 @@ enum {
     O_FUSED_TAPS, O_INJECT, O_THREADS, O_REF_ACCUM, O_TOLERANCES, O_PRECISION_SWEEP, O_CALIBRATE, O_WRITE_TOL,
     O_MARGIN, O_JSON, O_JUNIT, O_DUMP, O_DUMP_TAPS, O_DUMP_ON_DIVERGENCE, O_DUMP_COMPRESS, O_SUMMARY, O_QUIET,
     O_NO_COLOR, O_HELP, O_VERSION, O_FP32_OPS, O_PRECISION_BISECT, O_ACT_A, O_INJECT_A, O_RATIO_THRESHOLD,
+    O_REPRO,
 };
 
 /* name, value, id, section, help (NULL: not listed), usage position, flags, short name; in the order of --help */
@@ -155,6 +159,9 @@ static const qd_cli_opt main_opts[] = {
     {"dump-on-divergence", "K", O_DUMP_ON_DIVERGENCE, "dump",
      "full tensors only within K layers of the first divergence", 0, 0, 0},
     {"dump-compress", "N", O_DUMP_COMPRESS, "dump", "gzip level 0-9 (default 0)", 0, 0, 0},
+    {"repro", "FILE", O_REPRO, "dump", "the first divergence's op alone as a small HDF5 file (its inputs as tapped,\n"
+     "weights, outputs; replay verdict only): `qwen3-diff replay FILE` reruns it\nwithout the checkpoint "
+     "(docs/SCHEMA.md, \"Repro files\"; compare takes it too)", 0, 0, 0},
     {"summary", NULL, O_SUMMARY, "output", "one backend: a per-layer table (max|k_norm|, top-5 next tokens)", 0, 0, 0},
     {"quiet", NULL, O_QUIET, "output", "print nothing on success", 0, 0, 0},
     {"no-color", NULL, O_NO_COLOR, "output", "never colour (colour is used only on a terminal anyway)", 0, 0, 0},
@@ -171,14 +178,17 @@ static const qd_cli_opt compare_opts[] = {
     {"threads", "N", O_THREADS, NULL, NULL, 0, 0, 0},
     {"json", "F", O_JSON, NULL, NULL, 3, QD_CLI_SYNOPSIS, 0},
     {"junit", "F", O_JUNIT, NULL, NULL, 4, QD_CLI_SYNOPSIS, 0},
+    {"repro", "FILE", O_REPRO, NULL, NULL, 5, QD_CLI_SYNOPSIS, 0},
     {"quiet", NULL, O_QUIET, NULL, NULL, 0, 0, 0},
     {"no-color", NULL, O_NO_COLOR, NULL, NULL, 0, 0, 0},
     {"help", NULL, O_HELP, NULL, NULL, 0, 0, 'h'},
 };
 
-/* replay's options: the model the dump was made with, the threshold, the report, the output */
+/* replay's options: the model the dump was made with, the threshold, the report, the output; a repro file's
+ * rerun takes a fault (--inject) and needs no model */
 static const qd_cli_opt replay_opts[] = {
     {"model", "DIR", O_MODEL, NULL, NULL, 1, QD_CLI_SYNOPSIS, 0},
+    {"inject", "NAME", O_INJECT, NULL, NULL, 4, QD_CLI_SYNOPSIS, 0},
     {"ratio-threshold", "X", O_RATIO_THRESHOLD, NULL, NULL, 2, 0, 0},
     {"threads", "N", O_THREADS, NULL, NULL, 0, 0, 0},
     {"json", "F", O_JSON, NULL, NULL, 3, QD_CLI_SYNOPSIS, 0},
@@ -218,7 +228,7 @@ static void fp32_ops_names(char *buf, size_t n) {
 
 static const qd_cli_cmd replay_cmd = {
     .name = "replay",
-    .operands = "DUMP.h5[:GROUP]",
+    .operands = "DUMP.h5[:GROUP] | REPRO.h5",
     .opts = replay_opts,
     .nopts = (int)(sizeof replay_opts / sizeof *replay_opts),
 };
@@ -238,7 +248,8 @@ static void usage(FILE *f) {
           "By default each op of each side is replayed from that side's own inputs, and an op diverges when\n"
           "its local error exceeds 4x the noise floor of its precision (drift inherited from earlier ops is\n"
           "reported, never blamed). compare replays both dumps (the model: --model DIR or the dump's 'model'\n"
-          "attribute); replay judges one dump on its own.\n"
+          "attribute); replay judges one dump on its own, or reruns the op of a --repro file from that file\n"
+          "alone (--inject NAME: with a fault of the catalog in the contract).\n"
           "\n", f);
     qd_cli_print_options(f, &main_cmd, vars);
     fputs("\n"
@@ -295,6 +306,7 @@ static int take_option(void *ctx, const qd_cli_opt *o, const char *flag, const c
     case O_MODEL: a->model = val; return QD_OK;
     case O_TOKENS: a->tokens = val; return QD_OK;
     case O_DUMP: a->dump = val; return QD_OK;
+    case O_REPRO: a->repro = val; return QD_OK;
     case O_TOLERANCES: a->tolerances = val; return QD_OK;
     case O_WRITE_TOL: a->write_tol = val; return QD_OK;
     case O_JSON: a->json = val; return QD_OK;
@@ -397,6 +409,8 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
         if (rc || a->help) return rc;
         if (a->noperands != 2)
             return qd_errf(e, QD_EINPUT, "compare: expected two dumps, A.h5[:GROUP] B.h5[:GROUP] (got %d)", a->noperands);
+        if (a->repro && a->tolerances)
+            return qd_errf(e, QD_EINPUT, "--repro writes the op the replay verdict blames: drop --tolerances");
         return QD_OK;
     }
     if (argc > 1 && strcmp(argv[1], "replay") == 0) {
@@ -417,9 +431,11 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
     if (a->calibrate && !a->write_tol) return qd_errf(e, QD_EINPUT, "--calibrate needs --write-tolerances FILE");
     if (a->write_tol && !a->calibrate) return qd_errf(e, QD_EINPUT, "--write-tolerances needs --calibrate N");
     if (a->calibrate && (a->dump || a->json || a->junit || a->tolerances || a->fault.kind != QD_FAULT_NONE ||
-                         a->fault_a.kind != QD_FAULT_NONE))
+                         a->fault_a.kind != QD_FAULT_NONE || a->repro))
         return qd_errf(e, QD_EINPUT, "--calibrate blesses a clean pair and writes only --write-tolerances "
-                                     "(drop --dump, --json, --junit, --tolerances and --inject)");
+                                     "(drop --dump, --json, --junit, --tolerances, --repro and --inject)");
+    if (a->repro && a->tolerances)
+        return qd_errf(e, QD_EINPUT, "--repro writes the op the replay verdict blames: drop --tolerances");
     if (a->layer_by_layer && a->nbackends == 1)
         return qd_errf(e, QD_EINPUT, "--layer-by-layer compares two backends: --backends A,B");
     if (!a->layer_by_layer) {
@@ -429,7 +445,7 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
                                   : a->precision_sweep ? "--precision-sweep"
                                   : a->precision_bisect ? "--precision-bisect"
                                   : a->fault_a.kind != QD_FAULT_NONE ? "--inject-a" : a->act_a ? "--act-a"
-                                  : a->threshold > 0 ? "--ratio-threshold" : NULL;
+                                  : a->threshold > 0 ? "--ratio-threshold" : a->repro ? "--repro" : NULL;
         if (only_lockstep && a->nbackends == 1)
             return qd_errf(e, QD_EINPUT, "%s needs two backends (--layer-by-layer --backends A,B)", only_lockstep);
         if (only_lockstep) a->layer_by_layer = 1;
@@ -774,6 +790,13 @@ static void bisect_progress(void *ctx, int rerun, unsigned fp32) {
     fprintf(stderr, "\r\033[Kqwen3-diff: precision bisect, rerun %d: %.60s", rerun, set);
 }
 
+/* --repro's outcome: the file and its op on stdout, or on stderr that there was nothing to write. */
+static void report_repro(const cli_args *a, const qd_repro_req *rq) {
+    if (!a->repro) return;
+    if (!rq->written) fprintf(stderr, "qwen3-diff: --repro: no divergence, so no repro file was written\n");
+    else if (!a->quiet) printf("repro: %s (%s; rerun it: qwen3-diff replay %s)\n", a->repro, rq->what, a->repro);
+}
+
 /* The precision sweep blesses each dtype's pair over as many prompts as the selftest's bless step
  * (the brief of --calibrate: >= 5 known-good runs), with --margin. */
 #define SWEEP_CALIB_PROMPTS 5
@@ -835,11 +858,13 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
     }
     qd_report_init(&r, ba->name, ba->precision, bb->name, bb->precision, L, a->locate, &tol.blowup);
     have_report = 1;
+    qd_repro_req repro = {.path = a->repro, .model = model};
     qd_lockstep_opts o = {.tokens = tokens, .T = T, .decode = a->decode, .tol = &tol, .locate = a->locate,
                           .dump = dump, .dump_taps = a->dump_taps, .dump_window = a->dump_window,
                           .progress = !a->quiet,
                           /* the replay verdict unless tolerances were asked for: the stricter gate */
-                          .judge = {.w = a->tolerances ? NULL : &w, .threshold = a->threshold, .threads = a->threads}};
+                          .judge = {.w = a->tolerances ? NULL : &w, .threshold = a->threshold, .threads = a->threads,
+                                    .repro = a->repro ? &repro : NULL}};
     if ((rc = qd_lockstep(ba, bb, bi, &o, &r, e))) goto out;
     if (dump) {
         if ((rc = qd_report_write_h5(&r, dump, e))) goto out;
@@ -868,6 +893,7 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
         qd_report_print(&r, stdout, isatty(1) && !a->no_color);
         if (a->dump) printf("dump: %s\n", a->dump);
     }
+    report_repro(a, &repro);
     if (a->precision_sweep && !qd_report_diverged(&r)) {
         if (!a->quiet) printf("precision sweep: no divergence to explain\n");
     } else if (a->precision_sweep) {
@@ -943,7 +969,9 @@ static int run_compare(const cli_args *a, qd_err *e) {
     }
     qd_report r;
     memset(&r, 0, sizeof r);
-    qd_replay_judge judge = {.w = have_w ? &w : NULL, .threshold = a->threshold, .threads = a->threads};
+    qd_repro_req repro = {.path = a->repro, .model = a->model};
+    qd_replay_judge judge = {.w = have_w ? &w : NULL, .threshold = a->threshold, .threads = a->threads,
+                             .repro = a->repro ? &repro : NULL};
     rc = qd_compare_files_judged(pa, ga[0] ? ga : NULL, pb, gb[0] ? gb : NULL, have_tol ? &tol : NULL, &judge, &r, e);
     if (!rc && a->json) rc = qd_report_write_json(&r, a->json, e);
     if (!rc && a->junit) rc = qd_report_write_junit(&r, a->junit, e);
@@ -951,6 +979,7 @@ static int run_compare(const cli_args *a, qd_err *e) {
         printf("compare %s vs %s\n", a->compare_a, a->compare_b);
         qd_report_print(&r, stdout, isatty(1) && !a->no_color);
     }
+    if (!rc) report_repro(a, &repro);
     if (!rc) rc = qd_report_diverged(&r) ? QD_EDIVERGED : QD_OK;
     qd_report_free(&r);
     if (have_tol) qd_tolerances_free(&tol);
@@ -958,8 +987,22 @@ static int run_compare(const cli_args *a, qd_err *e) {
     return rc;
 }
 
+/* A repro file's op rerun from the file alone: oracle, contract (and with --inject a fault), fused kernel. */
+static int run_repro(const cli_args *a, qd_err *e) {
+    if (a->json) return qd_errf(e, QD_EINPUT, "--json: %s is a repro file; its rerun prints lines only", a->replay_dump);
+    qd_repro_result res;
+    int rc = qd_repro_run(a->replay_dump, a->fault.kind, a->threads, &res, e);
+    if (rc) return rc;
+    if (!a->quiet) qd_repro_print(&res, stdout);
+    return qd_verdict_fails(res.stored.verdict) ? QD_EDIVERGED : QD_OK;
+}
+
 /* One engine's dump judged on its own, op by op. */
 static int run_replay(const cli_args *a, qd_err *e) {
+    if (qd_repro_is_repro(a->replay_dump)) return run_repro(a, e);
+    if (a->fault.kind != QD_FAULT_NONE)
+        return qd_errf(e, QD_EINPUT, "--inject: %s is a dump; only a repro file's op (--repro) is rerun with a fault",
+                       a->replay_dump);
     char path[4096], group[128];
     split_operand(a->replay_dump, path, sizeof path, group, sizeof group);
     qd_weights w;
