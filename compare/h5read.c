@@ -177,6 +177,11 @@ out:
 
 /* Opens a dataset by path (hard or soft links in this file only). */
 static hid_t open_dataset(const qd_h5in *f, const char *path, qd_err *e) {
+    H5L_info_t li;
+    if (H5Lget_info(f->file, path, &li, f->lapl) >= 0 && li.type != H5L_TYPE_HARD && li.type != H5L_TYPE_SOFT) {
+        qd_errf(e, QD_EINPUT, "%s: '%s' is an external link (a dump is read from its own file only)", f->path, path);
+        return -1;
+    }
     hid_t obj = H5Oopen(f->file, path, f->lapl);
     if (obj < 0) {
         h5_read_fail(f, "H5Oopen", path, e);
