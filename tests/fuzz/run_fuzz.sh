@@ -26,6 +26,14 @@ rc=0
 for t in "$work"/artifacts/timeout-*; do
     [ -e "$t" ] && echo "run_fuzz: $t: a hang (inside HDF5 so far, see tests/fuzz/README.md); not a failure"
 done
+# a child killed by a timeout or a crash leaves its input file behind (fuzz_h5read.c): remove those of
+# processes that are gone
+for f in /dev/shm/qd_fuzz_h5read.*.h5 "${TMPDIR:-/tmp}"/qd_fuzz_h5read.*.h5; do
+    [ -e "$f" ] || continue
+    pid=${f##*/qd_fuzz_h5read.}
+    pid=${pid%.h5}
+    kill -0 "$pid" 2>/dev/null || rm -f "$f"
+done
 crashes=()
 for c in "$work"/artifacts/crash-* "$work"/artifacts/oom-*; do [ -e "$c" ] && crashes+=("$c"); done
 if [ ${#crashes[@]} -gt 0 ]; then
