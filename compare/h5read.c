@@ -508,6 +508,37 @@ int qd_h5in_attr_string(qd_h5in *f, const char *path, const char *attr, char *bu
 }
 
 typedef struct {
+    int L;
+    char bad[64]; /* the first link that is not a layer of the model; "" while none */
+} layer_scan;
+
+static herr_t check_layer_link(hid_t g, const char *name, const H5L_info_t *info, void *ctx) {
+    (void)g, (void)info;
+    layer_scan *ls = ctx;
+    int ok = strlen(name) == 3, layer = 0;
+    for (const char *c = name; ok && *c; c++) {
+        ok = *c >= '0' && *c <= '9';
+        layer = layer * 10 + (*c - '0');
+    }
+    if (ok && layer < ls->L) return 0;
+    snprintf(ls->bad, sizeof ls->bad, "%.60s", name);
+    return 1; /* stops the iteration */
+}
+
+int qd_h5in_check_layers(qd_h5in *f, const char *backend, qd_err *e) {
+    char path[160];
+    snprintf(path, sizeof path, "/%s/layers", backend);
+    if (!qd_h5in_has(f, path)) return QD_OK;
+    layer_scan ls = {f->cfg.num_hidden_layers, ""};
+    if (H5Literate_by_name(f->file, path, H5_INDEX_NAME, H5_ITER_INC, NULL, check_layer_link, &ls, f->lapl) < 0)
+        return h5_read_fail(f, "H5Literate_by_name", path, e);
+    if (ls.bad[0])
+        return qd_errf(e, QD_EINPUT, "%s: '%s/%s' is not a layer of the model (000..%03d: config_json has %d layers)",
+                       f->path, path, ls.bad, f->cfg.num_hidden_layers - 1, f->cfg.num_hidden_layers);
+    return QD_OK;
+}
+
+typedef struct {
     char *names;
     size_t n;
     int count;

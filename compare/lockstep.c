@@ -440,15 +440,7 @@ int qd_compare_files(const char *path_a, const char *group_a, const char *path_b
         goto out;
     /* the model says how many layers there are; a layer group past them would be silently ignored */
     const int L = qd_h5in_config(fa)->num_hidden_layers;
-    for (int k = 0; k < 2; k++) {
-        char pth[160];
-        snprintf(pth, sizeof pth, "/%s/layers/%03d", k ? gb : ga, L);
-        if (qd_h5in_has(k ? fb : fa, pth)) {
-            rc = qd_errf(e, QD_EINPUT, "%s: group '%s': layer %d, but config_json has %d layers", k ? path_b : path_a,
-                         pth, L, L);
-            goto out;
-        }
-    }
+    if ((rc = qd_h5in_check_layers(fa, ga, e)) || (rc = qd_h5in_check_layers(fb, gb, e))) goto out;
     char name_a[64], name_b[64];
     snprintf(name_a, sizeof name_a, "%.60s", ga);
     snprintf(name_b, sizeof name_b, "%.60s", gb);

@@ -51,6 +51,10 @@ int qd_h5in_read_f32(qd_h5in *f, const char *path, float **data, int *ndim, int6
 /* A copy of /input_ids (T ids, checked at open). *ids is malloc'd. */
 int qd_h5in_input_ids(qd_h5in *f, int32_t **ids, int *T, qd_err *e);
 
+/* Every link under /<backend>/layers is a layer of the model: "000" .. L-1 (L from config_json). A layer
+ * group past the model, or a stray name, would otherwise be silently left out of a comparison. */
+int qd_h5in_check_layers(qd_h5in *f, const char *backend, qd_err *e);
+
 /* The backend groups of the file: root groups carrying a 'precision' attribute, as "a, b" in names.
  * Returns how many. */
 int qd_h5in_backends(qd_h5in *f, char *names, size_t n);

@@ -148,7 +148,9 @@ refused("no config_json", "attribute 'config_json' missing", *compare(p))
 p = crafted("bad_config.h5", lambda f: f.attrs.__setitem__("config_json", "{not json"))
 refused("config_json not JSON", "attribute 'config_json': invalid JSON", *compare(p))
 p = crafted("layer_past.h5", lambda f: f.copy(f["emu/layers/000"], "emu/layers/004"))
-refused("a layer group past config_json's layers", "layer 4, but config_json has 4 layers", *compare(p))
+refused("a layer group past config_json's layers", "'/emu/layers/004' is not a layer of the model", *compare(p))
+p = crafted("layer_name.h5", lambda f: f.copy(f["emu/layers/000"], "emu/layers/x1"))
+refused("a stray name among the layer groups", "'/emu/layers/x1' is not a layer", *compare(p))
 
 
 def external_raw(f):
