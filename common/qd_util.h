@@ -42,8 +42,14 @@ void *qd_malloc_check(size_t n, const char *file, int line);
 void *qd_calloc_check(size_t n, size_t size, const char *file, int line);
 void *qd_realloc_check(void *p, size_t n, const char *file, int line);
 
-/* Reads a whole file into a NUL-terminated buffer. QD_EINPUT if it does not exist, QD_ERUNTIME on a
- * read error. *len may be NULL. */
+/* Reads a whole file into a NUL-terminated buffer. QD_EINPUT if it does not exist, is not a regular file
+ * (a FIFO, a device, a directory: refused before anything is read, so none of them can block or feed
+ * bytes without end) or has more than `max` bytes (the message gives `why`, the reason for the cap);
+ * QD_ERUNTIME on a read error. *len may be NULL. */
+int qd_read_text(const char *path, size_t max, const char *why, char **out, size_t *len, qd_err *e);
+/* qd_read_text for JSON metadata: config.json and a shard index. */
+#define QD_READ_FILE_MAX ((size_t)64 << 20)
+#define QD_READ_FILE_MAX_WHY "JSON metadata: a config.json is a few KB, the largest Qwen3 shard index ~2 MB"
 int qd_read_file(const char *path, char **out, size_t *len, qd_err *e);
 
 /* Joins dir and name with one '/'; the result is malloc'd. NULL with e filled (QD_ERUNTIME) when out

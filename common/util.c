@@ -2,12 +2,16 @@
 #include "qd_util.h"
 
 #include "qd_act.h"
+#include "qd_files.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 int qd_errf(qd_err *e, int code, const char *fmt, ...) {
     if (e) {
@@ -75,37 +79,67 @@ void *qd_realloc_check(void *p, size_t n, const char *file, int line) {
 }
 
 int qd_read_file(const char *path, char **out, size_t *len, qd_err *e) {
+    return qd_read_text(path, QD_READ_FILE_MAX, QD_READ_FILE_MAX_WHY, out, len, e);
+}
+
+int qd_read_text(const char *path, size_t max, const char *why, char **out, size_t *len, qd_err *e) {
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return qd_errf(e, errno == ENOENT ? QD_EINPUT : QD_ERUNTIME, "%s: cannot open: %s", path,
-                       strerror(errno));
-    size_t cap = 4096, n = 0;
-    char *buf = qd_alloc(cap, e);
+    /* O_NONBLOCK: opening a FIFO with no writer returns at once, so fstat can refuse it instead of
+     * blocking; it changes nothing for a regular file */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return qd_errf(e, errno == ENOENT || errno == ENOTDIR ? QD_EINPUT : QD_ERUNTIME, "%s: cannot open: %s",
+                       path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int err = errno;
+        close(fd);
+        return qd_errf(e, QD_ERUNTIME, "%s: fstat failed: %s", path, strerror(err));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return qd_errf(e, QD_EINPUT, "%s: is %s, not a regular file", path, qd_file_kind(st.st_mode));
+    }
+    if ((uint64_t)st.st_size > (uint64_t)max) {
+        close(fd);
+        return qd_errf(e, QD_EINPUT, "%s: %lld bytes, more than the %zu this file may have (%s)", path,
+                       (long long)st.st_size, max, why);
+    }
+    /* read up to max + 1 bytes whatever st_size said: the file may grow while it is read */
+    size_t cap = (size_t)st.st_size + 1 < max + 1 ? (size_t)st.st_size + 1 : max + 1, n = 0;
+    char *buf = qd_alloc(cap + 1, e);
     if (!buf) {
-        fclose(f);
+        close(fd);
         return QD_ERUNTIME;
     }
     for (;;) {
-        if (n + 1 >= cap) {
-            cap *= 2;
-            char *nb = realloc(buf, cap);
+        if (n == cap) {
+            if (cap > max) break;
+            size_t ncap = cap * 2 < max + 1 ? cap * 2 : max + 1;
+            char *nb = qd_resize(buf, ncap + 1, e);
             if (!nb) {
                 free(buf);
-                fclose(f);
-                return qd_errf(e, QD_ERUNTIME, "%s: realloc(%zu) failed", path, cap);
+                close(fd);
+                return QD_ERUNTIME;
             }
             buf = nb;
+            cap = ncap;
         }
-        size_t got = fread(buf + n, 1, cap - 1 - n, f);
-        n += got;
+        ssize_t got = read(fd, buf + n, cap - n);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) {
+            int err = errno;
+            free(buf);
+            close(fd);
+            return qd_errf(e, QD_ERUNTIME, "%s: read failed: %s", path, strerror(err));
+        }
         if (got == 0) break;
+        n += (size_t)got;
     }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
+    close(fd);
+    if (n > max) {
         free(buf);
-        return qd_errf(e, QD_ERUNTIME, "%s: read error", path);
+        return qd_errf(e, QD_EINPUT, "%s: more than the %zu bytes this file may have (%s)", path, max, why);
     }
     buf[n] = '\0';
     *out = buf;

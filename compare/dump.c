@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "qd_build_config.h"
+#include "qd_files.h"
 
 #define QD_SCHEMA "qwen3-diff/1"
 #define QD_MAX_LAYER 999           /* layer groups are named with 3 digits */
@@ -214,14 +215,12 @@ qd_dump *qd_dump_create(const char *path, const char *model_path, const char *co
     d->file = -1;
     d->T = T;
     d->compress = compress;
-    d->path = strdup(path);
     size_t n = strlen(path) + 32;
-    if (!(d->tmp = qd_alloc(n, e))) goto fail;
+    if (!(d->path = qd_alloc(strlen(path) + 1, e)) || !(d->tmp = qd_alloc(n, e))) goto fail;
+    strcpy(d->path, path);
     snprintf(d->tmp, n, "%s.tmp.%ld", path, (long)getpid());
-    if (!d->path) {
-        qd_errf(e, QD_ERUNTIME, "%s: strdup failed", path);
-        goto fail;
-    }
+    /* registered before it exists: a SIGINT or SIGTERM from here on removes it (qd_files.h) */
+    if (qd_tmp_register(d->tmp, e)) goto fail;
     if (compress > 0 && (H5Zfilter_avail(H5Z_FILTER_DEFLATE) <= 0 || H5Zfilter_avail(H5Z_FILTER_SHUFFLE) <= 0)) {
         qd_errf(e, QD_ERUNTIME, "%s: this HDF5 library has no gzip (deflate) or shuffle filter; use "
                                 "compression level 0", path);
@@ -264,7 +263,10 @@ qd_dump *qd_dump_create(const char *path, const char *model_path, const char *co
 
 fail:
     if (d->file >= 0) H5Fclose(d->file);
-    remove_tmp(d->tmp);
+    if (d->tmp) {
+        remove_tmp(d->tmp);
+        qd_tmp_forget(d->tmp);
+    }
     free(d->path);
     free(d->tmp);
     free(d);
@@ -524,6 +526,7 @@ int qd_dump_close(qd_dump *d, int commit, qd_err *e) {
                          strerror(errno));
     }
     if (!commit || rc != QD_OK) remove_tmp(d->tmp);
+    qd_tmp_forget(d->tmp);
     free(d->path);
     free(d->tmp);
     free(d);

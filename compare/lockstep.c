@@ -503,19 +503,58 @@ done:
 // ----------------------------------------------------------------------------
 // offline: two dumps
 
-/* The only backend group of a file, when the caller named none. */
-static int only_group(const char *path, char *out, size_t n, qd_err *e) {
-    qd_h5in *f = qd_h5in_open(path, e);
-    if (!f) return e->code;
+/* The group to compare in a file: the one named, or the file's only backend group. */
+static int pick_group(qd_h5in *f, const char *path, const char *group, char *out, size_t n, qd_err *e) {
+    if (group) {
+        if (strlen(group) >= n) return qd_errf(e, QD_EINPUT, "%s: group name '%.60s...' is too long", path, group);
+        snprintf(out, n, "%s", group);
+        return QD_OK;
+    }
     char names[512] = "";
     int count = qd_h5in_backends(f, names, sizeof names);
-    qd_h5in_close(f);
     if (count == 1) {
         snprintf(out, n, "%s", names);
         return QD_OK;
     }
     if (count == 0) return qd_errf(e, QD_EINPUT, "%s: no backend group (a group with a 'precision' attribute)", path);
     return qd_errf(e, QD_EINPUT, "%s: several backend groups (%s): name one as %s:GROUP", path, names, path);
+}
+
+/* The group's 'precision': one of the four the schema allows. */
+static int group_precision(qd_h5in *f, const char *path, const char *group, char *prec, size_t n, qd_err *e) {
+    char pth[160];
+    snprintf(pth, sizeof pth, "/%s", group);
+    if (!qd_h5in_has(f, pth)) return qd_errf(e, QD_EINPUT, "%s: no group '%s'", path, group);
+    int rc = qd_h5in_attr_string(f, pth, "precision", prec, n, e);
+    if (rc) return rc;
+    static const char *const known[] = {"fp64", "fp32", "bf16", "fp16"};
+    for (int i = 0; i < 4; i++)
+        if (strcmp(prec, known[i]) == 0) return QD_OK;
+    return qd_errf(e, QD_EINPUT, "%s: group '%s': attribute 'precision' is \"%s\", expected fp64, fp32, bf16 or fp16",
+                   path, group, prec);
+}
+
+/* Both dumps must hold the same model's tensors for the same number of tokens: every tap shape follows. */
+static int same_model(qd_h5in *fa, const char *path_a, qd_h5in *fb, const char *path_b, qd_err *e) {
+    const qd_config *a = qd_h5in_config(fa), *b = qd_h5in_config(fb);
+    const struct {
+        const char *name;
+        int va, vb;
+    } dims[] = {{"num_hidden_layers", a->num_hidden_layers, b->num_hidden_layers},
+                {"hidden_size", a->hidden_size, b->hidden_size},
+                {"intermediate_size", a->intermediate_size, b->intermediate_size},
+                {"num_attention_heads", a->num_attention_heads, b->num_attention_heads},
+                {"num_key_value_heads", a->num_key_value_heads, b->num_key_value_heads},
+                {"head_dim", a->head_dim, b->head_dim},
+                {"vocab_size", a->vocab_size, b->vocab_size}};
+    for (size_t i = 0; i < sizeof dims / sizeof *dims; i++)
+        if (dims[i].va != dims[i].vb)
+            return qd_errf(e, QD_EINPUT, "%s and %s hold different models: config_json field '%s' is %d vs %d", path_a,
+                           path_b, dims[i].name, dims[i].va, dims[i].vb);
+    if (qd_h5in_T(fa) != qd_h5in_T(fb))
+        return qd_errf(e, QD_EINPUT, "%s and %s hold runs of different lengths: /input_ids has %d vs %d tokens", path_a,
+                       path_b, qd_h5in_T(fa), qd_h5in_T(fb));
+    return QD_OK;
 }
 
 static int compare_one(qd_report *r, const qd_tolerances *tol, qd_h5in *fa, const char *ga, qd_h5in *fb,
@@ -529,19 +568,12 @@ static int compare_one(qd_report *r, const qd_tolerances *tol, qd_h5in *fa, cons
     if (ha && !hb) add_only(r->only_a, &r->n_only_a, id);
     if (hb && !ha) add_only(r->only_b, &r->n_only_b, id);
     if (!ha || !hb) return QD_OK;
-    float *da = NULL, *db = NULL;
-    int nda = 0, ndb = 0;
-    int64_t sa[3], sb[3];
-    int rc = qd_h5in_read_f32(fa, pa, &da, &nda, sa, e);
-    if (!rc) rc = qd_h5in_read_f32(fb, pb, &db, &ndb, sb, e);
-    if (!rc) {
-        int same = nda == ndb;
-        for (int d = 0; same && d < nda; d++) same = sa[d] == sb[d];
-        if (!same)
-            rc = qd_errf(e, QD_EINPUT, "tap '%s' of layer %d: shapes differ between the two files", name, id.layer);
-        else
-            rc = add_row(r, tol, 0, id, QD_MODE_FREE, db, da, nda, sa, prev, ra, rb, e);
-    }
+    float *da = NULL, *db = NULL; /* (shape), the same in both: each is checked against the model */
+    int nd = 0;
+    int64_t shape[3];
+    int rc = qd_h5in_read_tap(fa, ga, id.layer, id.tap, &da, &nd, shape, e);
+    if (!rc) rc = qd_h5in_read_tap(fb, gb, id.layer, id.tap, &db, &nd, shape, e);
+    if (!rc) rc = add_row(r, tol, 0, id, QD_MODE_FREE, db, da, nd, shape, prev, ra, rb, e);
     free(da);
     free(db);
     return rc;
@@ -750,14 +782,9 @@ int qd_compare_files(const char *path_a, const char *group_a, const char *path_b
 
 int qd_compare_files_judged(const char *path_a, const char *group_a, const char *path_b, const char *group_b,
                             const qd_tolerances *tol, const qd_replay_judge *judge, qd_report *r, qd_err *e) {
-    char ga[128], gb[128];
+    char ga[128], gb[128], prec_a[16], prec_b[16];
     int rc = QD_OK;
     if (judge && !judge->w) judge = NULL;
-    if (group_a) snprintf(ga, sizeof ga, "%s", group_a);
-    else if ((rc = only_group(path_a, ga, sizeof ga, e))) return rc;
-    if (group_b) snprintf(gb, sizeof gb, "%s", group_b);
-    else if ((rc = only_group(path_b, gb, sizeof gb, e))) return rc;
-
     qd_h5in *fa = qd_h5in_open(path_a, e);
     if (!fa) return e->code;
     qd_h5in *fb = qd_h5in_open(path_b, e);
@@ -765,39 +792,29 @@ int qd_compare_files_judged(const char *path_a, const char *group_a, const char 
         qd_h5in_close(fa);
         return e->code;
     }
-    char prec_a[16], prec_b[16], pth[160];
-    snprintf(pth, sizeof pth, "/%s", ga);
-    if (!qd_h5in_has(fa, pth)) {
-        rc = qd_errf(e, QD_EINPUT, "%s: no group '%s'", path_a, ga);
+    if ((rc = pick_group(fa, path_a, group_a, ga, sizeof ga, e)) ||
+        (rc = pick_group(fb, path_b, group_b, gb, sizeof gb, e)) ||
+        (rc = group_precision(fa, path_a, ga, prec_a, sizeof prec_a, e)) ||
+        (rc = group_precision(fb, path_b, gb, prec_b, sizeof prec_b, e)) || (rc = same_model(fa, path_a, fb, path_b, e)))
         goto out;
-    }
-    if ((rc = qd_h5in_attr_string(fa, pth, "precision", prec_a, sizeof prec_a, e))) goto out;
-    snprintf(pth, sizeof pth, "/%s", gb);
-    if (!qd_h5in_has(fb, pth)) {
-        rc = qd_errf(e, QD_EINPUT, "%s: no group '%s'", path_b, gb);
-        goto out;
-    }
-    if ((rc = qd_h5in_attr_string(fb, pth, "precision", prec_b, sizeof prec_b, e))) goto out;
-
-    qd_tolerances deflt;
-    int own_tol = tol == NULL;
-    if (own_tol) {
-        if ((rc = qd_tolerances_default(&deflt, prec_b, prec_a, e))) goto out;
-        tol = &deflt;
-    }
-    int L = 0;
-    for (;; L++) {
-        char pa[160], pb[160];
-        snprintf(pa, sizeof pa, "/%s/layers/%03d", ga, L);
-        snprintf(pb, sizeof pb, "/%s/layers/%03d", gb, L);
-        if (!qd_h5in_has(fa, pa) && !qd_h5in_has(fb, pb)) break;
-    }
+    /* the model says how many layers there are; a layer group past them would be silently ignored */
+    const int L = qd_h5in_config(fa)->num_hidden_layers;
+    if ((rc = qd_h5in_check_layers(fa, ga, e)) || (rc = qd_h5in_check_layers(fb, gb, e))) goto out;
     char name_a[64], name_b[64];
     snprintf(name_a, sizeof name_a, "%.60s", ga);
     snprintf(name_b, sizeof name_b, "%.60s", gb);
     if (strcmp(ga, gb) == 0) { /* same group name in both files: say which file */
         snprintf(name_a, sizeof name_a, "A:%.58s", ga);
         snprintf(name_b, sizeof name_b, "B:%.58s", gb);
+    }
+    /* a tolerance file is held to the same fit as in lockstep: this pair's precision class, these layers */
+    if (tol && (rc = qd_tolerances_check_fit(tol, name_b, prec_b, name_a, prec_a, L, e))) goto out;
+
+    qd_tolerances deflt;
+    int own_tol = tol == NULL;
+    if (own_tol) {
+        if ((rc = qd_tolerances_default(&deflt, prec_b, prec_a, e))) goto out;
+        tol = &deflt;
     }
     qd_report_init(r, name_a, prec_a, name_b, prec_b, L, QD_MODE_FREE, &tol->blowup);
     r->head_dim = qd_compare_dump_head_dim(fa);
@@ -847,6 +864,10 @@ int qd_compare_files_judged(const char *path_a, const char *group_a, const char 
     }
     free(tokens);
     if (own_tol) qd_tolerances_free(&deflt);
+    /* a comparison of nothing must not pass */
+    if (!rc && r->n == 0)
+        rc = qd_errf(e, QD_EINPUT, "%s:%s vs %s:%s: no tap is present in both groups, so nothing was compared", path_a,
+                     ga, path_b, gb);
 out:
     qd_h5in_close(fa);
     qd_h5in_close(fb);
@@ -857,8 +878,6 @@ int qd_replay_file(const char *path, const char *group, const qd_replay_judge *j
     char g[128];
     int rc = QD_OK;
     if (!judge || !judge->w) return qd_errf(e, QD_EINPUT, "replay: no model weights given");
-    if (group) snprintf(g, sizeof g, "%s", group);
-    else if ((rc = only_group(path, g, sizeof g, e))) return rc;
     qd_h5in *f = qd_h5in_open(path, e);
     if (!f) return e->code;
     const qd_config *c = &judge->w->cfg;
@@ -866,9 +885,12 @@ int qd_replay_file(const char *path, const char *group, const qd_replay_judge *j
     int32_t *tokens = NULL;
     int T = 0, opened = 0;
     file_side fs;
+    if ((rc = pick_group(f, path, group, g, sizeof g, e)) || (rc = group_precision(f, path, g, prec, sizeof prec, e)) ||
+        (rc = qd_h5in_check_layers(f, g, e))) {
+        qd_h5in_close(f);
+        return rc;
+    }
     snprintf(pth, sizeof pth, "/%s", g);
-    if (!qd_h5in_has(f, pth)) rc = qd_errf(e, QD_EINPUT, "%s: no group '%s'", path, g);
-    if (!rc) rc = qd_h5in_attr_string(f, pth, "precision", prec, sizeof prec, e);
     int L = 0;
     for (; !rc; L++) {
         char pl[160];

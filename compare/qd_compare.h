@@ -111,7 +111,10 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
 
 /* Offline: compares two schema-v1 dumps, A = path_a's group_a (the reference side), B = path_b's
  * group_b. group NULL: the file's only backend group (QD_EINPUT if it has several, naming them). tol NULL:
- * the defaults of the groups' precision pair. Taps present on only one side are listed, not failed. */
+ * the defaults of the groups' precision pair; otherwise it must fit the pair and the layer count
+ * (qd_tolerances_check_fit). Every read is checked against the dumps' config_json and T (qd_h5read.h);
+ * both must hold the same model and T. Taps present on only one side are listed, not failed; no tap
+ * present on both sides is QD_EINPUT (nothing compared is not a pass). */
 int qd_compare_files(const char *path_a, const char *group_a, const char *path_b, const char *group_b,
                      const qd_tolerances *tol, qd_report *r, qd_err *e);
 /* The same, judged by judge: judge NULL or judge->w NULL is qd_compare_files; else both files' groups are

@@ -7,7 +7,8 @@
  *   /<backend>/layers/NNN/<tap>          layer taps, NNN zero-padded to 3 digits
  * All tensors float32, chunked, optionally compressed. The file is written to PATH.tmp.<pid> and renamed
  * to PATH by qd_dump_close(commit=1); qd_dump_close(commit=0) removes it: no half-written file ever
- * carries the final name. */
+ * carries the final name. The temporary name is registered with qd_tmp_register (qd_files.h), so after
+ * qd_tmp_cleanup_on_signals() a SIGINT or SIGTERM removes it too. */
 #ifndef QD_DUMP_H
 #define QD_DUMP_H
 

@@ -73,6 +73,7 @@ struct qd_tolerances {
     struct json_t *measured;        /* "measured", kept verbatim; NULL when absent; owned */
     qd_tolerances *isolated;        /* "isolated": the levels of teacher-forced rows (def, def_set, taps,
                                        layers; nothing else of it is used); NULL when absent; owned */
+    char source[256];               /* the file qd_tolerances_load read (for messages); "" otherwise */
 };
 
 /* Initialises t (which holds nothing yet, or was qd_tolerances_free'd) with the defaults of the
@@ -108,8 +109,16 @@ qd_tol qd_tolerances_lookup_isolated(const qd_tolerances *t, int layer, const ch
 unsigned qd_tolerances_verdict(const qd_tolerances *t, int isolated, int layer, const char *tap,
                                const qd_metrics *m, double prev_rel_l2);
 
-/* Reads and validates a tolerance file (format above). On error t holds nothing. */
+/* Reads and validates a tolerance file (format above): a regular file of at most 16 MiB. On error t
+ * holds nothing. */
 int qd_tolerances_load(const char *path, qd_tolerances *t, qd_err *e);
+
+/* Whether t fits a comparison of test (name_test, prec_test) against reference (name_ref, prec_ref) over
+ * n_layers layers: the same precision pair class (a file blessed for bf16 vs fp32 would be far too loose
+ * for fp32 vs fp32) and no layer entry, at the top level or in "isolated", at or beyond n_layers.
+ * QD_EINPUT naming t->source and the field otherwise. */
+int qd_tolerances_check_fit(const qd_tolerances *t, const char *name_test, const char *prec_test,
+                            const char *name_ref, const char *prec_ref, int n_layers, qd_err *e);
 
 /* Writes t in the format above, to PATH.tmp.<pid> then renamed to PATH: a reader never sees half a file. */
 int qd_tolerances_write(const char *path, const qd_tolerances *t, qd_err *e);

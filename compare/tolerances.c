@@ -190,14 +190,15 @@ int qd_tolerances_set(qd_tolerances *t, int layer, const char *tap, const qd_tol
 }
 
 /* The "isolated" section, created empty (no level sets anything) on first use. */
-static qd_tolerances *isolated_section(qd_tolerances *t) {
-    if (!t->isolated) t->isolated = qd_calloc(1, sizeof *t->isolated);
+static qd_tolerances *isolated_section(qd_tolerances *t, qd_err *e) {
+    if (!t->isolated) t->isolated = qd_zalloc(1, sizeof *t->isolated, e);
     return t->isolated;
 }
 
 int qd_tolerances_set_isolated(qd_tolerances *t, int layer, const char *tap, const qd_tol *tol, unsigned set,
                                qd_err *e) {
-    return qd_tolerances_set(isolated_section(t), layer, tap, tol, set, e);
+    qd_tolerances *iso = isolated_section(t, e);
+    return iso ? qd_tolerances_set(iso, layer, tap, tol, set, e) : QD_ERUNTIME;
 }
 
 /* Fills the fields of *out not yet in *have from entry. */
@@ -419,7 +420,9 @@ static int load_root(const json_t *root, const char *path, qd_tolerances *t, qd_
             return qd_errf(e, QD_EINPUT, "%s: field 'isolated': expected an object, got %s", path,
                            qd_json_type_name(v));
         if ((rc = check_keys(v, iso_keys, "isolated", "default, taps or layers", path, e)) != QD_OK) return rc;
-        if ((rc = load_levels(v, "isolated.", path, isolated_section(t), e)) != QD_OK) return rc;
+        qd_tolerances *iso = isolated_section(t, e);
+        if (!iso) return QD_ERUNTIME;
+        if ((rc = load_levels(v, "isolated.", path, iso, e)) != QD_OK) return rc;
     }
     if ((v = json_object_get(root, "blowup_ratio")) &&
         (rc = get_number(v, "blowup_ratio", 1.0, 1, path, &t->blowup.blowup_ratio, e)) != QD_OK)
@@ -442,7 +445,9 @@ static int load_root(const json_t *root, const char *path, qd_tolerances *t, qd_
 int qd_tolerances_load(const char *path, qd_tolerances *t, qd_err *e) {
     memset(t, 0, sizeof *t);
     char *text = NULL;
-    int rc = qd_read_file(path, &text, NULL, e);
+    /* the largest valid file: QD_TOL_MAX_LAYERS layers x 18 entries (the layer and its 17 taps) x 2
+     * sections x ~120 bytes is ~4.4 MB; 16 MiB leaves room for indentation and "measured" */
+    int rc = qd_read_text(path, (size_t)16 << 20, "tolerance files: the largest valid one is ~4.4 MB", &text, NULL, e);
     if (rc != QD_OK) return rc;
     json_error_t je;
     /* duplicate keys are refused: with two "rel_l2" the last one would silently win */
@@ -454,7 +459,26 @@ int qd_tolerances_load(const char *path, qd_tolerances *t, qd_err *e) {
     rc = load_root(root, path, t, e);
     json_decref(root);
     if (rc != QD_OK) qd_tolerances_free(t);
+    else snprintf(t->source, sizeof t->source, "%s", path);
     return rc;
+}
+
+int qd_tolerances_check_fit(const qd_tolerances *t, const char *name_test, const char *prec_test,
+                            const char *name_ref, const char *prec_ref, int n_layers, qd_err *e) {
+    const char *src = t->source[0] ? t->source : "tolerances";
+    /* a pair is judged by its less precise side (fp64 ~ fp32), so compare the pairs' classes: their floors */
+    qd_tol want, have;
+    if (qd_tolerances_floor(prec_test, prec_ref, &want, e) != QD_OK) return e ? e->code : QD_EINPUT;
+    if (qd_tolerances_floor(t->prec_test, t->prec_ref, &have, e) != QD_OK) return e ? e->code : QD_EINPUT;
+    if (want.rel_l2 != have.rel_l2)
+        return qd_errf(e, QD_EINPUT, "%s: field 'precision_pair': written for %s vs %s, this comparison is %s (%s) vs %s (%s)",
+                       src, t->prec_test, t->prec_ref, name_test, prec_test, name_ref, prec_ref);
+    const qd_tolerances *sec[2] = {t, t->isolated}; /* the top level, the isolated section */
+    for (int k = 0; k < 2; k++)
+        if (sec[k] && sec[k]->n_layers > n_layers)
+            return qd_errf(e, QD_EINPUT, "%s: field '%slayers': an entry for layer %d, but the model has %d layers",
+                           src, k ? "isolated." : "", sec[k]->n_layers - 1, n_layers);
+    return QD_OK;
 }
 
 // ----------------------------------------------------------------------------

@@ -43,6 +43,7 @@
 #include "qd_dump.h"
 #include "qd_emu.h"
 #include "qd_fault.h"
+#include "qd_files.h"
 #include "qd_ref.h"
 #include "qd_reports.h"
 #include "qd_repro.h"
@@ -610,7 +611,7 @@ static int open_input(const cli_args *a, const char *model, const char *token_ar
     if (stat(model, &st) != 0 || !S_ISDIR(st.st_mode))
         return qd_errf(e, QD_EINPUT, "--model %s: no such directory", model);
     int rc = qd_config_load(model, cfg, config_text, e);
-    if (!rc) rc = qd_tokens_parse(token_arg, cfg->vocab_size, tokens, T, e);
+    if (!rc) rc = qd_tokens_parse_max(token_arg, cfg->vocab_size, cfg->max_position_embeddings, tokens, T, e);
     if (!rc && dump_path) {
         char *abs_model = realpath(model, NULL);
         *dump = qd_dump_create(dump_path, abs_model ? abs_model : model, *config_text, *tokens, *T,
@@ -1046,6 +1047,13 @@ int main(int argc, char **argv) {
         printf("qwen3-diff %s\n", QD_VERSION);
         return 0;
     }
+    /* outputs never overwrite each other or an input; a signal removes the temporary files (qd_files.h) */
+    if (rc == QD_OK)
+        rc = qd_check_paths(&e, QD_PATH_OUT, "--dump", a.dump, QD_PATH_OUT, "--json", a.json, QD_PATH_OUT, "--junit",
+                            a.junit, QD_PATH_OUT, "--write-tolerances", a.write_tol, QD_PATH_IN, "--tolerances",
+                            a.tolerances, QD_PATH_IN, "--tokens", a.tokens && a.tokens[0] == '@' ? a.tokens + 1 : NULL,
+                            QD_PATH_IN, "compare A", a.compare_a, QD_PATH_IN, "compare B", a.compare_b, QD_PATH_END);
+    if (rc == QD_OK) rc = qd_tmp_cleanup_on_signals(&e);
     if (rc == QD_OK) {
         const char *model = a.model ? a.model : QD_SOURCE_ROOT "/fixtures/knorm_extreme";
         char token_arg[4200];
