@@ -33,15 +33,6 @@ void *qd_alloc_at(size_t n, qd_err *e, const char *file, int line);
 void *qd_zalloc_at(size_t count, size_t size, qd_err *e, const char *file, int line);
 void *qd_resize_at(void *p, size_t n, qd_err *e, const char *file, int line);
 
-/* Deprecated: malloc/calloc that print file:line and exit 3 on failure. Being replaced by qd_alloc,
- * qd_zalloc and qd_resize above (library code never exits); do not add new uses. */
-#define qd_malloc(n) qd_malloc_check((n), __FILE__, __LINE__)
-#define qd_calloc(n, sz) qd_calloc_check((n), (sz), __FILE__, __LINE__)
-#define qd_realloc(p, n) qd_realloc_check((p), (n), __FILE__, __LINE__)
-void *qd_malloc_check(size_t n, const char *file, int line);
-void *qd_calloc_check(size_t n, size_t size, const char *file, int line);
-void *qd_realloc_check(void *p, size_t n, const char *file, int line);
-
 /* Reads a whole file into a NUL-terminated buffer. QD_EINPUT if it does not exist, is not a regular file
  * (a FIFO, a device, a directory: refused before anything is read, so none of them can block or feed
  * bytes without end) or has more than `max` bytes (the message gives `why`, the reason for the cap);

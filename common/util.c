@@ -51,33 +51,6 @@ void *qd_resize_at(void *p, size_t n, qd_err *e, const char *file, int line) {
     return q;
 }
 
-void *qd_malloc_check(size_t n, const char *file, int line) {
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "qwen3-diff: malloc(%zu) failed at %s:%d\n", n, file, line);
-        exit(QD_ERUNTIME);
-    }
-    return p;
-}
-
-void *qd_calloc_check(size_t n, size_t size, const char *file, int line) {
-    void *p = calloc(n ? n : 1, size ? size : 1);
-    if (!p) {
-        fprintf(stderr, "qwen3-diff: calloc(%zu, %zu) failed at %s:%d\n", n, size, file, line);
-        exit(QD_ERUNTIME);
-    }
-    return p;
-}
-
-void *qd_realloc_check(void *p, size_t n, const char *file, int line) {
-    void *q = realloc(p, n ? n : 1);
-    if (!q) {
-        fprintf(stderr, "qwen3-diff: realloc(%zu) failed at %s:%d\n", n, file, line);
-        exit(QD_ERUNTIME);
-    }
-    return q;
-}
-
 int qd_read_file(const char *path, char **out, size_t *len, qd_err *e) {
     return qd_read_text(path, QD_READ_FILE_MAX, QD_READ_FILE_MAX_WHY, out, len, e);
 }

@@ -540,7 +540,11 @@ static json_t *tolerances_json(const qd_tolerances *t) {
 int qd_tolerances_write(const char *path, const qd_tolerances *t, qd_err *e) {
     json_t *root = tolerances_json(t);
     size_t n = strlen(path) + 32;
-    char *tmp = qd_malloc(n);
+    char *tmp = qd_alloc(n, e);
+    if (!tmp) {
+        json_decref(root);
+        return QD_ERUNTIME;
+    }
     snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
     int rc = QD_OK;
     FILE *f = fopen(tmp, "w");
@@ -573,8 +577,8 @@ int qd_calib_init(qd_calib *c, int n_layers, qd_err *e) {
     if (n_layers < 0 || n_layers > QD_TOL_MAX_LAYERS)
         return qd_errf(e, QD_EINPUT, "calibration: %d layers (expected 0..%d)", n_layers, QD_TOL_MAX_LAYERS);
     c->n_layers = n_layers;
-    c->slots = qd_calloc((size_t)n_layers * QD_NUM_LAYER_TAPS + QD_NUM_MODEL_TAPS, sizeof *c->slots);
-    return QD_OK;
+    c->slots = qd_zalloc((size_t)n_layers * QD_NUM_LAYER_TAPS + QD_NUM_MODEL_TAPS, sizeof *c->slots, e);
+    return c->slots ? QD_OK : QD_ERUNTIME;
 }
 
 void qd_calib_free(qd_calib *c) {
