@@ -89,7 +89,7 @@ int qd_tmp_cleanup_on_signals(qd_err *e) {
 typedef struct {
     int kind;
     const char *flag;
-    const char *path;   /* as given */
+    const char *path;    /* as given */
     char name[PATH_MAX]; /* the file it names: FILE of FILE:GROUP for an input, else path */
     struct stat st;
     int exists;
@@ -112,8 +112,7 @@ static void resolve(path_entry *p) {
     snprintf(b, sizeof b, "%s", p->name);
     if (realpath(dirname(d), real))
         snprintf(p->canon, sizeof p->canon, "%s/%s", strcmp(real, "/") == 0 ? "" : real, basename(b));
-    else
-        snprintf(p->canon, sizeof p->canon, "%s", p->name);
+    else snprintf(p->canon, sizeof p->canon, "%s", p->name);
 }
 
 static int same_file(const path_entry *a, const path_entry *b) {
@@ -123,8 +122,12 @@ static int same_file(const path_entry *a, const path_entry *b) {
 
 const char *qd_file_kind(unsigned mode) {
     mode_t m = (mode_t)mode;
-    return S_ISDIR(m) ? "a directory" : S_ISFIFO(m) ? "a FIFO" : S_ISCHR(m) ? "a character device"
-         : S_ISBLK(m) ? "a block device" : S_ISSOCK(m) ? "a socket" : "not a regular file";
+    return S_ISDIR(m)    ? "a directory"
+           : S_ISFIFO(m) ? "a FIFO"
+           : S_ISCHR(m)  ? "a character device"
+           : S_ISBLK(m)  ? "a block device"
+           : S_ISSOCK(m) ? "a socket"
+                         : "not a regular file";
 }
 
 int qd_check_paths(qd_err *e, ...) {

@@ -17,7 +17,7 @@ static inline uint16_t qd_f32_to_bf16(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u); /* quiet NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);                                            /* RNE */
+    u += 0x7fffu + ((u >> 16) & 1u);                                             /* RNE */
     return (uint16_t)(u >> 16);
 }
 
@@ -53,10 +53,10 @@ static inline uint16_t qd_f32_to_f16(float f) {
     memcpy(&u, &f, 4);
     uint32_t sign = (u >> 16) & 0x8000u;
     uint32_t a = u & 0x7fffffffu;
-    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);            /* NaN */
-    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);           /* >= 65520 rounds to Inf */
-    if (a < 0x38800000u) {                                              /* subnormal or zero in f16 */
-        if (a < 0x33000000u) return (uint16_t)sign;                    /* < 2^-25: rounds to 0 */
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);  /* NaN */
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520 rounds to Inf */
+    if (a < 0x38800000u) {                                   /* subnormal or zero in f16 */
+        if (a < 0x33000000u) return (uint16_t)sign;          /* < 2^-25: rounds to 0 */
         uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u;
         uint32_t shift = 126 - e; /* 14 + (113 - e) - ... : value = m * 2^(e-150), f16 unit 2^-24 */
         uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);

@@ -22,8 +22,8 @@ typedef struct {
     int max_position_embeddings; /* 0 when absent */
     double rope_theta;           /* from either dialect */
     double rms_norm_eps;
-    int tie_word_embeddings;     /* 1: lm_head is model.embed_tokens.weight */
-    char dtype[16];              /* "bfloat16", "float16", "float32" or "" when absent (informational) */
+    int tie_word_embeddings; /* 1: lm_head is model.embed_tokens.weight */
+    char dtype[16];          /* "bfloat16", "float16", "float32" or "" when absent (informational) */
 } qd_config;
 
 /* Parses config.json text. `path` is only used in messages ("<path>: field 'x': ..."). Every required

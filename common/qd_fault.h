@@ -9,19 +9,19 @@
 
 typedef enum {
     QD_FAULT_NONE = 0,
-    QD_FAULT_KNORM_MUL,         /*  1 k_norm as an element-wise multiply by its weight, no normalisation */
-    QD_FAULT_ROPE_INTERLEAVED,  /*  2 RoPE pairs 2i/2i+1 (GPT-J layout) instead of rotate-half */
-    QD_FAULT_ROPE_FREQ_BF16,    /*  3 RoPE inv_freq stored in bf16 */
-    QD_FAULT_GQA_MOD,           /*  4 head h reads kv head h mod n_kv instead of h / group */
-    QD_FAULT_NO_CAUSAL,         /*  5 causal mask missing */
-    QD_FAULT_SOFTMAX_NO_MAX,    /*  6 softmax without max subtraction */
-    QD_FAULT_NO_SCALE,          /*  7 attention scale head_dim^-0.5 missing */
-    QD_FAULT_NORM_SUMSQ_LOWP,   /*  8 RMSNorm sum of squares accumulated in the activation dtype */
-    QD_FAULT_EPS_OUTSIDE,       /*  9 eps added outside the square root */
-    QD_FAULT_RESIDUAL_DROP,     /* 10 the attention residual add dropped */
-    QD_FAULT_ACT_GELU,          /* 11 SiLU replaced by GELU */
-    QD_FAULT_KV_POS,            /* 12 a decode step writes its K/V one position early */
-    QD_FAULT_ONLINE_RESCALE,    /* 13 the seed: online softmax resets its row sum per key tile (no rescale) */
+    QD_FAULT_KNORM_MUL,        /*  1 k_norm as an element-wise multiply by its weight, no normalisation */
+    QD_FAULT_ROPE_INTERLEAVED, /*  2 RoPE pairs 2i/2i+1 (GPT-J layout) instead of rotate-half */
+    QD_FAULT_ROPE_FREQ_BF16,   /*  3 RoPE inv_freq stored in bf16 */
+    QD_FAULT_GQA_MOD,          /*  4 head h reads kv head h mod n_kv instead of h / group */
+    QD_FAULT_NO_CAUSAL,        /*  5 causal mask missing */
+    QD_FAULT_SOFTMAX_NO_MAX,   /*  6 softmax without max subtraction */
+    QD_FAULT_NO_SCALE,         /*  7 attention scale head_dim^-0.5 missing */
+    QD_FAULT_NORM_SUMSQ_LOWP,  /*  8 RMSNorm sum of squares accumulated in the activation dtype */
+    QD_FAULT_EPS_OUTSIDE,      /*  9 eps added outside the square root */
+    QD_FAULT_RESIDUAL_DROP,    /* 10 the attention residual add dropped */
+    QD_FAULT_ACT_GELU,         /* 11 SiLU replaced by GELU */
+    QD_FAULT_KV_POS,           /* 12 a decode step writes its K/V one position early */
+    QD_FAULT_ONLINE_RESCALE,   /* 13 the seed: online softmax resets its row sum per key tile (no rescale) */
     QD_NUM_FAULTS
 } qd_fault_kind;
 
@@ -31,10 +31,10 @@ typedef struct {
 } qd_fault;
 
 typedef struct {
-    const char *name;         /* the --inject name */
-    const char *description;  /* one line */
-    const char *first_tap;    /* the tap where it first shows */
-    int decode_only;          /* shows only in decode steps */
+    const char *name;        /* the --inject name */
+    const char *description; /* one line */
+    const char *first_tap;   /* the tap where it first shows */
+    int decode_only;         /* shows only in decode steps */
 } qd_fault_info;
 
 const qd_fault_info *qd_fault_info_of(qd_fault_kind k);

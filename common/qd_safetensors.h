@@ -20,27 +20,27 @@ typedef enum { QD_DT_F32 = 0, QD_DT_F16 = 1, QD_DT_BF16 = 2 } qd_dtype;
 #define QD_MAX_DIMS 4
 
 typedef struct {
-    char *name;                  /* e.g. "model.layers.0.self_attn.q_proj.weight" */
+    char *name; /* e.g. "model.layers.0.self_attn.q_proj.weight" */
     qd_dtype dtype;
     int ndim;
     int64_t shape[QD_MAX_DIMS];
-    const void *data;            /* points into the mapping; little-endian, possibly unaligned */
+    const void *data; /* points into the mapping; little-endian, possibly unaligned */
     size_t nbytes;
-    const char *file;            /* the file it came from (owned by the qd_st) */
+    const char *file; /* the file it came from (owned by the qd_st) */
 } qd_tensor;
 
 typedef struct {
-    qd_tensor *tensors;          /* (n) */
+    qd_tensor *tensors; /* (n) */
     int n;
     /* private: mappings of each file */
     int nfiles;
-    char **files;                /* (nfiles) */
-    void **maps;                 /* (nfiles) */
-    size_t *map_sizes;           /* (nfiles) */
+    char **files;      /* (nfiles) */
+    void **maps;       /* (nfiles) */
+    size_t *map_sizes; /* (nfiles) */
 } qd_st;
 
-const char *qd_dtype_name(qd_dtype d);   /* "F32", "F16", "BF16" */
-size_t qd_dtype_size(qd_dtype d);        /* 4, 2, 2 */
+const char *qd_dtype_name(qd_dtype d); /* "F32", "F16", "BF16" */
+size_t qd_dtype_size(qd_dtype d);      /* 4, 2, 2 */
 
 /* Opens one .safetensors file and appends its tensors to st (st zero-initialised by the caller for the
  * first call). A tensor name already present in st is an error (duplicate across shards). */
@@ -69,14 +69,13 @@ typedef struct {
     qd_dtype dtype;
     int ndim;
     int64_t shape[QD_MAX_DIMS];
-    const void *data;            /* numel * dtype_size bytes, already in the target dtype */
+    const void *data; /* numel * dtype_size bytes, already in the target dtype */
 } qd_st_entry;
 
 /* Writes a safetensors file with the entries in the given order (8-byte aligned data, header padded
  * with spaces to a multiple of 8 as the reference implementation does). metadata_json may be NULL or a
  * JSON object text stored as "__metadata__". Written to PATH.tmp and renamed, so a failure never leaves
  * a half-written file under the final name. */
-int qd_st_write(const char *path, const qd_st_entry *entries, int n, const char *metadata_json,
-                qd_err *e);
+int qd_st_write(const char *path, const qd_st_entry *entries, int n, const char *metadata_json, qd_err *e);
 
 #endif

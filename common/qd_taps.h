@@ -13,30 +13,30 @@
 #include "qd_util.h"
 
 typedef enum {
-    QD_TAP_ATTN_NORM = 0,  /* (T, C)          RMSNorm(x) * input_layernorm */
-    QD_TAP_Q_PROJ,         /* (T, NH*HD) */
-    QD_TAP_K_PROJ,         /* (T, NKV*HD) */
-    QD_TAP_V_PROJ,         /* (T, NKV*HD) */
-    QD_TAP_Q_NORM,         /* (T, NH, HD)     per-head RMSNorm * q_norm, before RoPE */
-    QD_TAP_K_NORM,         /* (T, NKV, HD) */
-    QD_TAP_Q_ROPE,         /* (T, NH, HD)     rotate-half RoPE */
-    QD_TAP_K_ROPE,         /* (T, NKV, HD) */
-    QD_TAP_ATTN,           /* (T, NH*HD)      attention output before o_proj */
-    QD_TAP_O_PROJ,         /* (T, C) */
-    QD_TAP_ATTN_RESIDUAL,  /* (T, C)          x + o_proj */
-    QD_TAP_MLP_NORM,       /* (T, C) */
-    QD_TAP_GATE_PROJ,      /* (T, I) */
-    QD_TAP_UP_PROJ,        /* (T, I) */
-    QD_TAP_ACT,            /* (T, I)          silu(gate) * up */
-    QD_TAP_DOWN_PROJ,      /* (T, C) */
-    QD_TAP_OUT,            /* (T, C)          layer output */
+    QD_TAP_ATTN_NORM = 0, /* (T, C)          RMSNorm(x) * input_layernorm */
+    QD_TAP_Q_PROJ,        /* (T, NH*HD) */
+    QD_TAP_K_PROJ,        /* (T, NKV*HD) */
+    QD_TAP_V_PROJ,        /* (T, NKV*HD) */
+    QD_TAP_Q_NORM,        /* (T, NH, HD)     per-head RMSNorm * q_norm, before RoPE */
+    QD_TAP_K_NORM,        /* (T, NKV, HD) */
+    QD_TAP_Q_ROPE,        /* (T, NH, HD)     rotate-half RoPE */
+    QD_TAP_K_ROPE,        /* (T, NKV, HD) */
+    QD_TAP_ATTN,          /* (T, NH*HD)      attention output before o_proj */
+    QD_TAP_O_PROJ,        /* (T, C) */
+    QD_TAP_ATTN_RESIDUAL, /* (T, C)          x + o_proj */
+    QD_TAP_MLP_NORM,      /* (T, C) */
+    QD_TAP_GATE_PROJ,     /* (T, I) */
+    QD_TAP_UP_PROJ,       /* (T, I) */
+    QD_TAP_ACT,           /* (T, I)          silu(gate) * up */
+    QD_TAP_DOWN_PROJ,     /* (T, C) */
+    QD_TAP_OUT,           /* (T, C)          layer output */
     QD_NUM_LAYER_TAPS
 } qd_layer_tap;
 
 typedef enum {
-    QD_TAP_EMBED = 0,      /* (T, C) */
-    QD_TAP_FINAL_NORM,     /* (T, C) */
-    QD_TAP_LOGITS,         /* (T, V) */
+    QD_TAP_EMBED = 0,  /* (T, C) */
+    QD_TAP_FINAL_NORM, /* (T, C) */
+    QD_TAP_LOGITS,     /* (T, V) */
     QD_NUM_MODEL_TAPS
 } qd_model_tap;
 
@@ -65,8 +65,8 @@ typedef struct {
 /* Every tap kind, layer taps first, then model taps: the size of arrays indexed by qd_tap_id_kind. */
 #define QD_NUM_TAP_KINDS (QD_NUM_LAYER_TAPS + QD_NUM_MODEL_TAPS)
 
-qd_tap_id qd_tap_layer(int layer, int tap);  /* a qd_layer_tap of layer `layer` */
-qd_tap_id qd_tap_model(int tap);             /* embed (QD_POS_EMBED), final_norm or logits (QD_POS_HEAD) */
+qd_tap_id qd_tap_layer(int layer, int tap); /* a qd_layer_tap of layer `layer` */
+qd_tap_id qd_tap_model(int tap);            /* embed (QD_POS_EMBED), final_norm or logits (QD_POS_HEAD) */
 /* 1 when pos, layer and tap are consistent (layer >= 0 only for QD_POS_LAYER, tap in range for the pos). */
 int qd_tap_id_valid(qd_tap_id id);
 int qd_tap_id_equal(qd_tap_id a, qd_tap_id b);
@@ -89,8 +89,7 @@ int qd_tap_id_parse(const char *name, int layer, qd_tap_id *out);
  * code (QD_ERUNTIME, e.g. an HDF5 write failure); the backend then stops and returns that code, e as the
  * sink left it. */
 typedef struct qd_tap_sink {
-    int (*emit)(struct qd_tap_sink *self, qd_tap_id id, const float *data, int ndim, const int64_t *shape,
-                qd_err *e);
+    int (*emit)(struct qd_tap_sink *self, qd_tap_id id, const float *data, int ndim, const int64_t *shape, qd_err *e);
     void *ctx;
 } qd_tap_sink;
 

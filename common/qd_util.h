@@ -19,8 +19,7 @@ typedef struct {
 } qd_err;
 
 /* Sets e->code and e->msg (printf-style) and returns code. e may be NULL. */
-int qd_errf(qd_err *e, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+int qd_errf(qd_err *e, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void qd_err_clear(qd_err *e);
 
 /* Allocation that reports instead of exiting: NULL with e filled (QD_ERUNTIME, "out of memory:

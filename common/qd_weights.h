@@ -33,7 +33,7 @@ typedef struct {
     float *norm;              /* (C) model.norm.weight */
     float *lm_head;           /* (V, C) lm_head.weight, or == embed when tied */
     /* private */
-    float *mem;               /* one allocation holding every tensor (llm.c style) */
+    float *mem; /* one allocation holding every tensor (llm.c style) */
     size_t mem_floats;
 } qd_weights;
 

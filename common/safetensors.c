@@ -61,14 +61,10 @@ static void fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape) {
 
 /* Reads "F32" / "F16" / "BF16"; anything else (I64, F64, F8_E4M3, ...) the caller refuses. */
 static int parse_dtype(const char *s, qd_dtype *d) {
-    if (strcmp(s, "F32") == 0)
-        *d = QD_DT_F32;
-    else if (strcmp(s, "F16") == 0)
-        *d = QD_DT_F16;
-    else if (strcmp(s, "BF16") == 0)
-        *d = QD_DT_BF16;
-    else
-        return -1;
+    if (strcmp(s, "F32") == 0) *d = QD_DT_F32;
+    else if (strcmp(s, "F16") == 0) *d = QD_DT_F16;
+    else if (strcmp(s, "BF16") == 0) *d = QD_DT_BF16;
+    else return -1;
     return 0;
 }
 
@@ -90,41 +86,37 @@ static int span_cmp(const void *a, const void *b) {
 }
 
 /* Validates one entry against a data section of data_size bytes and fills t (name not set). */
-static int parse_entry(const char *path, const char *name, const json_t *v, size_t data_size,
-                       qd_tensor *t, span *sp, qd_err *e) {
+static int parse_entry(const char *path, const char *name, const json_t *v, size_t data_size, qd_tensor *t, span *sp,
+                       qd_err *e) {
     if (!json_is_object(v))
-        return qd_errf(e, QD_EINPUT, "%s: tensor '%s': expected an object, got %s", path, name,
-                       qd_json_type_name(v));
+        return qd_errf(e, QD_EINPUT, "%s: tensor '%s': expected an object, got %s", path, name, qd_json_type_name(v));
     const json_t *dt = json_object_get(v, "dtype");
     const json_t *sh = json_object_get(v, "shape");
     const json_t *off = json_object_get(v, "data_offsets");
     if (!dt || !json_is_string(dt))
-        return qd_errf(e, QD_EINPUT, "%s: tensor '%s': field 'dtype': expected a string, got %s",
-                       path, name, dt ? qd_json_type_name(dt) : "nothing");
+        return qd_errf(e, QD_EINPUT, "%s: tensor '%s': field 'dtype': expected a string, got %s", path, name,
+                       dt ? qd_json_type_name(dt) : "nothing");
     if (parse_dtype(json_string_value(dt), &t->dtype))
-        return qd_errf(e, QD_EINPUT,
-                       "%s: tensor '%s': unsupported dtype '%s' (supported: F32, F16, BF16)", path,
-                       name, json_string_value(dt));
+        return qd_errf(e, QD_EINPUT, "%s: tensor '%s': unsupported dtype '%s' (supported: F32, F16, BF16)", path, name,
+                       json_string_value(dt));
     if (!sh || !json_is_array(sh))
-        return qd_errf(e, QD_EINPUT, "%s: tensor '%s': field 'shape': expected an array, got %s",
-                       path, name, sh ? qd_json_type_name(sh) : "nothing");
+        return qd_errf(e, QD_EINPUT, "%s: tensor '%s': field 'shape': expected an array, got %s", path, name,
+                       sh ? qd_json_type_name(sh) : "nothing");
     if (json_array_size(sh) > QD_MAX_DIMS)
-        return qd_errf(e, QD_EINPUT,
-                       "%s: tensor '%s': field 'shape': %zu dimensions, at most %d supported", path,
-                       name, json_array_size(sh), QD_MAX_DIMS);
+        return qd_errf(e, QD_EINPUT, "%s: tensor '%s': field 'shape': %zu dimensions, at most %d supported", path, name,
+                       json_array_size(sh), QD_MAX_DIMS);
     t->ndim = (int)json_array_size(sh);
     size_t numel = 1;
     int overflow = 0;
     for (int i = 0; i < t->ndim; i++) {
         const json_t *d = json_array_get(sh, (size_t)i);
         if (!json_is_integer(d))
-            return qd_errf(e, QD_EINPUT,
-                           "%s: tensor '%s': field 'shape[%d]': expected an integer, got %s", path,
-                           name, i, qd_json_type_name(d));
+            return qd_errf(e, QD_EINPUT, "%s: tensor '%s': field 'shape[%d]': expected an integer, got %s", path, name,
+                           i, qd_json_type_name(d));
         json_int_t x = json_integer_value(d);
         if (x < 0)
-            return qd_errf(e, QD_EINPUT, "%s: tensor '%s': field 'shape[%d]': %lld is negative",
-                           path, name, i, (long long)x);
+            return qd_errf(e, QD_EINPUT, "%s: tensor '%s': field 'shape[%d]': %lld is negative", path, name, i,
+                           (long long)x);
         t->shape[i] = (int64_t)x;
         if (qd_mul_size(numel, (size_t)x, &numel)) overflow = 1; /* x >= 0 fits size_t */
     }
@@ -132,33 +124,29 @@ static int parse_entry(const char *path, const char *name, const json_t *v, size
     fmt_shape(sbuf, sizeof sbuf, t->ndim, t->shape);
     size_t nbytes = 0;
     if (overflow || qd_mul_size(numel, itemsize(t->dtype), &nbytes))
-        return qd_errf(e, QD_EINPUT, "%s: tensor '%s': shape %s overflows the size of a tensor",
-                       path, name, sbuf);
+        return qd_errf(e, QD_EINPUT, "%s: tensor '%s': shape %s overflows the size of a tensor", path, name, sbuf);
     if (!off || !json_is_array(off) || json_array_size(off) != 2)
-        return qd_errf(e, QD_EINPUT,
-                       "%s: tensor '%s': field 'data_offsets': expected an array of 2 integers",
-                       path, name);
+        return qd_errf(e, QD_EINPUT, "%s: tensor '%s': field 'data_offsets': expected an array of 2 integers", path,
+                       name);
     const json_t *b = json_array_get(off, 0), *en = json_array_get(off, 1);
     if (!json_is_integer(b) || !json_is_integer(en))
-        return qd_errf(e, QD_EINPUT,
-                       "%s: tensor '%s': field 'data_offsets': expected an array of 2 integers",
-                       path, name);
+        return qd_errf(e, QD_EINPUT, "%s: tensor '%s': field 'data_offsets': expected an array of 2 integers", path,
+                       name);
     json_int_t ob = json_integer_value(b), oe = json_integer_value(en);
     if (ob < 0 || oe < ob)
-        return qd_errf(e, QD_EINPUT, "%s: tensor '%s': data_offsets [%lld, %lld] out of range",
-                       path, name, (long long)ob, (long long)oe);
+        return qd_errf(e, QD_EINPUT, "%s: tensor '%s': data_offsets [%lld, %lld] out of range", path, name,
+                       (long long)ob, (long long)oe);
     if ((unsigned long long)oe > data_size)
         return qd_errf(e, QD_EINPUT,
                        "%s: tensor '%s': data_offsets [%lld, %lld] out of range: the data section "
                        "holds %zu bytes (file truncated?)",
                        path, name, (long long)ob, (long long)oe, data_size);
     if ((size_t)(oe - ob) != nbytes)
-        return qd_errf(
-            e, QD_EINPUT,
-            "%s: tensor '%s': data_offsets [%lld, %lld] hold %lld bytes but shape %s of %s "
-            "needs %zu",
-            path, name, (long long)ob, (long long)oe, (long long)(oe - ob), sbuf,
-            json_string_value(dt), nbytes);
+        return qd_errf(e, QD_EINPUT,
+                       "%s: tensor '%s': data_offsets [%lld, %lld] hold %lld bytes but shape %s of %s "
+                       "needs %zu",
+                       path, name, (long long)ob, (long long)oe, (long long)(oe - ob), sbuf, json_string_value(dt),
+                       nbytes);
     t->nbytes = nbytes;
     sp->begin = (size_t)ob;
     sp->end = (size_t)oe;
@@ -171,8 +159,7 @@ static int parse_entry(const char *path, const char *name, const json_t *v, size
 int qd_st_open_file(qd_st *st, const char *path, qd_err *e) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return qd_errf(e, errno == ENOENT ? QD_EINPUT : QD_ERUNTIME, "%s: cannot open: %s", path,
-                       strerror(errno));
+        return qd_errf(e, errno == ENOENT ? QD_EINPUT : QD_ERUNTIME, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
     if (fstat(fd, &sb) != 0) {
         int err = errno;
@@ -186,9 +173,7 @@ int qd_st_open_file(qd_st *st, const char *path, qd_err *e) {
     size_t size = (size_t)sb.st_size;
     if (size < 8) {
         close(fd);
-        return qd_errf(e, QD_EINPUT,
-                       "%s: truncated: %zu bytes, shorter than the 8-byte header length", path,
-                       size);
+        return qd_errf(e, QD_EINPUT, "%s: truncated: %zu bytes, shorter than the 8-byte header length", path, size);
     }
     void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     int map_err = errno;
@@ -205,23 +190,20 @@ int qd_st_open_file(qd_st *st, const char *path, qd_err *e) {
     char *fname = NULL; /* the file's name, shared by its tensors once committed */
     size_t nt = 0;
     if (hlen > size - 8) {
-        rc = qd_errf(
-            e, QD_EINPUT,
-            "%s: header length %llu runs past the end of the file (%zu bytes): truncated or "
-            "not a safetensors file",
-            path, (unsigned long long)hlen, size);
+        rc = qd_errf(e, QD_EINPUT,
+                     "%s: header length %llu runs past the end of the file (%zu bytes): truncated or "
+                     "not a safetensors file",
+                     path, (unsigned long long)hlen, size);
         goto fail;
     }
     json_error_t jerr;
     root = json_loadb((const char *)bytes + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
-        rc = qd_errf(e, QD_EINPUT, "%s: header is not valid JSON (column %d: %s)", path,
-                     jerr.column, jerr.text);
+        rc = qd_errf(e, QD_EINPUT, "%s: header is not valid JSON (column %d: %s)", path, jerr.column, jerr.text);
         goto fail;
     }
     if (!json_is_object(root)) {
-        rc = qd_errf(e, QD_EINPUT, "%s: header: expected a JSON object, got %s", path,
-                     qd_json_type_name(root));
+        rc = qd_errf(e, QD_EINPUT, "%s: header: expected a JSON object, got %s", path, qd_json_type_name(root));
         goto fail;
     }
     size_t data_size = size - 8 - (size_t)hlen;
@@ -255,10 +237,8 @@ int qd_st_open_file(qd_st *st, const char *path, qd_err *e) {
     for (size_t i = 0; i < nt; i++) {
         if (spans[i].begin == spans[i].end) continue; /* empty tensors occupy no bytes */
         if (prev >= 0 && spans[i].begin < prev_end) {
-            rc = qd_errf(
-                e, QD_EINPUT,
-                "%s: tensor '%s': data_offsets [%zu, %zu] overlap tensor '%s' (ends at %zu)", path,
-                ts[spans[i].idx].name, spans[i].begin, spans[i].end, ts[prev].name, prev_end);
+            rc = qd_errf(e, QD_EINPUT, "%s: tensor '%s': data_offsets [%zu, %zu] overlap tensor '%s' (ends at %zu)",
+                         path, ts[spans[i].idx].name, spans[i].begin, spans[i].end, ts[prev].name, prev_end);
             goto fail;
         }
         prev = spans[i].idx;
@@ -269,8 +249,8 @@ int qd_st_open_file(qd_st *st, const char *path, qd_err *e) {
     for (size_t i = 0; i < nt; i++) {
         const qd_tensor *old = qd_st_find(st, ts[i].name);
         if (old) {
-            rc = qd_errf(e, QD_EINPUT, "%s: tensor '%s' is also in %s (duplicate across shards)",
-                         path, ts[i].name, old->file);
+            rc = qd_errf(e, QD_EINPUT, "%s: tensor '%s' is also in %s (duplicate across shards)", path, ts[i].name,
+                         old->file);
             goto fail;
         }
     }
@@ -317,8 +297,7 @@ fail:
 
 /* A shard name is a plain file name inside the checkpoint directory, never a path out of it. */
 static int shard_name_ok(const char *s) {
-    return s[0] != '\0' && !strchr(s, '/') && !strchr(s, '\\') && strcmp(s, ".") != 0 &&
-           strcmp(s, "..") != 0;
+    return s[0] != '\0' && !strchr(s, '/') && !strchr(s, '\\') && strcmp(s, ".") != 0 && strcmp(s, "..") != 0;
 }
 
 static int open_index(qd_st *st, const char *dir, const char *ipath, qd_err *e) {
@@ -329,8 +308,8 @@ static int open_index(qd_st *st, const char *dir, const char *ipath, qd_err *e) 
     json_t *root = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
     free(text);
     if (!root)
-        return qd_errf(e, QD_EINPUT, "%s: invalid JSON at line %d, column %d: %s", ipath, jerr.line,
-                       jerr.column, jerr.text);
+        return qd_errf(e, QD_EINPUT, "%s: invalid JSON at line %d, column %d: %s", ipath, jerr.line, jerr.column,
+                       jerr.text);
     const char **shards = NULL;
     char **spaths = NULL;
     size_t nshards = 0;
@@ -360,17 +339,16 @@ static int open_index(qd_st *st, const char *dir, const char *ipath, qd_err *e) 
     const json_t *v;
     json_object_foreach((json_t *)wm, name, v) {
         if (!json_is_string(v)) {
-            rc = qd_errf(e, QD_EINPUT, "%s: weight_map['%s']: expected a string, got %s", ipath,
-                         name, qd_json_type_name(v));
+            rc = qd_errf(e, QD_EINPUT, "%s: weight_map['%s']: expected a string, got %s", ipath, name,
+                         qd_json_type_name(v));
             goto done;
         }
         const char *s = json_string_value(v);
         if (!shard_name_ok(s)) {
-            rc =
-                qd_errf(e, QD_EINPUT,
-                        "%s: weight_map['%s']: shard '%s' is not a file name inside the checkpoint "
-                        "directory",
-                        ipath, name, s);
+            rc = qd_errf(e, QD_EINPUT,
+                         "%s: weight_map['%s']: shard '%s' is not a file name inside the checkpoint "
+                         "directory",
+                         ipath, name, s);
             goto done;
         }
         size_t k = 0;
@@ -397,9 +375,8 @@ static int open_index(qd_st *st, const char *dir, const char *ipath, qd_err *e) 
         while (strcmp(shards[k], json_string_value(v)) != 0) k++;
         const qd_tensor *t = qd_st_find(st, name);
         if (!t || strcmp(t->file, spaths[k]) != 0) {
-            rc = qd_errf(e, QD_EINPUT,
-                         "%s: tensor '%s' is listed in shard '%s' but not found in %s%s%s", ipath,
-                         name, shards[k], spaths[k], t ? "; it is in " : "", t ? t->file : "");
+            rc = qd_errf(e, QD_EINPUT, "%s: tensor '%s' is listed in shard '%s' but not found in %s%s%s", ipath, name,
+                         shards[k], spaths[k], t ? "; it is in " : "", t ? t->file : "");
             goto done;
         }
     }
@@ -407,8 +384,8 @@ static int open_index(qd_st *st, const char *dir, const char *ipath, qd_err *e) 
      * come from different checkpoints. */
     for (int i = n0; i < st->n; i++) {
         if (!json_object_get(wm, st->tensors[i].name)) {
-            rc = qd_errf(e, QD_EINPUT, "%s: tensor '%s' is not listed in the weight_map of %s",
-                         st->tensors[i].file, st->tensors[i].name, ipath);
+            rc = qd_errf(e, QD_EINPUT, "%s: tensor '%s' is not listed in the weight_map of %s", st->tensors[i].file,
+                         st->tensors[i].name, ipath);
             goto done;
         }
     }
@@ -431,15 +408,10 @@ int qd_st_open_dir(qd_st *st, const char *dir, qd_err *e) {
     char *single = qd_path_join(dir, "model.safetensors", e);
     char *index = single ? qd_path_join(dir, "model.safetensors.index.json", e) : NULL;
     int rc;
-    if (!index)
-        rc = QD_ERUNTIME;
-    else if (stat(single, &sb) == 0)
-        rc = qd_st_open_file(st, single, e);
-    else if (stat(index, &sb) == 0)
-        rc = open_index(st, dir, index, e);
-    else
-        rc = qd_errf(e, QD_EINPUT, "%s: no checkpoint: neither %s nor %s exists", dir, single,
-                     index);
+    if (!index) rc = QD_ERUNTIME;
+    else if (stat(single, &sb) == 0) rc = qd_st_open_file(st, single, e);
+    else if (stat(index, &sb) == 0) rc = open_index(st, dir, index, e);
+    else rc = qd_errf(e, QD_EINPUT, "%s: no checkpoint: neither %s nor %s exists", dir, single, index);
     free(single);
     free(index);
     return rc;
@@ -484,7 +456,8 @@ void qd_tensor_to_f32(const qd_tensor *t, float *dst) {
 
 void qd_tensor_release(const qd_tensor *t) {
     const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    const uintptr_t a = ((uintptr_t)t->data + page - 1) / page * page, b = ((uintptr_t)t->data + t->nbytes) / page * page;
+    const uintptr_t a = ((uintptr_t)t->data + page - 1) / page * page,
+                    b = ((uintptr_t)t->data + t->nbytes) / page * page;
     if (b > a) madvise((void *)a, b - a, MADV_DONTNEED); /* advice: a failure changes nothing */
 }
 

@@ -24,8 +24,7 @@ float rms_scale_f64(double ss, int n, float eps) { return (float)(1.0 / sqrt(ss 
 
 void rope_inv_freq(float *inv_freq, int head_dim, double theta) {
     // inv_freq (head_dim/2)
-    for (int i = 0; i < head_dim / 2; i++)
-        inv_freq[i] = (float)(1.0 / pow(theta, (double)(2 * i) / (double)head_dim));
+    for (int i = 0; i < head_dim / 2; i++) inv_freq[i] = (float)(1.0 / pow(theta, (double)(2 * i) / (double)head_dim));
 }
 
 void rope_cos_sin(int pos, float inv_freq, float *c, float *s) {

@@ -48,8 +48,8 @@ size_t qd_st_entry_nbytes(const qd_st_entry *en) {
 
 /* Builds the padded header text for entries; returns it malloc'd with its length in *len.
  * nbytes (n) receives each entry's byte size. */
-static int build_header(const char *path, const qd_st_entry *entries, int n, const char *metadata_json,
-                        size_t *nbytes, char **out, size_t *len, qd_err *e) {
+static int build_header(const char *path, const qd_st_entry *entries, int n, const char *metadata_json, size_t *nbytes,
+                        char **out, size_t *len, qd_err *e) {
     json_t *root = json_object();
     if (!root) return qd_errf(e, QD_ERUNTIME, "%s: json_object() failed", path);
     int rc = QD_OK;
@@ -58,8 +58,7 @@ static int build_header(const char *path, const qd_st_entry *entries, int n, con
         json_error_t je;
         json_t *meta = json_loads(metadata_json, JSON_REJECT_DUPLICATES, &je);
         if (!meta) {
-            rc = qd_errf(e, QD_EINPUT, "%s: __metadata__: invalid JSON at line %d: %s", path, je.line,
-                         je.text);
+            rc = qd_errf(e, QD_EINPUT, "%s: __metadata__: invalid JSON at line %d: %s", path, je.line, je.text);
             goto done;
         }
         if (!json_is_object(meta)) {
@@ -96,21 +95,20 @@ static int build_header(const char *path, const qd_st_entry *entries, int n, con
             goto done;
         }
         if (!dtype_valid(en->dtype)) {
-            rc = qd_errf(e, QD_EINPUT, "%s: tensor '%s': dtype: unknown value %d", path, en->name,
-                         (int)en->dtype);
+            rc = qd_errf(e, QD_EINPUT, "%s: tensor '%s': dtype: unknown value %d", path, en->name, (int)en->dtype);
             goto done;
         }
         if (en->ndim < 0 || en->ndim > QD_MAX_DIMS) {
-            rc = qd_errf(e, QD_EINPUT, "%s: tensor '%s': ndim %d outside [0, %d]", path, en->name,
-                         en->ndim, QD_MAX_DIMS);
+            rc = qd_errf(e, QD_EINPUT, "%s: tensor '%s': ndim %d outside [0, %d]", path, en->name, en->ndim,
+                         QD_MAX_DIMS);
             goto done;
         }
         json_t *shape = json_array();
         for (int d = 0; d < en->ndim; d++) {
             if (en->shape[d] < 0) {
                 json_decref(shape);
-                rc = qd_errf(e, QD_EINPUT, "%s: tensor '%s': shape[%d] = %lld is negative", path,
-                             en->name, d, (long long)en->shape[d]);
+                rc = qd_errf(e, QD_EINPUT, "%s: tensor '%s': shape[%d] = %lld is negative", path, en->name, d,
+                             (long long)en->shape[d]);
                 goto done;
             }
             json_array_append_new(shape, json_integer((json_int_t)en->shape[d]));
@@ -248,14 +246,12 @@ out:
     return rc;
 }
 
-int qd_st_write(const char *path, const qd_st_entry *entries, int n, const char *metadata_json,
-                qd_err *e) {
+int qd_st_write(const char *path, const qd_st_entry *entries, int n, const char *metadata_json, qd_err *e) {
     return st_write_impl(path, entries, n, metadata_json, NULL, NULL, e);
 }
 
 int qd_st_write_stream(const char *path, const qd_st_entry *entries, int n, const char *metadata_json,
                        qd_st_fill_fn fill, void *ctx, qd_err *e) {
-    if (!fill)
-        return qd_errf(e, QD_EINPUT, "%s: qd_st_write_stream: fill callback is NULL", path ? path : "(null)");
+    if (!fill) return qd_errf(e, QD_EINPUT, "%s: qd_st_write_stream: fill callback is NULL", path ? path : "(null)");
     return st_write_impl(path, entries, n, metadata_json, fill, ctx, e);
 }

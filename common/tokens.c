@@ -67,8 +67,8 @@ static int parse_list(const char *s, const char *what, int lines, int vocab_size
             goto fail;
         }
         if (n == max_ids) {
-            qd_errf(e, QD_EINPUT, "%s: more than %d token ids (the model's max_position_embeddings)%s", what,
-                    max_ids, where);
+            qd_errf(e, QD_EINPUT, "%s: more than %d token ids (the model's max_position_embeddings)%s", what, max_ids,
+                    where);
             goto fail;
         }
         if (n == cap) {
@@ -135,10 +135,8 @@ int qd_tokens_parse_max(const char *arg, int vocab_size, int max_ids, int32_t **
     }
     snprintf(what, what_n, "tokens file %s", path);
     int rc;
-    if (strlen(text) != len)
-        rc = qd_errf(e, QD_EINPUT, "%s: contains a NUL byte (not a text file)", what);
-    else
-        rc = parse_list(text, what, 1, vocab_size, max_ids, tokens, n, e);
+    if (strlen(text) != len) rc = qd_errf(e, QD_EINPUT, "%s: contains a NUL byte (not a text file)", what);
+    else rc = parse_list(text, what, 1, vocab_size, max_ids, tokens, n, e);
     free(what);
     free(text);
     return rc;

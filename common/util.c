@@ -61,8 +61,8 @@ int qd_read_text(const char *path, size_t max, const char *why, char **out, size
      * blocking; it changes nothing for a regular file */
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
-        return qd_errf(e, errno == ENOENT || errno == ENOTDIR ? QD_EINPUT : QD_ERUNTIME, "%s: cannot open: %s",
-                       path, strerror(errno));
+        return qd_errf(e, errno == ENOENT || errno == ENOTDIR ? QD_EINPUT : QD_ERUNTIME, "%s: cannot open: %s", path,
+                       strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int err = errno;
@@ -137,9 +137,7 @@ int qd_mul_size(size_t a, size_t b, size_t *out) {
     return 0;
 }
 
-const char *qd_act_dtype_name(qd_act_dtype d) {
-    return d == QD_ACT_BF16 ? "bf16" : d == QD_ACT_FP16 ? "fp16" : "fp32";
-}
+const char *qd_act_dtype_name(qd_act_dtype d) { return d == QD_ACT_BF16 ? "bf16" : d == QD_ACT_FP16 ? "fp16" : "fp32"; }
 
 int qd_act_dtype_parse(const char *s, qd_act_dtype *d) {
     if (strcmp(s, "bf16") == 0) *d = QD_ACT_BF16;

@@ -21,8 +21,7 @@ typedef struct {
 /* Per-layer tensors in the order they sit in memory (that of qd_layer_weights). */
 enum { LAYER_PARAMS = 11 };
 
-static void set_param(param *p, float **slot, int ndim, int64_t d0, int64_t d1, const char *fmt,
-                      int layer) {
+static void set_param(param *p, float **slot, int ndim, int64_t d0, int64_t d1, const char *fmt, int layer) {
     snprintf(p->name, sizeof p->name, fmt, layer);
     p->ndim = ndim;
     p->shape[0] = d0;
@@ -43,16 +42,15 @@ static int build_params(qd_weights *w, int L, param **out, qd_err *e) {
     set_param(&p[n++], &w->embed, 2, V, C, "model.embed_tokens.weight", 0);
     for (int l = 0; l < L; l++) {
         qd_layer_weights *lw = &w->layers[l];
-        set_param(&p[n++], &lw->input_layernorm, 1, C, 0, "model.layers.%d.input_layernorm.weight",
-                  l);
+        set_param(&p[n++], &lw->input_layernorm, 1, C, 0, "model.layers.%d.input_layernorm.weight", l);
         set_param(&p[n++], &lw->q_proj, 2, QD, C, "model.layers.%d.self_attn.q_proj.weight", l);
         set_param(&p[n++], &lw->k_proj, 2, KVD, C, "model.layers.%d.self_attn.k_proj.weight", l);
         set_param(&p[n++], &lw->v_proj, 2, KVD, C, "model.layers.%d.self_attn.v_proj.weight", l);
         set_param(&p[n++], &lw->q_norm, 1, HD, 0, "model.layers.%d.self_attn.q_norm.weight", l);
         set_param(&p[n++], &lw->k_norm, 1, HD, 0, "model.layers.%d.self_attn.k_norm.weight", l);
         set_param(&p[n++], &lw->o_proj, 2, C, QD, "model.layers.%d.self_attn.o_proj.weight", l);
-        set_param(&p[n++], &lw->post_attention_layernorm, 1, C, 0,
-                  "model.layers.%d.post_attention_layernorm.weight", l);
+        set_param(&p[n++], &lw->post_attention_layernorm, 1, C, 0, "model.layers.%d.post_attention_layernorm.weight",
+                  l);
         set_param(&p[n++], &lw->gate_proj, 2, I, C, "model.layers.%d.mlp.gate_proj.weight", l);
         set_param(&p[n++], &lw->up_proj, 2, I, C, "model.layers.%d.mlp.up_proj.weight", l);
         set_param(&p[n++], &lw->down_proj, 2, C, I, "model.layers.%d.mlp.down_proj.weight", l);
@@ -63,18 +61,14 @@ static int build_params(qd_weights *w, int L, param **out, qd_err *e) {
     return n;
 }
 
-static size_t param_numel(const param *p) {
-    return (size_t)p->shape[0] * (p->ndim == 2 ? (size_t)p->shape[1] : 1);
-}
+static size_t param_numel(const param *p) { return (size_t)p->shape[0] * (p->ndim == 2 ? (size_t)p->shape[1] : 1); }
 
 /* Total floats of all parameters; -1 on size_t overflow. */
 static int params_total(const param *p, int n, size_t *total) {
     size_t t = 0;
     for (int i = 0; i < n; i++) {
         size_t k;
-        if (qd_mul_size((size_t)p[i].shape[0], p[i].ndim == 2 ? (size_t)p[i].shape[1] : 1, &k) ||
-            t + k < t)
-            return -1;
+        if (qd_mul_size((size_t)p[i].shape[0], p[i].ndim == 2 ? (size_t)p[i].shape[1] : 1, &k) || t + k < t) return -1;
         t += k;
     }
     *total = t;
@@ -129,8 +123,7 @@ int qd_weights_alloc(qd_weights *w, const qd_config *c, qd_err *e) {
         goto fail;
     /* An overflowing size cannot be allocated either: reported as the allocation failing. */
     if (params_total(p, n, &total)) {
-        qd_errf(e, QD_ERUNTIME, "out of memory: the weights of a %d-layer model overflow a size",
-                c->num_hidden_layers);
+        qd_errf(e, QD_ERUNTIME, "out of memory: the weights of a %d-layer model overflow a size", c->num_hidden_layers);
         goto fail;
     }
     if (!(w->mem = qd_zalloc(total, sizeof(float), e))) goto fail;
@@ -162,8 +155,7 @@ int qd_weights_load(const char *dir, qd_weights *w, qd_err *e) {
     }
     if ((rc = qd_st_open_dir(&st, dir, e))) goto fail;
     /* What a message about a missing tensor names: the file, or a sharded checkpoint's index. */
-    where = st.nfiles == 1 ? str_dup(st.files[0], e)
-                           : qd_path_join(dir, "model.safetensors.index.json", e);
+    where = st.nfiles == 1 ? str_dup(st.files[0], e) : qd_path_join(dir, "model.safetensors.index.json", e);
     if (!where) {
         rc = QD_ERUNTIME;
         goto fail;
@@ -174,12 +166,10 @@ int qd_weights_load(const char *dir, qd_weights *w, qd_err *e) {
      * st.n / LAYER_PARAMS + 1 layers), so a bad num_hidden_layers never sizes an allocation. */
     const int L = w->cfg.num_hidden_layers;
     int Lcheck = L;
-    if ((int64_t)LAYER_PARAMS * L + 2 > st.n && st.n / LAYER_PARAMS + 1 < L)
-        Lcheck = st.n / LAYER_PARAMS + 1;
+    if ((int64_t)LAYER_PARAMS * L + 2 > st.n && st.n / LAYER_PARAMS + 1 < L) Lcheck = st.n / LAYER_PARAMS + 1;
     int n = -1;
-    if (!(w->layers = qd_zalloc((size_t)Lcheck, sizeof *w->layers, e)) ||
-        (n = build_params(w, Lcheck, &p, e)) < 0 || !(used = qd_zalloc((size_t)st.n + 1, 1, e)) ||
-        !(src = qd_zalloc((size_t)n, sizeof *src, e))) {
+    if (!(w->layers = qd_zalloc((size_t)Lcheck, sizeof *w->layers, e)) || (n = build_params(w, Lcheck, &p, e)) < 0 ||
+        !(used = qd_zalloc((size_t)st.n + 1, 1, e)) || !(src = qd_zalloc((size_t)n, sizeof *src, e))) {
         rc = QD_ERUNTIME;
         goto fail;
     }
@@ -188,22 +178,20 @@ int qd_weights_load(const char *dir, qd_weights *w, qd_err *e) {
         const qd_tensor *t = qd_st_find(&st, p[i].name);
         fmt_shape(want, sizeof want, p[i].ndim, p[i].shape);
         if (!t) {
-            rc = qd_errf(e, QD_EINPUT, "%s: tensor '%s' missing (Expected: %s)", where, p[i].name,
-                         want);
+            rc = qd_errf(e, QD_EINPUT, "%s: tensor '%s' missing (Expected: %s)", where, p[i].name, want);
             goto fail;
         }
         if (!shape_matches(&p[i], t)) {
             fmt_shape(got, sizeof got, t->ndim, t->shape);
-            rc = qd_errf(e, QD_EINPUT, "%s: tensor '%s': wrong shape. Expected: %s Actual: %s",
-                         t->file, p[i].name, want, got);
+            rc = qd_errf(e, QD_EINPUT, "%s: tensor '%s': wrong shape. Expected: %s Actual: %s", t->file, p[i].name,
+                         want, got);
             goto fail;
         }
         used[t - st.tensors] = 1;
         src[i] = t;
     }
     if (Lcheck < L) { /* unreachable: more names were expected than there are tensors */
-        rc = qd_errf(e, QD_EINPUT, "%s: %d layers in the config but only %d tensors", where, L,
-                     st.n);
+        rc = qd_errf(e, QD_EINPUT, "%s: %d layers in the config but only %d tensors", where, L, st.n);
         goto fail;
     }
     for (int i = 0; i < st.n; i++) {
@@ -211,9 +199,9 @@ int qd_weights_load(const char *dir, qd_weights *w, qd_err *e) {
         if (used[i]) continue;
         /* A tied checkpoint may still carry lm_head.weight; transformers ignores it, so do we. */
         if (w->cfg.tie_word_embeddings && strcmp(t->name, "lm_head.weight") == 0) continue;
-        rc = qd_errf(e, QD_EINPUT, "%s: unexpected tensor '%s' (%s)", t->file, t->name,
-                     ends_with(t->name, ".bias") ? "Qwen3 has no biases"
-                                                 : "not part of a Qwen3 model with this config");
+        rc =
+            qd_errf(e, QD_EINPUT, "%s: unexpected tensor '%s' (%s)", t->file, t->name,
+                    ends_with(t->name, ".bias") ? "Qwen3 has no biases" : "not part of a Qwen3 model with this config");
         goto fail;
     }
 
@@ -225,8 +213,7 @@ int qd_weights_load(const char *dir, qd_weights *w, qd_err *e) {
     }
     w->mem = malloc(total ? total * sizeof(float) : 1); /* every float is written below */
     if (!w->mem) {
-        rc = qd_errf(e, QD_ERUNTIME, "%s: malloc(%zu) for the fp32 weights failed", dir,
-                     total * sizeof(float));
+        rc = qd_errf(e, QD_ERUNTIME, "%s: malloc(%zu) for the fp32 weights failed", dir, total * sizeof(float));
         goto fail;
     }
     w->mem_floats = total;

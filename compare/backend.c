@@ -19,8 +19,8 @@ static int ref_embed(qd_backend *b, const int32_t *tokens, int T, float *h, qd_t
     return qd_ref_embed((qd_ref *)b->impl, tokens, T, h, sink, e);
 }
 
-static int ref_layer(qd_backend *b, int layer, const float *h_in, float *h_out, int T, int pos0,
-                     qd_tap_sink *sink, qd_err *e) {
+static int ref_layer(qd_backend *b, int layer, const float *h_in, float *h_out, int T, int pos0, qd_tap_sink *sink,
+                     qd_err *e) {
     return qd_ref_layer((qd_ref *)b->impl, layer, h_in, h_out, T, pos0, sink, e);
 }
 
@@ -35,8 +35,8 @@ static qd_backend *ref_create(const qd_weights *w, const qd_backend_opts *o, qd_
         qd_errf(e, QD_EINPUT, "--inject: the reference takes no faults; inject into emu or fused");
         return NULL;
     }
-    qd_ref_opts ro = {.threads = o->threads, .accum = o->accum_f64 ? QD_ACCUM_F64 : QD_ACCUM_F32,
-                      .max_seq = o->max_seq};
+    qd_ref_opts ro = {
+        .threads = o->threads, .accum = o->accum_f64 ? QD_ACCUM_F64 : QD_ACCUM_F32, .max_seq = o->max_seq};
     qd_ref *r = qd_ref_create(w, &ro, e);
     if (!r) return NULL;
     qd_backend *b = qd_zalloc(1, sizeof *b, e);
@@ -62,8 +62,8 @@ static int emu_embed(qd_backend *b, const int32_t *tokens, int T, float *h, qd_t
     return qd_emu_embed((qd_emu *)b->impl, tokens, T, h, sink, e);
 }
 
-static int emu_layer(qd_backend *b, int layer, const float *h_in, float *h_out, int T, int pos0,
-                     qd_tap_sink *sink, qd_err *e) {
+static int emu_layer(qd_backend *b, int layer, const float *h_in, float *h_out, int T, int pos0, qd_tap_sink *sink,
+                     qd_err *e) {
     return qd_emu_layer((qd_emu *)b->impl, layer, h_in, h_out, T, pos0, sink, e);
 }
 
@@ -106,8 +106,8 @@ static int fused_embed(qd_backend *b, const int32_t *tokens, int T, float *h, qd
     return qd_fused_embed((qd_fused *)b->impl, tokens, T, h, sink, e);
 }
 
-static int fused_layer(qd_backend *b, int layer, const float *h_in, float *h_out, int T, int pos0,
-                       qd_tap_sink *sink, qd_err *e) {
+static int fused_layer(qd_backend *b, int layer, const float *h_in, float *h_out, int T, int pos0, qd_tap_sink *sink,
+                       qd_err *e) {
     return qd_fused_layer((qd_fused *)b->impl, layer, h_in, h_out, T, pos0, sink, e);
 }
 

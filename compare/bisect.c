@@ -50,13 +50,13 @@ const char *qd_bisect_outcome_name(qd_bisect_outcome o) {
 // a backend that stops after a position: a rerun computes only what the flagged tap depends on
 
 typedef struct {
-    qd_backend be;     /* what the lockstep steps; be.impl points back here */
+    qd_backend be; /* what the lockstep steps; be.impl points back here */
     qd_backend *inner;
-    int T;             /* the prompt's length: a step's number from its first position */
-    int stop_step;     /* the last step computed, ... */
-    int stop_pos;      /* ... up to this position of it: 0 embed, l + 1 layer l, L + 1 the head */
-    int embeds;        /* embed calls so far (A and B: one per step) */
-    int step;          /* the step in progress */
+    int T;         /* the prompt's length: a step's number from its first position */
+    int stop_step; /* the last step computed, ... */
+    int stop_pos;  /* ... up to this position of it: 0 embed, l + 1 layer l, L + 1 the head */
+    int embeds;    /* embed calls so far (A and B: one per step) */
+    int step;      /* the step in progress */
 } trunc_backend;
 
 static int live(const trunc_backend *t, int pos) {
@@ -109,8 +109,8 @@ static qd_backend *trunc_wrap(trunc_backend *t, qd_backend *inner, int T, int st
 typedef struct {
     const qd_weights *w;
     const qd_bisect_opts *o;
-    qd_backend *a;  /* A, created once: it is the same in every rerun */
-    int stop_pos;   /* the flagged tap's position */
+    qd_backend *a; /* A, created once: it is the same in every rerun */
+    int stop_pos;  /* the flagged tap's position */
     int max_reruns;
     qd_bisect_result *out;
 } bisect_ctx;
@@ -166,8 +166,8 @@ static int rerun(bisect_ctx *c, unsigned fp32, const char *stage, const qd_bisec
     qd_report r;
     qd_report_init(&r, wa->name, wa->precision, wb->name, wb->precision, c->a->cfg->num_hidden_layers, o->locate,
                    &o->tol->blowup);
-    qd_lockstep_opts lo = {.tokens = o->tokens, .T = o->T, .decode = o->decode, .tol = o->tol, .locate = o->locate,
-                           .dump_window = -1};
+    qd_lockstep_opts lo = {
+        .tokens = o->tokens, .T = o->T, .decode = o->decode, .tol = o->tol, .locate = o->locate, .dump_window = -1};
     out->reruns++;
     qd_bisect_try *nt = &out->tried[out->n_tried];
     memset(nt, 0, sizeof *nt);
@@ -251,8 +251,8 @@ static int search(bisect_ctx *c, qd_err *e) {
         }
     } else {
         qd_bisect_try *run = &out->tried[out->n_tried++];
-        *run = (qd_bisect_try){.fp32 = 0, .stage = "run", .fixed = 0, .rel_l2 = o->flagged->m.rel_l2,
-                               .verdict = o->flagged->verdict};
+        *run = (qd_bisect_try){
+            .fp32 = 0, .stage = "run", .fixed = 0, .rel_l2 = o->flagged->m.rel_l2, .verdict = o->flagged->verdict};
     }
     const unsigned cand = out->candidates;
     if (!cand || !budget_left(c)) {
@@ -311,8 +311,10 @@ static int search(bisect_ctx *c, qd_err *e) {
 int qd_precision_bisect(const qd_weights *w, const qd_bisect_opts *o, qd_bisect_result *out, qd_err *e) {
     memset(out, 0, sizeof *out);
     if (strcmp(o->name_b, "emu") != 0 && strcmp(o->name_b, "fused") != 0)
-        return qd_errf(e, QD_EINPUT, "--precision-bisect: B is %s; it reruns emu's precision points, so B must be emu "
-                                     "or fused (emu standing in for it)", o->name_b);
+        return qd_errf(e, QD_EINPUT,
+                       "--precision-bisect: B is %s; it reruns emu's precision points, so B must be emu "
+                       "or fused (emu standing in for it)",
+                       o->name_b);
     if (o->opts.fp32_points)
         return qd_errf(e, QD_EINPUT, "--precision-bisect chooses the fp32 ops itself: drop --fp32-ops");
     const qd_tap_row *f = o->flagged;
@@ -327,8 +329,8 @@ int qd_precision_bisect(const qd_weights *w, const qd_bisect_opts *o, qd_bisect_
     oa.max_seq = o->T + o->decode;
     oa.fault.kind = QD_FAULT_NONE;
     oa.fault.layer = -1;
-    bisect_ctx c = {.w = w, .o = o, .out = out,
-                    .max_reruns = o->max_reruns > 0 ? o->max_reruns : QD_BISECT_DEFAULT_RERUNS};
+    bisect_ctx c = {
+        .w = w, .o = o, .out = out, .max_reruns = o->max_reruns > 0 ? o->max_reruns : QD_BISECT_DEFAULT_RERUNS};
     if (!(c.a = qd_backend_create(o->name_a, w, &oa, e))) return e->code ? e->code : QD_ERUNTIME;
     const int L = c.a->cfg->num_hidden_layers;
     c.stop_pos = f->id.pos == QD_POS_EMBED ? 0 : f->id.pos == QD_POS_LAYER ? f->id.layer + 1 : L + 1;
@@ -362,9 +364,10 @@ static void print_try(FILE *f, const char *label, const qd_bisect_try *t) {
 void qd_bisect_print(const qd_bisect_result *r, FILE *f) {
     char at[96], set[256], label[300];
     where(r, at, sizeof at);
-    fprintf(f, "precision bisect: %s vs emu rerun up to %s with chosen ops kept in fp32, judged by this run's "
-               "tolerances%s\n", r->name_a, at,
-            r->stand_in ? "; emu stands in for fused as its precision model (docs/PRECISION.md)" : "");
+    fprintf(f,
+            "precision bisect: %s vs emu rerun up to %s with chosen ops kept in fp32, judged by this run's "
+            "tolerances%s\n",
+            r->name_a, at, r->stand_in ? "; emu stands in for fused as its precision model (docs/PRECISION.md)" : "");
     print_try(f, r->stand_in ? "emu as the contract" : "as run", &r->tried[0]);
     const qd_bisect_try *all = find_try(r, r->candidates);
     snprintf(label, sizeof label, "all %d reachable ops in fp32", popcount(r->candidates));
@@ -400,8 +403,8 @@ void qd_bisect_print(const qd_bisect_result *r, FILE *f) {
     case QD_BISECT_NOT_MINIMAL:
         fprintf(f, "keeping %s in fp32 fixes %s (%s; %d %s)", set, at,
                 r->outcome == QD_BISECT_NOT_MINIMAL ? "not shown 1-minimal: the bound on reruns ran out"
-                : popcount(r->set) == 1      ? "one op, a smallest set"
-                                             : "1-minimal: each of them is needed",
+                : popcount(r->set) == 1             ? "one op, a smallest set"
+                                                    : "1-minimal: each of them is needed",
                 r->reruns, reruns);
         if (r->also_alone) {
             qd_precision_points_format(r->also_alone, set, sizeof set);
@@ -409,12 +412,16 @@ void qd_bisect_print(const qd_bisect_result *r, FILE *f) {
         }
         break;
     case QD_BISECT_NO_SET:
-        fprintf(f, "no set of precision changes fixes %s (all %d reachable ops in fp32 still fail; %d %s): a bug, "
-                   "not precision", at, popcount(r->candidates), r->reruns, reruns);
+        fprintf(f,
+                "no set of precision changes fixes %s (all %d reachable ops in fp32 still fail; %d %s): a bug, "
+                "not precision",
+                at, popcount(r->candidates), r->reruns, reruns);
         break;
     case QD_BISECT_NOT_REPRODUCED:
-        fprintf(f, "emu, fused's precision model, passes %s (%d %s): fused departs from the contract there (a kernel "
-                   "bug or accumulation order), not a precision problem of the contract", at, r->reruns, reruns);
+        fprintf(f,
+                "emu, fused's precision model, passes %s (%d %s): fused departs from the contract there (a kernel "
+                "bug or accumulation order), not a precision problem of the contract",
+                at, r->reruns, reruns);
         break;
     }
     fputc('\n', f);

@@ -16,8 +16,8 @@ void qd_calib_prompt(uint64_t seed, int T, int vocab, int32_t *out) {
     for (int k = 0; k < T; k++) out[k] = (int32_t)(splitmix64(&seed) % (uint64_t)vocab);
 }
 
-int qd_bless(qd_backend *a, qd_backend *b, qd_backend *b_iso, const int32_t *prompt, int T, int n_prompts,
-             int decode, double margin, qd_tolerances *out, qd_bless_stats *stats, qd_err *e) {
+int qd_bless(qd_backend *a, qd_backend *b, qd_backend *b_iso, const int32_t *prompt, int T, int n_prompts, int decode,
+             double margin, qd_tolerances *out, qd_bless_stats *stats, qd_err *e) {
     qd_bless_stats st = {0, 0, "", ""};
     const qd_config *c = a->cfg;
     int rc = qd_tolerances_default(out, b->precision, a->precision, e);
@@ -40,16 +40,19 @@ int qd_bless(qd_backend *a, qd_backend *b, qd_backend *b_iso, const int32_t *pro
         qd_report r;
         qd_report_init(&r, a->name, a->precision, b->name, b->precision, c->num_hidden_layers, QD_MODE_FREE,
                        &out->blowup);
-        qd_lockstep_opts o = {.tokens = p, .T = T, .decode = decode, .tol = out, .locate = QD_MODE_FREE,
-                              .dump_window = -1};
+        qd_lockstep_opts o = {
+            .tokens = p, .T = T, .decode = decode, .tol = out, .locate = QD_MODE_FREE, .dump_window = -1};
         rc = qd_lockstep(a, b, b_iso, &o, &r, e);
         for (int k = 0; k < r.n && !rc; k++) {
             const qd_tap_row *row = &r.rows[k];
             if (row->verdict & (QD_V_NONFINITE | QD_V_BLOWUP_MAG | QD_V_COLLAPSE)) {
-                rc = qd_errf(e, QD_EDIVERGED, "calibration prompt %d: step %d, layer %d, %s: %s: a broken pair "
-                             "cannot be blessed", i, row->step, row->id.layer, qd_row_tap_name(row),
-                             row->verdict & QD_V_NONFINITE ? "non-finite values" :
-                             row->verdict & QD_V_COLLAPSE ? "collapsed to zero" : "blow-up");
+                rc = qd_errf(e, QD_EDIVERGED,
+                             "calibration prompt %d: step %d, layer %d, %s: %s: a broken pair "
+                             "cannot be blessed",
+                             i, row->step, row->id.layer, qd_row_tap_name(row),
+                             row->verdict & QD_V_NONFINITE  ? "non-finite values"
+                             : row->verdict & QD_V_COLLAPSE ? "collapsed to zero"
+                                                            : "blow-up");
                 break;
             }
             /* teacher-forced errors get their own, tighter section; the free-running ones include the
@@ -78,7 +81,8 @@ int qd_bless(qd_backend *a, qd_backend *b, qd_backend *b_iso, const int32_t *pro
     /* A known-good pair whose error already grows g-fold between two layers somewhere (single-token decode
      * steps of a model with near one-hot attention do) must not trip the growth check: the blessed factor
      * is margin x the worst growth measured, never below the default. */
-    if (!rc && margin * st.worst_growth > out->blowup.growth_factor) out->blowup.growth_factor = margin * st.worst_growth;
+    if (!rc && margin * st.worst_growth > out->blowup.growth_factor)
+        out->blowup.growth_factor = margin * st.worst_growth;
     if (stats) *stats = st;
     free(p);
     qd_calib_free(&cal);

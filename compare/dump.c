@@ -20,20 +20,20 @@
 #include "qd_files.h"
 
 #define QD_SCHEMA "qwen3-diff/1"
-#define QD_MAX_LAYER 999           /* layer groups are named with 3 digits */
-#define QD_CHUNK_BYTES (1u << 20)  /* whole rows per chunk, up to ~1 MiB: reads of a few positions stay cheap */
+#define QD_MAX_LAYER 999          /* layer groups are named with 3 digits */
+#define QD_CHUNK_BYTES (1u << 20) /* whole rows per chunk, up to ~1 MiB: reads of a few positions stay cheap */
 
 typedef struct {
     qd_tap_sink sink; /* sink.ctx points back to this struct */
     qd_dump *d;
-    char *name;       /* group name, e.g. "ref" */
-    hid_t group;      /* /<name>, open until close */
+    char *name;  /* group name, e.g. "ref" */
+    hid_t group; /* /<name>, open until close */
 } dump_backend;
 
 struct qd_dump {
     hid_t file;
-    char *path;              /* final name */
-    char *tmp;               /* PATH.tmp.<pid>, what is written until commit */
+    char *path; /* final name */
+    char *tmp;  /* PATH.tmp.<pid>, what is written until commit */
     int T;
     int compress;            /* 0 none, 1..9 gzip level (with shuffle) */
     dump_backend **backends; /* (nbackends), pointers so sinks handed out stay valid */
@@ -65,8 +65,7 @@ static herr_t innermost_desc(unsigned n, const H5E_error2_t *err, void *ctx) {
 static int h5_fail(const qd_dump *d, qd_err *e, const char *call, const char *object) {
     char detail[256] = "";
     H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, innermost_desc, detail);
-    return qd_errf(e, QD_ERUNTIME, "%s: %s failed for %s%s%s", d->path, call, object,
-                   detail[0] ? ": " : "", detail);
+    return qd_errf(e, QD_ERUNTIME, "%s: %s failed for %s%s%s", d->path, call, object, detail[0] ? ": " : "", detail);
 }
 
 // ----------------------------------------------------------------------------
@@ -114,8 +113,7 @@ static hid_t create_plist(hid_t cls) {
 }
 
 /* Opens parent/name, creating the group when it does not exist yet. */
-static hid_t group_open_or_create(qd_dump *d, hid_t parent, const char *name, const char *objpath,
-                                  qd_err *e) {
+static hid_t group_open_or_create(qd_dump *d, hid_t parent, const char *name, const char *objpath, qd_err *e) {
     htri_t exists = H5Lexists(parent, name, H5P_DEFAULT);
     if (exists < 0) {
         h5_fail(d, e, "H5Lexists", objpath);
@@ -167,8 +165,8 @@ static int valid_group_name(const char *s) {
     if (!s || !*s || strlen(s) > 64 || s[0] == '.') return 0;
     for (const char *p = s; *p; p++) {
         char c = *p;
-        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-                 c == '-' || c == '.';
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' ||
+                 c == '.';
         if (!ok) return 0;
     }
     return 1;
@@ -182,11 +180,10 @@ static void remove_tmp(const char *tmp) {
 // ----------------------------------------------------------------------------
 // API
 
-static int backend_emit(qd_tap_sink *self, qd_tap_id id, const float *data, int ndim, const int64_t *shape,
-                        qd_err *e);
+static int backend_emit(qd_tap_sink *self, qd_tap_id id, const float *data, int ndim, const int64_t *shape, qd_err *e);
 
-qd_dump *qd_dump_create(const char *path, const char *model_path, const char *config_json,
-                        const int32_t *input_ids, int T, int compress, qd_err *e) {
+qd_dump *qd_dump_create(const char *path, const char *model_path, const char *config_json, const int32_t *input_ids,
+                        int T, int compress, qd_err *e) {
     if (!path || !*path) {
         qd_errf(e, QD_EINPUT, "dump: empty output path");
         return NULL;
@@ -222,8 +219,10 @@ qd_dump *qd_dump_create(const char *path, const char *model_path, const char *co
     /* registered before it exists: a SIGINT or SIGTERM from here on removes it (qd_files.h) */
     if (qd_tmp_register(d->tmp, e)) goto fail;
     if (compress > 0 && (H5Zfilter_avail(H5Z_FILTER_DEFLATE) <= 0 || H5Zfilter_avail(H5Z_FILTER_SHUFFLE) <= 0)) {
-        qd_errf(e, QD_ERUNTIME, "%s: this HDF5 library has no gzip (deflate) or shuffle filter; use "
-                                "compression level 0", path);
+        qd_errf(e, QD_ERUNTIME,
+                "%s: this HDF5 library has no gzip (deflate) or shuffle filter; use "
+                "compression level 0",
+                path);
         goto fail;
     }
 
@@ -247,12 +246,11 @@ qd_dump *qd_dump_create(const char *path, const char *model_path, const char *co
     hsize_t dims[1] = {(hsize_t)T};
     hid_t space = H5Screate_simple(1, dims, NULL);
     hid_t dcpl = create_plist(H5P_DATASET_CREATE);
-    hid_t ds = space < 0 || dcpl < 0 ? -1
-                                     : H5Dcreate2(d->file, "input_ids", H5T_STD_I32LE, space, H5P_DEFAULT, dcpl,
-                                                  H5P_DEFAULT);
+    hid_t ds = space < 0 || dcpl < 0
+                   ? -1
+                   : H5Dcreate2(d->file, "input_ids", H5T_STD_I32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     int rc = QD_OK;
-    if (ds < 0)
-        rc = h5_fail(d, e, "H5Dcreate2", "/input_ids");
+    if (ds < 0) rc = h5_fail(d, e, "H5Dcreate2", "/input_ids");
     else if (H5Dwrite(ds, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, input_ids) < 0)
         rc = h5_fail(d, e, "H5Dwrite", "/input_ids");
     if (ds >= 0) H5Dclose(ds);
@@ -276,17 +274,18 @@ fail:
 int qd_dump_add_backend(qd_dump *d, const char *backend, const char *precision, qd_err *e) {
     static const char *const precisions[] = {"fp64", "fp32", "bf16", "fp16"};
     if (!valid_group_name(backend))
-        return qd_errf(e, QD_EINPUT, "%s: backend name '%s' must be 1-64 characters of [A-Za-z0-9_.-], not "
-                                     "starting with '.'", d->path, backend ? backend : "");
+        return qd_errf(e, QD_EINPUT,
+                       "%s: backend name '%s' must be 1-64 characters of [A-Za-z0-9_.-], not "
+                       "starting with '.'",
+                       d->path, backend ? backend : "");
     if (strcmp(backend, "input_ids") == 0 || strcmp(backend, "diff") == 0)
         return qd_errf(e, QD_EINPUT, "%s: backend name '%s' is reserved by the schema", d->path, backend);
     int known = 0;
     for (int i = 0; i < 4; i++) known |= precision && strcmp(precision, precisions[i]) == 0;
     if (!known)
-        return qd_errf(e, QD_EINPUT, "%s: backend '%s': precision '%s' is not one of fp64, fp32, bf16, fp16",
-                       d->path, backend, precision ? precision : "");
-    if (find_backend(d, backend))
-        return qd_errf(e, QD_EINPUT, "%s: backend '%s' already added", d->path, backend);
+        return qd_errf(e, QD_EINPUT, "%s: backend '%s': precision '%s' is not one of fp64, fp32, bf16, fp16", d->path,
+                       backend, precision ? precision : "");
+    if (find_backend(d, backend)) return qd_errf(e, QD_EINPUT, "%s: backend '%s' already added", d->path, backend);
 
     char objpath[80];
     snprintf(objpath, sizeof objpath, "/%s", backend);
@@ -323,15 +322,15 @@ int qd_dump_backend_attr(qd_dump *d, const char *backend, const char *key, const
     dump_backend *b = backend ? find_backend(d, backend) : NULL;
     if (!b) return qd_errf(e, QD_EINPUT, "%s: backend '%s' was not added", d->path, backend ? backend : "");
     if (!key || !*key || strcmp(key, "precision") == 0)
-        return qd_errf(e, QD_EINPUT, "%s: backend '%s': attribute name '%s' is empty or reserved", d->path,
-                       backend, key ? key : "");
+        return qd_errf(e, QD_EINPUT, "%s: backend '%s': attribute name '%s' is empty or reserved", d->path, backend,
+                       key ? key : "");
     char objpath[80];
     snprintf(objpath, sizeof objpath, "/%s", backend);
     return write_string_attr(d, b->group, objpath, key, value ? value : "", e);
 }
 
-int qd_dump_write_tap(qd_dump *d, const char *backend, qd_tap_id id, const float *data, int ndim,
-                      const int64_t *shape, qd_err *e) {
+int qd_dump_write_tap(qd_dump *d, const char *backend, qd_tap_id id, const float *data, int ndim, const int64_t *shape,
+                      qd_err *e) {
     dump_backend *b = backend ? find_backend(d, backend) : NULL;
     if (!b) return qd_errf(e, QD_EINPUT, "%s: backend '%s' was not added", d->path, backend ? backend : "");
     const int layer = id.layer;
@@ -348,16 +347,13 @@ int qd_dump_write_tap(qd_dump *d, const char *backend, qd_tap_id id, const float
     const char *name = qd_tap_id_name(id);
 
     char objpath[160];
-    if (id.pos != QD_POS_LAYER)
-        snprintf(objpath, sizeof objpath, "/%s/%s", backend, name);
-    else
-        snprintf(objpath, sizeof objpath, "/%s/layers/%03d/%s", backend, layer, name);
+    if (id.pos != QD_POS_LAYER) snprintf(objpath, sizeof objpath, "/%s/%s", backend, name);
+    else snprintf(objpath, sizeof objpath, "/%s/layers/%03d/%s", backend, layer, name);
     if (ndim != want_ndim)
         return qd_errf(e, QD_EINPUT, "%s: %s: rank %d, expected %d", d->path, objpath, ndim, want_ndim);
     if (!data || !shape) return qd_errf(e, QD_EINPUT, "%s: %s: no data", d->path, objpath);
     if (shape[0] != d->T)
-        return qd_errf(e, QD_EINPUT, "%s: %s: %lld rows, expected T = %d", d->path, objpath, (long long)shape[0],
-                       d->T);
+        return qd_errf(e, QD_EINPUT, "%s: %s: %lld rows, expected T = %d", d->path, objpath, (long long)shape[0], d->T);
     hsize_t dims[3], chunk[3];
     for (int i = 0; i < ndim; i++) {
         if (shape[i] <= 0)
@@ -420,8 +416,7 @@ out:
     return rc;
 }
 
-static int backend_emit(qd_tap_sink *self, qd_tap_id id, const float *data, int ndim, const int64_t *shape,
-                        qd_err *e) {
+static int backend_emit(qd_tap_sink *self, qd_tap_id id, const float *data, int ndim, const int64_t *shape, qd_err *e) {
     dump_backend *b = self->ctx;
     return qd_dump_write_tap(b->d, b->name, id, data, ndim, shape, e);
 }
@@ -439,11 +434,10 @@ qd_tap_sink *qd_dump_backend_sink(qd_dump *d, const char *backend, qd_err *e) {
 // tables beside the backend groups
 
 /* Opens /<parent>/<group>, creating both on demand. */
-static hid_t open_table_group(qd_dump *d, const char *parent, const char *group, char *objpath, size_t n,
-                              qd_err *e) {
+static hid_t open_table_group(qd_dump *d, const char *parent, const char *group, char *objpath, size_t n, qd_err *e) {
     if (!valid_group_name(parent) || find_backend(d, parent) || !group || !*group || strchr(group, '/')) {
-        qd_errf(e, QD_EINPUT, "%s: table group '/%s/%s' is not a valid name outside the backend groups",
-                d->path, parent ? parent : "", group ? group : "");
+        qd_errf(e, QD_EINPUT, "%s: table group '/%s/%s' is not a valid name outside the backend groups", d->path,
+                parent ? parent : "", group ? group : "");
         return -1;
     }
     snprintf(objpath, n, "/%s", parent);
@@ -466,9 +460,9 @@ int qd_dump_write_table(qd_dump *d, const char *parent, const char *group, const
     hid_t space = H5Screate_simple(1, dims, NULL);
     hid_t dcpl = create_plist(H5P_DATASET_CREATE);
     snprintf(objpath + strlen(objpath), sizeof objpath - strlen(objpath), "/%s", name);
-    hid_t ds = type < 0 || space < 0 || dcpl < 0 ? -1 : H5Dcreate2(g, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    if (ds < 0)
-        rc = h5_fail(d, e, "H5Dcreate2", objpath);
+    hid_t ds =
+        type < 0 || space < 0 || dcpl < 0 ? -1 : H5Dcreate2(g, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    if (ds < 0) rc = h5_fail(d, e, "H5Dcreate2", objpath);
     else if (n > 0 && H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, records) < 0)
         rc = h5_fail(d, e, "H5Dwrite", objpath);
     if (ds >= 0 && H5Dclose(ds) < 0 && rc == QD_OK) rc = h5_fail(d, e, "H5Dclose", objpath);
@@ -494,8 +488,8 @@ int qd_dump_group_attr_int(qd_dump *d, const char *parent, const char *group, co
     return rc;
 }
 
-int qd_dump_group_attr_string(qd_dump *d, const char *parent, const char *group, const char *key,
-                              const char *value, qd_err *e) {
+int qd_dump_group_attr_string(qd_dump *d, const char *parent, const char *group, const char *key, const char *value,
+                              qd_err *e) {
     char objpath[256];
     hid_t g = open_table_group(d, parent, group, objpath, sizeof objpath, e);
     if (g < 0) return e && e->code ? e->code : QD_ERUNTIME;
@@ -522,8 +516,7 @@ int qd_dump_close(qd_dump *d, int commit, qd_err *e) {
             rc = qd_errf(e, QD_ERUNTIME, "%s: fsync(%s) failed: %s", d->path, d->tmp, strerror(errno));
         if (fd >= 0) close(fd);
         if (rc == QD_OK && rename(d->tmp, d->path) != 0)
-            rc = qd_errf(e, QD_ERUNTIME, "%s: rename(%s, %s) failed: %s", d->path, d->tmp, d->path,
-                         strerror(errno));
+            rc = qd_errf(e, QD_ERUNTIME, "%s: rename(%s, %s) failed: %s", d->path, d->tmp, d->path, strerror(errno));
     }
     if (!commit || rc != QD_OK) remove_tmp(d->tmp);
     qd_tmp_forget(d->tmp);

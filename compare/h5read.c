@@ -30,11 +30,11 @@
 
 struct qd_h5in {
     hid_t file;
-    hid_t lapl;      /* link access: external links are refused */
+    hid_t lapl; /* link access: external links are refused */
     char *path;
-    qd_config cfg;   /* from config_json */
-    int T;           /* length of /input_ids */
-    int32_t *ids;    /* (T) */
+    qd_config cfg; /* from config_json */
+    int T;         /* length of /input_ids */
+    int32_t *ids;  /* (T) */
 };
 
 // ----------------------------------------------------------------------------
@@ -56,8 +56,7 @@ static int h5_read_fail(const qd_h5in *f, const char *call, const char *object, 
 /* External links would open another file named by the dump: never followed. */
 static herr_t deny_external_link(const char *parent_file, const char *parent_group, const char *child_file,
                                  const char *child_object, unsigned *acc_flags, hid_t fapl, void *ctx) {
-    (void)parent_file, (void)parent_group, (void)child_file, (void)child_object, (void)acc_flags, (void)fapl,
-        (void)ctx;
+    (void)parent_file, (void)parent_group, (void)child_file, (void)child_object, (void)acc_flags, (void)fapl, (void)ctx;
     return -1;
 }
 
@@ -86,8 +85,8 @@ static int float_type_ok(hid_t type) {
 
 /* The checks every dataset read shares, on an open dataset: rank and shape exactly `want`, storage
  * (layout, external files, filters, stored bytes) able to hold it. *n gets the element count. */
-static int check_dataset(const qd_h5in *f, hid_t ds, const char *path, int ndim, const hsize_t *want,
-                         size_t elem_size, size_t *n, qd_err *e) {
+static int check_dataset(const qd_h5in *f, hid_t ds, const char *path, int ndim, const hsize_t *want, size_t elem_size,
+                         size_t *n, qd_err *e) {
     int rc = QD_OK;
     hid_t space = H5Dget_space(ds), dcpl = H5Dget_create_plist(ds);
     hsize_t dims[H5S_MAX_RANK];
@@ -100,16 +99,20 @@ static int check_dataset(const qd_h5in *f, hid_t ds, const char *path, int ndim,
     if (rank < 0 || rank > H5S_MAX_RANK || H5Sget_simple_extent_dims(space, dims, NULL) < 0) rank = 0;
     shape_str(want_s, sizeof want_s, ndim, want);
     if (rank != ndim) {
-        rc = qd_errf(e, QD_EINPUT, "%s: dataset '%s': rank %d, expected %d %s (T from /input_ids, sizes from "
-                     "config_json)", f->path, path, rank, ndim, want_s);
+        rc = qd_errf(e, QD_EINPUT,
+                     "%s: dataset '%s': rank %d, expected %d %s (T from /input_ids, sizes from "
+                     "config_json)",
+                     f->path, path, rank, ndim, want_s);
         goto out;
     }
     int same = 1;
     for (int i = 0; i < ndim; i++) same &= dims[i] == want[i];
     if (!same) {
         shape_str(have_s, sizeof have_s, rank, dims);
-        rc = qd_errf(e, QD_EINPUT, "%s: dataset '%s': shape %s, expected %s (T from /input_ids, sizes from "
-                     "config_json)", f->path, path, have_s, want_s);
+        rc = qd_errf(e, QD_EINPUT,
+                     "%s: dataset '%s': shape %s, expected %s (T from /input_ids, sizes from "
+                     "config_json)",
+                     f->path, path, have_s, want_s);
         goto out;
     }
     size_t count = 1, nbytes;
@@ -122,13 +125,17 @@ static int check_dataset(const qd_h5in *f, hid_t ds, const char *path, int ndim,
 
     H5D_layout_t layout = H5Pget_layout(dcpl);
     if (layout != H5D_COMPACT && layout != H5D_CONTIGUOUS && layout != H5D_CHUNKED) {
-        rc = qd_errf(e, QD_EINPUT, "%s: dataset '%s': layout %d (virtual datasets read other files) is not "
-                     "readable here", f->path, path, (int)layout);
+        rc = qd_errf(e, QD_EINPUT,
+                     "%s: dataset '%s': layout %d (virtual datasets read other files) is not "
+                     "readable here",
+                     f->path, path, (int)layout);
         goto out;
     }
     if (H5Pget_external_count(dcpl) != 0) {
-        rc = qd_errf(e, QD_EINPUT, "%s: dataset '%s': raw data in external files (a dump is read from its own "
-                     "file only)", f->path, path);
+        rc = qd_errf(e, QD_EINPUT,
+                     "%s: dataset '%s': raw data in external files (a dump is read from its own "
+                     "file only)",
+                     f->path, path);
         goto out;
     }
     if (layout == H5D_CHUNKED) {
@@ -143,8 +150,10 @@ static int check_dataset(const qd_h5in *f, hid_t ds, const char *path, int ndim,
         for (int i = 0; i < ndim && rc == QD_OK; i++)
             if (chunk[i] == 0 || qd_mul_size(chunk_bytes, (size_t)chunk[i], &chunk_bytes) ||
                 chunk_bytes > (nbytes > MAX_CHUNK_BYTES ? nbytes : MAX_CHUNK_BYTES))
-                rc = qd_errf(e, QD_EINPUT, "%s: dataset '%s': chunk dimension %d is %llu: a zero or oversized chunk "
-                             "(limit %zu bytes)", f->path, path, i, (unsigned long long)chunk[i],
+                rc = qd_errf(e, QD_EINPUT,
+                             "%s: dataset '%s': chunk dimension %d is %llu: a zero or oversized chunk "
+                             "(limit %zu bytes)",
+                             f->path, path, i, (unsigned long long)chunk[i],
                              nbytes > MAX_CHUNK_BYTES ? nbytes : MAX_CHUNK_BYTES);
         if (rc) goto out;
     }
@@ -155,8 +164,10 @@ static int check_dataset(const qd_h5in *f, hid_t ds, const char *path, int ndim,
         char name[64] = "";
         H5Z_filter_t id = H5Pget_filter2(dcpl, (unsigned)i, &flags, &ncd, cd, sizeof name, name, &config);
         if (id < 0 || H5Zfilter_avail(id) <= 0) {
-            rc = qd_errf(e, QD_EINPUT, "%s: dataset '%s': filter %d ('%.60s') is not available in this HDF5 "
-                         "library", f->path, path, (int)id, name);
+            rc = qd_errf(e, QD_EINPUT,
+                         "%s: dataset '%s': filter %d ('%.60s') is not available in this HDF5 "
+                         "library",
+                         f->path, path, (int)id, name);
             goto out;
         }
     }
@@ -165,9 +176,10 @@ static int check_dataset(const qd_h5in *f, hid_t ds, const char *path, int ndim,
     hsize_t stored = H5Dget_storage_size(ds);
     int ok = nfilters > 0 ? stored > 0 && nbytes / MAX_INFLATE <= stored : stored >= nbytes;
     if (!ok && nbytes > 0) {
-        rc = qd_errf(e, QD_EINPUT, "%s: dataset '%s': %llu bytes stored for %zu bytes of data%s: declared but not "
-                     "written", f->path, path, (unsigned long long)stored, nbytes,
-                     nfilters > 0 ? " (compressed)" : "");
+        rc = qd_errf(e, QD_EINPUT,
+                     "%s: dataset '%s': %llu bytes stored for %zu bytes of data%s: declared but not "
+                     "written",
+                     f->path, path, (unsigned long long)stored, nbytes, nfilters > 0 ? " (compressed)" : "");
         goto out;
     }
     *n = count;
@@ -198,8 +210,7 @@ static hid_t open_dataset(const qd_h5in *f, const char *path, qd_err *e) {
 }
 
 /* One string attribute of at most max bytes, malloc'd into *out. */
-static int attr_string_alloc(const qd_h5in *f, const char *path, const char *attr, size_t max, char **out,
-                             qd_err *e) {
+static int attr_string_alloc(const qd_h5in *f, const char *path, const char *attr, size_t max, char **out, qd_err *e) {
     *out = NULL;
     htri_t exists = H5Aexists_by_name(f->file, path, attr, f->lapl);
     if (exists <= 0) return qd_errf(e, QD_EINPUT, "%s: attribute '%s' missing on '%s'", f->path, attr, path);
@@ -219,8 +230,8 @@ static int attr_string_alloc(const qd_h5in *f, const char *path, const char *att
     H5S_class_t sc = H5Sget_simple_extent_type(space);
     hssize_t points = H5Sget_simple_extent_npoints(space);
     if (!(sc == H5S_SCALAR || (sc == H5S_SIMPLE && points == 1))) {
-        rc = qd_errf(e, QD_EINPUT, "%s: attribute '%s' on '%s' holds %lld strings, expected one (a scalar)",
-                     f->path, attr, path, sc == H5S_NULL ? 0LL : (long long)points);
+        rc = qd_errf(e, QD_EINPUT, "%s: attribute '%s' on '%s' holds %lld strings, expected one (a scalar)", f->path,
+                     attr, path, sc == H5S_NULL ? 0LL : (long long)points);
         goto out;
     }
     htri_t vl = H5Tis_variable_str(type);
@@ -238,12 +249,10 @@ static int attr_string_alloc(const qd_h5in *f, const char *path, const char *att
         }
         size_t len = s ? strlen(s) : 0;
         if (len > max)
-            rc = qd_errf(e, QD_EINPUT, "%s: attribute '%s' on '%s': %zu bytes, more than %zu", f->path, attr, path,
-                         len, max);
-        else if ((*out = qd_alloc(len + 1, e)))
-            memcpy(*out, s ? s : "", len + 1);
-        else
-            rc = QD_ERUNTIME;
+            rc = qd_errf(e, QD_EINPUT, "%s: attribute '%s' on '%s': %zu bytes, more than %zu", f->path, attr, path, len,
+                         max);
+        else if ((*out = qd_alloc(len + 1, e))) memcpy(*out, s ? s : "", len + 1);
+        else rc = QD_ERUNTIME;
         if (s) H5free_memory(s);
     } else {
         size_t sz = H5Tget_size(type);
@@ -283,7 +292,8 @@ static int read_input_ids(qd_h5in *f, qd_err *e) {
     hid_t type = H5Dget_type(ds), space = H5Dget_space(ds);
     int64_t *wide = NULL; /* (T) */
     int max_T = f->cfg.max_position_embeddings > 0 && f->cfg.max_position_embeddings < QD_TOKENS_MAX_DEFAULT
-                    ? f->cfg.max_position_embeddings : QD_TOKENS_MAX_DEFAULT;
+                    ? f->cfg.max_position_embeddings
+                    : QD_TOKENS_MAX_DEFAULT;
     hsize_t dims[H5S_MAX_RANK] = {0};
     if (type < 0 || space < 0) {
         rc = h5_read_fail(f, "H5Dget_type", path, e);
@@ -317,8 +327,10 @@ static int read_input_ids(qd_h5in *f, qd_err *e) {
     }
     for (size_t t = 0; t < n; t++) {
         if (wide[t] < 0 || wide[t] >= f->cfg.vocab_size) {
-            rc = qd_errf(e, QD_EINPUT, "%s: dataset '%s': id %lld at position %zu is not in 0..%d (vocab_size "
-                         "in config_json)", f->path, path, (long long)wide[t], t, f->cfg.vocab_size - 1);
+            rc = qd_errf(e, QD_EINPUT,
+                         "%s: dataset '%s': id %lld at position %zu is not in 0..%d (vocab_size "
+                         "in config_json)",
+                         f->path, path, (long long)wide[t], t, f->cfg.vocab_size - 1);
             goto out;
         }
         f->ids[t] = (int32_t)wide[t];
@@ -335,10 +347,8 @@ out:
 // API
 
 void qd_h5_tap_path(char *buf, size_t n, const char *backend, int layer, const char *tap) {
-    if (layer < 0)
-        snprintf(buf, n, "/%s/%s", backend, tap);
-    else
-        snprintf(buf, n, "/%s/layers/%03d/%s", backend, layer, tap);
+    if (layer < 0) snprintf(buf, n, "/%s/%s", backend, tap);
+    else snprintf(buf, n, "/%s/layers/%03d/%s", backend, layer, tap);
 }
 
 qd_h5in *qd_h5in_open(const char *path, qd_err *e) {
@@ -416,7 +426,7 @@ int qd_h5in_has(qd_h5in *f, const char *path) {
     char buf[512];
     if (!path || path[0] != '/' || snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return 0;
     if (!buf[1]) return 1; /* the root */
-    for (char *p = buf + 1; ; p++) {
+    for (char *p = buf + 1;; p++) {
         if (*p == '/' || *p == '\0') {
             char c = *p;
             *p = '\0';
@@ -427,12 +437,13 @@ int qd_h5in_has(qd_h5in *f, const char *path) {
     }
 }
 
-int qd_h5in_read_tap(qd_h5in *f, const char *backend, int layer, int tap, float **data, int *ndim,
-                     int64_t shape[3], qd_err *e) {
+int qd_h5in_read_tap(qd_h5in *f, const char *backend, int layer, int tap, float **data, int *ndim, int64_t shape[3],
+                     qd_err *e) {
     *data = NULL;
     const char *name = layer < 0 ? qd_model_tap_name(tap) : qd_layer_tap_name(tap);
     int64_t want64[3];
-    int nd = layer < 0 ? qd_model_tap_shape(&f->cfg, tap, f->T, want64) : qd_layer_tap_shape(&f->cfg, tap, f->T, want64);
+    int nd =
+        layer < 0 ? qd_model_tap_shape(&f->cfg, tap, f->T, want64) : qd_layer_tap_shape(&f->cfg, tap, f->T, want64);
     char path[256];
     qd_h5_tap_path(path, sizeof path, backend, layer, name);
     if (strcmp(name, "?") == 0) return qd_errf(e, QD_EINPUT, "%s: '%s' is not a tap of schema v1", f->path, path);
@@ -450,8 +461,10 @@ int qd_h5in_read_tap(qd_h5in *f, const char *backend, int layer, int tap, float 
     if (type < 0) {
         rc = h5_read_fail(f, "H5Dget_type", path, e);
     } else if (!float_type_ok(type)) {
-        rc = qd_errf(e, QD_EINPUT, "%s: dataset '%s': expected a float type (IEEE binary32; binary16, bfloat16 or "
-                     "binary64 are converted)", f->path, path);
+        rc = qd_errf(e, QD_EINPUT,
+                     "%s: dataset '%s': expected a float type (IEEE binary32; binary16, bfloat16 or "
+                     "binary64 are converted)",
+                     f->path, path);
     } else if (!(rc = check_dataset(f, ds, path, nd, want, H5Tget_size(type), &n, e))) {
         size_t bytes;
         if (qd_mul_size(n, sizeof(float), &bytes)) {
@@ -479,8 +492,7 @@ int qd_h5in_read_f32(qd_h5in *f, const char *path, float **data, int *ndim, int6
     int np = 0;
     if (!path || path[0] != '/' || snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
         return qd_errf(e, QD_EINPUT, "%s: '%s' is not the path of a tap", f->path, path ? path : "");
-    for (char *save = NULL, *p = strtok_r(buf, "/", &save); p && np < 6; p = strtok_r(NULL, "/", &save))
-        part[np++] = p;
+    for (char *save = NULL, *p = strtok_r(buf, "/", &save); p && np < 6; p = strtok_r(NULL, "/", &save)) part[np++] = p;
     if (np == 2 && qd_model_tap_index(part[1]) >= 0)
         return qd_h5in_read_tap(f, part[0], -1, qd_model_tap_index(part[1]), data, ndim, shape, e);
     if (np == 4 && strcmp(part[1], "layers") == 0 && strlen(part[2]) == 3 && qd_layer_tap_index(part[3]) >= 0) {
@@ -548,7 +560,7 @@ typedef struct {
 
 static herr_t collect_backend(hid_t root, const char *name, const H5L_info_t *info, void *ctx) {
     backend_list *bl = ctx;
-    if (info->type != H5L_TYPE_HARD) return 0; /* a soft or external link is not a group of this dump */
+    if (info->type != H5L_TYPE_HARD) return 0;   /* a soft or external link is not a group of this dump */
     hid_t g = H5Gopen2(root, name, H5P_DEFAULT); /* fails for datasets such as /input_ids */
     if (g < 0) return 0;
     int has = H5Aexists(g, "precision") > 0;

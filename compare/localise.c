@@ -57,7 +57,8 @@ typedef struct {
     double *suf;    /* (N + 1) scratch: weight of ranks >= j, then the hot marks */
 } axis_acc;
 
-#define AXIS_BYTES(N) ((size_t)(N) * (2 * sizeof(double) + 3 * sizeof(int64_t)) + 2 * ((size_t)(N) + 1) * sizeof(double))
+#define AXIS_BYTES(N) \
+    ((size_t)(N) * (2 * sizeof(double) + 3 * sizeof(int64_t)) + 2 * ((size_t)(N) + 1) * sizeof(double))
 
 size_t qd_localise_scratch_size(int ndim, const int64_t *shape, int head_dim) {
     view v;
@@ -185,10 +186,8 @@ const char *qd_where_axis_name(int axis) { return axis >= 0 && axis < QD_NUM_AXE
 /* A share as a percentage: "91", "100", "0.52". */
 static void pct(double share, char *buf, size_t n) {
     double p = 100.0 * share;
-    if (p >= 1 || p == 0)
-        snprintf(buf, n, "%.0f", p);
-    else
-        snprintf(buf, n, "%.2g", p);
+    if (p >= 1 || p == 0) snprintf(buf, n, "%.0f", p);
+    else snprintf(buf, n, "%.2g", p);
 }
 
 static void append(char *buf, size_t n, const char *fmt, const char *s) {
@@ -223,7 +222,8 @@ static void describe(qd_where_set *s, int axis, int64_t N, const int64_t *m, int
     if (k == 1) {
         snprintf(t, n, "%s %lld", noun(axis, 0, 0), (long long)m[0]);
     } else if (s->lo >= 0 && k >= 3 && (s->lo == 0 || s->hi == N - 1)) {
-        snprintf(t, n, "%s %s %lld", noun(axis, 1, 1), s->lo == 0 ? "<=" : ">=", (long long)(s->lo == 0 ? s->hi : s->lo));
+        snprintf(t, n, "%s %s %lld", noun(axis, 1, 1),
+                 s->lo == 0 ? "<=" : ">=", (long long)(s->lo == 0 ? s->hi : s->lo));
     } else if (items <= 5) {
         snprintf(t, n, "%s ", noun(axis, 1, ranges > 0));
         int item = 0;
@@ -233,10 +233,8 @@ static void describe(qd_where_set *s, int axis, int64_t N, const int64_t *m, int
             int64_t len = j - i + 1;
             for (int64_t q = i; q <= j; q++) {
                 char num[48];
-                if (len >= 3)
-                    snprintf(num, sizeof num, "%lld..%lld", (long long)m[i], (long long)m[j]);
-                else
-                    snprintf(num, sizeof num, "%lld", (long long)m[q]);
+                if (len >= 3) snprintf(num, sizeof num, "%lld..%lld", (long long)m[i], (long long)m[j]);
+                else snprintf(num, sizeof num, "%lld", (long long)m[q]);
                 item++;
                 append(t, n, item == 1 ? "%s" : item == items ? " and %s" : ", %s", num);
                 if (len >= 3) break;

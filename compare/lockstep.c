@@ -16,8 +16,8 @@
 
 const char *qd_mode_name(qd_mode m) { return m == QD_MODE_ISOLATED ? "isolated" : "free"; }
 
-void qd_report_init(qd_report *r, const char *name_a, const char *prec_a, const char *name_b,
-                    const char *prec_b, int n_layers, qd_mode locate, const qd_blowup *blowup) {
+void qd_report_init(qd_report *r, const char *name_a, const char *prec_a, const char *name_b, const char *prec_b,
+                    int n_layers, qd_mode locate, const qd_blowup *blowup) {
     memset(r, 0, sizeof *r);
     snprintf(r->name_a, sizeof r->name_a, "%s", name_a);
     snprintf(r->name_b, sizeof r->name_b, "%s", name_b);
@@ -62,7 +62,8 @@ static void judge_row(const qd_report *r, qd_tap_row *row) {
     } else if (!row->rp[0].have || !row->rp[1].have) {
         row->judged = row->rp[1].have;
     } else { /* the larger ratio; a NAN ratio (nothing finite to compare) never wins */
-        row->judged = row->rp[1].ratio >= row->rp[0].ratio || isnan(row->rp[0].ratio); /* a tie: B, the side under test */
+        row->judged =
+            row->rp[1].ratio >= row->rp[0].ratio || isnan(row->rp[0].ratio); /* a tie: B, the side under test */
     }
     row->verdict = row->judged < 0 ? 0 : v[row->judged];
 }
@@ -153,7 +154,7 @@ static void reset_prev(double prev[2][QD_NUM_TAP_KINDS]) {
 typedef struct {
     const char *group; /* backend group name */
     qd_tap_id id;
-    int pos;           /* 0 embed, l+1 layer l, L+1 head */
+    int pos; /* 0 embed, l+1 layer l, L+1 head */
     int ndim;
     int64_t shape[3];
     float *data;
@@ -162,9 +163,9 @@ typedef struct {
 typedef struct {
     qd_dump *d;
     const char *globs;
-    int window;        /* < 0: write everything at once */
-    int diverged_pos;  /* position of the first divergence; -1 until found */
-    held_tap *held;    /* taps kept while no divergence is known (window >= 0) */
+    int window;       /* < 0: write everything at once */
+    int diverged_pos; /* position of the first divergence; -1 until found */
+    held_tap *held;   /* taps kept while no divergence is known (window >= 0) */
     int n_held, cap_held;
 } dump_ctl;
 
@@ -180,10 +181,8 @@ static int tap_selected(const char *globs, const char *name) {
 static void drop_held_before(dump_ctl *dc, int pos) {
     int k = 0;
     for (int i = 0; i < dc->n_held; i++) {
-        if (dc->held[i].pos < pos)
-            free(dc->held[i].data);
-        else
-            dc->held[k++] = dc->held[i];
+        if (dc->held[i].pos < pos) free(dc->held[i].data);
+        else dc->held[k++] = dc->held[i];
     }
     dc->n_held = k;
 }
@@ -191,9 +190,8 @@ static void drop_held_before(dump_ctl *dc, int pos) {
 /* Offers one tap to the dump: written now, held for the window, or dropped. */
 static int dump_tap(dump_ctl *dc, const char *group, qd_tap_id id, int pos, const qd_tapbuf *t, qd_err *e) {
     if (!dc->d || !tap_selected(dc->globs, qd_tap_id_name(id))) return QD_OK;
-    int write_now = dc->window < 0 ||
-                    (dc->diverged_pos >= 0 && pos >= dc->diverged_pos - dc->window &&
-                     pos <= dc->diverged_pos + dc->window);
+    int write_now = dc->window < 0 || (dc->diverged_pos >= 0 && pos >= dc->diverged_pos - dc->window &&
+                                       pos <= dc->diverged_pos + dc->window);
     if (write_now) return qd_dump_write_tap(dc->d, group, id, t->data, t->ndim, t->shape, e);
     if (dc->diverged_pos >= 0) return QD_OK; /* past the window */
     if (dc->n_held == dc->cap_held) {
@@ -249,10 +247,10 @@ typedef struct {
     qd_backend *be;
     const char *group; /* dump group */
     qd_tapstore store;
-    float *h, *h2;     /* (T, C) hidden state in and out */
-    float *logits;     /* (T, V) */
-    qd_replay *rp;     /* replay judge: this side's replay, its own K/V history; NULL: none */
-    qd_tap_source src; /* over store */
+    float *h, *h2;                       /* (T, C) hidden state in and out */
+    float *logits;                       /* (T, V) */
+    qd_replay *rp;                       /* replay judge: this side's replay, its own K/V history; NULL: none */
+    qd_tap_source src;                   /* over store */
     qd_replay_op ops[QD_NUM_LAYER_TAPS]; /* the current position's replays, in its tap list's order */
 } side;
 
@@ -309,9 +307,8 @@ static tap_list layer_taps(int layer) {
 
 /* Compares the taps both sides hold of one position. ra, rb: the sides' replays of these taps, in the list's
  * order (NULL: none). */
-static int compare_taps(qd_report *r, const qd_tolerances *tol, int step, tap_list taps, const side *a,
-                        const side *b, qd_mode mode, double *prev, const qd_replay_op *ra, const qd_replay_op *rb,
-                        qd_err *e) {
+static int compare_taps(qd_report *r, const qd_tolerances *tol, int step, tap_list taps, const side *a, const side *b,
+                        qd_mode mode, double *prev, const qd_replay_op *ra, const qd_replay_op *rb, qd_err *e) {
     for (int k = 0; k < taps.n; k++) {
         qd_tap_id id = taps.id[k];
         const qd_tapbuf *ta = qd_tapstore_get(&a->store, id);
@@ -342,18 +339,31 @@ static int dump_side(dump_ctl *dc, const side *s, tap_list taps, int pos, qd_err
 /* Hands the first divergence's op (found at this position) to the repro writer (judge.repro), from the side
  * that judged it: A, B, or isolated B, whose input is A's. h_a, h_b: the sides' inputs to the position (NULL
  * for embed). */
-static int lockstep_repro(const qd_lockstep_opts *o, const qd_report *r, const side *sa, const side *sb,
-                          const side *si, const float *h_a, const float *h_b, const int32_t *tokens, int step, int T,
-                          int pos0, qd_err *e) {
+static int lockstep_repro(const qd_lockstep_opts *o, const qd_report *r, const side *sa, const side *sb, const side *si,
+                          const float *h_a, const float *h_b, const int32_t *tokens, int step, int T, int pos0,
+                          qd_err *e) {
     const qd_tap_row *row = &r->rows[r->first_div];
     if (!o->judge.repro || row->judged < 0) return QD_OK;
     const int iso = row->mode == QD_MODE_ISOLATED, k = row->judged;
     const side *s = k == 0 ? sa : iso ? si : sb;
-    qd_repro_op op = {.id = row->id, .step = step, .T = T, .pos0 = pos0, .side = k ? 'B' : 'A',
-                      .engine = s->be->name, .precision = s->be->precision, .accum = s->be->accum,
-                      .mode = qd_mode_name(row->mode), .w = o->judge.w, .rp = s->rp, .src = &s->src,
-                      .h_in = k == 0 || iso ? h_a : h_b, .tokens = tokens, .op = &row->rp[k], .verdict = row->verdict,
-                      .threshold = r->threshold, .blowup_ratio = r->blowup.blowup_ratio};
+    qd_repro_op op = {.id = row->id,
+                      .step = step,
+                      .T = T,
+                      .pos0 = pos0,
+                      .side = k ? 'B' : 'A',
+                      .engine = s->be->name,
+                      .precision = s->be->precision,
+                      .accum = s->be->accum,
+                      .mode = qd_mode_name(row->mode),
+                      .w = o->judge.w,
+                      .rp = s->rp,
+                      .src = &s->src,
+                      .h_in = k == 0 || iso ? h_a : h_b,
+                      .tokens = tokens,
+                      .op = &row->rp[k],
+                      .verdict = row->verdict,
+                      .threshold = r->threshold,
+                      .blowup_ratio = r->blowup.blowup_ratio};
     return qd_repro_write(o->judge.repro, &op, e);
 }
 
@@ -364,8 +374,7 @@ static int argmax_row(const float *x, int n) {
     return best;
 }
 
-int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockstep_opts *o, qd_report *r,
-                qd_err *e) {
+int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockstep_opts *o, qd_report *r, qd_err *e) {
     const qd_config *c = a->cfg;
     const int L = c->num_hidden_layers, C = c->hidden_size, V = c->vocab_size;
     const int T = o->T;
@@ -399,8 +408,7 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
             rc = qd_dump_add_backend(o->dump, sides[i]->group, sides[i]->be->precision, e);
             if (!rc) rc = qd_dump_backend_attr(o->dump, sides[i]->group, "accum", sides[i]->be->accum, e);
         }
-        if (!rc && b_iso)
-            rc = qd_dump_backend_attr(o->dump, iso_group, "isolated_from", a->name, e);
+        if (!rc && b_iso) rc = qd_dump_backend_attr(o->dump, iso_group, "isolated_from", a->name, e);
         if (rc) goto done;
     }
 
@@ -428,8 +436,7 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
         if (before < 0 && r->first_div >= 0 &&
             (rc = lockstep_repro(o, r, &sa, &sb, &si, NULL, NULL, tokens, step, Tn, pos0, e)))
             goto done;
-        if (dcs && ((rc = dump_side(dcs, &sa, embed_taps(), 0, e)) ||
-                    (rc = dump_side(dcs, &sb, embed_taps(), 0, e)) ||
+        if (dcs && ((rc = dump_side(dcs, &sa, embed_taps(), 0, e)) || (rc = dump_side(dcs, &sb, embed_taps(), 0, e)) ||
                     (rc = dump_after_position(dcs, 0, before < 0 && r->first_div >= 0, e))))
             goto done;
 
@@ -478,15 +485,16 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
             goto done;
         before = r->first_div;
         if ((rc = compare_taps(r, o->tol, step, head_taps(), &sa, &sb, QD_MODE_FREE, prev[0], ra, rb, e)) ||
-            (b_iso && (rc = compare_taps(r, o->tol, step, head_taps(), &sa, &si, QD_MODE_ISOLATED, prev[1], ra, ri, e))))
+            (b_iso &&
+             (rc = compare_taps(r, o->tol, step, head_taps(), &sa, &si, QD_MODE_ISOLATED, prev[1], ra, ri, e))))
             goto done;
         if (before < 0 && r->first_div >= 0 &&
             (rc = lockstep_repro(o, r, &sa, &sb, &si, sa.h, sb.h, tokens, step, Tn, pos0, e)))
             goto done;
-        if (dcs && ((rc = dump_side(dcs, &sa, head_taps(), L + 1, e)) ||
-                    (rc = dump_side(dcs, &sb, head_taps(), L + 1, e)) ||
-                    (b_iso && (rc = dump_side(dcs, &si, head_taps(), L + 1, e))) ||
-                    (rc = dump_after_position(dcs, L + 1, before < 0 && r->first_div >= 0, e))))
+        if (dcs &&
+            ((rc = dump_side(dcs, &sa, head_taps(), L + 1, e)) || (rc = dump_side(dcs, &sb, head_taps(), L + 1, e)) ||
+             (b_iso && (rc = dump_side(dcs, &si, head_taps(), L + 1, e))) ||
+             (rc = dump_after_position(dcs, L + 1, before < 0 && r->first_div >= 0, e))))
             goto done;
         /* the next decode step feeds both sides the reference side's greedy token */
         next_token = argmax_row(sa.logits + (size_t)(Tn - 1) * V, V);
@@ -557,9 +565,8 @@ static int same_model(qd_h5in *fa, const char *path_a, qd_h5in *fb, const char *
     return QD_OK;
 }
 
-static int compare_one(qd_report *r, const qd_tolerances *tol, qd_h5in *fa, const char *ga, qd_h5in *fb,
-                       const char *gb, qd_tap_id id, double *prev, const qd_replay_op *ra, const qd_replay_op *rb,
-                       qd_err *e) {
+static int compare_one(qd_report *r, const qd_tolerances *tol, qd_h5in *fa, const char *ga, qd_h5in *fb, const char *gb,
+                       qd_tap_id id, double *prev, const qd_replay_op *ra, const qd_replay_op *rb, qd_err *e) {
     const char *name = qd_tap_id_name(id);
     char pa[256], pb[256];
     qd_h5_tap_path(pa, sizeof pa, ga, id.layer, name);
@@ -593,7 +600,7 @@ typedef struct {
         int64_t shape[3];
     } held[QD_NUM_LAYER_TAPS + QD_NUM_MODEL_TAPS];
     int n;
-    int rc;   /* a read failure (the replay goes on without the tap; the caller reports it) */
+    int rc; /* a read failure (the replay goes on without the tap; the caller reports it) */
     qd_err e;
 } h5_source;
 
@@ -632,7 +639,7 @@ typedef struct {
     h5_source hs;
     qd_tap_source src;
     qd_replay *rp;
-    float *h;   /* (T, C) the input of the next layer (the previous out, or embed); NULL: not in the dump */
+    float *h; /* (T, C) the input of the next layer (the previous out, or embed); NULL: not in the dump */
 } file_side;
 
 static int file_side_open(file_side *fs, qd_h5in *f, const char *path, const char *group, const qd_replay_judge *j,
@@ -648,7 +655,8 @@ static int file_side_open(file_side *fs, qd_h5in *f, const char *path, const cha
     qd_err ignored;
     int have_accum = qd_h5in_attr_string(f, pth, "accum", accum, sizeof accum, &ignored) == QD_OK;
     fs->rp = qd_replay_create(j->w, prec, have_accum ? accum : NULL, T, j->threads, e);
-    if (!fs->rp) return e->code == QD_EINPUT ? qd_errf(e, QD_EINPUT, "%s: group '%s': %s", path, group, e->msg) : e->code;
+    if (!fs->rp)
+        return e->code == QD_EINPUT ? qd_errf(e, QD_EINPUT, "%s: group '%s': %s", path, group, e->msg) : e->code;
     return QD_OK;
 }
 
@@ -716,7 +724,9 @@ static int files_repro(const char *path, const char *group, char which, const qd
     int have_accum = qd_h5in_attr_string(f, pth, "accum", accum, sizeof accum, &ignored) == QD_OK;
     int rc = file_side_open(&fs, f, path, group, judge, T, e), opened = !rc;
     float *h_in = NULL; /* (T, C) the position's input as the side had it */
-    const int last = row->id.pos == QD_POS_EMBED ? 0 : row->id.pos == QD_POS_LAYER ? row->id.layer + 1 : r->n_layers + 1;
+    const int last = row->id.pos == QD_POS_EMBED   ? 0
+                     : row->id.pos == QD_POS_LAYER ? row->id.layer + 1
+                                                   : r->n_layers + 1;
     qd_replay_op ops[QD_NUM_LAYER_TAPS];
     for (int pos = 0; pos <= last && !rc; pos++) {
         qd_tap_pos p = pos == 0 ? QD_POS_EMBED : pos <= r->n_layers ? QD_POS_LAYER : QD_POS_HEAD;
@@ -730,10 +740,23 @@ static int files_repro(const char *path, const char *group, char which, const qd
     if (!rc) {
         char prec[16];
         rc = qd_h5in_attr_string(f, pth, "precision", prec, sizeof prec, e);
-        qd_repro_op op = {.id = row->id, .step = 0, .T = T, .pos0 = 0, .side = which, .engine = group,
-                          .precision = prec, .accum = have_accum ? accum : NULL, .mode = qd_mode_name(row->mode),
-                          .w = judge->w, .rp = fs.rp, .src = &fs.src, .h_in = h_in, .tokens = tokens,
-                          .op = &row->rp[row->judged], .verdict = row->verdict, .threshold = r->threshold,
+        qd_repro_op op = {.id = row->id,
+                          .step = 0,
+                          .T = T,
+                          .pos0 = 0,
+                          .side = which,
+                          .engine = group,
+                          .precision = prec,
+                          .accum = have_accum ? accum : NULL,
+                          .mode = qd_mode_name(row->mode),
+                          .w = judge->w,
+                          .rp = fs.rp,
+                          .src = &fs.src,
+                          .h_in = h_in,
+                          .tokens = tokens,
+                          .op = &row->rp[row->judged],
+                          .verdict = row->verdict,
+                          .threshold = r->threshold,
                           .blowup_ratio = r->blowup.blowup_ratio};
         if (!rc) rc = qd_repro_write(judge->repro, &op, e); /* the source reads the taps again, lazily */
         if (!rc && fs.hs.rc) rc = qd_errf(e, fs.hs.rc, "%s", fs.hs.e.msg);
@@ -771,8 +794,10 @@ int qd_dump_model_dir(const char *path, char *out, size_t n, qd_err *e) {
         snprintf(out, n, "%s", dir);
         return QD_OK;
     }
-    return qd_errf(e, QD_EINPUT, "%s: the replay needs the model the dump was made with: its attribute 'model' (%s) is "
-                   "not a checkpoint directory here; give --model DIR", path, have ? model : "absent");
+    return qd_errf(e, QD_EINPUT,
+                   "%s: the replay needs the model the dump was made with: its attribute 'model' (%s) is "
+                   "not a checkpoint directory here; give --model DIR",
+                   path, have ? model : "absent");
 }
 
 int qd_compare_files(const char *path_a, const char *group_a, const char *path_b, const char *group_b,
@@ -795,7 +820,8 @@ int qd_compare_files_judged(const char *path_a, const char *group_a, const char 
     if ((rc = pick_group(fa, path_a, group_a, ga, sizeof ga, e)) ||
         (rc = pick_group(fb, path_b, group_b, gb, sizeof gb, e)) ||
         (rc = group_precision(fa, path_a, ga, prec_a, sizeof prec_a, e)) ||
-        (rc = group_precision(fb, path_b, gb, prec_b, sizeof prec_b, e)) || (rc = same_model(fa, path_a, fb, path_b, e)))
+        (rc = group_precision(fb, path_b, gb, prec_b, sizeof prec_b, e)) ||
+        (rc = same_model(fa, path_a, fb, path_b, e)))
         goto out;
     /* the model says how many layers there are; a layer group past them would be silently ignored */
     const int L = qd_h5in_config(fa)->num_hidden_layers;
@@ -851,12 +877,14 @@ int qd_compare_files_judged(const char *path_a, const char *group_a, const char 
     for (int l = 0; l < L && !rc; l++) {
         for (int k = 0; k < nfs && !rc; k++) rc = file_side_replay(&fs[k], jc, QD_POS_LAYER, l, tokens, T, ops[k], e);
         for (int t = 0; t < QD_NUM_LAYER_TAPS && !rc; t++)
-            rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_layer(l, t), prev, ra ? &ra[t] : NULL, rb ? &rb[t] : NULL, e);
+            rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_layer(l, t), prev, ra ? &ra[t] : NULL, rb ? &rb[t] : NULL,
+                             e);
     }
     for (int k = 0; k < nfs && !rc; k++) rc = file_side_replay(&fs[k], jc, QD_POS_HEAD, -1, tokens, T, ops[k], e);
     if (!rc) rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_model(QD_TAP_FINAL_NORM), prev, ra, rb, e);
-    if (!rc) rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_model(QD_TAP_LOGITS), prev, ra ? &ra[1] : NULL,
-                              rb ? &rb[1] : NULL, e);
+    if (!rc)
+        rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_model(QD_TAP_LOGITS), prev, ra ? &ra[1] : NULL,
+                         rb ? &rb[1] : NULL, e);
     for (int k = 0; k < nfs; k++) file_side_close(&fs[k]);
     if (!rc && judge && judge->repro && r->first_div >= 0 && r->rows[r->first_div].judged >= 0) {
         const int k = r->rows[r->first_div].judged;

@@ -48,15 +48,15 @@ static void decode_coord(qd_metrics *m, const int64_t *shape) {
 
 /* The running state of the pass. */
 typedef struct {
-    double s_rr, s_tt, s_tr, s_dd;    /* sum ref^2, test^2, test*ref, (test-ref)^2 over finite pairs */
-    double max_abs;                   /* -1 until the first finite pair */
+    double s_rr, s_tt, s_tr, s_dd; /* sum ref^2, test^2, test*ref, (test-ref)^2 over finite pairs */
+    double max_abs;                /* -1 until the first finite pair */
     int64_t imax;
     double mag_test, mag_ref;
-    double f_run;                     /* the rel floor as known so far; only grows */
-    double small_abs;                 /* max |d| over elements with |ref| < f_run when seen */
-    double rel_num, rel_den;          /* max |d|/|ref| over the others, as a fraction */
+    double f_run;            /* the rel floor as known so far; only grows */
+    double small_abs;        /* max |d| over elements with |ref| < f_run when seen */
+    double rel_num, rel_den; /* max |d|/|ref| over the others, as a fraction */
     int64_t n_finite;
-    int64_t cnt[2][4];                /* [side: test, ref][class] */
+    int64_t cnt[2][4]; /* [side: test, ref][class] */
     int64_t mismatch;
 } pass_state;
 
@@ -243,19 +243,14 @@ int qd_metrics_compute(const float *test, const float *ref, int ndim, const int6
     m->ref_at = ref[p.imax];
     decode_coord(m, shape);
 
-    if (p.rel_num > 0.0 && p.rel_den < m->rel_floor)
-        m->max_rel = max_rel_exact(test, ref, n, m->rel_floor);
-    else
-        m->max_rel = fmax(p.small_abs / m->rel_floor, p.rel_num / p.rel_den);
+    if (p.rel_num > 0.0 && p.rel_den < m->rel_floor) m->max_rel = max_rel_exact(test, ref, n, m->rel_floor);
+    else m->max_rel = fmax(p.small_abs / m->rel_floor, p.rel_num / p.rel_den);
 
     double s_rr = p.s_rr, s_tt = p.s_tt, s_dd = p.s_dd;
     m->rel_l2 = s_rr > 0.0 ? sqrt(s_dd / s_rr) : sqrt(s_tt);
-    if (s_tt == 0.0 && s_rr == 0.0)
-        m->cosine = 1.0;
-    else if (s_tt == 0.0 || s_rr == 0.0)
-        m->cosine = 0.0;
-    else
-        m->cosine = fmin(1.0, fmax(-1.0, p.s_tr / (sqrt(s_tt) * sqrt(s_rr))));
+    if (s_tt == 0.0 && s_rr == 0.0) m->cosine = 1.0;
+    else if (s_tt == 0.0 || s_rr == 0.0) m->cosine = 0.0;
+    else m->cosine = fmin(1.0, fmax(-1.0, p.s_tr / (sqrt(s_tt) * sqrt(s_rr))));
     m->sqnr_db = s_dd == 0.0 ? INFINITY : 10.0 * log10(s_rr / s_dd); /* s_rr == 0: -inf */
     return QD_OK;
 }
@@ -303,9 +298,7 @@ json_t *qd_metrics_to_json(const qd_metrics *m) {
 // ----------------------------------------------------------------------------
 // the verdict
 
-static int64_t finite_test(const qd_metrics *m) {
-    return m->n - m->nan_test - m->posinf_test - m->neginf_test;
-}
+static int64_t finite_test(const qd_metrics *m) { return m->n - m->nan_test - m->posinf_test - m->neginf_test; }
 
 unsigned qd_verdict(const qd_metrics *m, const qd_tol *tol, const qd_blowup *b, double prev_rel_l2) {
     unsigned v = 0;
@@ -387,8 +380,8 @@ static void add_count(char *s, size_t n, const char *what, int64_t t, int64_t r)
     snprintf(s + l, n - l, "%s%lld %s vs %lld", l ? ", " : "", (long long)t, what, (long long)r);
 }
 
-int qd_verdict_reason(unsigned mask, const qd_metrics *m, const qd_tol *tol, const qd_blowup *b,
-                      double prev_rel_l2, char *buf, size_t n) {
+int qd_verdict_reason(unsigned mask, const qd_metrics *m, const qd_tol *tol, const qd_blowup *b, double prev_rel_l2,
+                      char *buf, size_t n) {
     char dummy[1];
     out_buf o = {n ? buf : dummy, n ? n : 1, 0};
     o.buf[0] = '\0';
@@ -398,10 +391,8 @@ int qd_verdict_reason(unsigned mask, const qd_metrics *m, const qd_tol *tol, con
         add_count(s, sizeof s, "NaN", m->nan_test, m->nan_ref);
         add_count(s, sizeof s, "+Inf", m->posinf_test, m->posinf_ref);
         add_count(s, sizeof s, "-Inf", m->neginf_test, m->neginf_ref);
-        if (s[0])
-            out_add(&o, "non-finite: %s", s);
-        else
-            out_add(&o, "non-finite: %lld elements differ in place", (long long)m->nonfinite_mismatch);
+        if (s[0]) out_add(&o, "non-finite: %s", s);
+        else out_add(&o, "non-finite: %lld elements differ in place", (long long)m->nonfinite_mismatch);
     }
     if (mask & QD_V_COLLAPSE) {
         fmt_short(a, sizeof a, m->max_mag_ref);
@@ -421,19 +412,15 @@ int qd_verdict_reason(unsigned mask, const qd_metrics *m, const qd_tol *tol, con
     if (mask & QD_V_REL_L2) {
         fmt_short(a, sizeof a, m->rel_l2);
         fmt_short(c, sizeof c, tol->rel_l2);
-        if (isnan(m->rel_l2))
-            out_add(&o, "rel_l2 nan: no element is finite on both sides");
-        else
-            out_add(&o, "rel_l2 %s > %s", a, c);
+        if (isnan(m->rel_l2)) out_add(&o, "rel_l2 nan: no element is finite on both sides");
+        else out_add(&o, "rel_l2 %s > %s", a, c);
     }
     if (mask & QD_V_MAX_ABS) {
         fmt_short(a, sizeof a, m->max_abs);
         fmt_short(c, sizeof c, tol->atol + tol->rtol * m->max_mag_ref);
         qd_metrics_where(m, w, sizeof w);
-        if (isnan(m->max_abs))
-            out_add(&o, "max_abs nan: no element is finite on both sides");
-        else
-            out_add(&o, "max_abs %s > %s at %s", a, c, w);
+        if (isnan(m->max_abs)) out_add(&o, "max_abs nan: no element is finite on both sides");
+        else out_add(&o, "max_abs %s > %s at %s", a, c, w);
     }
     if (o.len == 0) out_add(&o, "ok");
     return (int)o.len;

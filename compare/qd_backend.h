@@ -19,25 +19,25 @@
 typedef struct qd_backend qd_backend;
 
 struct qd_backend {
-    char name[32];         /* "ref", "emu", "fused" */
-    char precision[8];     /* activations: "fp64" | "fp32" | "bf16" | "fp16" (schema v1 attr) */
-    char accum[8];         /* reductions: "f32" | "f64" */
+    char name[32];     /* "ref", "emu", "fused" */
+    char precision[8]; /* activations: "fp64" | "fp32" | "bf16" | "fp16" (schema v1 attr) */
+    char accum[8];     /* reductions: "f32" | "f64" */
     const qd_config *cfg;
     void *impl;
     int (*embed)(qd_backend *b, const int32_t *tokens, int T, float *h, qd_tap_sink *sink, qd_err *e);
-    int (*layer)(qd_backend *b, int layer, const float *h_in, float *h_out, int T, int pos0,
-                 qd_tap_sink *sink, qd_err *e);
+    int (*layer)(qd_backend *b, int layer, const float *h_in, float *h_out, int T, int pos0, qd_tap_sink *sink,
+                 qd_err *e);
     int (*head)(qd_backend *b, const float *h, int T, float *logits, qd_tap_sink *sink, qd_err *e);
     void (*destroy)(qd_backend *b);
 };
 
 typedef struct {
-    int threads;     /* CPU backends; <= 0: default */
-    int accum_f64;   /* ref: --ref-accum f64 */
-    int max_seq;     /* KV cache capacity (prompt + decode steps) */
-    const char *act; /* emu, fused: activation dtype "bf16" (default when NULL) | "fp16" | "fp32" */
-    qd_fault fault;  /* emu, fused: a fault to inject; kind QD_FAULT_NONE for none */
-    int taps_all;    /* fused: the unfused variant, so every tap exists */
+    int threads;          /* CPU backends; <= 0: default */
+    int accum_f64;        /* ref: --ref-accum f64 */
+    int max_seq;          /* KV cache capacity (prompt + decode steps) */
+    const char *act;      /* emu, fused: activation dtype "bf16" (default when NULL) | "fp16" | "fp32" */
+    qd_fault fault;       /* emu, fused: a fault to inject; kind QD_FAULT_NONE for none */
+    int taps_all;         /* fused: the unfused variant, so every tap exists */
     unsigned fp32_points; /* emu: precision points kept in fp32 (qd_emu.h, bit p: qd_precision_point p); 0: none.
                              Any other backend refuses a non-zero mask (QD_EINPUT) */
 } qd_backend_opts;

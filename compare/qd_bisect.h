@@ -35,12 +35,12 @@ typedef enum {
 
 /* One tried mask. */
 typedef struct {
-    unsigned fp32;      /* the points kept in fp32 (qd_precision_point bits) */
-    const char *stage;  /* "run" (the run's own row), "baseline", "all", "single", "reduce" */
-    int fixed;          /* the flagged tap passes and no row before it (same mode) fails */
-    int earlier_fail;   /* a row before the flagged tap fails: the divergence moved earlier */
-    double rel_l2;      /* the flagged tap's */
-    unsigned verdict;   /* its QD_V_* mask */
+    unsigned fp32;     /* the points kept in fp32 (qd_precision_point bits) */
+    const char *stage; /* "run" (the run's own row), "baseline", "all", "single", "reduce" */
+    int fixed;         /* the flagged tap passes and no row before it (same mode) fails */
+    int earlier_fail;  /* a row before the flagged tap fails: the divergence moved earlier */
+    double rel_l2;     /* the flagged tap's */
+    unsigned verdict;  /* its QD_V_* mask */
 } qd_bisect_try;
 
 #define QD_BISECT_MAX_TRIED 256
@@ -48,15 +48,15 @@ typedef struct {
 
 typedef struct {
     qd_bisect_outcome outcome;
-    int step;           /* the flagged tap */
+    int step; /* the flagged tap */
     qd_tap_id id;
     qd_mode mode;
-    int stand_in;       /* B was fused: emu reran as its precision model */
-    char name_a[32];    /* the rerun pair: A as run, B = emu */
+    int stand_in;        /* B was fused: emu reran as its precision model */
+    char name_a[32];     /* the rerun pair: A as run, B = emu */
     unsigned candidates; /* the points that round and can reach the flagged tap (all tried in stage 1) */
-    unsigned set;       /* MINIMAL, NOT_MINIMAL: the set found; else 0 */
+    unsigned set;        /* MINIMAL, NOT_MINIMAL: the set found; else 0 */
     unsigned also_alone; /* other single points that fix the tap alone (MINIMAL with a one-point set) */
-    int reruns;         /* lockstep reruns made (the run's own row is not one) */
+    int reruns;          /* lockstep reruns made (the run's own row is not one) */
     qd_bisect_try tried[QD_BISECT_MAX_TRIED]; /* (n_tried) in the order tried */
     int n_tried;
 } qd_bisect_result;
@@ -68,10 +68,10 @@ typedef struct {
     const int32_t *tokens;
     int T;
     int decode;
-    const qd_tolerances *tol;    /* the run's tolerances */
-    qd_mode locate;              /* the run's; isolated: a teacher-forced instance is rerun too */
-    const qd_tap_row *flagged;   /* the run's first divergence (its step, tap and mode) */
-    int max_reruns;              /* <= 0: QD_BISECT_DEFAULT_RERUNS */
+    const qd_tolerances *tol;  /* the run's tolerances */
+    qd_mode locate;            /* the run's; isolated: a teacher-forced instance is rerun too */
+    const qd_tap_row *flagged; /* the run's first divergence (its step, tap and mode) */
+    int max_reruns;            /* <= 0: QD_BISECT_DEFAULT_RERUNS */
     /* called before each rerun (NULL: none), e.g. for a progress line */
     void (*progress)(void *ctx, int rerun, unsigned fp32);
     void *progress_ctx;

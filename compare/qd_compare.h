@@ -31,8 +31,8 @@ typedef enum { QD_MODE_FREE = 0, QD_MODE_ISOLATED = 1 } qd_mode;
 const char *qd_mode_name(qd_mode m); /* "free", "isolated" */
 
 typedef struct {
-    int step;           /* 0: the prompt; k >= 1: decode step k */
-    qd_tap_id id;       /* which tap: embed, layer n's, or the head's (id.layer -1 outside the layers) */
+    int step;     /* 0: the prompt; k >= 1: decode step k */
+    qd_tap_id id; /* which tap: embed, layer n's, or the head's (id.layer -1 outside the layers) */
     qd_mode mode;
     qd_metrics m;
     qd_tol tol;         /* the tolerance it was judged by */
@@ -44,32 +44,32 @@ typedef struct {
 } qd_tap_row;
 
 typedef struct {
-    char name_a[64], name_b[64];     /* e.g. "ref", "emu" (offline: file:group) */
+    char name_a[64], name_b[64]; /* e.g. "ref", "emu" (offline: file:group) */
     char prec_a[8], prec_b[8];
     int n_layers;
-    int steps;                       /* 1 + decode steps compared */
-    int isolated;                    /* isolated-mode rows exist */
+    int steps;    /* 1 + decode steps compared */
+    int isolated; /* isolated-mode rows exist */
     qd_mode locate;
-    qd_blowup blowup;                /* the blow-up settings used (for reasons) */
-    qd_tap_row *rows;                /* (n) in execution order: step, layer, tap; free before isolated */
+    qd_blowup blowup; /* the blow-up settings used (for reasons) */
+    qd_tap_row *rows; /* (n) in execution order: step, layer, tap; free before isolated */
     int n, cap;
-    int first_div;                   /* row index of the first divergence in the located mode; -1 none */
-    int first_fail[2];               /* first failing row per mode; -1 none */
+    int first_div;                     /* row index of the first divergence in the located mode; -1 none */
+    int first_fail[2];                 /* first failing row per mode; -1 none */
     char only_a[QD_NUM_TAP_KINDS][24]; /* taps only one side has (names) */
     int n_only_a;
     char only_b[QD_NUM_TAP_KINDS][24];
     int n_only_b;
-    int head_dim;                    /* HD: where's per-head view of q_proj, k_proj, v_proj and attn; 0 unknown */
-    qd_where where;                  /* where inside the first divergence's tap the error lives
+    int head_dim;        /* HD: where's per-head view of q_proj, k_proj, v_proj and attn; 0 unknown */
+    qd_where where;      /* where inside the first divergence's tap the error lives
                                         (qd_report_localise); where.valid 0 when none */
-    int replay;                      /* 1: rows judged by the local ratio (qd_replay.h); 0: by tolerances */
-    double threshold;                /* replay: the ratio's threshold */
-    int single;                      /* `qwen3-diff replay`: one engine (side A), no A-vs-B metrics */
-    int worst_inherited;             /* replay: the row with the largest A-vs-B rel_l2; -1 none */
+    int replay;          /* 1: rows judged by the local ratio (qd_replay.h); 0: by tolerances */
+    double threshold;    /* replay: the ratio's threshold */
+    int single;          /* `qwen3-diff replay`: one engine (side A), no A-vs-B metrics */
+    int worst_inherited; /* replay: the row with the largest A-vs-B rel_l2; -1 none */
 } qd_report;
 
-void qd_report_init(qd_report *r, const char *name_a, const char *prec_a, const char *name_b,
-                    const char *prec_b, int n_layers, qd_mode locate, const qd_blowup *blowup);
+void qd_report_init(qd_report *r, const char *name_a, const char *prec_a, const char *name_b, const char *prec_b,
+                    int n_layers, qd_mode locate, const qd_blowup *blowup);
 void qd_report_free(qd_report *r);
 /* Name of a row's tap. */
 const char *qd_row_tap_name(const qd_tap_row *row);
@@ -90,24 +90,23 @@ int qd_compare_dump_head_dim(struct qd_h5in *f);
 typedef struct {
     const int32_t *tokens;
     int T;
-    int decode;                 /* decode steps after the prompt, each fed A's greedy next token */
+    int decode; /* decode steps after the prompt, each fed A's greedy next token */
     const qd_tolerances *tol;
     qd_mode locate;
-    qd_dump *dump;              /* NULL: no dump. Full tensors of the prompt step are written under
+    qd_dump *dump;         /* NULL: no dump. Full tensors of the prompt step are written under
                                    /<A>, /<B> (and /<B>-isolated) */
-    const char *dump_taps;      /* comma-separated fnmatch globs over tap names; NULL: all */
-    int dump_window;            /* --dump-on-divergence K: tensors only for positions within K of the
+    const char *dump_taps; /* comma-separated fnmatch globs over tap names; NULL: all */
+    int dump_window;       /* --dump-on-divergence K: tensors only for positions within K of the
                                    first divergence (embed is position 0, layer i is i+1, the head
                                    L+1); < 0: every position */
-    int progress;               /* "layer i/N" on stderr */
-    qd_replay_judge judge;      /* judge.w NULL (a zeroed struct): the tolerance verdict; else the replay's */
+    int progress;          /* "layer i/N" on stderr */
+    qd_replay_judge judge; /* judge.w NULL (a zeroed struct): the tolerance verdict; else the replay's */
 } qd_lockstep_opts;
 
 /* Runs A and B (and b_iso, a second instance of B's kind, for isolated mode; NULL for none) in lockstep
  * and fills r (initialised by the caller with qd_report_init). Memory holds one layer of taps per backend
  * (plus the dump window). Returns QD_OK (whatever the verdict) or an error code with e set. */
-int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockstep_opts *o, qd_report *r,
-                qd_err *e);
+int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockstep_opts *o, qd_report *r, qd_err *e);
 
 /* Offline: compares two schema-v1 dumps, A = path_a's group_a (the reference side), B = path_b's
  * group_b. group NULL: the file's only backend group (QD_EINPUT if it has several, naming them). tol NULL:
@@ -139,8 +138,8 @@ int qd_dump_model_dir(const char *path, char *out, size_t n, qd_err *e);
 void qd_calib_prompt(uint64_t seed, int T, int vocab, int32_t *out);
 
 typedef struct {
-    double worst_rel_l2;      /* over every free-running tap of every prompt */
-    double worst_growth;      /* worst layer-to-layer growth of a tap's rel_l2 (above the growth floor) */
+    double worst_rel_l2; /* over every free-running tap of every prompt */
+    double worst_growth; /* worst layer-to-layer growth of a tap's rel_l2 (above the growth floor) */
     char worst_at[96], worst_growth_at[96];
 } qd_bless_stats;
 
@@ -151,8 +150,8 @@ typedef struct {
  * the default. b_iso may be NULL. A run with non-finite values, a blow-up or a collapse is refused
  * (QD_EDIVERGED naming prompt, step, layer and tap). out must hold nothing on entry; on success the
  * caller frees it. stats may be NULL. */
-int qd_bless(qd_backend *a, qd_backend *b, qd_backend *b_iso, const int32_t *prompt, int T, int n_prompts,
-             int decode, double margin, qd_tolerances *out, qd_bless_stats *stats, qd_err *e);
+int qd_bless(qd_backend *a, qd_backend *b, qd_backend *b_iso, const int32_t *prompt, int T, int n_prompts, int decode,
+             double margin, qd_tolerances *out, qd_bless_stats *stats, qd_err *e);
 
 // ----------------------------------------------------------------------------
 // outputs: reports/qd_reports.h writes a qd_report for people and machines (terminal, JSON, JUnit, the

@@ -20,8 +20,8 @@
 typedef struct qd_dump qd_dump;
 
 /* compress: 0 none, 1..9 gzip level. */
-qd_dump *qd_dump_create(const char *path, const char *model_path, const char *config_json,
-                        const int32_t *input_ids, int T, int compress, qd_err *e);
+qd_dump *qd_dump_create(const char *path, const char *model_path, const char *config_json, const int32_t *input_ids,
+                        int T, int compress, qd_err *e);
 
 /* Adds a backend group; later qd_dump_backend_sink() taps land under it. */
 int qd_dump_add_backend(qd_dump *d, const char *backend, const char *precision, qd_err *e);
@@ -36,8 +36,8 @@ int qd_dump_backend_attr(qd_dump *d, const char *backend, const char *key, const
 qd_tap_sink *qd_dump_backend_sink(qd_dump *d, const char *backend, qd_err *e);
 
 /* Writes one tensor directly, at the path of its id. */
-int qd_dump_write_tap(qd_dump *d, const char *backend, qd_tap_id id, const float *data, int ndim,
-                      const int64_t *shape, qd_err *e);
+int qd_dump_write_tap(qd_dump *d, const char *backend, qd_tap_id id, const float *data, int ndim, const int64_t *shape,
+                      qd_err *e);
 
 /* --- tables beside the backend groups (the comparator's /diff/<A>-vs-<B>/metrics) --- */
 
@@ -49,8 +49,8 @@ int qd_dump_write_table(qd_dump *d, const char *parent, const char *group, const
 /* Integer and string attributes on /<parent>/<group> (created on demand). */
 int qd_dump_group_attr_int(qd_dump *d, const char *parent, const char *group, const char *key, long long value,
                            qd_err *e);
-int qd_dump_group_attr_string(qd_dump *d, const char *parent, const char *group, const char *key,
-                              const char *value, qd_err *e);
+int qd_dump_group_attr_string(qd_dump *d, const char *parent, const char *group, const char *key, const char *value,
+                              qd_err *e);
 
 /* commit=1: flush, close, rename to the final path. commit=0: close and delete. Frees d. */
 int qd_dump_close(qd_dump *d, int commit, qd_err *e);

@@ -41,8 +41,8 @@ int qd_h5in_has(qd_h5in *f, const char *path);
 /* Reads one tap (layer -1 with a qd_model_tap, else a qd_layer_tap) of a backend group, converted to
  * float32, after checking its type and that its shape is exactly the one config_json and T give
  * (qd_layer_tap_shape / qd_model_tap_shape). *data (shape (ndim, shape)) is malloc'd; NULL on error. */
-int qd_h5in_read_tap(qd_h5in *f, const char *backend, int layer, int tap, float **data, int *ndim,
-                     int64_t shape[3], qd_err *e);
+int qd_h5in_read_tap(qd_h5in *f, const char *backend, int layer, int tap, float **data, int *ndim, int64_t shape[3],
+                     qd_err *e);
 
 /* qd_h5in_read_tap for a tap given by its path ("/<backend>/<tap>" or "/<backend>/layers/NNN/<tap>"); a
  * path that names no tap is QD_EINPUT. */

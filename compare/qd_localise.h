@@ -53,8 +53,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define QD_WHERE_TOP 5             /* offenders listed per axis */
-#define QD_WHERE_SHARE 0.8         /* see above */
+#define QD_WHERE_TOP 5     /* offenders listed per axis */
+#define QD_WHERE_SHARE 0.8 /* see above */
 #define QD_WHERE_CONTRAST 12.0
 #define QD_WHERE_MAX_FRACTION 0.5
 
@@ -71,35 +71,35 @@ typedef struct {
 
 /* A set of indices of one axis. */
 typedef struct {
-    int64_t size;                      /* 0: none */
-    double share;                      /* of the axis' total */
-    double contrast;                   /* weight per index inside / outside; INFINITY when the rest is clean */
-    int64_t lo, hi;                    /* a contiguous range lo..hi; both -1 when it is not one */
-    int n_index;                       /* its members, ascending: the first QD_WHERE_TOP */
+    int64_t size;    /* 0: none */
+    double share;    /* of the axis' total */
+    double contrast; /* weight per index inside / outside; INFINITY when the rest is clean */
+    int64_t lo, hi;  /* a contiguous range lo..hi; both -1 when it is not one */
+    int n_index;     /* its members, ascending: the first QD_WHERE_TOP */
     int64_t index[QD_WHERE_TOP];
-    char text[96];                     /* "heads 1 and 2", "positions >= 64", "channels 0..11 and 32..39" */
+    char text[96]; /* "heads 1 and 2", "positions >= 64", "channels 0..11 and 32..39" */
 } qd_where_set;
 
 typedef struct {
-    int64_t len;                       /* N; 0: the view has no such axis */
-    int n_top;                         /* entries in top, by share descending, then index */
+    int64_t len; /* N; 0: the view has no such axis */
+    int n_top;   /* entries in top, by share descending, then index */
     qd_where_entry top[QD_WHERE_TOP];
-    qd_where_set set;                  /* what carries most (see above); size 0: spread along this axis */
-    qd_where_set peak;                 /* when set is the hot set and the core is at most 4 indices and
+    qd_where_set set;  /* what carries most (see above); size 0: spread along this axis */
+    qd_where_set peak; /* when set is the hot set and the core is at most 4 indices and
                                           fewer: the core (the seed: positions >= 64, token 64 alone 100 %);
                                           else size 0 */
 } qd_where_axis;
 
 typedef struct {
-    int valid;                         /* 0: nothing computed */
-    int ndim;                          /* the view: 1..3 */
+    int valid; /* 0: nothing computed */
+    int ndim;  /* the view: 1..3 */
     int64_t shape[3];
-    double energy;                     /* sum (test - ref)^2 over the finite pairs */
-    double ref_energy;                 /* sum ref^2 over the same pairs */
-    int64_t nonfinite;                 /* non-finite mismatches */
-    int by_nonfinite;                  /* 1: shares and sets are of the mismatches (nonfinite > 0) */
-    qd_where_axis axis[QD_NUM_AXES];   /* QD_AXIS_*; len 0 where the view has none */
-    char summary[384];                 /* the sentence, e.g. "heads 1 and 2 carry 100 % of the error" */
+    double energy;                   /* sum (test - ref)^2 over the finite pairs */
+    double ref_energy;               /* sum ref^2 over the same pairs */
+    int64_t nonfinite;               /* non-finite mismatches */
+    int by_nonfinite;                /* 1: shares and sets are of the mismatches (nonfinite > 0) */
+    qd_where_axis axis[QD_NUM_AXES]; /* QD_AXIS_*; len 0 where the view has none */
+    char summary[384];               /* the sentence, e.g. "heads 1 and 2 carry 100 % of the error" */
 } qd_where;
 
 /* Bytes of scratch qd_localise needs for this tap: O(T + H + C). */

@@ -51,41 +51,43 @@ struct json_t;
  *
  * The counts and magnitudes are per side: the non-finite counts over all elements, the magnitudes over a
  * side's finite elements (whatever the other side holds there). */
-#define QD_METRICS_FIELDS(M, J, AT) \
-    M(n,                  int64_t, H5T_NATIVE_INT64,  json_integer, "prod(shape): elements on each side") \
-    J(n_finite,           int64_t, H5T_NATIVE_INT64,  json_integer, \
-      "elements finite on both sides: what the error metrics cover") \
-    AT(M(max_abs,         double,  H5T_NATIVE_DOUBLE, qd_json_real, \
-         "the largest |test - ref|; NAN when n_finite == 0"), \
-       J(max_abs_index,   int64_t, H5T_NATIVE_INT64,  json_integer, \
-         "flat row-major index of the first element reaching max_abs; -1 if none")) \
-    M(test_at,            double,  H5T_NATIVE_DOUBLE, qd_json_real, "test[max_abs_index]; NAN if none") \
-    M(ref_at,             double,  H5T_NATIVE_DOUBLE, qd_json_real, "ref[max_abs_index]; NAN if none") \
-    M(max_rel,            double,  H5T_NATIVE_DOUBLE, qd_json_real, \
-      "max |test - ref| / max(|ref|, rel_floor): see above") \
-    J(rel_floor,          double,  H5T_NATIVE_DOUBLE, qd_json_real, "the floor max_rel used") \
-    M(rel_l2,             double,  H5T_NATIVE_DOUBLE, qd_json_real, \
-      "||test - ref|| / ||ref||; ||test - ref|| when ||ref|| == 0, since no relative scale exists") \
-    M(cosine,             double,  H5T_NATIVE_DOUBLE, qd_json_real, \
-      "<test, ref> / (||test|| ||ref||) in [-1, 1]; 1 when both are zero, 0 when exactly one is") \
-    M(sqnr_db,            double,  H5T_NATIVE_DOUBLE, qd_json_real, \
-      "10 log10(sum ref^2 / sum (test-ref)^2); INFINITY when identical, -INFINITY when ref is zero and test " \
-      "is not") \
-    M(nan_test,           int64_t, H5T_NATIVE_INT64,  json_integer, "NaN elements of test") \
-    M(posinf_test,        int64_t, H5T_NATIVE_INT64,  json_integer, "+Inf elements of test") \
-    M(neginf_test,        int64_t, H5T_NATIVE_INT64,  json_integer, "-Inf elements of test") \
-    M(nan_ref,            int64_t, H5T_NATIVE_INT64,  json_integer, "NaN elements of ref") \
-    M(posinf_ref,         int64_t, H5T_NATIVE_INT64,  json_integer, "+Inf elements of ref") \
-    M(neginf_ref,         int64_t, H5T_NATIVE_INT64,  json_integer, "-Inf elements of ref") \
-    J(nonfinite_mismatch, int64_t, H5T_NATIVE_INT64,  json_integer, \
-      "elements whose class (finite/NaN/+Inf/-Inf) differs between the sides: a NaN that moved even when " \
-      "the counts agree") \
-    M(max_mag_test,       double,  H5T_NATIVE_DOUBLE, qd_json_real, "max |test| over test's finite elements") \
-    M(max_mag_ref,        double,  H5T_NATIVE_DOUBLE, qd_json_real, "max |ref| over ref's finite elements") \
-    M(mag_ratio,          double,  H5T_NATIVE_DOUBLE, qd_json_real, "max_mag_test / max(max_mag_ref, 1e-30)")
+/* clang-format off: one field per line, aligned as a table */
+#define QD_METRICS_FIELDS(M, J, AT)                                                                             \
+    M(n, int64_t, H5T_NATIVE_INT64, json_integer, "prod(shape): elements on each side")                         \
+    J(n_finite, int64_t, H5T_NATIVE_INT64, json_integer,                                                        \
+      "elements finite on both sides: what the error metrics cover")                                            \
+    AT(M(max_abs, double, H5T_NATIVE_DOUBLE, qd_json_real, "the largest |test - ref|; NAN when n_finite == 0"), \
+       J(max_abs_index, int64_t, H5T_NATIVE_INT64, json_integer,                                                \
+         "flat row-major index of the first element reaching max_abs; -1 if none"))                             \
+    M(test_at, double, H5T_NATIVE_DOUBLE, qd_json_real, "test[max_abs_index]; NAN if none")                     \
+    M(ref_at, double, H5T_NATIVE_DOUBLE, qd_json_real, "ref[max_abs_index]; NAN if none")                       \
+    M(max_rel, double, H5T_NATIVE_DOUBLE, qd_json_real, "max |test - ref| / max(|ref|, rel_floor): see above")  \
+    J(rel_floor, double, H5T_NATIVE_DOUBLE, qd_json_real, "the floor max_rel used")                             \
+    M(rel_l2, double, H5T_NATIVE_DOUBLE, qd_json_real,                                                          \
+      "||test - ref|| / ||ref||; ||test - ref|| when ||ref|| == 0, since no relative scale exists")             \
+    M(cosine, double, H5T_NATIVE_DOUBLE, qd_json_real,                                                          \
+      "<test, ref> / (||test|| ||ref||) in [-1, 1]; 1 when both are zero, 0 when exactly one is")               \
+    M(sqnr_db, double, H5T_NATIVE_DOUBLE, qd_json_real,                                                         \
+      "10 log10(sum ref^2 / sum (test-ref)^2); INFINITY when identical, -INFINITY when ref is zero and test "   \
+      "is not")                                                                                                 \
+    M(nan_test, int64_t, H5T_NATIVE_INT64, json_integer, "NaN elements of test")                                \
+    M(posinf_test, int64_t, H5T_NATIVE_INT64, json_integer, "+Inf elements of test")                            \
+    M(neginf_test, int64_t, H5T_NATIVE_INT64, json_integer, "-Inf elements of test")                            \
+    M(nan_ref, int64_t, H5T_NATIVE_INT64, json_integer, "NaN elements of ref")                                  \
+    M(posinf_ref, int64_t, H5T_NATIVE_INT64, json_integer, "+Inf elements of ref")                              \
+    M(neginf_ref, int64_t, H5T_NATIVE_INT64, json_integer, "-Inf elements of ref")                              \
+    J(nonfinite_mismatch, int64_t, H5T_NATIVE_INT64, json_integer,                                              \
+      "elements whose class (finite/NaN/+Inf/-Inf) differs between the sides: a NaN that moved even when "      \
+      "the counts agree")                                                                                       \
+    M(max_mag_test, double, H5T_NATIVE_DOUBLE, qd_json_real, "max |test| over test's finite elements")          \
+    M(max_mag_ref, double, H5T_NATIVE_DOUBLE, qd_json_real, "max |ref| over ref's finite elements")             \
+    M(mag_ratio, double, H5T_NATIVE_DOUBLE, qd_json_real, "max_mag_test / max(max_mag_ref, 1e-30)")
+/* clang-format on */
 
 #define QD_METRICS_MEMBER_(name, ctype, h5type, json, doc) ctype name;
-#define QD_METRICS_AT_(value, index) value index int ndim; int64_t coord[3];
+#define QD_METRICS_AT_(value, index) \
+    value index int ndim;            \
+    int64_t coord[3];
 typedef struct {
     QD_METRICS_FIELDS(QD_METRICS_MEMBER_, QD_METRICS_MEMBER_, QD_METRICS_AT_)
 } qd_metrics;
@@ -168,7 +170,7 @@ const char *qd_verdict_flag_name(unsigned flag);
  *   "blow-up: max |test| 1e29 vs max |ref| 3.1"   "rel_l2 3.2e-2 > 2e-2"
  *   "max_abs 5e-1 > 1.3e-1 at token 3, head 2, channel 17"   "error grew 25x since the previous layer"
  * "ok" for mask 0. tol, b and prev_rel_l2 are those the mask was computed with. Returns snprintf's count. */
-int qd_verdict_reason(unsigned mask, const qd_metrics *m, const qd_tol *tol, const qd_blowup *b,
-                      double prev_rel_l2, char *buf, size_t n);
+int qd_verdict_reason(unsigned mask, const qd_metrics *m, const qd_tol *tol, const qd_blowup *b, double prev_rel_l2,
+                      char *buf, size_t n);
 
 #endif

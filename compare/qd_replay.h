@@ -56,15 +56,17 @@ typedef struct {
 /* QD_REPLAY_FIELDS(M): the replay's figures of a row, in the order of JSON and of the HDF5 table
  * /diff/<A>-vs-<B>/metrics (after the existing columns): M(name, ctype, h5type, json, doc), as
  * QD_METRICS_FIELDS' M. The judged side's op (qd_tap_row.judged); NAN when no replay was made. */
-#define QD_REPLAY_FIELDS(M) \
-    M(local_rel_l2, double, H5T_NATIVE_DOUBLE, qd_json_real, \
-      "rel_l2 of the engine's tap vs the oracle replay of the op on the engine's own inputs") \
-    M(floor_rel_l2, double, H5T_NATIVE_DOUBLE, qd_json_real, \
+/* clang-format off: one field per line, aligned as a table */
+#define QD_REPLAY_FIELDS(M)                                                                           \
+    M(local_rel_l2, double, H5T_NATIVE_DOUBLE, qd_json_real,                                          \
+      "rel_l2 of the engine's tap vs the oracle replay of the op on the engine's own inputs")         \
+    M(floor_rel_l2, double, H5T_NATIVE_DOUBLE, qd_json_real,                                          \
       "rel_l2 of the contract replay (the engine's precision) vs the oracle replay: the noise floor") \
-    M(min_floor,    double, H5T_NATIVE_DOUBLE, qd_json_real, \
-      "one rounding of the output in its dtype, 2^-(p+1)/sqrt(3): the floor's least value") \
-    M(ratio,        double, H5T_NATIVE_DOUBLE, qd_json_real, "local_rel_l2 / max(floor_rel_l2, min_floor)") \
+    M(min_floor, double, H5T_NATIVE_DOUBLE, qd_json_real,                                             \
+      "one rounding of the output in its dtype, 2^-(p+1)/sqrt(3): the floor's least value")           \
+    M(ratio, double, H5T_NATIVE_DOUBLE, qd_json_real, "local_rel_l2 / max(floor_rel_l2, min_floor)")  \
     M(local_max_abs, double, H5T_NATIVE_DOUBLE, qd_json_real, "max |engine - oracle| of the op")
+/* clang-format on */
 
 #define QD_REPLAY_MEMBER_(name, ctype, h5type, json, doc) ctype name;
 /* The figures of QD_REPLAY_FIELDS, one struct. */
@@ -75,9 +77,9 @@ typedef struct {
 
 /* One op's replay. */
 typedef struct {
-    int have;           /* 1: replayed (the engine has the tap and the inputs it needs) */
-    qd_metrics local;   /* test = the engine's tap, ref = the oracle replay */
-    qd_metrics floor;   /* test = the contract replay, ref = the oracle replay */
+    int have;         /* 1: replayed (the engine has the tap and the inputs it needs) */
+    qd_metrics local; /* test = the engine's tap, ref = the oracle replay */
+    qd_metrics floor; /* test = the contract replay, ref = the oracle replay */
     double min_floor;
     double ratio;
 } qd_replay_op;
@@ -93,8 +95,7 @@ qd_replay *qd_replay_create(const qd_weights *w, const char *precision, const ch
 void qd_replay_free(qd_replay *rp);
 
 /* The embedding of tokens (T). op: embed's replay. */
-int qd_replay_embed(qd_replay *rp, const qd_tap_source *src, const int32_t *tokens, int T, qd_replay_op *op,
-                    qd_err *e);
+int qd_replay_embed(qd_replay *rp, const qd_tap_source *src, const int32_t *tokens, int T, qd_replay_op *op, qd_err *e);
 /* Layer l at positions pos0..pos0+T-1. h_in (T, C): the layer's input as the engine received it (its previous
  * layer's out, its embed, or, teacher-forced, the other side's); NULL when unknown (the ops that read it,
  * attn_norm and attn_residual, are then not replayed). ops (QD_NUM_LAYER_TAPS), by qd_layer_tap. Appends the
@@ -129,9 +130,20 @@ enum {
 /* The weights an op reads, one tensor each. */
 typedef enum {
     QD_RW_NONE = 0,
-    QD_RW_INPUT_LAYERNORM, QD_RW_Q_PROJ, QD_RW_K_PROJ, QD_RW_V_PROJ, QD_RW_Q_NORM, QD_RW_K_NORM, QD_RW_O_PROJ,
-    QD_RW_POST_ATTENTION_LAYERNORM, QD_RW_GATE_PROJ, QD_RW_UP_PROJ, QD_RW_DOWN_PROJ, /* layer l's */
-    QD_RW_EMBED, QD_RW_NORM, QD_RW_LM_HEAD,                                           /* the model's */
+    QD_RW_INPUT_LAYERNORM,
+    QD_RW_Q_PROJ,
+    QD_RW_K_PROJ,
+    QD_RW_V_PROJ,
+    QD_RW_Q_NORM,
+    QD_RW_K_NORM,
+    QD_RW_O_PROJ,
+    QD_RW_POST_ATTENTION_LAYERNORM,
+    QD_RW_GATE_PROJ,
+    QD_RW_UP_PROJ,
+    QD_RW_DOWN_PROJ, /* layer l's */
+    QD_RW_EMBED,
+    QD_RW_NORM,
+    QD_RW_LM_HEAD, /* the model's */
     QD_NUM_RW
 } qd_replay_weight;
 
@@ -173,9 +185,9 @@ int qd_replay_set_fault(qd_replay *rp, int fault, qd_err *e);
 /* What judges a comparison: the local ratio (w != NULL) or the tolerances (w == NULL). */
 struct qd_repro_req;
 typedef struct {
-    const qd_weights *w; /* the checkpoint both engines ran; NULL: no replay, the tolerance verdict */
-    double threshold;    /* on the local ratio; <= 0: QD_REPLAY_THRESHOLD */
-    int threads;         /* <= 0: OpenMP's default */
+    const qd_weights *w;        /* the checkpoint both engines ran; NULL: no replay, the tolerance verdict */
+    double threshold;           /* on the local ratio; <= 0: QD_REPLAY_THRESHOLD */
+    int threads;                /* <= 0: OpenMP's default */
     struct qd_repro_req *repro; /* NULL; else the first divergence's op is written as a repro file there
                                    (compare/qd_repro.h) */
 } qd_replay_judge;

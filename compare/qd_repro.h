@@ -28,27 +28,27 @@
 
 /* A request for a repro file, carried by qd_replay_judge.repro into the comparison. */
 typedef struct qd_repro_req {
-    const char *path;        /* the file; written to PATH.tmp.<pid> and renamed when complete */
-    const char *model;       /* provenance: the checkpoint directory ("" or NULL: unknown) */
-    int written;             /* out: 1 once the file is there */
-    char what[160];          /* out: "layer 1, attn of emu (side B)" */
+    const char *path;  /* the file; written to PATH.tmp.<pid> and renamed when complete */
+    const char *model; /* provenance: the checkpoint directory ("" or NULL: unknown) */
+    int written;       /* out: 1 once the file is there */
+    char what[160];    /* out: "layer 1, attn of emu (side B)" */
 } qd_repro_req;
 
 /* The first divergence's op as the comparator holds it, right after its position was replayed. */
 typedef struct {
     qd_tap_id id;
-    int step, T, pos0;       /* decode step (0: the prompt); rows; their first position */
-    char side;               /* 'A' or 'B' */
+    int step, T, pos0;                      /* decode step (0: the prompt); rows; their first position */
+    char side;                              /* 'A' or 'B' */
     const char *engine, *precision, *accum; /* accum NULL: f32 */
-    const char *mode;        /* "free" or "isolated" */
-    const qd_weights *w;     /* the checkpoint (its config_json is kept) */
-    const qd_replay *rp;     /* that side's replay */
-    const qd_tap_source *src; /* that side's taps of the position */
-    const float *h_in;       /* (T, C) the position's input: the layer's, or the last layer's output for the
+    const char *mode;                       /* "free" or "isolated" */
+    const qd_weights *w;                    /* the checkpoint (its config_json is kept) */
+    const qd_replay *rp;                    /* that side's replay */
+    const qd_tap_source *src;               /* that side's taps of the position */
+    const float *h_in;      /* (T, C) the position's input: the layer's, or the last layer's output for the
                                 head; NULL when unknown */
-    const int32_t *tokens;   /* (T) the step's token ids */
-    const qd_replay_op *op;  /* the op's replay on that side */
-    unsigned verdict;        /* qd_replay_verdict of op */
+    const int32_t *tokens;  /* (T) the step's token ids */
+    const qd_replay_op *op; /* the op's replay on that side */
+    unsigned verdict;       /* qd_replay_verdict of op */
     double threshold, blowup_ratio;
 } qd_repro_op;
 
@@ -62,10 +62,10 @@ int qd_repro_is_repro(const char *path);
 
 /* One implementation's output on the file's inputs, measured against the oracle's. */
 typedef struct {
-    int have;                /* 0: not run (note says why) */
-    qd_replay_op op;         /* local = its output vs the oracle; floor = the clean contract's */
-    unsigned verdict;        /* qd_replay_verdict */
-    char note[160];          /* "skipped: no CUDA device", "no kernel for q_norm", the kernel's name */
+    int have;         /* 0: not run (note says why) */
+    qd_replay_op op;  /* local = its output vs the oracle; floor = the clean contract's */
+    unsigned verdict; /* qd_replay_verdict */
+    char note[160];   /* "skipped: no CUDA device", "no kernel for q_norm", the kernel's name */
 } qd_repro_impl;
 
 typedef struct {
@@ -73,12 +73,12 @@ typedef struct {
     int step, T, pos0;
     char side[4], engine[64], precision[8], accum[8], mode[16], tap[24];
     double threshold, blowup_ratio;
-    qd_replay_figures stored_figures;   /* as the file holds them (the run's) */
-    qd_repro_impl stored;               /* the engine's stored output, judged again */
-    qd_repro_impl contract;             /* the clean contract: its ratio is 1 by construction */
-    qd_repro_impl faulted;              /* the contract with the fault (have 0 without one) */
-    qd_repro_impl fused;                /* the fused kernel */
-    int fault;                          /* qd_fault_kind injected; QD_FAULT_NONE */
+    qd_replay_figures stored_figures; /* as the file holds them (the run's) */
+    qd_repro_impl stored;             /* the engine's stored output, judged again */
+    qd_repro_impl contract;           /* the clean contract: its ratio is 1 by construction */
+    qd_repro_impl faulted;            /* the contract with the fault (have 0 without one) */
+    qd_repro_impl fused;              /* the fused kernel */
+    int fault;                        /* qd_fault_kind injected; QD_FAULT_NONE */
 } qd_repro_result;
 
 /* Reruns the op of the repro file at path: oracle, contract, the contract with fault (QD_FAULT_NONE: none)

@@ -37,14 +37,14 @@ typedef enum {
  * in both modes. tap_fused: where the fused backend differs (e.g. a tap its kernels fuse away), with why. */
 typedef struct {
     qd_fault_kind fault;
-    const char *fixture;  /* directory under the fixtures root */
+    const char *fixture; /* directory under the fixtures root */
     qd_variant variant;
-    int prompt_len;       /* 0: the fixture's prompt.txt; else qd_calib_prompt(prompt_seed, prompt_len) */
+    int prompt_len; /* 0: the fixture's prompt.txt; else qd_calib_prompt(prompt_seed, prompt_len) */
     uint64_t prompt_seed;
-    int inject;           /* the layer the fault is injected in */
-    int step, layer;      /* expected first divergence */
+    int inject;      /* the layer the fault is injected in */
+    int step, layer; /* expected first divergence */
     const char *tap;
-    const char *why;      /* why it shows there (and only there) */
+    const char *why;       /* why it shows there (and only there) */
     const char *tap_fused; /* NULL: tap; else the first divergence's tap on the fused backend */
     const char *why_fused; /* why it differs there */
 } qd_selftest_case;
@@ -58,10 +58,10 @@ const char *qd_selftest_case_tap(const qd_selftest_case *c, const char *backend)
 typedef struct {
     qd_fault_kind fault;
     const char *fixture;
-    int prompt_len;       /* as qd_selftest_case */
+    int prompt_len; /* as qd_selftest_case */
     uint64_t prompt_seed;
     int inject;
-    const char *act;      /* the dtype of the run that diverged first (the sweep covers all three) */
+    const char *act; /* the dtype of the run that diverged first (the sweep covers all three) */
     qd_sweep_class expect;
     const char *why;
 } qd_sweep_case;
@@ -70,8 +70,7 @@ const qd_sweep_case *qd_sweep_cases(int *n);
 
 /* 1 when the report's first failing row in `mode` is exactly (step, layer, tap); found gets what was found
  * ("step 0, layer 1, k_norm" or "no divergence"). Exposed so tests can check the checker. */
-int qd_selftest_matches(const qd_report *r, qd_mode mode, int step, int layer, const char *tap, char *found,
-                        size_t n);
+int qd_selftest_matches(const qd_report *r, qd_mode mode, int step, int layer, const char *tap, char *found, size_t n);
 
 typedef struct {
     const char *backend;  /* the backend under test: "emu", or "fused" (a CUDA build and device); NULL: emu */
@@ -89,22 +88,22 @@ typedef struct {
 /* One check: an expectation of the table in one mode, the clean prompts of a context in one mode, or a
  * precision sweep. */
 typedef struct {
-    const char *kind;   /* "fault", "clean", "sweep" */
-    char fault[48];     /* "knorm-mul@1", "clean (5 prompts)" */
-    char fixture[96];   /* the context: "knorm_extreme", "gqa_tied+tiny-row", "knorm_extreme/T16#2" */
-    char expected[96];  /* "step 0, layer 1, k_norm", "no divergence", a sweep class */
-    char found[128];    /* the same form; "prompt 7: ..." for a clean prompt that diverged */
-    const char *mode;   /* "free", "isolated", "sweep" */
-    int ok;             /* found is what was expected */
-    char reason[240];   /* the first divergence's reason, or the sweep's per-dtype summary */
-    int32_t *tokens;    /* (T) the prompt of fault and sweep checks, owned; NULL for clean checks */
+    const char *kind;  /* "fault", "clean", "sweep" */
+    char fault[48];    /* "knorm-mul@1", "clean (5 prompts)" */
+    char fixture[96];  /* the context: "knorm_extreme", "gqa_tied+tiny-row", "knorm_extreme/T16#2" */
+    char expected[96]; /* "step 0, layer 1, k_norm", "no divergence", a sweep class */
+    char found[128];   /* the same form; "prompt 7: ..." for a clean prompt that diverged */
+    const char *mode;  /* "free", "isolated", "sweep" */
+    int ok;            /* found is what was expected */
+    char reason[240];  /* the first divergence's reason, or the sweep's per-dtype summary */
+    int32_t *tokens;   /* (T) the prompt of fault and sweep checks, owned; NULL for clean checks */
     int T;
 } qd_selftest_check;
 
 typedef struct {
     qd_selftest_check *checks; /* (n) in the order they ran */
     int n, cap;
-    int misses;                /* checks not ok */
+    int misses; /* checks not ok */
 } qd_selftest_result;
 
 /* Runs every check (minutes on the CPU). Returns QD_OK with out filled, whatever the misses, or an error

@@ -38,12 +38,12 @@ typedef enum {
 enum { QD_SWEEP_FP32 = 0, QD_SWEEP_FP16 = 1, QD_SWEEP_BF16 = 2, QD_SWEEP_NDTYPES = 3 };
 
 typedef struct {
-    char act[8];        /* "fp32", "fp16", "bf16" */
-    int diverged;       /* a failing tap in the located mode */
+    char act[8];          /* "fp32", "fp16", "bf16" */
+    int diverged;         /* a failing tap in the located mode */
     int step, layer, tap; /* the first divergence (tap: as qd_tap_row.tap); layer -1 for model taps */
     char tap_name[24];
-    unsigned verdict;   /* its QD_V_* mask */
-    char reason[200];   /* qd_verdict_reason of that row */
+    unsigned verdict; /* its QD_V_* mask */
+    char reason[200]; /* qd_verdict_reason of that row */
 } qd_sweep_entry;
 
 typedef struct {
@@ -57,8 +57,8 @@ typedef struct {
     const int32_t *tokens;
     int T;
     int decode;
-    int calib_prompts;           /* >= 1: prompts of the bless step per pair (5 is the selftest's) */
-    double margin;               /* >= 1 */
+    int calib_prompts; /* >= 1: prompts of the bless step per pair (5 is the selftest's) */
+    double margin;     /* >= 1 */
     qd_mode locate;
 } qd_sweep_opts;
 

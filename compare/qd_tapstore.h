@@ -10,18 +10,18 @@
 #include "qd_taps.h"
 
 typedef struct {
-    float *data;       /* (shape) */
-    size_t cap;        /* floats allocated */
+    float *data; /* (shape) */
+    size_t cap;  /* floats allocated */
     int ndim;
     int64_t shape[3];
     int present;
 } qd_tapbuf;
 
 typedef struct {
-    qd_tap_sink sink;                     /* give &store.sink to a backend */
+    qd_tap_sink sink; /* give &store.sink to a backend */
     qd_tapbuf layer_taps[QD_NUM_LAYER_TAPS];
     qd_tapbuf model_taps[QD_NUM_MODEL_TAPS];
-    int layer;                            /* layer of the taps held in layer_taps, -1 if none */
+    int layer; /* layer of the taps held in layer_taps, -1 if none */
 } qd_tapstore;
 
 void qd_tapstore_init(qd_tapstore *s);

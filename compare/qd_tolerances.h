@@ -66,14 +66,14 @@ struct qd_tolerances {
     unsigned def_set;               /* its fields that are set: all of them at the top level; in
                                        `isolated`, those its "default" sets (the rest fall through) */
     qd_tol_entry taps[QD_NUM_TAP_IDS];
-    int n_layers;                   /* rows of layers (0 when no layer entry) */
-    qd_tol_entry *layers;           /* (n_layers, 1 + QD_NUM_LAYER_TAPS): [l][0] the whole layer l,
+    int n_layers;            /* rows of layers (0 when no layer entry) */
+    qd_tol_entry *layers;    /* (n_layers, 1 + QD_NUM_LAYER_TAPS): [l][0] the whole layer l,
                                        [l][1 + tap] layer l's tap */
-    qd_blowup blowup;               /* blowup_ratio, growth_factor, growth_floor */
-    struct json_t *measured;        /* "measured", kept verbatim; NULL when absent; owned */
-    qd_tolerances *isolated;        /* "isolated": the levels of teacher-forced rows (def, def_set, taps,
+    qd_blowup blowup;        /* blowup_ratio, growth_factor, growth_floor */
+    struct json_t *measured; /* "measured", kept verbatim; NULL when absent; owned */
+    qd_tolerances *isolated; /* "isolated": the levels of teacher-forced rows (def, def_set, taps,
                                        layers; nothing else of it is used); NULL when absent; owned */
-    char source[256];               /* the file qd_tolerances_load read (for messages); "" otherwise */
+    char source[256];        /* the file qd_tolerances_load read (for messages); "" otherwise */
 };
 
 /* Initialises t (which holds nothing yet, or was qd_tolerances_free'd) with the defaults of the
@@ -92,8 +92,7 @@ void qd_tolerances_free(qd_tolerances *t);
  *   layer >= 0, tap == NULL: the layer        layer >= 0, tap: that layer's tap (layer taps only)
  * QD_EINPUT for an unknown tap, a model tap with a layer, a layer >= QD_TOL_MAX_LAYERS, or a negative
  * or non-finite value. */
-int qd_tolerances_set(qd_tolerances *t, int layer, const char *tap, const qd_tol *tol, unsigned set,
-                      qd_err *e);
+int qd_tolerances_set(qd_tolerances *t, int layer, const char *tap, const qd_tol *tol, unsigned set, qd_err *e);
 /* The same at a level of the "isolated" section (created empty on first use). */
 int qd_tolerances_set_isolated(qd_tolerances *t, int layer, const char *tap, const qd_tol *tol, unsigned set,
                                qd_err *e);
@@ -106,8 +105,8 @@ qd_tol qd_tolerances_lookup_isolated(const qd_tolerances *t, int layer, const ch
 
 /* qd_verdict with the looked-up tolerance (of a teacher-forced row when `isolated`) and t's blow-up
  * settings. */
-unsigned qd_tolerances_verdict(const qd_tolerances *t, int isolated, int layer, const char *tap,
-                               const qd_metrics *m, double prev_rel_l2);
+unsigned qd_tolerances_verdict(const qd_tolerances *t, int isolated, int layer, const char *tap, const qd_metrics *m,
+                               double prev_rel_l2);
 
 /* Reads and validates a tolerance file (format above): a regular file of at most 16 MiB. On error t
  * holds nothing. */
@@ -117,8 +116,8 @@ int qd_tolerances_load(const char *path, qd_tolerances *t, qd_err *e);
  * n_layers layers: the same precision pair class (a file blessed for bf16 vs fp32 would be far too loose
  * for fp32 vs fp32) and no layer entry, at the top level or in "isolated", at or beyond n_layers.
  * QD_EINPUT naming t->source and the field otherwise. */
-int qd_tolerances_check_fit(const qd_tolerances *t, const char *name_test, const char *prec_test,
-                            const char *name_ref, const char *prec_ref, int n_layers, qd_err *e);
+int qd_tolerances_check_fit(const qd_tolerances *t, const char *name_test, const char *prec_test, const char *name_ref,
+                            const char *prec_ref, int n_layers, qd_err *e);
 
 /* Writes t in the format above, to PATH.tmp.<pid> then renamed to PATH: a reader never sees half a file. */
 int qd_tolerances_write(const char *path, const qd_tolerances *t, qd_err *e);
@@ -128,10 +127,10 @@ int qd_tolerances_write(const char *path, const qd_tolerances *t, qd_err *e);
 
 /* Per (layer, tap), the worst figures seen over several known-good runs. */
 typedef struct {
-    double rel_l2;        /* worst rel_l2 */
-    double abs_ratio;     /* worst max_abs / max_mag_ref, over runs with max_mag_ref > 0 */
-    double abs_zero_ref;  /* worst max_abs over runs whose reference was all zero */
-    int64_t runs;         /* how many runs reported this tap; 0: never seen */
+    double rel_l2;       /* worst rel_l2 */
+    double abs_ratio;    /* worst max_abs / max_mag_ref, over runs with max_mag_ref > 0 */
+    double abs_zero_ref; /* worst max_abs over runs whose reference was all zero */
+    int64_t runs;        /* how many runs reported this tap; 0: never seen */
 } qd_calib_slot;
 
 typedef struct {
@@ -157,8 +156,7 @@ int qd_calib_add(qd_calib *c, int layer, const char *tap, const qd_metrics *m, q
  * floor keeps a tap that happened to match exactly from getting a zero tolerance that the next,
  * equally correct run would fail. floor NULL: qd_tolerances_floor of out's precision pair.
  * margin must be >= 1. Sets out->margin. */
-int qd_calib_to_tolerances(const qd_calib *c, double margin, const qd_tol *floor, qd_tolerances *out,
-                           qd_err *e);
+int qd_calib_to_tolerances(const qd_calib *c, double margin, const qd_tol *floor, qd_tolerances *out, qd_err *e);
 /* The same into out's "isolated" section (teacher-forced rows' worst figures), floor and margin alike. */
 int qd_calib_to_tolerances_isolated(const qd_calib *c, double margin, const qd_tol *floor, qd_tolerances *out,
                                     qd_err *e);

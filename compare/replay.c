@@ -14,31 +14,31 @@
 #include "qd_ref_ops.h"
 
 struct qd_replay {
-    const qd_weights *w;   /* the oracle's: the checkpoint as loaded (borrowed) */
-    const qd_weights *wc;  /* the contract's: w, or &own, its bf16 rounding (emu's weights) */
+    const qd_weights *w;  /* the oracle's: the checkpoint as loaded (borrowed) */
+    const qd_weights *wc; /* the contract's: w, or &own, its bf16 rounding (emu's weights) */
     qd_weights own;
-    int lowp;              /* contract = emu's ops in act; else the reference's ops with accum_c */
-    int emu;               /* the contract runs emu's ops: lowp, or a fault set (qd_replay_set_fault) */
-    int fault;             /* qd_fault_kind in the contract's ops; QD_FAULT_NONE: the clean contract */
+    int lowp;  /* contract = emu's ops in act; else the reference's ops with accum_c */
+    int emu;   /* the contract runs emu's ops: lowp, or a fault set (qd_replay_set_fault) */
+    int fault; /* qd_fault_kind in the contract's ops; QD_FAULT_NONE: the clean contract */
     qd_act_dtype act;
     qd_accum accum_c;
-    double min_floor;      /* of the activation dtype */
-    double min_floor_f32;  /* of fp32 (the contract's logits) */
+    double min_floor;     /* of the activation dtype */
+    double min_floor_f32; /* of fp32 (the contract's logits) */
     int max_seq, threads;
-    float *inv_freq;       /* (HD/2) rope_inv_freq */
-    float *inv_freq_bf16;  /* (HD/2) the same rounded to bf16 (fault rope-freq-bf16); NULL until asked */
+    float *inv_freq;      /* (HD/2) rope_inv_freq */
+    float *inv_freq_bf16; /* (HD/2) the same rounded to bf16 (fault rope-freq-bf16); NULL until asked */
     /* the inputs attention saw at every earlier position: the engine's k_rope and v_proj (or, when it does
      * not tap them, each side's own replay of them) */
-    float *kc_o, *vc_o;    /* (L, max_seq, NKV, HD) oracle side */
-    float *kc_c, *vc_c;    /* (L, max_seq, NKV, HD) contract side */
-    unsigned char *hist;   /* (L, max_seq) 1: that position's K/V is known */
+    float *kc_o, *vc_o;          /* (L, max_seq, NKV, HD) oracle side */
+    float *kc_c, *vc_c;          /* (L, max_seq, NKV, HD) contract side */
+    unsigned char *hist;         /* (L, max_seq) 1: that position's K/V is known */
     float *o[QD_NUM_LAYER_TAPS]; /* (max_seq, width of the tap) oracle replays */
     float *c[QD_NUM_LAYER_TAPS]; /* (max_seq, width of the tap) contract replays */
-    float *xr;             /* (max_seq, C) the contract's copy of an input */
-    float *fn_o, *fn_c;    /* (max_seq, C) final_norm replays */
-    float *lg_o, *lg_c;    /* (max_seq, V) logits replays */
-    float *att_scratch;    /* (emu_attention_scratch(threads, max_seq, HD)) */
-    float *att_eager;      /* (max_seq, NH*HD) attention by the eager contract (emu_attention_eager) */
+    float *xr;                   /* (max_seq, C) the contract's copy of an input */
+    float *fn_o, *fn_c;          /* (max_seq, C) final_norm replays */
+    float *lg_o, *lg_c;          /* (max_seq, V) logits replays */
+    float *att_scratch;          /* (emu_attention_scratch(threads, max_seq, HD)) */
+    float *att_eager;            /* (max_seq, NH*HD) attention by the eager contract (emu_attention_eager) */
 };
 
 static size_t tap_width(const qd_config *c, int tap) {
@@ -95,7 +95,7 @@ static int round_weights(const qd_weights *w, qd_weights *own, qd_err *e) {
     }
     own->mem_floats = w->mem_floats;
     for (size_t i = 0; i < w->mem_floats; i++) own->mem[i] = qd_round_bf16(w->mem[i]);
-#define REBASE(p) ((p) ? own->mem + ((p) - w->mem) : NULL)
+#define REBASE(p) ((p) ? own->mem + ((p)-w->mem) : NULL)
     own->embed = REBASE(w->embed);
     own->norm = REBASE(w->norm);
     own->lm_head = REBASE(w->lm_head);
@@ -159,14 +159,15 @@ qd_replay *qd_replay_create(const qd_weights *w, const char *precision, const ch
     rp->threads = threads > 0 ? threads : omp_get_max_threads();
     size_t S = (size_t)max_seq, L = (size_t)c->num_hidden_layers, C = (size_t)c->hidden_size;
     size_t HD = (size_t)c->head_dim, KV = (size_t)c->num_key_value_heads * HD, V = (size_t)c->vocab_size;
-    int ok = (rp->inv_freq = qd_alloc(HD / 2 * sizeof(float), e)) && (rp->kc_o = qd_zalloc(L * S * KV, sizeof(float), e)) &&
-             (rp->vc_o = qd_zalloc(L * S * KV, sizeof(float), e)) && (rp->kc_c = qd_zalloc(L * S * KV, sizeof(float), e)) &&
-             (rp->vc_c = qd_zalloc(L * S * KV, sizeof(float), e)) && (rp->hist = qd_zalloc(L * S, 1, e)) &&
-             (rp->xr = qd_alloc(S * C * sizeof(float), e)) && (rp->fn_o = qd_alloc(S * C * sizeof(float), e)) &&
-             (rp->fn_c = qd_alloc(S * C * sizeof(float), e)) && (rp->lg_o = qd_alloc(S * V * sizeof(float), e)) &&
-             (rp->lg_c = qd_alloc(S * V * sizeof(float), e)) &&
-             (rp->att_scratch = qd_alloc(emu_attention_scratch(rp->threads, max_seq, (int)HD) * sizeof(float), e)) &&
-             (rp->att_eager = qd_alloc(S * (size_t)c->num_attention_heads * HD * sizeof(float), e));
+    int ok =
+        (rp->inv_freq = qd_alloc(HD / 2 * sizeof(float), e)) && (rp->kc_o = qd_zalloc(L * S * KV, sizeof(float), e)) &&
+        (rp->vc_o = qd_zalloc(L * S * KV, sizeof(float), e)) && (rp->kc_c = qd_zalloc(L * S * KV, sizeof(float), e)) &&
+        (rp->vc_c = qd_zalloc(L * S * KV, sizeof(float), e)) && (rp->hist = qd_zalloc(L * S, 1, e)) &&
+        (rp->xr = qd_alloc(S * C * sizeof(float), e)) && (rp->fn_o = qd_alloc(S * C * sizeof(float), e)) &&
+        (rp->fn_c = qd_alloc(S * C * sizeof(float), e)) && (rp->lg_o = qd_alloc(S * V * sizeof(float), e)) &&
+        (rp->lg_c = qd_alloc(S * V * sizeof(float), e)) &&
+        (rp->att_scratch = qd_alloc(emu_attention_scratch(rp->threads, max_seq, (int)HD) * sizeof(float), e)) &&
+        (rp->att_eager = qd_alloc(S * (size_t)c->num_attention_heads * HD * sizeof(float), e));
     for (int t = 0; ok && t < QD_NUM_LAYER_TAPS; t++)
         ok = (rp->o[t] = qd_alloc(S * tap_width(c, t) * sizeof(float), e)) &&
              (rp->c[t] = qd_alloc(S * tap_width(c, t) * sizeof(float), e));
@@ -277,8 +278,7 @@ static void measure(qd_replay_op *op, const float *engine, const float *oracle, 
  * running max, emu_attention) and the eager one (scores and normalised P stored in the dtype,
  * emu_attention_eager). A correct engine of either kind must pass, so the floor is the wider of the two
  * (docs/TOLERANCES.md, "The noise floor"). */
-static void widen_floor(qd_replay_op *op, const float *contract2, const float *oracle, int ndim,
-                        const int64_t *shape) {
+static void widen_floor(qd_replay_op *op, const float *contract2, const float *oracle, int ndim, const int64_t *shape) {
     qd_metrics f2;
     qd_metrics_compute(contract2, oracle, ndim, shape, &f2);
     if (!(f2.rel_l2 > op->floor.rel_l2)) return;
@@ -296,7 +296,8 @@ int qd_replay_embed(qd_replay *rp, const qd_tap_source *src, const int32_t *toke
                     qd_err *e) {
     const qd_config *c = &rp->w->cfg;
     clear_ops(op, 1);
-    if (T <= 0 || T > rp->max_seq) return qd_errf(e, QD_EINPUT, "replay: embed: %d tokens do not fit max_seq %d", T, rp->max_seq);
+    if (T <= 0 || T > rp->max_seq)
+        return qd_errf(e, QD_EINPUT, "replay: embed: %d tokens do not fit max_seq %d", T, rp->max_seq);
     const qd_tap_id id = qd_tap_model(QD_TAP_EMBED);
     const float *eng = engine_tap(src, c, id, T);
     if (!eng) return QD_OK;
@@ -348,21 +349,29 @@ const qd_replay_reads *qd_replay_reads_of(qd_tap_id id) {
 }
 
 static const char *const weight_names[QD_NUM_RW] = {
-    "", "input_layernorm", "q_proj", "k_proj", "v_proj", "q_norm", "k_norm", "o_proj", "post_attention_layernorm",
-    "gate_proj", "up_proj", "down_proj", "embed_tokens", "norm", "lm_head"};
+    "",       "input_layernorm",          "q_proj",    "k_proj",  "v_proj",    "q_norm",       "k_norm",
+    "o_proj", "post_attention_layernorm", "gate_proj", "up_proj", "down_proj", "embed_tokens", "norm",
+    "lm_head"};
 
-const char *qd_replay_weight_name(qd_replay_weight k) {
-    return k > QD_RW_NONE && k < QD_NUM_RW ? weight_names[k] : "";
-}
+const char *qd_replay_weight_name(qd_replay_weight k) { return k > QD_RW_NONE && k < QD_NUM_RW ? weight_names[k] : ""; }
 
 int qd_replay_weight_shape(const qd_config *c, qd_replay_weight k, int64_t shape[2]) {
     const int64_t C = c->hidden_size, I = c->intermediate_size, HD = c->head_dim, V = c->vocab_size;
     const int64_t Q = (int64_t)c->num_attention_heads * HD, KV = (int64_t)c->num_key_value_heads * HD;
-    const int64_t dims[QD_NUM_RW][2] = {
-        [QD_RW_INPUT_LAYERNORM] = {C, 0}, [QD_RW_Q_PROJ] = {Q, C}, [QD_RW_K_PROJ] = {KV, C}, [QD_RW_V_PROJ] = {KV, C},
-        [QD_RW_Q_NORM] = {HD, 0}, [QD_RW_K_NORM] = {HD, 0}, [QD_RW_O_PROJ] = {C, Q},
-        [QD_RW_POST_ATTENTION_LAYERNORM] = {C, 0}, [QD_RW_GATE_PROJ] = {I, C}, [QD_RW_UP_PROJ] = {I, C},
-        [QD_RW_DOWN_PROJ] = {C, I}, [QD_RW_EMBED] = {V, C}, [QD_RW_NORM] = {C, 0}, [QD_RW_LM_HEAD] = {V, C}};
+    const int64_t dims[QD_NUM_RW][2] = {[QD_RW_INPUT_LAYERNORM] = {C, 0},
+                                        [QD_RW_Q_PROJ] = {Q, C},
+                                        [QD_RW_K_PROJ] = {KV, C},
+                                        [QD_RW_V_PROJ] = {KV, C},
+                                        [QD_RW_Q_NORM] = {HD, 0},
+                                        [QD_RW_K_NORM] = {HD, 0},
+                                        [QD_RW_O_PROJ] = {C, Q},
+                                        [QD_RW_POST_ATTENTION_LAYERNORM] = {C, 0},
+                                        [QD_RW_GATE_PROJ] = {I, C},
+                                        [QD_RW_UP_PROJ] = {I, C},
+                                        [QD_RW_DOWN_PROJ] = {C, I},
+                                        [QD_RW_EMBED] = {V, C},
+                                        [QD_RW_NORM] = {C, 0},
+                                        [QD_RW_LM_HEAD] = {V, C}};
     if (k <= QD_RW_NONE || k >= QD_NUM_RW) return 0;
     shape[0] = dims[k][0];
     shape[1] = dims[k][1];
@@ -375,8 +384,9 @@ const float *qd_replay_weight_of(const qd_weights *w, int layer, qd_replay_weigh
     if (k == QD_RW_LM_HEAD) return w->lm_head;
     if (k <= QD_RW_NONE || k >= QD_NUM_RW || layer < 0 || layer >= w->cfg.num_hidden_layers) return NULL;
     const qd_layer_weights *lw = &w->layers[layer];
-    const float *const p[] = {NULL, lw->input_layernorm, lw->q_proj, lw->k_proj, lw->v_proj, lw->q_norm, lw->k_norm,
-                              lw->o_proj, lw->post_attention_layernorm, lw->gate_proj, lw->up_proj, lw->down_proj};
+    const float *const p[] = {
+        NULL,       lw->input_layernorm,          lw->q_proj,    lw->k_proj,  lw->v_proj,   lw->q_norm, lw->k_norm,
+        lw->o_proj, lw->post_attention_layernorm, lw->gate_proj, lw->up_proj, lw->down_proj};
     return p[k];
 }
 
@@ -390,7 +400,8 @@ static int fault_for(const qd_replay *rp, int tap) {
 }
 
 int qd_replay_set_fault(qd_replay *rp, int fault, qd_err *e) {
-    if (fault < QD_FAULT_NONE || fault >= QD_NUM_FAULTS) return qd_errf(e, QD_EINPUT, "replay: unknown fault %d", fault);
+    if (fault < QD_FAULT_NONE || fault >= QD_NUM_FAULTS)
+        return qd_errf(e, QD_EINPUT, "replay: unknown fault %d", fault);
     const int HD = rp->w->cfg.head_dim;
     if (fault == QD_FAULT_ROPE_FREQ_BF16 && !rp->inv_freq_bf16) {
         if (!(rp->inv_freq_bf16 = qd_alloc((size_t)(HD / 2) * sizeof(float), e))) return QD_ERUNTIME;
@@ -463,8 +474,9 @@ int qd_replay_layer(qd_replay *rp, const qd_tap_source *src, int l, const float 
                fault_for(rp, QD_TAP_ATTN_NORM));
         done[QD_TAP_ATTN_NORM] = 1;
     }
-    const struct { int tap, out; } proj[3] = {{QD_TAP_Q_PROJ, NH * HD}, {QD_TAP_K_PROJ, NKV * HD},
-                                              {QD_TAP_V_PROJ, NKV * HD}};
+    const struct {
+        int tap, out;
+    } proj[3] = {{QD_TAP_Q_PROJ, NH * HD}, {QD_TAP_K_PROJ, NKV * HD}, {QD_TAP_V_PROJ, NKV * HD}};
     for (int i = 0; i < 3; i++) {
         const int t = proj[i].tap;
         if (!READY(t)) continue;
@@ -473,8 +485,9 @@ int qd_replay_layer(qd_replay *rp, const qd_tap_source *src, int l, const float 
         done[t] = 1;
     }
     /* per-head norms over head_dim, then RoPE: q and k alike */
-    const struct { int proj, norm, rope, nh; } qk[2] = {{QD_TAP_Q_PROJ, QD_TAP_Q_NORM, QD_TAP_Q_ROPE, NH},
-                                                        {QD_TAP_K_PROJ, QD_TAP_K_NORM, QD_TAP_K_ROPE, NKV}};
+    const struct {
+        int proj, norm, rope, nh;
+    } qk[2] = {{QD_TAP_Q_PROJ, QD_TAP_Q_NORM, QD_TAP_Q_ROPE, NH}, {QD_TAP_K_PROJ, QD_TAP_K_NORM, QD_TAP_K_ROPE, NKV}};
     for (int i = 0; i < 2; i++) {
         const int nt = qk[i].norm, rt = qk[i].rope;
         if (READY(nt)) {
@@ -536,8 +549,7 @@ int qd_replay_layer(qd_replay *rp, const qd_tap_source *src, int l, const float 
         if (rp->emu)
             emu_residual(K[QD_TAP_ATTN_RESIDUAL], input_c(rp, h_in, TC), IN_C(QD_TAP_O_PROJ), (long)TC, rp->act,
                          fault_for(rp, QD_TAP_ATTN_RESIDUAL));
-        else
-            residual_forward(K[QD_TAP_ATTN_RESIDUAL], h_in, IN_C(QD_TAP_O_PROJ), (long)TC);
+        else residual_forward(K[QD_TAP_ATTN_RESIDUAL], h_in, IN_C(QD_TAP_O_PROJ), (long)TC);
         done[QD_TAP_ATTN_RESIDUAL] = 1;
     }
     if (READY(QD_TAP_MLP_NORM)) {
@@ -558,8 +570,7 @@ int qd_replay_layer(qd_replay *rp, const qd_tap_source *src, int l, const float 
         if (rp->emu)
             emu_swiglu(K[QD_TAP_ACT], IN_C(QD_TAP_GATE_PROJ), IN_C(QD_TAP_UP_PROJ), (long)T * I, rp->act,
                        fault_for(rp, QD_TAP_ACT));
-        else
-            swiglu_forward(K[QD_TAP_ACT], IN_C(QD_TAP_GATE_PROJ), IN_C(QD_TAP_UP_PROJ), (long)T * I);
+        else swiglu_forward(K[QD_TAP_ACT], IN_C(QD_TAP_GATE_PROJ), IN_C(QD_TAP_UP_PROJ), (long)T * I);
         done[QD_TAP_ACT] = 1;
     }
     if (READY(QD_TAP_DOWN_PROJ)) {
@@ -572,8 +583,7 @@ int qd_replay_layer(qd_replay *rp, const qd_tap_source *src, int l, const float 
         if (rp->emu)
             emu_residual(K[QD_TAP_OUT], IN_C(QD_TAP_ATTN_RESIDUAL), IN_C(QD_TAP_DOWN_PROJ), (long)TC, rp->act,
                          QD_FAULT_NONE);
-        else
-            residual_forward(K[QD_TAP_OUT], IN_C(QD_TAP_ATTN_RESIDUAL), IN_C(QD_TAP_DOWN_PROJ), (long)TC);
+        else residual_forward(K[QD_TAP_OUT], IN_C(QD_TAP_ATTN_RESIDUAL), IN_C(QD_TAP_DOWN_PROJ), (long)TC);
         done[QD_TAP_OUT] = 1;
     }
 #undef AVAIL
@@ -604,7 +614,8 @@ static int all_in_act(qd_act_dtype act, const float *x, size_t n) {
 int qd_replay_head(qd_replay *rp, const qd_tap_source *src, const float *h, int T, qd_replay_op *ops, qd_err *e) {
     const qd_config *c = &rp->w->cfg;
     clear_ops(ops, 2);
-    if (T <= 0 || T > rp->max_seq) return qd_errf(e, QD_EINPUT, "replay: head: %d tokens do not fit max_seq %d", T, rp->max_seq);
+    if (T <= 0 || T > rp->max_seq)
+        return qd_errf(e, QD_EINPUT, "replay: head: %d tokens do not fit max_seq %d", T, rp->max_seq);
     const int C = c->hidden_size, V = c->vocab_size;
     const float eps = (float)c->rms_norm_eps;
     const qd_tap_id fid = qd_tap_model(QD_TAP_FINAL_NORM), lid = qd_tap_model(QD_TAP_LOGITS);

@@ -27,13 +27,13 @@
 #define MAX_NEED 12
 
 typedef struct {
-    int in[MAX_NEED];       /* tap kinds (qd_tap_id_kind) or QD_RIN_* */
-    int hist[MAX_NEED];     /* 1: every position 0..pos0+T-1 (attn's k_rope and v_proj) */
+    int in[MAX_NEED];   /* tap kinds (qd_tap_id_kind) or QD_RIN_* */
+    int hist[MAX_NEED]; /* 1: every position 0..pos0+T-1 (attn's k_rope and v_proj) */
     int n_in;
     qd_replay_weight w[MAX_NEED];
     int n_w;
-    int missing;            /* the direct input that cannot be had (valid when walk returns 0) */
-    int missing_of;         /* the op that reads it */
+    int missing;    /* the direct input that cannot be had (valid when walk returns 0) */
+    int missing_of; /* the op that reads it */
 } need_set;
 
 /* has(ctx, in, hist): the input is at hand as the engine tapped it. */
@@ -140,8 +140,8 @@ static int attr_double(const char *path, hid_t obj, const char *key, double v, q
 
 /* A dataset /group/name of ndim dims (shape), float32 or int32 (mem_type): shuffled and deflated, which halves
  * what bf16 values held in float32 take (their low 16 bits are zero). */
-static int write_ds(const char *path, hid_t file, const char *group, const char *name, hid_t file_type,
-                    hid_t mem_type, const void *data, int ndim, const int64_t *shape, qd_err *e) {
+static int write_ds(const char *path, hid_t file, const char *group, const char *name, hid_t file_type, hid_t mem_type,
+                    const void *data, int ndim, const int64_t *shape, qd_err *e) {
     char obj[160];
     snprintf(obj, sizeof obj, "/%s/%s", group, name);
     hsize_t dims[3];
@@ -150,7 +150,8 @@ static int write_ds(const char *path, hid_t file, const char *group, const char 
     int rc = QD_OK;
     hid_t g = -1, space = -1, dcpl = -1, ds = -1;
     htri_t exists = H5Lexists(file, group, H5P_DEFAULT);
-    g = exists > 0 ? H5Gopen2(file, group, H5P_DEFAULT) : H5Gcreate2(file, group, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    g = exists > 0 ? H5Gopen2(file, group, H5P_DEFAULT)
+                   : H5Gcreate2(file, group, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     if (g < 0) return h5_fail(path, e, "H5Gcreate2", group);
     if ((space = H5Screate_simple(ndim, dims, NULL)) < 0 || (dcpl = H5Pcreate(H5P_DATASET_CREATE)) < 0 ||
         H5Pset_obj_track_times(dcpl, 0) < 0) {
@@ -165,7 +166,8 @@ static int write_ds(const char *path, hid_t file, const char *group, const char 
         rc = h5_fail(path, e, "H5Dcreate2", obj);
         goto out;
     }
-    if (n > 0 && H5Dwrite(ds, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) rc = h5_fail(path, e, "H5Dwrite", obj);
+    if (n > 0 && H5Dwrite(ds, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0)
+        rc = h5_fail(path, e, "H5Dwrite", obj);
 out:
     if (ds >= 0) H5Dclose(ds);
     if (dcpl >= 0) H5Pclose(dcpl);
@@ -315,8 +317,7 @@ int qd_repro_write(qd_repro_req *req, const qd_repro_op *op, qd_err *e) {
     op_place(op->id, op->step, place, sizeof place);
     snprintf(req->what, sizeof req->what, "%s of %s (side %c%s)", place, op->engine, op->side,
              strcmp(op->mode, "isolated") ? "" : ", teacher-forced");
-    if (!op->op || !op->op->have)
-        return qd_errf(e, QD_EINPUT, "repro: %s was not replayed: nothing to write", place);
+    if (!op->op || !op->op->have) return qd_errf(e, QD_EINPUT, "repro: %s was not replayed: nothing to write", place);
     writer_ctx wc = {op, c};
     need_set ns;
     need_init(&ns);
@@ -385,7 +386,8 @@ static int rd_attr_string(const reader *rd, const char *key, char *buf, size_t n
         hid_t mt = H5Tcopy(H5T_C_S1);
         H5Tset_size(mt, H5T_VARIABLE);
         H5Tset_cset(mt, H5Tget_cset(type));
-        if (H5Aread(attr, mt, &s) < 0 || !s) rc = qd_errf(rd->e, QD_EINPUT, "%s: root attribute '%s' unreadable", rd->path, key);
+        if (H5Aread(attr, mt, &s) < 0 || !s)
+            rc = qd_errf(rd->e, QD_EINPUT, "%s: root attribute '%s' unreadable", rd->path, key);
         else if (strlen(s) >= n) rc = qd_errf(rd->e, QD_EINPUT, "%s: root attribute '%s' is too long", rd->path, key);
         else snprintf(buf, n, "%s", s);
         if (s) H5free_memory(s);
@@ -398,7 +400,8 @@ static int rd_attr_string(const reader *rd, const char *key, char *buf, size_t n
             hid_t mt = H5Tcopy(H5T_C_S1);
             H5Tset_size(mt, sz + 1);
             memset(buf, 0, n);
-            if (H5Aread(attr, mt, buf) < 0) rc = qd_errf(rd->e, QD_EINPUT, "%s: root attribute '%s' unreadable", rd->path, key);
+            if (H5Aread(attr, mt, buf) < 0)
+                rc = qd_errf(rd->e, QD_EINPUT, "%s: root attribute '%s' unreadable", rd->path, key);
             H5Tclose(mt);
         }
     }
@@ -421,7 +424,8 @@ static int rd_attr_text(const reader *rd, const char *key, char **out) {
         hid_t mt = H5Tcopy(H5T_C_S1);
         H5Tset_size(mt, H5T_VARIABLE);
         H5Tset_cset(mt, H5Tget_cset(type));
-        if (H5Aread(attr, mt, &s) < 0 || !s) rc = qd_errf(rd->e, QD_EINPUT, "%s: root attribute '%s' unreadable", rd->path, key);
+        if (H5Aread(attr, mt, &s) < 0 || !s)
+            rc = qd_errf(rd->e, QD_EINPUT, "%s: root attribute '%s' unreadable", rd->path, key);
         else if (!(*out = strdup(s))) rc = qd_errf(rd->e, QD_ERUNTIME, "%s: strdup failed", rd->path);
         if (s) H5free_memory(s);
         H5Tclose(mt);
@@ -451,14 +455,17 @@ static int rd_attr_int(const reader *rd, const char *key, long long lo, long lon
     long long v = 0;
     int rc = rd_attr_num(rd, key, H5T_NATIVE_LLONG, &v);
     if (rc) return rc;
-    if (v < lo || v > hi) return qd_errf(rd->e, QD_EINPUT, "%s: root attribute '%s' = %lld is outside %lld..%lld", rd->path, key, v, lo, hi);
+    if (v < lo || v > hi)
+        return qd_errf(rd->e, QD_EINPUT, "%s: root attribute '%s' = %lld is outside %lld..%lld", rd->path, key, v, lo,
+                       hi);
     *out = (int)v;
     return QD_OK;
 }
 
 static void fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape) {
     size_t k = (size_t)snprintf(buf, n, "(");
-    for (int d = 0; d < ndim && k < n; d++) k += (size_t)snprintf(buf + k, n - k, "%s%lld", d ? ", " : "", (long long)shape[d]);
+    for (int d = 0; d < ndim && k < n; d++)
+        k += (size_t)snprintf(buf + k, n - k, "%s%lld", d ? ", " : "", (long long)shape[d]);
     if (k < n) snprintf(buf + k, n - k, "%s)", ndim == 1 ? "," : "");
 }
 
@@ -578,11 +585,11 @@ typedef struct {
     qd_config cfg;
     char *config_json;
     need_set ns;
-    float *in[MAX_NEED];       /* by ns.in's order; tokens as int32 */
-    int32_t *tokens;           /* (T) */
-    int32_t *rows;             /* (T) 0..T-1: the embedding rows the file keeps */
-    float *engine;             /* the engine's output (T rows) */
-    qd_weights w;              /* only the weights the op reads, the rest NULL */
+    float *in[MAX_NEED]; /* by ns.in's order; tokens as int32 */
+    int32_t *tokens;     /* (T) */
+    int32_t *rows;       /* (T) 0..T-1: the embedding rows the file keeps */
+    float *engine;       /* the engine's output (T rows) */
+    qd_weights w;        /* only the weights the op reads, the rest NULL */
 } repro_data;
 
 static void repro_data_free(repro_data *d) {
@@ -613,7 +620,8 @@ static int read_repro(const char *path, qd_repro_result *r, repro_data *d, qd_er
     char schema[64], tap[32];
     int rc = rd_attr_string(&rd, "schema", schema, sizeof schema);
     if (!rc && strcmp(schema, QD_REPRO_SCHEMA) != 0)
-        rc = qd_errf(e, QD_EINPUT, "%s: attribute 'schema': expected \"%s\", found \"%s\"", path, QD_REPRO_SCHEMA, schema);
+        rc = qd_errf(e, QD_EINPUT, "%s: attribute 'schema': expected \"%s\", found \"%s\"", path, QD_REPRO_SCHEMA,
+                     schema);
     if (!rc) rc = rd_attr_text(&rd, "config_json", &d->config_json);
     if (!rc) rc = qd_config_parse(d->config_json, path, &d->cfg, e);
     const qd_config *c = &d->cfg;
@@ -859,8 +867,8 @@ static int run_fused(const repro_data *d, const qd_repro_result *r, float *out, 
             return 0;
         }
         const size_t W = (size_t)NH * HD + 2 * (size_t)NKV * HD, qw = (size_t)NH * HD, kw = (size_t)NKV * HD;
-        float *qkv = qd_zalloc((size_t)T * W, sizeof(float), e);   /* (T, NH*HD + 2*NKV*HD) */
-        float *ones = qd_alloc((size_t)HD * sizeof(float), e);     /* (HD) the other norm's weight */
+        float *qkv = qd_zalloc((size_t)T * W, sizeof(float), e); /* (T, NH*HD + 2*NKV*HD) */
+        float *ones = qd_alloc((size_t)HD * sizeof(float), e);   /* (HD) the other norm's weight */
         float *other = qd_alloc((size_t)T * (isq ? kw : qw) * sizeof(float), e);
         int rc = qkv && ones && other ? QD_OK : QD_ERUNTIME;
         for (int i = 0; !rc && i < HD; i++) ones[i] = 1.0f;
@@ -875,8 +883,8 @@ static int run_fused(const repro_data *d, const qd_repro_result *r, float *out, 
         snprintf(note, nn, "qk_norm_rope_kernel");
         return rc ? -1 : 1;
     }
-    const int is_norm = rd->weight == QD_RW_INPUT_LAYERNORM || rd->weight == QD_RW_POST_ATTENTION_LAYERNORM ||
-                        rd->weight == QD_RW_NORM;
+    const int is_norm =
+        rd->weight == QD_RW_INPUT_LAYERNORM || rd->weight == QD_RW_POST_ATTENTION_LAYERNORM || rd->weight == QD_RW_NORM;
     if (is_norm && x0) {
         snprintf(note, nn, "add_rmsnorm_kernel");
         return qd_fused_op_add_rmsnorm(out, NULL, x0, NULL, w, T, C, eps, NULL, e) ? -1 : 1;
@@ -936,8 +944,7 @@ int qd_repro_run(const char *path, int fault, int threads, qd_repro_result *r, q
         qd_replay_op fop;
         if ((rc = replay_once(&d, r, fault, threads, &fop, NULL, &faulted, e))) goto out;
         judge_impl(&r->faulted, faulted, oracle, &clean, r, c);
-        snprintf(r->faulted.note, sizeof r->faulted.note, "emu's op in %s with %s",
-                 lowp ? r->precision : "fp32",
+        snprintf(r->faulted.note, sizeof r->faulted.note, "emu's op in %s with %s", lowp ? r->precision : "fp32",
                  qd_fault_info_of((qd_fault_kind)fault)->name);
     }
 #if QD_HAVE_CUDA
@@ -996,8 +1003,8 @@ static void print_impl(FILE *f, const char *label, const qd_repro_impl *im) {
 void qd_repro_print(const qd_repro_result *r, FILE *f) {
     char place[96];
     op_place(r->id, r->step, place, sizeof place);
-    const double fl = r->stored.op.floor.rel_l2 > r->stored.op.min_floor ? r->stored.op.floor.rel_l2
-                                                                          : r->stored.op.min_floor;
+    const double fl =
+        r->stored.op.floor.rel_l2 > r->stored.op.min_floor ? r->stored.op.floor.rel_l2 : r->stored.op.min_floor;
     fprintf(f, "repro: %s, positions %d..%d, %s (side %s, %s, accum %s%s)\n", place, r->pos0, r->pos0 + r->T - 1,
             r->engine, r->side, r->precision, r->accum, strcmp(r->mode, "isolated") ? "" : ", teacher-forced");
     fprintf(f, "  oracle    the reference's maths, f64 accumulation; noise floor %.3g (%sthreshold %g)\n", fl,
@@ -1007,14 +1014,15 @@ void qd_repro_print(const qd_repro_result *r, FILE *f) {
     if (r->fused.have) print_impl(f, "fused", &r->fused);
     else fprintf(f, "  fused: %s\n", r->fused.note);
     if (r->fault != QD_FAULT_NONE && r->fused.have)
-        fprintf(f, "  fused: the launchers take no fault (fused/qd_fused_ops.h), so the kernel above ran clean; the "
-                "fused backend hosts it: --backends ref,fused --inject %s\n", qd_fault_info_of((qd_fault_kind)r->fault)->name);
+        fprintf(f,
+                "  fused: the launchers take no fault (fused/qd_fused_ops.h), so the kernel above ran clean; the "
+                "fused backend hosts it: --backends ref,fused --inject %s\n",
+                qd_fault_info_of((qd_fault_kind)r->fault)->name);
     const qd_metrics *l = &r->stored.op.local;
-    fprintf(f, "stored %s output: rel_l2 %.3g vs the oracle = %.3gx the floor", r->engine, l->rel_l2, r->stored.op.ratio);
+    fprintf(f, "stored %s output: rel_l2 %.3g vs the oracle = %.3gx the floor", r->engine, l->rel_l2,
+            r->stored.op.ratio);
     if (r->stored.verdict & QD_V_BLOWUP_MAG)
         fprintf(f, ", max|%s| %.3g vs max|oracle| %.3g", r->engine, l->max_mag_test, l->max_mag_ref);
-    if (qd_verdict_fails(r->stored.verdict))
-        fprintf(f, ": FAILS (%s at %s)\n", verdict_word(r->stored.verdict), place);
-    else
-        fprintf(f, ": passes\n");
+    if (qd_verdict_fails(r->stored.verdict)) fprintf(f, ": FAILS (%s at %s)\n", verdict_word(r->stored.verdict), place);
+    else fprintf(f, ": passes\n");
 }

@@ -24,11 +24,10 @@
 #define ST_CLEAN_PROMPTS QD_SELFTEST_CLEAN_PROMPTS
 #define ST_MARGIN QD_SELFTEST_MARGIN
 #define ST_TINY_SCALE 1e-3f /* the tiny row: rms ~1e-3, mean(x^2) ~1e-6 = eps, where eps's place matters */
-#define ST_TINY_POS 2      /* the prompt position whose token gets the tiny row */
+#define ST_TINY_POS 2       /* the prompt position whose token gets the tiny row */
 
 // ----------------------------------------------------------------------------
 // prompts and the bless step
-
 
 // ----------------------------------------------------------------------------
 // the expectations: one table, with the reason for each
@@ -42,7 +41,8 @@
 /* Fused keeps q_norm and k_norm in registers (qk_norm_rope_kernel): its first stored form of k_norm is
  * k_rope, the rotation of k_norm (norm-preserving, so the same relative error). */
 #define BOTH NULL, NULL /* the same first divergence on emu and fused */
-#define KNORM_FUSED "k_rope", "fused has no k_norm tap (qk_norm_rope_kernel keeps it in registers): k_rope is its rotation"
+#define KNORM_FUSED \
+    "k_rope", "fused has no k_norm tap (qk_norm_rope_kernel keeps it in registers): k_rope is its rotation"
 
 static const qd_selftest_case cases[] = {
     /* 1 */
@@ -50,10 +50,12 @@ static const qd_selftest_case cases[] = {
      KNORM_FUSED},
     {QD_FAULT_KNORM_MUL, "mha_untied", 0, 0, 0, 1, 0, 1, "k_norm", "as gqa_tied", KNORM_FUSED},
     {QD_FAULT_KNORM_MUL, "knorm_extreme", 0, 0, 0, 1, 0, 1, "k_norm",
-     "k_proj rows have rms ~1, so the missing normalisation moves k_norm by a few %, above the blessed 5%", KNORM_FUSED},
+     "k_proj rows have rms ~1, so the missing normalisation moves k_norm by a few %, above the blessed 5%",
+     KNORM_FUSED},
     {QD_FAULT_KNORM_MUL, "long_prompt", 0, 0, 0, 1, 0, 1, "k_norm", "as gqa_tied", KNORM_FUSED},
     /* 2 */
-    {QD_FAULT_ROPE_INTERLEAVED, "gqa_tied", 0, 0, 0, 1, 0, 1, "q_rope", "wrong pairs: q_rope differs at every position > 0", BOTH},
+    {QD_FAULT_ROPE_INTERLEAVED, "gqa_tied", 0, 0, 0, 1, 0, 1, "q_rope",
+     "wrong pairs: q_rope differs at every position > 0", BOTH},
     {QD_FAULT_ROPE_INTERLEAVED, "mha_untied", 0, 0, 0, 1, 0, 1, "q_rope", "as gqa_tied", BOTH},
     {QD_FAULT_ROPE_INTERLEAVED, "knorm_extreme", 0, 0, 0, 1, 0, 1, "q_rope", "as gqa_tied", BOTH},
     {QD_FAULT_ROPE_INTERLEAVED, "long_prompt", 0, 0, 0, 1, 0, 1, "q_rope", "as gqa_tied", BOTH},
@@ -139,8 +141,7 @@ const qd_sweep_case *qd_sweep_cases(int *n) {
     return sweep_cases;
 }
 
-int qd_selftest_matches(const qd_report *r, qd_mode mode, int step, int layer, const char *tap, char *found,
-                        size_t n) {
+int qd_selftest_matches(const qd_report *r, qd_mode mode, int step, int layer, const char *tap, char *found, size_t n) {
     int i = r->first_fail[mode];
     if (i < 0) {
         snprintf(found, n, "no divergence");
@@ -216,8 +217,7 @@ static void context_name(const st_context *cx, char *buf, size_t n) {
 }
 
 /* Weights and prompt of a context. */
-static int load_context(const char *root, const st_context *cx, qd_weights *w, int32_t **tokens, int *T,
-                        qd_err *e) {
+static int load_context(const char *root, const st_context *cx, qd_weights *w, int32_t **tokens, int *T, qd_err *e) {
     char dir[4096], arg[4200];
     snprintf(dir, sizeof dir, "%s/%s", root, cx->fixture);
     int rc = qd_weights_load(dir, w, e);
@@ -262,8 +262,8 @@ static int run_pair(qd_backend *a, qd_backend *b, qd_backend *bi, const int32_t 
                     const qd_tolerances *tol, qd_report *r, qd_err *e) {
     qd_report_init(r, a->name, a->precision, b->name, b->precision, a->cfg->num_hidden_layers, QD_MODE_FREE,
                    &tol->blowup);
-    qd_lockstep_opts o = {.tokens = tokens, .T = T, .decode = decode, .tol = tol, .locate = QD_MODE_FREE,
-                          .dump_window = -1};
+    qd_lockstep_opts o = {
+        .tokens = tokens, .T = T, .decode = decode, .tol = tol, .locate = QD_MODE_FREE, .dump_window = -1};
     int rc = qd_lockstep(a, b, bi, &o, r, e);
     if (rc) qd_report_free(r);
     return rc;
@@ -306,7 +306,8 @@ static int run_context(const qd_selftest_opts *o, const char *root, const char *
     qd_tolerances tol;
     int have_tol = 0;
     int32_t *p = qd_alloc((size_t)T * sizeof *p, e); /* (T) */
-    if (!p || !(a = make("ref", &w, threads, max_seq, NULL, none, e)) || !(b = make(backend, &w, threads, max_seq, NULL, none, e)) ||
+    if (!p || !(a = make("ref", &w, threads, max_seq, NULL, none, e)) ||
+        !(b = make(backend, &w, threads, max_seq, NULL, none, e)) ||
         !(bi = make(backend, &w, threads, max_seq, NULL, none, e))) {
         rc = e->code ? e->code : QD_ERUNTIME;
         goto out;
@@ -378,7 +379,8 @@ static int run_context(const qd_selftest_opts *o, const char *root, const char *
             snprintf(row->fixture, sizeof row->fixture, "%s", cname);
             fmt_where(row->expected, sizeof row->expected, c->step, exp_layer, exp_tap);
             row->mode = qd_mode_name((qd_mode)mode);
-            row->ok = qd_selftest_matches(&r, (qd_mode)mode, c->step, exp_layer, exp_tap, row->found, sizeof row->found);
+            row->ok =
+                qd_selftest_matches(&r, (qd_mode)mode, c->step, exp_layer, exp_tap, row->found, sizeof row->found);
             unsigned need = case_flags(c);
             if (row->ok && need && (r.rows[r.first_fail[mode]].verdict & need) != need) {
                 row->ok = 0;
@@ -417,10 +419,15 @@ static int run_sweep_case(const qd_selftest_opts *o, const char *root, const cha
     context_name(&cx, cname, sizeof cname);
     const qd_fault_info *fi = qd_fault_info_of(sc->fault);
     progress(o, "%s: precision sweep of %s@%d in %s", cname, fi->name, sc->inject, backend);
-    qd_sweep_opts so = {.name_a = "ref", .name_b = backend,
+    qd_sweep_opts so = {.name_a = "ref",
+                        .name_b = backend,
                         .opts = {.threads = o->threads, .fault = {sc->fault, sc->inject}},
-                        .tokens = tokens, .T = T, .decode = 0, .calib_prompts = ST_CALIB_PROMPTS,
-                        .margin = ST_MARGIN, .locate = QD_MODE_FREE};
+                        .tokens = tokens,
+                        .T = T,
+                        .decode = 0,
+                        .calib_prompts = ST_CALIB_PROMPTS,
+                        .margin = ST_MARGIN,
+                        .locate = QD_MODE_FREE};
     qd_sweep_result res;
     rc = qd_precision_sweep(&w, &so, &res, e);
     qd_selftest_check *row = rc ? NULL : add_check(out, e);
@@ -476,7 +483,8 @@ int qd_selftest_run(const qd_selftest_opts *o, qd_selftest_result *out, qd_err *
         for (int j = 0; j < ncx && !seen; j++)
             seen = !strcmp(cx[j].fixture, cs[k].fixture) && cx[j].variant == cs[k].variant &&
                    cx[j].prompt_len == cs[k].prompt_len && cx[j].prompt_seed == cs[k].prompt_seed;
-        if (!seen && ncx < 64) cx[ncx++] = (st_context){cs[k].fixture, cs[k].variant, cs[k].prompt_len, cs[k].prompt_seed};
+        if (!seen && ncx < 64)
+            cx[ncx++] = (st_context){cs[k].fixture, cs[k].variant, cs[k].prompt_len, cs[k].prompt_seed};
     }
 
     for (int j = 0; j < ncx && !rc; j++) rc = run_context(o, root, backend, &cx[j], out, e);

@@ -80,8 +80,8 @@ static int sweep_one(const qd_weights *w, const qd_sweep_opts *o, int i, qd_swee
     qd_report r;
     qd_report_init(&r, a->name, a->precision, fb->name, fb->precision, a->cfg->num_hidden_layers, o->locate,
                    &tol.blowup);
-    qd_lockstep_opts lo = {.tokens = o->tokens, .T = o->T, .decode = o->decode, .tol = &tol, .locate = o->locate,
-                           .dump_window = -1};
+    qd_lockstep_opts lo = {
+        .tokens = o->tokens, .T = o->T, .decode = o->decode, .tol = &tol, .locate = o->locate, .dump_window = -1};
     if ((rc = qd_lockstep(a, fb, fbi, &lo, &r, e)) == QD_OK && r.first_div >= 0) {
         const qd_tap_row *row = &r.rows[r.first_div];
         en->diverged = 1;
@@ -90,8 +90,7 @@ static int sweep_one(const qd_weights *w, const qd_sweep_opts *o, int i, qd_swee
         en->tap = row->id.tap;
         snprintf(en->tap_name, sizeof en->tap_name, "%s", qd_row_tap_name(row));
         en->verdict = row->verdict;
-        qd_verdict_reason(row->verdict, &row->m, &row->tol, &r.blowup, row->prev_rel_l2, en->reason,
-                          sizeof en->reason);
+        qd_verdict_reason(row->verdict, &row->m, &row->tol, &r.blowup, row->prev_rel_l2, en->reason, sizeof en->reason);
     }
     qd_report_free(&r);
 out:
@@ -119,8 +118,10 @@ int qd_precision_sweep(const qd_weights *w, const qd_sweep_opts *o, qd_sweep_res
 }
 
 void qd_sweep_print(const qd_sweep_result *r, const qd_sweep_opts *o, FILE *f) {
-    fprintf(f, "precision sweep: %s activations in fp32, fp16, bf16; each pair blessed on its own (%d prompts, "
-               "margin %g)\n", o->name_b, o->calib_prompts, o->margin);
+    fprintf(f,
+            "precision sweep: %s activations in fp32, fp16, bf16; each pair blessed on its own (%d prompts, "
+            "margin %g)\n",
+            o->name_b, o->calib_prompts, o->margin);
     for (int i = 0; i < QD_SWEEP_NDTYPES; i++) {
         const qd_sweep_entry *en = &r->e[i];
         if (!en->diverged) {
@@ -131,8 +132,8 @@ void qd_sweep_print(const qd_sweep_result *r, const qd_sweep_opts *o, FILE *f) {
             char where[64];
             if (en->layer < 0) snprintf(where, sizeof where, "%s", en->tap_name);
             else snprintf(where, sizeof where, "layer %d, %s", en->layer, en->tap_name);
-            fprintf(f, "  %-5s diverges at %s%s%.0d: %s\n", en->act, where, en->step ? ", step " : "",
-                    en->step, en->reason);
+            fprintf(f, "  %-5s diverges at %s%s%.0d: %s\n", en->act, where, en->step ? ", step " : "", en->step,
+                    en->reason);
         }
     }
     fprintf(f, "precision sweep verdict: %s: %s\n", qd_sweep_class_name(r->cls), qd_sweep_class_text(r->cls));

@@ -10,8 +10,10 @@ static int tapstore_emit(qd_tap_sink *self, qd_tap_id id, const float *data, int
                          qd_err *e) {
     qd_tapstore *s = (qd_tapstore *)self->ctx;
     if (!qd_tap_id_valid(id) || ndim < 1 || ndim > 3)
-        return qd_errf(e, QD_EINPUT, "tap store: tap %d at position %d, layer %d, rank %d is not a tap of the "
-                                     "schema", id.tap, (int)id.pos, id.layer, ndim);
+        return qd_errf(e, QD_EINPUT,
+                       "tap store: tap %d at position %d, layer %d, rank %d is not a tap of the "
+                       "schema",
+                       id.tap, (int)id.pos, id.layer, ndim);
     qd_tapbuf *b;
     if (id.pos == QD_POS_LAYER) {
         if (s->layer != id.layer) {

@@ -21,25 +21,25 @@ static const struct {
     qd_tol floor; /* the calibration floor and (its rel_l2) the growth floor */
 } pair_table[] = {
     [CLS_FP32] = {"fp32",
-        /* Two float32 implementations of the same maths differ only by summation order and libm.
+                  /* Two float32 implementations of the same maths differ only by summation order and libm.
          * Measured, reference vs transformers (float32, eager) over every tap of the four fixtures
          * (tests/test_golden.c): worst rel_l2 3.7e-6, worst max_abs/max|ref| 1.33e-5 (knorm_extreme's
          * attn, where k_norm weights up to 96.5 make the scores ~40x larger; 8.4e-7 elsewhere).
          * rel_l2 1e-5 is 2.7x the worst measured; atol and rtol 2e-5 are 1.5x the extreme fixture's
          * floor. */
-        {1e-5, 2e-5, 2e-5},
-        /* 1e-6: a reordered fp32 dot product of length ~3000 differs by ~sqrt(3000) * 2^-24 ~ 3e-6 at worst
+                  {1e-5, 2e-5, 2e-5},
+                  /* 1e-6: a reordered fp32 dot product of length ~3000 differs by ~sqrt(3000) * 2^-24 ~ 3e-6 at worst
          * and ~1e-7 typically; a tap measured at exactly zero keeps room for that */
-        {1e-6, 1e-6, 1e-6}},
+                  {1e-6, 1e-6, 1e-6}},
     [CLS_FP16] = {"fp16",
-        /* fp16 keeps 3 more mantissa bits than bf16 (one rounding: 2^-11 = 0.05% vs 2^-8 = 0.39% at most),
+                  /* fp16 keeps 3 more mantissa bits than bf16 (one rounding: 2^-11 = 0.05% vs 2^-8 = 0.39% at most),
          * so rel_l2 1e-2 and rtol 1e-2 (bf16's / 4, not / 8: its 65504 range limit pushes large
          * activations to the edge); atol 2.5e-3, bf16's / 4 likewise */
-        {1e-2, 2.5e-3, 1e-2},
-        /* 5e-4 ~ 2^-11: one fp16 rounding */
-        {5e-4, 5e-4, 5e-4}},
+                  {1e-2, 2.5e-3, 1e-2},
+                  /* 5e-4 ~ 2^-11: one fp16 rounding */
+                  {5e-4, 5e-4, 5e-4}},
     [CLS_BF16] = {"bf16",
-        /* One bf16 rounding is 2^-8 = 0.39% relative at most, ~2^-9 = 0.2% rms; a correct bf16 path
+                  /* One bf16 rounding is 2^-8 = 0.39% relative at most, ~2^-9 = 0.2% rms; a correct bf16 path
          * accumulates many. Published bf16-vs-fp32 per-layer relative L2 for a correct Qwen2.5-0.5B: median
          * 1.6%, max 2.7%, logits 2.85%. Measured here, ref vs emu (the precision contract, no bug) on every
          * fixture's prompt plus 4 decode steps, free-running and isolated (qwen3-diff --backends ref,emu
@@ -49,9 +49,9 @@ static const struct {
          * rel_l2 1e-1 and rtol 1.5e-1 pass every fixture with about 1.3x margin; atol 1e-2 covers taps of
          * order-one scale. Tighter gates come from calibration (--calibrate): the ordinary fixtures bless
          * to ~2% with margin 2. */
-        {1e-1, 1e-2, 1.5e-1},
-        /* 4e-3 ~ 2^-8: one bf16 rounding */
-        {4e-3, 4e-3, 4e-3}},
+                  {1e-1, 1e-2, 1.5e-1},
+                  /* 4e-3 ~ 2^-8: one bf16 rounding */
+                  {4e-3, 4e-3, 4e-3}},
 };
 
 /* A correct low-precision path moves a tap's largest magnitude by percents; 1000x is an explosion
@@ -156,23 +156,19 @@ static void entry_apply(qd_tol_entry *dst, const qd_tol *tol, unsigned set) {
 
 static int valid_value(double x) { return isfinite(x) && x >= 0.0; }
 
-int qd_tolerances_set(qd_tolerances *t, int layer, const char *tap, const qd_tol *tol, unsigned set,
-                      qd_err *e) {
+int qd_tolerances_set(qd_tolerances *t, int layer, const char *tap, const qd_tol *tol, unsigned set, qd_err *e) {
     if (((set & QD_TOL_SET_REL_L2) && !valid_value(tol->rel_l2)) ||
-        ((set & QD_TOL_SET_ATOL) && !valid_value(tol->atol)) ||
-        ((set & QD_TOL_SET_RTOL) && !valid_value(tol->rtol)))
-        return qd_errf(e, QD_EINPUT, "tolerance for layer %d tap %s: values must be finite and >= 0",
-                       layer, tap ? tap : "(all)");
+        ((set & QD_TOL_SET_ATOL) && !valid_value(tol->atol)) || ((set & QD_TOL_SET_RTOL) && !valid_value(tol->rtol)))
+        return qd_errf(e, QD_EINPUT, "tolerance for layer %d tap %s: values must be finite and >= 0", layer,
+                       tap ? tap : "(all)");
     if (layer >= QD_TOL_MAX_LAYERS)
-        return qd_errf(e, QD_EINPUT, "tolerance for layer %d: layers go up to %d", layer,
-                       QD_TOL_MAX_LAYERS - 1);
+        return qd_errf(e, QD_EINPUT, "tolerance for layer %d: layers go up to %d", layer, QD_TOL_MAX_LAYERS - 1);
     int id = -1;
     if (tap) {
         id = tap_id(tap);
         if (id < 0) return qd_errf(e, QD_EINPUT, "tolerance for tap '%s': no such tap", tap);
         if (layer >= 0 && id >= QD_NUM_LAYER_TAPS)
-            return qd_errf(e, QD_EINPUT, "tolerance for layer %d tap '%s': a model-level tap has no layer",
-                           layer, tap);
+            return qd_errf(e, QD_EINPUT, "tolerance for layer %d tap '%s': a model-level tap has no layer", layer, tap);
     }
     if (layer < 0 && id < 0) {
         qd_tol_entry d = {t->def, t->def_set};
@@ -236,8 +232,8 @@ qd_tol qd_tolerances_lookup_isolated(const qd_tolerances *t, int layer, const ch
     return out;
 }
 
-unsigned qd_tolerances_verdict(const qd_tolerances *t, int isolated, int layer, const char *tap,
-                               const qd_metrics *m, double prev_rel_l2) {
+unsigned qd_tolerances_verdict(const qd_tolerances *t, int isolated, int layer, const char *tap, const qd_metrics *m,
+                               double prev_rel_l2) {
     qd_tol tol = isolated ? qd_tolerances_lookup_isolated(t, layer, tap) : qd_tolerances_lookup(t, layer, tap);
     return qd_verdict(m, &tol, &t->blowup, prev_rel_l2);
 }
@@ -254,18 +250,17 @@ static int check_keys(const json_t *obj, const char *const *keys, const char *wh
         int ok = 0;
         for (const char *const *p = keys; *p && !ok; p++) ok = strcmp(k, *p) == 0;
         if (!ok)
-            return qd_errf(e, QD_EINPUT, "%s: unknown key '%s%s%s' (expected %s)", path, where,
-                           where[0] ? "." : "", k, expected);
+            return qd_errf(e, QD_EINPUT, "%s: unknown key '%s%s%s' (expected %s)", path, where, where[0] ? "." : "", k,
+                           expected);
     }
     return QD_OK;
 }
 
 /* A number with lo < x (strict) or lo <= x, finite. */
-static int get_number(const json_t *v, const char *field, double lo, int strict, const char *path,
-                      double *out, qd_err *e) {
+static int get_number(const json_t *v, const char *field, double lo, int strict, const char *path, double *out,
+                      qd_err *e) {
     if (!json_is_number(v))
-        return qd_errf(e, QD_EINPUT, "%s: field '%s': expected a number, got %s", path, field,
-                       qd_json_type_name(v));
+        return qd_errf(e, QD_EINPUT, "%s: field '%s': expected a number, got %s", path, field, qd_json_type_name(v));
     double x = json_number_value(v);
     if (!isfinite(x) || (strict ? !(x > lo) : !(x >= lo)))
         return qd_errf(e, QD_EINPUT, "%s: field '%s': %g must be a finite number %s %g", path, field, x,
@@ -278,8 +273,7 @@ static int get_number(const json_t *v, const char *field, double lo, int strict,
 static int parse_tol(const json_t *v, const char *where, const char *path, qd_tol_entry *out, qd_err *e) {
     static const char *const keys[] = {"rel_l2", "atol", "rtol", NULL};
     if (!json_is_object(v))
-        return qd_errf(e, QD_EINPUT, "%s: field '%s': expected an object, got %s", path, where,
-                       qd_json_type_name(v));
+        return qd_errf(e, QD_EINPUT, "%s: field '%s': expected an object, got %s", path, where, qd_json_type_name(v));
     int rc = check_keys(v, keys, where, "rel_l2, atol or rtol", path, e);
     if (rc != QD_OK) return rc;
     const unsigned bits[] = {QD_TOL_SET_REL_L2, QD_TOL_SET_ATOL, QD_TOL_SET_RTOL};
@@ -297,8 +291,7 @@ static int parse_tol(const json_t *v, const char *where, const char *path, qd_to
 }
 
 /* "3" -> 3; "3/k_norm" -> 3 and tap id. A plain decimal with no sign, no leading zero, no spaces. */
-static int parse_layer_key(const char *key, const char *prefix, const char *path, int *layer, int *id,
-                           qd_err *e) {
+static int parse_layer_key(const char *key, const char *prefix, const char *path, int *layer, int *id, qd_err *e) {
     const char *slash = strchr(key, '/');
     size_t nd = slash ? (size_t)(slash - key) : strlen(key);
     int ok = nd > 0 && nd <= 4 && !(nd > 1 && key[0] == '0');
@@ -322,8 +315,7 @@ static int parse_layer_key(const char *key, const char *prefix, const char *path
                                "%s: field '%slayers.%s': '%s' is a model-level tap and has no layer (put it "
                                "under '%staps')",
                                path, prefix, key, slash + 1, prefix);
-            return qd_errf(e, QD_EINPUT, "%s: field '%slayers.%s': unknown tap '%s'", path, prefix, key,
-                           slash + 1);
+            return qd_errf(e, QD_EINPUT, "%s: field '%slayers.%s': unknown tap '%s'", path, prefix, key, slash + 1);
         }
         *id = i;
     }
@@ -370,17 +362,16 @@ static int load_levels(const json_t *obj, const char *prefix, const char *path, 
             if ((rc = parse_layer_key(k, prefix, path, &layer, &id, e)) != QD_OK) return rc;
             if (ensure_layers(t, layer + 1) != QD_OK)
                 return qd_errf(e, QD_ERUNTIME, "%s: out of memory for %d layers", path, layer + 1);
-            if ((rc = parse_tol(x, field, path, &layer_row(t, layer)[id < 0 ? 0 : 1 + id], e)) != QD_OK)
-                return rc;
+            if ((rc = parse_tol(x, field, path, &layer_row(t, layer)[id < 0 ? 0 : 1 + id], e)) != QD_OK) return rc;
         }
     }
     return QD_OK;
 }
 
 static int load_root(const json_t *root, const char *path, qd_tolerances *t, qd_err *e) {
-    static const char *const keys[] = {"schema", "precision_pair", "margin", "default", "taps", "layers",
-                                       "blowup_ratio", "growth_factor", "growth_floor", "isolated", "measured",
-                                       NULL};
+    static const char *const keys[] = {"schema",       "precision_pair", "margin",       "default",
+                                       "taps",         "layers",         "blowup_ratio", "growth_factor",
+                                       "growth_floor", "isolated",       "measured",     NULL};
     if (!json_is_object(root))
         return qd_errf(e, QD_EINPUT, "%s: expected a JSON object, got %s", path, qd_json_type_name(root));
     int rc = check_keys(root, keys, "",
@@ -400,18 +391,16 @@ static int load_root(const json_t *root, const char *path, qd_tolerances *t, qd_
     if (!v) return qd_errf(e, QD_EINPUT, "%s: field 'precision_pair' missing (e.g. [\"bf16\", \"fp32\"])", path);
     if (!json_is_array(v) || json_array_size(v) != 2 || !json_is_string(json_array_get(v, 0)) ||
         !json_is_string(json_array_get(v, 1)))
-        return qd_errf(e, QD_EINPUT, "%s: field 'precision_pair': expected [test, reference], two strings",
-                       path);
+        return qd_errf(e, QD_EINPUT, "%s: field 'precision_pair': expected [test, reference], two strings", path);
     const char *pt = json_string_value(json_array_get(v, 0)), *pr = json_string_value(json_array_get(v, 1));
     prec_class cls = CLS_FP32;
     if (prec_class_of(pt, &cls) != 0 || prec_class_of(pr, &cls) != 0)
-        return qd_errf(e, QD_EINPUT, "%s: field 'precision_pair': '%s': expected fp64, fp32, bf16 or fp16",
-                       path, prec_class_of(pt, &cls) != 0 ? pt : pr);
+        return qd_errf(e, QD_EINPUT, "%s: field 'precision_pair': '%s': expected fp64, fp32, bf16 or fp16", path,
+                       prec_class_of(pt, &cls) != 0 ? pt : pr);
     rc = qd_tolerances_default(t, pt, pr, e);
     if (rc != QD_OK) return rc;
 
-    if ((v = json_object_get(root, "margin")) &&
-        (rc = get_number(v, "margin", 1.0, 0, path, &t->margin, e)) != QD_OK)
+    if ((v = json_object_get(root, "margin")) && (rc = get_number(v, "margin", 1.0, 0, path, &t->margin, e)) != QD_OK)
         return rc;
     if ((rc = load_levels(root, "", path, t, e)) != QD_OK) return rc;
     if ((v = json_object_get(root, "isolated"))) {
@@ -454,8 +443,7 @@ int qd_tolerances_load(const char *path, qd_tolerances *t, qd_err *e) {
     json_t *root = json_loads(text, JSON_REJECT_DUPLICATES, &je);
     free(text);
     if (!root)
-        return qd_errf(e, QD_EINPUT, "%s: invalid JSON at line %d, column %d: %s", path, je.line, je.column,
-                       je.text);
+        return qd_errf(e, QD_EINPUT, "%s: invalid JSON at line %d, column %d: %s", path, je.line, je.column, je.text);
     rc = load_root(root, path, t, e);
     json_decref(root);
     if (rc != QD_OK) qd_tolerances_free(t);
@@ -463,16 +451,17 @@ int qd_tolerances_load(const char *path, qd_tolerances *t, qd_err *e) {
     return rc;
 }
 
-int qd_tolerances_check_fit(const qd_tolerances *t, const char *name_test, const char *prec_test,
-                            const char *name_ref, const char *prec_ref, int n_layers, qd_err *e) {
+int qd_tolerances_check_fit(const qd_tolerances *t, const char *name_test, const char *prec_test, const char *name_ref,
+                            const char *prec_ref, int n_layers, qd_err *e) {
     const char *src = t->source[0] ? t->source : "tolerances";
     /* a pair is judged by its less precise side (fp64 ~ fp32), so compare the pairs' classes: their floors */
     qd_tol want, have;
     if (qd_tolerances_floor(prec_test, prec_ref, &want, e) != QD_OK) return e ? e->code : QD_EINPUT;
     if (qd_tolerances_floor(t->prec_test, t->prec_ref, &have, e) != QD_OK) return e ? e->code : QD_EINPUT;
     if (want.rel_l2 != have.rel_l2)
-        return qd_errf(e, QD_EINPUT, "%s: field 'precision_pair': written for %s vs %s, this comparison is %s (%s) vs %s (%s)",
-                       src, t->prec_test, t->prec_ref, name_test, prec_test, name_ref, prec_ref);
+        return qd_errf(e, QD_EINPUT,
+                       "%s: field 'precision_pair': written for %s vs %s, this comparison is %s (%s) vs %s (%s)", src,
+                       t->prec_test, t->prec_ref, name_test, prec_test, name_ref, prec_ref);
     const qd_tolerances *sec[2] = {t, t->isolated}; /* the top level, the isolated section */
     for (int k = 0; k < 2; k++)
         if (sec[k] && sec[k]->n_layers > n_layers)
@@ -549,8 +538,8 @@ int qd_tolerances_write(const char *path, const qd_tolerances *t, qd_err *e) {
     int rc = QD_OK;
     FILE *f = fopen(tmp, "w");
     if (!f) {
-        rc = qd_errf(e, errno == ENOENT || errno == ENOTDIR ? QD_EINPUT : QD_ERUNTIME, "%s: cannot create: %s",
-                     tmp, strerror(errno));
+        rc = qd_errf(e, errno == ENOENT || errno == ENOTDIR ? QD_EINPUT : QD_ERUNTIME, "%s: cannot create: %s", tmp,
+                     strerror(errno));
     } else {
         /* 15 significant digits: see the header on round trips */
         int bad = json_dumpf(root, f, JSON_INDENT(2) | JSON_REAL_PRECISION(15)) != 0;
@@ -558,8 +547,7 @@ int qd_tolerances_write(const char *path, const qd_tolerances *t, qd_err *e) {
         bad |= fflush(f) != 0;
         bad |= fsync(fileno(f)) != 0;
         bad |= fclose(f) != 0;
-        if (bad)
-            rc = qd_errf(e, QD_ERUNTIME, "%s: write failed: %s", tmp, strerror(errno));
+        if (bad) rc = qd_errf(e, QD_ERUNTIME, "%s: write failed: %s", tmp, strerror(errno));
         else if (rename(tmp, path) != 0)
             rc = qd_errf(e, QD_ERUNTIME, "%s: cannot rename to %s: %s", tmp, path, strerror(errno));
         if (rc != QD_OK) unlink(tmp);
@@ -636,8 +624,8 @@ static double calib_value(double worst, double margin, double floor) {
     return round_up3(v > floor ? v : floor);
 }
 
-static int calib_to_levels(const qd_calib *c, double margin, const qd_tol *floor, qd_tolerances *out,
-                           int isolated, qd_err *e) {
+static int calib_to_levels(const qd_calib *c, double margin, const qd_tol *floor, qd_tolerances *out, int isolated,
+                           qd_err *e) {
     if (!isfinite(margin) || margin < 1.0)
         return qd_errf(e, QD_EINPUT, "calibration: margin %g must be a finite number >= 1", margin);
     qd_tol fl;
@@ -667,8 +655,7 @@ static int calib_to_levels(const qd_calib *c, double margin, const qd_tol *floor
     return QD_OK;
 }
 
-int qd_calib_to_tolerances(const qd_calib *c, double margin, const qd_tol *floor, qd_tolerances *out,
-                           qd_err *e) {
+int qd_calib_to_tolerances(const qd_calib *c, double margin, const qd_tol *floor, qd_tolerances *out, qd_err *e) {
     return calib_to_levels(c, margin, floor, out, 0, e);
 }
 

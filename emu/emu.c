@@ -19,29 +19,29 @@
 struct qd_emu {
     const qd_config *cfg;
     qd_act_dtype act;
-    int threads;      /* <= 0: OpenMP's default */
-    int nthreads;     /* the attention's OpenMP team: threads, or OpenMP's default at create */
+    int threads;  /* <= 0: OpenMP's default */
+    int nthreads; /* the attention's OpenMP team: threads, or OpenMP's default at create */
     int max_seq;
-    const qd_weights *w; /* the weights in use, bf16 values held in fp32: the caller's when they are bf16
+    const qd_weights *w;  /* the weights in use, bf16 values held in fp32: the caller's when they are bf16
                             already (a bf16 checkpoint: no copy), else &own */
-    qd_weights own;   /* the bf16-rounded copy, when one was needed */
-    qd_fault fault;   /* the injected fault (kind QD_FAULT_NONE: none) */
+    qd_weights own;       /* the bf16-rounded copy, when one was needed */
+    qd_fault fault;       /* the injected fault (kind QD_FAULT_NONE: none) */
     unsigned fp32_points; /* precision points kept in fp32 (bit p: qd_precision_point p); 0: the contract */
-    float *inv_freq;  /* (HD/2) from theta in double, held in fp32 */
+    float *inv_freq;      /* (HD/2) from theta in double, held in fp32 */
     float *inv_freq_bf16; /* (HD/2) the same rounded to bf16: fault rope-freq-bf16 */
-    float *kcache;    /* (L, max_seq, NKV, HD) k_rope as stored */
-    float *vcache;    /* (L, max_seq, NKV, HD) v_proj as stored */
+    float *kcache;        /* (L, max_seq, NKV, HD) k_rope as stored */
+    float *vcache;        /* (L, max_seq, NKV, HD) v_proj as stored */
     /* scratch for up to max_seq tokens */
-    float *x;         /* (T, C) input, rounded */
-    float *xn;        /* (T, C) attn_norm / mlp_norm */
-    float *q;         /* (T, NH*HD) q_proj -> q_norm -> q_rope */
-    float *k;         /* (T, NKV*HD) */
-    float *v;         /* (T, NKV*HD) */
-    float *att;       /* (T, NH*HD) */
-    float *o;         /* (T, C) o_proj / down_proj */
-    float *res;       /* (T, C) attn_residual */
-    float *gate;      /* (T, I) */
-    float *up;        /* (T, I) */
+    float *x;           /* (T, C) input, rounded */
+    float *xn;          /* (T, C) attn_norm / mlp_norm */
+    float *q;           /* (T, NH*HD) q_proj -> q_norm -> q_rope */
+    float *k;           /* (T, NKV*HD) */
+    float *v;           /* (T, NKV*HD) */
+    float *att;         /* (T, NH*HD) */
+    float *o;           /* (T, C) o_proj / down_proj */
+    float *res;         /* (T, C) attn_residual */
+    float *gate;        /* (T, I) */
+    float *up;          /* (T, I) */
     float *att_scratch; /* (emu_attention_scratch(nthreads, max_seq, HD)) per-thread scores and accumulators */
 };
 
@@ -120,8 +120,8 @@ int qd_precision_points_parse(const char *list, unsigned *mask, qd_err *e) {
         if (found < 0) {
             char names[512];
             qd_precision_points_format((1u << QD_NUM_PRECISION_POINTS) - 1u, names, sizeof names);
-            return qd_errf(e, QD_EINPUT, "--fp32-ops: unknown op '%.*s' (ops: %s, all, none)", (int)(n < 64 ? n : 64), w,
-                           names);
+            return qd_errf(e, QD_EINPUT, "--fp32-ops: unknown op '%.*s' (ops: %s, all, none)", (int)(n < 64 ? n : 64),
+                           w, names);
         }
         if (found < QD_NUM_PRECISION_POINTS) *mask |= 1u << found;
         w += n;
@@ -143,10 +143,10 @@ void qd_precision_points_format(unsigned mask, char *buf, size_t n) {
     if (!k) snprintf(buf, n, "none");
 }
 
-#define EMIT(id, data)                                                                                    \
-    do {                                                                                                  \
-        int rc_ = qd_tap_emit(sink, c, (id), (data), T, e);                                               \
-        if (rc_) return rc_;                                                                              \
+#define EMIT(id, data)                                      \
+    do {                                                    \
+        int rc_ = qd_tap_emit(sink, c, (id), (data), T, e); \
+        if (rc_) return rc_;                                \
     } while (0)
 
 // ----------------------------------------------------------------------------
@@ -210,12 +210,12 @@ qd_emu *qd_emu_create(const qd_weights *w, qd_act_dtype act, int threads, int ma
     if (!(m->inv_freq = qd_alloc(HD / 2 * sizeof(float), e)) ||
         !(m->inv_freq_bf16 = qd_alloc(HD / 2 * sizeof(float), e)) ||
         !(m->kcache = qd_zalloc(L * S * NKV * HD, sizeof(float), e)) ||
-        !(m->vcache = qd_zalloc(L * S * NKV * HD, sizeof(float), e)) ||
-        !(m->x = qd_alloc(S * C * sizeof(float), e)) || !(m->xn = qd_alloc(S * C * sizeof(float), e)) ||
-        !(m->q = qd_alloc(S * NH * HD * sizeof(float), e)) || !(m->k = qd_alloc(S * NKV * HD * sizeof(float), e)) ||
-        !(m->v = qd_alloc(S * NKV * HD * sizeof(float), e)) || !(m->att = qd_alloc(S * NH * HD * sizeof(float), e)) ||
-        !(m->o = qd_alloc(S * C * sizeof(float), e)) || !(m->res = qd_alloc(S * C * sizeof(float), e)) ||
-        !(m->gate = qd_alloc(S * I * sizeof(float), e)) || !(m->up = qd_alloc(S * I * sizeof(float), e)) ||
+        !(m->vcache = qd_zalloc(L * S * NKV * HD, sizeof(float), e)) || !(m->x = qd_alloc(S * C * sizeof(float), e)) ||
+        !(m->xn = qd_alloc(S * C * sizeof(float), e)) || !(m->q = qd_alloc(S * NH * HD * sizeof(float), e)) ||
+        !(m->k = qd_alloc(S * NKV * HD * sizeof(float), e)) || !(m->v = qd_alloc(S * NKV * HD * sizeof(float), e)) ||
+        !(m->att = qd_alloc(S * NH * HD * sizeof(float), e)) || !(m->o = qd_alloc(S * C * sizeof(float), e)) ||
+        !(m->res = qd_alloc(S * C * sizeof(float), e)) || !(m->gate = qd_alloc(S * I * sizeof(float), e)) ||
+        !(m->up = qd_alloc(S * I * sizeof(float), e)) ||
         !(m->att_scratch = qd_alloc(emu_attention_scratch(m->nthreads, max_seq, (int)HD) * sizeof(float), e))) {
         qd_emu_free(m);
         return NULL;
@@ -253,19 +253,19 @@ void qd_emu_free(qd_emu *m) {
  * for a fault in every layer), else QD_FAULT_NONE. */
 static int fault_in(const qd_emu *m, int l) {
     return m->fault.kind != QD_FAULT_NONE && qd_fault_at(&m->fault, m->fault.kind, l) ? (int)m->fault.kind
-                                                                                         : (int)QD_FAULT_NONE;
+                                                                                      : (int)QD_FAULT_NONE;
 }
 
 /* RMSNorm over rows of n (the hidden norms, q_norm) at point p: knorm-mul is k_norm's alone. */
-static void norm_act(const qd_emu *m, qd_precision_point p, float *out, const float *x, const float *w, int rows,
-                     int n, int l) {
+static void norm_act(const qd_emu *m, qd_precision_point p, float *out, const float *x, const float *w, int rows, int n,
+                     int l) {
     int fault = fault_in(m, l);
     emu_rmsnorm(out, x, w, rows, n, (float)m->cfg->rms_norm_eps, act_at(m, p),
                 fault == QD_FAULT_KNORM_MUL ? (int)QD_FAULT_NONE : fault);
 }
 
-static void matmul_act(const qd_emu *m, qd_precision_point p, float *out, const float *x, const float *W, int T,
-                       int in, int out_dim) {
+static void matmul_act(const qd_emu *m, qd_precision_point p, float *out, const float *x, const float *W, int T, int in,
+                       int out_dim) {
     emu_matmul(out, x, W, T, in, out_dim, act_at(m, p));
 }
 
@@ -297,8 +297,7 @@ int qd_emu_embed(qd_emu *m, const int32_t *tokens, int T, float *h, qd_tap_sink 
     return QD_OK;
 }
 
-int qd_emu_layer(qd_emu *m, int l, const float *h_in, float *h_out, int T, int pos0, qd_tap_sink *sink,
-                 qd_err *e) {
+int qd_emu_layer(qd_emu *m, int l, const float *h_in, float *h_out, int T, int pos0, qd_tap_sink *sink, qd_err *e) {
     const qd_config *c = m->cfg;
     const qd_layer_weights *lw = &m->w->layers[l];
     int C = c->hidden_size, I = c->intermediate_size, HD = c->head_dim;

@@ -27,15 +27,14 @@ void emu_round_n(qd_act_dtype act, float *x, size_t n) {
 // ----------------------------------------------------------------------------
 // RMSNorm
 
-void emu_rmsnorm(float *out, const float *x, const float *w, int rows, int n, float eps, qd_act_dtype act,
-                 int fault) {
+void emu_rmsnorm(float *out, const float *x, const float *w, int rows, int n, float eps, qd_act_dtype act, int fault) {
     // x, out (rows, n); w (n)
     const int lowp = fault == QD_FAULT_NORM_SUMSQ_LOWP, eps_outside = fault == QD_FAULT_EPS_OUTSIDE;
     const int mul_only = fault == QD_FAULT_KNORM_MUL;
     for (int r = 0; r < rows; r++) {
         const float *xr = x + (size_t)r * n; // (n)
         float *o = out + (size_t)r * n;      // (n)
-        if (mul_only) { /* fault 1: the weight without the norm */
+        if (mul_only) {                      /* fault 1: the weight without the norm */
             for (int i = 0; i < n; i++) o[i] = emu_round(act, xr[i] * w[i]);
             continue;
         }
@@ -81,10 +80,9 @@ void emu_rope(float *x, int T, int nheads, int HD, int pos0, const float *inv_fr
             rope_cos_sin(pos0 + t, inv_freq[i], &c, &s);
             for (int h = 0; h < nheads; h++) {
                 float *xh = x + ((size_t)t * nheads + h) * HD; // (HD)
-                if (interleaved) /* fault 2: GPT-J pairs, wrong for Qwen3 */
+                if (interleaved)                               /* fault 2: GPT-J pairs, wrong for Qwen3 */
                     rope_rotate_pair(&xh[2 * i], &xh[2 * i + 1], c, s);
-                else
-                    rope_rotate_pair(&xh[i], &xh[i + half], c, s);
+                else rope_rotate_pair(&xh[i], &xh[i + half], c, s);
             }
         }
     }
@@ -161,8 +159,8 @@ void emu_attention(float *out, const float *q, const float *kc, const float *vc,
     emu_attention_at(out, q, kc, vc, T, pos0, NH, NKV, HD, act, act, act, threads, fault, scratch);
 }
 
-void emu_attention_eager(float *out, const float *q, const float *kc, const float *vc, int T, int pos0, int NH,
-                         int NKV, int HD, qd_act_dtype act, int threads, float *scratch) {
+void emu_attention_eager(float *out, const float *q, const float *kc, const float *vc, int T, int pos0, int NH, int NKV,
+                         int HD, qd_act_dtype act, int threads, float *scratch) {
     // q (T, NH, HD); kc, vc (max_seq, NKV, HD); out (T, NH*HD); scratch (threads, pos0 + T + 2*HD)
     const int kv_mul = NH / NKV;
     const size_t kv_stride = (size_t)NKV * HD;
@@ -200,9 +198,9 @@ void emu_attention_eager(float *out, const float *q, const float *kc, const floa
     }
 }
 
-void emu_attention_at(float *out, const float *q, const float *kc, const float *vc, int T, int pos0, int NH,
-                      int NKV, int HD, qd_act_dtype act, qd_act_dtype act_p, qd_act_dtype act_out, int threads,
-                      int fault, float *scratch) {
+void emu_attention_at(float *out, const float *q, const float *kc, const float *vc, int T, int pos0, int NH, int NKV,
+                      int HD, qd_act_dtype act, qd_act_dtype act_p, qd_act_dtype act_out, int threads, int fault,
+                      float *scratch) {
     // q (T, NH, HD); kc, vc (max_seq, NKV, HD); out (T, NH*HD); scratch (threads, pos0 + T + 2*HD)
     int kv_mul = NH / NKV;
     size_t kv_stride = (size_t)NKV * HD;

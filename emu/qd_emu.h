@@ -25,7 +25,8 @@ typedef struct qd_emu qd_emu;
  * does in the activation type (the norm-sumsq-lowp accumulator) is fp32 too, as in an fp32 run. Listed in
  * execution order; bit p of a mask is point p. */
 typedef enum {
-    QD_PT_RESIDUAL = 0, /* the residual stream as stored: embed, each layer's and the head's input, attn_residual, out */
+    QD_PT_RESIDUAL =
+        0, /* the residual stream as stored: embed, each layer's and the head's input, attn_residual, out */
     QD_PT_ATTN_NORM,
     QD_PT_Q_PROJ,
     QD_PT_K_PROJ,
@@ -33,15 +34,15 @@ typedef enum {
     QD_PT_Q_NORM,
     QD_PT_K_NORM,
     QD_PT_Q_ROPE,
-    QD_PT_K_ROPE,       /* also the K cache, which holds k_rope as stored (the V cache holds v_proj) */
-    QD_PT_QK,           /* the scores q.k: fp32 in the contract already, so no rounding to remove */
-    QD_PT_SOFTMAX,      /* P = A(exp(s - m)), the P.V operand */
-    QD_PT_ATTN,         /* the P.V output, tap attn */
+    QD_PT_K_ROPE,  /* also the K cache, which holds k_rope as stored (the V cache holds v_proj) */
+    QD_PT_QK,      /* the scores q.k: fp32 in the contract already, so no rounding to remove */
+    QD_PT_SOFTMAX, /* P = A(exp(s - m)), the P.V operand */
+    QD_PT_ATTN,    /* the P.V output, tap attn */
     QD_PT_O_PROJ,
     QD_PT_MLP_NORM,
     QD_PT_GATE_PROJ,
     QD_PT_UP_PROJ,
-    QD_PT_ACT,          /* silu(gate) * up */
+    QD_PT_ACT, /* silu(gate) * up */
     QD_PT_DOWN_PROJ,
     QD_PT_FINAL_NORM,
     QD_NUM_PRECISION_POINTS
@@ -83,8 +84,7 @@ int qd_emu_shares_weights(const qd_emu *m);
  * failing sink, which stops the step). h_in is rounded to the activation dtype on entry (what storing it
  * on the device would do), so another backend's fp32 hidden state can be fed in. */
 int qd_emu_embed(qd_emu *m, const int32_t *tokens, int T, float *h, qd_tap_sink *sink, qd_err *e);
-int qd_emu_layer(qd_emu *m, int layer, const float *h_in, float *h_out, int T, int pos0, qd_tap_sink *sink,
-                 qd_err *e);
+int qd_emu_layer(qd_emu *m, int layer, const float *h_in, float *h_out, int T, int pos0, qd_tap_sink *sink, qd_err *e);
 int qd_emu_head(qd_emu *m, const float *h, int T, float *logits, qd_tap_sink *sink, qd_err *e);
 
 #endif

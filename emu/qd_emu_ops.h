@@ -29,8 +29,7 @@ void emu_round_n(qd_act_dtype act, float *x, size_t n);
  * Faults: norm-sumsq-lowp (the accumulator has the activation's type), eps-outside-sqrt, knorm-mul
  * (out = A(x * w), no normalisation: pass it only to the k_norm launch, as the kernels apply it to k
  * heads only). */
-void emu_rmsnorm(float *out, const float *x, const float *w, int rows, int n, float eps, qd_act_dtype act,
-                 int fault);
+void emu_rmsnorm(float *out, const float *x, const float *w, int rows, int n, float eps, qd_act_dtype act, int fault);
 
 /* out (T, out_dim) = A(x (T, in) . W (out_dim, in)^T), each output one fp32 dot product over i in order
  * (dot_f32). OpenMP over outputs; bitwise the same for any thread count. */
@@ -58,9 +57,9 @@ void emu_attention(float *out, const float *q, const float *kc, const float *vc,
 /* emu_attention with its two roundings chosen apart (the per-op precision of qd_emu.h's points `softmax` and
  * `attn`): act is the kernel's activation dtype (it picks the prefill tile), act_p rounds P before P.V,
  * act_out rounds the output. emu_attention(..., act, ...) is emu_attention_at(..., act, act, act, ...). */
-void emu_attention_at(float *out, const float *q, const float *kc, const float *vc, int T, int pos0, int NH,
-                      int NKV, int HD, qd_act_dtype act, qd_act_dtype act_p, qd_act_dtype act_out, int threads,
-                      int fault, float *scratch);
+void emu_attention_at(float *out, const float *q, const float *kc, const float *vc, int T, int pos0, int NH, int NKV,
+                      int HD, qd_act_dtype act, qd_act_dtype act_p, qd_act_dtype act_out, int threads, int fault,
+                      float *scratch);
 
 /* Causal GQA attention as an eager bf16 implementation computes it (transformers' eager attention on a
  * bf16 model): scores A(A(q . k) * HD^-0.5) (the QK^T product stored, then the scaling stored), an fp32
@@ -68,8 +67,8 @@ void emu_attention_at(float *out, const float *q, const float *kc, const float *
  * P.V, the output rounded. Another correct way to do the contract's arithmetic: the replay's noise floor
  * of attention takes the wider of this and emu_attention (docs/TOLERANCES.md). Shapes and scratch as
  * emu_attention; no faults. */
-void emu_attention_eager(float *out, const float *q, const float *kc, const float *vc, int T, int pos0, int NH,
-                         int NKV, int HD, qd_act_dtype act, int threads, float *scratch);
+void emu_attention_eager(float *out, const float *q, const float *kc, const float *vc, int T, int pos0, int NH, int NKV,
+                         int HD, qd_act_dtype act, int threads, float *scratch);
 
 /* out = A(silu(gate) * up) over n values; out may alias gate or up. Fault act-gelu: GELU (erf form). */
 void emu_swiglu(float *out, const float *gate, const float *up, long n, qd_act_dtype act, int fault);

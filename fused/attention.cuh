@@ -73,22 +73,22 @@ static constexpr size_t flash_attn_smem(int HD) { return (size_t)(FA_BR + 4 * FA
 /* q (T, NH, HD) q_rope of tokens at positions pos0..pos0+T-1; kc, vc (max_seq, NKV, HD) holding positions
  * 0..pos0+T-1; out (T, NH*HD). grid (ceil(T/64), NH), block 128. */
 template <int HD>
-__global__ void __launch_bounds__(128) flash_attn_kernel(const bf16 *__restrict__ q, const bf16 *__restrict__ kc,
-                                                         const bf16 *__restrict__ vc, bf16 *__restrict__ out, int T,
-                                                         int pos0, int NH, int NKV, float scale, int fault) {
+__global__ void __launch_bounds__(128)
+    flash_attn_kernel(const bf16 *__restrict__ q, const bf16 *__restrict__ kc, const bf16 *__restrict__ vc,
+                      bf16 *__restrict__ out, int T, int pos0, int NH, int NKV, float scale, int fault) {
     static_assert(HD % 16 == 0 && HD <= 128, "flash_attn_kernel: head_dim a multiple of 16, at most 128");
     constexpr int LD = HD + 8, CH = HD / 8; /* smem row stride (elements); 16-byte chunks per row */
     extern __shared__ __align__(16) unsigned char smem[];
     bf16 *sQ = reinterpret_cast<bf16 *>(smem); /* (FA_BR, LD) */
-    bf16 *sK = sQ + FA_BR * LD;                 /* (2, FA_BC, LD) */
-    bf16 *sV = sK + 2 * FA_BC * LD;             /* (2, FA_BC, LD) */
+    bf16 *sK = sQ + FA_BR * LD;                /* (2, FA_BC, LD) */
+    bf16 *sV = sK + 2 * FA_BC * LD;            /* (2, FA_BC, LD) */
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tg = lane & 3;
     const bool causal = fault != QD_FAULT_NO_CAUSAL, no_max = fault == QD_FAULT_SOFTMAX_NO_MAX;
     const bool reset_l = fault == QD_FAULT_ONLINE_RESCALE;
     if (fault == QD_FAULT_NO_SCALE) scale = 1.0f;
     const int h = blockIdx.y, kvh = fault == QD_FAULT_GQA_MOD ? h % NKV : h / (NH / NKV);
-    const int q0 = (gridDim.x - 1 - blockIdx.x) * FA_BR; /* the longest rows start first */
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * FA_BR;              /* the longest rows start first */
     const int kv_len = causal ? pos0 + min(q0 + FA_BR, T) : pos0 + T; /* keys any row of this tile can see */
     const int ntiles = (kv_len + FA_BC - 1) / FA_BC;
     const size_t kv_stride = (size_t)NKV * HD;
@@ -113,8 +113,8 @@ __global__ void __launch_bounds__(128) flash_attn_kernel(const bf16 *__restrict_
     load_kv(0, 0);
     cp_async_commit(); /* group 0: Q and the first K/V tile */
 
-    uint32_t qf[HD / 16][4];   /* this warp's 16 query rows as A fragments */
-    float o[HD / 8][4];        /* P.V accumulators: rows g, g+8; columns 8*jd + 2tg.. */
+    uint32_t qf[HD / 16][4]; /* this warp's 16 query rows as A fragments */
+    float o[HD / 8][4];      /* P.V accumulators: rows g, g+8; columns 8*jd + 2tg.. */
     float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int jd = 0; jd < HD / 8; jd++) o[jd][0] = o[jd][1] = o[jd][2] = o[jd][3] = 0.0f;
@@ -245,11 +245,10 @@ __global__ void __launch_bounds__(128) flash_attn_kernel(const bf16 *__restrict_
  * A chunk is two of the tensor-core kernel's 64-key tiles: fault online-softmax-rescale restarts l at the
  * chunk's last tile that the row sees, so l ends as the last 64-key tile's sum there too. */
 template <int M>
-__global__ void __launch_bounds__(AR_CHUNK) attn_rows_kernel(const typename act<M>::T *__restrict__ q,
-                                                             const typename act<M>::T *__restrict__ kc,
-                                                             const typename act<M>::T *__restrict__ vc,
-                                                             typename act<M>::T *__restrict__ out, int pos0, int NH,
-                                                             int NKV, int HD, float scale, int fault) {
+__global__ void __launch_bounds__(AR_CHUNK)
+    attn_rows_kernel(const typename act<M>::T *__restrict__ q, const typename act<M>::T *__restrict__ kc,
+                     const typename act<M>::T *__restrict__ vc, typename act<M>::T *__restrict__ out, int pos0, int NH,
+                     int NKV, int HD, float scale, int fault) {
     static_assert(AR_CHUNK == 2 * FA_BC, "attn_rows_kernel: a chunk is two key tiles");
     __shared__ float sq[256], sp[AR_CHUNK], red[32];
     const int t = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
@@ -269,7 +268,7 @@ __global__ void __launch_bounds__(AR_CHUNK) attn_rows_kernel(const typename act<
             for (int d = 0; d < HD; d++) dot = __fadd_rn(dot, __fmul_rn(sq[d], act<M>::ld(kr[d])));
             s = __fmul_rn(dot, scale);
         }
-        float mn = fmaxf(m, block_max(s, red)); /* finite: key 0 is in the first chunk */
+        float mn = fmaxf(m, block_max(s, red));          /* finite: key 0 is in the first chunk */
         if (fault == QD_FAULT_SOFTMAX_NO_MAX) mn = 0.0f; /* the fault: exp(s - 0) */
         const float alpha = expf(__fsub_rn(m, mn));
         const float ex = j < n_keys ? expf(__fsub_rn(s, mn)) : 0.0f;
@@ -308,8 +307,8 @@ __global__ void __launch_bounds__(AR_CHUNK) attn_rows_kernel(const typename act<
 // counter is reset by that block, ready for the next launch. Either way the arithmetic is the same
 // function (combine_head), so the fused and unfused variants agree bitwise.
 
-#define DEC_CH 64      /* keys per split */
-#define DEC_MAXMUL 8   /* query heads per kv head */
+#define DEC_CH 64    /* keys per split */
+#define DEC_MAXMUL 8 /* query heads per kv head */
 
 /* One head's combine. part_h (nsplit, HD + 2): acc (HD), m, l per split; ns splits in use. Called by every
  * thread of a block of 128 (HD <= 256: two dimensions per thread at most). The split weights
@@ -318,7 +317,10 @@ __global__ void __launch_bounds__(AR_CHUNK) attn_rows_kernel(const typename act<
  * are exactly those of the plain loop: sum_s l_s w_s and sum_s acc_s w_s, then divided. The acc loads of
  * a batch of splits are issued together (one round trip to L2 per batch, not per split). */
 #define DEC_CW 256 /* splits per round of weights in shared memory */
-template <bool CG> static __device__ __forceinline__ float ld_part(const float *p) { return CG ? __ldcg(p) : *p; }
+template <bool CG>
+static __device__ __forceinline__ float ld_part(const float *p) {
+    return CG ? __ldcg(p) : *p;
+}
 
 /* reset_l (fault online-softmax-rescale): l keeps only the last split's l_s * w_s. */
 template <int M, bool CG, int NB = 4>
@@ -378,15 +380,14 @@ static __device__ __forceinline__ int dec_head(int g, int hh, int kv_mul, int NK
  * counters (NKV) zero at launch (FUSE); out (NH*HD) (FUSE). Position: d_pos ? *d_pos : pos_host.
  * grid (nsplit, NKV), block 128. HD a multiple of 16, at most 256; NH/NKV at most 8. */
 template <int M, bool FUSE>
-__global__ void __launch_bounds__(128) decode_attn_kernel(const typename act<M>::T *__restrict__ q,
-                                                          const typename act<M>::T *__restrict__ kc,
-                                                          const typename act<M>::T *__restrict__ vc,
-                                                          float *__restrict__ part, unsigned *__restrict__ counters,
-                                                          typename act<M>::T *__restrict__ out,
-                                                          const int *__restrict__ d_pos, int pos_host, int NH,
-                                                          int NKV, int HD, int nsplit, float scale, int fault) {
-    __shared__ float sq[DEC_MAXMUL * 256];    /* (kv_mul, HD) q as float */
-    __shared__ float sp[DEC_MAXMUL][DEC_CH];  /* scores, then P */
+__global__ void __launch_bounds__(128)
+    decode_attn_kernel(const typename act<M>::T *__restrict__ q, const typename act<M>::T *__restrict__ kc,
+                       const typename act<M>::T *__restrict__ vc, float *__restrict__ part,
+                       unsigned *__restrict__ counters, typename act<M>::T *__restrict__ out,
+                       const int *__restrict__ d_pos, int pos_host, int NH, int NKV, int HD, int nsplit, float scale,
+                       int fault) {
+    __shared__ float sq[DEC_MAXMUL * 256];   /* (kv_mul, HD) q as float */
+    __shared__ float sp[DEC_MAXMUL][DEC_CH]; /* scores, then P */
     __shared__ float sm[DEC_MAXMUL], sl[DEC_MAXMUL], sw[2 * DEC_CW], red[32];
     __shared__ int last;
     const int sidx = blockIdx.x, g = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -460,7 +461,8 @@ __global__ void __launch_bounds__(128) decode_attn_kernel(const typename act<M>:
         }
 #pragma unroll
         for (int hh = 0; hh < DEC_MAXMUL; hh++)
-            if (hh < kv_mul) part[((size_t)dec_head(g, hh, kv_mul, NKV, gqa_mod) * nsplit + sidx) * (HD + 2) + d] = o[hh];
+            if (hh < kv_mul)
+                part[((size_t)dec_head(g, hh, kv_mul, NKV, gqa_mod) * nsplit + sidx) * (HD + 2) + d] = o[hh];
     }
     if (tid < kv_mul) {
         float *p = part + ((size_t)dec_head(g, tid, kv_mul, NKV, gqa_mod) * nsplit + sidx) * (HD + 2);
@@ -520,23 +522,24 @@ static constexpr size_t decode_attn_qk_smem(int HD, size_t elt) { return 2 * (si
  * context its grid of splits x kv heads is several blocks per SM. tl_launch: the launch's id in a
  * timeline build (qd_timeline.h). */
 template <int M, int MUL>
-__global__ void __launch_bounds__(128 * MUL, 8 / MUL) decode_attn_qk_kernel(
-    const typename act<M>::T *__restrict__ qkv, typename act<M>::T *__restrict__ q_out, typename act<M>::T *kc,
-    typename act<M>::T *vc, const float *__restrict__ qw, const float *__restrict__ kw,
-    const float *__restrict__ rope_cos, const float *__restrict__ rope_sin, float *__restrict__ part,
-    unsigned *__restrict__ counters, typename act<M>::T *__restrict__ out, const int *__restrict__ d_pos, int NH,
-    int NKV, int HD, int nsplit, float scale, float eps, int fault, int tl_launch) {
+__global__ void __launch_bounds__(128 * MUL, 8 / MUL)
+    decode_attn_qk_kernel(const typename act<M>::T *__restrict__ qkv, typename act<M>::T *__restrict__ q_out,
+                          typename act<M>::T *kc, typename act<M>::T *vc, const float *__restrict__ qw,
+                          const float *__restrict__ kw, const float *__restrict__ rope_cos,
+                          const float *__restrict__ rope_sin, float *__restrict__ part, unsigned *__restrict__ counters,
+                          typename act<M>::T *__restrict__ out, const int *__restrict__ d_pos, int NH, int NKV, int HD,
+                          int nsplit, float scale, float eps, int fault, int tl_launch) {
     typedef typename act<M>::T S;
     TL_START(tl);
     extern __shared__ __align__(16) unsigned char dec_smem[];
     __shared__ __align__(16) float sq[MUL][256]; /* (kv_mul, HD) q_rope as float */
-    __shared__ float sp[MUL][DEC_CH];             /* scores */
+    __shared__ float sp[MUL][DEC_CH];            /* scores */
     __shared__ float sw[MUL][2 * DEC_CW], red[MUL][32];
     __shared__ float sqw[256], skw[256], scs[128], ssn[128]; /* q_norm, k_norm weights; this position's RoPE */
     __shared__ int last;
     const int sidx = blockIdx.x, g = blockIdx.y, tid = threadIdx.x, hh = threadIdx.y, lane = tid & 31, wg = tid >> 5;
     const int ltid = hh * 128 + tid, nthr = 128 * (int)blockDim.y;
-    griddep_launch(); /* the next kernel may start staging its weights now */
+    griddep_launch();                         /* the next kernel may start staging its weights now */
     const int pos = *d_pos, n_keys = pos + 1; /* written before the graph starts: safe before the wait */
     const int ns = (n_keys + DEC_CH - 1) / DEC_CH;
     if (sidx >= ns) return;
@@ -551,9 +554,9 @@ __global__ void __launch_bounds__(128 * MUL, 8 / MUL) decode_attn_qk_kernel(
     const int wpos = fault == QD_FAULT_KV_POS && pos > 0 ? pos - 1 : pos;
     const bool is_writer = sidx == wpos / DEC_CH;
     const int EPC = 16 / (int)sizeof(S), LDS = HD + EPC; /* elements per 16 bytes; padded row (elements) */
-    S *sK = reinterpret_cast<S *>(dec_smem); /* (DEC_CH, LDS) */
-    S *sV = sK + DEC_CH * LDS;                /* (DEC_CH, LDS) */
-    {   /* the cached rows of this split; rows past the end are zeros (P = 0 must not meet garbage V); the
+    S *sK = reinterpret_cast<S *>(dec_smem);             /* (DEC_CH, LDS) */
+    S *sV = sK + DEC_CH * LDS;                           /* (DEC_CH, LDS) */
+    { /* the cached rows of this split; rows past the end are zeros (P = 0 must not meet garbage V); the
          * row this launch writes is filled below, after the wait */
         const int chr = HD / EPC, per = DEC_CH * chr;
         for (int c = ltid; c < 2 * per; c += nthr) {
@@ -700,10 +703,9 @@ __global__ void __launch_bounds__(128 * MUL, 8 / MUL) decode_attn_qk_kernel(
 
 /* The unfused combine: grid NH, block 128. part (NH, nsplit, HD + 2); out (NH*HD). */
 template <int M>
-__global__ void __launch_bounds__(128) decode_combine_kernel(const float *__restrict__ part,
-                                                             typename act<M>::T *__restrict__ out,
-                                                             const int *__restrict__ d_pos, int pos_host, int HD,
-                                                             int nsplit, int fault) {
+__global__ void __launch_bounds__(128)
+    decode_combine_kernel(const float *__restrict__ part, typename act<M>::T *__restrict__ out,
+                          const int *__restrict__ d_pos, int pos_host, int HD, int nsplit, int fault) {
     __shared__ float sw[2 * DEC_CW], red[32];
     const int n_keys = (d_pos ? *d_pos : pos_host) + 1;
     const int ns = (n_keys + DEC_CH - 1) / DEC_CH, h = blockIdx.x;

@@ -38,46 +38,45 @@ extern "C" {
 // ----------------------------------------------------------------------------
 // errors: every CUDA and cuBLAS call is checked; the library never exits
 
-#define CUDA_CHECK(call)                                                                                  \
-    do {                                                                                                  \
-        cudaError_t err_ = (call);                                                                        \
-        if (err_ != cudaSuccess)                                                                          \
-            return qd_errf(e, QD_ERUNTIME, "%s:%d: %s: %s (%s)", __FILE__, __LINE__, #call,               \
-                           cudaGetErrorName(err_), cudaGetErrorString(err_));                             \
+#define CUDA_CHECK(call)                                                                                            \
+    do {                                                                                                            \
+        cudaError_t err_ = (call);                                                                                  \
+        if (err_ != cudaSuccess)                                                                                    \
+            return qd_errf(e, QD_ERUNTIME, "%s:%d: %s: %s (%s)", __FILE__, __LINE__, #call, cudaGetErrorName(err_), \
+                           cudaGetErrorString(err_));                                                               \
     } while (0)
 
-#define CUBLAS_CHECK(call)                                                                                \
-    do {                                                                                                  \
-        cublasStatus_t st_ = (call);                                                                      \
-        if (st_ != CUBLAS_STATUS_SUCCESS)                                                                 \
-            return qd_errf(e, QD_ERUNTIME, "%s:%d: %s: %s", __FILE__, __LINE__, #call,                    \
-                           cublasGetStatusName(st_));                                                     \
+#define CUBLAS_CHECK(call)                                                                                        \
+    do {                                                                                                          \
+        cublasStatus_t st_ = (call);                                                                              \
+        if (st_ != CUBLAS_STATUS_SUCCESS)                                                                         \
+            return qd_errf(e, QD_ERUNTIME, "%s:%d: %s: %s", __FILE__, __LINE__, #call, cublasGetStatusName(st_)); \
     } while (0)
 
 /* After every kernel launch: a bad configuration fails here, at the launch that caused it. */
-#define LAUNCH_CHECK(kernel)                                                                              \
-    do {                                                                                                  \
-        cudaError_t err_ = cudaGetLastError();                                                            \
-        if (err_ != cudaSuccess)                                                                          \
-            return qd_errf(e, QD_ERUNTIME, "%s:%d: launch of %s: %s (%s)", __FILE__, __LINE__, #kernel,   \
-                           cudaGetErrorName(err_), cudaGetErrorString(err_));                             \
+#define LAUNCH_CHECK(kernel)                                                                            \
+    do {                                                                                                \
+        cudaError_t err_ = cudaGetLastError();                                                          \
+        if (err_ != cudaSuccess)                                                                        \
+            return qd_errf(e, QD_ERUNTIME, "%s:%d: launch of %s: %s (%s)", __FILE__, __LINE__, #kernel, \
+                           cudaGetErrorName(err_), cudaGetErrorString(err_));                           \
     } while (0)
 
 /* A cudaError_t kept in a variable so that something could be freed first; `call` names it. */
-#define CUDA_CHECK_ERR(err, call)                                                                         \
-    do {                                                                                                  \
-        if ((err) != cudaSuccess)                                                                         \
-            return qd_errf(e, QD_ERUNTIME, "%s:%d: %s: %s (%s)", __FILE__, __LINE__, call,                \
-                           cudaGetErrorName(err), cudaGetErrorString(err));                               \
+#define CUDA_CHECK_ERR(err, call)                                                                                 \
+    do {                                                                                                          \
+        if ((err) != cudaSuccess)                                                                                 \
+            return qd_errf(e, QD_ERUNTIME, "%s:%d: %s: %s (%s)", __FILE__, __LINE__, call, cudaGetErrorName(err), \
+                           cudaGetErrorString(err));                                                              \
     } while (0)
 
-#define TRY(x)                                                                                            \
-    do {                                                                                                  \
-        int rc_ = (x);                                                                                    \
-        if (rc_) return rc_;                                                                              \
+#define TRY(x)               \
+    do {                     \
+        int rc_ = (x);       \
+        if (rc_) return rc_; \
     } while (0)
 
-#define HEAD_ROWS 256 /* lm_head rows per GEMM: the fp32 logits buffer is (HEAD_ROWS, V), not (max_seq, V) */
+#define HEAD_ROWS 256       /* lm_head rows per GEMM: the fp32 logits buffer is (HEAD_ROWS, V), not (max_seq, V) */
 #define BLAS_WS (32u << 20) /* cuBLAS workspace, fixed so that graph capture never allocates */
 #define MEM_MARGIN ((size_t)256 << 20) /* left free for cuBLAS, graphs and the driver */
 
@@ -107,8 +106,8 @@ struct qd_fused {
     int custom_decode;                /* one-token steps through gemv.cuh (else cuBLAS, as prefill) */
     int use_pdl;                      /* custom decode launches with programmatic dependent launch */
     int num_sms;
-    int gemv_staged;        /* custom decode: gemv_staged_kernel for the per-layer projections */
-    dec_attn_fn dec_attn;   /* custom decode: decode_attn_qk_kernel for this kv_mul */
+    int gemv_staged;      /* custom decode: gemv_staged_kernel for the per-layer projections */
+    dec_attn_fn dec_attn; /* custom decode: decode_attn_qk_kernel for this kv_mul */
     float eps, scale;
     qd_fault fault;    /* the injected fault (kind QD_FAULT_NONE: none) */
     size_t aelt, welt; /* bytes per activation / weight element */
@@ -118,35 +117,35 @@ struct qd_fused {
     cublasHandle_t blas;
     void *blas_ws;
 
-    char *wmem; /* all weights, one allocation */
+    char *wmem;            /* all weights, one allocation */
     void *embed, *lm_head; /* (V, C); lm_head == embed when tied */
     layer_dev *lw;         /* (L) host array of device pointers */
     float *final_norm;     /* (C) */
 
-    char *amem; /* activations, caches and scratch, one allocation */
-    void *kc, *vc;          /* (L, max_seq, NKV, HD) */
-    void *xres;             /* (S, C) residual stream: embed / attn_residual / out */
-    void *xres2;            /* (C) custom decode: out (the norm-folding GEMVs never update in place) */
-    void *xn;               /* (S, C) attn_norm / mlp_norm / final_norm */
-    void *qkv;              /* (S, QKV) q_proj | k_proj | v_proj */
-    void *q;                /* (S, NH, HD) q_rope */
-    void *att;              /* (S, NH*HD) attention output */
-    void *o;                /* (S, C) o_proj */
-    void *down;             /* (S, C) down_proj */
-    void *gu;               /* (S, 2I) gate_proj | up_proj */
-    void *actv;             /* (S, I) act */
-    void *qn, *kn, *kr;     /* taps_all: (S, NH, HD) q_norm, (S, NKV, HD) k_norm, (S, NKV, HD) k_rope */
-    float *rope_cos, *rope_sin; /* (S, HD/2) */
+    char *amem;                       /* activations, caches and scratch, one allocation */
+    void *kc, *vc;                    /* (L, max_seq, NKV, HD) */
+    void *xres;                       /* (S, C) residual stream: embed / attn_residual / out */
+    void *xres2;                      /* (C) custom decode: out (the norm-folding GEMVs never update in place) */
+    void *xn;                         /* (S, C) attn_norm / mlp_norm / final_norm */
+    void *qkv;                        /* (S, QKV) q_proj | k_proj | v_proj */
+    void *q;                          /* (S, NH, HD) q_rope */
+    void *att;                        /* (S, NH*HD) attention output */
+    void *o;                          /* (S, C) o_proj */
+    void *down;                       /* (S, C) down_proj */
+    void *gu;                         /* (S, 2I) gate_proj | up_proj */
+    void *actv;                       /* (S, I) act */
+    void *qn, *kn, *kr;               /* taps_all: (S, NH, HD) q_norm, (S, NKV, HD) k_norm, (S, NKV, HD) k_rope */
+    float *rope_cos, *rope_sin;       /* (S, HD/2) */
     float *rope_cos_bf, *rope_sin_bf; /* (S, HD/2) fault rope-freq-bf16 only: from bf16-rounded inv_freq */
-    float *part;            /* (NH, nsplit, HD + 2) decode partials */
-    unsigned *counters;     /* (NKV) decode combine counters */
-    float *logits;          /* (HEAD_ROWS, V) */
-    int32_t *tokens;        /* (S) */
-    int32_t *step;          /* (2) decode token id, position */
+    float *part;                      /* (NH, nsplit, HD + 2) decode partials */
+    unsigned *counters;               /* (NKV) decode combine counters */
+    float *logits;                    /* (HEAD_ROWS, V) */
+    int32_t *tokens;                  /* (S) */
+    int32_t *step;                    /* (2) decode token id, position */
 
-    int32_t *h_step;  /* pinned (S, 2): the step of each position, read by an in-flight graph */
-    float *h_tap;     /* host staging (max(S * wmax, V)) */
-    uint16_t *h_raw;  /* host staging (S * wmax) raw bf16 */
+    int32_t *h_step; /* pinned (S, 2): the step of each position, read by an in-flight graph */
+    float *h_tap;    /* host staging (max(S * wmax, V)) */
+    uint16_t *h_raw; /* host staging (S * wmax) raw bf16 */
     cudaGraphExec_t graph;
 };
 
@@ -162,10 +161,8 @@ extern "C" int qd_fused_device_count(char *desc, size_t n) {
     if (count > 0 && desc && n > 0) {
         cudaDeviceProp p;
         if (cudaGetDeviceProperties(&p, 0) == cudaSuccess)
-            snprintf(desc, n, "%s, sm_%d%d, %.1f GiB", p.name, p.major, p.minor,
-                     (double)p.totalGlobalMem / (1 << 30));
-        else
-            snprintf(desc, n, "device 0");
+            snprintf(desc, n, "%s, sm_%d%d, %.1f GiB", p.name, p.major, p.minor, (double)p.totalGlobalMem / (1 << 30));
+        else snprintf(desc, n, "device 0");
     }
     return count;
 }
@@ -334,10 +331,10 @@ static int check_shapes(const qd_config *c, const qd_fused_opts *o, qd_err *e) {
         return qd_errf(e, QD_EINPUT, "fused: activation dtype %d: expected bf16, fp16 or fp32", (int)o->act);
     if (o->max_seq <= 0) return qd_errf(e, QD_EINPUT, "fused: max_seq must be positive, got %d", o->max_seq);
     if (o->decode_gemv != 0 && o->decode_gemv != 1)
-        return qd_errf(e, QD_EINPUT, "fused: decode_gemv %d: expected 0 (custom kernels) or 1 (cuBLAS)", o->decode_gemv);
+        return qd_errf(e, QD_EINPUT, "fused: decode_gemv %d: expected 0 (custom kernels) or 1 (cuBLAS)",
+                       o->decode_gemv);
     if (c->head_dim % 16 || c->head_dim > 256)
-        return qd_errf(e, QD_EINPUT, "fused: head_dim %d not supported (a multiple of 16, at most 256)",
-                       c->head_dim);
+        return qd_errf(e, QD_EINPUT, "fused: head_dim %d not supported (a multiple of 16, at most 256)", c->head_dim);
     if (c->hidden_size % 8 || c->intermediate_size % 8)
         return qd_errf(e, QD_EINPUT, "fused: hidden_size %d and intermediate_size %d must be multiples of 8",
                        c->hidden_size, c->intermediate_size);
@@ -373,14 +370,15 @@ static int set_flash_attr(qd_fused *f, qd_err *e) {
     else if (f->HD == 64)
         CUDA_CHECK(cudaFuncSetAttribute(flash_attn_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     else
-        CUDA_CHECK(cudaFuncSetAttribute(flash_attn_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CUDA_CHECK(
+            cudaFuncSetAttribute(flash_attn_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     f->use_flash = 1;
     return QD_OK;
 }
 
 /* The decode attention instantiation for kv_mul query heads per kv head (at most DEC_MAXMUL). */
 static dec_attn_fn dec_attn_for(int kv_mul) {
-    return kv_mul <= 2 ? decode_attn_qk_kernel<MODE_BF16, 2>
+    return kv_mul <= 2   ? decode_attn_qk_kernel<MODE_BF16, 2>
            : kv_mul <= 4 ? decode_attn_qk_kernel<MODE_BF16, 4>
                          : decode_attn_qk_kernel<MODE_BF16, 8>;
 }
@@ -418,23 +416,37 @@ static int set_decode_attr(qd_fused *f, const cudaDeviceProp *p, qd_err *e) {
     const char *gs = getenv("QD_FUSED_GEMV"); /* "stream": the streaming kernel everywhere (a diagnostic) */
     f->gemv_staged = gsmem + 1024 <= p->sharedMemPerBlockOptin && !(gs && strcmp(gs, "stream") == 0);
     if (f->gemv_staged) {
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_NORM, GV_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsmem));
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_NORM, GV_SWIGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsmem));
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_PLAIN, GV_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsmem));
+        CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_NORM, GV_BF16>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsmem));
+        CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_NORM, GV_SWIGLU>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsmem));
+        CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_PLAIN, GV_BF16>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsmem));
     }
     /* every kernel of the one-token chain asks for the largest shared-memory carveout, so that kernels
      * of the chain can share an SM without waiting for it to drain and be reconfigured */
     CUDA_CHECK(cudaFuncSetAttribute(f->dec_attn, cudaFuncAttributePreferredSharedMemoryCarveout,
                                     (int)cudaSharedmemCarveoutMaxShared));
-    CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_NORM, GV_BF16>, cudaFuncAttributePreferredSharedMemoryCarveout, (int)cudaSharedmemCarveoutMaxShared));
-    CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_NORM, GV_SWIGLU>, cudaFuncAttributePreferredSharedMemoryCarveout, (int)cudaSharedmemCarveoutMaxShared));
-    CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_PLAIN, GV_BF16>, cudaFuncAttributePreferredSharedMemoryCarveout, (int)cudaSharedmemCarveoutMaxShared));
-    CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<GV_NORM, GV_F32>, cudaFuncAttributePreferredSharedMemoryCarveout, (int)cudaSharedmemCarveoutMaxShared));
+    CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_NORM, GV_BF16>,
+                                    cudaFuncAttributePreferredSharedMemoryCarveout,
+                                    (int)cudaSharedmemCarveoutMaxShared));
+    CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_NORM, GV_SWIGLU>,
+                                    cudaFuncAttributePreferredSharedMemoryCarveout,
+                                    (int)cudaSharedmemCarveoutMaxShared));
+    CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_PLAIN, GV_BF16>,
+                                    cudaFuncAttributePreferredSharedMemoryCarveout,
+                                    (int)cudaSharedmemCarveoutMaxShared));
+    CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<GV_NORM, GV_F32>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                    (int)cudaSharedmemCarveoutMaxShared));
     if (smem + 1024 > 48 * 1024) { /* beyond the default limit with the static shared memory */
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<GV_NORM, GV_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<GV_NORM, GV_F32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<GV_NORM, GV_SWIGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<GV_PLAIN, GV_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<GV_NORM, GV_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)smem));
+        CUDA_CHECK(
+            cudaFuncSetAttribute(gemv_kernel<GV_NORM, GV_F32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<GV_NORM, GV_SWIGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)smem));
+        CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<GV_PLAIN, GV_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)smem));
     }
     return QD_OK;
 }
@@ -452,8 +464,8 @@ static int create_device(qd_fused *f, const qd_weights *w, qd_err *e) {
     cudaDeviceProp p;
     CUDA_CHECK(cudaGetDeviceProperties(&p, 0));
     if (p.major < 8)
-        return qd_errf(e, QD_ERUNTIME, "fused: device 0 (%s) is sm_%d%d; the fused path needs sm_80 or newer",
-                       p.name, p.major, p.minor);
+        return qd_errf(e, QD_ERUNTIME, "fused: device 0 (%s) is sm_%d%d; the fused path needs sm_80 or newer", p.name,
+                       p.major, p.minor);
     CUDA_CHECK(cudaSetDevice(0));
     CUDA_CHECK(cudaFree(0)); /* creates the context, so that the free memory below is what is left */
 
@@ -475,10 +487,10 @@ static int create_device(qd_fused *f, const qd_weights *w, qd_err *e) {
     CUDA_CHECK(cudaMalloc(&f->blas_ws, BLAS_WS));
     CUBLAS_CHECK(cublasSetWorkspace(f->blas, f->blas_ws, BLAS_WS)); /* after SetStream, which resets it */
     /* bf16: fp32 accumulation all the way, no split-K reduction in bf16. fp32 / fp16: pedantic, no TF32. */
-    CUBLAS_CHECK(cublasSetMathMode(f->blas, f->act == QD_ACT_BF16
-                                                ? (cublasMath_t)(CUBLAS_DEFAULT_MATH |
-                                                                 CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)
-                                                : CUBLAS_PEDANTIC_MATH));
+    CUBLAS_CHECK(cublasSetMathMode(
+        f->blas, f->act == QD_ACT_BF16
+                     ? (cublasMath_t)(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)
+                     : CUBLAS_PEDANTIC_MATH));
 
     CUDA_CHECK(cudaMalloc((void **)&f->wmem, cw.off));
     CUDA_CHECK(cudaMalloc((void **)&f->amem, ca.off));
@@ -526,7 +538,7 @@ extern "C" qd_fused *qd_fused_create(const qd_weights *w, const qd_fused_opts *o
     if ((size_t)f->I > wm) wm = f->I;
     f->wmax = wm;
     f->lw = (layer_dev *)qd_zalloc((size_t)f->L, sizeof(layer_dev), e); /* (L) */
-    if (!f->lw) { /* nothing on the device yet */
+    if (!f->lw) {                                                       /* nothing on the device yet */
         free(f);
         return NULL;
     }
@@ -578,15 +590,16 @@ static int download_act(qd_fused *f, float *dst, const void *src, int rows, int 
         CUDA_CHECK(cudaStreamSynchronize(f->stream));
         for (size_t i = 0; i < (size_t)rows * cols; i++) dst[i] = qd_bf16_to_f32(f->h_raw[i]);
     } else {
-        CUDA_CHECK(cudaMemcpy2DAsync(dst, (size_t)cols * 4, src, ld * 4, (size_t)cols * 4, rows,
-                                     cudaMemcpyDeviceToHost, f->stream));
+        CUDA_CHECK(cudaMemcpy2DAsync(dst, (size_t)cols * 4, src, ld * 4, (size_t)cols * 4, rows, cudaMemcpyDeviceToHost,
+                                     f->stream));
         CUDA_CHECK(cudaStreamSynchronize(f->stream));
     }
     return QD_OK;
 }
 
 /* dst (n) activation dtype <- src (n) host fp32, rounded as a store would (emu rounds on entry too). */
-template <int M> static int upload_act(qd_fused *f, void *dst, const float *src, size_t n, qd_err *e) {
+template <int M>
+static int upload_act(qd_fused *f, void *dst, const float *src, size_t n, qd_err *e) {
     TRY(host_staging(f, e));
     if (M == MODE_BF16) {
         for (size_t i = 0; i < n; i++) f->h_raw[i] = qd_f32_to_bf16(src[i]);
@@ -619,14 +632,20 @@ static int emit_dev(qd_fused *f, qd_tap_sink *sink, qd_tap_id id, const void *sr
 // ----------------------------------------------------------------------------
 // launches
 
-template <int M> static inline typename act<M>::T *A(void *p) { return (typename act<M>::T *)p; }
-template <int M> static inline typename act<M>::T *A(void *p, size_t off) { return (typename act<M>::T *)p + off; }
+template <int M>
+static inline typename act<M>::T *A(void *p) {
+    return (typename act<M>::T *)p;
+}
+template <int M>
+static inline typename act<M>::T *A(void *p, size_t off) {
+    return (typename act<M>::T *)p + off;
+}
 
 /* The fault as layer l's launches take it: its kind when it is active in layer l (-1: the final norm,
  * active only for a fault in every layer, as emu), else QD_FAULT_NONE. */
 static int fault_in(const qd_fused *f, int l) {
     return f->fault.kind != QD_FAULT_NONE && qd_fault_at(&f->fault, f->fault.kind, l) ? (int)f->fault.kind
-                                                                                         : (int)QD_FAULT_NONE;
+                                                                                      : (int)QD_FAULT_NONE;
 }
 
 /* The same for a launch whose residual add is the MLP's (the previous layer's down_proj): residual-drop
@@ -679,18 +698,19 @@ static int add_norm(qd_fused *f, void *res, const void *add, void *out, const fl
     typedef typename act<M>::T S;
     if (add && f->taps_all) {
         size_t n8 = (size_t)T * f->C / 8;
-        residual_kernel<M><<<grid_for(n8, 256), 256, 0, f->stream>>>((S *)res, (const S *)add, n8,
-                                                                     fault == QD_FAULT_RESIDUAL_DROP);
+        residual_kernel<M>
+            <<<grid_for(n8, 256), 256, 0, f->stream>>>((S *)res, (const S *)add, n8, fault == QD_FAULT_RESIDUAL_DROP);
         LAUNCH_CHECK(residual_kernel);
         add = NULL;
     }
-    add_rmsnorm_kernel<M><<<T, (unsigned)norm_threads(f->C), 0, f->stream>>>((S *)res, (const S *)add, (S *)out, w,
-                                                                             f->C, f->eps, fault);
+    add_rmsnorm_kernel<M>
+        <<<T, (unsigned)norm_threads(f->C), 0, f->stream>>>((S *)res, (const S *)add, (S *)out, w, f->C, f->eps, fault);
     LAUNCH_CHECK(add_rmsnorm_kernel);
     return QD_OK;
 }
 
-template <int M> static int residual(qd_fused *f, void *res, const void *add, int T, qd_err *e) {
+template <int M>
+static int residual(qd_fused *f, void *res, const void *add, int T, qd_err *e) {
     typedef typename act<M>::T S;
     size_t n8 = (size_t)T * f->C / 8;
     residual_kernel<M><<<grid_for(n8, 256), 256, 0, f->stream>>>((S *)res, (const S *)add, n8, 0); /* the MLP's */
@@ -715,8 +735,7 @@ static int attention(qd_fused *f, const void *kc, const void *vc, int T, int pos
             decode_attn_kernel<M, false><<<grid, 128, 0, f->stream>>>(q, k, v, f->part, f->counters, out, d_pos, pos0,
                                                                       f->NH, f->NKV, f->HD, f->nsplit, f->scale, fault);
             LAUNCH_CHECK(decode_attn_kernel);
-            decode_combine_kernel<M><<<f->NH, 128, 0, f->stream>>>(f->part, out, d_pos, pos0, f->HD, f->nsplit,
-                                                                   fault);
+            decode_combine_kernel<M><<<f->NH, 128, 0, f->stream>>>(f->part, out, d_pos, pos0, f->HD, f->nsplit, fault);
             LAUNCH_CHECK(decode_combine_kernel);
         }
         return QD_OK;
@@ -726,20 +745,20 @@ static int attention(qd_fused *f, const void *kc, const void *vc, int T, int pos
             dim3 grid((T + FA_BR - 1) / FA_BR, f->NH);
             size_t smem = flash_attn_smem(f->HD);
             if (f->HD == 32)
-                flash_attn_kernel<32><<<grid, 128, smem, f->stream>>>(q, k, v, out, T, pos0, f->NH, f->NKV, f->scale,
-                                                                        fault);
+                flash_attn_kernel<32>
+                    <<<grid, 128, smem, f->stream>>>(q, k, v, out, T, pos0, f->NH, f->NKV, f->scale, fault);
             else if (f->HD == 64)
-                flash_attn_kernel<64><<<grid, 128, smem, f->stream>>>(q, k, v, out, T, pos0, f->NH, f->NKV, f->scale,
-                                                                        fault);
+                flash_attn_kernel<64>
+                    <<<grid, 128, smem, f->stream>>>(q, k, v, out, T, pos0, f->NH, f->NKV, f->scale, fault);
             else
-                flash_attn_kernel<128><<<grid, 128, smem, f->stream>>>(q, k, v, out, T, pos0, f->NH, f->NKV, f->scale,
-                                                                        fault);
+                flash_attn_kernel<128>
+                    <<<grid, 128, smem, f->stream>>>(q, k, v, out, T, pos0, f->NH, f->NKV, f->scale, fault);
             LAUNCH_CHECK(flash_attn_kernel);
             return QD_OK;
         }
     }
-    attn_rows_kernel<M><<<dim3(T, f->NH), AR_CHUNK, 0, f->stream>>>(q, k, v, out, pos0, f->NH, f->NKV, f->HD,
-                                                                     f->scale, fault);
+    attn_rows_kernel<M>
+        <<<dim3(T, f->NH), AR_CHUNK, 0, f->stream>>>(q, k, v, out, pos0, f->NH, f->NKV, f->HD, f->scale, fault);
     LAUNCH_CHECK(attn_rows_kernel);
     return QD_OK;
 }
@@ -767,13 +786,13 @@ static cudaError_t launch_ex(const qd_fused *f, bool pdl, void (*kernel)(KA...),
     return cudaLaunchKernelEx(&cfg, kernel, ((KA)args)...);
 }
 
-#define LAUNCH_EX(kernel, ...)                                                                            \
-    do {                                                                                                  \
-        cudaError_t err_ = launch_ex(__VA_ARGS__);                                                        \
-        if (err_ == cudaSuccess) err_ = cudaGetLastError();                                               \
-        if (err_ != cudaSuccess)                                                                          \
-            return qd_errf(e, QD_ERUNTIME, "%s:%d: launch of %s: %s (%s)", __FILE__, __LINE__, #kernel,   \
-                           cudaGetErrorName(err_), cudaGetErrorString(err_));                             \
+#define LAUNCH_EX(kernel, ...)                                                                          \
+    do {                                                                                                \
+        cudaError_t err_ = launch_ex(__VA_ARGS__);                                                      \
+        if (err_ == cudaSuccess) err_ = cudaGetLastError();                                             \
+        if (err_ != cudaSuccess)                                                                        \
+            return qd_errf(e, QD_ERUNTIME, "%s:%d: launch of %s: %s (%s)", __FILE__, __LINE__, #kernel, \
+                           cudaGetErrorName(err_), cudaGetErrorString(err_));                           \
     } while (0)
 
 /* One GEMV of gemv.cuh. The per-layer projections (bf16 output or SwiGLU) use gemv_staged_kernel: upb
@@ -781,7 +800,8 @@ static cudaError_t launch_ex(const qd_fused *f, bool pdl, void (*kernel)(KA...),
  * (then the blocks come in waves), one warp per two rows up to GS_THREADS. The lm_head (fp32 output), and
  * everything when the device's shared memory is too small for a tile, uses the streaming gemv_kernel:
  * 4 warps per block, two rows per warp, at most 8 blocks per SM (a loop over the rows beyond). */
-template <int PRO, int EPI> static int gemv(qd_fused *f, const gemv_args &a, qd_err *e) {
+template <int PRO, int EPI>
+static int gemv(qd_fused *f, const gemv_args &a, qd_err *e) {
     const size_t row = (size_t)a.K * 2 * (EPI == GV_SWIGLU ? 2 : 1); /* weight bytes per unit */
     if (EPI != GV_F32 && f->gemv_staged && row <= GS_TILE_MAX) {
         size_t upb = ((size_t)a.N + f->num_sms - 1) / f->num_sms;
@@ -840,21 +860,25 @@ static int decode_step_custom(qd_fused *f, int pos_host, qd_tap_sink *sink, qd_e
         bf16 *kc = A<M>(f->kc, (size_t)l * layer_kv), *vc = A<M>(f->vc, (size_t)l * layer_kv);
         const int fk = fault_in(f, l);
         const int tl = l * QD_TL_SLOTS; /* timeline launch ids of this layer (qd_timeline.h) */
-        TRY((gemv<GV_NORM, GV_BF16>(f, with_tl(gemv_norm(f, w->wqkv, f->xres, l > 0 ? f->down : NULL, w->ln1, f->xres2,
-                                                         f->xn, f->qkv, QKV, fault_in_no_drop(f, l)), tl + QD_TL_QKV), e)));
+        TRY((gemv<GV_NORM, GV_BF16>(f,
+                                    with_tl(gemv_norm(f, w->wqkv, f->xres, l > 0 ? f->down : NULL, w->ln1, f->xres2,
+                                                      f->xn, f->qkv, QKV, fault_in_no_drop(f, l)),
+                                            tl + QD_TL_QKV),
+                                    e)));
         if (l > 0) TRY(emit_dev<M>(f, sink, qd_tap_layer(l - 1, QD_TAP_OUT), f->xres2, 1, C, C, e));
         TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_ATTN_NORM), f->xn, 1, C, C, e));
         TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_Q_PROJ), f->qkv, 1, NH * HD, QKV, e));
         TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_K_PROJ), A<M>(f->qkv, (size_t)NH * HD), 1, (int)KV, QKV, e));
-        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_V_PROJ), A<M>(f->qkv, (size_t)NH * HD + KV), 1, (int)KV, QKV, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_V_PROJ), A<M>(f->qkv, (size_t)NH * HD + KV), 1, (int)KV, QKV,
+                        e));
 
         LAUNCH_EX(decode_attn_qk_kernel, f, true, f->dec_attn, dim3(f->nsplit, NKV), dim3(128, NH / NKV),
-                  decode_attn_qk_smem(HD, sizeof(bf16)),
-                  (const bf16 *)f->qkv, A<M>(f->q), kc, vc, (const float *)w->qn, (const float *)w->kn,
-                  rope_cos_of(f, l), rope_sin_of(f, l), f->part, f->counters, A<M>(f->att),
+                  decode_attn_qk_smem(HD, sizeof(bf16)), (const bf16 *)f->qkv, A<M>(f->q), kc, vc, (const float *)w->qn,
+                  (const float *)w->kn, rope_cos_of(f, l), rope_sin_of(f, l), f->part, f->counters, A<M>(f->att),
                   (const int *)(f->step + 1), NH, NKV, HD, f->nsplit, f->scale, f->eps, fk, tl + QD_TL_ATTN);
         TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_Q_ROPE), f->q, 1, NH * HD, (size_t)NH * HD, e));
-        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_K_ROPE), kc + (size_t)kv_row(f, l, 1, pos_host) * KV, 1, (int)KV, KV, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_K_ROPE), kc + (size_t)kv_row(f, l, 1, pos_host) * KV, 1,
+                        (int)KV, KV, e));
         TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_ATTN), f->att, 1, NH * HD, (size_t)NH * HD, e));
 
         TRY((gemv<GV_PLAIN, GV_BF16>(f, with_tl(gemv_plain(w->wo, f->att, f->o, C, NH * HD), tl + QD_TL_O), e)));
@@ -873,8 +897,11 @@ static int decode_step_custom(qd_fused *f, int pos_host, qd_tap_sink *sink, qd_e
         TRY((gemv<GV_PLAIN, GV_BF16>(f, with_tl(gemv_plain(w->wdown, f->actv, f->down, C, I), tl + QD_TL_DOWN), e)));
         TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_DOWN_PROJ), f->down, 1, C, C, e));
     }
-    TRY((gemv<GV_NORM, GV_F32>(f, with_tl(gemv_norm(f, f->lm_head, f->xres, f->down, f->final_norm, f->xres2, f->xn,
-                                                    f->logits, V, fault_in_no_drop(f, -1)), f->L * QD_TL_SLOTS), e)));
+    TRY((gemv<GV_NORM, GV_F32>(f,
+                               with_tl(gemv_norm(f, f->lm_head, f->xres, f->down, f->final_norm, f->xres2, f->xn,
+                                                 f->logits, V, fault_in_no_drop(f, -1)),
+                                       f->L * QD_TL_SLOTS),
+                               e)));
     TRY(emit_dev<M>(f, sink, qd_tap_layer(f->L - 1, QD_TAP_OUT), f->xres2, 1, C, C, e));
     TRY(emit_dev<M>(f, sink, qd_tap_model(QD_TAP_FINAL_NORM), f->xn, 1, C, C, e));
     if (sink) {
@@ -915,26 +942,26 @@ static int run_layer(qd_fused *f, int l, int T, int pos0, const int *d_pos, bool
     const unsigned warps = (unsigned)T * (NH + NKV);
     if (!f->taps_all) {
         const unsigned all = (unsigned)T * (NH + 2 * NKV);
-        qk_norm_rope_kernel<M><<<(all + 3) / 4, 128, 0, f->stream>>>(A<M>(f->qkv), A<M>(f->q), kc, vc, w->qn, w->kn,
-                                                                     rcos, rsin, T, pos0, d_pos, NH, NKV, HD, f->eps,
-                                                                     fk);
+        qk_norm_rope_kernel<M><<<(all + 3) / 4, 128, 0, f->stream>>>(
+            A<M>(f->qkv), A<M>(f->q), kc, vc, w->qn, w->kn, rcos, rsin, T, pos0, d_pos, NH, NKV, HD, f->eps, fk);
         LAUNCH_CHECK(qk_norm_rope_kernel);
         TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_Q_ROPE), f->q, T, NH * HD, (size_t)NH * HD, e));
-        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_K_ROPE), kc + (size_t)kv_row(f, l, T, pos0) * KV, T, (int)KV, KV, e));
+        TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_K_ROPE), kc + (size_t)kv_row(f, l, T, pos0) * KV, T, (int)KV,
+                        KV, e));
     } else {
         head_norm_kernel<M><<<(warps + 3) / 4, 128, 0, f->stream>>>(A<M>(f->qkv), A<M>(f->qn), A<M>(f->kn), w->qn,
                                                                     w->kn, T, NH, NKV, HD, f->eps, fk);
         LAUNCH_CHECK(head_norm_kernel);
         TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_Q_NORM), f->qn, T, NH * HD, (size_t)NH * HD, e));
         TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_K_NORM), f->kn, T, (int)KV, KV, e));
-        rope_kernel<M><<<(warps + 3) / 4, 128, 0, f->stream>>>(A<M>(f->qn), A<M>(f->kn), A<M>(f->q), A<M>(f->kr),
-                                                               rcos, rsin, T, pos0, d_pos, NH, NKV, HD, fk);
+        rope_kernel<M><<<(warps + 3) / 4, 128, 0, f->stream>>>(A<M>(f->qn), A<M>(f->kn), A<M>(f->q), A<M>(f->kr), rcos,
+                                                               rsin, T, pos0, d_pos, NH, NKV, HD, fk);
         LAUNCH_CHECK(rope_kernel);
         TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_Q_ROPE), f->q, T, NH * HD, (size_t)NH * HD, e));
         TRY(emit_dev<M>(f, sink, qd_tap_layer(l, QD_TAP_K_ROPE), f->kr, T, (int)KV, KV, e));
         size_t n8 = (size_t)T * KV / 8;
-        kv_store_kernel<M><<<grid_for(n8, 256), 256, 0, f->stream>>>(A<M>(f->kr), A<M>(f->qkv), kc, vc, T, pos0,
-                                                                     d_pos, NH, NKV, HD, fk);
+        kv_store_kernel<M><<<grid_for(n8, 256), 256, 0, f->stream>>>(A<M>(f->kr), A<M>(f->qkv), kc, vc, T, pos0, d_pos,
+                                                                     NH, NKV, HD, fk);
         LAUNCH_CHECK(kv_store_kernel);
     }
 
@@ -972,8 +999,8 @@ static int run_head(qd_fused *f, int T, bool pending, float *logits, bool last_o
         TRY(gemm<M>(f, f->logits, A<M>(f->xn, (size_t)(T - 1) * C), f->lm_head, 1, C, V, true, e));
         if (sink) {
             TRY(host_staging(f, e));
-            CUDA_CHECK(cudaMemcpyAsync(f->h_tap, f->logits, (size_t)V * sizeof(float), cudaMemcpyDeviceToHost,
-                                       f->stream));
+            CUDA_CHECK(
+                cudaMemcpyAsync(f->h_tap, f->logits, (size_t)V * sizeof(float), cudaMemcpyDeviceToHost, f->stream));
             CUDA_CHECK(cudaStreamSynchronize(f->stream));
             TRY(emit_host(f, sink, qd_tap_model(QD_TAP_LOGITS), f->h_tap, 1, e));
         }
@@ -990,8 +1017,9 @@ static int run_head(qd_fused *f, int T, bool pending, float *logits, bool last_o
         int n = T - r0 < HEAD_ROWS ? T - r0 : HEAD_ROWS;
         rc = gemm<M>(f, f->logits, A<M>(f->xn, (size_t)r0 * C), f->lm_head, n, C, V, true, e);
         cudaError_t err = cudaSuccess;
-        if (!rc) err = cudaMemcpyAsync(out + (size_t)r0 * V, f->logits, (size_t)n * V * sizeof(float),
-                                       cudaMemcpyDeviceToHost, f->stream);
+        if (!rc)
+            err = cudaMemcpyAsync(out + (size_t)r0 * V, f->logits, (size_t)n * V * sizeof(float),
+                                  cudaMemcpyDeviceToHost, f->stream);
         if (!rc && err == cudaSuccess) err = cudaStreamSynchronize(f->stream);
         if (!rc && err != cudaSuccess)
             rc = qd_errf(e, QD_ERUNTIME, "%s:%d: logits copy: %s", __FILE__, __LINE__, cudaGetErrorName(err));
@@ -1001,7 +1029,8 @@ static int run_head(qd_fused *f, int T, bool pending, float *logits, bool last_o
     return rc;
 }
 
-template <int M> static int embed(qd_fused *f, const int32_t *d_tok, int T, qd_tap_sink *sink, qd_err *e) {
+template <int M>
+static int embed(qd_fused *f, const int32_t *d_tok, int T, qd_tap_sink *sink, qd_err *e) {
     embed_kernel<M><<<T, 128, 0, f->stream>>>(A<M>(f->xres), (const typename act<M>::W *)f->embed, d_tok, f->C);
     LAUNCH_CHECK(embed_kernel);
     return emit_dev<M>(f, sink, qd_tap_model(QD_TAP_EMBED), f->xres, T, f->C, f->C, e);
@@ -1019,7 +1048,8 @@ static int prefill(qd_fused *f, const int32_t *tokens, int T, float *logits, qd_
 
 /* One token at the position in f->step (device), pos_host for taps. Capturable: no host syncs unless
  * a sink is given. Logits (V) stay in f->logits. */
-template <int M> static int decode_step(qd_fused *f, int pos_host, qd_tap_sink *sink, qd_err *e) {
+template <int M>
+static int decode_step(qd_fused *f, int pos_host, qd_tap_sink *sink, qd_err *e) {
     if constexpr (M == MODE_BF16)
         if (f->custom_decode) return decode_step_custom(f, pos_host, sink, e);
     TRY(embed<M>(f, f->step, 1, sink, e));
@@ -1027,7 +1057,8 @@ template <int M> static int decode_step(qd_fused *f, int pos_host, qd_tap_sink *
     return run_head<M>(f, 1, true, NULL, true, sink, e);
 }
 
-template <int M> static int capture_decode_once(qd_fused *f, qd_err *e) {
+template <int M>
+static int capture_decode_once(qd_fused *f, qd_err *e) {
     cudaGraph_t g = NULL;
     CUDA_CHECK(cudaStreamBeginCapture(f->stream, cudaStreamCaptureModeThreadLocal));
     int rc = decode_step<M>(f, 0, NULL, e);
@@ -1047,7 +1078,8 @@ template <int M> static int capture_decode_once(qd_fused *f, qd_err *e) {
 
 /* A driver that cannot capture programmatic dependent launches gets the same graph without them (the
  * same kernels and numbers; only the overlap of launches is lost). */
-template <int M> static int capture_decode(qd_fused *f, qd_err *e) {
+template <int M>
+static int capture_decode(qd_fused *f, qd_err *e) {
     int rc = capture_decode_once<M>(f, e);
     if (rc && f->custom_decode && f->use_pdl) {
         fprintf(stderr, "fused: decode graph with programmatic dependent launch failed (%s); capturing without\n",
@@ -1058,7 +1090,8 @@ template <int M> static int capture_decode(qd_fused *f, qd_err *e) {
     return rc;
 }
 
-template <int M> static int decode(qd_fused *f, int32_t token, float *logits, qd_tap_sink *sink, qd_err *e) {
+template <int M>
+static int decode(qd_fused *f, int32_t token, float *logits, qd_tap_sink *sink, qd_err *e) {
     const int pos = f->pos;
     int32_t *hs = f->h_step + 2 * (size_t)pos; /* one pinned slot per position: never rewritten while a
                                                   graph launched for it may still read it */
@@ -1117,9 +1150,9 @@ static int head_step(qd_fused *f, const float *h, int T, float *logits, qd_tap_s
 // ----------------------------------------------------------------------------
 // the C API: argument checks, then dispatch on the activation dtype
 
-#define DISPATCH(fn, ...)                                                                                 \
-    (f->act == QD_ACT_BF16   ? fn<MODE_BF16>(__VA_ARGS__)                                                 \
-     : f->act == QD_ACT_FP16 ? fn<MODE_FP16>(__VA_ARGS__)                                                 \
+#define DISPATCH(fn, ...)                                 \
+    (f->act == QD_ACT_BF16   ? fn<MODE_BF16>(__VA_ARGS__) \
+     : f->act == QD_ACT_FP16 ? fn<MODE_FP16>(__VA_ARGS__) \
                              : fn<MODE_FP32>(__VA_ARGS__))
 
 static int check_tokens(const qd_fused *f, const int32_t *tokens, int T, qd_err *e) {
@@ -1127,8 +1160,8 @@ static int check_tokens(const qd_fused *f, const int32_t *tokens, int T, qd_err 
         return qd_errf(e, QD_EINPUT, "fused: %d tokens: expected 1..%d (max_seq)", T, f->max_seq);
     for (int t = 0; t < T; t++)
         if (tokens[t] < 0 || tokens[t] >= f->V)
-            return qd_errf(e, QD_EINPUT, "fused: token %d at index %d is outside the vocabulary [0, %d)", tokens[t],
-                           t, f->V);
+            return qd_errf(e, QD_EINPUT, "fused: token %d at index %d is outside the vocabulary [0, %d)", tokens[t], t,
+                           f->V);
     return QD_OK;
 }
 
@@ -1149,8 +1182,8 @@ extern "C" int qd_fused_layer(qd_fused *f, int layer, const float *h_in, float *
     if (layer < 0 || layer >= f->L)
         return qd_errf(e, QD_EINPUT, "fused: layer %d: the model has %d layers", layer, f->L);
     if (T <= 0 || pos0 < 0 || pos0 > f->max_seq - T)
-        return qd_errf(e, QD_EINPUT, "fused: layer %d: positions %d..%d exceed the KV cache (max_seq %d)", layer,
-                       pos0, pos0 + T - 1, f->max_seq);
+        return qd_errf(e, QD_EINPUT, "fused: layer %d: positions %d..%d exceed the KV cache (max_seq %d)", layer, pos0,
+                       pos0 + T - 1, f->max_seq);
     TRY(sync_stream(f, e));
     TRY(DISPATCH(layer_step, f, layer, h_in, h_out, T, pos0, sink, e));
     f->pos = pos0 + T;

@@ -33,37 +33,49 @@
 
 #include "kernels.cuh"
 
-enum { GV_PLAIN = 0, GV_NORM = 1 };             /* prologue: where x comes from */
+enum { GV_PLAIN = 0, GV_NORM = 1 };              /* prologue: where x comes from */
 enum { GV_BF16 = 0, GV_F32 = 1, GV_SWIGLU = 2 }; /* epilogue: what is stored */
 
 #define GV_THREADS 128 /* 4 warps per block */
 /* 16-byte chunks per row in flight per lane (x2 rows): 8 for the plain GEMVs, whose rows are the long
  * ones (o_proj over NH*HD, down_proj over I: a whole 0.6B row in one or two rounds), 4 for the GEMVs over
  * the hidden size (one round covers C = 1024, and the register budget stays at 8 blocks per SM) */
-template <int PRO> struct gv_unroll { static constexpr int U = PRO == 0 ? 8 : 4; };
+template <int PRO>
+struct gv_unroll {
+    static constexpr int U = PRO == 0 ? 8 : 4;
+};
 
 typedef struct {
-    const bf16 *W;      /* (N, K); GV_SWIGLU: (2N, K), gate rows then up rows */
-    const bf16 *x;      /* (K) GV_PLAIN: the input; GV_NORM: the residual stream before the add */
-    const bf16 *add;    /* (K) GV_NORM: added to the residual first, or NULL */
-    const float *nw;    /* (K) GV_NORM: norm weight */
-    bf16 *res_out;      /* (K) GV_NORM: block 0 stores A(x + add) here (must not be x) */
-    bf16 *xn_out;       /* (K) GV_NORM: block 0 stores the normalised input here */
-    void *out;          /* GV_BF16: (N) bf16; GV_F32: (N) fp32; GV_SWIGLU: (2N) bf16 gate | up */
-    bf16 *act;          /* (N) GV_SWIGLU: silu(gate) * up */
-    int N, K;           /* output rows (GV_SWIGLU: per half), input length (a multiple of 8) */
-    int norm_threads;   /* GV_NORM: add_rmsnorm_kernel's block size for K (a multiple of 32, at most
+    const bf16 *W;    /* (N, K); GV_SWIGLU: (2N, K), gate rows then up rows */
+    const bf16 *x;    /* (K) GV_PLAIN: the input; GV_NORM: the residual stream before the add */
+    const bf16 *add;  /* (K) GV_NORM: added to the residual first, or NULL */
+    const float *nw;  /* (K) GV_NORM: norm weight */
+    bf16 *res_out;    /* (K) GV_NORM: block 0 stores A(x + add) here (must not be x) */
+    bf16 *xn_out;     /* (K) GV_NORM: block 0 stores the normalised input here */
+    void *out;        /* GV_BF16: (N) bf16; GV_F32: (N) fp32; GV_SWIGLU: (2N) bf16 gate | up */
+    bf16 *act;        /* (N) GV_SWIGLU: silu(gate) * up */
+    int N, K;         /* output rows (GV_SWIGLU: per half), input length (a multiple of 8) */
+    int norm_threads; /* GV_NORM: add_rmsnorm_kernel's block size for K (a multiple of 32, at most
                            2 * GV_THREADS): the sum of squares is accumulated in its order */
     float eps;
-    int fault;          /* the fault of this launch (qd_fault_kind), QD_FAULT_NONE for none */
-    int tl;             /* the launch's id in a timeline build (qd_timeline.h) */
+    int fault; /* the fault of this launch (qd_fault_kind), QD_FAULT_NONE for none */
+    int tl;    /* the launch's id in a timeline build (qd_timeline.h) */
 } gemv_args;
 
 /* Unit u of a warp: two weight rows. GV_SWIGLU: gate row u and up row N + u; else rows 2u and 2u + 1
  * (the second absent when N is odd). */
-template <int EPI> static __device__ __forceinline__ int gv_units(int N) { return EPI == GV_SWIGLU ? N : (N + 1) / 2; }
-template <int EPI> static __device__ __forceinline__ int gv_row0(int u) { return EPI == GV_SWIGLU ? u : 2 * u; }
-template <int EPI> static __device__ __forceinline__ int gv_row1(int u, int N) { return EPI == GV_SWIGLU ? N + u : 2 * u + 1; }
+template <int EPI>
+static __device__ __forceinline__ int gv_units(int N) {
+    return EPI == GV_SWIGLU ? N : (N + 1) / 2;
+}
+template <int EPI>
+static __device__ __forceinline__ int gv_row0(int u) {
+    return EPI == GV_SWIGLU ? u : 2 * u;
+}
+template <int EPI>
+static __device__ __forceinline__ int gv_row1(int u, int N) {
+    return EPI == GV_SWIGLU ? N + u : 2 * u + 1;
+}
 
 /* The GV_NORM prologue, by any block of bd threads (a multiple of 32): add_rmsnorm_kernel's arithmetic in
  * its order. That kernel runs nt = norm_threads threads, thread t taking the chunks c8 = t, t + nt, ...,
@@ -233,9 +245,13 @@ __global__ void __launch_bounds__(GV_THREADS) gemv_kernel(const gemv_args a) {
 #define GS_TILE_MAX (96 * 1024 + 512) /* weight bytes per block: a 0.6B gate/up tile is 96 KiB */
 
 /* Rows of weights one block stages: upb units, two rows per unit for GV_SWIGLU. */
-template <int EPI> static __host__ __device__ __forceinline__ int gs_rows(int upb) { return EPI == GV_SWIGLU ? 2 * upb : upb; }
+template <int EPI>
+static __host__ __device__ __forceinline__ int gs_rows(int upb) {
+    return EPI == GV_SWIGLU ? 2 * upb : upb;
+}
 /* dynamic shared memory: the weight tile (gs_rows x K bf16), the norm weight (K fp32), x (K bf16) */
-template <int EPI> static __host__ __device__ __forceinline__ size_t gs_smem(int upb, int K) {
+template <int EPI>
+static __host__ __device__ __forceinline__ size_t gs_smem(int upb, int K) {
     return (size_t)gs_rows<EPI>(upb) * K * 2 + (size_t)K * 4 + (size_t)K * 2;
 }
 
@@ -248,8 +264,8 @@ __global__ void __launch_bounds__(GS_THREADS) gemv_staged_kernel(const gemv_args
     const int K = a.K, K8 = K / 8, N = a.N;
     const int u0 = blockIdx.x * upb, nu = min(upb, N - u0);
     const size_t tile = (size_t)gs_rows<EPI>(upb) * K * 2;
-    uint4 *sw = reinterpret_cast<uint4 *>(gs_mem);                       /* (gs_rows, K8) */
-    float *snw = reinterpret_cast<float *>(gs_mem + tile);                /* (K) */
+    uint4 *sw = reinterpret_cast<uint4 *>(gs_mem);                      /* (gs_rows, K8) */
+    float *snw = reinterpret_cast<float *>(gs_mem + tile);              /* (K) */
     bf16 *sx = reinterpret_cast<bf16 *>(gs_mem + tile + (size_t)K * 4); /* (K) */
     TL_START(tl);
 
@@ -258,7 +274,7 @@ __global__ void __launch_bounds__(GS_THREADS) gemv_staged_kernel(const gemv_args
         mbar_init(&bar[1]);
     }
     __syncthreads();
-    griddep_launch(); /* the next kernel may start staging its weights now */
+    griddep_launch();               /* the next kernel may start staging its weights now */
     if (!QD_HAVE_TMA || tid == 0) { /* weights only: nothing a kernel of the step writes */
         if (PRO == GV_NORM) {
             void *const d[1] = {snw};

@@ -31,22 +31,26 @@ typedef __nv_bfloat16 bf16;
 
 enum { MODE_BF16 = 0, MODE_FP16 = 1, MODE_FP32 = 2 };
 
-template <int M> struct act;
-template <> struct act<MODE_BF16> {
-    typedef bf16 T;  /* activations as stored */
-    typedef bf16 W;  /* weight matrices */
+template <int M>
+struct act;
+template <>
+struct act<MODE_BF16> {
+    typedef bf16 T; /* activations as stored */
+    typedef bf16 W; /* weight matrices */
     static __device__ __forceinline__ float ld(T x) { return __bfloat162float(x); }
     static __device__ __forceinline__ T st(float x) { return __float2bfloat16_rn(x); }
 };
 /* fp16 activations live in fp32 buffers holding fp16-rounded values: the weights are bf16 and cuBLAS has
  * no bf16 x fp16 product, so this diagnostic mode runs fp32 GEMMs (see docs/FUSED.md). */
-template <> struct act<MODE_FP16> {
+template <>
+struct act<MODE_FP16> {
     typedef float T;
     typedef float W;
     static __device__ __forceinline__ float ld(T x) { return x; }
     static __device__ __forceinline__ T st(float x) { return __half2float(__float2half_rn(x)); }
 };
-template <> struct act<MODE_FP32> {
+template <>
+struct act<MODE_FP32> {
     typedef float T;
     typedef float W;
     static __device__ __forceinline__ float ld(T x) { return x; }
@@ -54,7 +58,10 @@ template <> struct act<MODE_FP32> {
 };
 
 /* The value a store in the activation dtype would hold. */
-template <int M> static __device__ __forceinline__ float rnd(float x) { return act<M>::ld(act<M>::st(x)); }
+template <int M>
+static __device__ __forceinline__ float rnd(float x) {
+    return act<M>::ld(act<M>::st(x));
+}
 
 static __device__ __forceinline__ float wld(bf16 x) { return __bfloat162float(x); }
 static __device__ __forceinline__ float wld(float x) { return x; }
@@ -142,7 +149,7 @@ static __device__ __forceinline__ void tl_end(const qd_tl_stamps &s, int launch)
             int sm;
             asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
             const qd_tl_dev r = {s.start, s.wait, s.ready, tl_now(), launch, (int)(blockIdx.x + blockIdx.y * gridDim.x),
-                                 sm, 0};
+                                 sm,      0};
             qd_tl_buf[i] = r;
         }
     }
@@ -161,9 +168,7 @@ static __device__ __forceinline__ void tl_end(const qd_tl_stamps &s, int launch)
 // ----------------------------------------------------------------------------
 // asynchronous copies to shared memory (sm_80+)
 
-static __device__ __forceinline__ uint32_t smem_u32(const void *p) {
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
+static __device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
 /* 16-byte async copy; src_ok == false writes zeros (rows past the end of Q or of the cache). */
 static __device__ __forceinline__ void cp_async16(void *dst, const void *src, bool src_ok) {
@@ -171,7 +176,8 @@ static __device__ __forceinline__ void cp_async16(void *dst, const void *src, bo
                  "r"(src_ok ? 16 : 0));
 }
 static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> static __device__ __forceinline__ void cp_async_wait() {
+template <int N>
+static __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
@@ -207,10 +213,11 @@ static __device__ __forceinline__ void bulk_load(uint64_t *bar, void *const *dst
     for (int i = 0; i < n; i++)
         for (unsigned off = 0; off < bytes[i]; off += 32768u) { /* 32 KiB pieces: several in flight */
             const unsigned len = bytes[i] - off < 32768u ? bytes[i] - off : 32768u;
-            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-                             smem_u32((char *)dst[i] + off)),
-                         "l"((const char *)src[i] + off), "r"(len), "r"(smem_u32(bar))
-                         : "memory");
+            asm volatile(
+                "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                    smem_u32((char *)dst[i] + off)),
+                "l"((const char *)src[i] + off), "r"(len), "r"(smem_u32(bar))
+                : "memory");
         }
 #else
     (void)bar;
@@ -228,16 +235,16 @@ static __device__ __forceinline__ void bulk_wait(uint64_t *bar) {
 #if QD_HAVE_TMA
     uint32_t done = 0;
     while (!done)
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\nselp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done)
-                     : "r"(smem_u32(bar))
-                     : "memory");
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\nselp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(smem_u32(bar))
+            : "memory");
 #else
     (void)bar;
     cp_async_wait<0>();
 #endif
 }
-
 
 // ----------------------------------------------------------------------------
 // reductions in a fixed order
@@ -293,7 +300,8 @@ static __device__ __forceinline__ float rms_scale_f(float ss, int n, float eps, 
  * the activation type computes it: each square and each partial sum rounded to A, in element order (emu's
  * arithmetic exactly; a bf16 sum stagnates once it dwarfs the terms). Every calling thread computes it.
  * x (n): the stored row (bf16) or fp32 values (shared memory, fp16/fp32 buffers). */
-template <int M, typename X> static __device__ float sumsq_lowp(const X *x, int n) {
+template <int M, typename X>
+static __device__ float sumsq_lowp(const X *x, int n) {
     float ss = 0.0f;
     for (int i = 0; i < n; i++) {
         const float v = wld(x[i]);
@@ -351,8 +359,8 @@ __global__ void residual_kernel(typename act<M>::T *__restrict__ res, const type
  * res, add, out (T, C); w (C). grid T; block: a function of C only (norm_threads). */
 template <int M>
 __global__ void add_rmsnorm_kernel(typename act<M>::T *__restrict__ res, const typename act<M>::T *__restrict__ add,
-                                   typename act<M>::T *__restrict__ out, const float *__restrict__ w, int C,
-                                   float eps, int fault) {
+                                   typename act<M>::T *__restrict__ out, const float *__restrict__ w, int C, float eps,
+                                   int fault) {
     __shared__ float red[32];
     typename act<M>::T *r = res + (size_t)blockIdx.x * C;
     typename act<M>::T *o = out + (size_t)blockIdx.x * C;
@@ -439,7 +447,8 @@ static __device__ __forceinline__ void head_rmsnorm(float x0[QD_HEAD_MAXJ], floa
     }
     float scale;
     if (mul_only) scale = 1.0f; /* x * 1 * w == x * w exactly */
-    else if (fault == QD_FAULT_NORM_SUMSQ_LOWP) scale = rms_scale_f(head_sumsq_lowp<M>(x0, x1, hd2), 2 * hd2, eps, fault);
+    else if (fault == QD_FAULT_NORM_SUMSQ_LOWP)
+        scale = rms_scale_f(head_sumsq_lowp<M>(x0, x1, hd2), 2 * hd2, eps, fault);
     else scale = rms_scale_f(warp_sum(ss), 2 * hd2, eps, fault);
 #pragma unroll
     for (int j = 0; j < QD_HEAD_MAXJ; j++) {
@@ -511,11 +520,12 @@ static __device__ __forceinline__ void head_store(typename act<M>::T *x, int hd2
  * at pos > 0 stores its k and v at pos - 1, over the previous token's; RoPE still uses pos).
  * Warps over T * (NH + 2*NKV) heads, 4 per block. */
 template <int M>
-__global__ void __launch_bounds__(128) qk_norm_rope_kernel(
-    const typename act<M>::T *__restrict__ qkv, typename act<M>::T *__restrict__ q, typename act<M>::T *__restrict__ kc,
-    typename act<M>::T *__restrict__ vc, const float *__restrict__ qw, const float *__restrict__ kw,
-    const float *__restrict__ rope_cos, const float *__restrict__ rope_sin, int T, int pos0,
-    const int *__restrict__ d_pos, int NH, int NKV, int HD, float eps, int fault) {
+__global__ void __launch_bounds__(128)
+    qk_norm_rope_kernel(const typename act<M>::T *__restrict__ qkv, typename act<M>::T *__restrict__ q,
+                        typename act<M>::T *__restrict__ kc, typename act<M>::T *__restrict__ vc,
+                        const float *__restrict__ qw, const float *__restrict__ kw, const float *__restrict__ rope_cos,
+                        const float *__restrict__ rope_sin, int T, int pos0, const int *__restrict__ d_pos, int NH,
+                        int NKV, int HD, float eps, int fault) {
     const int heads = NH + 2 * NKV;
     const int gw = blockIdx.x * 4 + (threadIdx.x >> 5);
     if (gw >= T * heads) return; /* whole warps leave together */
@@ -540,11 +550,10 @@ __global__ void __launch_bounds__(128) qk_norm_rope_kernel(
 /* Unfused 1/3: q_norm and k_norm stored. qn (T, NH, HD); kn (T, NKV, HD). Warps over T * (NH + NKV).
  * Faults: knorm-mul, norm-sumsq-lowp, eps-outside-sqrt. */
 template <int M>
-__global__ void __launch_bounds__(128) head_norm_kernel(const typename act<M>::T *__restrict__ qkv,
-                                                        typename act<M>::T *__restrict__ qn,
-                                                        typename act<M>::T *__restrict__ kn,
-                                                        const float *__restrict__ qw, const float *__restrict__ kw,
-                                                        int T, int NH, int NKV, int HD, float eps, int fault) {
+__global__ void __launch_bounds__(128)
+    head_norm_kernel(const typename act<M>::T *__restrict__ qkv, typename act<M>::T *__restrict__ qn,
+                     typename act<M>::T *__restrict__ kn, const float *__restrict__ qw, const float *__restrict__ kw,
+                     int T, int NH, int NKV, int HD, float eps, int fault) {
     const int heads = NH + NKV, all = NH + 2 * NKV;
     const int gw = blockIdx.x * 4 + (threadIdx.x >> 5);
     if (gw >= T * heads) return;
@@ -559,12 +568,11 @@ __global__ void __launch_bounds__(128) head_norm_kernel(const typename act<M>::T
 /* Unfused 2/3: RoPE over the stored q_norm / k_norm. q (T, NH, HD); kr (T, NKV, HD).
  * Faults: rope-interleaved (rope-freq-bf16 is the host's choice of table). */
 template <int M>
-__global__ void __launch_bounds__(128) rope_kernel(const typename act<M>::T *__restrict__ qn,
-                                                   const typename act<M>::T *__restrict__ kn,
-                                                   typename act<M>::T *__restrict__ q, typename act<M>::T *__restrict__ kr,
-                                                   const float *__restrict__ rope_cos, const float *__restrict__ rope_sin,
-                                                   int T, int pos0, const int *__restrict__ d_pos, int NH, int NKV,
-                                                   int HD, int fault) {
+__global__ void __launch_bounds__(128)
+    rope_kernel(const typename act<M>::T *__restrict__ qn, const typename act<M>::T *__restrict__ kn,
+                typename act<M>::T *__restrict__ q, typename act<M>::T *__restrict__ kr,
+                const float *__restrict__ rope_cos, const float *__restrict__ rope_sin, int T, int pos0,
+                const int *__restrict__ d_pos, int NH, int NKV, int HD, int fault) {
     const int heads = NH + NKV;
     const int gw = blockIdx.x * 4 + (threadIdx.x >> 5);
     if (gw >= T * heads) return;

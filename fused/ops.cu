@@ -33,35 +33,34 @@ extern "C" {
 // ----------------------------------------------------------------------------
 // errors: every CUDA and cuBLAS call checked, returned as a qd_err naming it (as fused.cu)
 
-#define CUDA_CHECK(call)                                                                                  \
-    do {                                                                                                  \
-        cudaError_t err_ = (call);                                                                        \
-        if (err_ != cudaSuccess)                                                                          \
-            return qd_errf(e, QD_ERUNTIME, "%s:%d: %s: %s (%s)", __FILE__, __LINE__, #call,               \
-                           cudaGetErrorName(err_), cudaGetErrorString(err_));                             \
+#define CUDA_CHECK(call)                                                                                            \
+    do {                                                                                                            \
+        cudaError_t err_ = (call);                                                                                  \
+        if (err_ != cudaSuccess)                                                                                    \
+            return qd_errf(e, QD_ERUNTIME, "%s:%d: %s: %s (%s)", __FILE__, __LINE__, #call, cudaGetErrorName(err_), \
+                           cudaGetErrorString(err_));                                                               \
     } while (0)
 
-#define CUBLAS_CHECK(call)                                                                                \
-    do {                                                                                                  \
-        cublasStatus_t st_ = (call);                                                                      \
-        if (st_ != CUBLAS_STATUS_SUCCESS)                                                                 \
-            return qd_errf(e, QD_ERUNTIME, "%s:%d: %s: %s", __FILE__, __LINE__, #call,                    \
-                           cublasGetStatusName(st_));                                                     \
+#define CUBLAS_CHECK(call)                                                                                        \
+    do {                                                                                                          \
+        cublasStatus_t st_ = (call);                                                                              \
+        if (st_ != CUBLAS_STATUS_SUCCESS)                                                                         \
+            return qd_errf(e, QD_ERUNTIME, "%s:%d: %s: %s", __FILE__, __LINE__, #call, cublasGetStatusName(st_)); \
     } while (0)
 
 /* After every kernel launch: a bad configuration fails here, at the launch that caused it. */
-#define LAUNCH_CHECK(kernel)                                                                              \
-    do {                                                                                                  \
-        cudaError_t err_ = cudaGetLastError();                                                            \
-        if (err_ != cudaSuccess)                                                                          \
-            return qd_errf(e, QD_ERUNTIME, "%s:%d: launch of %s: %s (%s)", __FILE__, __LINE__, #kernel,   \
-                           cudaGetErrorName(err_), cudaGetErrorString(err_));                             \
+#define LAUNCH_CHECK(kernel)                                                                            \
+    do {                                                                                                \
+        cudaError_t err_ = cudaGetLastError();                                                          \
+        if (err_ != cudaSuccess)                                                                        \
+            return qd_errf(e, QD_ERUNTIME, "%s:%d: launch of %s: %s (%s)", __FILE__, __LINE__, #kernel, \
+                           cudaGetErrorName(err_), cudaGetErrorString(err_));                           \
     } while (0)
 
-#define TRY(x)                                                                                            \
-    do {                                                                                                  \
-        int rc_ = (x);                                                                                    \
-        if (rc_) return rc_;                                                                              \
+#define TRY(x)               \
+    do {                     \
+        int rc_ = (x);       \
+        if (rc_) return rc_; \
     } while (0)
 
 #define BLAS_WS (32u << 20) /* fused.cu's cuBLAS workspace */
@@ -97,7 +96,8 @@ struct dev_arena {
 };
 
 /* *out = a zeroed device buffer of `bytes` (zeros: no kernel ever reads uninitialised memory). */
-template <class T> static int dalloc(dev_arena &a, T **out, size_t bytes, qd_err *e) {
+template <class T>
+static int dalloc(dev_arena &a, T **out, size_t bytes, qd_err *e) {
     if (a.n == dev_arena::MAX) return qd_errf(e, QD_ERUNTIME, "fused ops: more than %d device buffers", dev_arena::MAX);
     void *p = NULL;
     CUDA_CHECK(cudaMalloc(&p, bytes ? bytes : 1));
@@ -234,8 +234,8 @@ static int check_heads(int NH, int NKV, int HD, qd_err *e) {
     if (HD <= 0 || HD % 16 || HD > 256)
         return qd_errf(e, QD_EINPUT, "fused ops: head_dim %d not supported (a multiple of 16, at most 256)", HD);
     if (NKV <= 0 || NH <= 0 || NH % NKV || NH / NKV > DEC_MAXMUL)
-        return qd_errf(e, QD_EINPUT, "fused ops: %d heads over %d kv heads: needs a whole ratio of at most %d", NH,
-                       NKV, DEC_MAXMUL);
+        return qd_errf(e, QD_EINPUT, "fused ops: %d heads over %d kv heads: needs a whole ratio of at most %d", NH, NKV,
+                       DEC_MAXMUL);
     return QD_OK;
 }
 
@@ -268,7 +268,8 @@ extern "C" int qd_fused_op_add_rmsnorm(float *out, float *res, const float *x, c
         return QD_OK;
     };
     auto launch = [&]() -> int {
-        add_rmsnorm_kernel<MODE_BF16><<<T, (unsigned)norm_threads(C)>>>(d_res, d_add, d_out, d_w, C, eps, QD_FAULT_NONE);
+        add_rmsnorm_kernel<MODE_BF16>
+            <<<T, (unsigned)norm_threads(C)>>>(d_res, d_add, d_out, d_w, C, eps, QD_FAULT_NONE);
         LAUNCH_CHECK(add_rmsnorm_kernel);
         return QD_OK;
     };
@@ -305,9 +306,9 @@ extern "C" int qd_fused_op_residual(float *out, const float *a_in, const float *
 // ----------------------------------------------------------------------------
 // q_norm / k_norm + RoPE + cache write (fused.cu: run_layer, !taps_all)
 
-extern "C" int qd_fused_op_qk_norm_rope(float *q, float *k, float *v, const float *qkv, const float *qw, const float *kw,
-                                        int T, int pos0, int NH, int NKV, int HD, float eps, double theta,
-                                        qd_op_bench *bench, qd_err *e) {
+extern "C" int qd_fused_op_qk_norm_rope(float *q, float *k, float *v, const float *qkv, const float *qw,
+                                        const float *kw, int T, int pos0, int NH, int NKV, int HD, float eps,
+                                        double theta, qd_op_bench *bench, qd_err *e) {
     TRY(check_heads(NH, NKV, HD, e));
     if (T <= 0 || pos0 < 0) return qd_errf(e, QD_EINPUT, "fused ops: qk_norm_rope of %d tokens at %d", T, pos0);
     cudaDeviceProp p;
@@ -331,8 +332,8 @@ extern "C" int qd_fused_op_qk_norm_rope(float *q, float *k, float *v, const floa
     auto upload = [&]() -> int { return upload_bf16(d_qkv, qkv, (size_t)T * QKV, e); };
     const unsigned all = (unsigned)T * (NH + 2 * NKV); /* one warp per head, 4 per block */
     auto launch = [&]() -> int {
-        qk_norm_rope_kernel<MODE_BF16><<<(all + 3) / 4, 128>>>(d_qkv, d_q, d_kc, d_vc, d_qw, d_kw, d_cos, d_sin, T, pos0,
-                                                               NULL, NH, NKV, HD, eps, QD_FAULT_NONE);
+        qk_norm_rope_kernel<MODE_BF16><<<(all + 3) / 4, 128>>>(d_qkv, d_q, d_kc, d_vc, d_qw, d_kw, d_cos, d_sin, T,
+                                                               pos0, NULL, NH, NKV, HD, eps, QD_FAULT_NONE);
         LAUNCH_CHECK(qk_norm_rope_kernel);
         return QD_OK;
     };
@@ -360,11 +361,14 @@ extern "C" int qd_fused_op_attention_prefill(float *out, const float *q, const f
     const bool flash = (HD == 32 || HD == 64 || HD == 128) && smem <= p.sharedMemPerBlockOptin;
     if (flash) {
         if (HD == 32)
-            CUDA_CHECK(cudaFuncSetAttribute(flash_attn_kernel<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+            CUDA_CHECK(
+                cudaFuncSetAttribute(flash_attn_kernel<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         else if (HD == 64)
-            CUDA_CHECK(cudaFuncSetAttribute(flash_attn_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+            CUDA_CHECK(
+                cudaFuncSetAttribute(flash_attn_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         else
-            CUDA_CHECK(cudaFuncSetAttribute(flash_attn_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+            CUDA_CHECK(
+                cudaFuncSetAttribute(flash_attn_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     }
     dev_arena a;
     bf16 *d_q = NULL, *d_kc = NULL, *d_vc = NULL, *d_out = NULL;
@@ -382,15 +386,18 @@ extern "C" int qd_fused_op_attention_prefill(float *out, const float *q, const f
         if (flash) {
             dim3 grid((T + FA_BR - 1) / FA_BR, NH);
             if (HD == 32)
-                flash_attn_kernel<32><<<grid, 128, smem>>>(d_q, d_kc, d_vc, d_out, T, pos0, NH, NKV, scale, QD_FAULT_NONE);
+                flash_attn_kernel<32>
+                    <<<grid, 128, smem>>>(d_q, d_kc, d_vc, d_out, T, pos0, NH, NKV, scale, QD_FAULT_NONE);
             else if (HD == 64)
-                flash_attn_kernel<64><<<grid, 128, smem>>>(d_q, d_kc, d_vc, d_out, T, pos0, NH, NKV, scale, QD_FAULT_NONE);
+                flash_attn_kernel<64>
+                    <<<grid, 128, smem>>>(d_q, d_kc, d_vc, d_out, T, pos0, NH, NKV, scale, QD_FAULT_NONE);
             else
-                flash_attn_kernel<128><<<grid, 128, smem>>>(d_q, d_kc, d_vc, d_out, T, pos0, NH, NKV, scale, QD_FAULT_NONE);
+                flash_attn_kernel<128>
+                    <<<grid, 128, smem>>>(d_q, d_kc, d_vc, d_out, T, pos0, NH, NKV, scale, QD_FAULT_NONE);
             LAUNCH_CHECK(flash_attn_kernel);
         } else {
-            attn_rows_kernel<MODE_BF16><<<dim3(T, NH), AR_CHUNK>>>(d_q, d_kc, d_vc, d_out, pos0, NH, NKV, HD, scale,
-                                                                   QD_FAULT_NONE);
+            attn_rows_kernel<MODE_BF16>
+                <<<dim3(T, NH), AR_CHUNK>>>(d_q, d_kc, d_vc, d_out, pos0, NH, NKV, HD, scale, QD_FAULT_NONE);
             LAUNCH_CHECK(attn_rows_kernel);
         }
         return QD_OK;
@@ -399,8 +406,8 @@ extern "C" int qd_fused_op_attention_prefill(float *out, const float *q, const f
     return download_bf16(out, d_out, (size_t)T * NHHD, e);
 }
 
-extern "C" int qd_fused_op_attention_decode(float *out, const float *q, const float *kc, const float *vc, int pos, int NH,
-                                            int NKV, int HD, int max_seq, qd_op_bench *bench, qd_err *e) {
+extern "C" int qd_fused_op_attention_decode(float *out, const float *q, const float *kc, const float *vc, int pos,
+                                            int NH, int NKV, int HD, int max_seq, qd_op_bench *bench, qd_err *e) {
     TRY(check_heads(NH, NKV, HD, e));
     if (pos < 0 || pos >= max_seq)
         return qd_errf(e, QD_EINPUT, "fused ops: decode attention at position %d with max_seq %d", pos, max_seq);
@@ -427,8 +434,8 @@ extern "C" int qd_fused_op_attention_decode(float *out, const float *q, const fl
         return QD_OK;
     };
     auto launch = [&]() -> int {
-        decode_attn_kernel<MODE_BF16, true><<<dim3(nsplit, NKV), 128>>>(d_q, d_kc, d_vc, d_part, d_counters, d_out, NULL,
-                                                                        pos, NH, NKV, HD, nsplit, scale, QD_FAULT_NONE);
+        decode_attn_kernel<MODE_BF16, true><<<dim3(nsplit, NKV), 128>>>(
+            d_q, d_kc, d_vc, d_part, d_counters, d_out, NULL, pos, NH, NKV, HD, nsplit, scale, QD_FAULT_NONE);
         LAUNCH_CHECK(decode_attn_kernel);
         return QD_OK;
     };
@@ -440,7 +447,7 @@ typedef decltype(&decode_attn_qk_kernel<MODE_BF16, 2>) dec_attn_fn;
 
 /* fused.cu's dec_attn_for */
 static dec_attn_fn dec_attn_for(int kv_mul) {
-    return kv_mul <= 2 ? decode_attn_qk_kernel<MODE_BF16, 2>
+    return kv_mul <= 2   ? decode_attn_qk_kernel<MODE_BF16, 2>
            : kv_mul <= 4 ? decode_attn_qk_kernel<MODE_BF16, 4>
                          : decode_attn_qk_kernel<MODE_BF16, 8>;
 }
@@ -467,7 +474,8 @@ extern "C" int qd_fused_op_qk_attention_decode(float *out, float *q, float *k, c
                        "fused ops: decode_attn_qk_kernel needs %zu bytes of shared memory, device 0 (%s) has %zu",
                        fa.sharedSizeBytes + asmem, p.name, (size_t)p.sharedMemPerBlockOptin);
     CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)asmem));
-    CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributePreferredSharedMemoryCarveout, (int)cudaSharedmemCarveoutMaxShared));
+    CUDA_CHECK(
+        cudaFuncSetAttribute(fn, cudaFuncAttributePreferredSharedMemoryCarveout, (int)cudaSharedmemCarveoutMaxShared));
     dev_arena a;
     bf16 *d_qkv = NULL, *d_q = NULL, *d_kc = NULL, *d_vc = NULL, *d_out = NULL;
     float *d_qw = NULL, *d_kw = NULL, *d_cos = NULL, *d_sin = NULL, *d_part = NULL;
@@ -500,8 +508,8 @@ extern "C" int qd_fused_op_qk_attention_decode(float *out, float *q, float *k, c
     };
     auto launch = [&]() -> int {
         fn<<<dim3(nsplit, NKV), dim3(128, NH / NKV), asmem>>>(d_qkv, d_q, d_kc, d_vc, d_qw, d_kw, d_cos, d_sin, d_part,
-                                                            d_counters, d_out, d_pos, NH, NKV, HD, nsplit, scale, eps,
-                                                            QD_FAULT_NONE, 0);
+                                                              d_counters, d_out, d_pos, NH, NKV, HD, nsplit, scale, eps,
+                                                              QD_FAULT_NONE, 0);
         LAUNCH_CHECK(decode_attn_qk_kernel);
         return QD_OK;
     };
@@ -538,14 +546,15 @@ extern "C" int qd_fused_op_gemm(float *out, const float *x, const float *W, int 
     CUBLAS_CHECK(cublasCreate(&b.h));
     CUBLAS_CHECK(cublasSetStream(b.h, 0));
     CUBLAS_CHECK(cublasSetWorkspace(b.h, d_ws, BLAS_WS)); /* after SetStream, which resets it */
-    CUBLAS_CHECK(cublasSetMathMode(b.h, (cublasMath_t)(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
+    CUBLAS_CHECK(
+        cublasSetMathMode(b.h, (cublasMath_t)(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
     TRY(upload_bf16(d_W, W, (size_t)N * K, e));
     auto upload = [&]() -> int { return upload_bf16(d_x, x, (size_t)T * K, e); };
     auto launch = [&]() -> int {
         /* out (T, N) = x (T, K) . W (N, K)^T; column-major: out^T (N, T) = W (K, N)^T . x^T (K, T) */
         const float one = 1.0f, zero = 0.0f;
-        CUBLAS_CHECK(cublasGemmEx(b.h, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, d_W, CUDA_R_16BF, K, d_x, CUDA_R_16BF, K,
-                                  &zero, d_out, CUDA_R_16BF, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        CUBLAS_CHECK(cublasGemmEx(b.h, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, d_W, CUDA_R_16BF, K, d_x, CUDA_R_16BF,
+                                  K, &zero, d_out, CUDA_R_16BF, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         return QD_OK;
     };
     TRY(run_op(&p, bench, upload, launch, e));
@@ -555,17 +564,21 @@ extern "C" int qd_fused_op_gemm(float *out, const float *x, const float *W, int 
 /* fused.cu's gemv<PRO, EPI> for a device that runs the custom decode (set_decode_attr), with kmax = K:
  * gemv_staged_kernel when its tile and input fit the opt-in shared memory and a weight unit fits a tile,
  * else the streaming gemv_kernel; shared-memory attributes raised as set_decode_attr raises them. */
-template <int PRO, int EPI> static int gemv_launch(const cudaDeviceProp *p, const gemv_args &ga, qd_err *e) {
+template <int PRO, int EPI>
+static int gemv_launch(const cudaDeviceProp *p, const gemv_args &ga, qd_err *e) {
     const size_t K = (size_t)ga.K, N = (size_t)ga.N;
     const size_t smem = K * sizeof(bf16); /* the streaming GEMV: its input vector */
     if (smem + 1024 > p->sharedMemPerBlockOptin)
-        return qd_errf(e, QD_ERUNTIME, "fused ops: a GEMV over K = %zu needs more shared memory than device 0 has "
-                       "(fused.cu decodes through cuBLAS then)", K);
+        return qd_errf(e, QD_ERUNTIME,
+                       "fused ops: a GEMV over K = %zu needs more shared memory than device 0 has "
+                       "(fused.cu decodes through cuBLAS then)",
+                       K);
     const size_t gsmem = GS_TILE_MAX + K * (sizeof(float) + sizeof(bf16));
     const bool staged = gsmem + 1024 <= p->sharedMemPerBlockOptin;
     const size_t row = K * 2 * (EPI == GV_SWIGLU ? 2 : 1); /* weight bytes per unit */
     if (EPI != GV_F32 && staged && row <= GS_TILE_MAX) {
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<PRO, EPI>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsmem));
+        CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<PRO, EPI>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)gsmem));
         CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<PRO, EPI>, cudaFuncAttributePreferredSharedMemoryCarveout,
                                         (int)cudaSharedmemCarveoutMaxShared));
         size_t upb = (N + p->multiProcessorCount - 1) / p->multiProcessorCount;
@@ -587,7 +600,8 @@ template <int PRO, int EPI> static int gemv_launch(const cudaDeviceProp *p, cons
     return QD_OK;
 }
 
-extern "C" int qd_fused_op_gemv(float *out, const float *W, const float *x, int N, int K, qd_op_bench *bench, qd_err *e) {
+extern "C" int qd_fused_op_gemv(float *out, const float *W, const float *x, int N, int K, qd_op_bench *bench,
+                                qd_err *e) {
     TRY(check_mult8("GEMV input length", K, e));
     if (N <= 0) return qd_errf(e, QD_EINPUT, "fused ops: GEMV of %d rows", N);
     cudaDeviceProp p;
@@ -609,8 +623,8 @@ extern "C" int qd_fused_op_gemv(float *out, const float *W, const float *x, int 
 
 /* The GV_NORM launches: fused.cu's gemv_norm. rows: N (GV_BF16) or 2N (GV_SWIGLU) weight rows. */
 template <int EPI>
-static int gemv_norm_op(float *out, float *act, float *res, float *xn, const float *W, const float *x,
-                        const float *add, const float *nw, int N, int K, float eps, qd_op_bench *bench, qd_err *e) {
+static int gemv_norm_op(float *out, float *act, float *res, float *xn, const float *W, const float *x, const float *add,
+                        const float *nw, int N, int K, float eps, qd_op_bench *bench, qd_err *e) {
     TRY(check_mult8("GEMV input length", K, e));
     if (N <= 0) return qd_errf(e, QD_EINPUT, "fused ops: GEMV of %d rows", N);
     cudaDeviceProp p;
@@ -652,8 +666,9 @@ static int gemv_norm_op(float *out, float *act, float *res, float *xn, const flo
     return QD_OK;
 }
 
-extern "C" int qd_fused_op_gemv_norm(float *out, float *res, float *xn, const float *W, const float *x, const float *add,
-                                     const float *nw, int N, int K, float eps, qd_op_bench *bench, qd_err *e) {
+extern "C" int qd_fused_op_gemv_norm(float *out, float *res, float *xn, const float *W, const float *x,
+                                     const float *add, const float *nw, int N, int K, float eps, qd_op_bench *bench,
+                                     qd_err *e) {
     return gemv_norm_op<GV_BF16>(out, NULL, res, xn, W, x, add, nw, N, K, eps, bench, e);
 }
 

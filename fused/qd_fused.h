@@ -32,12 +32,12 @@ typedef struct qd_fused qd_fused;
 int qd_fused_device_count(char *desc, size_t n);
 
 typedef struct {
-    qd_act_dtype act;   /* activation dtype (bf16 default) */
-    int max_seq;        /* KV cache capacity */
-    int taps_all;       /* 1: unfused variant so every tap exists */
-    int decode_gemv;    /* one-token decode (bf16): 0 the custom GEMV kernels (default), 1 cuBLAS; the
+    qd_act_dtype act; /* activation dtype (bf16 default) */
+    int max_seq;      /* KV cache capacity */
+    int taps_all;     /* 1: unfused variant so every tap exists */
+    int decode_gemv;  /* one-token decode (bf16): 0 the custom GEMV kernels (default), 1 cuBLAS; the
                            environment variable QD_FUSED_DECODE=cublas forces 1 (docs/FUSED.md) */
-    qd_fault fault;     /* a fault of the catalog injected into the kernels that host it (docs/FAULTS.md);
+    qd_fault fault;   /* a fault of the catalog injected into the kernels that host it (docs/FAULTS.md);
                            kind QD_FAULT_NONE (zero) for none. A layer outside -1..L-1 or an unknown kind
                            is QD_EINPUT at create. With a fault, decode runs eagerly (no CUDA graph) */
 } qd_fused_opts;
@@ -48,8 +48,8 @@ void qd_fused_free(qd_fused *f);
 /* Stepped interface (host float32 hidden states, as qd_backend.h). h_in is rounded to the activation
  * dtype on upload. */
 int qd_fused_embed(qd_fused *f, const int32_t *tokens, int T, float *h, qd_tap_sink *sink, qd_err *e);
-int qd_fused_layer(qd_fused *f, int layer, const float *h_in, float *h_out, int T, int pos0,
-                   qd_tap_sink *sink, qd_err *e);
+int qd_fused_layer(qd_fused *f, int layer, const float *h_in, float *h_out, int T, int pos0, qd_tap_sink *sink,
+                   qd_err *e);
 int qd_fused_head(qd_fused *f, const float *h, int T, float *logits, qd_tap_sink *sink, qd_err *e);
 
 /* Whole-model paths that keep everything on the device. prefill resets the cache and runs positions

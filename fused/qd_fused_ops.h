@@ -42,20 +42,19 @@ int qd_fused_op_residual(float *out, const float *a, const float *b, long n, qd_
  * qkv (T, NH*HD + 2*NKV*HD) q_proj | k_proj | v_proj; qw, kw (HD); q (T, NH, HD) q_rope; k, v (T, NKV, HD)
  * k_rope and v as stored in the cache (v may be NULL). HD a multiple of 16, at most 256. */
 int qd_fused_op_qk_norm_rope(float *q, float *k, float *v, const float *qkv, const float *qw, const float *kw, int T,
-                             int pos0, int NH, int NKV, int HD, float eps, double theta, qd_op_bench *bench,
-                             qd_err *e);
+                             int pos0, int NH, int NKV, int HD, float eps, double theta, qd_op_bench *bench, qd_err *e);
 
 /* Prefill attention as fused.cu's attention() for T > 1 in bf16: flash_attn_kernel<HD> on tensor cores
  * (HD 32, 64 or 128, when the device's shared memory holds its tiles), else attn_rows_kernel.
  * q (T, NH, HD) at positions pos0..pos0+T-1; kc, vc (pos0 + T, NKV, HD); out (T, NH*HD). */
-int qd_fused_op_attention_prefill(float *out, const float *q, const float *kc, const float *vc, int T, int pos0,
-                                  int NH, int NKV, int HD, qd_op_bench *bench, qd_err *e);
+int qd_fused_op_attention_prefill(float *out, const float *q, const float *kc, const float *vc, int T, int pos0, int NH,
+                                  int NKV, int HD, qd_op_bench *bench, qd_err *e);
 
 /* One-token attention as fused.cu's attention() for T == 1 (the cuBLAS decode path):
  * decode_attn_kernel<bf16, combine fused>, grid (ceil(max_seq / 64), NKV) sized for max_seq as fused sizes
  * it. q (NH, HD) at position pos; kc, vc (pos + 1, NKV, HD); out (NH*HD). pos < max_seq; NH/NKV <= 8. */
-int qd_fused_op_attention_decode(float *out, const float *q, const float *kc, const float *vc, int pos, int NH,
-                                 int NKV, int HD, int max_seq, qd_op_bench *bench, qd_err *e);
+int qd_fused_op_attention_decode(float *out, const float *q, const float *kc, const float *vc, int pos, int NH, int NKV,
+                                 int HD, int max_seq, qd_op_bench *bench, qd_err *e);
 
 /* The default bf16 decode step's attention launch, decode_attn_qk_kernel: q_norm / k_norm and RoPE of this
  * token's projections, its k and v written into the cache at pos, then split-KV attention over 0..pos with
@@ -63,9 +62,9 @@ int qd_fused_op_attention_decode(float *out, const float *q, const float *kc, co
  * (NULL when pos is 0); out (NH*HD); q (NH, HD) q_rope and k (NKV, HD) k_rope (either may be NULL).
  * QD_ERUNTIME when the device's shared memory is too small for it (fused.cu then decodes through
  * cuBLAS and decode_attn_kernel). */
-int qd_fused_op_qk_attention_decode(float *out, float *q, float *k, const float *qkv, const float *qw,
-                                    const float *kw, const float *kc, const float *vc, int pos, int NH, int NKV,
-                                    int HD, float eps, double theta, int max_seq, qd_op_bench *bench, qd_err *e);
+int qd_fused_op_qk_attention_decode(float *out, float *q, float *k, const float *qkv, const float *qw, const float *kw,
+                                    const float *kc, const float *vc, int pos, int NH, int NKV, int HD, float eps,
+                                    double theta, int max_seq, qd_op_bench *bench, qd_err *e);
 
 /* The prefill projection, fused.cu's gemm() in bf16: cublasGemmEx with bf16 operands, fp32 accumulation
  * (CUBLAS_COMPUTE_32F, no reduced-precision reduction), the 32 MiB workspace, bf16 output.

@@ -6,8 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const kernel_names[QD_TL_KINDS] = {"q/k/v", "attention", "o_proj", "gate/up", "down_proj",
-                                                      "head"};
+static const char *const kernel_names[QD_TL_KINDS] = {"q/k/v", "attention", "o_proj", "gate/up", "down_proj", "head"};
 
 const char *qd_tl_kernel(int launch, int n_layers) {
     if (launch < 0 || n_layers < 0 || launch > n_layers * QD_TL_SLOTS) return NULL;

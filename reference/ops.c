@@ -42,8 +42,7 @@ void matmul_forward(float *out, const float *x, const float *W, int T, int in, i
         for (int t = 0; t < T; t++) {
             const float *xt = x + (size_t)t * in; // (in)
             const float *wo = W + (size_t)o * in; // (in)
-            out[(size_t)t * out_dim + o] =
-                accum == QD_ACCUM_F64 ? (float)dot_f64(xt, wo, in) : dot_f32(xt, wo, in);
+            out[(size_t)t * out_dim + o] = accum == QD_ACCUM_F64 ? (float)dot_f64(xt, wo, in) : dot_f32(xt, wo, in);
         }
     }
 }
@@ -71,8 +70,8 @@ void rope_forward(float *x, int T, int nheads, int head_dim, int pos0, const flo
 
 /* One query row against keys 0..n_keys-1 of one kv head, accumulating in float.
  * q (HD); k, v: first row of the kv head, rows kv_stride floats apart; att (n_keys) scratch; out (HD). */
-static void attention_row_f32(float *out, const float *q, const float *k, const float *v, size_t kv_stride,
-                              int n_keys, int HD, float scale, float *att) {
+static void attention_row_f32(float *out, const float *q, const float *k, const float *v, size_t kv_stride, int n_keys,
+                              int HD, float scale, float *att) {
     float max = -INFINITY; // not 0: with every score below 0 a max of 0 would underflow every exp
     for (int j = 0; j < n_keys; j++) {
         att[j] = dot_f32(q, k + (size_t)j * kv_stride, HD) * scale;
@@ -94,8 +93,8 @@ static void attention_row_f32(float *out, const float *q, const float *k, const 
 
 /* The same in double: scores, exp, the softmax sum and the weighted sum of V; out rounded once.
  * att (n_keys), acc (HD) scratch. */
-static void attention_row_f64(float *out, const float *q, const float *k, const float *v, size_t kv_stride,
-                              int n_keys, int HD, double scale, double *att, double *acc) {
+static void attention_row_f64(float *out, const float *q, const float *k, const float *v, size_t kv_stride, int n_keys,
+                              int HD, double scale, double *att, double *acc) {
     double max = -INFINITY;
     for (int j = 0; j < n_keys; j++) {
         att[j] = dot_f64(q, k + (size_t)j * kv_stride, HD) * scale;
@@ -115,13 +114,13 @@ static void attention_row_f64(float *out, const float *q, const float *k, const 
     for (int d = 0; d < HD; d++) out[d] = (float)acc[d];
 }
 
-int attention_forward(float *out, const float *q, const float *kcache, const float *vcache, int T,
-                      int pos0, int NH, int NKV, int HD, qd_accum accum, qd_err *e) {
+int attention_forward(float *out, const float *q, const float *kcache, const float *vcache, int T, int pos0, int NH,
+                      int NKV, int HD, qd_accum accum, qd_err *e) {
     // q (T, NH, HD); kcache, vcache (max_seq, NKV, HD) holding positions 0..pos0+T-1; out (T, NH*HD)
-    int kv_mul = NH / NKV;                    // query heads per kv head
-    int max_keys = pos0 + T;                  // the last query sees every cached position
-    size_t kv_stride = (size_t)NKV * HD;      // floats between consecutive positions of one kv head
-    double scale64 = 1.0 / sqrt((double)HD);  // HD^-0.5
+    int kv_mul = NH / NKV;                   // query heads per kv head
+    int max_keys = pos0 + T;                 // the last query sees every cached position
+    size_t kv_stride = (size_t)NKV * HD;     // floats between consecutive positions of one kv head
+    double scale64 = 1.0 / sqrt((double)HD); // HD^-0.5
     float scale32 = (float)scale64;
     size_t scratch = (size_t)max_keys * sizeof(double) + (size_t)HD * sizeof(double);
     int failed = 0; // a thread without scratch: the call fails, once every thread has left the loop
@@ -140,20 +139,17 @@ int attention_forward(float *out, const float *q, const float *kcache, const flo
                 if (!att) continue;
                 int n_keys = pos0 + t + 1; // causal: positions 0..pos0+t
                 int kvh = h / kv_mul;
-                const float *qh = q + ((size_t)t * NH + h) * HD;  // (HD)
-                const float *k = kcache + (size_t)kvh * HD;       // row 0 of kv head kvh
+                const float *qh = q + ((size_t)t * NH + h) * HD; // (HD)
+                const float *k = kcache + (size_t)kvh * HD;      // row 0 of kv head kvh
                 const float *v = vcache + (size_t)kvh * HD;
-                float *oh = out + ((size_t)t * NH + h) * HD;      // (HD)
-                if (accum == QD_ACCUM_F64)
-                    attention_row_f64(oh, qh, k, v, kv_stride, n_keys, HD, scale64, att, acc);
-                else
-                    attention_row_f32(oh, qh, k, v, kv_stride, n_keys, HD, scale32, (float *)att);
+                float *oh = out + ((size_t)t * NH + h) * HD; // (HD)
+                if (accum == QD_ACCUM_F64) attention_row_f64(oh, qh, k, v, kv_stride, n_keys, HD, scale64, att, acc);
+                else attention_row_f32(oh, qh, k, v, kv_stride, n_keys, HD, scale32, (float *)att);
             }
         }
         free(att);
     }
-    if (failed)
-        return qd_errf(e, QD_ERUNTIME, "out of memory: attention scratch of %zu bytes per thread", scratch);
+    if (failed) return qd_errf(e, QD_ERUNTIME, "out of memory: attention scratch of %zu bytes per thread", scratch);
     return QD_OK;
 }
 

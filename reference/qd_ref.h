@@ -23,9 +23,9 @@
 typedef enum { QD_ACCUM_F32 = 0, QD_ACCUM_F64 = 1 } qd_accum;
 
 typedef struct {
-    int threads;     /* <= 0: OpenMP's default */
+    int threads; /* <= 0: OpenMP's default */
     qd_accum accum;
-    int max_seq;     /* KV cache capacity in positions (prompt + decode steps) */
+    int max_seq; /* KV cache capacity in positions (prompt + decode steps) */
 } qd_ref_opts;
 
 typedef struct qd_ref qd_ref;
@@ -42,8 +42,7 @@ void qd_ref_reset(qd_ref *r);
  * the cache would overflow (e names the step), QD_ERUNTIME when scratch memory runs out, or the sink's
  * code with e as the sink filled it (the step stops at the failing tap). */
 int qd_ref_embed(qd_ref *r, const int32_t *tokens, int T, float *h, qd_tap_sink *sink, qd_err *e);
-int qd_ref_layer(qd_ref *r, int layer, const float *h_in, float *h_out, int T, int pos0,
-                 qd_tap_sink *sink, qd_err *e);
+int qd_ref_layer(qd_ref *r, int layer, const float *h_in, float *h_out, int T, int pos0, qd_tap_sink *sink, qd_err *e);
 int qd_ref_head(qd_ref *r, const float *h, int T, float *logits, qd_tap_sink *sink, qd_err *e);
 
 /* Conveniences over the three steps above. prefill resets the cache and runs positions 0..T-1;

@@ -24,8 +24,8 @@ void rope_forward(float *x, int T, int nheads, int head_dim, int pos0, const flo
  * q (T, NH, HD); kcache, vcache (max_seq, NKV, HD) already holding positions 0..pos0+T-1;
  * out (T, NH*HD). Head h reads kv head h / (NH/NKV). Scores scaled by HD^-0.5, max-subtracted softmax.
  * QD_OK, or QD_ERUNTIME with e set when the per-thread score scratch cannot be allocated. */
-int attention_forward(float *out, const float *q, const float *kcache, const float *vcache, int T,
-                      int pos0, int NH, int NKV, int HD, qd_accum accum, qd_err *e);
+int attention_forward(float *out, const float *q, const float *kcache, const float *vcache, int T, int pos0, int NH,
+                      int NKV, int HD, qd_accum accum, qd_err *e);
 
 /* out = silu(gate) * up, elementwise over n values (silu: qd_spec.h). */
 void swiglu_forward(float *out, const float *gate, const float *up, long n);

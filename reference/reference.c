@@ -22,20 +22,20 @@
 struct qd_ref {
     const qd_weights *w; // borrowed
     qd_ref_opts opts;
-    int pos;             // positions held in the cache after the last prefill/decode
-    float *inv_freq;     // (HD/2) RoPE inverse frequencies, from the config's rope_theta
+    int pos;         // positions held in the cache after the last prefill/decode
+    float *inv_freq; // (HD/2) RoPE inverse frequencies, from the config's rope_theta
     // KV cache: post-RoPE keys and values of every layer and position
-    float *key_cache;    // (L, max_seq, NKV, HD)
-    float *value_cache;  // (L, max_seq, NKV, HD)
+    float *key_cache;   // (L, max_seq, NKV, HD)
+    float *value_cache; // (L, max_seq, NKV, HD)
     // scratch activations for up to max_seq tokens (a step never holds more tokens than the cache)
-    float *xb;           // (max_seq, C)      attn_norm, then mlp_norm, then final_norm
-    float *q;            // (max_seq, NH*HD)  q_proj -> q_norm -> q_rope (in place)
-    float *k;            // (max_seq, NKV*HD) k_proj -> k_norm -> k_rope (in place)
-    float *v;            // (max_seq, NKV*HD) v_proj
-    float *att;          // (max_seq, NH*HD)  attn
-    float *xb2;          // (max_seq, C)      o_proj, then down_proj
-    float *hb;           // (max_seq, I)      gate_proj -> act (in place)
-    float *hb2;          // (max_seq, I)      up_proj
+    float *xb;  // (max_seq, C)      attn_norm, then mlp_norm, then final_norm
+    float *q;   // (max_seq, NH*HD)  q_proj -> q_norm -> q_rope (in place)
+    float *k;   // (max_seq, NKV*HD) k_proj -> k_norm -> k_rope (in place)
+    float *v;   // (max_seq, NKV*HD) v_proj
+    float *att; // (max_seq, NH*HD)  attn
+    float *xb2; // (max_seq, C)      o_proj, then down_proj
+    float *hb;  // (max_seq, I)      gate_proj -> act (in place)
+    float *hb2; // (max_seq, I)      up_proj
 };
 
 // ----------------------------------------------------------------------------
@@ -68,9 +68,8 @@ qd_ref *qd_ref_create(const qd_weights *w, const qd_ref_opts *opts, qd_err *e) {
         qd_errf(e, QD_EINPUT, "reference: unknown accumulation %d", (int)opts->accum);
         return NULL;
     }
-    if (c->hidden_size <= 0 || c->intermediate_size <= 0 || c->num_hidden_layers <= 0 ||
-        c->num_attention_heads <= 0 || c->num_key_value_heads <= 0 || c->head_dim <= 0 ||
-        c->head_dim % 2 != 0 || c->vocab_size <= 0 ||
+    if (c->hidden_size <= 0 || c->intermediate_size <= 0 || c->num_hidden_layers <= 0 || c->num_attention_heads <= 0 ||
+        c->num_key_value_heads <= 0 || c->head_dim <= 0 || c->head_dim % 2 != 0 || c->vocab_size <= 0 ||
         c->num_attention_heads % c->num_key_value_heads != 0) {
         qd_errf(e, QD_EINPUT,
                 "reference: config: invalid sizes (hidden_size %d, intermediate_size %d, layers %d, "
@@ -94,16 +93,11 @@ qd_ref *qd_ref_create(const qd_weights *w, const qd_ref_opts *opts, qd_err *e) {
     if (!r) return NULL;
     r->w = w;
     r->opts = *opts;
-    if (!(r->inv_freq = qd_alloc(HD / 2 * sizeof(float), e)) ||
-        !(r->key_cache = qd_zalloc(cache, sizeof(float), e)) ||
-        !(r->value_cache = qd_zalloc(cache, sizeof(float), e)) ||
-        !(r->xb = qd_zalloc(S * C, sizeof(float), e)) ||
-        !(r->q = qd_zalloc(S * QD, sizeof(float), e)) ||
-        !(r->k = qd_zalloc(S * KVD, sizeof(float), e)) ||
-        !(r->v = qd_zalloc(S * KVD, sizeof(float), e)) ||
-        !(r->att = qd_zalloc(S * QD, sizeof(float), e)) ||
-        !(r->xb2 = qd_zalloc(S * C, sizeof(float), e)) ||
-        !(r->hb = qd_zalloc(S * I, sizeof(float), e)) ||
+    if (!(r->inv_freq = qd_alloc(HD / 2 * sizeof(float), e)) || !(r->key_cache = qd_zalloc(cache, sizeof(float), e)) ||
+        !(r->value_cache = qd_zalloc(cache, sizeof(float), e)) || !(r->xb = qd_zalloc(S * C, sizeof(float), e)) ||
+        !(r->q = qd_zalloc(S * QD, sizeof(float), e)) || !(r->k = qd_zalloc(S * KVD, sizeof(float), e)) ||
+        !(r->v = qd_zalloc(S * KVD, sizeof(float), e)) || !(r->att = qd_zalloc(S * QD, sizeof(float), e)) ||
+        !(r->xb2 = qd_zalloc(S * C, sizeof(float), e)) || !(r->hb = qd_zalloc(S * I, sizeof(float), e)) ||
         !(r->hb2 = qd_zalloc(S * I, sizeof(float), e))) {
         qd_ref_free(r);
         return NULL;
@@ -151,24 +145,21 @@ int qd_ref_embed(qd_ref *r, const int32_t *tokens, int T, float *h, qd_tap_sink 
 // one decoder layer
 
 /* Emits a tap and returns from the calling function on a sink error (e as the sink left it). */
-#define EMIT(tap, data)                                                            \
-    do {                                                                           \
-        int rc_ = qd_tap_emit(sink, c, qd_tap_layer(layer, (tap)), (data), T, e);  \
-        if (rc_ != QD_OK) {                                                        \
-            threads_pop(old_threads);                                              \
-            return rc_;                                                            \
-        }                                                                          \
+#define EMIT(tap, data)                                                           \
+    do {                                                                          \
+        int rc_ = qd_tap_emit(sink, c, qd_tap_layer(layer, (tap)), (data), T, e); \
+        if (rc_ != QD_OK) {                                                       \
+            threads_pop(old_threads);                                             \
+            return rc_;                                                           \
+        }                                                                         \
     } while (0)
 
-int qd_ref_layer(qd_ref *r, int layer, const float *h_in, float *h_out, int T, int pos0,
-                 qd_tap_sink *sink, qd_err *e) {
+int qd_ref_layer(qd_ref *r, int layer, const float *h_in, float *h_out, int T, int pos0, qd_tap_sink *sink, qd_err *e) {
     // h_in, h_out (T, C); h_out may alias h_in. Reads and writes the cache at positions 0..pos0+T-1.
     const qd_config *c = &r->w->cfg;
     if (layer < 0 || layer >= c->num_hidden_layers)
-        return qd_errf(e, QD_EINPUT, "ref: layer %d out of range (the model has %d)", layer,
-                        c->num_hidden_layers);
-    if (T <= 0 || pos0 < 0)
-        return qd_errf(e, QD_EINPUT, "ref: layer %d: invalid step: T %d, pos0 %d", layer, T, pos0);
+        return qd_errf(e, QD_EINPUT, "ref: layer %d out of range (the model has %d)", layer, c->num_hidden_layers);
+    if (T <= 0 || pos0 < 0) return qd_errf(e, QD_EINPUT, "ref: layer %d: invalid step: T %d, pos0 %d", layer, T, pos0);
     if (pos0 > r->opts.max_seq - T)
         return qd_errf(e, QD_EINPUT, "ref: layer %d: KV cache overflow: positions %d..%lld do not fit max_seq %d",
                        layer, pos0, (long long)pos0 + T - 1, r->opts.max_seq);
@@ -258,11 +249,9 @@ int qd_ref_head(qd_ref *r, const float *h, int T, float *logits, qd_tap_sink *si
 // ----------------------------------------------------------------------------
 // prefill and decode: embed, every layer, head at positions pos0..pos0+T-1
 
-static int forward(qd_ref *r, const int32_t *tokens, int T, int pos0, float *logits, qd_tap_sink *sink,
-                   qd_err *e) {
+static int forward(qd_ref *r, const int32_t *tokens, int T, int pos0, float *logits, qd_tap_sink *sink, qd_err *e) {
     const qd_config *c = &r->w->cfg;
-    if (T <= 0)
-        return qd_errf(e, QD_EINPUT, "ref: invalid step: T %d", T);
+    if (T <= 0) return qd_errf(e, QD_EINPUT, "ref: invalid step: T %d", T);
     if (pos0 > r->opts.max_seq - T)
         return qd_errf(e, QD_EINPUT, "ref: KV cache overflow: positions %d..%lld do not fit max_seq %d", pos0,
                        (long long)pos0 + T - 1, r->opts.max_seq);

@@ -13,8 +13,8 @@ int64_t qd_metrics_record_type(void) {
     hid_t t = H5Tcreate(H5T_COMPOUND, sizeof(qd_metrics_record));
     hid_t s24 = H5Tcopy(H5T_C_S1), s16 = H5Tcopy(H5T_C_S1);
     int bad = t < 0 || s24 < 0 || s16 < 0;
-    bad |= H5Tset_size(s24, sizeof ((qd_metrics_record *)0)->tap) < 0;
-    bad |= H5Tset_size(s16, sizeof ((qd_metrics_record *)0)->mode) < 0;
+    bad |= H5Tset_size(s24, sizeof((qd_metrics_record *)0)->tap) < 0;
+    bad |= H5Tset_size(s16, sizeof((qd_metrics_record *)0)->mode) < 0;
 #define INSERT(name, type) bad |= H5Tinsert(t, #name, HOFFSET(qd_metrics_record, name), type) < 0;
 #define TABLE(name, ctype, h5type, json, doc) INSERT(name, h5type)
 #define NOT_IN_TABLE(name, ctype, h5type, json, doc)
@@ -55,9 +55,9 @@ void qd_metrics_record_fill(const qd_tap_row *row, qd_metrics_record *x) {
     x->flags = row->verdict;
 #define TABLE(name, ctype, h5type, json, doc) x->name = row->m.name;
 #define NOT_IN_TABLE(name, ctype, h5type, json, doc)
-#define AT(value, index) \
+#define AT(value, index)                              \
     value index x->token = qd_metrics_token(&row->m); \
-    x->head = qd_metrics_head(&row->m); \
+    x->head = qd_metrics_head(&row->m);               \
     x->channel = qd_metrics_channel(&row->m);
     QD_METRICS_FIELDS(TABLE, NOT_IN_TABLE, AT)
 #undef TABLE
@@ -77,8 +77,8 @@ void qd_metrics_record_fill(const qd_tap_row *row, qd_metrics_record *x) {
 /* One row of /diff/<A>-vs-<B>/where: a top offender of one axis of the first divergence's tap
  * (qd_localise.h; docs/SCHEMA.md). */
 typedef struct {
-    char axis[8];     /* "token", "head", "channel"; NUL-padded */
-    int32_t rank;     /* 0: the heaviest of its axis */
+    char axis[8]; /* "token", "head", "channel"; NUL-padded */
+    int32_t rank; /* 0: the heaviest of its axis */
     int64_t index;
     double share, rms_err, rms_ref;
     int64_t nonfinite;
@@ -87,7 +87,7 @@ typedef struct {
 static int64_t where_record_type(void) {
     hid_t t = H5Tcreate(H5T_COMPOUND, sizeof(where_record));
     hid_t s8 = H5Tcopy(H5T_C_S1);
-    int bad = t < 0 || s8 < 0 || H5Tset_size(s8, sizeof ((where_record *)0)->axis) < 0;
+    int bad = t < 0 || s8 < 0 || H5Tset_size(s8, sizeof((where_record *)0)->axis) < 0;
 #define INSERT(name, type) bad |= H5Tinsert(t, #name, HOFFSET(where_record, name), type) < 0;
     if (!bad) {
         INSERT(axis, s8)

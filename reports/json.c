@@ -55,7 +55,8 @@ static json_t *row_json(const qd_report *r, const qd_tap_row *row) {
 #define FIGURE(name, ctype, h5type, json, doc) json_object_set_new(o, #name, json(f.name));
         QD_REPLAY_FIELDS(FIGURE)
 #undef FIGURE
-        json_object_set_new(o, "side", row->judged < 0 ? json_null() : json_string(row->judged ? r->name_b : r->name_a));
+        json_object_set_new(o, "side",
+                            row->judged < 0 ? json_null() : json_string(row->judged ? r->name_b : r->name_a));
         json_t *sides = json_object();
         for (int k = 0; k < (r->single ? 1 : 2); k++) {
             if (!row->rp[k].have) continue;
@@ -129,8 +130,9 @@ static json_t *names_json(const char (*names)[24], int n) {
 
 static json_t *bisect_json(const qd_bisect_result *b) {
     json_t *o = json_object();
-    json_object_set_new(o, "flagged", json_pack("{s:i, s:i, s:s, s:s}", "step", b->step, "layer", b->id.layer, "tap",
-                                                qd_tap_id_name(b->id), "mode", qd_mode_name(b->mode)));
+    json_object_set_new(o, "flagged",
+                        json_pack("{s:i, s:i, s:s, s:s}", "step", b->step, "layer", b->id.layer, "tap",
+                                  qd_tap_id_name(b->id), "mode", qd_mode_name(b->mode)));
     json_object_set_new(o, "reference", json_string(b->name_a));
     json_object_set_new(o, "test", json_string("emu"));
     json_object_set_new(o, "stands_in_for", b->stand_in ? json_string("fused") : json_null());
@@ -178,13 +180,15 @@ int qd_report_write_json_bisect(const qd_report *r, const qd_bisect_result *bise
         json_object_set_new(root, "ratio_threshold", qd_json_real(r->threshold));
         json_object_set_new(root, "first_divergence_side",
                             r->first_div >= 0 && r->rows[r->first_div].judged >= 0
-                                ? json_string(r->rows[r->first_div].judged ? r->name_b : r->name_a) : json_null());
+                                ? json_string(r->rows[r->first_div].judged ? r->name_b : r->name_a)
+                                : json_null());
         json_object_set_new(root, "worst_inherited",
                             r->worst_inherited >= 0 ? row_json(r, &r->rows[r->worst_inherited]) : json_null());
     }
-    json_object_set_new(root, "blowup", json_pack("{s:o, s:o, s:o}", "blowup_ratio", qd_json_real(r->blowup.blowup_ratio),
-                                                  "growth_factor", qd_json_real(r->blowup.growth_factor),
-                                                  "growth_floor", qd_json_real(r->blowup.growth_floor)));
+    json_object_set_new(root, "blowup",
+                        json_pack("{s:o, s:o, s:o}", "blowup_ratio", qd_json_real(r->blowup.blowup_ratio),
+                                  "growth_factor", qd_json_real(r->blowup.growth_factor), "growth_floor",
+                                  qd_json_real(r->blowup.growth_floor)));
     json_t *taps = json_array();
     for (int i = 0; i < r->n; i++) json_array_append_new(taps, row_json(r, &r->rows[i]));
     json_object_set_new(root, "taps", taps);

@@ -75,8 +75,7 @@ static void junit_case(const qd_report *r, xml_buf *x, int step, int layer, int 
         const qd_tap_row *first = NULL;
         for (int i = 0; i < r->n && !first; i++) {
             const qd_tap_row *row = &r->rows[i];
-            if (qd_row_in_group(row, step, layer, head) && qd_verdict_fails(row->verdict))
-                first = row;
+            if (qd_row_in_group(row, step, layer, head) && qd_verdict_fails(row->verdict)) first = row;
         }
         char reason[512];
         qd_row_reason(r, first, reason, sizeof reason);
@@ -118,8 +117,10 @@ int qd_report_write_junit(const qd_report *r, const char *path, qd_err *e) {
     xml_buf x = {NULL, 0, 4096, e, 0};
     if (!(x.buf = qd_alloc(x.cap, e))) return QD_ERUNTIME; /* e filled by qd_alloc */
     x.buf[0] = '\0';
-    snprintf(head, sizeof head, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites tests=\"%d\" failures=\"%d\">\n"
-             "<testsuite name=\"", cases, failures);
+    snprintf(head, sizeof head,
+             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites tests=\"%d\" failures=\"%d\">\n"
+             "<testsuite name=\"",
+             cases, failures);
     xml_append(&x, head, 0);
     xml_append(&x, suite, 1);
     snprintf(head, sizeof head, "\" tests=\"%d\" failures=\"%d\" errors=\"0\" skipped=\"0\">\n", cases, failures);

@@ -31,16 +31,18 @@ int qd_report_write_h5(const qd_report *r, qd_dump *d, qd_err *e);
  * figures of the judged side (QD_REPLAY_FIELDS, compare/qd_replay.h) and which side that is. */
 #define QD_RECORD_MEMBER_(name, ctype, h5type, json, doc) ctype name;
 #define QD_RECORD_SKIP_(name, ctype, h5type, json, doc)
-#define QD_RECORD_AT_(value, index) int64_t token, head, channel; value index
+#define QD_RECORD_AT_(value, index) \
+    int64_t token, head, channel;   \
+    value index
 typedef struct {
     int32_t step, layer;
-    char tap[24], mode[16];  /* NUL-padded */
-    uint8_t pass;            /* 1: the row passed */
-    uint32_t flags;          /* the verdict, QD_V_* */
+    char tap[24], mode[16]; /* NUL-padded */
+    uint8_t pass;           /* 1: the row passed */
+    uint32_t flags;         /* the verdict, QD_V_* */
     QD_METRICS_FIELDS(QD_RECORD_MEMBER_, QD_RECORD_SKIP_, QD_RECORD_AT_)
     double tol_rel_l2, tol_atol, tol_rtol, prev_rel_l2;
     QD_REPLAY_FIELDS(QD_RECORD_MEMBER_) /* the judged side's replay (compare/qd_replay.h); NAN: none */
-    int32_t judged;          /* the side judged by the replay: 0 the reference side A, 1 the test side B; -1 none */
+    int32_t judged; /* the side judged by the replay: 0 the reference side A, 1 the test side B; -1 none */
 } qd_metrics_record;
 #undef QD_RECORD_MEMBER_
 #undef QD_RECORD_SKIP_

@@ -39,7 +39,8 @@ static void replay_reason(const qd_report *r, const qd_tap_row *row, char *buf, 
             (long long)(l->nan_test + l->posinf_test + l->neginf_test),
             (long long)(f->nan_test + f->posinf_test + f->neginf_test));
     if (row->verdict & QD_V_COLLAPSE) ADD("collapsed to zero (oracle max %.3g); ", l->max_mag_ref);
-    if (row->verdict & QD_V_BLOWUP_MAG) ADD("blow-up: max |%s| %.3g vs max |oracle| %.3g; ", side, l->max_mag_test, l->max_mag_ref);
+    if (row->verdict & QD_V_BLOWUP_MAG)
+        ADD("blow-up: max |%s| %.3g vs max |oracle| %.3g; ", side, l->max_mag_test, l->max_mag_ref);
     ADD("%s's local error rel_l2 %.3g = %.3gx its noise floor %.3g%s (threshold %g)", side, l->rel_l2, op->ratio, fl,
         f->rel_l2 > op->min_floor ? "" : " (one rounding)", r->threshold);
 #undef ADD
@@ -53,10 +54,8 @@ void qd_row_reason(const qd_report *r, const qd_tap_row *row, char *buf, size_t 
 void qd_row_place(const qd_tap_row *row, char *buf, size_t n) {
     char step[32] = "";
     if (row->step > 0) snprintf(step, sizeof step, "decode step %d, ", row->step);
-    if (row->id.pos != QD_POS_LAYER)
-        snprintf(buf, n, "%s%s", step, qd_row_tap_name(row));
-    else
-        snprintf(buf, n, "%slayer %d, %s", step, row->id.layer, qd_row_tap_name(row));
+    if (row->id.pos != QD_POS_LAYER) snprintf(buf, n, "%s%s", step, qd_row_tap_name(row));
+    else snprintf(buf, n, "%slayer %d, %s", step, row->id.layer, qd_row_tap_name(row));
 }
 
 int qd_row_in_group(const qd_tap_row *row, int step, int layer, int head) {

@@ -23,8 +23,8 @@ static void print_where(const qd_report *r, FILE *f) {
 
 static void print_first_divergence(const qd_report *r, FILE *f, int color) {
     if (r->first_div < 0) {
-        fprintf(f, "%sno divergence%s: every shared tap of %s vs %s is within tolerance (%s mode)\n",
-                GREEN(color), RESET(color), r->name_b, r->name_a, qd_mode_name(r->locate));
+        fprintf(f, "%sno divergence%s: every shared tap of %s vs %s is within tolerance (%s mode)\n", GREEN(color),
+                RESET(color), r->name_b, r->name_a, qd_mode_name(r->locate));
         return;
     }
     const qd_tap_row *row = &r->rows[r->first_div];
@@ -33,19 +33,17 @@ static void print_first_divergence(const qd_report *r, FILE *f, int color) {
     qd_metrics_where(&row->m, where, sizeof where);
     qd_row_reason(r, row, reason, sizeof reason);
     fprintf(f, "%sfirst divergence%s%s: %s — max|%s| %.3g vs max|%s| %.3g at %s (%s)\n", RED(color),
-            r->isolated ? (row->mode == QD_MODE_ISOLATED ? " (isolated)" : " (free-running)") : "", RESET(color),
-            place, r->name_b, row->m.max_mag_test, r->name_a, row->m.max_mag_ref, where,
-            qd_verdict_class(row->verdict));
-    fprintf(f, "  why: %s; there %s = %.6g, %s = %.6g\n", reason, r->name_b, row->m.test_at, r->name_a,
-            row->m.ref_at);
+            r->isolated ? (row->mode == QD_MODE_ISOLATED ? " (isolated)" : " (free-running)") : "", RESET(color), place,
+            r->name_b, row->m.max_mag_test, r->name_a, row->m.max_mag_ref, where, qd_verdict_class(row->verdict));
+    fprintf(f, "  why: %s; there %s = %.6g, %s = %.6g\n", reason, r->name_b, row->m.test_at, r->name_a, row->m.ref_at);
     print_where(r, f);
 }
 
 /* The per-layer table's metric columns, each a field of QD_METRICS_FIELDS (compare/qd_metrics.h) under its
  * own name: the figure of the layer's worst tap (WORST: the largest rel_l2) or the largest over the
  * layer's taps (LARGEST: a blow-up shows on whichever tap it hits), in a printf format 9 wide. */
-#define TABLE_COLUMNS(C) \
-    C(rel_l2, WORST, "%9.2e") \
+#define TABLE_COLUMNS(C)       \
+    C(rel_l2, WORST, "%9.2e")  \
     C(max_abs, WORST, "%9.2e") \
     C(mag_ratio, LARGEST, "%9.3g")
 
@@ -91,25 +89,20 @@ static void print_layer_row(const qd_report *r, FILE *f, int color, int step, in
     TABLE_COLUMNS(VALUE)
 #undef VALUE
     if (r->isolated) {
-        if (is.n)
-            fprintf(f, "  %-14s %9.2e", qd_row_tap_name(is.worst), is.worst->m.rel_l2);
-        else
-            fprintf(f, "  %-14s %9s", "-", "-");
+        if (is.n) fprintf(f, "  %-14s %9.2e", qd_row_tap_name(is.worst), is.worst->m.rel_l2);
+        else fprintf(f, "  %-14s %9s", "-", "-");
     }
     const qd_tap_row *ff = fr.first_fail ? fr.first_fail : is.first_fail;
     if (ff)
         fprintf(f, "  %sFAIL%s %s%s: %s\n", RED(color), RESET(color), qd_row_tap_name(ff),
                 ff->mode == QD_MODE_ISOLATED ? " (isolated)" : "", qd_verdict_class(ff->verdict));
-    else
-        fprintf(f, "  %sok%s\n", GREEN(color), RESET(color));
+    else fprintf(f, "  %sok%s\n", GREEN(color), RESET(color));
 }
 
 // ----------------------------------------------------------------------------
 // the replay verdict: each op judged by its local error over its noise floor (compare/qd_replay.h)
 
-static const qd_replay_op *judged_op(const qd_tap_row *row) {
-    return row->judged >= 0 ? &row->rp[row->judged] : NULL;
-}
+static const qd_replay_op *judged_op(const qd_tap_row *row) { return row->judged >= 0 ? &row->rp[row->judged] : NULL; }
 
 static double judged_ratio(const qd_tap_row *row) {
     const qd_replay_op *op = judged_op(row);
@@ -122,9 +115,10 @@ static void print_replay_first_divergence(const qd_report *r, FILE *f, int color
             fprintf(f, "%sno divergence%s: every op of %s is within %gx its noise floor\n", GREEN(color), RESET(color),
                     r->name_a, r->threshold);
         else
-            fprintf(f, "%sno divergence%s: every op of %s and of %s is within %gx its noise floor (%s mode; each replayed "
-                    "on its own inputs)\n", GREEN(color), RESET(color), r->name_a, r->name_b, r->threshold,
-                    qd_mode_name(r->locate));
+            fprintf(f,
+                    "%sno divergence%s: every op of %s and of %s is within %gx its noise floor (%s mode; each replayed "
+                    "on its own inputs)\n",
+                    GREEN(color), RESET(color), r->name_a, r->name_b, r->threshold, qd_mode_name(r->locate));
     } else {
         const qd_tap_row *row = &r->rows[r->first_div];
         const qd_replay_op *op = judged_op(row);
@@ -133,11 +127,16 @@ static void print_replay_first_divergence(const qd_report *r, FILE *f, int color
         qd_row_place(row, place, sizeof place);
         qd_metrics_where(&op->local, where, sizeof where);
         qd_row_reason(r, row, reason, sizeof reason);
-        fprintf(f, "%sfirst divergence%s%s: %s — on %s%s: local error %.3g = %.3gx the noise floor, max|%s| %.3g vs "
-                "max|oracle| %.3g at %s (%s)\n", RED(color),
-                r->isolated ? (row->mode == QD_MODE_ISOLATED ? " (isolated)" : " (free-running)") : "", RESET(color),
-                place, side, r->single ? "" : row->judged ? " (B)" : " (A, the reference side)", op->local.rel_l2,
-                op->ratio, side, op->local.max_mag_test, op->local.max_mag_ref, where, qd_verdict_class(row->verdict));
+        fprintf(f,
+                "%sfirst divergence%s%s: %s — on %s%s: local error %.3g = %.3gx the noise floor, max|%s| %.3g vs "
+                "max|oracle| %.3g at %s (%s)\n",
+                RED(color), r->isolated ? (row->mode == QD_MODE_ISOLATED ? " (isolated)" : " (free-running)") : "",
+                RESET(color), place, side,
+                r->single     ? ""
+                : row->judged ? " (B)"
+                              : " (A, the reference side)",
+                op->local.rel_l2, op->ratio, side, op->local.max_mag_test, op->local.max_mag_ref, where,
+                qd_verdict_class(row->verdict));
         fprintf(f, "  why: %s; there %s = %.6g, oracle = %.6g", reason, side, op->local.test_at, op->local.ref_at);
         if (!r->single) fprintf(f, "; inherited: %s vs %s rel_l2 %.3g", r->name_b, r->name_a, row->m.rel_l2);
         fprintf(f, "\n");
@@ -149,8 +148,9 @@ static void print_replay_first_divergence(const qd_report *r, FILE *f, int color
         qd_row_place(w, place, sizeof place);
         fprintf(f, "  inherited: largest %s vs %s error rel_l2 %.3g at %s (%s)%s\n", r->name_b, r->name_a, w->m.rel_l2,
                 place, qd_mode_name(w->mode),
-                qd_verdict_fails(w->verdict) ? "" : ": carried in from earlier ops and steps, its op's local error is "
-                                                    "within its floor");
+                qd_verdict_fails(w->verdict) ? ""
+                                             : ": carried in from earlier ops and steps, its op's local error is "
+                                               "within its floor");
     }
 }
 
@@ -187,21 +187,18 @@ static void print_replay_layer_row(const qd_report *r, FILE *f, int color, int s
     if (op)
         fprintf(f, " %8.3g %9.2e %9.2e  %-6.6s", op->ratio, op->local.rel_l2,
                 op->floor.rel_l2 > op->min_floor ? op->floor.rel_l2 : op->min_floor, qd_row_side_name(r, fr.worst));
-    else
-        fprintf(f, " %8s %9s %9s  %-6s", "-", "-", "-", "-");
+    else fprintf(f, " %8s %9s %9s  %-6s", "-", "-", "-", "-");
     fprintf(f, " %9.2e", fr.inherited);
     if (r->isolated) {
-        if (is.n && judged_op(is.worst))
-            fprintf(f, "  %-14s %8.3g", qd_row_tap_name(is.worst), judged_ratio(is.worst));
-        else
-            fprintf(f, "  %-14s %8s", "-", "-");
+        if (is.n && judged_op(is.worst)) fprintf(f, "  %-14s %8.3g", qd_row_tap_name(is.worst), judged_ratio(is.worst));
+        else fprintf(f, "  %-14s %8s", "-", "-");
     }
     const qd_tap_row *ff = fr.first_fail ? fr.first_fail : is.first_fail;
     if (ff)
         fprintf(f, "  %sFAIL%s %s%s on %s: %s\n", RED(color), RESET(color), qd_row_tap_name(ff),
-                ff->mode == QD_MODE_ISOLATED ? " (isolated)" : "", qd_row_side_name(r, ff), qd_verdict_class(ff->verdict));
-    else
-        fprintf(f, "  %sok%s\n", GREEN(color), RESET(color));
+                ff->mode == QD_MODE_ISOLATED ? " (isolated)" : "", qd_row_side_name(r, ff),
+                qd_verdict_class(ff->verdict));
+    else fprintf(f, "  %sok%s\n", GREEN(color), RESET(color));
 }
 
 /* `qwen3-diff replay`: every op of one engine, one line each. */
@@ -221,13 +218,16 @@ static void print_single(const qd_report *r, FILE *f, int color) {
 
 static void print_replay(const qd_report *r, FILE *f, int color) {
     if (r->single)
-        fprintf(f, "%s%s (%s)%s: %d layers, %d ops replayed; local error vs the oracle (fp32, f64 accumulation), "
-                "noise floor of its precision, threshold %gx\n", BOLD(color), r->name_a, r->prec_a, RESET(color),
-                r->n_layers, r->n, r->threshold);
+        fprintf(f,
+                "%s%s (%s)%s: %d layers, %d ops replayed; local error vs the oracle (fp32, f64 accumulation), "
+                "noise floor of its precision, threshold %gx\n",
+                BOLD(color), r->name_a, r->prec_a, RESET(color), r->n_layers, r->n, r->threshold);
     else
-        fprintf(f, "%s%s (%s) vs %s (%s)%s: %d layers, %d taps compared%s; each op replayed on each side's own inputs, "
-                "threshold %gx the noise floor\n", BOLD(color), r->name_a, r->prec_a, r->name_b, r->prec_b,
-                RESET(color), r->n_layers, r->n, r->steps > 1 ? ", prompt and decode steps" : "", r->threshold);
+        fprintf(f,
+                "%s%s (%s) vs %s (%s)%s: %d layers, %d taps compared%s; each op replayed on each side's own inputs, "
+                "threshold %gx the noise floor\n",
+                BOLD(color), r->name_a, r->prec_a, r->name_b, r->prec_b, RESET(color), r->n_layers, r->n,
+                r->steps > 1 ? ", prompt and decode steps" : "", r->threshold);
     print_replay_first_divergence(r, f, color);
     if (r->single) {
         print_single(r, f, color);
@@ -251,9 +251,8 @@ void qd_report_print(const qd_report *r, FILE *f, int color) {
         print_replay(r, f, color);
         goto only;
     }
-    fprintf(f, "%s%s (%s) vs %s (%s)%s: %d layers, %d taps compared%s\n", BOLD(color), r->name_a, r->prec_a,
-            r->name_b, r->prec_b, RESET(color), r->n_layers, r->n,
-            r->steps > 1 ? ", prompt and decode steps" : "");
+    fprintf(f, "%s%s (%s) vs %s (%s)%s: %d layers, %d taps compared%s\n", BOLD(color), r->name_a, r->prec_a, r->name_b,
+            r->prec_b, RESET(color), r->n_layers, r->n, r->steps > 1 ? ", prompt and decode steps" : "");
     print_first_divergence(r, f, color);
     for (int step = 0; step < r->steps; step++) {
         if (r->steps > 1) fprintf(f, "\n%s\n", step == 0 ? "prompt:" : "");

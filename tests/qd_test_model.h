@@ -30,9 +30,16 @@ static inline double rng_normal(void) {
 
 /* The small model of the emu and fused tests: NH*HD = 128 != C = 64, GQA 2:1, head_dim 32, 3 layers. */
 static inline qd_config small_cfg(int tied) {
-    qd_config c = {.vocab_size = 128, .hidden_size = 64, .intermediate_size = 96, .num_hidden_layers = 3,
-                   .num_attention_heads = 4, .num_key_value_heads = 2, .head_dim = 32,
-                   .rope_theta = 1e6, .rms_norm_eps = 1e-6, .tie_word_embeddings = tied};
+    qd_config c = {.vocab_size = 128,
+                   .hidden_size = 64,
+                   .intermediate_size = 96,
+                   .num_hidden_layers = 3,
+                   .num_attention_heads = 4,
+                   .num_key_value_heads = 2,
+                   .head_dim = 32,
+                   .rope_theta = 1e6,
+                   .rms_norm_eps = 1e-6,
+                   .tie_word_embeddings = tied};
     return c;
 }
 

@@ -112,9 +112,9 @@ static void test_bf16_random_vs_oracle(void **state) {
 
 static void test_f16_values(void **state) {
     (void)state;
-    assert_true(qd_f16_to_f32(0x0001) == 0x1p-24f); /* smallest subnormal */
+    assert_true(qd_f16_to_f32(0x0001) == 0x1p-24f);        /* smallest subnormal */
     assert_true(qd_f16_to_f32(0x03ff) == 1023 * 0x1p-24f); /* largest subnormal */
-    assert_true(qd_f16_to_f32(0x0400) == 0x1p-14f); /* smallest normal */
+    assert_true(qd_f16_to_f32(0x0400) == 0x1p-14f);        /* smallest normal */
     assert_true(qd_f16_to_f32(0x3c00) == 1.0f);
     assert_true(qd_f16_to_f32(0xc000) == -2.0f);
     assert_true(qd_f16_to_f32(0x7bff) == 65504.0f);
@@ -129,8 +129,8 @@ static void test_f16_values(void **state) {
 static void test_f16_rounding(void **state) {
     (void)state;
     assert_int_equal(qd_f32_to_f16(65504.0f), 0x7bff);
-    assert_int_equal(qd_f32_to_f16(65519.0f), 0x7bff);     /* below the tie with 65536: down */
-    assert_int_equal(qd_f32_to_f16(65520.0f), 0x7c00);     /* tie, 0x7bff odd: up, i.e. Inf */
+    assert_int_equal(qd_f32_to_f16(65519.0f), 0x7bff); /* below the tie with 65536: down */
+    assert_int_equal(qd_f32_to_f16(65520.0f), 0x7c00); /* tie, 0x7bff odd: up, i.e. Inf */
     assert_int_equal(qd_f32_to_f16(-65520.0f), 0xfc00);
     assert_int_equal(qd_f32_to_f16(1e6f), 0x7c00);
     assert_int_equal(qd_f32_to_f16(INFINITY), 0x7c00);
@@ -143,12 +143,12 @@ static void test_f16_rounding(void **state) {
     assert_int_equal(qd_f32_to_f16(1.0f + 0x1p-11f + 0x1p-20f), 0x3c01); /* above the tie */
     /* subnormals (unit 2^-24) */
     assert_int_equal(qd_f32_to_f16(0x1p-24f), 0x0001);
-    assert_int_equal(qd_f32_to_f16(0x1p-25f), 0x0000);       /* tie between 0 and 1: even, 0 */
+    assert_int_equal(qd_f32_to_f16(0x1p-25f), 0x0000); /* tie between 0 and 1: even, 0 */
     assert_int_equal(qd_f32_to_f16(-0x1p-25f), 0x8000);
     assert_int_equal(qd_f32_to_f16(0x1.000002p-25f), 0x0001); /* above the tie */
     assert_int_equal(qd_f32_to_f16(0x1p-26f), 0x0000);
-    assert_int_equal(qd_f32_to_f16(3 * 0x1p-25f), 0x0002);   /* 1.5 units: tie, to 2 */
-    assert_int_equal(qd_f32_to_f16(5 * 0x1p-25f), 0x0002);   /* 2.5 units: tie, to 2 */
+    assert_int_equal(qd_f32_to_f16(3 * 0x1p-25f), 0x0002); /* 1.5 units: tie, to 2 */
+    assert_int_equal(qd_f32_to_f16(5 * 0x1p-25f), 0x0002); /* 2.5 units: tie, to 2 */
     assert_int_equal(qd_f32_to_f16(1023 * 0x1p-24f), 0x03ff);
     assert_int_equal(qd_f32_to_f16(1023.5f * 0x1p-24f), 0x0400); /* tie, odd: up into the normals */
     assert_int_equal(qd_f32_to_f16(0x1p-14f), 0x0400);

@@ -85,8 +85,13 @@ static void run_pair(const qd_tolerances *tol, const char *fault, qd_report *r) 
 
 static qd_bisect_opts bisect_opts(const qd_tolerances *tol, const qd_report *r, const char *fault) {
     qd_err e;
-    qd_bisect_opts o = {.name_a = "ref", .name_b = "emu", .tokens = fx.tokens, .T = fx.T, .tol = tol,
-                        .locate = QD_MODE_FREE, .flagged = &r->rows[r->first_div]};
+    qd_bisect_opts o = {.name_a = "ref",
+                        .name_b = "emu",
+                        .tokens = fx.tokens,
+                        .T = fx.T,
+                        .tol = tol,
+                        .locate = QD_MODE_FREE,
+                        .flagged = &r->rows[r->first_div]};
     if (fault) assert_int_equal(qd_fault_parse(fault, &o.opts.fault, &e), QD_OK);
     return o;
 }
@@ -235,10 +240,8 @@ static void test_bisect_reachable(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bisect_reachable),
-        cmocka_unit_test(test_bisect_minimal_set),
-        cmocka_unit_test(test_bisect_rerun_bound),
-        cmocka_unit_test(test_bisect_bug_has_no_set),
+        cmocka_unit_test(test_bisect_reachable),   cmocka_unit_test(test_bisect_minimal_set),
+        cmocka_unit_test(test_bisect_rerun_bound), cmocka_unit_test(test_bisect_bug_has_no_set),
         cmocka_unit_test(test_bisect_refuses),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -64,8 +64,7 @@ static json_t *v5(void) {
     json_object_del(j, "rope_scaling");
     json_object_del(j, "torch_dtype");
     json_object_set_new(j, "dtype", json_string("bfloat16"));
-    json_object_set_new(j, "rope_parameters",
-                        json_pack("{s:f, s:s}", "rope_theta", 1000000.0, "rope_type", "default"));
+    json_object_set_new(j, "rope_parameters", json_pack("{s:f, s:s}", "rope_theta", 1000000.0, "rope_type", "default"));
     json_t *lt = json_array();
     for (int i = 0; i < 28; i++) json_array_append_new(lt, json_string("full_attention"));
     json_object_set_new(j, "layer_types", lt);
@@ -91,8 +90,7 @@ static void expect_refused(json_t *j, const char *needle1, const char *needle2) 
     int rc = parse(j, &c, &e);
     if (rc != QD_EINPUT) fail_msg("rc %d (expected QD_EINPUT), message '%s'", rc, e.msg);
     assert_int_equal(e.code, QD_EINPUT);
-    if (strncmp(e.msg, PATH, strlen(PATH)) != 0)
-        fail_msg("message does not start with the path: '%s'", e.msg);
+    if (strncmp(e.msg, PATH, strlen(PATH)) != 0) fail_msg("message does not start with the path: '%s'", e.msg);
     if (needle1 && !strstr(e.msg, needle1)) fail_msg("message '%s' lacks '%s'", e.msg, needle1);
     if (needle2 && !strstr(e.msg, needle2)) fail_msg("message '%s' lacks '%s'", e.msg, needle2);
     assert_null(strchr(e.msg, '\n'));
@@ -198,9 +196,8 @@ static void test_kv_heads_message(void **state) {
     qd_config c;
     qd_err e;
     assert_int_equal(parse(j, &c, &e), QD_EINPUT);
-    assert_string_equal(e.msg,
-                        "fixtures/x/config.json: field 'num_key_value_heads': 3 does not divide "
-                        "num_attention_heads 4");
+    assert_string_equal(e.msg, "fixtures/x/config.json: field 'num_key_value_heads': 3 does not divide "
+                               "num_attention_heads 4");
 }
 
 static void test_refuse_model_type(void **state) {
@@ -238,12 +235,10 @@ static void test_refuse_rope(void **state) {
     json_object_set_new(json_object_get(j, "rope_parameters"), "rope_type", json_string("yarn"));
     expect_refused(j, "'rope_parameters.rope_type'", "yarn");
     j = released();
-    json_object_set_new(j, "rope_scaling",
-                        json_pack("{s:s, s:f}", "rope_type", "yarn", "factor", 4.0));
+    json_object_set_new(j, "rope_scaling", json_pack("{s:s, s:f}", "rope_type", "yarn", "factor", 4.0));
     expect_refused(j, "'rope_scaling.rope_type'", "yarn");
     j = released();
-    json_object_set_new(j, "rope_scaling",
-                        json_pack("{s:s, s:f}", "type", "linear", "factor", 2.0));
+    json_object_set_new(j, "rope_scaling", json_pack("{s:s, s:f}", "type", "linear", "factor", 2.0));
     expect_refused(j, "'rope_scaling.type'", "linear");
     j = released();
     json_object_set_new(j, "rope_scaling", json_pack("{s:f}", "factor", 2.0));
@@ -259,8 +254,8 @@ static void test_refuse_rope(void **state) {
 
 static void test_refuse_moe(void **state) {
     (void)state;
-    static const char *const fields[] = {"num_experts", "num_experts_per_tok",
-                                         "moe_intermediate_size", "decoder_sparse_step"};
+    static const char *const fields[] = {"num_experts", "num_experts_per_tok", "moe_intermediate_size",
+                                         "decoder_sparse_step"};
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
         char quoted[64];
         snprintf(quoted, sizeof quoted, "'%s'", fields[i]);
@@ -285,9 +280,9 @@ static void test_refuse_layer_types(void **state) {
 
 static void test_refuse_ranges(void **state) {
     (void)state;
-    static const char *const ints[] = {
-        "vocab_size",          "hidden_size",         "intermediate_size", "num_hidden_layers",
-        "num_attention_heads", "num_key_value_heads", "head_dim"};
+    static const char *const ints[] = {"vocab_size",        "hidden_size",         "intermediate_size",
+                                       "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                                       "head_dim"};
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
         char quoted[64];
         snprintf(quoted, sizeof quoted, "'%s'", ints[i]);
@@ -323,9 +318,9 @@ static void test_refuse_ranges(void **state) {
 
 static void test_missing_required(void **state) {
     (void)state;
-    static const char *const req[] = {
-        "vocab_size",          "hidden_size",         "intermediate_size", "num_hidden_layers",
-        "num_attention_heads", "num_key_value_heads", "rms_norm_eps",      "rope_theta"};
+    static const char *const req[] = {"vocab_size",        "hidden_size",         "intermediate_size",
+                                      "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                                      "rms_norm_eps",      "rope_theta"};
     for (size_t i = 0; i < sizeof req / sizeof req[0]; i++) {
         char quoted[64];
         snprintf(quoted, sizeof quoted, "'%s'", req[i]);
@@ -381,8 +376,7 @@ static void test_bad_json(void **state) {
     assert_int_equal(qd_config_parse("[1, 2]", PATH, &c, &e), QD_EINPUT);
     assert_non_null(strstr(e.msg, "object"));
     /* A duplicated key is ambiguous (which value wins depends on the reader). */
-    assert_int_equal(qd_config_parse("{\"hidden_size\": 1, \"hidden_size\": 2}", PATH, &c, &e),
-                     QD_EINPUT);
+    assert_int_equal(qd_config_parse("{\"hidden_size\": 1, \"hidden_size\": 2}", PATH, &c, &e), QD_EINPUT);
     assert_non_null(strstr(e.msg, "hidden_size"));
 }
 

@@ -36,7 +36,9 @@ static qd_config tiny_config(void) {
 }
 
 /* A value unique to (layer, tap, index), exactly representable in float. */
-static float fake_value(int layer, int tap, long i) { return (float)((layer + 2) * 1000 + tap * 50) + 0.25f * (float)i; }
+static float fake_value(int layer, int tap, long i) {
+    return (float)((layer + 2) * 1000 + tap * 50) + 0.25f * (float)i;
+}
 
 static long numel(int ndim, const int64_t *shape) {
     long n = 1;
@@ -409,9 +411,9 @@ static void test_unwritable_path(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_write_and_read_back), cmocka_unit_test(test_compression_and_chunks),
+        cmocka_unit_test(test_write_and_read_back),  cmocka_unit_test(test_compression_and_chunks),
         cmocka_unit_test(test_abort_leaves_nothing), cmocka_unit_test(test_duplicate_tap),
-        cmocka_unit_test(test_bad_inputs),          cmocka_unit_test(test_unwritable_path),
+        cmocka_unit_test(test_bad_inputs),           cmocka_unit_test(test_unwritable_path),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

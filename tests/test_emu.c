@@ -260,7 +260,8 @@ static void test_emu_fp32_points_empty_and_all(void **state) {
     qd_emu_set_fp32_points(m, qd_precision_points_all());
     qd_emu_set_fp32_points(m, 0);
     const qd_config *c = &w.cfg;
-    float *h = malloc((size_t)T * c->hidden_size * sizeof(float)), *h2 = malloc((size_t)T * c->hidden_size * sizeof(float));
+    float *h = malloc((size_t)T * c->hidden_size * sizeof(float)),
+          *h2 = malloc((size_t)T * c->hidden_size * sizeof(float));
     float *logits = malloc((size_t)T * c->vocab_size * sizeof(float));
     assert_int_equal(qd_emu_embed(m, prompt, T, h, &empty.sink, &e), QD_OK);
     for (int l = 0; l < c->num_hidden_layers; l++) {
@@ -356,8 +357,7 @@ typedef struct {
     int n, fail_at;
 } refusing_sink;
 
-static int refuse_emit(qd_tap_sink *self, qd_tap_id id, const float *data, int ndim, const int64_t *shape,
-                       qd_err *e) {
+static int refuse_emit(qd_tap_sink *self, qd_tap_id id, const float *data, int ndim, const int64_t *shape, qd_err *e) {
     (void)data, (void)ndim, (void)shape;
     refusing_sink *r = self->ctx;
     if (r->n++ == r->fail_at)

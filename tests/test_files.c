@@ -117,7 +117,8 @@ static void test_check_paths(void **state) {
     char dotted[600];
     snprintf(dotted, sizeof dotted, "%s/./a.json", tmpdir);
     assert_int_equal(qd_check_paths(&e, QD_PATH_OUT, "--json", a, QD_PATH_OUT, "--junit", b, QD_PATH_OUT, "--dump",
-                                    NULL, QD_PATH_END), QD_OK);
+                                    NULL, QD_PATH_END),
+                     QD_OK);
     /* not created yet: the same canonical directory and name */
     assert_int_equal(qd_check_paths(&e, QD_PATH_OUT, "--json", a, QD_PATH_OUT, "--junit", dotted, QD_PATH_END),
                      QD_EINPUT);

@@ -38,9 +38,16 @@
 
 /* Qwen3-0.6B's layer shape (head_dim 128, 16 q heads over 8 kv heads, NH*HD = 2048 != C = 1024). */
 static qd_config large_cfg(void) {
-    qd_config c = {.vocab_size = 4096, .hidden_size = 1024, .intermediate_size = 3072, .num_hidden_layers = 2,
-                   .num_attention_heads = 16, .num_key_value_heads = 8, .head_dim = 128,
-                   .rope_theta = 1e6, .rms_norm_eps = 1e-6, .tie_word_embeddings = 0};
+    qd_config c = {.vocab_size = 4096,
+                   .hidden_size = 1024,
+                   .intermediate_size = 3072,
+                   .num_hidden_layers = 2,
+                   .num_attention_heads = 16,
+                   .num_key_value_heads = 8,
+                   .head_dim = 128,
+                   .rope_theta = 1e6,
+                   .rms_norm_eps = 1e-6,
+                   .tie_word_embeddings = 0};
     return c;
 }
 
@@ -57,7 +64,6 @@ static int32_t *make_tokens(int T, int V, uint64_t seed) {
 // ----------------------------------------------------------------------------
 // a sink recording every tap of a run
 
-
 static int find_tap(const recorder *r, int layer, const char *name) {
     for (int i = 0; i < r->n; i++)
         if (r->layer[i] == layer && strcmp(r->name[i], name) == 0) return i;
@@ -69,7 +75,6 @@ static const float *tap(const recorder *r, int layer, const char *name) {
     if (i < 0) fail_msg("tap %s of layer %d missing", name, layer);
     return r->data[i];
 }
-
 
 /* Every tap of got must exist in want with the same count; rel_l2(got, want) < bound(layer, name).
  * Returns the worst rel_l2 and prints it with its tap. */
@@ -97,8 +102,11 @@ static void assert_taps_rounded(const recorder *r, qd_act_dtype act) {
     for (int i = 0; i < r->n; i++) {
         if (strcmp(r->name[i], "logits") == 0) continue;
         for (size_t j = 0; j < r->count[i]; j++) {
-            float x = r->data[i][j], y = act == QD_ACT_BF16 ? qd_round_bf16(x) : act == QD_ACT_FP16 ? qd_round_f16(x) : x;
-            if (x != y) fail_msg("tap %s of layer %d: element %zu = %.9g is not rounded", r->name[i], r->layer[i], j, x);
+            float x = r->data[i][j], y = act == QD_ACT_BF16   ? qd_round_bf16(x)
+                                         : act == QD_ACT_FP16 ? qd_round_f16(x)
+                                                              : x;
+            if (x != y)
+                fail_msg("tap %s of layer %d: element %zu = %.9g is not rounded", r->name[i], r->layer[i], j, x);
         }
     }
 }
@@ -120,11 +128,11 @@ static qd_fused *fused_new(const qd_weights *w, qd_act_dtype act, int max_seq, i
     return fused_new_dec(w, act, max_seq, taps_all, 0);
 }
 
-#define FUSED_OK(call)                                                                                    \
-    do {                                                                                                  \
-        memset(&err, 0, sizeof err);                                                                      \
-        int rc_ = (call);                                                                                 \
-        if (rc_) fail_msg("%s: code %d: %s", #call, rc_, err.msg);                                        \
+#define FUSED_OK(call)                                             \
+    do {                                                           \
+        memset(&err, 0, sizeof err);                               \
+        int rc_ = (call);                                          \
+        if (rc_) fail_msg("%s: code %d: %s", #call, rc_, err.msg); \
     } while (0)
 
 /* emu, stepped over the whole prompt. logits (T, V) may be NULL. */
@@ -164,9 +172,9 @@ static void run_fused_stepped(qd_fused *f, const qd_config *c, const int32_t *to
     free(h2);
 }
 
-static const char *const all_layer_taps[] = {"attn_norm", "q_proj", "k_proj", "v_proj", "q_norm", "k_norm",
-                                             "q_rope", "k_rope", "attn", "o_proj", "attn_residual", "mlp_norm",
-                                             "gate_proj", "up_proj", "act", "down_proj", "out"};
+static const char *const all_layer_taps[] = {
+    "attn_norm", "q_proj",        "k_proj",   "v_proj",    "q_norm",  "k_norm", "q_rope",    "k_rope", "attn",
+    "o_proj",    "attn_residual", "mlp_norm", "gate_proj", "up_proj", "act",    "down_proj", "out"};
 
 /* The tap list in schema order: embed, each layer's (without q_norm / k_norm unless taps_all), final_norm,
  * logits. */
@@ -776,8 +784,8 @@ static void test_selftest_fused(void **state) {
 }
 
 /* Prefill T0 tokens, then `steps` one-token decodes with fault f; logits (steps, V). */
-static void decode_with_fault(const qd_weights *w, const int32_t *tok, int T0, int steps, int decode_gemv,
-                              qd_fault f, float *out) {
+static void decode_with_fault(const qd_weights *w, const int32_t *tok, int T0, int steps, int decode_gemv, qd_fault f,
+                              float *out) {
     qd_err err;
     memset(&err, 0, sizeof err);
     qd_fused_opts o = {.act = QD_ACT_BF16, .max_seq = T0 + steps, .decode_gemv = decode_gemv, .fault = f};
@@ -785,8 +793,7 @@ static void decode_with_fault(const qd_weights *w, const int32_t *tok, int T0, i
     if (!fu) fail_msg("qd_fused_create: %s", err.msg);
     size_t V = w->cfg.vocab_size;
     FUSED_OK(qd_fused_prefill(fu, tok, T0, NULL, NULL, &err));
-    for (int s = 0; s < steps; s++)
-        FUSED_OK(qd_fused_decode(fu, tok[(T0 + s) % T0], out + (size_t)s * V, NULL, &err));
+    for (int s = 0; s < steps; s++) FUSED_OK(qd_fused_decode(fu, tok[(T0 + s) % T0], out + (size_t)s * V, NULL, &err));
     qd_fused_free(fu);
 }
 
@@ -813,16 +820,19 @@ static void test_decode_faults(void **state) {
         for (int s = 0; s < steps; s++) {
             const float *a = custom + (size_t)s * V, *b = blas + (size_t)s * V, *c = clean + (size_t)s * V;
             double r = rel_l2(a, b, V), m = rel_l2(a, c, V);
-            if (!(r < bound)) fail_msg("%s: step %d: custom vs cuBLAS decode logits rel_l2 %.3g, bound %.3g", name, s, r, bound);
+            if (!(r < bound))
+                fail_msg("%s: step %d: custom vs cuBLAS decode logits rel_l2 %.3g, bound %.3g", name, s, r, bound);
             if (r > agree) agree = r;
             if (m > moved) moved = m;
         }
         /* no visible change expected: softmax-no-max (no score near 88.7 here), eps-outside-sqrt (no
          * activation with mean(x^2) ~ eps); kv-cache-pos moves one key of 257, not asserted */
-        const int visible = f.kind != QD_FAULT_SOFTMAX_NO_MAX && f.kind != QD_FAULT_EPS_OUTSIDE && f.kind != QD_FAULT_KV_POS;
+        const int visible =
+            f.kind != QD_FAULT_SOFTMAX_NO_MAX && f.kind != QD_FAULT_EPS_OUTSIDE && f.kind != QD_FAULT_KV_POS;
         printf("# decode with %s in every layer: custom vs cuBLAS %.3g, vs clean %.3g\n", name, agree, moved);
         if (visible && !(moved > bound))
-            fail_msg("%s: the logits moved only %.3g from the clean run (<= %.3g): the fault did not act", name, moved, bound);
+            fail_msg("%s: the logits moved only %.3g from the clean run (<= %.3g): the fault did not act", name, moved,
+                     bound);
     }
     free(clean);
     free(custom);
@@ -918,14 +928,10 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_errors),
     };
     const struct CMUnitTest large[] = {
-        cmocka_unit_test(test_large_isolated_vs_emu),
-        cmocka_unit_test(test_large_prefill_vs_emu_and_ref),
-        cmocka_unit_test(test_large_decode_vs_prefill),
-        cmocka_unit_test(test_large_decode_custom),
-        cmocka_unit_test(test_large_deterministic),
-        cmocka_unit_test(test_taps_all_bitwise),
-        cmocka_unit_test(test_stepped_equals_prefill),
-        cmocka_unit_test(test_decode_faults),
+        cmocka_unit_test(test_large_isolated_vs_emu),   cmocka_unit_test(test_large_prefill_vs_emu_and_ref),
+        cmocka_unit_test(test_large_decode_vs_prefill), cmocka_unit_test(test_large_decode_custom),
+        cmocka_unit_test(test_large_deterministic),     cmocka_unit_test(test_taps_all_bitwise),
+        cmocka_unit_test(test_stepped_equals_prefill),  cmocka_unit_test(test_decode_faults),
     };
     const struct CMUnitTest faults[] = {
         cmocka_unit_test(test_selftest_fused),

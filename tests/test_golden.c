@@ -138,9 +138,9 @@ static void check_fixture(const char *name, qd_accum accum) {
     assert_non_null(logits);
     assert_int_equal(qd_ref_prefill(r, ids, T, logits, &g.sink, &e), QD_OK);
 
-    printf("# %s (accum %s, T=%d): %d taps; worst rel_l2 %.3g (%s); worst max_abs/max(1,max|ref|) %.3g (%s)\n",
-           name, accum == QD_ACCUM_F64 ? "f64" : "f32", T, g.checked, g.worst_rel_l2, g.worst_rel_tap,
-           g.worst_abs_ratio, g.worst_abs_tap);
+    printf("# %s (accum %s, T=%d): %d taps; worst rel_l2 %.3g (%s); worst max_abs/max(1,max|ref|) %.3g (%s)\n", name,
+           accum == QD_ACCUM_F64 ? "f64" : "f32", T, g.checked, g.worst_rel_l2, g.worst_rel_tap, g.worst_abs_ratio,
+           g.worst_abs_tap);
     /* Every tap of the schema is checked: 17 per layer plus embed, final_norm and logits. */
     assert_int_equal(g.checked, w.cfg.num_hidden_layers * QD_NUM_LAYER_TAPS + QD_NUM_MODEL_TAPS);
     assert_int_equal(g.failures, 0);
@@ -152,9 +152,15 @@ static void check_fixture(const char *name, qd_accum accum) {
     qd_weights_free(&w);
 }
 
-#define FIXTURE_TESTS(name)                                                                                \
-    static void test_##name##_f32(void **state) { (void)state; check_fixture(#name, QD_ACCUM_F32); }         \
-    static void test_##name##_f64(void **state) { (void)state; check_fixture(#name, QD_ACCUM_F64); }
+#define FIXTURE_TESTS(name)                       \
+    static void test_##name##_f32(void **state) { \
+        (void)state;                              \
+        check_fixture(#name, QD_ACCUM_F32);       \
+    }                                             \
+    static void test_##name##_f64(void **state) { \
+        (void)state;                              \
+        check_fixture(#name, QD_ACCUM_F64);       \
+    }
 FIXTURE_TESTS(gqa_tied)
 FIXTURE_TESTS(mha_untied)
 FIXTURE_TESTS(knorm_extreme)
@@ -162,10 +168,10 @@ FIXTURE_TESTS(long_prompt)
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_gqa_tied_f32),       cmocka_unit_test(test_gqa_tied_f64),
-        cmocka_unit_test(test_mha_untied_f32),     cmocka_unit_test(test_mha_untied_f64),
-        cmocka_unit_test(test_knorm_extreme_f32),  cmocka_unit_test(test_knorm_extreme_f64),
-        cmocka_unit_test(test_long_prompt_f32),    cmocka_unit_test(test_long_prompt_f64),
+        cmocka_unit_test(test_gqa_tied_f32),      cmocka_unit_test(test_gqa_tied_f64),
+        cmocka_unit_test(test_mha_untied_f32),    cmocka_unit_test(test_mha_untied_f64),
+        cmocka_unit_test(test_knorm_extreme_f32), cmocka_unit_test(test_knorm_extreme_f64),
+        cmocka_unit_test(test_long_prompt_f32),   cmocka_unit_test(test_long_prompt_f64),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

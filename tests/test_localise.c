@@ -78,12 +78,12 @@ static qd_where *localise(const tensors *t, int head_dim) {
     return &w;
 }
 
-#define assert_has(haystack, needle)                                                          \
-    do {                                                                                      \
-        if (!strstr((haystack), (needle))) {                                                  \
-            print_error("'%s' does not contain '%s'\n", (haystack), (needle));                \
-            fail();                                                                           \
-        }                                                                                     \
+#define assert_has(haystack, needle)                                           \
+    do {                                                                       \
+        if (!strstr((haystack), (needle))) {                                   \
+            print_error("'%s' does not contain '%s'\n", (haystack), (needle)); \
+            fail();                                                            \
+        }                                                                      \
     } while (0)
 
 /* the shares of an axis' top entries add up to at most 1, in descending order */
@@ -306,7 +306,7 @@ static void test_nonfinite(void **state) {
     assert_true(x->set.share == 1.0);
     assert_int_equal(x->top[0].index, 5);
     assert_int_equal(x->top[0].nonfinite, 3);
-    assert_int_equal(x->n_top, 1); /* only token 5 has mismatches */
+    assert_int_equal(x->n_top, 1);                 /* only token 5 has mismatches */
     assert_true(w->energy > 100 * 100 * 8 * 0.99); /* the finite error is still measured */
     assert_has(w->summary, "3 non-finite mismatches: ");
     assert_has(w->summary, "token 5 carries 100 % of them");

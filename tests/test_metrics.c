@@ -262,9 +262,9 @@ static void test_block_path(void **state) {
     enum { N = 3 * 1024 + 5 };
     static float test[N], ref[N];
     for (int i = 0; i < N; i++) ref[i] = test[i] = 1.0f;
-    test[1500] = 3.0f; /* |d| = 2 */
-    test[1200] = -1.0f; /* |d| = 2, first */
-    ref[10] = 1e-4f, test[10] = 2e-4f; /* |d|/|ref| = 1 while the floor is 1e-6 */
+    test[1500] = 3.0f;                         /* |d| = 2 */
+    test[1200] = -1.0f;                        /* |d| = 2, first */
+    ref[10] = 1e-4f, test[10] = 2e-4f;         /* |d|/|ref| = 1 while the floor is 1e-6 */
     ref[2100] = 1000.0f, test[2100] = 1000.0f; /* raises the final floor to 1e-3 */
     int64_t shape[2] = {N, 1};
     qd_metrics m;
@@ -388,7 +388,7 @@ static void test_json(void **state) {
 // ----------------------------------------------------------------------------
 // the field list (QD_METRICS_FIELDS) against its writers
 
-#define IS_INT(x) _Generic((x), int64_t: 1, double: 0) /* the list's two C types */
+#define IS_INT(x) _Generic((x), int64_t : 1, double : 0) /* the list's two C types */
 
 /* Every listed field is a key of qd_metrics_to_json, in the list's order, with coord after its index,
  * integers as integers and doubles as reals (or "inf"/"-inf"/"nan"), and there is no other key. */
@@ -402,15 +402,15 @@ static void test_fields_json(void **state) {
     assert_non_null(j);
     const char *order[64]; /* the keys the list gives, in its order */
     size_t n = 0;
-#define KEY(name, ctype, h5type, json, doc) \
-    do { \
-        json_t *v = json_object_get(j, #name); \
-        assert_non_null(v); \
+#define KEY(name, ctype, h5type, json, doc)                                                                 \
+    do {                                                                                                    \
+        json_t *v = json_object_get(j, #name);                                                              \
+        assert_non_null(v);                                                                                 \
         if (IS_INT(m.name)) assert_true(json_is_integer(v) && json_integer_value(v) == (json_int_t)m.name); \
-        else assert_true(json_is_real(v) || (json_is_string(v) && !isfinite((double)m.name))); \
-        order[n++] = #name; \
+        else assert_true(json_is_real(v) || (json_is_string(v) && !isfinite((double)m.name)));              \
+        order[n++] = #name;                                                                                 \
     } while (0);
-#define AT(value, index) \
+#define AT(value, index)                                                                \
     value index assert_int_equal(json_array_size(json_object_get(j, "coord")), m.ndim); \
     order[n++] = "coord";
     QD_METRICS_FIELDS(KEY, KEY, AT)
@@ -446,7 +446,8 @@ static int expected_members(member *out) {
     ROW(flags, H5T_NATIVE_UINT32)
 #define TABLE(name, ctype, h5type, json, doc) ROW(name, h5type) assert_int_equal(RECORD_SIZE(name), sizeof(ctype));
 #define NOT_IN_TABLE(name, ctype, h5type, json, doc)
-#define AT(value, index) value index ROW(token, H5T_NATIVE_INT64) ROW(head, H5T_NATIVE_INT64) ROW(channel, H5T_NATIVE_INT64)
+#define AT(value, index) \
+    value index ROW(token, H5T_NATIVE_INT64) ROW(head, H5T_NATIVE_INT64) ROW(channel, H5T_NATIVE_INT64)
     QD_METRICS_FIELDS(TABLE, NOT_IN_TABLE, AT)
 #undef TABLE
 #undef NOT_IN_TABLE
@@ -505,7 +506,7 @@ static void test_fields_h5_type(void **state) {
 #define ABSENT(name, ctype, h5type, json, doc) assert_true(H5Tget_member_index(t, #name) < 0);
 #define PRESENT(name, ctype, h5type, json, doc)
 #define AT(value, index) value index
-    H5E_BEGIN_TRY { QD_METRICS_FIELDS(PRESENT, ABSENT, AT) } H5E_END_TRY; /* a miss prints an HDF5 error */
+    H5E_BEGIN_TRY{QD_METRICS_FIELDS(PRESENT, ABSENT, AT)} H5E_END_TRY; /* a miss prints an HDF5 error */
 #undef ABSENT
 #undef PRESENT
 #undef AT

@@ -99,10 +99,10 @@ static int fill(op_case *c, int slot, size_t n, float mean, float sd, uint64_t *
 /* A scratch buffer for a column's intermediate values. */
 static float *scratch(size_t n, qd_err *e) { return qd_alloc((n ? n : 1) * sizeof(float), e); }
 
-#define TRY(x)                                                                                            \
-    do {                                                                                                  \
-        int rc_ = (x);                                                                                    \
-        if (rc_) return rc_;                                                                              \
+#define TRY(x)               \
+    do {                     \
+        int rc_ = (x);       \
+        if (rc_) return rc_; \
     } while (0)
 
 /* bf16 as the contract's activation dtype */
@@ -250,8 +250,8 @@ static int attention_setup(op_case *c, uint64_t *st, qd_err *e) {
 static int attention_ref(const op_case *c, float *out, qd_op_bench *b, qd_err *e) {
     (void)b;
     const model *m = c->s.m;
-    return attention_forward(out, c->in[0], c->in[1], c->in[2], c->s.T, c->s.pos0, m->NH, m->NKV, m->HD,
-                             QD_ACCUM_F32, e);
+    return attention_forward(out, c->in[0], c->in[1], c->in[2], c->s.T, c->s.pos0, m->NH, m->NKV, m->HD, QD_ACCUM_F32,
+                             e);
 }
 static int attention_emu(const op_case *c, float *out, qd_op_bench *b, qd_err *e) {
     (void)b;
@@ -259,8 +259,8 @@ static int attention_emu(const op_case *c, float *out, qd_op_bench *b, qd_err *e
     const int threads = omp_get_max_threads();
     float *sc = scratch(emu_attention_scratch(threads, c->s.pos0 + c->s.T, m->HD), e);
     if (!sc) return QD_ERUNTIME;
-    emu_attention(out, c->in[0], c->in[1], c->in[2], c->s.T, c->s.pos0, m->NH, m->NKV, m->HD, A, threads,
-                  QD_FAULT_NONE, sc);
+    emu_attention(out, c->in[0], c->in[1], c->in[2], c->s.T, c->s.pos0, m->NH, m->NKV, m->HD, A, threads, QD_FAULT_NONE,
+                  sc);
     free(sc);
     return QD_OK;
 }
@@ -471,15 +471,15 @@ static int attention_fused(const op_case *c, float *out, qd_op_bench *b, qd_err 
     if (c->s.T == 1)
         return qd_fused_op_attention_decode(out, c->in[0], c->in[1], c->in[2], c->s.pos0, m->NH, m->NKV, m->HD,
                                             OPS_MAX_SEQ, b, e);
-    return qd_fused_op_attention_prefill(out, c->in[0], c->in[1], c->in[2], c->s.T, c->s.pos0, m->NH, m->NKV, m->HD,
-                                         b, e);
+    return qd_fused_op_attention_prefill(out, c->in[0], c->in[1], c->in[2], c->s.T, c->s.pos0, m->NH, m->NKV, m->HD, b,
+                                         e);
 }
 static int qk_attention_fused(const op_case *c, float *out, qd_op_bench *b, qd_err *e) {
     const model *m = c->s.m;
     const size_t QD = (size_t)m->NH * m->HD;
     return qd_fused_op_qk_attention_decode(out, out + QD, out + 2 * QD, c->in[0], c->in[1], c->in[2],
-                                           c->s.pos0 ? c->in[3] : NULL, c->s.pos0 ? c->in[4] : NULL, c->s.pos0,
-                                           m->NH, m->NKV, m->HD, m->eps, m->theta, OPS_MAX_SEQ, b, e);
+                                           c->s.pos0 ? c->in[3] : NULL, c->s.pos0 ? c->in[4] : NULL, c->s.pos0, m->NH,
+                                           m->NKV, m->HD, m->eps, m->theta, OPS_MAX_SEQ, b, e);
 }
 static int matmul_fused(const op_case *c, float *out, qd_op_bench *b, qd_err *e) {
     if (c->s.T == 1) return qd_fused_op_gemv(out, c->in[1], c->in[0], c->s.N, c->s.K, b, e);
@@ -543,52 +543,104 @@ typedef struct {
  * --gpu`, the largest over the row's shapes) times 10: another GPU's cuBLAS or SM count may pick another
  * reduction order, which moves which elements flip but not how many by orders of magnitude. */
 static const op_row ops[] = {
-    {"rmsnorm", rmsnorm_setup, {rmsnorm_ref, rmsnorm_emu, FUSED(rmsnorm_fused)},
-     1.0e-5, "the output's bf16 rounding (measured at most 3.3e-6), 3x margin",
-     3.0e-8, "block-tree vs sequential fp32 sum of squares: rare 1-ulp flips (H200: 9.9e-9)",
+    {"rmsnorm",
+     rmsnorm_setup,
+     {rmsnorm_ref, rmsnorm_emu, FUSED(rmsnorm_fused)},
+     1.0e-5,
+     "the output's bf16 rounding (measured at most 3.3e-6), 3x margin",
+     3.0e-8,
+     "block-tree vs sequential fp32 sum of squares: rare 1-ulp flips (H200: 9.9e-9)",
      {{&qwen3_06b, 1, 0, 0, 0}, {&qwen3_06b, 64, 0, 0, 0}, {&qwen3_8b, 1, 0, 0, 0}, {&qwen3_8b, 64, 0, 0, 0}}},
-    {"add_rmsnorm", add_rmsnorm_setup, {add_rmsnorm_ref, add_rmsnorm_emu, FUSED(add_rmsnorm_fused)},
-     1.5e-5, "the residual's and the norm's bf16 roundings (measured at most 4.4e-6), 3x margin",
-     6.0e-8, "block-tree vs sequential fp32 sum of squares: rare 1-ulp flips (H200: 6.2e-9)",
+    {"add_rmsnorm",
+     add_rmsnorm_setup,
+     {add_rmsnorm_ref, add_rmsnorm_emu, FUSED(add_rmsnorm_fused)},
+     1.5e-5,
+     "the residual's and the norm's bf16 roundings (measured at most 4.4e-6), 3x margin",
+     6.0e-8,
+     "block-tree vs sequential fp32 sum of squares: rare 1-ulp flips (H200: 6.2e-9)",
      {{&qwen3_06b, 1, 0, 0, 0}, {&qwen3_06b, 64, 0, 0, 0}, {&qwen3_8b, 16, 0, 0, 0}}},
-    {"residual", residual_setup, {residual_ref, residual_emu, FUSED(residual_fused)},
-     1.0e-5, "the sum's bf16 rounding (measured at most 3.2e-6), 3x margin",
-     0.0, "the same two roundings of the same fp32 sum: bitwise",
+    {"residual",
+     residual_setup,
+     {residual_ref, residual_emu, FUSED(residual_fused)},
+     1.0e-5,
+     "the sum's bf16 rounding (measured at most 3.2e-6), 3x margin",
+     0.0,
+     "the same two roundings of the same fp32 sum: bitwise",
      {{&qwen3_06b, 64, 0, 0, 0}, {&qwen3_8b, 16, 0, 0, 0}}},
-    {"qk_norm_rope", qk_norm_rope_setup, {qk_norm_rope_ref, qk_norm_rope_emu, FUSED(qk_norm_rope_fused)},
-     2.0e-5, "q_norm / k_norm rounded, then RoPE's output rounded (measured at most 5.6e-6), 3x margin",
-     4.0e-9, "warp-tree vs sequential fp32 sum of squares per head: rare 1-ulp flips (H200: 3.7e-10)",
+    {"qk_norm_rope",
+     qk_norm_rope_setup,
+     {qk_norm_rope_ref, qk_norm_rope_emu, FUSED(qk_norm_rope_fused)},
+     2.0e-5,
+     "q_norm / k_norm rounded, then RoPE's output rounded (measured at most 5.6e-6), 3x margin",
+     4.0e-9,
+     "warp-tree vs sequential fp32 sum of squares per head: rare 1-ulp flips (H200: 3.7e-10)",
      {{&qwen3_06b, 1, 0, 0, 0}, {&qwen3_06b, 32, 0, 0, 0}, {&qwen3_06b, 1, 4095, 0, 0}, {&qwen3_8b, 16, 1000, 0, 0}}},
-    {"attention", attention_setup, {attention_ref, attention_emu, FUSED(attention_fused)},
-     1.2e-5, "the output's rounding; P rounded to bf16 adds little (measured at most 3.5e-6), 3x margin",
-     5.0e-8, "tensor-core / split fp32 accumulation order of scores, sums and P.V (H200: 4.6e-9)",
-     {{&qwen3_06b, 128, 0, 0, 0}, {&qwen3_06b, 100, 37, 0, 0}, {&qwen3_8b, 64, 0, 0, 0},
-      {&qwen3_06b, 1, 0, 0, 0}, {&qwen3_06b, 1, 1000, 0, 0}, {&qwen3_8b, 1, 4095, 0, 0}}},
-    {"qk_attention_decode", qk_attention_setup, {qk_attention_ref, qk_attention_emu, FUSED(qk_attention_fused)},
-     2.0e-5, "q_norm / k_norm, RoPE, P and the output rounded (measured at most 5.7e-6), 3x margin",
-     1.0e-10, "warp-tree sums of squares and split fp32 accumulation order (H200: 2.9e-12)",
+    {"attention",
+     attention_setup,
+     {attention_ref, attention_emu, FUSED(attention_fused)},
+     1.2e-5,
+     "the output's rounding; P rounded to bf16 adds little (measured at most 3.5e-6), 3x margin",
+     5.0e-8,
+     "tensor-core / split fp32 accumulation order of scores, sums and P.V (H200: 4.6e-9)",
+     {{&qwen3_06b, 128, 0, 0, 0},
+      {&qwen3_06b, 100, 37, 0, 0},
+      {&qwen3_8b, 64, 0, 0, 0},
+      {&qwen3_06b, 1, 0, 0, 0},
+      {&qwen3_06b, 1, 1000, 0, 0},
+      {&qwen3_8b, 1, 4095, 0, 0}}},
+    {"qk_attention_decode",
+     qk_attention_setup,
+     {qk_attention_ref, qk_attention_emu, FUSED(qk_attention_fused)},
+     2.0e-5,
+     "q_norm / k_norm, RoPE, P and the output rounded (measured at most 5.7e-6), 3x margin",
+     1.0e-10,
+     "warp-tree sums of squares and split fp32 accumulation order (H200: 2.9e-12)",
      {{&qwen3_06b, 1, 0, 0, 0}, {&qwen3_06b, 1, 64, 0, 0}, {&qwen3_06b, 1, 1000, 0, 0}, {&qwen3_8b, 1, 4095, 0, 0}}},
-    {"gemm", matmul_setup, {matmul_ref, matmul_emu, FUSED(matmul_fused)},
-     1.0e-5, "the output's bf16 rounding (measured at most 2.8e-6), 3x margin",
-     1.2e-7, "cuBLAS's fp32 accumulation order vs sequential: rare 1-ulp flips (H200: 1.1e-8)",
-     {{&qwen3_06b, 64, 0, 4096, 1024}, {&qwen3_06b, 64, 0, 1024, 3072}, {&qwen3_8b, 16, 0, 4096, 4096},
+    {"gemm",
+     matmul_setup,
+     {matmul_ref, matmul_emu, FUSED(matmul_fused)},
+     1.0e-5,
+     "the output's bf16 rounding (measured at most 2.8e-6), 3x margin",
+     1.2e-7,
+     "cuBLAS's fp32 accumulation order vs sequential: rare 1-ulp flips (H200: 1.1e-8)",
+     {{&qwen3_06b, 64, 0, 4096, 1024},
+      {&qwen3_06b, 64, 0, 1024, 3072},
+      {&qwen3_8b, 16, 0, 4096, 4096},
       {&qwen3_8b, 8, 0, 4096, 12288}}},
-    {"gemv", matmul_setup, {matmul_ref, matmul_emu, FUSED(matmul_fused)},
-     1.0e-5, "the output's bf16 rounding (measured at most 2.9e-6), 3x margin",
-     1.0e-8, "per-lane chunks and a warp butterfly vs sequential fp32 sums (H200: 9.0e-10)",
-     {{&qwen3_06b, 1, 0, 1024, 2048}, {&qwen3_06b, 1, 0, 1024, 3072}, {&qwen3_8b, 1, 0, 4096, 4096},
+    {"gemv",
+     matmul_setup,
+     {matmul_ref, matmul_emu, FUSED(matmul_fused)},
+     1.0e-5,
+     "the output's bf16 rounding (measured at most 2.9e-6), 3x margin",
+     1.0e-8,
+     "per-lane chunks and a warp butterfly vs sequential fp32 sums (H200: 9.0e-10)",
+     {{&qwen3_06b, 1, 0, 1024, 2048},
+      {&qwen3_06b, 1, 0, 1024, 3072},
+      {&qwen3_8b, 1, 0, 4096, 4096},
       {&qwen3_8b, 1, 0, 4096, 12288}}},
-    {"gemv_norm", gemv_norm_setup, {gemv_norm_ref, gemv_norm_emu, FUSED(gemv_norm_fused)},
-     2.0e-5, "residual, attn_norm and projection rounded (measured at most 6.9e-6), 3x margin",
-     9.0e-7, "tree sums of squares and per-lane dot products: rare 1-ulp flips (H200: 8.7e-8)",
+    {"gemv_norm",
+     gemv_norm_setup,
+     {gemv_norm_ref, gemv_norm_emu, FUSED(gemv_norm_fused)},
+     2.0e-5,
+     "residual, attn_norm and projection rounded (measured at most 6.9e-6), 3x margin",
+     9.0e-7,
+     "tree sums of squares and per-lane dot products: rare 1-ulp flips (H200: 8.7e-8)",
      {{&qwen3_06b, 1, 0, 4096, 1024}, {&qwen3_8b, 1, 0, 6144, 4096}}},
-    {"gemv_swiglu", gemv_swiglu_setup, {gemv_swiglu_ref, gemv_swiglu_emu, FUSED(gemv_swiglu_fused)},
-     3.5e-5, "mlp_norm, gate, up and act rounded (measured at most 1.2e-5), 3x margin",
-     3.4e-6, "tree sums of squares and per-lane dot products, twice, then SiLU (H200: 3.4e-7)",
+    {"gemv_swiglu",
+     gemv_swiglu_setup,
+     {gemv_swiglu_ref, gemv_swiglu_emu, FUSED(gemv_swiglu_fused)},
+     3.5e-5,
+     "mlp_norm, gate, up and act rounded (measured at most 1.2e-5), 3x margin",
+     3.4e-6,
+     "tree sums of squares and per-lane dot products, twice, then SiLU (H200: 3.4e-7)",
      {{&qwen3_06b, 1, 0, 3072, 1024}, {&qwen3_8b, 1, 0, 12288, 4096}}},
-    {"swiglu", swiglu_setup, {swiglu_ref, swiglu_emu, FUSED(swiglu_fused)},
-     1.0e-5, "the output's bf16 rounding (measured at most 2.8e-6), 3x margin",
-     1.0e-7, "the same roundings (H200: 0, bitwise); the bound allows CUDA's expf an fp32 ulp",
+    {"swiglu",
+     swiglu_setup,
+     {swiglu_ref, swiglu_emu, FUSED(swiglu_fused)},
+     1.0e-5,
+     "the output's bf16 rounding (measured at most 2.8e-6), 3x margin",
+     1.0e-7,
+     "the same roundings (H200: 0, bitwise); the bound allows CUDA's expf an fp32 ulp",
      {{&qwen3_06b, 64, 0, 0, 0}, {&qwen3_8b, 16, 0, 0, 0}}},
 };
 enum { NOPS = sizeof ops / sizeof ops[0] };
@@ -632,12 +684,10 @@ static void print_mismatches(const float *a, const float *b, size_t n, double bo
 }
 
 static void shape_str(const op_row *op, const shape *s, char *buf, size_t n) {
-    if (s->N)
-        snprintf(buf, n, "%s T=%d N=%d K=%d", s->m->name, s->T, s->N, s->K);
+    if (s->N) snprintf(buf, n, "%s T=%d N=%d K=%d", s->m->name, s->T, s->N, s->K);
     else if (op->setup == attention_setup || op->setup == qk_attention_setup || op->setup == qk_norm_rope_setup)
         snprintf(buf, n, "%s T=%d pos0=%d", s->m->name, s->T, s->pos0);
-    else
-        snprintf(buf, n, "%s T=%d C=%d", s->m->name, s->T, s->m->C);
+    else snprintf(buf, n, "%s T=%d C=%d", s->m->name, s->T, s->m->C);
 }
 
 static double now_ms(void) {
@@ -723,7 +773,8 @@ static int run_case(const op_row *op, const shape *s, const int *enabled, int be
     if (!rc && bench_runs > 0)
         for (int k = 0; k < NCOL; k++)
             if (out[k])
-                printf("%-20s %-26s %-10s %10.4f ms  (median of %d)\n", op->name, sh, columns[k].name, ms[k], bench_runs);
+                printf("%-20s %-26s %-10s %10.4f ms  (median of %d)\n", op->name, sh, columns[k].name, ms[k],
+                       bench_runs);
     for (int k = 0; k < NCOL; k++) free(out[k]);
     for (int i = 0; i < MAX_IN; i++) free(c.in[i]);
     return rc;

@@ -105,12 +105,11 @@ typedef struct {
 typedef struct {
     tap_rec recs[256];
     int n;
-    int fail_at; /* return QD_ERUNTIME on this emit (0-based), or -1 */
+    int fail_at;                  /* return QD_ERUNTIME on this emit (0-based), or -1 */
     int threads_min, threads_max; /* omp_get_max_threads() seen by the emits: the model's setting */
 } recorder;
 
-static int record_emit(qd_tap_sink *self, qd_tap_id id, const float *data, int ndim, const int64_t *shape,
-                       qd_err *e) {
+static int record_emit(qd_tap_sink *self, qd_tap_id id, const float *data, int ndim, const int64_t *shape, qd_err *e) {
     recorder *rec = self->ctx;
     if (rec->n == rec->fail_at)
         return qd_errf(e, QD_ERUNTIME, "recorder: refused tap %s of layer %d", qd_tap_id_name(id), id.layer);
@@ -206,8 +205,14 @@ static void check_decode_matches_prefill(int tied) {
     qd_weights_free(&w);
 }
 
-static void test_decode_matches_prefill_tied(void **state) { (void)state; check_decode_matches_prefill(1); }
-static void test_decode_matches_prefill_untied(void **state) { (void)state; check_decode_matches_prefill(0); }
+static void test_decode_matches_prefill_tied(void **state) {
+    (void)state;
+    check_decode_matches_prefill(1);
+}
+static void test_decode_matches_prefill_untied(void **state) {
+    (void)state;
+    check_decode_matches_prefill(0);
+}
 
 // ----------------------------------------------------------------------------
 // (2) any thread count gives the same bits
@@ -260,14 +265,19 @@ static void check_threads_bitwise(int tied) {
     qd_weights_free(&w);
 }
 
-static void test_threads_bitwise_tied(void **state) { (void)state; check_threads_bitwise(1); }
-static void test_threads_bitwise_untied(void **state) { (void)state; check_threads_bitwise(0); }
+static void test_threads_bitwise_tied(void **state) {
+    (void)state;
+    check_threads_bitwise(1);
+}
+static void test_threads_bitwise_untied(void **state) {
+    (void)state;
+    check_threads_bitwise(0);
+}
 
 // ----------------------------------------------------------------------------
 // (3) taps: schema order, schema shapes, and the data their names promise
 
-static void assert_tap(const tap_rec *t, int layer, const char *name, int ndim, int64_t d0, int64_t d1,
-                       int64_t d2) {
+static void assert_tap(const tap_rec *t, int layer, const char *name, int ndim, int64_t d0, int64_t d1, int64_t d2) {
     if (strcmp(t->name, name) != 0 || t->layer != layer)
         fail_msg("expected tap %s of layer %d, got %s of layer %d", name, layer, t->name, t->layer);
     if (t->ndim != ndim || t->shape[0] != d0 || t->shape[1] != d1 || (ndim == 3 && t->shape[2] != d2))
@@ -290,13 +300,16 @@ static void check_taps(int tied) {
     assert_int_equal(qd_ref_prefill(r, tokens, T, logits, &sink, &err), QD_OK);
 
     /* order and shapes, written out independently of qd_layer_tap_shape */
-    static const struct { const char *name; int ndim; int d1, d2; } layer_taps[QD_NUM_LAYER_TAPS] = {
-        {"attn_norm", 2, C, 0},      {"q_proj", 2, NH * HD, 0}, {"k_proj", 2, NKV * HD, 0},
-        {"v_proj", 2, NKV * HD, 0},  {"q_norm", 3, NH, HD},     {"k_norm", 3, NKV, HD},
-        {"q_rope", 3, NH, HD},       {"k_rope", 3, NKV, HD},    {"attn", 2, NH * HD, 0},
-        {"o_proj", 2, C, 0},         {"attn_residual", 2, C, 0}, {"mlp_norm", 2, C, 0},
-        {"gate_proj", 2, I, 0},      {"up_proj", 2, I, 0},      {"act", 2, I, 0},
-        {"down_proj", 2, C, 0},      {"out", 2, C, 0},
+    static const struct {
+        const char *name;
+        int ndim;
+        int d1, d2;
+    } layer_taps[QD_NUM_LAYER_TAPS] = {
+        {"attn_norm", 2, C, 0},  {"q_proj", 2, NH * HD, 0}, {"k_proj", 2, NKV * HD, 0}, {"v_proj", 2, NKV * HD, 0},
+        {"q_norm", 3, NH, HD},   {"k_norm", 3, NKV, HD},    {"q_rope", 3, NH, HD},      {"k_rope", 3, NKV, HD},
+        {"attn", 2, NH * HD, 0}, {"o_proj", 2, C, 0},       {"attn_residual", 2, C, 0}, {"mlp_norm", 2, C, 0},
+        {"gate_proj", 2, I, 0},  {"up_proj", 2, I, 0},      {"act", 2, I, 0},           {"down_proj", 2, C, 0},
+        {"out", 2, C, 0},
     };
     assert_int_equal(rec->n, 1 + L * QD_NUM_LAYER_TAPS + 2);
     int i = 0;
@@ -371,8 +384,14 @@ static void check_taps(int tied) {
     qd_weights_free(&w);
 }
 
-static void test_taps_tied(void **state) { (void)state; check_taps(1); }
-static void test_taps_untied(void **state) { (void)state; check_taps(0); }
+static void test_taps_tied(void **state) {
+    (void)state;
+    check_taps(1);
+}
+static void test_taps_untied(void **state) {
+    (void)state;
+    check_taps(0);
+}
 
 static void test_sink_error_stops(void **state) {
     (void)state;
@@ -438,8 +457,14 @@ static void check_accum_f64(int tied) {
     qd_weights_free(&w);
 }
 
-static void test_accum_f64_close_tied(void **state) { (void)state; check_accum_f64(1); }
-static void test_accum_f64_close_untied(void **state) { (void)state; check_accum_f64(0); }
+static void test_accum_f64_close_tied(void **state) {
+    (void)state;
+    check_accum_f64(1);
+}
+static void test_accum_f64_close_untied(void **state) {
+    (void)state;
+    check_accum_f64(0);
+}
 
 // ----------------------------------------------------------------------------
 // (5) overflow and bad arguments
@@ -458,7 +483,7 @@ static void test_cache_overflow(void **state) {
     assert_int_equal(qd_ref_embed(r, tokens, 2, h, NULL, &err), QD_OK);
     assert_int_equal(qd_ref_layer(r, 0, h, h, 2, 5, NULL, &err), QD_EINPUT); /* positions 5, 6 */
     assert_string_equal(err.msg, "ref: layer 0: KV cache overflow: positions 5..6 do not fit max_seq 6");
-    assert_int_equal(qd_ref_layer(r, 0, h, h, 2, 4, NULL, &err), QD_OK);     /* positions 4, 5 */
+    assert_int_equal(qd_ref_layer(r, 0, h, h, 2, 4, NULL, &err), QD_OK); /* positions 4, 5 */
     assert_int_equal(qd_ref_layer(r, 0, h, h, 1, -1, NULL, &err), QD_EINPUT);
     assert_int_equal(qd_ref_layer(r, L, h, h, 1, 0, NULL, &err), QD_EINPUT);
     assert_string_equal(err.msg, "ref: layer 2 out of range (the model has 2)");

@@ -20,8 +20,7 @@
 
 static void assert_close(double got, double want, const char *what, int i) {
     double tol = REL_TOL * fmax(fabs(want), 1.0);
-    if (!(fabs(got - want) <= tol))
-        fail_msg("%s[%d] = %.9g, expected %.9g (tolerance %.1e)", what, i, got, want, tol);
+    if (!(fabs(got - want) <= tol)) fail_msg("%s[%d] = %.9g, expected %.9g (tolerance %.1e)", what, i, got, want, tol);
 }
 
 // ----------------------------------------------------------------------------
@@ -104,7 +103,7 @@ static void test_accum_f64_matches_exact(void **state) {
     for (int i = 0; i < 16; i++) xr[i] = i == 0 ? 4096.0f : 1.0f, wr[i] = 1.0f;
     rmsnorm_forward(r32, xr, wr, 1, 16, 0.0f, QD_ACCUM_F32);
     rmsnorm_forward(r64, xr, wr, 1, 16, 0.0f, QD_ACCUM_F64);
-    assert_true(r32[1] == 1.0f / 1024.0f);                              /* 1/sqrt(2^20) */
+    assert_true(r32[1] == 1.0f / 1024.0f);                               /* 1/sqrt(2^20) */
     assert_true(r64[1] == (float)(1.0 / sqrt(1048576.0 + 15.0 / 16.0))); /* exact, rounded once */
     assert_true(r64[1] != r32[1]);
 }
@@ -195,7 +194,7 @@ static void test_attention_values_and_scale(void **state) {
      * v0 = [1, 2, 0, 0], v1 = [3, -1, 0, 4]:
      * out = [p0 + 3 p1, 2 p0 - p1, 0, 4 p1] = [2.462117157, -0.193175737, 0, 2.924234315] */
     const float q[4] = {1, 1, 0, 0};
-    const float k[8] = {0, 0, 0, 0, 1, 1, 0, 0};   // (max_seq=2, NKV=1, HD=4)
+    const float k[8] = {0, 0, 0, 0, 1, 1, 0, 0}; // (max_seq=2, NKV=1, HD=4)
     const float v[8] = {1, 2, 0, 0, 3, -1, 0, 4};
     const double want[4] = {2.462117157, -0.193175737, 0, 2.924234315};
     for (int accum = QD_ACCUM_F32; accum <= QD_ACCUM_F64; accum++) {

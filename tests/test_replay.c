@@ -77,9 +77,16 @@ static void run_pair(qd_backend *a, qd_backend *b, qd_backend *bi, const qd_weig
         d = qd_dump_create(dump, w->dir, w->config_json, tokens, T, 0, &e);
         assert_non_null(d);
     }
-    qd_report_init(r, a->name, a->precision, b->name, b->precision, w->cfg.num_hidden_layers, QD_MODE_FREE, &tol.blowup);
-    qd_lockstep_opts o = {.tokens = tokens, .T = T, .decode = decode, .tol = &tol, .locate = QD_MODE_FREE,
-                          .dump = d, .dump_window = -1, .judge = {.w = w}};
+    qd_report_init(r, a->name, a->precision, b->name, b->precision, w->cfg.num_hidden_layers, QD_MODE_FREE,
+                   &tol.blowup);
+    qd_lockstep_opts o = {.tokens = tokens,
+                          .T = T,
+                          .decode = decode,
+                          .tol = &tol,
+                          .locate = QD_MODE_FREE,
+                          .dump = d,
+                          .dump_window = -1,
+                          .judge = {.w = w}};
     int rc = qd_lockstep(a, b, bi, &o, r, &e);
     if (rc) fprintf(stderr, "%s\n", e.msg);
     assert_int_equal(rc, QD_OK);

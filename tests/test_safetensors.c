@@ -32,7 +32,6 @@ static char *path_join(const char *dir, const char *name) {
     return p;
 }
 
-
 /* A fresh subdirectory of tmpdir per test, so tests cannot see each other's files. */
 static char *subdir(const char *name) {
     char *d = path_join(tmpdir, name);
@@ -49,8 +48,7 @@ static void write_bytes(const char *path, const void *p, size_t n) {
 
 /* A hand-made safetensors file: LE u64 hlen, the header text, then ndata bytes of data. hlen is
  * strlen(header) unless hlen_override is nonzero. */
-static void write_raw(const char *path, const char *header, const void *data, size_t ndata,
-                      uint64_t hlen_override) {
+static void write_raw(const char *path, const char *header, const void *data, size_t ndata, uint64_t hlen_override) {
     size_t hl = strlen(header);
     uint64_t hlen = hlen_override ? hlen_override : hl;
     unsigned char *buf = qd_alloc(8 + hl + ndata, NULL);
@@ -68,8 +66,7 @@ static void expect_einput(int rc, const qd_err *e, const char *n1, const char *n
     assert_int_equal(e->code, QD_EINPUT);
     const char *needles[3] = {n1, n2, n3};
     for (int i = 0; i < 3; i++)
-        if (needles[i] && !strstr(e->msg, needles[i]))
-            fail_msg("message '%s' lacks '%s'", e->msg, needles[i]);
+        if (needles[i] && !strstr(e->msg, needles[i])) fail_msg("message '%s' lacks '%s'", e->msg, needles[i]);
     assert_null(strchr(e->msg, '\n'));
 }
 
@@ -108,16 +105,14 @@ static void test_roundtrip_dtypes(void **state) {
     char *path = path_join(d, "model.safetensors");
 
     /* BF16: the fp32 value is the bf16 bits shifted left 16, by definition of the format. */
-    static const uint16_t bf16[8] = {0x3f80, 0xc040, 0x0001, 0x8001,
-                                     0x7f7f, 0xff7f, 0x3dcd, 0x8000};
+    static const uint16_t bf16[8] = {0x3f80, 0xc040, 0x0001, 0x8001, 0x7f7f, 0xff7f, 0x3dcd, 0x8000};
     float bf16_want[8];
     for (int i = 0; i < 8; i++) {
         uint32_t u = (uint32_t)bf16[i] << 16;
         memcpy(&bf16_want[i], &u, 4);
     }
     /* F16: expected values computed independently with ldexp. */
-    static const uint16_t f16[10] = {0x3c00, 0xc000, 0x0001, 0x8001, 0x03ff,
-                                     0x0400, 0x7bff, 0xfbff, 0x3555, 0x8000};
+    static const uint16_t f16[10] = {0x3c00, 0xc000, 0x0001, 0x8001, 0x03ff, 0x0400, 0x7bff, 0xfbff, 0x3555, 0x8000};
     const float f16_want[10] = {1.0f,
                                 -2.0f,
                                 ldexpf(1.0f, -24), /* smallest subnormal */
@@ -129,8 +124,7 @@ static void test_roundtrip_dtypes(void **state) {
                                 ldexpf(1365.0f, -12), /* 0x3555 = (1024+341) * 2^-12 */
                                 -0.0f};
     /* F32: copied as is, including subnormals and extremes. */
-    const float f32[8] = {1.5f,          -2.25f,         1e-45f, -1e-40f,
-                          3.4028235e38f, -3.4028235e38f, 0.1f,   -0.0f};
+    const float f32[8] = {1.5f, -2.25f, 1e-45f, -1e-40f, 3.4028235e38f, -3.4028235e38f, 0.1f, -0.0f};
 
     const qd_st_entry ents[3] = {
         {"a.bf16", QD_DT_BF16, 2, {2, 4}, bf16},
@@ -317,8 +311,7 @@ static void test_missing(void **state) {
     char *d = subdir("empty");
     qd_st st = {0};
     qd_err e;
-    expect_einput(qd_st_open_dir(&st, d, &e), &e, d, "model.safetensors.index.json",
-                  "model.safetensors ");
+    expect_einput(qd_st_open_dir(&st, d, &e), &e, d, "model.safetensors.index.json", "model.safetensors ");
     char *nope = path_join(tmpdir, "no-such-dir");
     expect_einput(qd_st_open_dir(&st, nope, &e), &e, nope, NULL, NULL);
     char *f = path_join(d, "absent.safetensors");
@@ -384,21 +377,17 @@ static void test_bad_entry_types(void **state) {
     expect_file_refused(p, "'w'", "object");
     write_raw(p, "{\"w\":{\"dtype\":32,\"shape\":[1],\"data_offsets\":[0,4]}}", zeros, 16, 0);
     expect_file_refused(p, "'w'", "'dtype'");
-    write_raw(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":\"1\",\"data_offsets\":[0,4]}}", zeros, 16,
-              0);
+    write_raw(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":\"1\",\"data_offsets\":[0,4]}}", zeros, 16, 0);
     expect_file_refused(p, "'w'", "'shape'");
-    write_raw(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[1.0],\"data_offsets\":[0,4]}}", zeros, 16,
-              0);
+    write_raw(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[1.0],\"data_offsets\":[0,4]}}", zeros, 16, 0);
     expect_file_refused(p, "'w'", "'shape[0]'");
     write_raw(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0]}}", zeros, 16, 0);
     expect_file_refused(p, "'w'", "'data_offsets'");
     write_raw(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[1]}}", zeros, 16, 0);
     expect_file_refused(p, "'w'", "'data_offsets'");
-    write_raw(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[\"0\",4]}}", zeros, 16,
-              0);
+    write_raw(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[\"0\",4]}}", zeros, 16, 0);
     expect_file_refused(p, "'w'", "'data_offsets'");
-    write_raw(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1],\"data_offsets\":[0,4]}}", zeros,
-              16, 0);
+    write_raw(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1],\"data_offsets\":[0,4]}}", zeros, 16, 0);
     expect_file_refused(p, "'w'", "dimensions");
     free(p);
     free(d);
@@ -477,13 +466,10 @@ static void test_size_mismatch(void **state) {
     write_raw(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", zeros, 16, 0);
     expect_file_refused(p, "'w'", "[3]");
     /* BF16 of 4 elements is 8 bytes, not 16. */
-    write_raw(p, "{\"w\":{\"dtype\":\"BF16\",\"shape\":[2,2],\"data_offsets\":[0,16]}}", zeros, 16,
-              0);
+    write_raw(p, "{\"w\":{\"dtype\":\"BF16\",\"shape\":[2,2],\"data_offsets\":[0,16]}}", zeros, 16, 0);
     expect_file_refused(p, "'w'", "needs 8");
     /* numel * itemsize overflowing size_t. */
-    write_raw(
-        p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[4611686018427387904,8],\"data_offsets\":[0,8]}}",
-        zeros, 16, 0);
+    write_raw(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[4611686018427387904,8],\"data_offsets\":[0,8]}}", zeros, 16, 0);
     expect_file_refused(p, "'w'", "overflow");
     free(p);
     free(d);
@@ -498,8 +484,7 @@ static void test_unknown_dtype(void **state) {
     expect_file_refused(p, "'w'", "unsupported dtype 'F64'");
     write_raw(p, "{\"w\":{\"dtype\":\"I64\",\"shape\":[2],\"data_offsets\":[0,16]}}", zeros, 16, 0);
     expect_file_refused(p, "'w'", "unsupported dtype 'I64'");
-    write_raw(p, "{\"w\":{\"dtype\":\"F8_E4M3\",\"shape\":[2],\"data_offsets\":[0,2]}}", zeros, 16,
-              0);
+    write_raw(p, "{\"w\":{\"dtype\":\"F8_E4M3\",\"shape\":[2],\"data_offsets\":[0,2]}}", zeros, 16, 0);
     expect_file_refused(p, "'w'", "unsupported dtype 'F8_E4M3'");
     write_raw(p, "{\"w\":{\"dtype\":\"bf16\",\"shape\":[2],\"data_offsets\":[0,4]}}", zeros, 16, 0);
     expect_file_refused(p, "'w'", "unsupported dtype 'bf16'"); /* names are case-sensitive */
@@ -512,12 +497,10 @@ static void test_negative_shape(void **state) {
     char *d = subdir("neg");
     char *p = path_join(d, "n.safetensors");
     const char zeros[16] = {0};
-    write_raw(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[-1,2],\"data_offsets\":[0,8]}}", zeros, 16,
-              0);
+    write_raw(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[-1,2],\"data_offsets\":[0,8]}}", zeros, 16, 0);
     expect_file_refused(p, "'w'", "negative");
     /* -2 x -1 would give a positive product: each dimension must be checked. */
-    write_raw(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[-2,-1],\"data_offsets\":[0,8]}}", zeros, 16,
-              0);
+    write_raw(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[-2,-1],\"data_offsets\":[0,8]}}", zeros, 16, 0);
     expect_file_refused(p, "'w'", "negative");
     free(p);
     free(d);

@@ -102,9 +102,8 @@ static void test_execution_order(void **state) {
 static void test_names_both_ways(void **state) {
     (void)state;
     static const char *const layer_names[QD_NUM_LAYER_TAPS] = {
-        "attn_norm", "q_proj",   "k_proj",  "v_proj",        "q_norm",   "k_norm",
-        "q_rope",    "k_rope",   "attn",    "o_proj",        "attn_residual", "mlp_norm",
-        "gate_proj", "up_proj",  "act",     "down_proj",     "out",
+        "attn_norm", "q_proj",        "k_proj",   "v_proj",    "q_norm",  "k_norm", "q_rope",    "k_rope", "attn",
+        "o_proj",    "attn_residual", "mlp_norm", "gate_proj", "up_proj", "act",    "down_proj", "out",
     };
     qd_tap_id ids[1 + L * QD_NUM_LAYER_TAPS + 2];
     int n = all_ids(ids);
@@ -123,8 +122,8 @@ static void test_names_both_ways(void **state) {
     /* names that are not taps where they are looked up */
     qd_tap_id out = qd_tap_layer(5, QD_TAP_ACT);
     assert_int_equal(qd_tap_id_parse("activation", 0, &out), -1);
-    assert_int_equal(qd_tap_id_parse("act", -1, &out), -1);     /* a layer tap outside the layers */
-    assert_int_equal(qd_tap_id_parse("embed", 0, &out), -1);    /* a model tap inside a layer */
+    assert_int_equal(qd_tap_id_parse("act", -1, &out), -1);  /* a layer tap outside the layers */
+    assert_int_equal(qd_tap_id_parse("embed", 0, &out), -1); /* a model tap inside a layer */
     assert_int_equal(qd_tap_id_parse("logits", 2, &out), -1);
     assert_int_equal(qd_tap_id_parse("", 0, &out), -1);
     assert_int_equal(qd_tap_id_parse(NULL, 0, &out), -1);
@@ -191,12 +190,11 @@ typedef struct {
     int64_t shape[3];
     const float *data;
     int calls;
-    int fail;         /* return this code */
-    const char *why;  /* and fill e with it (NULL: say nothing) */
+    int fail;        /* return this code */
+    const char *why; /* and fill e with it (NULL: say nothing) */
 } probe;
 
-static int probe_emit(qd_tap_sink *self, qd_tap_id id, const float *data, int ndim, const int64_t *shape,
-                      qd_err *e) {
+static int probe_emit(qd_tap_sink *self, qd_tap_id id, const float *data, int ndim, const int64_t *shape, qd_err *e) {
     probe *p = self->ctx;
     p->calls++;
     p->id = id;

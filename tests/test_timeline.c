@@ -31,15 +31,15 @@ static void test_kernel_names(void **state) {
  * e + b. */
 static int add_launch(qd_tl_rec *r, int n, int launch, int nb, double s, double w, double e) {
     for (int b = 0; b < nb; b++)
-        r[n++] = (qd_tl_rec){.launch = launch, .block = b, .sm = b, .start = s + b, .wait = w + b,
-                             .ready = w + b + 0.5, .end = e + b};
+        r[n++] = (qd_tl_rec){
+            .launch = launch, .block = b, .sm = b, .start = s + b, .wait = w + b, .ready = w + b + 0.5, .end = e + b};
     return n;
 }
 
 /* Two layers and the head, records given in reverse order of launch */
 static int two_layers(qd_tl_rec *r) {
     int n = 0;
-    n = add_launch(r, n, 10, 3, 40, 50, 60);  /* head: wait 50..52, end 60..62 */
+    n = add_launch(r, n, 10, 3, 40, 50, 60); /* head: wait 50..52, end 60..62 */
     for (int l = 1; l >= 0; l--)
         for (int k = 4; k >= 0; k--) {
             const double t0 = l * 20 + k * 4; /* launch l*5+k waits from t0 + 1, ends at t0 + 3.25 .. */
@@ -82,7 +82,7 @@ static void test_launches_refused(void **state) {
     const int n = two_layers(r);
     assert_int_equal(qd_tl_launches(r, n, 2, l, 10, &err), -1); /* 11 launches, room for 10 */
     assert_int_equal(err.code, QD_EINPUT);
-    r[5].launch = 11;                                     /* outside a 2-layer chain */
+    r[5].launch = 11; /* outside a 2-layer chain */
     assert_int_equal(qd_tl_launches(r, n, 2, l, 16, &err), -1);
     r[5].launch = -1;
     assert_int_equal(qd_tl_launches(r, n, 2, l, 16, &err), -1);

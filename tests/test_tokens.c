@@ -68,12 +68,12 @@ static void test_valid_forms(void **state) {
     expect_ids("5,17,3", a, 3);
     expect_ids("5 17 3", a, 3);
     expect_ids("5\t17\n3", a, 3);
-    expect_ids(" 5, 17 ,3 ", a, 3);   /* comma with spaces around it is one separator */
+    expect_ids(" 5, 17 ,3 ", a, 3); /* comma with spaces around it is one separator */
     expect_ids("5,17\n\n  3\n", a, 3);
     const int32_t b[] = {0};
     expect_ids("0", b, 1);
     const int32_t c[] = {511, 0, 7};
-    expect_ids("511,000,007", c, 3);  /* leading zeros are still decimal */
+    expect_ids("511,000,007", c, 3); /* leading zeros are still decimal */
 }
 
 static void test_file_mixed_separators(void **state) {

@@ -114,8 +114,8 @@ static void test_lookup_order(void **state) {
     qd_tol v = {0.5, 0.6, 0.7};
     assert_int_equal(qd_tolerances_set(&t, -1, NULL, &(qd_tol){0.1, 0.2, 0.3}, QD_TOL_SET_ALL, &e), QD_OK);
     assert_int_equal(qd_tolerances_set(&t, -1, "k_norm", &(qd_tol){0.11, 0, 0}, QD_TOL_SET_REL_L2, &e), QD_OK);
-    assert_int_equal(qd_tolerances_set(&t, 3, NULL, &(qd_tol){0.31, 0.32, 0}, QD_TOL_SET_REL_L2 | QD_TOL_SET_ATOL,
-                                       &e), QD_OK);
+    assert_int_equal(qd_tolerances_set(&t, 3, NULL, &(qd_tol){0.31, 0.32, 0}, QD_TOL_SET_REL_L2 | QD_TOL_SET_ATOL, &e),
+                     QD_OK);
     assert_int_equal(qd_tolerances_set(&t, 3, "k_norm", &(qd_tol){0, 0, 0.333}, QD_TOL_SET_RTOL, &e), QD_OK);
     assert_int_equal(qd_tolerances_set(&t, -1, "logits", &v, QD_TOL_SET_ATOL, &e), QD_OK);
     assert_int_equal(t.n_layers, 4);
@@ -136,8 +136,13 @@ static void test_lookup_order(void **state) {
     assert_tol_eq(qd_tolerances_lookup(&t, 3, "nope"), 0.31, 0.32, 0.3);
 
     /* the verdict uses the looked-up tolerance: rel_l2 0.2 passes layer 3 (0.31), fails layer 2 out (0.1) */
-    qd_metrics m = {.n = 1, .n_finite = 1, .rel_l2 = 0.2, .max_abs = 0.0, .max_mag_ref = 1.0,
-                    .max_mag_test = 1.0, .mag_ratio = 1.0};
+    qd_metrics m = {.n = 1,
+                    .n_finite = 1,
+                    .rel_l2 = 0.2,
+                    .max_abs = 0.0,
+                    .max_mag_ref = 1.0,
+                    .max_mag_test = 1.0,
+                    .mag_ratio = 1.0};
     assert_int_equal(qd_tolerances_verdict(&t, 0, 3, "q_norm", &m, NAN), 0);
     assert_int_equal(qd_tolerances_verdict(&t, 0, 2, "out", &m, NAN), QD_V_REL_L2);
 
@@ -170,8 +175,7 @@ static void test_lookup_isolated(void **state) {
     assert_int_equal(qd_tolerances_set_isolated(&t, -1, "attn", &(qd_tol){0.05, 0, 0}, QD_TOL_SET_REL_L2, &e), QD_OK);
     assert_int_equal(qd_tolerances_set_isolated(&t, 3, NULL, &(qd_tol){0, 0, 0.03}, QD_TOL_SET_RTOL, &e), QD_OK);
     assert_int_equal(qd_tolerances_set_isolated(&t, 3, "attn", &(qd_tol){0.01, 0, 0}, QD_TOL_SET_REL_L2, &e), QD_OK);
-    assert_int_equal(qd_tolerances_set_isolated(&t, -1, "logits", &(qd_tol){0.04, 0, 0}, QD_TOL_SET_REL_L2, &e),
-                     QD_OK);
+    assert_int_equal(qd_tolerances_set_isolated(&t, -1, "logits", &(qd_tol){0.04, 0, 0}, QD_TOL_SET_REL_L2, &e), QD_OK);
     assert_tol_eq(qd_tolerances_lookup_isolated(&t, 3, "attn"), 0.01, 0.02, 0.03); /* layer+tap, default, layer */
     assert_tol_eq(qd_tolerances_lookup_isolated(&t, 2, "attn"), 0.05, 0.02, 0.3);  /* tap, default, top level */
     assert_tol_eq(qd_tolerances_lookup_isolated(&t, 3, "out"), 0.1, 0.02, 0.03);   /* top level's rel_l2 */
@@ -183,8 +187,14 @@ static void test_lookup_isolated(void **state) {
     assert_int_equal(qd_tolerances_set_isolated(&t, 3, "logits", &(qd_tol){0.1, 0, 0}, QD_TOL_SET_ALL, &e), QD_EINPUT);
     assert_int_equal(qd_tolerances_set_isolated(&t, -1, NULL, &(qd_tol){-1, 0, 0}, QD_TOL_SET_REL_L2, &e), QD_EINPUT);
     assert_tol_eq(qd_tolerances_lookup_isolated(&t, 3, "out"), 0.1, 0.02, 0.03);
-    qd_metrics m = {.n = 10, .n_finite = 10, .rel_l2 = 0.02, .max_abs = 0.0, .max_mag_ref = 1.0,
-                    .max_mag_test = 1.0, .mag_ratio = 1.0, .cosine = 1.0};
+    qd_metrics m = {.n = 10,
+                    .n_finite = 10,
+                    .rel_l2 = 0.02,
+                    .max_abs = 0.0,
+                    .max_mag_ref = 1.0,
+                    .max_mag_test = 1.0,
+                    .mag_ratio = 1.0,
+                    .cosine = 1.0};
     assert_int_equal(qd_tolerances_verdict(&t, 0, 3, "attn", &m, NAN), 0);
     assert_int_equal(qd_tolerances_verdict(&t, 1, 3, "attn", &m, NAN), QD_V_REL_L2);
     qd_tolerances_free(&t);
@@ -256,16 +266,14 @@ static void test_round_trip(void **state) {
     t.blowup.growth_floor = 1e-7;
     assert_int_equal(qd_tolerances_set(&t, -1, NULL, &(qd_tol){3.5e-2, 1.25e-2, 0.05}, QD_TOL_SET_ALL, &e), QD_OK);
     assert_int_equal(qd_tolerances_set(&t, -1, "logits", &(qd_tol){5e-2, 0, 0}, QD_TOL_SET_REL_L2, &e), QD_OK);
-    assert_int_equal(qd_tolerances_set(&t, -1, "k_norm", &(qd_tol){0, 0.1, 0.2}, QD_TOL_SET_ATOL | QD_TOL_SET_RTOL,
-                                       &e), QD_OK);
+    assert_int_equal(qd_tolerances_set(&t, -1, "k_norm", &(qd_tol){0, 0.1, 0.2}, QD_TOL_SET_ATOL | QD_TOL_SET_RTOL, &e),
+                     QD_OK);
     assert_int_equal(qd_tolerances_set(&t, 3, NULL, &(qd_tol){6e-2, 0, 0}, QD_TOL_SET_REL_L2, &e), QD_OK);
     assert_int_equal(qd_tolerances_set(&t, 3, "k_norm", &(qd_tol){0, 2e-2, 0}, QD_TOL_SET_ATOL, &e), QD_OK);
     assert_int_equal(qd_tolerances_set(&t, 27, "out", &(qd_tol){0.0123, 1e-7, 0}, QD_TOL_SET_ALL, &e), QD_OK);
     assert_int_equal(qd_tolerances_set_isolated(&t, -1, NULL, &(qd_tol){1.5e-2, 0, 0}, QD_TOL_SET_REL_L2, &e), QD_OK);
-    assert_int_equal(qd_tolerances_set_isolated(&t, -1, "logits", &(qd_tol){0, 0, 2.5e-2}, QD_TOL_SET_RTOL, &e),
-                     QD_OK);
-    assert_int_equal(qd_tolerances_set_isolated(&t, 3, "attn", &(qd_tol){7e-3, 1e-3, 9e-3}, QD_TOL_SET_ALL, &e),
-                     QD_OK);
+    assert_int_equal(qd_tolerances_set_isolated(&t, -1, "logits", &(qd_tol){0, 0, 2.5e-2}, QD_TOL_SET_RTOL, &e), QD_OK);
+    assert_int_equal(qd_tolerances_set_isolated(&t, 3, "attn", &(qd_tol){7e-3, 1e-3, 9e-3}, QD_TOL_SET_ALL, &e), QD_OK);
     t.measured = json_pack("{s:[ss],s:f,s:s}", "prompts", "hello", "the", "worst_rel_l2", 0.0271, "note", "x");
     char *path = path_join(tmpdir, "tol.json");
     assert_int_equal(qd_tolerances_write(path, &t, &e), QD_OK);
@@ -327,14 +335,14 @@ static void test_load_errors(void **state) {
         const char *text;
         const char *field; /* must appear in the message */
     } cases[] = {
-        {HEAD "\"rel_l2\": 0.1}", "'rel_l2'"},                                    /* unknown top-level key */
-        {HEAD "\"default\": {\"rel_l3\": 0.1}}", "default.rel_l3"},               /* typo in a tolerance */
+        {HEAD "\"rel_l2\": 0.1}", "'rel_l2'"},                      /* unknown top-level key */
+        {HEAD "\"default\": {\"rel_l3\": 0.1}}", "default.rel_l3"}, /* typo in a tolerance */
         {HEAD "\"layers\": {\"3/k_norm\": {\"atl\": 0.1}}}", "layers.3/k_norm.atl"},
-        {HEAD "\"taps\": {\"logits\": {\"rel_l2\": -0.1}}}", "taps.logits.rel_l2"}, /* negative */
+        {HEAD "\"taps\": {\"logits\": {\"rel_l2\": -0.1}}}", "taps.logits.rel_l2"},    /* negative */
         {HEAD "\"taps\": {\"logits\": {\"rel_l2\": \"0.1\"}}}", "taps.logits.rel_l2"}, /* not a number */
         {HEAD "\"taps\": {\"logits\": {\"rel_l2\": true}}}", "taps.logits.rel_l2"},
-        {HEAD "\"taps\": {\"logits\": 0.1}}", "taps.logits"},                     /* not an object */
-        {HEAD "\"taps\": {\"k_nrom\": {\"rel_l2\": 0.1}}}", "k_nrom"},             /* unknown tap */
+        {HEAD "\"taps\": {\"logits\": 0.1}}", "taps.logits"},          /* not an object */
+        {HEAD "\"taps\": {\"k_nrom\": {\"rel_l2\": 0.1}}}", "k_nrom"}, /* unknown tap */
         {HEAD "\"layers\": {\"3/k_nrom\": {\"rel_l2\": 0.1}}}", "layers.3/k_nrom"},
         {HEAD "\"layers\": {\"3/logits\": {\"rel_l2\": 0.1}}}", "layers.3/logits"}, /* model tap with a layer */
         {HEAD "\"layers\": {\"x\": {\"rel_l2\": 0.1}}}", "layers.x"},               /* not a layer index */
@@ -342,13 +350,13 @@ static void test_load_errors(void **state) {
         {HEAD "\"layers\": {\"-1\": {\"rel_l2\": 0.1}}}", "layers.-1"},
         {HEAD "\"layers\": {\"1024\": {\"rel_l2\": 0.1}}}", "layers.1024"},
         {HEAD "\"layers\": [1]}", "'layers'"},
-        {HEAD "\"blowup_ratio\": 0.5}", "blowup_ratio"},                           /* must exceed 1 */
+        {HEAD "\"blowup_ratio\": 0.5}", "blowup_ratio"}, /* must exceed 1 */
         {HEAD "\"growth_factor\": 1}", "growth_factor"},
         {HEAD "\"growth_floor\": -1e-7}", "growth_floor"},
         {HEAD "\"margin\": 0.5}", "margin"},
         {HEAD "\"measured\": [1, 2]}", "measured"},
-        {HEAD "\"default\": {\"rel_l2\": 0.1, \"rel_l2\": 0.2}}", "duplicate"},    /* duplicate key */
-        {HEAD "\"isolated\": [1]}", "'isolated'"},                               /* the isolated section */
+        {HEAD "\"default\": {\"rel_l2\": 0.1, \"rel_l2\": 0.2}}", "duplicate"},   /* duplicate key */
+        {HEAD "\"isolated\": [1]}", "'isolated'"},                                /* the isolated section */
         {HEAD "\"isolated\": {\"growth_factor\": 2}}", "isolated.growth_factor"}, /* only levels there */
         {HEAD "\"isolated\": {\"default\": {\"rel_l3\": 0.1}}}", "isolated.default.rel_l3"},
         {HEAD "\"isolated\": {\"taps\": {\"logits\": {\"rel_l2\": -1}}}}", "isolated.taps.logits.rel_l2"},
@@ -356,11 +364,11 @@ static void test_load_errors(void **state) {
         {HEAD "\"isolated\": {\"layers\": {\"3/logits\": {\"rel_l2\": 0.1}}}}", "isolated.taps"},
         {"{\"schema\": \"qwen3-diff-tolerances/2\", \"precision_pair\": [\"bf16\", \"fp32\"]}", "'schema'"},
         {"{\"schema\": 1, \"precision_pair\": [\"bf16\", \"fp32\"]}", "'schema'"},
-        {"{\"precision_pair\": [\"bf16\", \"fp32\"]}", "'schema'"},                 /* missing */
+        {"{\"precision_pair\": [\"bf16\", \"fp32\"]}", "'schema'"}, /* missing */
         {"{\"schema\": \"qwen3-diff-tolerances/1\"}", "'precision_pair'"},
         {"{\"schema\": \"qwen3-diff-tolerances/1\", \"precision_pair\": [\"int8\", \"fp32\"]}", "int8"},
         {"{\"schema\": \"qwen3-diff-tolerances/1\", \"precision_pair\": \"bf16\"}", "'precision_pair'"},
-        {HEAD "\"default\": {\"rel_l2\": 0.1},}", "invalid JSON"},                  /* bad JSON */
+        {HEAD "\"default\": {\"rel_l2\": 0.1},}", "invalid JSON"}, /* bad JSON */
         {"", "invalid JSON"},
         {"[1, 2]", "expected a JSON object"},
     };
@@ -375,8 +383,8 @@ static void test_load_errors(void **state) {
         int ok = rc == QD_EINPUT && e.code == QD_EINPUT && strstr(e.msg, p) && strstr(e.msg, cases[i].field) &&
                  !strchr(e.msg, '\n');
         if (!ok) {
-            print_error("case %zu (%s): rc %d, message '%s', expected the path and '%s'\n", i, cases[i].text, rc,
-                        e.msg, cases[i].field);
+            print_error("case %zu (%s): rc %d, message '%s', expected the path and '%s'\n", i, cases[i].text, rc, e.msg,
+                        cases[i].field);
             fail();
         }
         assert_null(t.layers); /* nothing left allocated */
@@ -407,8 +415,14 @@ static void test_load_errors(void **state) {
 // calibration
 
 static qd_metrics run_metrics(double rel_l2, double max_abs, double max_mag_ref) {
-    qd_metrics m = {.n = 100, .n_finite = 100, .rel_l2 = rel_l2, .max_abs = max_abs, .max_mag_ref = max_mag_ref,
-                    .max_mag_test = max_mag_ref, .mag_ratio = 1.0, .cosine = 1.0};
+    qd_metrics m = {.n = 100,
+                    .n_finite = 100,
+                    .rel_l2 = rel_l2,
+                    .max_abs = max_abs,
+                    .max_mag_ref = max_mag_ref,
+                    .max_mag_test = max_mag_ref,
+                    .mag_ratio = 1.0,
+                    .cosine = 1.0};
     return m;
 }
 
@@ -457,11 +471,11 @@ static void test_calibration(void **state) {
     qd_tol floor = {1e-3, 2e-3, 3e-3};
     assert_int_equal(qd_calib_to_tolerances(&c, 2.0, &floor, &t, &e), QD_OK);
     assert_true(t.margin == 2.0);
-    assert_tol_eq(qd_tolerances_lookup(&t, 0, "k_norm"), 2.5e-2, 2e-3, 0.1);   /* 2 x worst; atol floor */
-    assert_tol_eq(qd_tolerances_lookup(&t, 1, "q_proj"), 1e-3, 2e-3, 3e-3);   /* all floor */
-    assert_tol_eq(qd_tolerances_lookup(&t, 1, "act"), 1.24e-2, 2e-3, 3e-3);   /* rounded up; 2e-3 < floor */
-    assert_tol_eq(qd_tolerances_lookup(&t, -1, "logits"), 4e-2, 0.25, 0.1);   /* atol 2 x 0.125 */
-    assert_tol_eq(qd_tolerances_lookup(&t, 1, "out"), 1e-1, 1e-2, 1.5e-1);      /* never seen: the default */
+    assert_tol_eq(qd_tolerances_lookup(&t, 0, "k_norm"), 2.5e-2, 2e-3, 0.1); /* 2 x worst; atol floor */
+    assert_tol_eq(qd_tolerances_lookup(&t, 1, "q_proj"), 1e-3, 2e-3, 3e-3);  /* all floor */
+    assert_tol_eq(qd_tolerances_lookup(&t, 1, "act"), 1.24e-2, 2e-3, 3e-3);  /* rounded up; 2e-3 < floor */
+    assert_tol_eq(qd_tolerances_lookup(&t, -1, "logits"), 4e-2, 0.25, 0.1);  /* atol 2 x 0.125 */
+    assert_tol_eq(qd_tolerances_lookup(&t, 1, "out"), 1e-1, 1e-2, 1.5e-1);   /* never seen: the default */
     assert_int_equal(t.taps[QD_TAP_K_NORM].set, 0);                          /* only layer+tap entries */
 
     /* the runs it was calibrated on pass what it produced */
@@ -486,7 +500,7 @@ static void test_calibration(void **state) {
     assert_int_equal(qd_calib_to_tolerances_isolated(&ci, 2.0, &floor, &t, &e), QD_OK);
     assert_non_null(t.isolated);
     assert_tol_eq(qd_tolerances_lookup_isolated(&t, 0, "k_norm"), 4e-3, 2e-3, 1e-2); /* 2 x worst; atol floor */
-    assert_tol_eq(qd_tolerances_lookup(&t, 0, "k_norm"), 2.5e-2, 2e-3, 0.1);        /* unchanged */
+    assert_tol_eq(qd_tolerances_lookup(&t, 0, "k_norm"), 2.5e-2, 2e-3, 0.1);         /* unchanged */
     assert_tol_eq(qd_tolerances_lookup_isolated(&t, 1, "act"), 1.24e-2, 2e-3, 3e-3); /* not seen: top level */
     m = run_metrics(1e-2, 0.05, 10.0); /* within the free-running gate, over the teacher-forced one */
     assert_int_equal(qd_tolerances_verdict(&t, 0, 0, "k_norm", &m, NAN), 0);
@@ -509,12 +523,8 @@ static void test_calibration(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_defaults),
-        cmocka_unit_test(test_lookup_order),
-        cmocka_unit_test(test_lookup_isolated),
-        cmocka_unit_test(test_round_trip),
-        cmocka_unit_test(test_load_partial),
-        cmocka_unit_test(test_load_errors),
+        cmocka_unit_test(test_defaults),    cmocka_unit_test(test_lookup_order), cmocka_unit_test(test_lookup_isolated),
+        cmocka_unit_test(test_round_trip),  cmocka_unit_test(test_load_partial), cmocka_unit_test(test_load_errors),
         cmocka_unit_test(test_calibration),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);

@@ -36,7 +36,6 @@ static char *path_join(const char *dir, const char *name) {
 
 enum { V = 16, C = 8, I = 12, L = 2, NH = 4, NKV = 2, HD = 4 };
 
-
 static char *subdir(const char *name) {
     char *d = path_join(tmpdir, name);
     assert_int_equal(mkdir(d, 0755), 0);
@@ -51,12 +50,11 @@ static float gen(const char *name, int64_t i) {
 }
 
 static void write_config(const char *dir, int tied) {
-    json_t *j = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:i, s:b, s:b, s:s, s:s}",
-                          "model_type", "qwen3", "vocab_size", V, "hidden_size", C,
-                          "intermediate_size", I, "num_hidden_layers", L, "num_attention_heads", NH,
-                          "num_key_value_heads", NKV, "head_dim", HD, "rms_norm_eps", 1e-6,
-                          "rope_theta", 1000000, "tie_word_embeddings", tied, "attention_bias", 0,
-                          "hidden_act", "silu", "torch_dtype", "bfloat16");
+    json_t *j = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:i, s:b, s:b, s:s, s:s}", "model_type",
+                          "qwen3", "vocab_size", V, "hidden_size", C, "intermediate_size", I, "num_hidden_layers", L,
+                          "num_attention_heads", NH, "num_key_value_heads", NKV, "head_dim", HD, "rms_norm_eps", 1e-6,
+                          "rope_theta", 1000000, "tie_word_embeddings", tied, "attention_bias", 0, "hidden_act", "silu",
+                          "torch_dtype", "bfloat16");
     assert_non_null(j);
     char *p = path_join(dir, "config.json");
     assert_int_equal(json_dump_file(j, p, JSON_INDENT(2)), 0);
@@ -126,8 +124,8 @@ static void ck_build(ckpt *ck, qd_dtype dt, qd_dtype dt_norm, int with_lm_head) 
     char name[96];
     ck_add(ck, "model.embed_tokens.weight", dt, 2, V, C);
     for (int l = 0; l < L; l++) {
-#define ADD(suffix, dtype, ndim, d0, d1)                                                           \
-    snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);                                  \
+#define ADD(suffix, dtype, ndim, d0, d1)                          \
+    snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix); \
     ck_add(ck, name, dtype, ndim, d0, d1)
         ADD("input_layernorm.weight", dt_norm, 1, C, 0);
         ADD("self_attn.q_proj.weight", dt, 2, NH * HD, C);
@@ -180,8 +178,8 @@ static void ck_write(const ckpt *ck, const char *dir, int nshards) {
 // checks
 
 static size_t expected_floats(int tied) {
-    size_t layer = C + (size_t)NH * HD * C + 2 * (size_t)NKV * HD * C + 2 * HD +
-                   (size_t)C * NH * HD + C + 3 * (size_t)I * C;
+    size_t layer =
+        C + (size_t)NH * HD * C + 2 * (size_t)NKV * HD * C + 2 * HD + (size_t)C * NH * HD + C + 3 * (size_t)I * C;
     return (size_t)V * C + L * layer + C + (tied ? 0 : (size_t)V * C);
 }
 
@@ -191,8 +189,7 @@ static void check_tensor(const qd_weights *w, const float *p, const char *name, 
     assert_true(p >= w->mem && p + numel <= w->mem + w->mem_floats);
     for (int64_t i = 0; i < numel; i++)
         if (p[i] != gen(name, i))
-            fail_msg("%s[%lld] = %g, want %g", name, (long long)i, (double)p[i],
-                     (double)gen(name, i));
+            fail_msg("%s[%lld] = %g, want %g", name, (long long)i, (double)p[i], (double)gen(name, i));
 }
 
 static void check_weights(const qd_weights *w, int tied) {
@@ -203,8 +200,8 @@ static void check_weights(const qd_weights *w, int tied) {
     check_tensor(w, w->embed, "model.embed_tokens.weight", V * C);
     for (int l = 0; l < L; l++) {
         const qd_layer_weights *lw = &w->layers[l];
-#define CHECK(ptr, suffix, numel)                                                                  \
-    snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);                                  \
+#define CHECK(ptr, suffix, numel)                                 \
+    snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix); \
     check_tensor(w, ptr, name, numel)
         CHECK(lw->input_layernorm, "input_layernorm.weight", C);
         CHECK(lw->q_proj, "self_attn.q_proj.weight", NH * HD * C);
@@ -244,8 +241,7 @@ static void load_refused(const char *dir, const char *n1, const char *n2, const 
     if (rc != QD_EINPUT) fail_msg("rc %d (expected QD_EINPUT), message '%s'", rc, e.msg);
     const char *needles[3] = {n1, n2, n3};
     for (int i = 0; i < 3; i++)
-        if (needles[i] && !strstr(e.msg, needles[i]))
-            fail_msg("message '%s' lacks '%s'", e.msg, needles[i]);
+        if (needles[i] && !strstr(e.msg, needles[i])) fail_msg("message '%s' lacks '%s'", e.msg, needles[i]);
     assert_null(strchr(e.msg, '\n'));
     assert_null(w.mem);
     assert_null(w.layers);
@@ -341,8 +337,7 @@ static void test_wrong_shape(void **state) {
     ck_remove(&ck, "model.layers.1.self_attn.q_proj.weight");
     ck_add(&ck, "model.layers.1.self_attn.q_proj.weight", QD_DT_BF16, 2, C, C);
     ck_write(&ck, d, 1);
-    load_refused(d, file, "'model.layers.1.self_attn.q_proj.weight'",
-                 "Expected: [16, 8] Actual: [8, 8]");
+    load_refused(d, file, "'model.layers.1.self_attn.q_proj.weight'", "Expected: [16, 8] Actual: [8, 8]");
     ck_free(&ck);
     /* 2-D where 1-D is expected. */
     ck_build(&ck, QD_DT_BF16, QD_DT_BF16, 0);
@@ -356,8 +351,7 @@ static void test_wrong_shape(void **state) {
     ck_remove(&ck, "model.layers.0.mlp.down_proj.weight");
     ck_add(&ck, "model.layers.0.mlp.down_proj.weight", QD_DT_BF16, 2, I, C);
     ck_write(&ck, d, 1);
-    load_refused(d, "'model.layers.0.mlp.down_proj.weight'", "Expected: [8, 12]",
-                 "Actual: [12, 8]");
+    load_refused(d, "'model.layers.0.mlp.down_proj.weight'", "Expected: [8, 12]", "Actual: [12, 8]");
     ck_free(&ck);
     free(file);
     free(d);
@@ -474,10 +468,8 @@ static void test_alloc(void **state) {
         assert_ptr_equal(w.layers[0].q_proj, w.layers[0].input_layernorm + C);
         assert_ptr_equal(w.layers[1].input_layernorm, w.layers[0].down_proj + C * I);
         assert_ptr_equal(w.norm, w.layers[L - 1].down_proj + C * I);
-        if (tied)
-            assert_ptr_equal(w.lm_head, w.embed);
-        else
-            assert_ptr_equal(w.lm_head + V * C, w.mem + w.mem_floats);
+        if (tied) assert_ptr_equal(w.lm_head, w.embed);
+        else assert_ptr_equal(w.lm_head + V * C, w.mem + w.mem_floats);
         assert_null(w.config_json);
         assert_null(w.dir);
         qd_weights_free(&w);

@@ -4,10 +4,10 @@
 #include <getopt.h>
 #include <string.h>
 
-#define MAX_OPTS 64      /* per command; the main command has 28 */
-#define LONG_VAL0 256    /* getopt_long's value of table entry i: LONG_VAL0 + i, apart from any short name */
+#define MAX_OPTS 64       /* per command; the main command has 28 */
+#define LONG_VAL0 256     /* getopt_long's value of table entry i: LONG_VAL0 + i, apart from any short name */
 #define USAGE_COLUMNS 100 /* usage lines wrap before this column, as the hand-written ones did */
-#define HELP_COLUMN 25   /* where the text of the option list starts: "  " + 22 for the name + " " */
+#define HELP_COLUMN 25    /* where the text of the option list starts: "  " + 22 for the name + " " */
 
 static int find_short(const qd_cli_cmd *c, int ch) {
     for (int i = 0; i < c->nopts; i++)
@@ -28,7 +28,8 @@ int qd_cli_parse(const qd_cli_cmd *c, const qd_cli_handlers *h, void *ctx, int a
     struct option lo[MAX_OPTS + 1];
     char shorts[2 + 2 * MAX_OPTS + 1];
     if (c->nopts > MAX_OPTS)
-        return qd_errf(e, QD_ERUNTIME, "%s: %d options, at most %d", c->name ? c->name : "qwen3-diff", c->nopts, MAX_OPTS);
+        return qd_errf(e, QD_ERUNTIME, "%s: %d options, at most %d", c->name ? c->name : "qwen3-diff", c->nopts,
+                       MAX_OPTS);
     int ns = 0;
     shorts[ns++] = '-'; /* every word in order (operands come back as 1): nothing is permuted */
     shorts[ns++] = ':'; /* a missing value comes back as ':', not '?' */
@@ -59,8 +60,7 @@ int qd_cli_parse(const qd_cli_cmd *c, const qd_cli_handlers *h, void *ctx, int a
         }
         int code = k == ':' ? optopt : k; /* missing value: optopt is the option's value */
         int i = code >= LONG_VAL0 ? code - LONG_VAL0 : k == '?' ? -1 : find_short(c, code);
-        if (i < 0 || i >= c->nopts || !spelled_out(word, &c->opts[i]))
-            return h->misuse(QD_CLI_UNKNOWN, word, NULL, e);
+        if (i < 0 || i >= c->nopts || !spelled_out(word, &c->opts[i])) return h->misuse(QD_CLI_UNKNOWN, word, NULL, e);
         const qd_cli_opt *o = &c->opts[i];
         char flag[80];
         snprintf(flag, sizeof flag, "--%s", o->name);

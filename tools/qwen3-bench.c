@@ -36,17 +36,16 @@ typedef struct {
 } bench_args;
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: " PROG " --model DIR [--json FILE] [--runs N] [--warmup N] [--steps N] [--timeline FILE]\n"
-            "Times the fused CUDA path on a checkpoint (e.g. one written by qwen3-fixture --preset 0.6b).\n"
-            "\n"
-            "  --model DIR    checkpoint directory (config.json + safetensors)\n"
-            "  --json FILE    also write every figure as JSON\n"
-            "  --runs N       timed repetitions, the median is reported (default 7)\n"
-            "  --warmup N     untimed repetitions first (default 2)\n"
-            "  --steps N      decode steps per timed repetition (default 32)\n"
-            "  --timeline FILE  one more decode step per context with per-block timer stamps: a per-kernel\n"
-            "                 table, every launch as JSON in FILE (needs a build with -Dtimeline=true)\n");
+    fprintf(f, "usage: " PROG " --model DIR [--json FILE] [--runs N] [--warmup N] [--steps N] [--timeline FILE]\n"
+               "Times the fused CUDA path on a checkpoint (e.g. one written by qwen3-fixture --preset 0.6b).\n"
+               "\n"
+               "  --model DIR    checkpoint directory (config.json + safetensors)\n"
+               "  --json FILE    also write every figure as JSON\n"
+               "  --runs N       timed repetitions, the median is reported (default 7)\n"
+               "  --warmup N     untimed repetitions first (default 2)\n"
+               "  --steps N      decode steps per timed repetition (default 32)\n"
+               "  --timeline FILE  one more decode step per context with per-block timer stamps: a per-kernel\n"
+               "                 table, every launch as JSON in FILE (needs a build with -Dtimeline=true)\n");
 }
 
 static int parse_pos(const char *opt, const char *s, int *out) {
@@ -72,9 +71,15 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         switch (c) {
         case 'm': a->model = optarg; break;
         case 'j': a->json = optarg; break;
-        case 'r': if (parse_pos("--runs", optarg, &a->runs)) return QD_EINPUT; break;
-        case 'w': if (parse_pos("--warmup", optarg, &a->warmup)) return QD_EINPUT; break;
-        case 's': if (parse_pos("--steps", optarg, &a->steps)) return QD_EINPUT; break;
+        case 'r':
+            if (parse_pos("--runs", optarg, &a->runs)) return QD_EINPUT;
+            break;
+        case 'w':
+            if (parse_pos("--warmup", optarg, &a->warmup)) return QD_EINPUT;
+            break;
+        case 's':
+            if (parse_pos("--steps", optarg, &a->steps)) return QD_EINPUT;
+            break;
         case 't': a->timeline = optarg; break;
         case 'h': usage(stdout); exit(0);
         default:
@@ -288,17 +293,18 @@ static int write_timeline(const bench_args *a, const qd_config *c, const char *d
             const qd_tl_kind *q = &t->kind[k];
             printf("%-10s %9d %9.2f us %9.2f us %9.2f us\n", q->kernel, q->launches, q->after_wait, q->after_ready,
                    q->gap_to_next);
-            json_t *o = json_pack("{s:s, s:i, s:f, s:f, s:f}", "kernel", q->kernel, "launches", q->launches,
-                                  "after_wait_us", q->after_wait, "after_ready_us", q->after_ready, "to_next_wait_us",
-                                  q->gap_to_next);
+            json_t *o =
+                json_pack("{s:s, s:i, s:f, s:f, s:f}", "kernel", q->kernel, "launches", q->launches, "after_wait_us",
+                          q->after_wait, "after_ready_us", q->after_ready, "to_next_wait_us", q->gap_to_next);
             json_array_append_new(kinds, o);
         }
         for (int j = 0; j < t->n; j++) {
             const qd_tl_launch *l = &t->launch[j];
-            json_t *o = json_pack("{s:i, s:i, s:s, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "launch", l->launch, "layer",
-                                  l->layer, "kernel", l->kernel, "blocks", l->blocks, "start_first", l->start_first,
-                                  "start_last", l->start_last, "wait_first", l->wait_first, "wait_last", l->wait_last,
-                                  "ready_last", l->ready_last, "end_first", l->end_first, "end_last", l->end_last);
+            json_t *o =
+                json_pack("{s:i, s:i, s:s, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "launch", l->launch, "layer",
+                          l->layer, "kernel", l->kernel, "blocks", l->blocks, "start_first", l->start_first,
+                          "start_last", l->start_last, "wait_first", l->wait_first, "wait_last", l->wait_last,
+                          "ready_last", l->ready_last, "end_first", l->end_first, "end_last", l->end_last);
             json_array_append_new(launches, o);
         }
         json_object_set_new(cx, "kernels", kinds);
@@ -405,7 +411,8 @@ int main(int argc, char **argv) {
                 json_object_set_new(p, "T", json_integer(prefill_T[i]));
                 json_object_set_new(p, "ms", json_real(res[v].prefill_ms[i]));
                 json_object_set_new(p, "tok_per_s", json_real(prefill_T[i] / (res[v].prefill_ms[i] * 1e-3)));
-                json_object_set_new(p, "tflops", json_real(prefill_flops(c, prefill_T[i]) / (res[v].prefill_ms[i] * 1e-3) / 1e12));
+                json_object_set_new(p, "tflops",
+                                    json_real(prefill_flops(c, prefill_T[i]) / (res[v].prefill_ms[i] * 1e-3) / 1e12));
                 json_array_append_new(pre, p);
             }
             for (int i = 0; i < NDEC; i++) {
@@ -417,10 +424,8 @@ int main(int argc, char **argv) {
                 json_object_set_new(d, "fraction_of_roofline", json_real(roof / res[v].decode_ms[i]));
                 json_array_append_new(dec, d);
             }
-            if (v < 2)
-                json_object_set_new(var, "prefill", pre);
-            else
-                json_decref(pre);
+            if (v < 2) json_object_set_new(var, "prefill", pre);
+            else json_decref(pre);
             json_object_set_new(var, "decode", dec);
             json_object_set_new(var, "decode_gemv", json_string(v == 0 ? "custom" : "cublas"));
             json_object_set_new(root, names[v], var);

@@ -64,105 +64,161 @@
 #define MAX_BACKENDS 2
 
 typedef struct {
-    const char *model;          /* checkpoint directory; NULL: the bundled extreme-k_norm fixture */
-    const char *tokens;         /* "5,17,3" or "@FILE"; NULL with the bundled model: its prompt */
+    const char *model;  /* checkpoint directory; NULL: the bundled extreme-k_norm fixture */
+    const char *tokens; /* "5,17,3" or "@FILE"; NULL with the bundled model: its prompt */
     const char *backends[MAX_BACKENDS];
-    int nbackends;              /* 0: the default pair */
-    int layer_by_layer;         /* compare two backends in lockstep */
-    int isolate;                /* also teacher-forced */
+    int nbackends;      /* 0: the default pair */
+    int layer_by_layer; /* compare two backends in lockstep */
+    int isolate;        /* also teacher-forced */
     qd_mode locate;
-    int decode;                 /* decode steps compared after the prompt */
-    const char *act;            /* emu/fused activation dtype */
-    qd_fault fault;             /* --inject: into the backend under test */
-    const char *act_a;          /* --act-a: the reference side's activation dtype (emu/fused); NULL: --act */
-    qd_fault fault_a;           /* --inject-a: into the reference side (emu/fused) */
-    double threshold;           /* --ratio-threshold; 0: QD_REPLAY_THRESHOLD */
-    int taps_all;               /* --fused-taps all */
-    const char *tolerances;     /* JSON file; NULL: the precision pair's defaults */
-    int calibrate;              /* > 0: the bless step over this many prompts */
-    const char *write_tol;      /* where calibration writes */
-    double margin;              /* calibration margin over the worst measured error */
-    const char *json, *junit;   /* report files */
-    const char *dump;           /* NULL: no dump */
-    const char *repro;          /* --repro: the first divergence's op as a repro file; NULL: none */
-    const char *dump_taps;      /* globs */
-    int dump_window;            /* --dump-on-divergence K; -1: everything */
-    int dump_compress;          /* 0..9 */
-    int threads;                /* 0: OpenMP's default */
+    int decode;               /* decode steps compared after the prompt */
+    const char *act;          /* emu/fused activation dtype */
+    qd_fault fault;           /* --inject: into the backend under test */
+    const char *act_a;        /* --act-a: the reference side's activation dtype (emu/fused); NULL: --act */
+    qd_fault fault_a;         /* --inject-a: into the reference side (emu/fused) */
+    double threshold;         /* --ratio-threshold; 0: QD_REPLAY_THRESHOLD */
+    int taps_all;             /* --fused-taps all */
+    const char *tolerances;   /* JSON file; NULL: the precision pair's defaults */
+    int calibrate;            /* > 0: the bless step over this many prompts */
+    const char *write_tol;    /* where calibration writes */
+    double margin;            /* calibration margin over the worst measured error */
+    const char *json, *junit; /* report files */
+    const char *dump;         /* NULL: no dump */
+    const char *repro;        /* --repro: the first divergence's op as a repro file; NULL: none */
+    const char *dump_taps;    /* globs */
+    int dump_window;          /* --dump-on-divergence K; -1: everything */
+    int dump_compress;        /* 0..9 */
+    int threads;              /* 0: OpenMP's default */
     qd_accum accum;
     int summary, quiet, help, version, no_color, list_faults;
-    int precision_sweep;        /* after a divergence: rerun B in fp32, fp16 and bf16 (qd_sweep.h) */
-    int precision_bisect;       /* after a divergence: the smallest set of ops whose fp32 fixes it (qd_bisect.h) */
-    unsigned fp32_points;       /* --fp32-ops: emu's precision points kept in fp32 (qd_emu.h) */
+    int precision_sweep;  /* after a divergence: rerun B in fp32, fp16 and bf16 (qd_sweep.h) */
+    int precision_bisect; /* after a divergence: the smallest set of ops whose fp32 fixes it (qd_bisect.h) */
+    unsigned fp32_points; /* --fp32-ops: emu's precision points kept in fp32 (qd_emu.h) */
     const char *compare_a, *compare_b; /* the compare subcommand's operands */
-    const char *replay_dump;    /* the replay subcommand's operand */
-    int noperands;              /* how many the compare subcommand was given */
+    const char *replay_dump;           /* the replay subcommand's operand */
+    int noperands;                     /* how many the compare subcommand was given */
 } cli_args;
 
 enum {
-    O_MODEL = 1, O_TOKENS, O_BACKENDS, O_LAYER_BY_LAYER, O_ISOLATE, O_LOCATE, O_DECODE, O_ACT, O_FUSED_PRECISION,
-    O_FUSED_TAPS, O_INJECT, O_THREADS, O_REF_ACCUM, O_TOLERANCES, O_PRECISION_SWEEP, O_CALIBRATE, O_WRITE_TOL,
-    O_MARGIN, O_JSON, O_JUNIT, O_DUMP, O_DUMP_TAPS, O_DUMP_ON_DIVERGENCE, O_DUMP_COMPRESS, O_SUMMARY, O_QUIET,
-    O_NO_COLOR, O_HELP, O_VERSION, O_FP32_OPS, O_PRECISION_BISECT, O_ACT_A, O_INJECT_A, O_RATIO_THRESHOLD,
+    O_MODEL = 1,
+    O_TOKENS,
+    O_BACKENDS,
+    O_LAYER_BY_LAYER,
+    O_ISOLATE,
+    O_LOCATE,
+    O_DECODE,
+    O_ACT,
+    O_FUSED_PRECISION,
+    O_FUSED_TAPS,
+    O_INJECT,
+    O_THREADS,
+    O_REF_ACCUM,
+    O_TOLERANCES,
+    O_PRECISION_SWEEP,
+    O_CALIBRATE,
+    O_WRITE_TOL,
+    O_MARGIN,
+    O_JSON,
+    O_JUNIT,
+    O_DUMP,
+    O_DUMP_TAPS,
+    O_DUMP_ON_DIVERGENCE,
+    O_DUMP_COMPRESS,
+    O_SUMMARY,
+    O_QUIET,
+    O_NO_COLOR,
+    O_HELP,
+    O_VERSION,
+    O_FP32_OPS,
+    O_PRECISION_BISECT,
+    O_ACT_A,
+    O_INJECT_A,
+    O_RATIO_THRESHOLD,
     O_REPRO,
 };
 
 /* name, value, id, section, help (NULL: not listed), usage position, flags, short name; in the order of --help */
 static const qd_cli_opt main_opts[] = {
-    {"model", "DIR", O_MODEL, "input", "HF checkpoint: config.json + model.safetensors (or an index of shards)\n"
-     "(default: the bundled extreme-k_norm fixture, with its prompt)", 2, 0, 0},
+    {"model", "DIR", O_MODEL, "input",
+     "HF checkpoint: config.json + model.safetensors (or an index of shards)\n"
+     "(default: the bundled extreme-k_norm fixture, with its prompt)",
+     2, 0, 0},
     /* an empty list is left to the token parser, whose message says "empty token list" */
     {"tokens", "LIST|@FILE", O_TOKENS, "input",
      "prompt ids \"5,17,3\", or @FILE with ids separated by commas/whitespace", 3, QD_CLI_EMPTY_OK, 0},
-    {"backends", "A[,B]", O_BACKENDS, "backends", "{backends}; A is the reference side (default: ref,fused with a\n"
-     "CUDA device, else ref,emu)", 0, 0, 0},
+    {"backends", "A[,B]", O_BACKENDS, "backends",
+     "{backends}; A is the reference side (default: ref,fused with a\n"
+     "CUDA device, else ref,emu)",
+     0, 0, 0},
     {"layer-by-layer", NULL, O_LAYER_BY_LAYER, "backends",
      "compare the two backends in lockstep (implied by two backends)", 1, 0, 0},
-    {"isolate", NULL, O_ISOLATE, "backends", "also run B teacher-forced: layer i of B gets A's input to layer i", 0, 0, 0},
+    {"isolate", NULL, O_ISOLATE, "backends", "also run B teacher-forced: layer i of B gets A's input to layer i", 0, 0,
+     0},
     {"locate", "free|isolated", O_LOCATE, "backends", "which run locates the first divergence (default free)", 0, 0, 0},
-    {"decode", "N", O_DECODE, "backends", "also compare N decode steps after the prompt (greedy on A's logits)", 0, 0, 0},
+    {"decode", "N", O_DECODE, "backends", "also compare N decode steps after the prompt (greedy on A's logits)", 0, 0,
+     0},
     {"act", "bf16|fp16|fp32", O_ACT, "backends",
      "activation dtype of emu and fused (default bf16; also --fused-precision)", 0, 0, 0},
     {"fused-precision", "bf16|fp16|fp32", O_FUSED_PRECISION, "backends", NULL, 0, 0, 0}, /* --act's older name */
-    {"fp32-ops", "OPS", O_FP32_OPS, "backends", "keep these ops of emu (B) in fp32, the rest in the activation "
-     "dtype\n(docs/PRECISION.md): {fp32_ops}", 0, 0, 0},
-    {"fused-taps", "all|fused", O_FUSED_TAPS, "backends", "all: the unfused variant of the CUDA kernels, so every tap "
-     "exists\n(default fused: taps a kernel fuses away are absent)", 0, 0, 0},
-    {"inject", "NAME[@L]", O_INJECT, "backends", "inject a fault of the catalog into the backend under test (B), in "
-     "layer L\nor every layer (names: qwen3-diff --inject help)", 0, 0, 0},
+    {"fp32-ops", "OPS", O_FP32_OPS, "backends",
+     "keep these ops of emu (B) in fp32, the rest in the activation "
+     "dtype\n(docs/PRECISION.md): {fp32_ops}",
+     0, 0, 0},
+    {"fused-taps", "all|fused", O_FUSED_TAPS, "backends",
+     "all: the unfused variant of the CUDA kernels, so every tap "
+     "exists\n(default fused: taps a kernel fuses away are absent)",
+     0, 0, 0},
+    {"inject", "NAME[@L]", O_INJECT, "backends",
+     "inject a fault of the catalog into the backend under test (B), in "
+     "layer L\nor every layer (names: qwen3-diff --inject help)",
+     0, 0, 0},
     {"act-a", "bf16|fp16|fp32", O_ACT_A, "backends",
      "activation dtype of the reference side A when it is emu or fused (default: --act)", 0, 0, 0},
-    {"inject-a", "NAME[@L]", O_INJECT_A, "backends", "inject a fault into the reference side A (emu or fused): the "
-     "replay verdict\njudges each side on its own and names the faulty one", 0, 0, 0},
-    {"threads", "N", O_THREADS, "backends",
-     "CPU threads (default: all; the reference is bitwise identical for any N)", 0, 0, 0},
+    {"inject-a", "NAME[@L]", O_INJECT_A, "backends",
+     "inject a fault into the reference side A (emu or fused): the "
+     "replay verdict\njudges each side on its own and names the faulty one",
+     0, 0, 0},
+    {"threads", "N", O_THREADS, "backends", "CPU threads (default: all; the reference is bitwise identical for any N)",
+     0, 0, 0},
     {"ref-accum", "f32|f64", O_REF_ACCUM, "backends",
      "the reference's accumulation (default f32; f64 is the tighter oracle)", 0, 0, 0},
     {"tolerances", "FILE", O_TOLERANCES, "verdict and CI",
      "judge by absolute tolerances (docs/TOLERANCES.md), the stricter gate; default:\n"
-     "replay each op from each side's own inputs and judge its local error over\nits noise floor", 0, 0, 0},
+     "replay each op from each side's own inputs and judge its local error over\nits noise floor",
+     0, 0, 0},
     {"ratio-threshold", "X", O_RATIO_THRESHOLD, "verdict and CI",
      "the replay verdict's threshold on local error / noise floor (default 4)", 0, 0, 0},
-    {"precision-sweep", NULL, O_PRECISION_SWEEP, "verdict and CI", "after a divergence, rerun B with fp32, fp16 and "
-     "bf16 activations (each pair\nblessed on its own) and say whether precision or a bug explains it", 0, 0, 0},
-    {"precision-bisect", NULL, O_PRECISION_BISECT, "verdict and CI", "after a divergence, rerun B as emu with chosen "
-     "ops in fp32 and name the\nsmallest set of ops whose fp32 fixes the flagged tap, or say none does", 0, 0, 0},
-    {"calibrate", "N", O_CALIBRATE, "verdict and CI", "bless a known-good pair: run N prompts, then "
-     "--write-tolerances\n(with --isolate, the teacher-forced rows get their own, tighter section)", 0, 0, 0},
+    {"precision-sweep", NULL, O_PRECISION_SWEEP, "verdict and CI",
+     "after a divergence, rerun B with fp32, fp16 and "
+     "bf16 activations (each pair\nblessed on its own) and say whether precision or a bug explains it",
+     0, 0, 0},
+    {"precision-bisect", NULL, O_PRECISION_BISECT, "verdict and CI",
+     "after a divergence, rerun B as emu with chosen "
+     "ops in fp32 and name the\nsmallest set of ops whose fp32 fixes the flagged tap, or say none does",
+     0, 0, 0},
+    {"calibrate", "N", O_CALIBRATE, "verdict and CI",
+     "bless a known-good pair: run N prompts, then "
+     "--write-tolerances\n(with --isolate, the teacher-forced rows get their own, tighter section)",
+     0, 0, 0},
     {"write-tolerances", "F", O_WRITE_TOL, "verdict and CI",
      "where --calibrate writes (margin --margin X over the worst error, default 2)", 0, 0, 0},
     {"margin", "X", O_MARGIN, "verdict and CI", NULL, 0, 0, 0}, /* described with --write-tolerances */
     {"json", "FILE", O_JSON, "verdict and CI", "machine-readable report", 0, 0, 0},
     {"junit", "FILE", O_JUNIT, "verdict and CI", "JUnit XML, one test case per layer", 0, 0, 0},
-    {"dump", "OUT.h5", O_DUMP, "dump", "every tap of both backends plus /diff/<A>-vs-<B>/metrics (schema v1),\n"
-     "written to OUT.h5.tmp.<pid> and renamed when complete", 0, 0, 0},
-    {"dump-taps", "GLOBS", O_DUMP_TAPS, "dump", "only taps whose names match (comma-separated, e.g. 'k_*,attn')", 0, 0, 0},
+    {"dump", "OUT.h5", O_DUMP, "dump",
+     "every tap of both backends plus /diff/<A>-vs-<B>/metrics (schema v1),\n"
+     "written to OUT.h5.tmp.<pid> and renamed when complete",
+     0, 0, 0},
+    {"dump-taps", "GLOBS", O_DUMP_TAPS, "dump", "only taps whose names match (comma-separated, e.g. 'k_*,attn')", 0, 0,
+     0},
     {"dump-on-divergence", "K", O_DUMP_ON_DIVERGENCE, "dump",
      "full tensors only within K layers of the first divergence", 0, 0, 0},
     {"dump-compress", "N", O_DUMP_COMPRESS, "dump", "gzip level 0-9 (default 0)", 0, 0, 0},
-    {"repro", "FILE", O_REPRO, "dump", "the first divergence's op alone as a small HDF5 file (its inputs as tapped,\n"
+    {"repro", "FILE", O_REPRO, "dump",
+     "the first divergence's op alone as a small HDF5 file (its inputs as tapped,\n"
      "weights, outputs; replay verdict only): `qwen3-diff replay FILE` reruns it\nwithout the checkpoint "
-     "(docs/SCHEMA.md, \"Repro files\"; compare takes it too)", 0, 0, 0},
+     "(docs/SCHEMA.md, \"Repro files\"; compare takes it too)",
+     0, 0, 0},
     {"summary", NULL, O_SUMMARY, "output", "one backend: a per-layer table (max|k_norm|, top-5 next tokens)", 0, 0, 0},
     {"quiet", NULL, O_QUIET, "output", "print nothing on success", 0, 0, 0},
     {"no-color", NULL, O_NO_COLOR, "output", "never colour (colour is used only on a terminal anyway)", 0, 0, 0},
@@ -251,16 +307,19 @@ static void usage(FILE *f) {
           "reported, never blamed). compare replays both dumps (the model: --model DIR or the dump's 'model'\n"
           "attribute); replay judges one dump on its own, or reruns the op of a --repro file from that file\n"
           "alone (--inject NAME: with a fault of the catalog in the contract).\n"
-          "\n", f);
+          "\n",
+          f);
     qd_cli_print_options(f, &main_cmd, vars);
-    fputs("\n"
-          "Exit status: 0 within tolerance, 1 diverged, 2 bad usage or input, 3 runtime failure.\n"
-          "\n"
-          "Example: locate a divergence, keep the evidence, read it back in h5py\n"
-          "  qwen3-diff --layer-by-layer --model fixtures/knorm_extreme --tokens @fixtures/knorm_extreme/prompt.txt \\\n"
-          "      --backends ref,emu --isolate --dump /tmp/knorm.h5 --json /tmp/knorm.json\n"
-          "  /usr/bin/python3 -c \"import h5py; f = h5py.File('/tmp/knorm.h5'); "
-          "print(f['diff/ref-vs-emu/metrics'][:5])\"\n", f);
+    fputs(
+        "\n"
+        "Exit status: 0 within tolerance, 1 diverged, 2 bad usage or input, 3 runtime failure.\n"
+        "\n"
+        "Example: locate a divergence, keep the evidence, read it back in h5py\n"
+        "  qwen3-diff --layer-by-layer --model fixtures/knorm_extreme --tokens @fixtures/knorm_extreme/prompt.txt \\\n"
+        "      --backends ref,emu --isolate --dump /tmp/knorm.h5 --json /tmp/knorm.json\n"
+        "  /usr/bin/python3 -c \"import h5py; f = h5py.File('/tmp/knorm.h5'); "
+        "print(f['diff/ref-vs-emu/metrics'][:5])\"\n",
+        f);
 }
 
 /* A whole decimal integer in [lo, hi], or QD_EINPUT naming the flag. */
@@ -329,7 +388,8 @@ static int take_option(void *ctx, const qd_cli_opt *o, const char *flag, const c
     case O_ACT_A: {
         qd_act_dtype d;
         a->act_a = val;
-        if (qd_act_dtype_parse(val, &d) != 0) return qd_errf(e, QD_EINPUT, "%s: '%s' is not bf16, fp16 or fp32", flag, val);
+        if (qd_act_dtype_parse(val, &d) != 0)
+            return qd_errf(e, QD_EINPUT, "%s: '%s' is not bf16, fp16 or fp32", flag, val);
         return QD_OK;
     }
     case O_RATIO_THRESHOLD: {
@@ -348,7 +408,8 @@ static int take_option(void *ctx, const qd_cli_opt *o, const char *flag, const c
     case O_FUSED_PRECISION: {
         qd_act_dtype d;
         a->act = val;
-        if (qd_act_dtype_parse(val, &d) != 0) return qd_errf(e, QD_EINPUT, "%s: '%s' is not bf16, fp16 or fp32", flag, val);
+        if (qd_act_dtype_parse(val, &d) != 0)
+            return qd_errf(e, QD_EINPUT, "%s: '%s' is not bf16, fp16 or fp32", flag, val);
         return QD_OK;
     }
     case O_MARGIN: {
@@ -409,7 +470,8 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
         int rc = qd_cli_parse(&compare_cmd, &h, a, argc - 1, argv + 1, e);
         if (rc || a->help) return rc;
         if (a->noperands != 2)
-            return qd_errf(e, QD_EINPUT, "compare: expected two dumps, A.h5[:GROUP] B.h5[:GROUP] (got %d)", a->noperands);
+            return qd_errf(e, QD_EINPUT, "compare: expected two dumps, A.h5[:GROUP] B.h5[:GROUP] (got %d)",
+                           a->noperands);
         if (a->repro && a->tolerances)
             return qd_errf(e, QD_EINPUT, "--repro writes the op the replay verdict blames: drop --tolerances");
         return QD_OK;
@@ -433,20 +495,28 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
     if (a->write_tol && !a->calibrate) return qd_errf(e, QD_EINPUT, "--write-tolerances needs --calibrate N");
     if (a->calibrate && (a->dump || a->json || a->junit || a->tolerances || a->fault.kind != QD_FAULT_NONE ||
                          a->fault_a.kind != QD_FAULT_NONE || a->repro))
-        return qd_errf(e, QD_EINPUT, "--calibrate blesses a clean pair and writes only --write-tolerances "
-                                     "(drop --dump, --json, --junit, --tolerances, --repro and --inject)");
+        return qd_errf(e, QD_EINPUT,
+                       "--calibrate blesses a clean pair and writes only --write-tolerances "
+                       "(drop --dump, --json, --junit, --tolerances, --repro and --inject)");
     if (a->repro && a->tolerances)
         return qd_errf(e, QD_EINPUT, "--repro writes the op the replay verdict blames: drop --tolerances");
     if (a->layer_by_layer && a->nbackends == 1)
         return qd_errf(e, QD_EINPUT, "--layer-by-layer compares two backends: --backends A,B");
     if (!a->layer_by_layer) {
-        const char *only_lockstep = a->isolate ? "--isolate" : a->tolerances ? "--tolerances" : a->json ? "--json"
-                                  : a->junit ? "--junit" : a->decode ? "--decode" : a->dump_taps ? "--dump-taps"
-                                  : a->dump_window >= 0 ? "--dump-on-divergence"
-                                  : a->precision_sweep ? "--precision-sweep"
-                                  : a->precision_bisect ? "--precision-bisect"
-                                  : a->fault_a.kind != QD_FAULT_NONE ? "--inject-a" : a->act_a ? "--act-a"
-                                  : a->threshold > 0 ? "--ratio-threshold" : a->repro ? "--repro" : NULL;
+        const char *only_lockstep = a->isolate                         ? "--isolate"
+                                    : a->tolerances                    ? "--tolerances"
+                                    : a->json                          ? "--json"
+                                    : a->junit                         ? "--junit"
+                                    : a->decode                        ? "--decode"
+                                    : a->dump_taps                     ? "--dump-taps"
+                                    : a->dump_window >= 0              ? "--dump-on-divergence"
+                                    : a->precision_sweep               ? "--precision-sweep"
+                                    : a->precision_bisect              ? "--precision-bisect"
+                                    : a->fault_a.kind != QD_FAULT_NONE ? "--inject-a"
+                                    : a->act_a                         ? "--act-a"
+                                    : a->threshold > 0                 ? "--ratio-threshold"
+                                    : a->repro                         ? "--repro"
+                                                                       : NULL;
         if (only_lockstep && a->nbackends == 1)
             return qd_errf(e, QD_EINPUT, "%s needs two backends (--layer-by-layer --backends A,B)", only_lockstep);
         if (only_lockstep) a->layer_by_layer = 1;
@@ -459,8 +529,7 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
         return qd_errf(e, QD_EINPUT, "--summary describes a one-backend run; a comparison prints its own table");
     if (a->precision_bisect && a->fp32_points)
         return qd_errf(e, QD_EINPUT, "--precision-bisect chooses the fp32 ops itself: drop --fp32-ops");
-    if (a->locate == QD_MODE_ISOLATED && !a->isolate)
-        return qd_errf(e, QD_EINPUT, "--locate isolated needs --isolate");
+    if (a->locate == QD_MODE_ISOLATED && !a->isolate) return qd_errf(e, QD_EINPUT, "--locate isolated needs --isolate");
     /* no --model: the bundled extreme-k_norm fixture, with its own prompt unless --tokens is given */
     if (a->model && !a->tokens) return qd_errf(e, QD_EINPUT, "missing --tokens LIST|@FILE (see --help)");
     return QD_OK;
@@ -470,21 +539,21 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
 // the run's tap sink: forwards to the dump and keeps per-layer statistics for the summary
 
 typedef struct {
-    double out_rms;    /* rms of the layer output */
-    float out_max;     /* max|out| */
-    float k_norm_max;  /* max|k_norm|: the amplified K (QWEN3.md, "the seed") */
-    float attn_max;    /* max|attn| */
-    float act_max;     /* max|silu(gate)*up| */
-    long nonfinite;    /* NaN/Inf values over every tap of the layer */
+    double out_rms;   /* rms of the layer output */
+    float out_max;    /* max|out| */
+    float k_norm_max; /* max|k_norm|: the amplified K (QWEN3.md, "the seed") */
+    float attn_max;   /* max|attn| */
+    float act_max;    /* max|silu(gate)*up| */
+    long nonfinite;   /* NaN/Inf values over every tap of the layer */
 } layer_stats;
 
 typedef struct {
-    qd_tap_sink sink;       /* sink.ctx points back here */
-    qd_tap_sink *dump;      /* NULL without --dump */
+    qd_tap_sink sink;  /* sink.ctx points back here */
+    qd_tap_sink *dump; /* NULL without --dump */
     int L;
-    layer_stats *layers;    /* (L) */
-    long nonfinite;         /* over every tap, model-level ones included */
-    qd_tap_id first_bad;    /* where the first non-finite value appeared (when nonfinite > 0) */
+    layer_stats *layers; /* (L) */
+    long nonfinite;      /* over every tap, model-level ones included */
+    qd_tap_id first_bad; /* where the first non-finite value appeared (when nonfinite > 0) */
 } run_sink;
 
 /* max|x| and the count of non-finite values over n values; NaN never wins the max. */
@@ -506,8 +575,7 @@ static double rms(const float *x, long n) {
     return n ? sqrt(s / (double)n) : 0.0;
 }
 
-static int run_emit(qd_tap_sink *self, qd_tap_id id, const float *data, int ndim, const int64_t *shape,
-                    qd_err *e) {
+static int run_emit(qd_tap_sink *self, qd_tap_id id, const float *data, int ndim, const int64_t *shape, qd_err *e) {
     run_sink *s = self->ctx;
     if (s->dump) {
         int rc = s->dump->emit(s->dump, id, data, ndim, shape, e);
@@ -563,19 +631,18 @@ static void print_summary(const cli_args *a, const char *model, const qd_backend
     top_k(last, c->vocab_size, top, 5);
 
     printf("model   %s\n", model);
-    printf("config  L=%d C=%d I=%d NH=%d NKV=%d HD=%d V=%d theta=%g eps=%g %s, weights %s\n",
-           c->num_hidden_layers, c->hidden_size, c->intermediate_size, c->num_attention_heads,
-           c->num_key_value_heads, c->head_dim, c->vocab_size, c->rope_theta, c->rms_norm_eps,
-           c->tie_word_embeddings ? "tied" : "untied", qd_dtype_name(w->src_dtype));
+    printf("config  L=%d C=%d I=%d NH=%d NKV=%d HD=%d V=%d theta=%g eps=%g %s, weights %s\n", c->num_hidden_layers,
+           c->hidden_size, c->intermediate_size, c->num_attention_heads, c->num_key_value_heads, c->head_dim,
+           c->vocab_size, c->rope_theta, c->rms_norm_eps, c->tie_word_embeddings ? "tied" : "untied",
+           qd_dtype_name(w->src_dtype));
     (void)a;
-    printf("run     %s, %s activations, %s accumulation, T=%d tokens, %.2f s\n", be->name, be->precision,
-           be->accum, T, seconds);
-    printf("\n%5s %11s %11s %11s %11s %11s\n", "layer", "rms(out)", "max|out|", "max|k_norm|", "max|attn|",
-           "max|act|");
+    printf("run     %s, %s activations, %s accumulation, T=%d tokens, %.2f s\n", be->name, be->precision, be->accum, T,
+           seconds);
+    printf("\n%5s %11s %11s %11s %11s %11s\n", "layer", "rms(out)", "max|out|", "max|k_norm|", "max|attn|", "max|act|");
     for (int l = 0; l < s->L; l++) {
         const layer_stats *ls = &s->layers[l];
-        printf("%5d %11.4g %11.4g %11.4g %11.4g %11.4g", l, ls->out_rms, ls->out_max, ls->k_norm_max,
-               ls->attn_max, ls->act_max);
+        printf("%5d %11.4g %11.4g %11.4g %11.4g %11.4g", l, ls->out_rms, ls->out_max, ls->k_norm_max, ls->attn_max,
+               ls->act_max);
         if (ls->nonfinite) printf("  %ld non-finite", ls->nonfinite);
         printf("\n");
     }
@@ -614,8 +681,8 @@ static int open_input(const cli_args *a, const char *model, const char *token_ar
     if (!rc) rc = qd_tokens_parse_max(token_arg, cfg->vocab_size, cfg->max_position_embeddings, tokens, T, e);
     if (!rc && dump_path) {
         char *abs_model = realpath(model, NULL);
-        *dump = qd_dump_create(dump_path, abs_model ? abs_model : model, *config_text, *tokens, *T,
-                               a->dump_compress, e);
+        *dump =
+            qd_dump_create(dump_path, abs_model ? abs_model : model, *config_text, *tokens, *T, a->dump_compress, e);
         free(abs_model);
         if (!*dump) rc = e->code ? e->code : QD_ERUNTIME;
     }
@@ -646,8 +713,13 @@ static int run_single(const cli_args *a, const char *model, const char *token_ar
     if ((rc = qd_weights_load(model, &w, e))) goto out;
     have_weights = 1;
     const qd_config *c = &w.cfg;
-    qd_backend_opts bo = {.threads = a->threads, .accum_f64 = a->accum == QD_ACCUM_F64, .max_seq = T, .act = a->act,
-                          .fault = a->fault, .taps_all = a->taps_all, .fp32_points = a->fp32_points};
+    qd_backend_opts bo = {.threads = a->threads,
+                          .accum_f64 = a->accum == QD_ACCUM_F64,
+                          .max_seq = T,
+                          .act = a->act,
+                          .fault = a->fault,
+                          .taps_all = a->taps_all,
+                          .fp32_points = a->fp32_points};
     if (!(be = qd_backend_create(a->backends[0], &w, &bo, e))) {
         rc = e->code ? e->code : QD_ERUNTIME;
         goto out;
@@ -741,7 +813,8 @@ static int load_tolerances(const cli_args *a, const qd_backend *ra, const qd_bac
     int same = !qd_tolerances_floor(tb->precision, ra->precision, &want, e) &&
                !qd_tolerances_floor(t->prec_test, t->prec_ref, &have, e) && want.rel_l2 == have.rel_l2;
     if (!same) {
-        rc = qd_errf(e, QD_EINPUT, "%s: field 'precision_pair': written for %s vs %s, this comparison is %s (%s) vs %s (%s)",
+        rc = qd_errf(e, QD_EINPUT,
+                     "%s: field 'precision_pair': written for %s vs %s, this comparison is %s (%s) vs %s (%s)",
                      a->tolerances, t->prec_test, t->prec_ref, tb->name, tb->precision, ra->name, ra->precision);
     } else {
         const qd_tolerances *sec[2] = {t, t->isolated}; /* the top level, the isolated section */
@@ -764,16 +837,17 @@ static int calibrate(const cli_args *a, const char *model, qd_backend *ra, qd_ba
     if (rc) return rc;
     char pair[160];
     snprintf(pair, sizeof pair, "%s,%s", ra->name, tb->name);
-    t.measured = json_pack("{s:s, s:s, s:i, s:i, s:i, s:f, s:s, s:f, s:s}", "model", model, "backends", pair,
-                           "prompts", a->calibrate, "tokens_per_prompt", T, "decode_steps", a->decode,
-                           "worst_rel_l2", st.worst_rel_l2, "worst_at", st.worst_at, "worst_growth",
-                           st.worst_growth, "worst_growth_at", st.worst_growth_at);
+    t.measured =
+        json_pack("{s:s, s:s, s:i, s:i, s:i, s:f, s:s, s:f, s:s}", "model", model, "backends", pair, "prompts",
+                  a->calibrate, "tokens_per_prompt", T, "decode_steps", a->decode, "worst_rel_l2", st.worst_rel_l2,
+                  "worst_at", st.worst_at, "worst_growth", st.worst_growth, "worst_growth_at", st.worst_growth_at);
     rc = qd_tolerances_write(a->write_tol, &t, e);
     if (!rc && !a->quiet)
         printf("calibrated %s (%s) vs %s (%s) over %d prompts of %d tokens%s: worst rel_l2 %.3g (%s), worst "
-               "layer-to-layer growth %.3gx; wrote %s (margin %g)\n", ra->name, ra->precision, tb->name,
-               tb->precision, a->calibrate, T, a->decode ? " and their decode steps" : "", st.worst_rel_l2,
-               st.worst_at, st.worst_growth, a->write_tol, a->margin);
+               "layer-to-layer growth %.3gx; wrote %s (margin %g)\n",
+               ra->name, ra->precision, tb->name, tb->precision, a->calibrate, T,
+               a->decode ? " and their decode steps" : "", st.worst_rel_l2, st.worst_at, st.worst_growth, a->write_tol,
+               a->margin);
     qd_tolerances_free(&t);
     return rc;
 }
@@ -815,14 +889,16 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
     qd_report r;
     qd_bisect_result *bisect = NULL; /* --precision-bisect's result, after a divergence */
 
-    if ((rc = open_input(a, model, token_arg, a->calibrate ? NULL : a->dump, &cfg, &config_text, &tokens, &T,
-                         &dump, e)))
+    if ((rc =
+             open_input(a, model, token_arg, a->calibrate ? NULL : a->dump, &cfg, &config_text, &tokens, &T, &dump, e)))
         return rc;
     const char *name_a = a->nbackends ? a->backends[0] : "ref";
     const char *name_b = a->nbackends ? a->backends[1] : qd_backend_default_test();
     if (a->precision_bisect && strcmp(name_b, "emu") != 0 && strcmp(name_b, "fused") != 0) {
-        rc = qd_errf(e, QD_EINPUT, "--precision-bisect: B is %s; it reruns emu's precision points, so B must be emu "
-                                   "or fused (emu standing in for it)", name_b);
+        rc = qd_errf(e, QD_EINPUT,
+                     "--precision-bisect: B is %s; it reruns emu's precision points, so B must be emu "
+                     "or fused (emu standing in for it)",
+                     name_b);
         goto out;
     }
     if ((rc = qd_weights_load(model, &w, e))) goto out;
@@ -835,8 +911,11 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
             goto out;
         }
     }
-    qd_backend_opts bo = {.threads = a->threads, .accum_f64 = a->accum == QD_ACCUM_F64, .max_seq = T + a->decode,
-                          .act = a->act, .taps_all = a->taps_all};
+    qd_backend_opts bo = {.threads = a->threads,
+                          .accum_f64 = a->accum == QD_ACCUM_F64,
+                          .max_seq = T + a->decode,
+                          .act = a->act,
+                          .taps_all = a->taps_all};
     qd_backend_opts bo_test = bo, bo_ref = bo;
     bo_test.fault = a->fault;
     bo_test.fp32_points = a->fp32_points;
@@ -860,11 +939,19 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
     qd_report_init(&r, ba->name, ba->precision, bb->name, bb->precision, L, a->locate, &tol.blowup);
     have_report = 1;
     qd_repro_req repro = {.path = a->repro, .model = model};
-    qd_lockstep_opts o = {.tokens = tokens, .T = T, .decode = a->decode, .tol = &tol, .locate = a->locate,
-                          .dump = dump, .dump_taps = a->dump_taps, .dump_window = a->dump_window,
+    qd_lockstep_opts o = {.tokens = tokens,
+                          .T = T,
+                          .decode = a->decode,
+                          .tol = &tol,
+                          .locate = a->locate,
+                          .dump = dump,
+                          .dump_taps = a->dump_taps,
+                          .dump_window = a->dump_window,
                           .progress = !a->quiet,
                           /* the replay verdict unless tolerances were asked for: the stricter gate */
-                          .judge = {.w = a->tolerances ? NULL : &w, .threshold = a->threshold, .threads = a->threads,
+                          .judge = {.w = a->tolerances ? NULL : &w,
+                                    .threshold = a->threshold,
+                                    .threads = a->threads,
                                     .repro = a->repro ? &repro : NULL}};
     if ((rc = qd_lockstep(ba, bb, bi, &o, &r, e))) goto out;
     if (dump) {
@@ -874,11 +961,20 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
         if (rc) goto out;
     }
     if (a->precision_bisect && qd_report_diverged(&r)) {
-        qd_bisect_opts bso = {.name_a = name_a, .name_b = name_b, .tokens = tokens, .T = T, .decode = a->decode,
-                              .tol = &tol, .locate = a->locate, .flagged = &r.rows[r.first_div],
+        qd_bisect_opts bso = {.name_a = name_a,
+                              .name_b = name_b,
+                              .tokens = tokens,
+                              .T = T,
+                              .decode = a->decode,
+                              .tol = &tol,
+                              .locate = a->locate,
+                              .flagged = &r.rows[r.first_div],
                               .progress = a->quiet ? NULL : bisect_progress,
-                              .opts = {.threads = a->threads, .accum_f64 = a->accum == QD_ACCUM_F64, .act = a->act,
-                                       .fault = a->fault, .taps_all = a->taps_all}};
+                              .opts = {.threads = a->threads,
+                                       .accum_f64 = a->accum == QD_ACCUM_F64,
+                                       .act = a->act,
+                                       .fault = a->fault,
+                                       .taps_all = a->taps_all}};
         if (!(bisect = qd_alloc(sizeof *bisect, e))) {
             rc = QD_ERUNTIME;
             goto out;
@@ -898,10 +994,18 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
     if (a->precision_sweep && !qd_report_diverged(&r)) {
         if (!a->quiet) printf("precision sweep: no divergence to explain\n");
     } else if (a->precision_sweep) {
-        qd_sweep_opts so = {.name_a = name_a, .name_b = name_b, .tokens = tokens, .T = T, .decode = a->decode,
-                            .calib_prompts = SWEEP_CALIB_PROMPTS, .margin = a->margin, .locate = a->locate,
-                            .opts = {.threads = a->threads, .accum_f64 = a->accum == QD_ACCUM_F64,
-                                     .fault = a->fault, .taps_all = a->taps_all}};
+        qd_sweep_opts so = {.name_a = name_a,
+                            .name_b = name_b,
+                            .tokens = tokens,
+                            .T = T,
+                            .decode = a->decode,
+                            .calib_prompts = SWEEP_CALIB_PROMPTS,
+                            .margin = a->margin,
+                            .locate = a->locate,
+                            .opts = {.threads = a->threads,
+                                     .accum_f64 = a->accum == QD_ACCUM_F64,
+                                     .fault = a->fault,
+                                     .taps_all = a->taps_all}};
         qd_sweep_result sr;
         if ((rc = qd_precision_sweep(&w, &so, &sr, e))) goto out;
         qd_sweep_print(&sr, &so, stdout);
@@ -971,8 +1075,8 @@ static int run_compare(const cli_args *a, qd_err *e) {
     qd_report r;
     memset(&r, 0, sizeof r);
     qd_repro_req repro = {.path = a->repro, .model = a->model};
-    qd_replay_judge judge = {.w = have_w ? &w : NULL, .threshold = a->threshold, .threads = a->threads,
-                             .repro = a->repro ? &repro : NULL};
+    qd_replay_judge judge = {
+        .w = have_w ? &w : NULL, .threshold = a->threshold, .threads = a->threads, .repro = a->repro ? &repro : NULL};
     rc = qd_compare_files_judged(pa, ga[0] ? ga : NULL, pb, gb[0] ? gb : NULL, have_tol ? &tol : NULL, &judge, &r, e);
     if (!rc && a->json) rc = qd_report_write_json(&r, a->json, e);
     if (!rc && a->junit) rc = qd_report_write_junit(&r, a->junit, e);
@@ -990,7 +1094,8 @@ static int run_compare(const cli_args *a, qd_err *e) {
 
 /* A repro file's op rerun from the file alone: oracle, contract (and with --inject a fault), fused kernel. */
 static int run_repro(const cli_args *a, qd_err *e) {
-    if (a->json) return qd_errf(e, QD_EINPUT, "--json: %s is a repro file; its rerun prints lines only", a->replay_dump);
+    if (a->json)
+        return qd_errf(e, QD_EINPUT, "--json: %s is a repro file; its rerun prints lines only", a->replay_dump);
     qd_repro_result res;
     int rc = qd_repro_run(a->replay_dump, a->fault.kind, a->threads, &res, e);
     if (rc) return rc;

@@ -140,7 +140,7 @@ typedef struct {
     int vocab, hidden, intermediate, layers, heads, kv_heads, head_dim, max_pos, tied;
     double theta, eps;
     qd_dtype dtype;
-    int hf5;        /* config dialect: 0 released, 1 transformers 5.x */
+    int hf5; /* config dialect: 0 released, 1 transformers 5.x */
     int shards;
     uint64_t seed;
     int prompt_len;
@@ -151,29 +151,28 @@ typedef struct {
 } opts_t;
 
 static void usage(FILE *f) {
-    fprintf(f,
-        "usage: " PROG " --out DIR [options]\n"
-        "Writes a synthetic Qwen3 checkpoint (config.json, model.safetensors, optional prompt.txt).\n"
-        "\n"
-        "  --out DIR              output directory (created; an existing non-empty one needs --force)\n"
-        "  --force                overwrite the files this tool writes in an existing directory\n"
-        "  --preset NAME          tiny (default) | 0.6b | 1.7b | 4b | 8b (released shapes)\n"
-        "  --vocab N --hidden N --intermediate N --layers N --heads N --kv-heads N --head-dim N\n"
-        "  --theta X --eps X --tied 0|1 --max-pos N\n"
-        "                         override single fields of the preset\n"
-        "  --dtype bf16|f16|f32   stored weight dtype (default bf16)\n"
-        "  --dialect released|hf5 config.json dialect (default released)\n"
-        "  --shards N             write N shards and model.safetensors.index.json (default 1)\n"
-        "  --seed S               PRNG seed (default 1); same seed, same bytes\n"
-        "  --k-norm-stats L:MAX:STD[,L:MAX:STD...]\n"
-        "                         give layer L's k_norm weight exactly that max and population std\n"
-        "  --prompt-len N         also write prompt.txt with N token ids\n"
-        "  --help                 this text\n"
-        "\n"
-        "example (Qwen3's extreme k_norm statistics on a small model):\n"
-        "  " PROG " --out fx --vocab 1024 --hidden 128 --heads 4 --kv-heads 2 --head-dim 64 \\\n"
-        "      --intermediate 256 --layers 4 --tied 1 --dialect hf5 --prompt-len 16 \\\n"
-        "      --k-norm-stats 0:96.5:9.13,1:44.5:3.98,2:44.0:3.94\n");
+    fprintf(f, "usage: " PROG " --out DIR [options]\n"
+               "Writes a synthetic Qwen3 checkpoint (config.json, model.safetensors, optional prompt.txt).\n"
+               "\n"
+               "  --out DIR              output directory (created; an existing non-empty one needs --force)\n"
+               "  --force                overwrite the files this tool writes in an existing directory\n"
+               "  --preset NAME          tiny (default) | 0.6b | 1.7b | 4b | 8b (released shapes)\n"
+               "  --vocab N --hidden N --intermediate N --layers N --heads N --kv-heads N --head-dim N\n"
+               "  --theta X --eps X --tied 0|1 --max-pos N\n"
+               "                         override single fields of the preset\n"
+               "  --dtype bf16|f16|f32   stored weight dtype (default bf16)\n"
+               "  --dialect released|hf5 config.json dialect (default released)\n"
+               "  --shards N             write N shards and model.safetensors.index.json (default 1)\n"
+               "  --seed S               PRNG seed (default 1); same seed, same bytes\n"
+               "  --k-norm-stats L:MAX:STD[,L:MAX:STD...]\n"
+               "                         give layer L's k_norm weight exactly that max and population std\n"
+               "  --prompt-len N         also write prompt.txt with N token ids\n"
+               "  --help                 this text\n"
+               "\n"
+               "example (Qwen3's extreme k_norm statistics on a small model):\n"
+               "  " PROG " --out fx --vocab 1024 --hidden 128 --heads 4 --kv-heads 2 --head-dim 64 \\\n"
+               "      --intermediate 256 --layers 4 --tied 1 --dialect hf5 --prompt-len 16 \\\n"
+               "      --k-norm-stats 0:96.5:9.13,1:44.5:3.98,2:44.0:3.94\n");
 }
 
 static long long parse_int(const char *opt, const char *s, long long lo, long long hi) {
@@ -200,10 +199,8 @@ static void set_preset(opts_t *o, const char *name) {
         const char *name;
         int vocab, hidden, intermediate, layers, heads, kv_heads, head_dim, tied;
     } presets[] = {
-        {"tiny", 256, 64, 128, 2, 4, 2, 32, 1},
-        {"0.6b", 151936, 1024, 3072, 28, 16, 8, 128, 1},
-        {"1.7b", 151936, 2048, 6144, 28, 16, 8, 128, 1},
-        {"4b", 151936, 2560, 9728, 36, 32, 8, 128, 1},
+        {"tiny", 256, 64, 128, 2, 4, 2, 32, 1},          {"0.6b", 151936, 1024, 3072, 28, 16, 8, 128, 1},
+        {"1.7b", 151936, 2048, 6144, 28, 16, 8, 128, 1}, {"4b", 151936, 2560, 9728, 36, 32, 8, 128, 1},
         {"8b", 151936, 4096, 12288, 36, 32, 8, 128, 0},
     };
     for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++) {
@@ -245,21 +242,51 @@ static void parse_kstats(opts_t *o, const char *arg) {
 }
 
 static void parse_args(int argc, char **argv, opts_t *o) {
-    enum { O_OUT = 256, O_FORCE, O_PRESET, O_VOCAB, O_HIDDEN, O_INTER, O_LAYERS, O_HEADS, O_KV, O_HD,
-           O_THETA, O_EPS, O_TIED, O_MAXPOS, O_DTYPE, O_DIALECT, O_SHARDS, O_SEED, O_KSTATS, O_PROMPT,
-           O_HELP };
-    static const struct option longopts[] = {
-        {"out", required_argument, 0, O_OUT}, {"force", no_argument, 0, O_FORCE},
-        {"preset", required_argument, 0, O_PRESET}, {"vocab", required_argument, 0, O_VOCAB},
-        {"hidden", required_argument, 0, O_HIDDEN}, {"intermediate", required_argument, 0, O_INTER},
-        {"layers", required_argument, 0, O_LAYERS}, {"heads", required_argument, 0, O_HEADS},
-        {"kv-heads", required_argument, 0, O_KV}, {"head-dim", required_argument, 0, O_HD},
-        {"theta", required_argument, 0, O_THETA}, {"eps", required_argument, 0, O_EPS},
-        {"tied", required_argument, 0, O_TIED}, {"max-pos", required_argument, 0, O_MAXPOS},
-        {"dtype", required_argument, 0, O_DTYPE}, {"dialect", required_argument, 0, O_DIALECT},
-        {"shards", required_argument, 0, O_SHARDS}, {"seed", required_argument, 0, O_SEED},
-        {"k-norm-stats", required_argument, 0, O_KSTATS}, {"prompt-len", required_argument, 0, O_PROMPT},
-        {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
+    enum {
+        O_OUT = 256,
+        O_FORCE,
+        O_PRESET,
+        O_VOCAB,
+        O_HIDDEN,
+        O_INTER,
+        O_LAYERS,
+        O_HEADS,
+        O_KV,
+        O_HD,
+        O_THETA,
+        O_EPS,
+        O_TIED,
+        O_MAXPOS,
+        O_DTYPE,
+        O_DIALECT,
+        O_SHARDS,
+        O_SEED,
+        O_KSTATS,
+        O_PROMPT,
+        O_HELP
+    };
+    static const struct option longopts[] = {{"out", required_argument, 0, O_OUT},
+                                             {"force", no_argument, 0, O_FORCE},
+                                             {"preset", required_argument, 0, O_PRESET},
+                                             {"vocab", required_argument, 0, O_VOCAB},
+                                             {"hidden", required_argument, 0, O_HIDDEN},
+                                             {"intermediate", required_argument, 0, O_INTER},
+                                             {"layers", required_argument, 0, O_LAYERS},
+                                             {"heads", required_argument, 0, O_HEADS},
+                                             {"kv-heads", required_argument, 0, O_KV},
+                                             {"head-dim", required_argument, 0, O_HD},
+                                             {"theta", required_argument, 0, O_THETA},
+                                             {"eps", required_argument, 0, O_EPS},
+                                             {"tied", required_argument, 0, O_TIED},
+                                             {"max-pos", required_argument, 0, O_MAXPOS},
+                                             {"dtype", required_argument, 0, O_DTYPE},
+                                             {"dialect", required_argument, 0, O_DIALECT},
+                                             {"shards", required_argument, 0, O_SHARDS},
+                                             {"seed", required_argument, 0, O_SEED},
+                                             {"k-norm-stats", required_argument, 0, O_KSTATS},
+                                             {"prompt-len", required_argument, 0, O_PROMPT},
+                                             {"help", no_argument, 0, O_HELP},
+                                             {0, 0, 0, 0}};
 
     memset(o, 0, sizeof *o);
     o->dtype = QD_DT_BF16;
@@ -316,8 +343,7 @@ static void parse_args(int argc, char **argv, opts_t *o) {
     }
     if (optind < argc) die_usage("unexpected argument '%s'", argv[optind]);
     if (!o->out) die_usage("--out DIR is required");
-    if (o->heads % o->kv_heads != 0)
-        die_usage("--heads %d is not a multiple of --kv-heads %d", o->heads, o->kv_heads);
+    if (o->heads % o->kv_heads != 0) die_usage("--heads %d is not a multiple of --kv-heads %d", o->heads, o->kv_heads);
     if (o->head_dim % 2 != 0) die_usage("--head-dim %d must be even (rotate-half RoPE)", o->head_dim);
     for (int i = 0; i < o->nkstats; i++) {
         if (o->kstats[i].layer >= o->layers)
@@ -349,8 +375,7 @@ static float round_dtype(qd_dtype dt, double x) {
     return f;
 }
 
-static void add_tensor(tspec *t, int *n, const char *name, int ndim, int64_t d0, int64_t d1, tkind kind,
-                       double std) {
+static void add_tensor(tspec *t, int *n, const char *name, int ndim, int64_t d0, int64_t d1, tkind kind, double std) {
     tspec *s = &t[(*n)++];
     memset(s, 0, sizeof *s);
     snprintf(s->name, sizeof s->name, "%s", name);
@@ -377,8 +402,7 @@ static tspec *build_tensors(const opts_t *o, float **knorm_vals, int *n_out) {
         add_tensor(t, &n, NAME("self_attn.v_proj.weight"), 2, KVD, C, T_LINEAR, 1.0 / sqrt((double)C));
         add_tensor(t, &n, NAME("self_attn.o_proj.weight"), 2, C, QD, T_LINEAR, 1.0 / sqrt((double)QD));
         add_tensor(t, &n, NAME("self_attn.q_norm.weight"), 1, HD, 0, T_NORM, 0);
-        add_tensor(t, &n, NAME("self_attn.k_norm.weight"), 1, HD, 0, knorm_vals[l] ? T_KNORM_STATS : T_NORM,
-                   0);
+        add_tensor(t, &n, NAME("self_attn.k_norm.weight"), 1, HD, 0, knorm_vals[l] ? T_KNORM_STATS : T_NORM, 0);
         t[n - 1].vals = knorm_vals[l];
         add_tensor(t, &n, NAME("post_attention_layernorm.weight"), 1, C, 0, T_NORM, 0);
         add_tensor(t, &n, NAME("mlp.gate_proj.weight"), 2, I, C, T_LINEAR, 1.0 / sqrt((double)C));
@@ -399,7 +423,7 @@ static tspec *build_tensors(const opts_t *o, float **knorm_vals, int *n_out) {
 static float step_dtype(qd_dtype dt, float x, int dir) {
     if (dt == QD_DT_F32) return nextafterf(x, dir > 0 ? INFINITY : -INFINITY);
     uint16_t h = dt == QD_DT_BF16 ? qd_f32_to_bf16(x) : qd_f32_to_f16(x);
-    if ((h & 0x7fffu) == 0) return x; /* +-0: leave it */
+    if ((h & 0x7fffu) == 0) return x;       /* +-0: leave it */
     int away = (dir > 0) == !(h & 0x8000u); /* away from zero: larger magnitude */
     h = (uint16_t)(away ? h + 1 : h - 1);
     return dt == QD_DT_BF16 ? qd_bf16_to_f32(h) : qd_f16_to_f32(h);
@@ -427,7 +451,7 @@ static int same_3sig(double a, double b) {
  * reach, the nearest k. Finally t is bisected so the std of the dtype-rounded vector hits S. */
 static float *make_knorm(const opts_t *o, const knorm_stat *ks) {
     int n = o->head_dim;
-    float *w = ALLOC((size_t)n * sizeof *w); /* (head_dim) */
+    float *w = ALLOC((size_t)n * sizeof *w);        /* (head_dim) */
     double *g = ALLOC((size_t)(n - 1) * sizeof *g); /* (head_dim - 1) */
     char name[96];
     snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", ks->layer);
@@ -452,7 +476,8 @@ static float *make_knorm(const opts_t *o, const knorm_stat *ks) {
     double M = round_dtype(o->dtype, ks->max), S = ks->std;
     if (!isfinite(M) || !same_3sig(M, ks->max))
         die_usage("--k-norm-stats: max %g of layer %d is not representable in the weight dtype to 3 "
-                  "significant digits (nearest %g)", ks->max, ks->layer, M);
+                  "significant digits (nearest %g)",
+                  ks->max, ks->layer, M);
     double Sp = S * sqrt((double)n / (n - 1));
     double kmin = gmax + 0.5, kpeak = n / 3.0; /* h(k) = (k+3)/sqrt(1+k^2/n) rises up to k = n/3 */
 #define H(k) (((k) + 3.0) / sqrt(1.0 + (k) * (k) / n))
@@ -472,7 +497,8 @@ static float *make_knorm(const opts_t *o, const knorm_stat *ks) {
     double b = Sp / sqrt(1.0 + k * k / n), a = M - k * b;
     if (a <= 0)
         die_usage("--k-norm-stats: std %g is too large for max %g with head_dim %d (the vector would be "
-                  "mostly negative)", S, ks->max, n);
+                  "mostly negative)",
+                  S, ks->max, n);
 
     /* std(round(w(t))) is a step function of t, close to increasing; bisect and keep the best. Upper
      * end keeps every bulk value below M. */
@@ -513,7 +539,8 @@ static float *make_knorm(const opts_t *o, const knorm_stat *ks) {
     double s = pop_std(w, n);
     if (wmax != (float)M || !same_3sig(s, S))
         die_usage("--k-norm-stats: cannot realise layer %d max %g std %g in the weight dtype (got max %g "
-                  "std %g)", ks->layer, ks->max, S, wmax, s);
+                  "std %g)",
+                  ks->layer, ks->max, S, wmax, s);
     free(g);
     return w;
 }
@@ -523,8 +550,8 @@ static float *make_knorm(const opts_t *o, const knorm_stat *ks) {
 
 typedef struct {
     const opts_t *o;
-    const tspec *t;  /* the tensors of the file being written (entries[i] is t[i]) */
-    rng_t r;         /* stream of the current tensor */
+    const tspec *t; /* the tensors of the file being written (entries[i] is t[i]) */
+    rng_t r;        /* stream of the current tensor */
 } gen_ctx;
 
 static int fill_tensor(void *vctx, int index, size_t offset, void *buf, size_t nbytes, qd_err *e) {
@@ -640,7 +667,8 @@ static void write_config(const opts_t *o, const char *dir) {
     } else {
         json_object_set_new(c, "rope_scaling", json_null());
         /* released files write an integral theta as an integer (1000000) */
-        if (o->theta == floor(o->theta) && o->theta < 9e15) json_object_set_new(c, "rope_theta", json_integer((json_int_t)o->theta));
+        if (o->theta == floor(o->theta) && o->theta < 9e15)
+            json_object_set_new(c, "rope_theta", json_integer((json_int_t)o->theta));
         else json_object_set_new(c, "rope_theta", json_real(o->theta));
     }
     json_object_set_new(c, "sliding_window", json_null());
@@ -664,8 +692,8 @@ static void write_prompt(const opts_t *o, const char *dir) {
     char *text = ALLOC(cap);
     for (int i = 0; i < o->prompt_len; i++) {
         int sep = (i + 1) % 16 == 0 || i + 1 == o->prompt_len ? '\n' : ' ';
-        len += (size_t)snprintf(text + len, cap - len, "%llu%c",
-                                (unsigned long long)rng_below(&r, (uint64_t)o->vocab), sep);
+        len += (size_t)snprintf(text + len, cap - len, "%llu%c", (unsigned long long)rng_below(&r, (uint64_t)o->vocab),
+                                sep);
     }
     text[len] = '\0';
     char *path = PATH_JOIN(dir, "prompt.txt");

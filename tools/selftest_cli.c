@@ -26,7 +26,7 @@ static const qd_cli_opt selftest_opts[] = {
     {"json", "FILE", S_JSON, NULL, NULL, 3, QD_CLI_SYNOPSIS, 0},
     {"threads", "N", S_THREADS, NULL, NULL, 4, 0, 0},
     {"quiet", NULL, S_QUIET, NULL, NULL, 5, 0, 0},
-    {"no-color", NULL, S_NO_COLOR, NULL, NULL, 0, 0, 0}, /* accepted as everywhere; the table has no colour */
+    {"no-color", NULL, S_NO_COLOR, NULL, NULL, 0, 0, 0},          /* accepted as everywhere; the table has no colour */
     {"shift-expectation", "FAULT", S_SHIFT, NULL, NULL, 0, 0, 0}, /* hidden: the checker's own test */
     {"help", NULL, S_HELP, NULL, NULL, 0, 0, 'h'},
 };
@@ -72,7 +72,8 @@ static int st_option(void *ctx, const qd_cli_opt *o, const char *flag, const cha
     case S_THREADS: {
         char *end;
         long t = strtol(val, &end, 10);
-        if (*end || t < 0 || t > 4096) return qd_errf(e, QD_EINPUT, "--threads: '%s' is not an integer in 0..4096", val);
+        if (*end || t < 0 || t > 4096)
+            return qd_errf(e, QD_EINPUT, "--threads: '%s' is not an integer in 0..4096", val);
         a->run.threads = (int)t;
         return QD_OK;
     }
@@ -143,14 +144,13 @@ static json_t *tokens_json(const int32_t *t, int T) {
     return a;
 }
 
-static int write_json(const qd_selftest_result *r, const char *root, const char *backend, const char *path,
-                      qd_err *e) {
+static int write_json(const qd_selftest_result *r, const char *root, const char *backend, const char *path, qd_err *e) {
     json_t *rows = json_array();
     for (int i = 0; i < r->n; i++) {
         const qd_selftest_check *c = &r->checks[i];
-        json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:b, s:s}", "kind", c->kind, "fault", c->fault,
-                              "fixture", c->fixture, "expected", c->expected, "found", c->found, "mode", c->mode,
-                              "ok", c->ok, "reason", c->reason);
+        json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:b, s:s}", "kind", c->kind, "fault", c->fault, "fixture",
+                              c->fixture, "expected", c->expected, "found", c->found, "mode", c->mode, "ok", c->ok,
+                              "reason", c->reason);
         if (c->tokens) json_object_set_new(o, "tokens", tokens_json(c->tokens, c->T));
         json_array_append_new(rows, o);
     }

@@ -45,7 +45,9 @@ static const char *input_path(void) {
     if (!path[0]) {
         struct stat st;
         const char *dir = stat("/dev/shm", &st) == 0 && S_ISDIR(st.st_mode) && access("/dev/shm", W_OK) == 0
-                              ? "/dev/shm" : getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+                              ? "/dev/shm"
+                          : getenv("TMPDIR") ? getenv("TMPDIR")
+                                             : "/tmp";
         snprintf(path, sizeof input_name, "%s/qd_fuzz_h5read.%ld.h5", dir, (long)getpid());
         atexit(remove_input);
     }
