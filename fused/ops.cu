@@ -33,29 +33,7 @@ extern "C" {
 // ----------------------------------------------------------------------------
 // errors: every CUDA and cuBLAS call checked, returned as a qd_err naming it (as fused.cu)
 
-#define CUDA_CHECK(call)                                                                                            \
-    do {                                                                                                            \
-        cudaError_t err_ = (call);                                                                                  \
-        if (err_ != cudaSuccess)                                                                                    \
-            return qd_errf(e, QD_ERUNTIME, "%s:%d: %s: %s (%s)", __FILE__, __LINE__, #call, cudaGetErrorName(err_), \
-                           cudaGetErrorString(err_));                                                               \
-    } while (0)
-
-#define CUBLAS_CHECK(call)                                                                                        \
-    do {                                                                                                          \
-        cublasStatus_t st_ = (call);                                                                              \
-        if (st_ != CUBLAS_STATUS_SUCCESS)                                                                         \
-            return qd_errf(e, QD_ERUNTIME, "%s:%d: %s: %s", __FILE__, __LINE__, #call, cublasGetStatusName(st_)); \
-    } while (0)
-
-/* After every kernel launch: a bad configuration fails here, at the launch that caused it. */
-#define LAUNCH_CHECK(kernel)                                                                            \
-    do {                                                                                                \
-        cudaError_t err_ = cudaGetLastError();                                                          \
-        if (err_ != cudaSuccess)                                                                        \
-            return qd_errf(e, QD_ERUNTIME, "%s:%d: launch of %s: %s (%s)", __FILE__, __LINE__, #kernel, \
-                           cudaGetErrorName(err_), cudaGetErrorString(err_));                           \
-    } while (0)
+#include "cuda_check.cuh"
 
 #define TRY(x)               \
     do {                     \
