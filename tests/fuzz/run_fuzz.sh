@@ -18,11 +18,18 @@ mkdir -p "$work/corpus" "$work/artifacts"
 # on a corrupt object header (H5O_protect); the replay in the hostile suite checks leaks with those
 # allocators suppressed (lsan.supp), so ours are still caught.
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-rc=0
+fuzz_rc=0
 # shellcheck disable=SC2086
 "$fuzzer" -fork="${QD_FUZZ_JOBS:-1}" -ignore_crashes=1 -max_total_time="${QD_FUZZ_SECONDS:-60}" -timeout=3 \
     -rss_limit_mb=2048 -detect_leaks=0 -print_final_stats=1 -artifact_prefix="$work/artifacts/" \
-    ${QD_FUZZ_ARGS:-} "$work/corpus" "$work/seeds" "$here/regressions" || rc=$?
+    ${QD_FUZZ_ARGS:-} "$work/corpus" "$work/seeds" "$here/regressions" || fuzz_rc=$?
+# In fork mode libFuzzer exits 1 whenever a child crashed, HDF5's crashes included: the verdict is the
+# triage's. A failure with nothing recorded (bad flags, no corpus) fails the run.
+rc=0
+if [ "$fuzz_rc" -ne 0 ] && [ -z "$(ls -A "$work/artifacts")" ]; then
+    echo "run_fuzz: FAIL: libFuzzer exited $fuzz_rc with no crash recorded"
+    rc=1
+fi
 for t in "$work"/artifacts/timeout-*; do
     [ -e "$t" ] && echo "run_fuzz: $t: a hang (inside HDF5 so far, see tests/fuzz/README.md); not a failure"
 done
