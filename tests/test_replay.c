@@ -271,12 +271,59 @@ static void test_min_floor(void **state) {
     qd_weights_free(&w);
 }
 
+/* The same catalog with the roles turned round: the reference side is a faulty fp32 engine (emu in fp32 with
+ * the fault) and the side under test a correct bf16 engine (emu, clean). The replay verdict must find each
+ * fault at its step, layer and op, on the reference side, although the bf16 side is the noisier one. */
+static void test_fault_catalog_reference_side(void **state) {
+    (void)state;
+    int n;
+    const qd_selftest_case *cs = qd_selftest_cases(&n);
+    for (int k = 0; k < n; k++) {
+        const qd_selftest_case *c = &cs[k];
+        const char *name = qd_fault_info_of(c->fault)->name;
+        /* the accumulator in the activation's type: in an fp32 engine that is the correct fp32 sum */
+        if (c->fault == QD_FAULT_NORM_SUMSQ_LOWP) {
+            printf("reference side: %-24s skipped: in fp32 the fault is the correct arithmetic\n", name);
+            continue;
+        }
+        /* emu keeps its weights in bf16; a variant's edited weights (a row scaled by 1e-3) are not bf16 values,
+         * so an fp32 emu over them is not an fp32 engine of that checkpoint (its embed alone differs) */
+        if (c->variant != QD_VARIANT_NONE) {
+            printf("reference side: %-24s @%d %-14s skipped: the variant's weights are not bf16 values\n", name,
+                   c->inject, c->fixture);
+            continue;
+        }
+        qd_weights w;
+        int32_t *tokens;
+        int T;
+        load_case(c, &w, &tokens, &T);
+        const int decode = c->step > 0 ? QD_SELFTEST_DECODE : 0;
+        qd_fault none = {QD_FAULT_NONE, -1}, f = {c->fault, c->inject};
+        qd_backend *a = make("emu", &w, T + decode, "fp32", f), *b = make("emu", &w, T + decode, NULL, none);
+        qd_report r;
+        run_pair(a, b, NULL, &w, tokens, T, decode, NULL, &r);
+        char found[96];
+        int ok = qd_selftest_matches(&r, QD_MODE_FREE, c->step, c->layer, c->tap, found, sizeof found);
+        int i = r.first_fail[QD_MODE_FREE];
+        printf("reference side: %-24s @%d %-14s first: %-28s ratio %.3g side %d\n", name, c->inject, c->fixture, found,
+               i >= 0 ? row_ratio(&r, i) : NAN, i >= 0 ? r.rows[i].judged : -1);
+        assert_true(ok);
+        assert_int_equal(r.rows[i].judged, 0); /* on the reference side, where the fault is */
+        qd_report_free(&r);
+        qd_backend_destroy(a);
+        qd_backend_destroy(b);
+        free(tokens);
+        qd_weights_free(&w);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_min_floor),
         cmocka_unit_test(test_faulty_reference_side),
         cmocka_unit_test(test_clean_fixtures),
         cmocka_unit_test(test_fault_catalog),
+        cmocka_unit_test(test_fault_catalog_reference_side),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
