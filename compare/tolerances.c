@@ -2,6 +2,8 @@
 #include "qd_json.h"
 #include "qd_tolerances.h"
 
+#include "qd_files.h"
+
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -535,7 +537,13 @@ int qd_tolerances_write(const char *path, const qd_tolerances *t, qd_err *e) {
         return QD_ERUNTIME;
     }
     snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
-    int rc = QD_OK;
+    /* registered before it exists: a SIGINT or SIGTERM while it is written removes it (qd_files.h) */
+    int rc = qd_tmp_register(tmp, e);
+    if (rc) {
+        free(tmp);
+        json_decref(root);
+        return rc;
+    }
     FILE *f = fopen(tmp, "w");
     if (!f) {
         rc = qd_errf(e, errno == ENOENT || errno == ENOTDIR ? QD_EINPUT : QD_ERUNTIME, "%s: cannot create: %s", tmp,
@@ -552,6 +560,7 @@ int qd_tolerances_write(const char *path, const qd_tolerances *t, qd_err *e) {
             rc = qd_errf(e, QD_ERUNTIME, "%s: cannot rename to %s: %s", tmp, path, strerror(errno));
         if (rc != QD_OK) unlink(tmp);
     }
+    qd_tmp_forget(tmp);
     free(tmp);
     json_decref(root);
     return rc;

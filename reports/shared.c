@@ -1,6 +1,8 @@
 /* shared.c: the wording and file writing the writers of reports/ share (shared.h). */
 #include "shared.h"
 
+#include "qd_files.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -66,14 +68,23 @@ int qd_row_in_group(const qd_tap_row *row, int step, int layer, int head) {
 int qd_write_text_atomically(const char *path, const char *text, qd_err *e) {
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    /* registered before it exists: a SIGINT or SIGTERM while it is written removes it (qd_files.h) */
+    if (qd_tmp_register(tmp, e)) return e->code;
     FILE *f = fopen(tmp, "w");
-    if (!f) return qd_errf(e, QD_ERUNTIME, "%s: fopen failed: %s", tmp, strerror(errno));
+    if (!f) {
+        int err = errno;
+        qd_tmp_forget(tmp);
+        return qd_errf(e, QD_ERUNTIME, "%s: fopen failed: %s", tmp, strerror(err));
+    }
     size_t len = strlen(text);
     int bad = fwrite(text, 1, len, f) != len;
     bad |= fclose(f) != 0;
     if (bad || rename(tmp, path) != 0) {
+        int err = errno;
         unlink(tmp);
-        return qd_errf(e, QD_ERUNTIME, "%s: write/rename failed: %s", path, strerror(errno));
+        qd_tmp_forget(tmp);
+        return qd_errf(e, QD_ERUNTIME, "%s: write/rename failed: %s", path, strerror(err));
     }
+    qd_tmp_forget(tmp);
     return QD_OK;
 }
