@@ -68,20 +68,27 @@ static void judge_row(const qd_report *r, qd_tap_row *row) {
     row->verdict = row->judged < 0 ? 0 : v[row->judged];
 }
 
-/* Compares one tap and appends its row. prev: the growth-check memory of this mode, indexed by
- * qd_tap_id_kind. ra, rb: the op replayed on A's and B's own inputs (replay judge; NULL: none). */
-static int add_row(qd_report *r, const qd_tolerances *tol, int step, qd_tap_id id, qd_mode mode, const float *test,
-                   const float *ref, int ndim, const int64_t *shape, double *prev, const qd_replay_op *ra,
-                   const qd_replay_op *rb, qd_err *e) {
+/* The next row of r, zeroed (not yet counted in r->n); NULL with e set when the table cannot grow. */
+static qd_tap_row *next_row(qd_report *r, qd_err *e) {
     if (r->n == r->cap) {
         int cap = r->cap ? 2 * r->cap : 256;
         qd_tap_row *rows = qd_resize(r->rows, (size_t)cap * sizeof *r->rows, e);
-        if (!rows) return QD_ERUNTIME;
+        if (!rows) return NULL;
         r->rows = rows;
         r->cap = cap;
     }
     qd_tap_row *row = &r->rows[r->n];
     memset(row, 0, sizeof *row);
+    return row;
+}
+
+/* Compares one tap and appends its row. prev: the growth-check memory of this mode, indexed by
+ * qd_tap_id_kind. ra, rb: the op replayed on A's and B's own inputs (replay judge; NULL: none). */
+static int add_row(qd_report *r, const qd_tolerances *tol, int step, qd_tap_id id, qd_mode mode, const float *test,
+                   const float *ref, int ndim, const int64_t *shape, double *prev, const qd_replay_op *ra,
+                   const qd_replay_op *rb, qd_err *e) {
+    qd_tap_row *row = next_row(r, e);
+    if (!row) return QD_ERUNTIME;
     row->step = step;
     row->id = id;
     row->mode = mode;
@@ -119,15 +126,8 @@ static int add_row(qd_report *r, const qd_tolerances *tol, int step, qd_tap_id i
 
 /* `qwen3-diff replay`: one engine's op, judged on its own (row->m is its local metrics: there is no pair). */
 static int add_single_row(qd_report *r, qd_tap_id id, const qd_replay_op *op, qd_err *e) {
-    if (r->n == r->cap) {
-        int cap = r->cap ? 2 * r->cap : 256;
-        qd_tap_row *rows = qd_resize(r->rows, (size_t)cap * sizeof *r->rows, e);
-        if (!rows) return QD_ERUNTIME;
-        r->rows = rows;
-        r->cap = cap;
-    }
-    qd_tap_row *row = &r->rows[r->n];
-    memset(row, 0, sizeof *row);
+    qd_tap_row *row = next_row(r, e);
+    if (!row) return QD_ERUNTIME;
     row->id = id;
     row->mode = QD_MODE_FREE;
     row->m = op->local;

@@ -77,13 +77,18 @@ static layer_summary summarise(const qd_report *r, int step, int layer, qd_mode 
     return s;
 }
 
+/* A table row's first column: the layer, or embed / head, right-aligned in 5. */
+static void group_label(int layer, int head, char *name, size_t n) {
+    if (layer >= 0) snprintf(name, n, "%5d", layer);
+    else snprintf(name, n, "%5s", head ? "head" : "embed");
+}
+
 static void print_layer_row(const qd_report *r, FILE *f, int color, int step, int layer, int head) {
     layer_summary fr = summarise(r, step, layer, QD_MODE_FREE, head);
     if (fr.n == 0) return;
     layer_summary is = summarise(r, step, layer, QD_MODE_ISOLATED, head);
     char name[16];
-    if (layer >= 0) snprintf(name, sizeof name, "%5d", layer);
-    else snprintf(name, sizeof name, "%5s", head ? "head" : "embed");
+    group_label(layer, head, name, sizeof name);
     fprintf(f, "%s  %-14s", name, qd_row_tap_name(fr.worst));
 #define VALUE(name, agg, fmt) fprintf(f, " " fmt, agg(fr, name));
     TABLE_COLUMNS(VALUE)
@@ -180,8 +185,7 @@ static void print_replay_layer_row(const qd_report *r, FILE *f, int color, int s
     if (fr.n == 0) return;
     replay_summary is = summarise_replay(r, step, layer, QD_MODE_ISOLATED, head);
     char name[16];
-    if (layer >= 0) snprintf(name, sizeof name, "%5d", layer);
-    else snprintf(name, sizeof name, "%5s", head ? "head" : "embed");
+    group_label(layer, head, name, sizeof name);
     const qd_replay_op *op = judged_op(fr.worst);
     fprintf(f, "%s  %-14s", name, qd_row_tap_name(fr.worst));
     if (op)
