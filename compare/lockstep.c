@@ -367,6 +367,21 @@ static int lockstep_repro(const qd_lockstep_opts *o, const qd_report *r, const s
     return qd_repro_write(o->judge.repro, &op, e);
 }
 
+/* The QD_NEXT_TOP largest logits of one row into r->next_top[which], largest first (ties: lower id; NaN never
+ * enters). row (V) */
+static void next_top(qd_report *r, int which, const float *row, int V) {
+    int32_t *id = r->next_top[which].id;
+    float *lg = r->next_top[which].logit;
+    int n = 0;
+    for (int v = 0; v < V; v++) {
+        if (isnan(row[v]) || (n == QD_NEXT_TOP && !(row[v] > lg[n - 1]))) continue;
+        int j = n < QD_NEXT_TOP ? n++ : n - 1;
+        for (; j > 0 && row[v] > lg[j - 1]; j--) id[j] = id[j - 1], lg[j] = lg[j - 1];
+        id[j] = v, lg[j] = row[v];
+    }
+    r->next_top[which].n = n;
+}
+
 static int argmax_row(const float *x, int n) {
     int best = 0;
     for (int i = 1; i < n; i++)
@@ -496,6 +511,10 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
              (b_iso && (rc = dump_side(dcs, &si, head_taps(), L + 1, e))) ||
              (rc = dump_after_position(dcs, L + 1, before < 0 && r->first_div >= 0, e))))
             goto done;
+        if (step == 0) {
+            next_top(r, 0, sa.logits + (size_t)(Tn - 1) * V, V);
+            next_top(r, 1, sb.logits + (size_t)(Tn - 1) * V, V);
+        }
         /* the next decode step feeds both sides the reference side's greedy token */
         next_token = argmax_row(sa.logits + (size_t)(Tn - 1) * V, V);
     }

@@ -24,9 +24,12 @@
 #include "qd_localise.h"
 #include "qd_metrics.h"
 #include "qd_replay.h"
+#include "qd_tokenizer.h"
 #include "qd_tolerances.h"
 
 typedef enum { QD_MODE_FREE = 0, QD_MODE_ISOLATED = 1 } qd_mode;
+
+#define QD_NEXT_TOP 5 /* next-token candidates kept per side (qd_report.next_top) */
 
 const char *qd_mode_name(qd_mode m); /* "free", "isolated" */
 
@@ -66,6 +69,12 @@ typedef struct {
     double threshold;    /* replay: the ratio's threshold */
     int single;          /* `qwen3-diff replay`: one engine (side A), no A-vs-B metrics */
     int worst_inherited; /* replay: the row with the largest A-vs-B rel_l2; -1 none */
+    struct {
+        int32_t id[QD_NEXT_TOP];
+        float logit[QD_NEXT_TOP];
+        int n;               /* 0: none (an offline comparison) */
+    } next_top[2];           /* lockstep: each side's largest logits after the prompt's last token, largest first */
+    const qd_tokenizer *tok; /* the checkpoint's tokenizer, for token text in reports; NULL: none (borrowed) */
 } qd_report;
 
 void qd_report_init(qd_report *r, const char *name_a, const char *prec_a, const char *name_b, const char *prec_b,

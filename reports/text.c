@@ -250,6 +250,25 @@ static void print_replay(const qd_report *r, FILE *f, int color) {
     }
 }
 
+/* Each side's next-token candidates after the prompt, with their text, when the checkpoint's tokenizer is known:
+ * where the two sides' top tokens differ, the divergence changed what the model would say. */
+static void print_next_tokens(const qd_report *r, FILE *f) {
+    if (!r->tok || !r->next_top[0].n) return;
+    fprintf(f, "next token after the prompt (top %d: id 'text' logit):\n", QD_NEXT_TOP);
+    for (int side = 0; side < 2; side++) {
+        fprintf(f, "  %-6s", side ? r->name_b : r->name_a);
+        for (int j = 0; j < r->next_top[side].n; j++) {
+            char text[64];
+            qd_tok_token_text(r->tok, r->next_top[side].id[j], text, sizeof text);
+            fprintf(f, "%s %d '%s' %.4g", j ? "," : "", r->next_top[side].id[j], text, r->next_top[side].logit[j]);
+        }
+        fprintf(f, "\n");
+    }
+    if (r->next_top[1].n && r->next_top[0].id[0] != r->next_top[1].id[0])
+        fprintf(f, "  the greedy next token differs: %s %d vs %s %d\n", r->name_a, r->next_top[0].id[0], r->name_b,
+                r->next_top[1].id[0]);
+}
+
 void qd_report_print(const qd_report *r, FILE *f, int color) {
     if (r->replay) {
         print_replay(r, f, color);
@@ -281,4 +300,5 @@ only:
             fprintf(f, "\n");
         }
     }
+    print_next_tokens(r, f);
 }

@@ -50,6 +50,7 @@
 #include "qd_sweep.h"
 #include "qd_tolerances.h"
 #include "qd_taps.h"
+#include "qd_tokenizer.h"
 #include "qd_tokens.h"
 #include "qd_util.h"
 #include "qd_weights.h"
@@ -66,6 +67,8 @@
 typedef struct {
     const char *model;  /* checkpoint directory; NULL: the bundled extreme-k_norm fixture */
     const char *tokens; /* "5,17,3" or "@FILE"; NULL with the bundled model: its prompt */
+    const char *prompt; /* --prompt TEXT or @FILE, tokenised with the model's tokenizer.json; NULL: none */
+    int chat;           /* --chat: the prompt as one user turn of the chat template */
     const char *backends[MAX_BACKENDS];
     int nbackends;      /* 0: the default pair */
     int layer_by_layer; /* compare two backends in lockstep */
@@ -135,6 +138,8 @@ enum {
     O_INJECT_A,
     O_RATIO_THRESHOLD,
     O_REPRO,
+    O_PROMPT,
+    O_CHAT,
 };
 
 /* name, value, id, section, help (NULL: not listed), usage position, flags, short name; in the order of --help */
@@ -146,6 +151,14 @@ static const qd_cli_opt main_opts[] = {
     /* an empty list is left to the token parser, whose message says "empty token list" */
     {"tokens", "LIST|@FILE", O_TOKENS, "input",
      "prompt ids \"5,17,3\", or @FILE with ids separated by commas/whitespace", 3, QD_CLI_EMPTY_OK, 0},
+    {"prompt", "TEXT|@FILE", O_PROMPT, "input",
+     "prompt text (or a UTF-8 file's), tokenised with the model's tokenizer.json;\n"
+     "special tokens written in it (<|im_start|>) are matched (docs/TOKENIZER.md)",
+     0, QD_CLI_EMPTY_OK, 0},
+    {"chat", NULL, O_CHAT, "input",
+     "wrap --prompt as one user turn in the model's chat template\n"
+     "(ChatML, from tokenizer_config.json), ready for the assistant's answer",
+     0, 0, 0},
     {"backends", "A[,B]", O_BACKENDS, "backends",
      "{backends}; A is the reference side (default: ref,fused with a\n"
      "CUDA device, else ref,emu)",
@@ -365,6 +378,8 @@ static int take_option(void *ctx, const qd_cli_opt *o, const char *flag, const c
     case O_FP32_OPS: return qd_precision_points_parse(val, &a->fp32_points, e);
     case O_MODEL: a->model = val; return QD_OK;
     case O_TOKENS: a->tokens = val; return QD_OK;
+    case O_PROMPT: a->prompt = val; return QD_OK;
+    case O_CHAT: a->chat = 1; return QD_OK;
     case O_DUMP: a->dump = val; return QD_OK;
     case O_REPRO: a->repro = val; return QD_OK;
     case O_TOLERANCES: a->tolerances = val; return QD_OK;
@@ -531,7 +546,11 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
         return qd_errf(e, QD_EINPUT, "--precision-bisect chooses the fp32 ops itself: drop --fp32-ops");
     if (a->locate == QD_MODE_ISOLATED && !a->isolate) return qd_errf(e, QD_EINPUT, "--locate isolated needs --isolate");
     /* no --model: the bundled extreme-k_norm fixture, with its own prompt unless --tokens is given */
-    if (a->model && !a->tokens) return qd_errf(e, QD_EINPUT, "missing --tokens LIST|@FILE (see --help)");
+    if (a->prompt && a->tokens) return qd_errf(e, QD_EINPUT, "--prompt and --tokens both give the input: use one");
+    if (a->chat && !a->prompt)
+        return qd_errf(e, QD_EINPUT, "--chat wraps the text of --prompt: give --prompt TEXT|@FILE");
+    if (a->model && !a->tokens && !a->prompt)
+        return qd_errf(e, QD_EINPUT, "missing --tokens LIST|@FILE or --prompt TEXT|@FILE (see --help)");
     return QD_OK;
 }
 
@@ -621,7 +640,7 @@ static void top_k(const float *row, int V, top_entry *top, int k) {
     for (int j = n; j < k; j++) top[j] = (top_entry){-1, NAN};
 }
 
-static void print_summary(const cli_args *a, const char *model, const qd_backend *be, const qd_weights *w,
+static void print_summary(const qd_tokenizer *tok, const char *model, const qd_backend *be, const qd_weights *w,
                           const run_sink *s, const float *logits, int T, double seconds) {
     const qd_config *c = &w->cfg;
     const float *last = logits + (size_t)(T - 1) * c->vocab_size; /* (V) */
@@ -635,7 +654,6 @@ static void print_summary(const cli_args *a, const char *model, const qd_backend
            c->hidden_size, c->intermediate_size, c->num_attention_heads, c->num_key_value_heads, c->head_dim,
            c->vocab_size, c->rope_theta, c->rms_norm_eps, c->tie_word_embeddings ? "tied" : "untied",
            qd_dtype_name(w->src_dtype));
-    (void)a;
     printf("run     %s, %s activations, %s accumulation, T=%d tokens, %.2f s\n", be->name, be->precision, be->accum, T,
            seconds);
     printf("\n%5s %11s %11s %11s %11s %11s\n", "layer", "rms(out)", "max|out|", "max|k_norm|", "max|attn|", "max|act|");
@@ -647,8 +665,13 @@ static void print_summary(const cli_args *a, const char *model, const qd_backend
         printf("\n");
     }
     printf("\nlogits  max|.| %.4g over all %d positions\n", lmax, T);
-    printf("next    top-5 after position %d, id (logit):", T - 1);
-    for (int j = 0; j < 5 && top[j].id >= 0; j++) printf("  %d (%.4g)", top[j].id, top[j].logit);
+    printf("next    top-5 after position %d, id %s(logit):", T - 1, tok ? "'text' " : "");
+    for (int j = 0; j < 5 && top[j].id >= 0; j++) {
+        char text[64];
+        printf("  %d", top[j].id);
+        if (tok) printf(" '%s'", (qd_tok_token_text(tok, top[j].id, text, sizeof text), text));
+        printf(" (%.4g)", top[j].logit);
+    }
     printf("\n");
     if (s->nonfinite) {
         printf("warning %ld non-finite values, the first in ", s->nonfinite);
@@ -666,19 +689,77 @@ static double now_seconds(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* The model's tokenizer.json (ids checked against the model's vocab_size): --prompt needs it and fails with it;
+ * otherwise it only gives the reports token text, so without one there is none, and one that cannot be read
+ * is named in a warning and the run goes on. */
+static int open_tokenizer(const cli_args *a, const char *model, const qd_config *cfg, qd_tokenizer **tok, qd_err *e) {
+    *tok = NULL;
+    char *path = qd_path_join(model, "tokenizer.json", e);
+    if (!path) return QD_ERUNTIME;
+    struct stat st;
+    int rc = QD_OK;
+    if (a->prompt || (!a->quiet && stat(path, &st) == 0)) {
+        qd_err te;
+        qd_err_clear(&te);
+        *tok = qd_tok_load(path, cfg->vocab_size, &te);
+        if (!*tok && a->prompt) rc = qd_errf(e, te.code, "--prompt: %s", te.msg);
+        else if (!*tok) fprintf(stderr, "qwen3-diff: warning: no token text in the report: %s\n", te.msg);
+    }
+    free(path);
+    return rc;
+}
+
+/* --prompt's ids: the text (or the file's, as it is), wrapped by --chat, through the tokenizer. */
+static int prompt_ids(const cli_args *a, const char *model, const qd_config *cfg, const qd_tokenizer *tok,
+                      int32_t **tokens, int *T, qd_err *e) {
+    int max_ids = cfg->max_position_embeddings > 0 && cfg->max_position_embeddings <= QD_TOKENS_MAX_DEFAULT
+                      ? cfg->max_position_embeddings
+                      : QD_TOKENS_MAX_DEFAULT;
+    const char *text = a->prompt;
+    char *file = NULL, *wrapped = NULL;
+    size_t len = strlen(text);
+    int rc = QD_OK;
+    if (text[0] == '@') {
+        char why[96];
+        snprintf(why, sizeof why, "%d tokens (max_position_embeddings) of at most 64 bytes each", max_ids);
+        qd_err re;
+        if (qd_read_text(text + 1, (size_t)max_ids * 64 + 4096, why, &file, &len, &re))
+            return qd_errf(e, QD_EINPUT, "--prompt %s", re.msg);
+        text = file;
+    }
+    if (a->chat && !(rc = qd_chat_wrap(model, text, len, &wrapped, &len, e))) text = wrapped;
+    qd_err te;
+    if (!rc && (rc = qd_tok_encode(tok, text, len, tokens, T, &te))) qd_errf(e, te.code, "--prompt: %s", te.msg);
+    if (!rc && *T == 0) rc = qd_errf(e, QD_EINPUT, "--prompt: the text gives no tokens");
+    if (!rc && *T > max_ids)
+        rc = qd_errf(e, QD_EINPUT, "--prompt: %d tokens, more than the model's %d positions (max_position_embeddings)",
+                     *T, max_ids);
+    if (rc) {
+        free(*tokens);
+        *tokens = NULL;
+    }
+    free(file);
+    free(wrapped);
+    return rc;
+}
+
 /* The run's input, in the order that makes bad input fail before anything expensive happens: the model
- * directory, config.json (its vocab checks the tokens), the token ids, then the dump file when asked
- * (dump_path NULL: none). On failure everything opened here is released. */
+ * directory, config.json (its vocab checks the tokens), the tokenizer, the token ids, then the dump file when
+ * asked (dump_path NULL: none). On failure everything opened here is released. */
 static int open_input(const cli_args *a, const char *model, const char *token_arg, const char *dump_path,
-                      qd_config *cfg, char **config_text, int32_t **tokens, int *T, qd_dump **dump, qd_err *e) {
+                      qd_config *cfg, char **config_text, qd_tokenizer **tok, int32_t **tokens, int *T, qd_dump **dump,
+                      qd_err *e) {
     struct stat st;
     *config_text = NULL;
     *tokens = NULL;
     *dump = NULL;
+    *tok = NULL;
     if (stat(model, &st) != 0 || !S_ISDIR(st.st_mode))
         return qd_errf(e, QD_EINPUT, "--model %s: no such directory", model);
     int rc = qd_config_load(model, cfg, config_text, e);
-    if (!rc) rc = qd_tokens_parse_max(token_arg, cfg->vocab_size, cfg->max_position_embeddings, tokens, T, e);
+    if (!rc) rc = open_tokenizer(a, model, cfg, tok, e);
+    if (!rc && a->prompt) rc = prompt_ids(a, model, cfg, *tok, tokens, T, e);
+    else if (!rc) rc = qd_tokens_parse_max(token_arg, cfg->vocab_size, cfg->max_position_embeddings, tokens, T, e);
     if (!rc && dump_path) {
         char *abs_model = realpath(model, NULL);
         *dump =
@@ -689,8 +770,10 @@ static int open_input(const cli_args *a, const char *model, const char *token_ar
     if (rc) {
         free(*config_text);
         free(*tokens);
+        qd_tok_free(*tok);
         *config_text = NULL;
         *tokens = NULL;
+        *tok = NULL;
     }
     return rc;
 }
@@ -707,8 +790,9 @@ static int run_single(const cli_args *a, const char *model, const char *token_ar
     qd_backend *be = NULL;
     float *h = NULL, *h2 = NULL, *logits = NULL;
     run_sink s = {0};
+    qd_tokenizer *tok = NULL;
 
-    if ((rc = open_input(a, model, token_arg, a->dump, &cfg, &config_text, &tokens, &T, &dump, e))) return rc;
+    if ((rc = open_input(a, model, token_arg, a->dump, &cfg, &config_text, &tok, &tokens, &T, &dump, e))) return rc;
 
     if ((rc = qd_weights_load(model, &w, e))) goto out;
     have_weights = 1;
@@ -774,12 +858,15 @@ static int run_single(const cli_args *a, const char *model, const char *token_ar
         if (rc) goto out;
     }
     if (a->summary) {
-        print_summary(a, model, be, &w, &s, logits, T, seconds);
+        print_summary(tok, model, be, &w, &s, logits, T, seconds);
     } else if (!a->quiet) {
         top_entry top[1];
+        char text[64];
         top_k(logits + (size_t)(T - 1) * c->vocab_size, c->vocab_size, top, 1);
-        printf("%s: %d layers, T=%d tokens, %.2f s; next token %d (logit %.4g)", be->name, s.L, T, seconds, top[0].id,
-               top[0].logit);
+        printf("%s: %d layers, T=%d tokens, %.2f s; next token %d", be->name, s.L, T, seconds, top[0].id);
+        if (tok && top[0].id >= 0 && qd_tok_token_text(tok, top[0].id, text, sizeof text) < sizeof text)
+            printf(" '%s'", text);
+        printf(" (logit %.4g)", top[0].logit);
         if (s.nonfinite) printf("; %ld non-finite values", s.nonfinite);
         if (a->dump) printf("; dump %s", a->dump);
         printf("\n");
@@ -795,6 +882,7 @@ out:
     free(logits);
     free(tokens);
     free(config_text);
+    qd_tok_free(tok);
     return rc;
 }
 
@@ -888,9 +976,10 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
     qd_tolerances tol;
     qd_report r;
     qd_bisect_result *bisect = NULL; /* --precision-bisect's result, after a divergence */
+    qd_tokenizer *tok = NULL;
 
-    if ((rc =
-             open_input(a, model, token_arg, a->calibrate ? NULL : a->dump, &cfg, &config_text, &tokens, &T, &dump, e)))
+    if ((rc = open_input(a, model, token_arg, a->calibrate ? NULL : a->dump, &cfg, &config_text, &tok, &tokens, &T,
+                         &dump, e)))
         return rc;
     const char *name_a = a->nbackends ? a->backends[0] : "ref";
     const char *name_b = a->nbackends ? a->backends[1] : qd_backend_default_test();
@@ -937,6 +1026,7 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
         if (k + 2 <= sizeof bb->name) memcpy(bb->name + k, "2", 2);
     }
     qd_report_init(&r, ba->name, ba->precision, bb->name, bb->precision, L, a->locate, &tol.blowup);
+    r.tok = tok;
     have_report = 1;
     qd_repro_req repro = {.path = a->repro, .model = model};
     qd_lockstep_opts o = {.tokens = tokens,
@@ -1028,6 +1118,7 @@ out:
     if (have_weights) qd_weights_free(&w);
     free(tokens);
     free(config_text);
+    qd_tok_free(tok);
     return rc;
 }
 
@@ -1157,7 +1248,8 @@ int main(int argc, char **argv) {
         rc = qd_check_paths(&e, QD_PATH_OUT, "--dump", a.dump, QD_PATH_OUT, "--json", a.json, QD_PATH_OUT, "--junit",
                             a.junit, QD_PATH_OUT, "--write-tolerances", a.write_tol, QD_PATH_IN, "--tolerances",
                             a.tolerances, QD_PATH_IN, "--tokens", a.tokens && a.tokens[0] == '@' ? a.tokens + 1 : NULL,
-                            QD_PATH_IN, "compare A", a.compare_a, QD_PATH_IN, "compare B", a.compare_b, QD_PATH_END);
+                            QD_PATH_IN, "--prompt", a.prompt && a.prompt[0] == '@' ? a.prompt + 1 : NULL, QD_PATH_IN,
+                            "compare A", a.compare_a, QD_PATH_IN, "compare B", a.compare_b, QD_PATH_END);
     if (rc == QD_OK) rc = qd_tmp_cleanup_on_signals(&e);
     if (rc == QD_OK) {
         const char *model = a.model ? a.model : QD_SOURCE_ROOT "/fixtures/knorm_extreme";
