@@ -31,6 +31,8 @@ typedef struct qd_tokenizer qd_tokenizer;
  * embedding rows); 0: no limit. NULL with e filled: QD_EINPUT for a missing, unreadable-as-JSON or
  * unsupported file (one line naming the field), QD_ERUNTIME for I/O or memory. */
 qd_tokenizer *qd_tok_load(const char *path, int vocab_size, qd_err *e);
+/* The same from the file's text (len bytes); path names it in messages. */
+qd_tokenizer *qd_tok_parse(const char *path, const char *text, size_t len, int vocab_size, qd_err *e);
 void qd_tok_free(qd_tokenizer *t);
 
 /* text (len bytes, UTF-8; NUL bytes allowed) -> ids, as tokenizers' Tokenizer.encode(text).ids. *ids is

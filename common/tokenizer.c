@@ -211,11 +211,62 @@ static const char *type_of(const json_t *obj) {
     return json_is_string(t) ? json_string_value(t) : NULL;
 }
 
+/* Unicode's White_Space: what \s means to Oniguruma, the regex engine of tokenizers. PCRE2's \s (UCP) also
+ * matches U+180E MONGOLIAN VOWEL SEPARATOR (in \h, though Unicode 6.3 made it a format character), so that
+ * "e\u180e'V" would split differently; the pattern's \s and \S are spelled out as this set. */
+#define WHITE_SPACE \
+    "\\t-\\r\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
+
+/* The pattern with \s and \S as White_Space (a \S inside a character class is kept: it cannot be spelled
+ * there, and differs only at U+180E). malloc'd; NULL when out of memory. */
+static char *white_space_pattern(const char *p, size_t len, size_t *out_len) {
+    char *o = malloc(len + (len / 2 + 1) * (sizeof WHITE_SPACE + 3)); /* each 2-byte \s grows by at most that */
+    if (!o) return NULL;
+    size_t k = 0;
+    int in_class = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (p[i] == '\\' && i + 1 < len) {
+            char n = p[++i];
+            if (n == 's' || (n == 'S' && !in_class)) {
+                k += (size_t)sprintf(o + k, in_class ? "%s" : n == 's' ? "[%s]" : "[^%s]", WHITE_SPACE);
+            } else {
+                o[k++] = '\\';
+                o[k++] = n;
+            }
+            continue;
+        }
+        if (p[i] == '[' && !in_class) {
+            in_class = 1;
+            o[k++] = p[i];
+            if (i + 1 < len && p[i + 1] == '^') o[k++] = p[++i];
+            if (i + 1 < len && p[i + 1] == ']') o[k++] = p[++i]; /* a leading ] is a literal */
+            continue;
+        }
+        if (p[i] == '[' && i + 1 < len && p[i + 1] == ':') { /* [:alpha:] inside a class */
+            size_t j = i + 2;
+            while (j + 1 < len && !(p[j] == ':' && p[j + 1] == ']')) j++;
+            size_t n = j + 1 < len ? j + 2 - i : 1;
+            memcpy(o + k, p + i, n);
+            k += n, i += n - 1;
+            continue;
+        }
+        if (p[i] == ']' && in_class) in_class = 0;
+        o[k++] = p[i];
+    }
+    o[k] = '\0';
+    *out_len = k;
+    return o;
+}
+
 static int compile_re(ctx *c, const char *pattern, size_t len, int literal, const char *where, pcre2_code **out) {
     int err;
     PCRE2_SIZE at;
-    *out =
-        pcre2_compile((PCRE2_SPTR)pattern, len, PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0), &err, &at, NULL);
+    size_t wlen = len;
+    char *ws = literal ? NULL : white_space_pattern(pattern, len, &wlen);
+    if (!literal && !ws) return qd_errf(c->e, QD_ERUNTIME, "out of memory: the pattern of '%s'", where);
+    *out = pcre2_compile((PCRE2_SPTR)(ws ? ws : pattern), wlen, PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP), &err,
+                         &at, NULL);
+    free(ws);
     if (!*out) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof msg);
@@ -480,11 +531,16 @@ static int build_ids(ctx *c, qd_tokenizer *t) {
 qd_tokenizer *qd_tok_load(const char *path, int vocab_size, qd_err *e) {
     char *text = NULL;
     size_t len = 0;
-    int rc = qd_read_text(path, QD_TOK_FILE_MAX, "a tokenizer.json: Qwen3's is 11 MB", &text, &len, e);
-    if (rc) return NULL;
+    if (qd_read_text(path, QD_TOK_FILE_MAX, "a tokenizer.json: Qwen3's is 11 MB", &text, &len, e)) return NULL;
+    qd_tokenizer *t = qd_tok_parse(path, text, len, vocab_size, e);
+    free(text);
+    return t;
+}
+
+qd_tokenizer *qd_tok_parse(const char *path, const char *text, size_t len, int vocab_size, qd_err *e) {
+    int rc;
     json_error_t je;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
-    free(text);
     if (!root) {
         qd_errf(e, QD_EINPUT, "%s: not valid JSON (line %d, column %d: %s)", path, je.line, je.column, je.text);
         return NULL;
@@ -709,8 +765,7 @@ static int split_piece(const pcre2_code *re, int keep_matches, piece pc, pcre2_m
     return rc;
 }
 
-/* Pre-tokenizes one stretch of normalised text and runs BPE on each word. Like tokenizers, each step sees
- * every piece, even an empty one (ByteLevel's prefix space applies to it), and keeps only non-empty ones. */
+/* Pre-tokenizes one stretch of normalised text and runs BPE on each word. */
 static int encode_text(const qd_tokenizer *t, const char *text, size_t len, pcre2_match_data *md, bpe_scratch *s,
                        idvec *out, qd_err *e) {
     piece_list cur = {0}, next = {0};
@@ -721,6 +776,7 @@ static int encode_text(const qd_tokenizer *t, const char *text, size_t len, pcre
         const pre_step *st = &t->steps[k];
         for (int i = 0; i < cur.n && !rc; i++) {
             piece pc = cur.v[i];
+            if (!pc.len) continue; /* tokenizers keeps no empty piece, so a prefix space makes none */
             if (st->kind == STEP_BYTELEVEL && st->add_prefix_space && (pc.len == 0 || pc.p[0] != ' ')) {
                 char **o = qd_resize(owned, (size_t)(n_owned + 1) * sizeof *o, e);
                 char *own = o ? qd_alloc(pc.len + 1, e) : NULL;
@@ -754,10 +810,12 @@ static int is_white(int32_t c) { /* Rust's char::is_whitespace: the White_Space 
            c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
-static int is_alnum(int32_t c) {
+/* Rust regex's Unicode \w, which single_word tests: letters, marks, decimal and letter numbers, connector
+ * punctuation (_), the joiners. */
+static int is_word(int32_t c) {
     utf8proc_category_t k = utf8proc_category(c);
-    return (k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_LO) ||
-           (k >= UTF8PROC_CATEGORY_ND && k <= UTF8PROC_CATEGORY_NO);
+    return (k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_ME) || k == UTF8PROC_CATEGORY_ND ||
+           k == UTF8PROC_CATEGORY_NL || k == UTF8PROC_CATEGORY_PC || c == 0x200C || c == 0x200D;
 }
 
 /* The code point that ends at s[end) / starts at s[at]; -1 at the edges. */
@@ -820,7 +878,7 @@ static int find_added(const qd_tokenizer *t, int normalized, const char *s, size
         if (best->single_word) {
             size_t cl;
             int32_t before = cp_before(s, start), after = cp_at(s, len, stop, &cl);
-            if ((before >= 0 && is_alnum(before)) || (after >= 0 && is_alnum(after))) continue;
+            if ((before >= 0 && is_word(before)) || (after >= 0 && is_word(after))) continue;
         }
         if (best->lstrip) {
             while (start > start_offset) {
