@@ -88,7 +88,8 @@ check(rc == 0 and at >= 0 and lines[at + 1].split()[0] == "ref" and lines[at + 2
       lines[at + 1].count("'") == 10, "ref vs emu: the report shows each side's top-5 next tokens with their text")
 rc, out, err = qd_check.run(BIN, "--model", GQ, "--tokens", "@" + os.path.join(GQ, "prompt.txt"), "--backends", "ref",
                             "--summary")
-check(rc == 0 and "top-5 after position" in out and "'text'" in out, "--summary: the top-5 with their text")
+check(rc == 0 and "top-5 after position" in out and "their text:" in out and
+      out.split("their text:")[1].split("\n")[0].count("'") == 10, "--summary: the top-5 and their text")
 
 # --- bad input ----------------------------------------------------------------------------------------------------
 good = json.load(open(os.path.join(GQ, "tokenizer.json"), encoding="utf-8"))

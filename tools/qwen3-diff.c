@@ -665,14 +665,18 @@ static void print_summary(const qd_tokenizer *tok, const char *model, const qd_b
         printf("\n");
     }
     printf("\nlogits  max|.| %.4g over all %d positions\n", lmax, T);
-    printf("next    top-5 after position %d, id %s(logit):", T - 1, tok ? "'text' " : "");
-    for (int j = 0; j < 5 && top[j].id >= 0; j++) {
-        char text[64];
-        printf("  %d", top[j].id);
-        if (tok) printf(" '%s'", (qd_tok_token_text(tok, top[j].id, text, sizeof text), text));
-        printf(" (%.4g)", top[j].logit);
-    }
+    printf("next    top-5 after position %d, id (logit):", T - 1);
+    for (int j = 0; j < 5 && top[j].id >= 0; j++) printf("  %d (%.4g)", top[j].id, top[j].logit);
     printf("\n");
+    if (tok) { /* a line of its own: the line above keeps its form for whoever parses it */
+        printf("        their text:");
+        for (int j = 0; j < 5 && top[j].id >= 0; j++) {
+            char text[64];
+            qd_tok_token_text(tok, top[j].id, text, sizeof text);
+            printf("  '%s'", text);
+        }
+        printf("\n");
+    }
     if (s->nonfinite) {
         printf("warning %ld non-finite values, the first in ", s->nonfinite);
         if (s->first_bad.pos != QD_POS_LAYER) printf("model-level tap '%s'\n", qd_tap_id_name(s->first_bad));
