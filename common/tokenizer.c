@@ -141,23 +141,19 @@ struct qd_tokenizer {
     int nsteps;
     int32_t unk_id; /* -1: none */
     int fuse_unk, ignore_merges;
+    int32_t byte_cp[256]; /* GPT-2's bytes_to_unicode: the code point each byte stands for */
+    int16_t cp_byte[324]; /* its inverse; -1: a code point that stands for no byte */
 };
 
 /* GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves, the others for 256 + n in order. */
-static int byte_char(int b) {
-    if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF)) return b;
+static void byte_tables(qd_tokenizer *t) {
     int n = 0;
-    for (int c = 0; c < b; c++) n += !((c >= '!' && c <= '~') || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE && c <= 0xFF));
-    return 256 + n;
-}
-
-/* The byte a code point stands for, or -1. */
-static int char_byte(int32_t cp) {
-    if (cp < 0 || cp > 323) return -1;
-    if (cp < 256) return byte_char(cp) == cp ? cp : -1;
-    for (int b = 0; b < 256; b++)
-        if (byte_char(b) == cp) return b;
-    return -1;
+    for (int c = 0; c < 324; c++) t->cp_byte[c] = -1;
+    for (int b = 0; b < 256; b++) {
+        int printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+        t->byte_cp[b] = printable ? b : 256 + n++;
+        t->cp_byte[t->byte_cp[b]] = (int16_t)b;
+    }
 }
 
 static size_t put_utf8(int32_t cp, char *out) { return (size_t)utf8proc_encode_char(cp, (utf8proc_uint8_t *)out); }
@@ -523,7 +519,7 @@ static int build_ids(ctx *c, qd_tokenizer *t) {
         t->id_text[t->added[i].id] = t->added[i].content, t->id_len[t->added[i].id] = t->added[i].len;
     for (int b = 0; b < 256; b++) {
         char s[4];
-        t->byte_id[b] = str_map_get(&t->vocab, s, put_utf8(byte_char(b), s));
+        t->byte_id[b] = str_map_get(&t->vocab, s, put_utf8(t->byte_cp[b], s));
     }
     return QD_OK;
 }
@@ -552,6 +548,7 @@ qd_tokenizer *qd_tok_parse(const char *path, const char *text, size_t len, int v
         goto fail;
     }
     if (!(t = qd_zalloc(1, sizeof *t, e))) goto fail;
+    byte_tables(t);
     const json_t *dec = json_object_get(root, "decoder"), *post = json_object_get(root, "post_processor");
     const char *pt = type_of(post);
     if ((rc = want_null(&c, root, "truncation", "")) || (rc = want_null(&c, root, "padding", "")) ||
@@ -670,7 +667,7 @@ static int bpe_word(const qd_tokenizer *t, const unsigned char *w, size_t len, b
     if (rc) return rc;
     if (t->ignore_merges) { /* a word that is a token as a whole is that token */
         size_t k = 0;
-        for (size_t i = 0; i < len; i++) k += put_utf8(byte_char(w[i]), s->mapped + k);
+        for (size_t i = 0; i < len; i++) k += put_utf8(t->byte_cp[w[i]], s->mapped + k);
         int32_t id = str_map_get(&t->vocab, s->mapped, k);
         if (id >= 0) return push_id(out, id, e);
     }
@@ -964,12 +961,12 @@ int qd_tok_encode(const qd_tokenizer *t, const char *text, size_t len, int32_t *
 
 /* One token's bytes, as tokenizers' ByteLevel decoder: each character's byte when every character stands
  * for a byte, else the token's text as it is. Appends to buf (room for len bytes assumed). */
-static size_t token_bytes(const char *tok, size_t len, char *buf) {
+static size_t token_bytes(const qd_tokenizer *t, const char *tok, size_t len, char *buf) {
     size_t k = 0;
     for (size_t i = 0; i < len;) {
         utf8proc_int32_t c;
         utf8proc_ssize_t n = utf8proc_iterate((const utf8proc_uint8_t *)tok + i, (utf8proc_ssize_t)(len - i), &c);
-        int b = n > 0 ? char_byte(c) : -1;
+        int b = n > 0 && c >= 0 && c < 324 ? t->cp_byte[c] : -1;
         if (b < 0) {
             memcpy(buf, tok, len);
             return len;
@@ -1012,7 +1009,7 @@ int qd_tok_decode(const qd_tokenizer *t, const int32_t *ids, int n, char **out, 
     size_t k = 0, m = 0;
     for (int i = 0; i < n; i++)
         if (ids[i] >= 0 && ids[i] < t->n_ids && t->id_text[ids[i]])
-            k += token_bytes(t->id_text[ids[i]], t->id_len[ids[i]], bytes + k);
+            k += token_bytes(t, t->id_text[ids[i]], t->id_len[ids[i]], bytes + k);
     for (size_t i = 0; i < k;) { /* String::from_utf8_lossy */
         int q = utf8_seq((const unsigned char *)bytes + i, k - i);
         if (q > 0) {
@@ -1037,7 +1034,7 @@ size_t qd_tok_token_text(const qd_tokenizer *t, int32_t id, char *buf, size_t n)
         return (size_t)snprintf(buf, n, "<id %d>", id) < n ? strlen(buf) : n - 1;
     char raw[512];
     size_t len = t->id_len[id] < sizeof raw ? t->id_len[id] : sizeof raw; /* longer tokens are cut for display */
-    size_t k = token_bytes(t->id_text[id], len, raw), m = 0;
+    size_t k = token_bytes(t, t->id_text[id], len, raw), m = 0;
     for (size_t i = 0; i < k;) {
         unsigned char c = (unsigned char)raw[i];
         int q = utf8_seq((const unsigned char *)raw + i, k - i);
