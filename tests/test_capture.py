@@ -282,7 +282,7 @@ def worker(fx, out):
                                  f"({sorted(map(str, cap.absent))[:3]})")
             manifest["clean"].append({"fixture": f, "file": path, "group": "fused_engine",
                                       "what": f"fused engine {dtype}", "prompt": len(prompt(d))})
-    # the gate and up parts of the fused projection swapped in the mapping: the act op's inputs are then wrong
+    # gate and up declared the wrong way round: the gate_proj tap holds up_proj's values
     d = os.path.join(fx, "gqa_tied")
     swapped = dict(fused_map)
     swapped["gate_proj"], swapped["up_proj"] = fused_map["up_proj"], fused_map["gate_proj"]
@@ -396,6 +396,10 @@ def main():
             check(steps == [c["prompt"]] + [1] * DECODE and T == len(ids) == c["prompt"] + DECODE,
                   f"{c['fixture']} {c['what']}: T = {T} rows = prompt {c['prompt']} + {DECODE} decode steps "
                   f"(step_tokens {steps})")
+            rc, out, err = run("/usr/bin/python3", os.path.join(HERE, "check_schema.py"), c["file"], d, "--tokens",
+                               ",".join(map(str, ids)), "--backend", c["group"])
+            check(rc == 0, f"{c['fixture']} {c['what']}: tests/check_schema.py accepts the capture, every tap "
+                           f"(exit {rc}) {err.strip()}")
             ref = reference(c["fixture"], ids)
             js = c["file"] + ".json"
             rc, out, err = run(qd, "compare", ref + ":ref", c["file"] + ":" + c["group"], "--model", d, "--json", js)
@@ -435,6 +439,9 @@ def main():
         with h5py.File(k["file"], "r") as h:
             check("logits" not in h["hf"] and h["hf/final_norm"].shape[0] == k["T"],
                   "generate's default logits_to_keep=1: the dump has no logits, the other taps all rows")
+        rc, out, err = run("/usr/bin/python3", os.path.join(HERE, "check_schema.py"), k["file"],
+                           os.path.join(FX, "gqa_tied"), "--backend", "hf", "--allow-missing")
+        check(rc == 0, f"... and is valid schema v1 with the tap omitted (check_schema --allow-missing: exit {rc})")
 
         # 5. hf_golden.py regenerates the committed goldens (the CPU here; they were made elsewhere). It runs on
         # copies laid out as in the repository, so the dumps' 'model' attribute (fixtures/NAME) is the same.
