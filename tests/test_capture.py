@@ -43,7 +43,6 @@ def worker(fx, out):
     import dataclasses
     import types
 
-    import numpy as np
     import torch
     from torch import nn
     from transformers import Qwen3ForCausalLM

@@ -20,7 +20,6 @@ wrapping it (its values are the ones the attention then uses). A tap the capture
 Runs on the CPU by default (float32, no TF32 anywhere); --device cuda runs there with TF32 disabled.
 """
 import argparse
-import json
 import os
 import sys
 
@@ -70,8 +69,24 @@ def main():
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
 
-    for d in args.models:
-        tokens = read_tokens(args.tokens or "@" + os.path.join(d, "prompt.txt"))
+    jobs = []
+    for d in args.models:  # bad input is found before anything runs: one line, exit 2
+        if not os.path.isfile(os.path.join(d, "config.json")):
+            fail(2, f"{d}: not a checkpoint directory (no config.json)")
+        spec = args.tokens or "@" + os.path.join(d, "prompt.txt")
+        try:
+            tokens = read_tokens(spec)
+        except (OSError, ValueError) as e:
+            fail(2, f"--tokens {spec}: {e}")
+        if not tokens:
+            fail(2, f"--tokens {spec}: no token ids")
+        vocab = qd_capture.read_config(d)[1]["V"]
+        bad = [t for t in tokens if not 0 <= t < vocab]
+        if bad:
+            fail(2, f"--tokens {spec}: id {bad[0]} is outside the model's vocabulary (0..{vocab - 1})")
+        jobs.append((d, tokens))
+
+    for d, tokens in jobs:
         groups = {}
         for attn in attns:
             model = Qwen3ForCausalLM.from_pretrained(d, dtype=DTYPES[args.dtype], attn_implementation=attn)
@@ -95,5 +110,15 @@ def main():
         print(f"{out}: groups {', '.join(groups)}")
 
 
+def fail(code, msg):
+    print(f"hf_golden: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except qd_capture.CaptureError as e:
+        fail(2, str(e))
+    except OSError as e:  # I/O: the checkpoint's files, the output file
+        fail(3, f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
