@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """test_tokenizer_live.py TOK_TOOL: the tokenizer (common/tokenizer.c) id for id against the `tokenizers` package,
 and --chat against transformers' apply_chat_template. Needs the Python environment ./run test makes
-(build/.venv with the pinned tokenizers, transformers and jinja2; QD_TOK_PYTHON names another interpreter);
+(build/.venv with the pinned packages of tests/requirements.txt; QD_TOK_PYTHON or QD_PYTHON names another interpreter);
 without it the test is skipped (exit 77) with a message.
 
 On tests/data/tok_corpus.json, plus texts for the added-token options and 1000 seeded random strings:
@@ -26,12 +26,13 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 if "--in-venv" not in sys.argv:
     build = os.environ.get("QD_BUILD", os.path.join(HERE, "..", "build"))
-    py = os.environ.get("QD_TOK_PYTHON") or os.path.join(build, ".venv", "bin", "python")
+    py = (os.environ.get("QD_TOK_PYTHON") or os.environ.get("QD_PYTHON")
+          or os.path.join(build, ".venv", "bin", "python"))
     probe = subprocess.run([py, "-c", "import tokenizers, transformers, jinja2"], capture_output=True) \
         if os.path.exists(py) else None
     if not probe or probe.returncode:
         print(f"SKIP: no Python with tokenizers, transformers and jinja2 at {py} (./run test makes it: "
-              "build/.venv with the versions in ./run); the committed ids are checked by test_tokenizer.py")
+              "build/.venv from tests/requirements.txt); the committed ids are checked by test_tokenizer.py")
         sys.exit(77)
     os.execv(py, [py, os.path.abspath(__file__), *sys.argv[1:], "--in-venv"])
 

@@ -14,25 +14,22 @@ implementation (`hf_<dtype>_<attn>`, precision attribute = the dtype), e.g. on a
     python3 tools/hf_golden.py fixtures/knorm_extreme --device cuda --dtype bf16 --attn eager,sdpa
                                                                       # writes DIR/hf_bf16.h5
 
-Taps come from forward hooks and pre-hooks on HF's own modules; q_rope/k_rope are the outputs of HF's own
-apply_rotary_pos_emb, recorded by wrapping it (its values are the ones the attention then uses).
+Taps are recorded by tools/qd_capture.py with its default mapping (HF's module names): forward hooks and
+pre-hooks on HF's own modules; q_rope/k_rope are the outputs of HF's own apply_rotary_pos_emb, recorded by
+wrapping it (its values are the ones the attention then uses). A tap the capture cannot record is an error.
 Runs on the CPU by default (float32, no TF32 anywhere); --device cuda runs there with TF32 disabled.
 """
 import argparse
-import json
 import os
 import sys
 
-import h5py
 import numpy as np
 import torch
 import transformers
 from transformers import Qwen3ForCausalLM
-from transformers.models.qwen3 import modeling_qwen3
 
-SCHEMA = "qwen3-diff/1"
-LAYER_TAPS = ["attn_norm", "q_proj", "k_proj", "v_proj", "q_norm", "k_norm", "q_rope", "k_rope", "attn",
-              "o_proj", "attn_residual", "mlp_norm", "gate_proj", "up_proj", "act", "down_proj", "out"]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import qd_capture  # noqa: E402  (beside this file)
 
 
 def read_tokens(spec):
@@ -42,118 +39,12 @@ def read_tokens(spec):
     return [int(t) for t in spec.replace(",", " ").split()]
 
 
-def first_tensor(x):
-    return x[0] if isinstance(x, (tuple, list)) else x
-
-
-def capture(model, input_ids):
-    """Runs one forward pass; returns {(layer, tap): np.float32 array without the batch dim}."""
-    taps = {}
-    hooks = []
-    current = {"layer": None}
-
-    def put(layer, name, t):
-        a = first_tensor(t).detach().to("cpu", torch.float32).numpy()
-        assert a.shape[0] == 1, "batch of one"
-        assert (layer, name) not in taps, f"tap {name} of layer {layer} recorded twice"
-        taps[(layer, name)] = np.ascontiguousarray(a[0])
-
-    def out_hook(layer, name):
-        return lambda mod, args, out: put(layer, name, out)
-
-    def in_hook(layer, name):
-        return lambda mod, args: put(layer, name, args[0])
-
-    m = model.model
-    rope_cs = {}
-    hooks.append(m.rotary_emb.register_forward_hook(lambda mod, args, out: rope_cs.update(cos=out[0], sin=out[1])))
-    hooks.append(m.embed_tokens.register_forward_hook(out_hook(-1, "embed")))
-    hooks.append(m.norm.register_forward_hook(out_hook(-1, "final_norm")))
-    hooks.append(model.lm_head.register_forward_hook(out_hook(-1, "logits")))
-    for i, layer in enumerate(m.layers):
-        a, mlp = layer.self_attn, layer.mlp
-        hooks.append(layer.register_forward_pre_hook(
-            lambda mod, args, i=i: current.__setitem__("layer", i)))
-        hooks.append(layer.input_layernorm.register_forward_hook(out_hook(i, "attn_norm")))
-        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            hooks.append(getattr(a, n).register_forward_hook(out_hook(i, n)))
-        hooks.append(a.q_norm.register_forward_hook(out_hook(i, "q_norm")))  # (1, T, NH, HD)
-        hooks.append(a.k_norm.register_forward_hook(out_hook(i, "k_norm")))  # (1, T, NKV, HD)
-        hooks.append(a.o_proj.register_forward_pre_hook(in_hook(i, "attn")))
-        hooks.append(layer.post_attention_layernorm.register_forward_pre_hook(in_hook(i, "attn_residual")))
-        hooks.append(layer.post_attention_layernorm.register_forward_hook(out_hook(i, "mlp_norm")))
-        hooks.append(mlp.gate_proj.register_forward_hook(out_hook(i, "gate_proj")))
-        hooks.append(mlp.up_proj.register_forward_hook(out_hook(i, "up_proj")))
-        hooks.append(mlp.down_proj.register_forward_pre_hook(in_hook(i, "act")))
-        hooks.append(mlp.down_proj.register_forward_hook(out_hook(i, "down_proj")))
-        hooks.append(layer.register_forward_hook(out_hook(i, "out")))
-
-    hf_rope = modeling_qwen3.apply_rotary_pos_emb
-
-    def recording_rope(q, k, cos, sin, *args, **kwargs):
-        q_embed, k_embed = hf_rope(q, k, cos, sin, *args, **kwargs)
-        # HF's layout here is (batch, heads, T, head_dim); the schema's is (T, heads, head_dim).
-        put(current["layer"], "q_rope", q_embed.transpose(1, 2))
-        put(current["layer"], "k_rope", k_embed.transpose(1, 2))
-        return q_embed, k_embed
-
-    modeling_qwen3.apply_rotary_pos_emb = recording_rope
-    try:
-        with torch.no_grad():
-            model(input_ids=input_ids, use_cache=False)
-    finally:
-        modeling_qwen3.apply_rotary_pos_emb = hf_rope
-        for h in hooks:
-            h.remove()
-    if not any(name == "q_rope" for _, name in taps):
-        # This transformers version dispatched RoPE through a kernel hook instead of the module-level
-        # function: apply HF's own apply_rotary_pos_emb to the captured q_norm/k_norm and cos/sin.
-        cos, sin = rope_cs["cos"], rope_cs["sin"]
-        for i in range(len(m.layers)):
-            q = torch.from_numpy(taps[(i, "q_norm")])[None].transpose(1, 2).to(cos.device)
-            k = torch.from_numpy(taps[(i, "k_norm")])[None].transpose(1, 2).to(cos.device)
-            qe, ke = hf_rope(q, k, cos, sin)
-            put(i, "q_rope", qe.transpose(1, 2))
-            put(i, "k_rope", ke.transpose(1, 2))
-    return taps
-
-
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def group_name(dtype, attn):
     """The fp32 eager golden keeps the name it always had; every other run says what it is."""
     return "hf" if (dtype, attn) == ("fp32", "eager") else f"hf_{dtype}_{attn}"
-
-
-def write_h5(path, model_dir, config_text, tokens, runs, n_layers, device, dtype):
-    """runs: {attn implementation: taps}, one backend group each."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["schema"] = SCHEMA
-            f.attrs["model"] = model_dir
-            f.attrs["config_json"] = config_text
-            f.attrs["tool_version"] = (f"hf_golden.py (transformers {transformers.__version__}, "
-                                       f"torch {torch.__version__})")
-            f.create_dataset("input_ids", data=np.asarray(tokens, dtype=np.int32))
-            opts = dict(compression="gzip", compression_opts=6, shuffle=True)
-            for attn, taps in runs.items():
-                g = f.create_group(group_name(dtype, attn))
-                g.attrs["precision"] = dtype
-                g.attrs["device"] = device
-                g.attrs["attn_implementation"] = attn
-                for name in ("embed", "final_norm", "logits"):
-                    g.create_dataset(name, data=taps[(-1, name)], **opts)
-                for i in range(n_layers):
-                    lg = g.create_group(f"layers/{i:03d}")
-                    for name in LAYER_TAPS:
-                        lg.create_dataset(name, data=taps[(i, name)], **opts)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def main():
@@ -165,7 +56,7 @@ def main():
     ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES),
                     help="the model's dtype (from_pretrained(dtype=...)); default fp32")
     ap.add_argument("--attn", default="eager",
-                    help="attention implementation(s), comma-separated: eager (default), sdpa")
+                    help="attention implementation: eager (default) or sdpa; eager,sdpa writes one group each")
     args = ap.parse_args()
     if args.out and len(args.models) != 1:
         ap.error("--out needs exactly one model")
@@ -178,28 +69,56 @@ def main():
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
 
-    for d in args.models:
-        tokens = read_tokens(args.tokens or "@" + os.path.join(d, "prompt.txt"))
-        with open(os.path.join(d, "config.json")) as f:
-            config_text = f.read()
-        runs = {}
+    jobs = []
+    for d in args.models:  # bad input is found before anything runs: one line, exit 2
+        if not os.path.isfile(os.path.join(d, "config.json")):
+            fail(2, f"{d}: not a checkpoint directory (no config.json)")
+        spec = args.tokens or "@" + os.path.join(d, "prompt.txt")
+        try:
+            tokens = read_tokens(spec)
+        except (OSError, ValueError) as e:
+            fail(2, f"--tokens {spec}: {e}")
+        if not tokens:
+            fail(2, f"--tokens {spec}: no token ids")
+        vocab = qd_capture.read_config(d)[1]["V"]
+        bad = [t for t in tokens if not 0 <= t < vocab]
+        if bad:
+            fail(2, f"--tokens {spec}: id {bad[0]} is outside the model's vocabulary (0..{vocab - 1})")
+        jobs.append((d, tokens))
+
+    for d, tokens in jobs:
+        groups = {}
         for attn in attns:
             model = Qwen3ForCausalLM.from_pretrained(d, dtype=DTYPES[args.dtype], attn_implementation=attn)
             model.eval().to(args.device)
             assert all(p.dtype == DTYPES[args.dtype] for p in model.parameters())
             ids = torch.tensor([tokens], dtype=torch.long, device=args.device)
-            taps = capture(model, ids)
-            n_layers = model.config.num_hidden_layers
-            missing = [(i, t) for i in range(n_layers) for t in LAYER_TAPS if (i, t) not in taps]
-            if missing:
-                sys.exit(f"hf_golden: taps not captured ({attn}): {missing[:5]}")
-            runs[attn] = taps
-            print(f"{d} {args.dtype} {attn}: T={len(tokens)} layers={n_layers} "
+            with torch.no_grad(), qd_capture.Capture(model, d) as cap:
+                model(input_ids=ids, use_cache=False)
+            taps = cap.taps()
+            if cap.absent:
+                sys.exit(f"hf_golden: taps not captured ({attn}): "
+                         + "; ".join(f"{k}: {why}" for k, why in list(cap.absent.items())[:5]))
+            groups[group_name(args.dtype, attn)] = (cap, {"precision": args.dtype, "device": args.device,
+                                                          "attn_implementation": attn})
+            print(f"{d} {args.dtype} {attn}: T={len(tokens)} layers={model.config.num_hidden_layers} "
                   f"max|logits|={np.abs(taps[(-1, 'logits')]).max():.4g}")
         out = args.out or os.path.join(d, default_out)
-        write_h5(out, d.rstrip("/"), config_text, tokens, runs, n_layers, args.device, args.dtype)
-        print(f"{out}: groups {', '.join(group_name(args.dtype, a) for a in runs)}")
+        qd_capture.write_dump(out, groups, model=d.rstrip("/"), compression=6,
+                              tool_version=f"hf_golden.py (transformers {transformers.__version__}, "
+                                           f"torch {torch.__version__})")
+        print(f"{out}: groups {', '.join(groups)}")
+
+
+def fail(code, msg):
+    print(f"hf_golden: {msg}", file=sys.stderr)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except qd_capture.CaptureError as e:
+        fail(2, str(e))
+    except OSError as e:  # I/O: the checkpoint's files, the output file
+        fail(3, f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
