@@ -43,6 +43,21 @@ typedef struct {
                            larger ratio, else the larger ratio; -1: no replay */
 } qd_tap_row;
 
+/* The next-token prediction at the last position whose logits a comparison saw (the last step's last
+ * position; offline, the prompt's): each side's top ids by logit, for the reports. */
+#define QD_NEXT_TOP 10
+typedef struct {
+    int k;                      /* ids per side: min(QD_NEXT_TOP, V); 0: no logits seen */
+    int have[2];                /* side A (0), B (1) filled */
+    int step, pos;              /* the step (0: the prompt) and position of that row */
+    int32_t id[2][QD_NEXT_TOP]; /* by logit descending, ties by the smaller id; NaN never ranks */
+    float logit[2][QD_NEXT_TOP];
+    double prob[2][QD_NEXT_TOP]; /* softmax over the row, in double; NAN when the row is not all finite */
+} qd_next_tokens;
+
+/* Fills side (0 A, 1 B) of nt from one row of V logits at (step, pos). */
+void qd_next_tokens_fill(qd_next_tokens *nt, int side, const float *row, int V, int step, int pos);
+
 typedef struct {
     char name_a[64], name_b[64]; /* e.g. "ref", "emu" (offline: file:group) */
     char prec_a[8], prec_b[8];
@@ -66,6 +81,7 @@ typedef struct {
     double threshold;    /* replay: the ratio's threshold */
     int single;          /* `qwen3-diff replay`: one engine (side A), no A-vs-B metrics */
     int worst_inherited; /* replay: the row with the largest A-vs-B rel_l2; -1 none */
+    qd_next_tokens next; /* both sides' top next tokens at the last position with logits */
 } qd_report;
 
 void qd_report_init(qd_report *r, const char *name_a, const char *prec_a, const char *name_b, const char *prec_b,

@@ -83,6 +83,8 @@ typedef struct {
     const char *write_tol;    /* where calibration writes */
     double margin;            /* calibration margin over the worst measured error */
     const char *json, *junit; /* report files */
+    const char *html;         /* --html, or report's -o: the HTML report */
+    const char *report_dump;  /* the report subcommand's operand */
     const char *dump;         /* NULL: no dump */
     const char *repro;        /* --repro: the first divergence's op as a repro file; NULL: none */
     const char *dump_taps;    /* globs */
@@ -135,6 +137,7 @@ enum {
     O_INJECT_A,
     O_RATIO_THRESHOLD,
     O_REPRO,
+    O_HTML,
 };
 
 /* name, value, id, section, help (NULL: not listed), usage position, flags, short name; in the order of --help */
@@ -205,6 +208,10 @@ static const qd_cli_opt main_opts[] = {
     {"margin", "X", O_MARGIN, "verdict and CI", NULL, 0, 0, 0}, /* described with --write-tolerances */
     {"json", "FILE", O_JSON, "verdict and CI", "machine-readable report", 0, 0, 0},
     {"junit", "FILE", O_JUNIT, "verdict and CI", "JUnit XML, one test case per layer", 0, 0, 0},
+    {"html", "FILE", O_HTML, "verdict and CI",
+     "a self-contained HTML report (plots, heatmaps, where; no network needed to view\nit); "
+     "`qwen3-diff report DUMP.h5 -o FILE` draws it from a dump",
+     0, 0, 0},
     {"dump", "OUT.h5", O_DUMP, "dump",
      "every tap of both backends plus /diff/<A>-vs-<B>/metrics (schema v1),\n"
      "written to OUT.h5.tmp.<pid> and renamed when complete",
@@ -235,6 +242,7 @@ static const qd_cli_opt compare_opts[] = {
     {"threads", "N", O_THREADS, NULL, NULL, 0, 0, 0},
     {"json", "F", O_JSON, NULL, NULL, 3, QD_CLI_SYNOPSIS, 0},
     {"junit", "F", O_JUNIT, NULL, NULL, 4, QD_CLI_SYNOPSIS, 0},
+    {"html", "F", O_HTML, NULL, NULL, 6, 0, 0},
     {"repro", "FILE", O_REPRO, NULL, NULL, 5, QD_CLI_SYNOPSIS, 0},
     {"quiet", NULL, O_QUIET, NULL, NULL, 0, 0, 0},
     {"no-color", NULL, O_NO_COLOR, NULL, NULL, 0, 0, 0},
@@ -252,6 +260,20 @@ static const qd_cli_opt replay_opts[] = {
     {"quiet", NULL, O_QUIET, NULL, NULL, 0, 0, 0},
     {"no-color", NULL, O_NO_COLOR, NULL, NULL, 0, 0, 0},
     {"help", NULL, O_HELP, NULL, NULL, 0, 0, 'h'},
+};
+
+/* report's options: the page's path */
+static const qd_cli_opt report_opts[] = {
+    {"output", "FILE", O_HTML, NULL, NULL, 1, QD_CLI_SYNOPSIS, 'o'},
+    {"quiet", NULL, O_QUIET, NULL, NULL, 0, 0, 0},
+    {"help", NULL, O_HELP, NULL, NULL, 0, 0, 'h'},
+};
+
+static const qd_cli_cmd report_cmd = {
+    .name = "report",
+    .operands = "DUMP.h5[:A-vs-B]",
+    .opts = report_opts,
+    .nopts = (int)(sizeof report_opts / sizeof *report_opts),
 };
 
 static const qd_cli_cmd main_cmd = {
@@ -297,6 +319,7 @@ static void usage(FILE *f) {
     qd_cli_print_usage(f, "usage: qwen3-diff", &main_cmd, 0);
     qd_cli_print_usage(f, "       qwen3-diff", &compare_cmd, 1);
     qd_cli_print_usage(f, "       qwen3-diff", &replay_cmd, 1);
+    qd_cli_print_usage(f, "       qwen3-diff", &report_cmd, 1);
     qd_cli_print_usage(f, "       qwen3-diff", &selftest_cli_cmd, 1);
     fputs("\n"
           "Finds where, how badly and why two Qwen3 implementations diverge. --layer-by-layer runs two\n"
@@ -306,7 +329,8 @@ static void usage(FILE *f) {
           "its local error exceeds 4x the noise floor of its precision (drift inherited from earlier ops is\n"
           "reported, never blamed). compare replays both dumps (the model: --model DIR or the dump's 'model'\n"
           "attribute); replay judges one dump on its own, or reruns the op of a --repro file from that file\n"
-          "alone (--inject NAME: with a fault of the catalog in the contract).\n"
+          "alone (--inject NAME: with a fault of the catalog in the contract). report draws a comparison's\n"
+          "dump (--dump) as the HTML page --html writes.\n"
           "\n",
           f);
     qd_cli_print_options(f, &main_cmd, vars);
@@ -371,6 +395,7 @@ static int take_option(void *ctx, const qd_cli_opt *o, const char *flag, const c
     case O_WRITE_TOL: a->write_tol = val; return QD_OK;
     case O_JSON: a->json = val; return QD_OK;
     case O_JUNIT: a->junit = val; return QD_OK;
+    case O_HTML: a->html = val; return QD_OK;
     case O_DUMP_TAPS: a->dump_taps = val; return QD_OK;
     case O_BACKENDS: return parse_backends(val, a, e);
     case O_FUSED_TAPS:
@@ -448,6 +473,15 @@ static int take_operand(void *ctx, const char *word, qd_err *e) {
     return QD_OK;
 }
 
+/* report's operand: the dump */
+static int take_report_operand(void *ctx, const char *word, qd_err *e) {
+    cli_args *a = ctx;
+    (void)e;
+    a->report_dump = word;
+    a->noperands++;
+    return QD_OK;
+}
+
 static int misuse(qd_cli_misuse k, const char *word, const char *flag, qd_err *e) {
     switch (k) {
     case QD_CLI_UNKNOWN: return qd_errf(e, QD_EINPUT, "unknown option '%s' (see --help)", word);
@@ -476,6 +510,15 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
             return qd_errf(e, QD_EINPUT, "--repro writes the op the replay verdict blames: drop --tolerances");
         return QD_OK;
     }
+    if (argc > 1 && strcmp(argv[1], "report") == 0) {
+        h.operand = take_report_operand;
+        int rc = qd_cli_parse(&report_cmd, &h, a, argc - 1, argv + 1, e);
+        if (rc || a->help) return rc;
+        if (a->noperands != 1)
+            return qd_errf(e, QD_EINPUT, "report: expected one dump, DUMP.h5[:A-vs-B] (got %d)", a->noperands);
+        if (!a->html) return qd_errf(e, QD_EINPUT, "report: missing -o FILE (where the HTML page goes)");
+        return QD_OK;
+    }
     if (argc > 1 && strcmp(argv[1], "replay") == 0) {
         h.operand = take_operand;
         a->noperands = -1; /* take_operand: the replay's operand */
@@ -493,11 +536,11 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
     if (a->calibrate) a->layer_by_layer = 1;
     if (a->calibrate && !a->write_tol) return qd_errf(e, QD_EINPUT, "--calibrate needs --write-tolerances FILE");
     if (a->write_tol && !a->calibrate) return qd_errf(e, QD_EINPUT, "--write-tolerances needs --calibrate N");
-    if (a->calibrate && (a->dump || a->json || a->junit || a->tolerances || a->fault.kind != QD_FAULT_NONE ||
+    if (a->calibrate && (a->dump || a->json || a->junit || a->html || a->tolerances || a->fault.kind != QD_FAULT_NONE ||
                          a->fault_a.kind != QD_FAULT_NONE || a->repro))
         return qd_errf(e, QD_EINPUT,
                        "--calibrate blesses a clean pair and writes only --write-tolerances "
-                       "(drop --dump, --json, --junit, --tolerances, --repro and --inject)");
+                       "(drop --dump, --json, --junit, --html, --tolerances, --repro and --inject)");
     if (a->repro && a->tolerances)
         return qd_errf(e, QD_EINPUT, "--repro writes the op the replay verdict blames: drop --tolerances");
     if (a->layer_by_layer && a->nbackends == 1)
@@ -507,6 +550,7 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
                                     : a->tolerances                    ? "--tolerances"
                                     : a->json                          ? "--json"
                                     : a->junit                         ? "--junit"
+                                    : a->html                          ? "--html"
                                     : a->decode                        ? "--decode"
                                     : a->dump_taps                     ? "--dump-taps"
                                     : a->dump_window >= 0              ? "--dump-on-divergence"
@@ -985,6 +1029,19 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
     }
     if (a->json && (rc = qd_report_write_json_bisect(&r, bisect, a->json, e))) goto out;
     if (a->junit && (rc = qd_report_write_junit(&r, a->junit, e))) goto out;
+    if (a->html) {
+        char *abs_model = realpath(model, NULL); /* the dump's 'model' names it the same way */
+        qd_html_context hc = {.model = abs_model ? abs_model : model,
+                              .config_json = config_text,
+                              .tool_version = QD_VERSION,
+                              .tokens = tokens,
+                              .T = T,
+                              .accum_a = ba->accum,
+                              .accum_b = bb->accum};
+        rc = qd_report_write_html(&r, &hc, a->html, e);
+        free(abs_model);
+        if (rc) goto out;
+    }
     if (!a->quiet) {
         printf("model %s, T=%d tokens\n", model, T);
         qd_report_print(&r, stdout, isatty(1) && !a->no_color);
@@ -1080,6 +1137,8 @@ static int run_compare(const cli_args *a, qd_err *e) {
     rc = qd_compare_files_judged(pa, ga[0] ? ga : NULL, pb, gb[0] ? gb : NULL, have_tol ? &tol : NULL, &judge, &r, e);
     if (!rc && a->json) rc = qd_report_write_json(&r, a->json, e);
     if (!rc && a->junit) rc = qd_report_write_junit(&r, a->junit, e);
+    qd_html_context hc = {.tool_version = QD_VERSION};
+    if (!rc && a->html) rc = qd_report_write_html(&r, &hc, a->html, e);
     if (!rc && !a->quiet) {
         printf("compare %s vs %s\n", a->compare_a, a->compare_b);
         qd_report_print(&r, stdout, isatty(1) && !a->no_color);
@@ -1089,6 +1148,15 @@ static int run_compare(const cli_args *a, qd_err *e) {
     qd_report_free(&r);
     if (have_tol) qd_tolerances_free(&tol);
     if (have_w) qd_weights_free(&w);
+    return rc;
+}
+
+/* A comparison's dump drawn as the HTML report. */
+static int run_report(const cli_args *a, qd_err *e) {
+    char path[4096], group[256];
+    split_operand(a->report_dump, path, sizeof path, group, sizeof group);
+    int rc = qd_report_html_from_dump(path, group[0] ? group : NULL, NULL, a->html, e);
+    if (!rc && !a->quiet) printf("report: %s\n", a->html);
     return rc;
 }
 
@@ -1155,16 +1223,18 @@ int main(int argc, char **argv) {
     /* outputs never overwrite each other or an input; a signal removes the temporary files (qd_files.h) */
     if (rc == QD_OK)
         rc = qd_check_paths(&e, QD_PATH_OUT, "--dump", a.dump, QD_PATH_OUT, "--json", a.json, QD_PATH_OUT, "--junit",
-                            a.junit, QD_PATH_OUT, "--write-tolerances", a.write_tol, QD_PATH_IN, "--tolerances",
-                            a.tolerances, QD_PATH_IN, "--tokens", a.tokens && a.tokens[0] == '@' ? a.tokens + 1 : NULL,
-                            QD_PATH_IN, "compare A", a.compare_a, QD_PATH_IN, "compare B", a.compare_b, QD_PATH_END);
+                            a.junit, QD_PATH_OUT, "--html", a.html, QD_PATH_IN, "report", a.report_dump, QD_PATH_OUT,
+                            "--write-tolerances", a.write_tol, QD_PATH_IN, "--tolerances", a.tolerances, QD_PATH_IN,
+                            "--tokens", a.tokens && a.tokens[0] == '@' ? a.tokens + 1 : NULL, QD_PATH_IN, "compare A",
+                            a.compare_a, QD_PATH_IN, "compare B", a.compare_b, QD_PATH_END);
     if (rc == QD_OK) rc = qd_tmp_cleanup_on_signals(&e);
     if (rc == QD_OK) {
         const char *model = a.model ? a.model : QD_SOURCE_ROOT "/fixtures/knorm_extreme";
         char token_arg[4200];
         snprintf(token_arg, sizeof token_arg, "%s", a.tokens ? a.tokens : "");
         if (!a.tokens) snprintf(token_arg, sizeof token_arg, "@%s/prompt.txt", model);
-        if (a.replay_dump) rc = run_replay(&a, &e);
+        if (a.report_dump) rc = run_report(&a, &e);
+        else if (a.replay_dump) rc = run_replay(&a, &e);
         else if (a.compare_a) rc = run_compare(&a, &e);
         else if (a.layer_by_layer) rc = run_lockstep(&a, model, token_arg, &e);
         else rc = run_single(&a, model, token_arg, &e);
