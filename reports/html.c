@@ -590,9 +590,11 @@ static void section_steps(page *b, const qd_html_doc *d) {
     }
     int sstep = S > 32 ? (S + 15) / 16 : 1;
     for (int s = 0; s < S; s++) {
-        if (s % sstep == 0)
-            pf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%s%d</text>", x0 - 4,
-               y0 + s * ch + ch - 4, s ? "step " : "prompt", s ? s : 0);
+        if (s % sstep == 0) {
+            pf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">", x0 - 4, y0 + s * ch + ch - 4);
+            if (s) pf(b, "step %d</text>", s);
+            else puts_(b, "prompt</text>");
+        }
         for (int p = 0; p < P; p++) {
             size_t k = (size_t)s * P + p;
             char attrs[64];
@@ -677,7 +679,7 @@ static void section_scatter(page *b, const qd_html_doc *d) {
        "<p class=\"note\">One point per compared tap (every step, the plots' mode): the largest |B &#8722; A| "
        "against the largest |A|. The dashed line is one rounding of %s (2<sup>&#8722;%d</sup> &#215; "
        "magnitude): error at the line is the precision's own; error far above it at small magnitude is a "
-       "bug's. %d taps with no error or no finite magnitude are left out.</p>\n",
+       "bug's. Left out: %d taps with no error or no finite magnitude.</p>\n",
        d->prec_b, p + 1, left_out);
     decades dx = span(xs, n), dy = span(ys, n);
     pf(b,
@@ -897,6 +899,7 @@ static const char STYLE[] =
     "circle.pt.first{stroke:#000;stroke-width:2}\n"
     "circle.pt.attn{fill:#1565c0;opacity:.75}circle.pt.mlp{fill:#ef6c00;opacity:.75}"
     "circle.pt.resid{fill:#6a1b9a;opacity:.75}circle.pt.model{fill:#00897b;opacity:.75}\n"
+    "circle.pt.fail.attn,circle.pt.fail.mlp,circle.pt.fail.resid,circle.pt.fail.model{fill:#c62828;opacity:1}\n"
     "rect.cell.first{stroke:#000;stroke-width:2}rect.cell{stroke:none}\n"
     ".k{font-weight:700}.k.err{color:#1565c0}.k.floor{color:#2e7d32}.k.limit{color:#c62828}"
     ".k.inherited{color:#9e9e9e}\n"
