@@ -295,8 +295,9 @@ static void section_verdict(page *b, const qd_html_doc *d) {
             place(&d->rows[worst], t, sizeof t);
             puts_(b, "<p>closest to failing: ");
             esc(b, t);
-            pf(b, " (%s mode), at %s of its limit</p>\n", d->rows[worst].mode,
-               num(a, 100 * row_severity(d, &d->rows[worst])));
+            puts_(b, " (");
+            esc(b, d->rows[worst].mode);
+            pf(b, " mode), at %s %% of its limit</p>\n", num(a, 100 * row_severity(d, &d->rows[worst])));
             puts_(b, "<p>");
             reason(d, &d->rows[worst], t, sizeof t);
             esc(b, t);
@@ -337,8 +338,8 @@ static void section_verdict(page *b, const qd_html_doc *d) {
     at_text(x, at, sizeof at);
     if (at[0]) {
         char u[32];
-        pf(b, "; largest |%s - %s| = %s at %s: %s = %s, %s = %s", d->name_b, d->name_a, num(a, x->max_abs), at,
-           d->name_b, num(c, x->test_at), d->name_a, num(u, x->ref_at));
+        pf(b, "; largest |%s - %s| = %s at %s: %s = %s, %s = %s", d->esc_b, d->esc_a, num(a, x->max_abs), at, d->esc_b,
+           num(c, x->test_at), d->esc_a, num(u, x->ref_at));
     }
     puts_(b, "</p>\n<p class=\"where\" id=\"verdict-where\">where: ");
     esc(b, d->where_summary[0] ? d->where_summary : "not localised");
@@ -631,7 +632,7 @@ static void section_where(page *b, const qd_html_doc *d) {
         pf(b,
            "<table class=\"axis\" data-axis=\"%s\"><caption>by %s</caption><tr><th>%s</th><th>share</th>"
            "<th></th><th>rms error</th><th>rms %s</th><th>non-finite</th></tr>\n",
-           axes[a], axes[a], axes[a], d->name_a);
+           axes[a], axes[a], axes[a], d->esc_a);
         for (int i = 0; i < d->n_where; i++) {
             const qd_where_record *w = &d->where[i];
             if (strcmp(w->axis, axes[a]) != 0) continue;
@@ -680,7 +681,7 @@ static void section_scatter(page *b, const qd_html_doc *d) {
        "against the largest |A|. The dashed line is one rounding of %s (2<sup>&#8722;%d</sup> &#215; "
        "magnitude): error at the line is the precision's own; error far above it at small magnitude is a "
        "bug's. Left out: %d taps with no error or no finite magnitude.</p>\n",
-       d->prec_b, p + 1, left_out);
+       d->esc_prec_b, p + 1, left_out);
     decades dx = span(xs, n), dy = span(ys, n);
     pf(b,
        "<svg class=\"scatter\" data-points=\"%d\" viewBox=\"0 0 %d %d\" width=\"%d\" height=\"%d\" role=\"img\" "
@@ -693,7 +694,7 @@ static void section_scatter(page *b, const qd_html_doc *d) {
         pf(b, "<line class=\"grid\" x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\"/>", x, Y0, x, Y1);
         pf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">1e%d</text>", x, Y0 + 14, k);
     }
-    pf(b, "<text class=\"tick\" x=\"%d\" y=\"%d\" text-anchor=\"end\">max |%s|</text>", X1, H - 4, d->name_a);
+    pf(b, "<text class=\"tick\" x=\"%d\" y=\"%d\" text-anchor=\"end\">max |%s|</text>", X1, H - 4, d->esc_a);
     pf(b, "<text class=\"tick\" x=\"%d\" y=\"%d\">max |B &#8722; A|</text>", X0 + 4, Y1 + 10);
     /* the rounding line, clipped to the plot: err = mag * 2^-(p+1) */
     {
@@ -789,11 +790,11 @@ static void section_next(page *b, const qd_html_doc *d) {
     for (int i = 0; i < nt->k; i++)
         if (nt->id[1][i] == nt->id[0][0]) rank_b = i;
     if (rank_b == 0) puts_(b, " Both sides predict the same token.");
-    else if (rank_b > 0) pf(b, " %s's top token is %s's number %d.", d->name_a, d->name_b, rank_b + 1);
-    else pf(b, " %s's top token is not in %s's top %d.", d->name_a, d->name_b, nt->k);
+    else if (rank_b > 0) pf(b, " %s&#39;s top token is %s&#39;s number %d.", d->esc_a, d->esc_b, rank_b + 1);
+    else pf(b, " %s&#39;s top token is not in %s&#39;s top %d.", d->esc_a, d->esc_b, nt->k);
     puts_(b, "</p>\n<table class=\"next\"><tr><th>rank</th>");
     for (int s = 0; s < 2; s++) {
-        pf(b, "<th>%s id</th>", s ? d->name_b : d->name_a);
+        pf(b, "<th>%s id</th>", s ? d->esc_b : d->esc_a);
         if (d->token_text.fn) puts_(b, "<th>text</th>");
         puts_(b, "<th>logit</th><th>p</th>");
     }
@@ -915,7 +916,21 @@ static const char STYLE[] =
     "pre{background:#f5f5f5;padding:8px;overflow:auto;max-height:360px;font-size:12px}"
     "tr.frow.first td{font-weight:600}\n";
 
-int qd_html_render(const qd_html_doc *d, const char *path, qd_err *e) {
+/* s escaped into out (n): the names are at most 63 bytes and a precision 15, so their escaped forms (at
+ * most 6 bytes a byte) fit the doc's buffers; an allocation failure leaves "" */
+static void esc_to(char *out, size_t n, const char *s) {
+    page b = {0};
+    esc(&b, s);
+    snprintf(out, n, "%s", b.p && !b.failed ? b.p : "");
+    free(b.p);
+}
+
+int qd_html_render(const qd_html_doc *doc, const char *path, qd_err *e) {
+    qd_html_doc copy = *doc; /* with the names escaped once, for the places that print them in a format */
+    esc_to(copy.esc_a, sizeof copy.esc_a, doc->name_a);
+    esc_to(copy.esc_b, sizeof copy.esc_b, doc->name_b);
+    esc_to(copy.esc_prec_b, sizeof copy.esc_prec_b, doc->prec_b);
+    const qd_html_doc *d = &copy;
     page b = {0};
     qd_err_clear(&b.e);
     puts_(&b, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");

@@ -25,6 +25,7 @@ typedef struct {
     int n_where;
     qd_next_tokens next;
     qd_token_text token_text;
+    char esc_a[400], esc_b[400], esc_prec_b[100]; /* qd_html_render's: the names HTML-escaped */
 } qd_html_doc;
 
 /* Draws the page and writes it atomically (qd_write_text_atomically). */

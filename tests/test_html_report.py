@@ -271,6 +271,24 @@ sections_ok(pc, "compare")
 check((pc.by_id("fd-layer"), pc.by_id("fd-op")) == ("1", "q_rope"), "compare: first divergence layer 1, q_rope")
 check(len(pc.find("tr", "nrow", "next")) == 10, "compare: the next tokens from both dumps' logits")
 
+# --- the tolerance verdict ----------------------------------------------------------------------------------
+rc, out, err = run(*base, "--calibrate", "2", "--write-tolerances", path("tol.json"))
+check(rc == 0, f"calibrate a tolerance file ({rc}: {err.strip()})")
+rc, out, err = run(*base, "--tolerances", path("tol.json"), "--inject", "rope-interleaved@1", "--json",
+                   path("tol_fault.json"), "--html", path("tol_fault.html"))
+check(rc == 1, f"the fault under --tolerances exits 1 ({rc}: {err.strip()})")
+pt = Page(read(path("tol_fault.html")))
+fd = json.load(open(path("tol_fault.json")))["first_divergence"]
+sections_ok(pt, "tolerances")
+check((pt.by_id("fd-layer"), pt.by_id("fd-op")) == (str(fd["layer"]), fd["tap"]),
+      f"tolerances: the first divergence is JSON's (layer {fd['layer']}, {fd['tap']})")
+check(f": rel_l2 {fd['rel_l2']:.3g} vs tolerance {fd['tol']['rel_l2']:.3g}" in pt.by_id("verdict-text"),
+      f"tolerances: the headline gives rel_l2 against its tolerance ({pt.by_id('verdict-text')!r})")
+check(len(pt.find("svg", "plot", "layers")) == 17 and not pt.find("polyline", "floor", "layers") and
+      len(pt.find("polyline", "limit", "layers")) == 17,
+      "tolerances: 17 plots, each with its tolerance line and no noise floor")
+check("tolerances: A-vs-B error against absolute tolerances" in pt.texts["attrs"], "tolerances: the verdict is named")
+
 # --- escaping ------------------------------------------------------------------------------------------------
 hostile = path("hostile.h5")
 shutil.copy(path("fault.h5"), hostile)
