@@ -196,3 +196,33 @@ out:
     qd_h5in_close(f);
     return rc;
 }
+
+int qd_html_context_from_dump(const char *dump, qd_html_context *cx, qd_err *e) {
+    memset(cx, 0, sizeof *cx);
+    qd_h5in *f = qd_h5in_open(dump, e);
+    if (!f) return e->code ? e->code : QD_EINPUT;
+    const size_t cn = ((size_t)1 << 20) + 1;
+    char *model = qd_alloc(MAX_TEXT, e), *version = model ? qd_alloc(MAX_TEXT, e) : NULL;
+    char *config = version ? qd_alloc(cn, e) : NULL;
+    int32_t *ids = NULL;
+    int rc = config ? QD_OK : QD_ERUNTIME;
+    if (!rc) rc = opt_string(f, "/", "model", model, MAX_TEXT, e);
+    if (!rc) rc = opt_string(f, "/", "tool_version", version, MAX_TEXT, e);
+    if (!rc) rc = qd_h5in_attr_string(f, "/", "config_json", config, cn, e);
+    if (!rc) rc = qd_h5in_input_ids(f, &ids, &cx->T, e);
+    qd_h5in_close(f);
+    cx->model = model;
+    cx->tool_version = version;
+    cx->config_json = config;
+    cx->tokens = ids;
+    if (rc) qd_html_context_free(cx);
+    return rc;
+}
+
+void qd_html_context_free(qd_html_context *cx) {
+    free((char *)cx->model);
+    free((char *)cx->tool_version);
+    free((char *)cx->config_json);
+    free((int32_t *)cx->tokens);
+    memset(cx, 0, sizeof *cx);
+}

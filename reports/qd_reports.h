@@ -92,6 +92,12 @@ typedef struct {
  * next tokens and the run's attributes. Written to path.tmp.<pid> and renamed (as --json). */
 int qd_report_write_html(const qd_report *r, const qd_html_context *cx, const char *path, qd_err *e);
 
+/* The context of a dump (`compare --html`): its root's model, config_json, tool_version and /input_ids,
+ * read through the checked reader; the strings and ids are owned by cx (qd_html_context_free). The
+ * accumulations are left out: they belong to the groups compared. */
+int qd_html_context_from_dump(const char *dump, qd_html_context *cx, qd_err *e);
+void qd_html_context_free(qd_html_context *cx);
+
 /* The same report from a schema-v1 dump of a comparison (`qwen3-diff report DUMP.h5 -o FILE`): its
  * /diff/<A>-vs-<B> group (diff_group NULL: the only one), the root's and the backend groups' attributes,
  * and the two groups' logits when the dump holds them. Every read is checked (qd_h5read.h); a dump that

@@ -270,6 +270,8 @@ pc = Page(read(path("cmp.html")))
 sections_ok(pc, "compare")
 check((pc.by_id("fd-layer"), pc.by_id("fd-op")) == ("1", "q_rope"), "compare: first divergence layer 1, q_rope")
 check(len(pc.find("tr", "nrow", "next")) == 10, "compare: the next tokens from both dumps' logits")
+check("knorm_extreme" in pc.texts["attrs"] and "config: num_hidden_layers" in pc.texts["attrs"] and
+      "prompt ids" in pc.texts["attrs"], "compare: the model, config.json and prompt of dump A")
 
 # --- the tolerance verdict ----------------------------------------------------------------------------------
 rc, out, err = run(*base, "--calibrate", "2", "--write-tolerances", path("tol.json"))

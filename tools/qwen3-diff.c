@@ -1137,8 +1137,11 @@ static int run_compare(const cli_args *a, qd_err *e) {
     rc = qd_compare_files_judged(pa, ga[0] ? ga : NULL, pb, gb[0] ? gb : NULL, have_tol ? &tol : NULL, &judge, &r, e);
     if (!rc && a->json) rc = qd_report_write_json(&r, a->json, e);
     if (!rc && a->junit) rc = qd_report_write_junit(&r, a->junit, e);
-    qd_html_context hc = {.tool_version = QD_VERSION};
-    if (!rc && a->html) rc = qd_report_write_html(&r, &hc, a->html, e);
+    qd_html_context hc; /* the page's attributes: dump A's */
+    if (!rc && a->html && !(rc = qd_html_context_from_dump(pa, &hc, e))) {
+        rc = qd_report_write_html(&r, &hc, a->html, e);
+        qd_html_context_free(&hc);
+    }
     if (!rc && !a->quiet) {
         printf("compare %s vs %s\n", a->compare_a, a->compare_b);
         qd_report_print(&r, stdout, isatty(1) && !a->no_color);
