@@ -656,6 +656,14 @@ int qd_h5in_read_table(qd_h5in *f, const char *path, int64_t (*make_type)(void),
         rc = qd_errf(e, QD_ERUNTIME, "%s: building the memory type of '%s' failed", f->path, path);
         goto out;
     }
+    /* HDF5 would leave a field the file lacks as it was: a table without one is not this table */
+    for (int i = 0, nm = H5Tget_nmembers(mem); i < nm && !rc; i++) {
+        char *name = H5Tget_member_name(mem, (unsigned)i);
+        if (name && H5Tget_member_index(ftype, name) < 0)
+            rc = qd_errf(e, QD_EINPUT, "%s: dataset '%s' has no field '%s'", f->path, path, name);
+        H5free_memory(name);
+    }
+    if (rc) goto out;
     if (!(*recs = qd_zalloc(count, rec_size, e))) {
         rc = QD_ERUNTIME;
         goto out;

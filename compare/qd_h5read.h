@@ -73,7 +73,7 @@ int qd_h5in_groups(qd_h5in *f, const char *path, char *names, size_t n);
 /* A 1-D table of compound records (the /diff tables): the dataset at path must be a compound of rank 1 with
  * at most max_rows rows, its storage checked as a tap's; it is read into *recs (n x rec_size bytes, zeroed
  * first, malloc'd; NULL when n is 0) through the memory type make_type() gives (members matched by name;
- * the caller closes nothing). */
+ * the caller closes nothing); a table lacking a field of that type is QD_EINPUT naming it. */
 int qd_h5in_read_table(qd_h5in *f, const char *path, int64_t (*make_type)(void), size_t rec_size, size_t max_rows,
                        void **recs, size_t *n, qd_err *e);
 

@@ -318,6 +318,19 @@ with h5py.File(bad, "a") as f:
 rc, out, err = run("report", bad, "-o", path("bad.html"))
 check(rc == 2 and "field 'layer'" in err and not os.path.exists(path("bad.html")),
       f"a metrics row past the model: exit 2 naming the field ({err.strip()})")
+lacking = path("lacking.h5")
+shutil.copy(path("fault.h5"), lacking)
+with h5py.File(lacking, "a") as f:
+    m = f["diff/ref-vs-emu/metrics"][:]
+    keep = [n for n in m.dtype.names if n != "ratio"]
+    m2 = np.empty(len(m), dtype=[(n, m.dtype[n]) for n in keep])
+    for n in keep:
+        m2[n] = m[n]
+    del f["diff/ref-vs-emu/metrics"]
+    f["diff/ref-vs-emu"].create_dataset("metrics", data=m2)
+rc, out, err = run("report", lacking, "-o", path("lacking.html"))
+check(rc == 2 and "has no field 'ratio'" in err and not os.path.exists(path("lacking.html")),
+      f"a metrics table without a field: exit 2 naming it ({err.strip()})")
 rc, out, err = run("report", path("nothing.h5"), "-o", path("nothing.html"))
 check(rc == 2 and not os.path.exists(path("nothing.html")), f"no such dump: exit 2 ({err.strip()})")
 rc, out, err = run("report", path("fault.h5"))
