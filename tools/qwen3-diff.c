@@ -1159,7 +1159,7 @@ static int run_report(const cli_args *a, qd_err *e) {
     char path[4096], group[256];
     split_operand(a->report_dump, path, sizeof path, group, sizeof group);
     int rc = qd_report_html_from_dump(path, group[0] ? group : NULL, NULL, a->html, e);
-    if (!rc && !a->quiet) printf("report: %s\n", a->html);
+    if (!rc && !a->quiet && strcmp(a->html, "-") != 0) printf("report: %s\n", a->html); /* "-": the page itself */
     return rc;
 }
 
