@@ -578,3 +578,107 @@ int qd_h5in_backends(qd_h5in *f, char *names, size_t n) {
     H5Literate(f->file, H5_INDEX_NAME, H5_ITER_INC, NULL, collect_backend, &bl);
     return bl.count;
 }
+
+int qd_h5in_attr_int(qd_h5in *f, const char *path, const char *attr, long long *v, qd_err *e) {
+    if (H5Aexists_by_name(f->file, path, attr, f->lapl) <= 0)
+        return qd_errf(e, QD_EINPUT, "%s: attribute '%s' missing on '%s'", f->path, attr, path);
+    hid_t a = H5Aopen_by_name(f->file, path, attr, H5P_DEFAULT, f->lapl);
+    if (a < 0) return h5_read_fail(f, "H5Aopen_by_name", attr, e);
+    hid_t type = H5Aget_type(a), space = H5Aget_space(a);
+    int rc = QD_OK;
+    if (type < 0 || space < 0) rc = h5_read_fail(f, "H5Aget_type", attr, e);
+    else if (H5Tget_class(type) != H5T_INTEGER)
+        rc = qd_errf(e, QD_EINPUT, "%s: attribute '%s' on '%s' is not an integer", f->path, attr, path);
+    else if (!(H5Sget_simple_extent_type(space) == H5S_SCALAR ||
+               (H5Sget_simple_extent_type(space) == H5S_SIMPLE && H5Sget_simple_extent_npoints(space) == 1)))
+        rc = qd_errf(e, QD_EINPUT, "%s: attribute '%s' on '%s' holds more than one value", f->path, attr, path);
+    else if (H5Aread(a, H5T_NATIVE_LLONG, v) < 0) rc = h5_read_fail(f, "H5Aread", attr, e);
+    if (space >= 0) H5Sclose(space);
+    if (type >= 0) H5Tclose(type);
+    H5Aclose(a);
+    return rc;
+}
+
+static herr_t collect_group(hid_t parent, const char *name, const H5L_info_t *info, void *ctx) {
+    backend_list *bl = ctx;
+    if (info->type != H5L_TYPE_HARD) return 0;
+    hid_t g = H5Gopen2(parent, name, H5P_DEFAULT); /* fails for datasets */
+    if (g < 0) return 0;
+    H5Gclose(g);
+    size_t used = strlen(bl->names);
+    snprintf(bl->names + used, bl->n - used, "%s%s", bl->count ? ", " : "", name);
+    bl->count++;
+    return 0;
+}
+
+int qd_h5in_groups(qd_h5in *f, const char *path, char *names, size_t n) {
+    names[0] = '\0';
+    backend_list bl = {names, n, 0};
+    if (!qd_h5in_has(f, path)) return 0; /* external links are absent: the group is in this file */
+    hid_t g = H5Gopen2(f->file, path, H5P_DEFAULT);
+    if (g < 0) return 0;
+    H5Gclose(g);
+    H5Literate_by_name(f->file, path, H5_INDEX_NAME, H5_ITER_INC, NULL, collect_group, &bl, f->lapl);
+    return bl.count;
+}
+
+int qd_h5in_read_table(qd_h5in *f, const char *path, int64_t (*make_type)(void), size_t rec_size, size_t max_rows,
+                       void **recs, size_t *n, qd_err *e) {
+    *recs = NULL;
+    *n = 0;
+    hid_t ds = open_dataset(f, path, e);
+    if (ds < 0) return e->code ? e->code : QD_EINPUT;
+    hid_t ftype = H5Dget_type(ds), space = H5Dget_space(ds), mem = -1;
+    int rc = QD_OK;
+    hsize_t dims[H5S_MAX_RANK] = {0};
+    if (ftype < 0 || space < 0) {
+        rc = h5_read_fail(f, "H5Dget_type", path, e);
+        goto out;
+    }
+    if (H5Tget_class(ftype) != H5T_COMPOUND) {
+        rc = qd_errf(e, QD_EINPUT, "%s: dataset '%s' is not a table of records (a compound type)", f->path, path);
+        goto out;
+    }
+    int rank = H5Sget_simple_extent_type(space) == H5S_SIMPLE ? H5Sget_simple_extent_ndims(space) : 0;
+    if (rank != 1 || H5Sget_simple_extent_dims(space, dims, NULL) < 0) {
+        rc = qd_errf(e, QD_EINPUT, "%s: dataset '%s': rank %d, expected a 1-D table", f->path, path, rank);
+        goto out;
+    }
+    if (dims[0] > max_rows) {
+        rc = qd_errf(e, QD_EINPUT, "%s: dataset '%s': %llu rows, more than %zu", f->path, path,
+                     (unsigned long long)dims[0], max_rows);
+        goto out;
+    }
+    size_t count = 0;
+    if ((rc = check_dataset(f, ds, path, 1, dims, H5Tget_size(ftype), &count, e))) goto out;
+    if (count == 0) goto out;
+    if ((mem = (hid_t)make_type()) < 0) {
+        rc = qd_errf(e, QD_ERUNTIME, "%s: building the memory type of '%s' failed", f->path, path);
+        goto out;
+    }
+    /* HDF5 would leave a field the file lacks as it was: a table without one is not this table */
+    for (int i = 0, nm = H5Tget_nmembers(mem); i < nm && !rc; i++) {
+        char *name = H5Tget_member_name(mem, (unsigned)i);
+        if (name && H5Tget_member_index(ftype, name) < 0)
+            rc = qd_errf(e, QD_EINPUT, "%s: dataset '%s' has no field '%s'", f->path, path, name);
+        H5free_memory(name);
+    }
+    if (rc) goto out;
+    if (!(*recs = qd_zalloc(count, rec_size, e))) {
+        rc = QD_ERUNTIME;
+        goto out;
+    }
+    if (H5Dread(ds, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, *recs) < 0) {
+        rc = h5_read_fail(f, "H5Dread", path, e);
+        free(*recs);
+        *recs = NULL;
+        goto out;
+    }
+    *n = count;
+out:
+    if (mem >= 0) H5Tclose(mem);
+    if (space >= 0) H5Sclose(space);
+    if (ftype >= 0) H5Tclose(ftype);
+    H5Dclose(ds);
+    return rc;
+}

@@ -41,6 +41,33 @@ void qd_report_free(qd_report *r) {
 
 const char *qd_row_tap_name(const qd_tap_row *row) { return qd_tap_id_name(row->id); }
 
+void qd_next_tokens_fill(qd_next_tokens *nt, int side, const float *row, int V, int step, int pos) {
+    const int k = V < QD_NEXT_TOP ? V : QD_NEXT_TOP;
+    int n = 0, finite = 1;
+    double mx = -INFINITY;
+    for (int v = 0; v < V; v++) {
+        const float x = row[v];
+        if (!isfinite(x)) finite = 0;
+        if (isfinite(x) && x > mx) mx = x;
+        if (isnan(x) || (n == k && !(x > nt->logit[side][k - 1]))) continue;
+        int i = n < k ? n++ : k - 1; /* insertion into the sorted top k; an equal logit keeps the smaller id */
+        while (i > 0 && x > nt->logit[side][i - 1]) {
+            nt->logit[side][i] = nt->logit[side][i - 1];
+            nt->id[side][i] = nt->id[side][i - 1];
+            i--;
+        }
+        nt->logit[side][i] = x;
+        nt->id[side][i] = v;
+    }
+    double sum = 0;
+    for (int v = 0; finite && v < V; v++) sum += exp((double)row[v] - mx);
+    for (int i = 0; i < n; i++) nt->prob[side][i] = finite ? exp((double)nt->logit[side][i] - mx) / sum : NAN;
+    nt->k = n;
+    nt->have[side] = 1;
+    nt->step = step;
+    nt->pos = pos;
+}
+
 int qd_report_diverged(const qd_report *r) { return r->first_div >= 0; }
 
 static void add_only(char (*list)[24], int *n, qd_tap_id id) {
@@ -367,21 +394,6 @@ static int lockstep_repro(const qd_lockstep_opts *o, const qd_report *r, const s
     return qd_repro_write(o->judge.repro, &op, e);
 }
 
-/* The QD_NEXT_TOP largest logits of one row into r->next_top[which], largest first (ties: lower id; NaN never
- * enters). row (V) */
-static void next_top(qd_report *r, int which, const float *row, int V) {
-    int32_t *id = r->next_top[which].id;
-    float *lg = r->next_top[which].logit;
-    int n = 0;
-    for (int v = 0; v < V; v++) {
-        if (isnan(row[v]) || (n == QD_NEXT_TOP && !(row[v] > lg[n - 1]))) continue;
-        int j = n < QD_NEXT_TOP ? n++ : n - 1;
-        for (; j > 0 && row[v] > lg[j - 1]; j--) id[j] = id[j - 1], lg[j] = lg[j - 1];
-        id[j] = v, lg[j] = row[v];
-    }
-    r->next_top[which].n = n;
-}
-
 static int argmax_row(const float *x, int n) {
     int best = 0;
     for (int i = 1; i < n; i++)
@@ -511,10 +523,8 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
              (b_iso && (rc = dump_side(dcs, &si, head_taps(), L + 1, e))) ||
              (rc = dump_after_position(dcs, L + 1, before < 0 && r->first_div >= 0, e))))
             goto done;
-        if (step == 0) {
-            next_top(r, 0, sa.logits + (size_t)(Tn - 1) * V, V);
-            next_top(r, 1, sb.logits + (size_t)(Tn - 1) * V, V);
-        }
+        qd_next_tokens_fill(&r->next, 0, sa.logits + (size_t)(Tn - 1) * V, V, step, pos0 + Tn - 1);
+        qd_next_tokens_fill(&r->next, 1, sb.logits + (size_t)(Tn - 1) * V, V, step, pos0 + Tn - 1);
         /* the next decode step feeds both sides the reference side's greedy token */
         next_token = argmax_row(sa.logits + (size_t)(Tn - 1) * V, V);
     }
@@ -600,6 +610,11 @@ static int compare_one(qd_report *r, const qd_tolerances *tol, qd_h5in *fa, cons
     int rc = qd_h5in_read_tap(fa, ga, id.layer, id.tap, &da, &nd, shape, e);
     if (!rc) rc = qd_h5in_read_tap(fb, gb, id.layer, id.tap, &db, &nd, shape, e);
     if (!rc) rc = add_row(r, tol, 0, id, QD_MODE_FREE, db, da, nd, shape, prev, ra, rb, e);
+    if (!rc && id.pos == QD_POS_HEAD && id.tap == QD_TAP_LOGITS && nd == 2 && shape[0] > 0) {
+        const size_t V = (size_t)shape[1], last = (size_t)shape[0] - 1;
+        qd_next_tokens_fill(&r->next, 0, da + last * V, (int)V, 0, (int)last);
+        qd_next_tokens_fill(&r->next, 1, db + last * V, (int)V, 0, (int)last);
+    }
     free(da);
     free(db);
     return rc;

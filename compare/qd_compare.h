@@ -29,8 +29,6 @@
 
 typedef enum { QD_MODE_FREE = 0, QD_MODE_ISOLATED = 1 } qd_mode;
 
-#define QD_NEXT_TOP 5 /* next-token candidates kept per side (qd_report.next_top) */
-
 const char *qd_mode_name(qd_mode m); /* "free", "isolated" */
 
 typedef struct {
@@ -45,6 +43,21 @@ typedef struct {
     int judged;         /* replay judge: the side that judged the row (0 A, 1 B): the failing one with the
                            larger ratio, else the larger ratio; -1: no replay */
 } qd_tap_row;
+
+/* The next-token prediction at the last position whose logits a comparison saw (the last step's last
+ * position; offline, the prompt's): each side's top ids by logit, for the reports. */
+#define QD_NEXT_TOP 10
+typedef struct {
+    int k;                      /* ids per side: min(QD_NEXT_TOP, V); 0: no logits seen */
+    int have[2];                /* side A (0), B (1) filled */
+    int step, pos;              /* the step (0: the prompt) and position of that row */
+    int32_t id[2][QD_NEXT_TOP]; /* by logit descending, ties by the smaller id; NaN never ranks */
+    float logit[2][QD_NEXT_TOP];
+    double prob[2][QD_NEXT_TOP]; /* softmax over the row, in double; NAN when the row is not all finite */
+} qd_next_tokens;
+
+/* Fills side (0 A, 1 B) of nt from one row of V logits at (step, pos). */
+void qd_next_tokens_fill(qd_next_tokens *nt, int side, const float *row, int V, int step, int pos);
 
 typedef struct {
     char name_a[64], name_b[64]; /* e.g. "ref", "emu" (offline: file:group) */
@@ -62,18 +75,14 @@ typedef struct {
     int n_only_a;
     char only_b[QD_NUM_TAP_KINDS][24];
     int n_only_b;
-    int head_dim;        /* HD: where's per-head view of q_proj, k_proj, v_proj and attn; 0 unknown */
-    qd_where where;      /* where inside the first divergence's tap the error lives
+    int head_dim;            /* HD: where's per-head view of q_proj, k_proj, v_proj and attn; 0 unknown */
+    qd_where where;          /* where inside the first divergence's tap the error lives
                                         (qd_report_localise); where.valid 0 when none */
-    int replay;          /* 1: rows judged by the local ratio (qd_replay.h); 0: by tolerances */
-    double threshold;    /* replay: the ratio's threshold */
-    int single;          /* `qwen3-diff replay`: one engine (side A), no A-vs-B metrics */
-    int worst_inherited; /* replay: the row with the largest A-vs-B rel_l2; -1 none */
-    struct {
-        int32_t id[QD_NEXT_TOP];
-        float logit[QD_NEXT_TOP];
-        int n;               /* 0: none (an offline comparison) */
-    } next_top[2];           /* lockstep: each side's largest logits after the prompt's last token, largest first */
+    int replay;              /* 1: rows judged by the local ratio (qd_replay.h); 0: by tolerances */
+    double threshold;        /* replay: the ratio's threshold */
+    int single;              /* `qwen3-diff replay`: one engine (side A), no A-vs-B metrics */
+    int worst_inherited;     /* replay: the row with the largest A-vs-B rel_l2; -1 none */
+    qd_next_tokens next;     /* both sides' top next tokens at the last position with logits */
     const qd_tokenizer *tok; /* the checkpoint's tokenizer, for token text in reports; NULL: none (borrowed) */
 } qd_report;
 

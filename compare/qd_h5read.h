@@ -63,4 +63,18 @@ int qd_h5in_backends(qd_h5in *f, char *names, size_t n);
  * (scalar or one element) shorter than n bytes. */
 int qd_h5in_attr_string(qd_h5in *f, const char *path, const char *attr, char *buf, size_t n, qd_err *e);
 
+/* An integer attribute (one value, any integer type) of the object at path, read as 64-bit. */
+int qd_h5in_attr_int(qd_h5in *f, const char *path, const char *attr, long long *v, qd_err *e);
+
+/* The groups directly under path (hard links only), as "a, b" in names (truncated to n). Returns how many;
+ * 0 when path is not a group. */
+int qd_h5in_groups(qd_h5in *f, const char *path, char *names, size_t n);
+
+/* A 1-D table of compound records (the /diff tables): the dataset at path must be a compound of rank 1 with
+ * at most max_rows rows, its storage checked as a tap's; it is read into *recs (n x rec_size bytes, zeroed
+ * first, malloc'd; NULL when n is 0) through the memory type make_type() gives (members matched by name;
+ * the caller closes nothing); a table lacking a field of that type is QD_EINPUT naming it. */
+int qd_h5in_read_table(qd_h5in *f, const char *path, int64_t (*make_type)(void), size_t rec_size, size_t max_rows,
+                       void **recs, size_t *n, qd_err *e);
+
 #endif

@@ -74,21 +74,11 @@ void qd_metrics_record_fill(const qd_tap_row *row, qd_metrics_record *x) {
     x->judged = row->judged;
 }
 
-/* One row of /diff/<A>-vs-<B>/where: a top offender of one axis of the first divergence's tap
- * (qd_localise.h; docs/SCHEMA.md). */
-typedef struct {
-    char axis[8]; /* "token", "head", "channel"; NUL-padded */
-    int32_t rank; /* 0: the heaviest of its axis */
-    int64_t index;
-    double share, rms_err, rms_ref;
-    int64_t nonfinite;
-} where_record;
-
-static int64_t where_record_type(void) {
-    hid_t t = H5Tcreate(H5T_COMPOUND, sizeof(where_record));
+int64_t qd_where_record_type(void) {
+    hid_t t = H5Tcreate(H5T_COMPOUND, sizeof(qd_where_record));
     hid_t s8 = H5Tcopy(H5T_C_S1);
-    int bad = t < 0 || s8 < 0 || H5Tset_size(s8, sizeof((where_record *)0)->axis) < 0;
-#define INSERT(name, type) bad |= H5Tinsert(t, #name, HOFFSET(where_record, name), type) < 0;
+    int bad = t < 0 || s8 < 0 || H5Tset_size(s8, sizeof((qd_where_record *)0)->axis) < 0;
+#define INSERT(name, type) bad |= H5Tinsert(t, #name, HOFFSET(qd_where_record, name), type) < 0;
     if (!bad) {
         INSERT(axis, s8)
         INSERT(rank, H5T_NATIVE_INT32)
@@ -109,13 +99,13 @@ static int64_t where_record_type(void) {
 static int write_where(const qd_report *r, qd_dump *d, const char *group, qd_err *e) {
     const qd_where *w = &r->where;
     const int on = r->first_div >= 0 && w->valid;
-    where_record rec[QD_NUM_AXES * QD_WHERE_TOP];
+    qd_where_record rec[QD_NUM_AXES * QD_WHERE_TOP];
     memset(rec, 0, sizeof rec); /* padding and the strings' tails reach the file as they are */
     size_t n = 0;
     for (int a = 0; on && a < QD_NUM_AXES; a++)
         for (int i = 0; i < w->axis[a].n_top; i++) {
             const qd_where_entry *t = &w->axis[a].top[i];
-            where_record *x = &rec[n++];
+            qd_where_record *x = &rec[n++];
             snprintf(x->axis, sizeof x->axis, "%s", qd_where_axis_name(a));
             x->rank = i;
             x->index = t->index;
@@ -124,7 +114,7 @@ static int write_where(const qd_report *r, qd_dump *d, const char *group, qd_err
             x->rms_ref = t->rms_ref;
             x->nonfinite = t->nonfinite;
         }
-    int rc = qd_dump_write_table(d, "diff", group, "where", rec, n, where_record_type, e);
+    int rc = qd_dump_write_table(d, "diff", group, "where", rec, n, qd_where_record_type, e);
     if (!rc) rc = qd_dump_group_attr_string(d, "diff", group, "first_divergence_where", on ? w->summary : "", e);
     return rc;
 }

@@ -1,7 +1,7 @@
 /* qd_reports.h: what the comparator's results look like to people and machines. Reads a qd_report
  * (compare/qd_compare.h: the rows, their metrics and verdicts, the first divergence) and writes it as
- * the terminal's first divergence line and per-layer table, JSON, JUnit XML, and the /diff metrics
- * table of an HDF5 dump. Nothing here computes or judges: that is compare/'s. */
+ * the terminal's first divergence line and per-layer table, JSON, JUnit XML, a self-contained HTML
+ * report, and the /diff metrics table of an HDF5 dump. Nothing here computes or judges: that is compare/'s. */
 #ifndef QD_REPORTS_H
 #define QD_REPORTS_H
 
@@ -53,5 +53,56 @@ typedef struct {
 int64_t qd_metrics_record_type(void);
 /* Fills x (padding included: zeroed) from one row. */
 void qd_metrics_record_fill(const qd_tap_row *row, qd_metrics_record *x);
+
+/* One row of /diff/<A>-vs-<B>/where: a top offender of one axis of the first divergence's tap
+ * (qd_localise.h; docs/SCHEMA.md). */
+typedef struct {
+    char axis[8]; /* "token", "head", "channel"; NUL-padded */
+    int32_t rank; /* 0: the heaviest of its axis */
+    int64_t index;
+    double share, rms_err, rms_ref;
+    int64_t nonfinite;
+} qd_where_record;
+/* Its compound type, as qd_metrics_record_type. */
+int64_t qd_where_record_type(void);
+
+// ----------------------------------------------------------------------------
+// the HTML report (html.c, html_dump.c): one self-contained file, no script and no network at view time
+
+/* The decoded text of a token id, for the next-token table: the hook through which a tokenizer adds the
+ * text beside the ids. fn NULL, or fn returning NULL: the id alone. The text is HTML-escaped. */
+typedef struct {
+    const char *(*fn)(void *ctx, int32_t id);
+    void *ctx;
+} qd_token_text;
+
+/* What the report shows beside the rows (all optional: NULL / 0 leave the line out). */
+typedef struct {
+    const char *model;        /* the checkpoint directory */
+    const char *config_json;  /* its config.json, verbatim */
+    const char *tool_version; /* what wrote the results */
+    const int32_t *tokens;    /* the prompt, (T) */
+    int T;
+    const char *accum_a, *accum_b; /* each side's reduction, "f32" | "f64" */
+    qd_token_text token_text;
+} qd_html_context;
+
+/* The report of a comparison (--html FILE): verdict and first divergence, error-vs-layer plots per tap,
+ * the layer x tap heatmap, the step x layer grid, the flagged tap's breakdown, error vs magnitude, the
+ * next tokens and the run's attributes. Written to path.tmp.<pid> and renamed (as --json). */
+int qd_report_write_html(const qd_report *r, const qd_html_context *cx, const char *path, qd_err *e);
+
+/* The context of a dump (`compare --html`): its root's model, config_json, tool_version and /input_ids,
+ * read through the checked reader; the strings and ids are owned by cx (qd_html_context_free). The
+ * accumulations are left out: they belong to the groups compared. */
+int qd_html_context_from_dump(const char *dump, qd_html_context *cx, qd_err *e);
+void qd_html_context_free(qd_html_context *cx);
+
+/* The same report from a schema-v1 dump of a comparison (`qwen3-diff report DUMP.h5 -o FILE`): its
+ * /diff/<A>-vs-<B> group (diff_group NULL: the only one), the root's and the backend groups' attributes,
+ * and the two groups' logits when the dump holds them. Every read is checked (qd_h5read.h); a dump that
+ * is not a comparison's is QD_EINPUT naming the file. */
+int qd_report_html_from_dump(const char *dump, const char *diff_group, const qd_token_text *token_text,
+                             const char *path, qd_err *e);
 
 #endif

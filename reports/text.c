@@ -250,23 +250,29 @@ static void print_replay(const qd_report *r, FILE *f, int color) {
     }
 }
 
-/* Each side's next-token candidates after the prompt, with their text, when the checkpoint's tokenizer is known:
- * where the two sides' top tokens differ, the divergence changed what the model would say. */
+/* Each side's next-token candidates at the last position with logits (after the prompt, or the last decode step),
+ * with their text, when the checkpoint's tokenizer is known: where the two sides' top tokens differ, the divergence
+ * changed what the model would say. The text report shows the first QD_TEXT_TOP of the QD_NEXT_TOP kept. */
+#define QD_TEXT_TOP 5
 static void print_next_tokens(const qd_report *r, FILE *f) {
-    if (!r->tok || !r->next_top[0].n) return;
-    fprintf(f, "next token after the prompt (top %d: id 'text' logit):\n", QD_NEXT_TOP);
+    const qd_next_tokens *nt = &r->next;
+    if (!r->tok || !nt->k || !nt->have[0]) return;
+    const int k = nt->k < QD_TEXT_TOP ? nt->k : QD_TEXT_TOP;
+    if (nt->step == 0) fprintf(f, "next token after the prompt (top %d: id 'text' logit):\n", k);
+    else fprintf(f, "next token after decode step %d, position %d (top %d: id 'text' logit):\n", nt->step, nt->pos, k);
     for (int side = 0; side < 2; side++) {
+        if (!nt->have[side]) continue;
         fprintf(f, "  %-6s", side ? r->name_b : r->name_a);
-        for (int j = 0; j < r->next_top[side].n; j++) {
+        for (int j = 0; j < k; j++) {
             char text[64];
-            qd_tok_token_text(r->tok, r->next_top[side].id[j], text, sizeof text);
-            fprintf(f, "%s %d '%s' %.4g", j ? "," : "", r->next_top[side].id[j], text, r->next_top[side].logit[j]);
+            qd_tok_token_text(r->tok, nt->id[side][j], text, sizeof text);
+            fprintf(f, "%s %d '%s' %.4g", j ? "," : "", nt->id[side][j], text, nt->logit[side][j]);
         }
         fprintf(f, "\n");
     }
-    if (r->next_top[1].n && r->next_top[0].id[0] != r->next_top[1].id[0])
-        fprintf(f, "  the greedy next token differs: %s %d vs %s %d\n", r->name_a, r->next_top[0].id[0], r->name_b,
-                r->next_top[1].id[0]);
+    if (nt->have[1] && nt->id[0][0] != nt->id[1][0])
+        fprintf(f, "  the greedy next token differs: %s %d vs %s %d\n", r->name_a, nt->id[0][0], r->name_b,
+                nt->id[1][0]);
 }
 
 void qd_report_print(const qd_report *r, FILE *f, int color) {

@@ -86,6 +86,8 @@ typedef struct {
     const char *write_tol;    /* where calibration writes */
     double margin;            /* calibration margin over the worst measured error */
     const char *json, *junit; /* report files */
+    const char *html;         /* --html, or report's -o: the HTML report */
+    const char *report_dump;  /* the report subcommand's operand */
     const char *dump;         /* NULL: no dump */
     const char *repro;        /* --repro: the first divergence's op as a repro file; NULL: none */
     const char *dump_taps;    /* globs */
@@ -140,6 +142,7 @@ enum {
     O_REPRO,
     O_PROMPT,
     O_CHAT,
+    O_HTML,
 };
 
 /* name, value, id, section, help (NULL: not listed), usage position, flags, short name; in the order of --help */
@@ -218,6 +221,10 @@ static const qd_cli_opt main_opts[] = {
     {"margin", "X", O_MARGIN, "verdict and CI", NULL, 0, 0, 0}, /* described with --write-tolerances */
     {"json", "FILE", O_JSON, "verdict and CI", "machine-readable report", 0, 0, 0},
     {"junit", "FILE", O_JUNIT, "verdict and CI", "JUnit XML, one test case per layer", 0, 0, 0},
+    {"html", "FILE", O_HTML, "verdict and CI",
+     "a self-contained HTML report (plots, heatmaps, where; no network needed to view\nit); "
+     "`qwen3-diff report DUMP.h5 -o FILE` draws it from a dump",
+     0, 0, 0},
     {"dump", "OUT.h5", O_DUMP, "dump",
      "every tap of both backends plus /diff/<A>-vs-<B>/metrics (schema v1),\n"
      "written to OUT.h5.tmp.<pid> and renamed when complete",
@@ -248,6 +255,7 @@ static const qd_cli_opt compare_opts[] = {
     {"threads", "N", O_THREADS, NULL, NULL, 0, 0, 0},
     {"json", "F", O_JSON, NULL, NULL, 3, QD_CLI_SYNOPSIS, 0},
     {"junit", "F", O_JUNIT, NULL, NULL, 4, QD_CLI_SYNOPSIS, 0},
+    {"html", "F", O_HTML, NULL, NULL, 6, 0, 0},
     {"repro", "FILE", O_REPRO, NULL, NULL, 5, QD_CLI_SYNOPSIS, 0},
     {"quiet", NULL, O_QUIET, NULL, NULL, 0, 0, 0},
     {"no-color", NULL, O_NO_COLOR, NULL, NULL, 0, 0, 0},
@@ -265,6 +273,20 @@ static const qd_cli_opt replay_opts[] = {
     {"quiet", NULL, O_QUIET, NULL, NULL, 0, 0, 0},
     {"no-color", NULL, O_NO_COLOR, NULL, NULL, 0, 0, 0},
     {"help", NULL, O_HELP, NULL, NULL, 0, 0, 'h'},
+};
+
+/* report's options: the page's path */
+static const qd_cli_opt report_opts[] = {
+    {"output", "FILE", O_HTML, NULL, NULL, 1, QD_CLI_SYNOPSIS, 'o'},
+    {"quiet", NULL, O_QUIET, NULL, NULL, 0, 0, 0},
+    {"help", NULL, O_HELP, NULL, NULL, 0, 0, 'h'},
+};
+
+static const qd_cli_cmd report_cmd = {
+    .name = "report",
+    .operands = "DUMP.h5[:A-vs-B]",
+    .opts = report_opts,
+    .nopts = (int)(sizeof report_opts / sizeof *report_opts),
 };
 
 static const qd_cli_cmd main_cmd = {
@@ -310,6 +332,7 @@ static void usage(FILE *f) {
     qd_cli_print_usage(f, "usage: qwen3-diff", &main_cmd, 0);
     qd_cli_print_usage(f, "       qwen3-diff", &compare_cmd, 1);
     qd_cli_print_usage(f, "       qwen3-diff", &replay_cmd, 1);
+    qd_cli_print_usage(f, "       qwen3-diff", &report_cmd, 1);
     qd_cli_print_usage(f, "       qwen3-diff", &selftest_cli_cmd, 1);
     fputs("\n"
           "Finds where, how badly and why two Qwen3 implementations diverge. --layer-by-layer runs two\n"
@@ -319,7 +342,8 @@ static void usage(FILE *f) {
           "its local error exceeds 4x the noise floor of its precision (drift inherited from earlier ops is\n"
           "reported, never blamed). compare replays both dumps (the model: --model DIR or the dump's 'model'\n"
           "attribute); replay judges one dump on its own, or reruns the op of a --repro file from that file\n"
-          "alone (--inject NAME: with a fault of the catalog in the contract).\n"
+          "alone (--inject NAME: with a fault of the catalog in the contract). report draws a comparison's\n"
+          "dump (--dump) as the HTML page --html writes.\n"
           "\n",
           f);
     qd_cli_print_options(f, &main_cmd, vars);
@@ -386,6 +410,7 @@ static int take_option(void *ctx, const qd_cli_opt *o, const char *flag, const c
     case O_WRITE_TOL: a->write_tol = val; return QD_OK;
     case O_JSON: a->json = val; return QD_OK;
     case O_JUNIT: a->junit = val; return QD_OK;
+    case O_HTML: a->html = val; return QD_OK;
     case O_DUMP_TAPS: a->dump_taps = val; return QD_OK;
     case O_BACKENDS: return parse_backends(val, a, e);
     case O_FUSED_TAPS:
@@ -463,6 +488,15 @@ static int take_operand(void *ctx, const char *word, qd_err *e) {
     return QD_OK;
 }
 
+/* report's operand: the dump */
+static int take_report_operand(void *ctx, const char *word, qd_err *e) {
+    cli_args *a = ctx;
+    (void)e;
+    a->report_dump = word;
+    a->noperands++;
+    return QD_OK;
+}
+
 static int misuse(qd_cli_misuse k, const char *word, const char *flag, qd_err *e) {
     switch (k) {
     case QD_CLI_UNKNOWN: return qd_errf(e, QD_EINPUT, "unknown option '%s' (see --help)", word);
@@ -491,6 +525,15 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
             return qd_errf(e, QD_EINPUT, "--repro writes the op the replay verdict blames: drop --tolerances");
         return QD_OK;
     }
+    if (argc > 1 && strcmp(argv[1], "report") == 0) {
+        h.operand = take_report_operand;
+        int rc = qd_cli_parse(&report_cmd, &h, a, argc - 1, argv + 1, e);
+        if (rc || a->help) return rc;
+        if (a->noperands != 1)
+            return qd_errf(e, QD_EINPUT, "report: expected one dump, DUMP.h5[:A-vs-B] (got %d)", a->noperands);
+        if (!a->html) return qd_errf(e, QD_EINPUT, "report: missing -o FILE (where the HTML page goes)");
+        return QD_OK;
+    }
     if (argc > 1 && strcmp(argv[1], "replay") == 0) {
         h.operand = take_operand;
         a->noperands = -1; /* take_operand: the replay's operand */
@@ -508,11 +551,11 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
     if (a->calibrate) a->layer_by_layer = 1;
     if (a->calibrate && !a->write_tol) return qd_errf(e, QD_EINPUT, "--calibrate needs --write-tolerances FILE");
     if (a->write_tol && !a->calibrate) return qd_errf(e, QD_EINPUT, "--write-tolerances needs --calibrate N");
-    if (a->calibrate && (a->dump || a->json || a->junit || a->tolerances || a->fault.kind != QD_FAULT_NONE ||
+    if (a->calibrate && (a->dump || a->json || a->junit || a->html || a->tolerances || a->fault.kind != QD_FAULT_NONE ||
                          a->fault_a.kind != QD_FAULT_NONE || a->repro))
         return qd_errf(e, QD_EINPUT,
                        "--calibrate blesses a clean pair and writes only --write-tolerances "
-                       "(drop --dump, --json, --junit, --tolerances, --repro and --inject)");
+                       "(drop --dump, --json, --junit, --html, --tolerances, --repro and --inject)");
     if (a->repro && a->tolerances)
         return qd_errf(e, QD_EINPUT, "--repro writes the op the replay verdict blames: drop --tolerances");
     if (a->layer_by_layer && a->nbackends == 1)
@@ -522,6 +565,7 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
                                     : a->tolerances                    ? "--tolerances"
                                     : a->json                          ? "--json"
                                     : a->junit                         ? "--junit"
+                                    : a->html                          ? "--html"
                                     : a->decode                        ? "--decode"
                                     : a->dump_taps                     ? "--dump-taps"
                                     : a->dump_window >= 0              ? "--dump-on-divergence"
@@ -711,6 +755,38 @@ static int open_tokenizer(const cli_args *a, const char *model, const qd_config 
     }
     free(path);
     return rc;
+}
+
+/* The HTML report's token-text hook: one token's text as the text report shows it (one buffer: the report is
+ * written by one thread, and each text is copied into the page before the next is asked for). */
+static const char *html_token_text(void *ctx, int32_t id) {
+    static char text[128];
+    if (!ctx) return NULL;
+    qd_tok_token_text((const qd_tokenizer *)ctx, id, text, sizeof text);
+    return text;
+}
+
+/* An offline run's tokenizer for token text in the HTML report (compare, report): the tokenizer.json of the
+ * checkpoint (--model, else the dump's 'model' attribute) when it has one; none otherwise, or when it cannot be
+ * read (a warning: only text is lost). */
+static qd_tokenizer *html_tokenizer(const cli_args *a, const char *dump) {
+    if (!a->html) return NULL;
+    qd_err te;
+    qd_err_clear(&te);
+    qd_html_context hc;
+    const char *model = a->model;
+    int have_hc = !model && dump && qd_html_context_from_dump(dump, &hc, &te) == QD_OK;
+    if (have_hc) model = hc.model;
+    char *path = model ? qd_path_join(model, "tokenizer.json", &te) : NULL;
+    struct stat st;
+    qd_tokenizer *tok = NULL;
+    if (path && stat(path, &st) == 0) {
+        tok = qd_tok_load(path, 0, &te);
+        if (!tok) fprintf(stderr, "qwen3-diff: warning: no token text in the report: %s\n", te.msg);
+    }
+    free(path);
+    if (have_hc) qd_html_context_free(&hc);
+    return tok;
 }
 
 /* --prompt's ids: the text (or the file's, as it is), wrapped by --chat, through the tokenizer. */
@@ -1079,6 +1155,20 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
     }
     if (a->json && (rc = qd_report_write_json_bisect(&r, bisect, a->json, e))) goto out;
     if (a->junit && (rc = qd_report_write_junit(&r, a->junit, e))) goto out;
+    if (a->html) {
+        char *abs_model = realpath(model, NULL); /* the dump's 'model' names it the same way */
+        qd_html_context hc = {.model = abs_model ? abs_model : model,
+                              .config_json = config_text,
+                              .tool_version = QD_VERSION,
+                              .tokens = tokens,
+                              .T = T,
+                              .accum_a = ba->accum,
+                              .accum_b = bb->accum,
+                              .token_text = {tok ? html_token_text : NULL, tok}};
+        rc = qd_report_write_html(&r, &hc, a->html, e);
+        free(abs_model);
+        if (rc) goto out;
+    }
     if (!a->quiet) {
         printf("model %s, T=%d tokens\n", model, T);
         qd_report_print(&r, stdout, isatty(1) && !a->no_color);
@@ -1175,6 +1265,14 @@ static int run_compare(const cli_args *a, qd_err *e) {
     rc = qd_compare_files_judged(pa, ga[0] ? ga : NULL, pb, gb[0] ? gb : NULL, have_tol ? &tol : NULL, &judge, &r, e);
     if (!rc && a->json) rc = qd_report_write_json(&r, a->json, e);
     if (!rc && a->junit) rc = qd_report_write_junit(&r, a->junit, e);
+    qd_html_context hc; /* the page's attributes: dump A's */
+    if (!rc && a->html && !(rc = qd_html_context_from_dump(pa, &hc, e))) {
+        qd_tokenizer *tok = html_tokenizer(a, pa);
+        hc.token_text = (qd_token_text){tok ? html_token_text : NULL, tok};
+        rc = qd_report_write_html(&r, &hc, a->html, e);
+        qd_html_context_free(&hc);
+        qd_tok_free(tok);
+    }
     if (!rc && !a->quiet) {
         printf("compare %s vs %s\n", a->compare_a, a->compare_b);
         qd_report_print(&r, stdout, isatty(1) && !a->no_color);
@@ -1184,6 +1282,18 @@ static int run_compare(const cli_args *a, qd_err *e) {
     qd_report_free(&r);
     if (have_tol) qd_tolerances_free(&tol);
     if (have_w) qd_weights_free(&w);
+    return rc;
+}
+
+/* A comparison's dump drawn as the HTML report. */
+static int run_report(const cli_args *a, qd_err *e) {
+    char path[4096], group[256];
+    split_operand(a->report_dump, path, sizeof path, group, sizeof group);
+    qd_tokenizer *tok = html_tokenizer(a, path);
+    qd_token_text tt = {tok ? html_token_text : NULL, tok};
+    int rc = qd_report_html_from_dump(path, group[0] ? group : NULL, &tt, a->html, e);
+    qd_tok_free(tok);
+    if (!rc && !a->quiet && strcmp(a->html, "-") != 0) printf("report: %s\n", a->html); /* "-": the page itself */
     return rc;
 }
 
@@ -1250,17 +1360,19 @@ int main(int argc, char **argv) {
     /* outputs never overwrite each other or an input; a signal removes the temporary files (qd_files.h) */
     if (rc == QD_OK)
         rc = qd_check_paths(&e, QD_PATH_OUT, "--dump", a.dump, QD_PATH_OUT, "--json", a.json, QD_PATH_OUT, "--junit",
-                            a.junit, QD_PATH_OUT, "--write-tolerances", a.write_tol, QD_PATH_IN, "--tolerances",
-                            a.tolerances, QD_PATH_IN, "--tokens", a.tokens && a.tokens[0] == '@' ? a.tokens + 1 : NULL,
-                            QD_PATH_IN, "--prompt", a.prompt && a.prompt[0] == '@' ? a.prompt + 1 : NULL, QD_PATH_IN,
-                            "compare A", a.compare_a, QD_PATH_IN, "compare B", a.compare_b, QD_PATH_END);
+                            a.junit, QD_PATH_OUT, "--html", a.html, QD_PATH_IN, "report", a.report_dump, QD_PATH_OUT,
+                            "--write-tolerances", a.write_tol, QD_PATH_IN, "--tolerances", a.tolerances, QD_PATH_IN,
+                            "--tokens", a.tokens && a.tokens[0] == '@' ? a.tokens + 1 : NULL, QD_PATH_IN, "--prompt",
+                            a.prompt && a.prompt[0] == '@' ? a.prompt + 1 : NULL, QD_PATH_IN, "compare A", a.compare_a,
+                            QD_PATH_IN, "compare B", a.compare_b, QD_PATH_END);
     if (rc == QD_OK) rc = qd_tmp_cleanup_on_signals(&e);
     if (rc == QD_OK) {
         const char *model = a.model ? a.model : QD_SOURCE_ROOT "/fixtures/knorm_extreme";
         char token_arg[4200];
         snprintf(token_arg, sizeof token_arg, "%s", a.tokens ? a.tokens : "");
         if (!a.tokens) snprintf(token_arg, sizeof token_arg, "@%s/prompt.txt", model);
-        if (a.replay_dump) rc = run_replay(&a, &e);
+        if (a.report_dump) rc = run_report(&a, &e);
+        else if (a.replay_dump) rc = run_replay(&a, &e);
         else if (a.compare_a) rc = run_compare(&a, &e);
         else if (a.layer_by_layer) rc = run_lockstep(&a, model, token_arg, &e);
         else rc = run_single(&a, model, token_arg, &e);
