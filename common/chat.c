@@ -3,8 +3,9 @@
  * The template is read, not run: it is recognised as ChatML by its markers, and the two things a single user
  * turn with add_generation_prompt=True depends on are read from its string literals: the default system
  * message (a literal that opens a system turn and closes it, as Qwen2 and Qwen2.5 write it when the
- * conversation has none) and the generation prompt (the first literal after add_generation_prompt that opens
- * the assistant turn). tests/test_tokenizer.py holds the result to transformers' apply_chat_template. */
+ * conversation has none) and the generation prompt (what the add_generation_prompt branch writes, as text or as
+ * its first literal, when it opens the assistant turn). Literals are read inside Jinja tags only.
+ * tests/test_tokenizer_live.py holds the result to transformers' apply_chat_template. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,18 +37,67 @@ static const char *read_literal(const char *q, char *out, size_t n) {
     return q + 1;
 }
 
-/* The next string literal at or after p whose text starts with prefix; its decoded text in out. NULL: none. */
+/* The next string literal inside a Jinja tag ({{ }} or {% %}; text outside tags and {# #} comments is skipped)
+ * at or after p whose text starts with prefix; its decoded text in out and *after past its closing quote. p
+ * must not be inside a literal. NULL: none. */
 static const char *find_literal(const char *p, const char *prefix, char *out, size_t n, const char **after) {
-    for (; *p; p++) {
-        if (*p != '\'' && *p != '"') continue;
+    int in_tag = 0;
+    while (*p) {
+        if (!in_tag) {
+            const char *open = strchr(p, '{');
+            if (!open) return NULL;
+            if (open[1] == '#') {
+                const char *close = strstr(open + 2, "#}");
+                if (!close) return NULL;
+                p = close + 2;
+            } else {
+                in_tag = open[1] == '{' || open[1] == '%';
+                p = open + 1 + in_tag;
+            }
+            continue;
+        }
+        if ((*p == '}' && p[1] == '}') || (*p == '%' && p[1] == '}')) {
+            in_tag = 0;
+            p += 2;
+            continue;
+        }
+        if (*p != '\'' && *p != '"') {
+            p++;
+            continue;
+        }
         const char *end = read_literal(p, out, n);
-        if (end && strncmp(out, prefix, strlen(prefix)) == 0) {
+        if (!end) return NULL;
+        if (strncmp(out, prefix, strlen(prefix)) == 0) {
             *after = end;
             return p;
         }
-        if (end) p = end - 1; /* step over the whole literal, so its closing quote opens nothing */
+        p = end;
     }
     return NULL;
+}
+
+/* The text a template writes as it is right after the {% if add_generation_prompt %} tag that ends at p (with
+ * transformers' trim_blocks and lstrip_blocks: the newline after the tag dropped, the indentation before a
+ * following block tag too, all whitespace before a tag that opens with '-'), when it opens the assistant turn;
+ * into out. 0: it does not. */
+static int raw_generation_prompt(const char *p, char *out, size_t n) {
+    if (*p == '\n') p++;
+    const char *next = p;
+    while (*next && !(next[0] == '{' && (next[1] == '{' || next[1] == '%' || next[1] == '#'))) next++;
+    size_t len = (size_t)(next - p);
+    if (*next && next[2] == '-') {
+        while (len && strchr(" \t\n\r", p[len - 1])) len--;
+    } else if (*next && next[1] == '%') {
+        size_t k = len;
+        while (k && (p[k - 1] == ' ' || p[k - 1] == '\t')) k--;
+        if (!k || p[k - 1] == '\n') len = k;
+    }
+    if (len >= n || len < strlen(IM_START "assistant") ||
+        strncmp(p, IM_START "assistant", strlen(IM_START "assistant")))
+        return 0;
+    memcpy(out, p, len);
+    out[len] = '\0';
+    return 1;
 }
 
 static int load_template(const char *dir, char **tpl, char *src, size_t srcn, qd_err *e) {
@@ -125,20 +175,25 @@ int qd_chat_wrap(const char *model_dir, const char *prompt, size_t len, char **o
             break;
         }
     }
-    const char *g = strstr(tpl, "add_generation_prompt");
-    if (!g || !find_literal(g, IM_START "assistant", gen, sizeof gen, &after)) {
+    /* the tag that tests add_generation_prompt, then the text it writes as it is, or the literal it writes */
+    const char *g = strstr(tpl, "add_generation_prompt"), *tag_end = g ? strstr(g, "%}") : NULL;
+    int found = tag_end && raw_generation_prompt(tag_end + 2, gen, sizeof gen);
+    if (tag_end && !found && find_literal(tag_end + 2, IM_START "assistant", gen, sizeof gen, &after)) {
+        while (*after == ' ' || *after == '\n') after++;
+        if (*after == '+' || *after == '~') {
+            rc = qd_errf(e, QD_EINPUT,
+                         "%s: the chat template's generation prompt is built from variables; --chat reads only a "
+                         "literal one",
+                         src);
+            goto out;
+        }
+        found = 1;
+    }
+    if (!found) {
         rc = qd_errf(e, QD_EINPUT,
                      "%s: the chat template has no add_generation_prompt branch opening an assistant turn "
                      "('%sassistant'); --chat cannot tell what to append",
                      src, IM_START);
-        goto out;
-    }
-    while (*after == ' ' || *after == '\n') after++;
-    if (*after == '+' || *after == '~') {
-        rc = qd_errf(e, QD_EINPUT,
-                     "%s: the chat template's generation prompt is built from variables; --chat "
-                     "reads only a literal one",
-                     src);
         goto out;
     }
     size_t n = strlen(sys) + strlen(IM_START "user\n") + len + strlen(IM_END "\n") + strlen(gen) + 1;

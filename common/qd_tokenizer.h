@@ -61,10 +61,11 @@ int qd_tok_size(const qd_tokenizer *t);
  *   [<|im_start|>system\nDEFAULT<|im_end|>\n]   only if the template writes a default system message
  *                                                (Qwen2 and Qwen2.5 do, Qwen3 does not)
  *   <|im_start|>user\nPROMPT<|im_end|>\n
- *   GENERATION PROMPT                            the first string literal after add_generation_prompt that
- *                                                starts with <|im_start|>assistant: "<|im_start|>assistant\n"
- *                                                for Qwen3 (thinking on, its default), with "<think>\n" for
- *                                                the Thinking-2507 releases
+ *   GENERATION PROMPT                            what the {% if add_generation_prompt %} branch writes: its
+ *                                                text as it is, or its first string literal, when that starts
+ *                                                with <|im_start|>assistant: "<|im_start|>assistant\n" for
+ *                                                Qwen3 (thinking on, its default), with "<think>\n" for the
+ *                                                Thinking-2507 releases
  * Anything else is QD_EINPUT (one line). *out is malloc'd and NUL-terminated, *out_len its length. */
 int qd_chat_wrap(const char *model_dir, const char *prompt, size_t len, char **out, size_t *out_len, qd_err *e);
 

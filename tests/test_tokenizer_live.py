@@ -12,8 +12,9 @@ On tests/data/tok_corpus.json, plus texts for the added-token options and 1000 s
 - a GPT-2-style one: no normalizer, ByteLevel with add_prefix_space and its own regex;
 - the fuzz target's seeds (tests/fuzz/tokenizer-seeds: unk_token with fuse_unk, a String split with Removed).
 --chat: the text and ids transformers renders for one user message with add_generation_prompt=True, with
-Qwen3's template (the fixtures'), a Qwen2.5-style one (a default system message) and Qwen3-Thinking-2507's
-ending (<think>\\n after the assistant turn opens).
+Qwen3's template (the fixtures'), a Qwen2.5-style one (a default system message), Qwen3-Thinking-2507's
+ending (<think>\\n after the assistant turn opens), and ChatML templates that write the generation prompt as
+text rather than a literal.
 """
 import json
 import os
@@ -160,10 +161,19 @@ qwen25 = (
 thinking = qwen3[:qwen3.index("{%- if add_generation_prompt %}")] + \
     "{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n<think>\\n' }}\n{%- endif %}"
 check(thinking != qwen3 and "enable_thinking" in qwen3, "the Thinking-2507 variant replaces Qwen3's ending")
+# ChatML written as text, not literals, with an apostrophe in a comment and in text outside the tags
+raw_chatml = ("{#- ChatML: it's the format Qwen uses -#}\n"
+              "{%- for message in messages %}\n"
+              "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}\n"
+              "{%- endfor %}\n"
+              "{%- if add_generation_prompt %}\n<|im_start|>assistant\n{% endif %}")
+raw_one_line = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+                "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 prompts = ["Hello!", "Two\nlines and a trailing newline\n", "quotes ' \" and {{ jinja }} {% raw %} in the text",
            "<think>already special</think> \U0001F600 caf\u00e9"]
 for name, template in (("Qwen3", qwen3), ("Qwen2.5-style (default system message)", qwen25),
-                       ("Qwen3-Thinking-2507's ending", thinking)):
+                       ("Qwen3-Thinking-2507's ending", thinking), ("ChatML as text, multi-line", raw_chatml),
+                       ("ChatML as text, one line", raw_one_line)):
     d = os.path.join(tmp, "chat_" + str(abs(hash(name))))
     os.makedirs(d)
     for f in ("config.json", "tokenizer.json"):
