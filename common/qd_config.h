@@ -31,6 +31,13 @@ typedef struct {
  * absent (as transformers does). */
 int qd_config_parse(const char *json_text, const char *path, qd_config *c, qd_err *e);
 
+/* The identity of the maths a config describes, for telling two models apart (tolerance files carry it):
+ * FNV-1a 64 over the canonical text "qwen3;L=..;C=..;I=..;NH=..;NKV=..;HD=..;V=..;theta=..;eps=..;tied=.."
+ * (integers in decimal, theta and eps as "%.17g"), written "fnv1a64:" + 16 hex digits. Left out: what does
+ * not change a forward pass (max_position_embeddings, the stored dtype, the dialect, key order). */
+#define QD_CONFIG_HASH_LEN 25 /* "fnv1a64:" + 16 + NUL */
+void qd_config_hash(const qd_config *c, char out[QD_CONFIG_HASH_LEN]);
+
 /* Reads and parses DIR/config.json. If text_out is not NULL it receives the raw text (malloc'd), which
  * the HDF5 dump stores verbatim as the root attribute config_json. */
 int qd_config_load(const char *dir, qd_config *c, char **text_out, qd_err *e);

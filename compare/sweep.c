@@ -67,7 +67,7 @@ static int sweep_one(const qd_weights *w, const qd_sweep_opts *o, int i, qd_swee
         rc = e->code ? e->code : QD_ERUNTIME;
         goto out;
     }
-    rc = qd_bless(a, b, bi, o->tokens, o->T, o->calib_prompts, o->decode, o->margin, &tol, NULL, e);
+    rc = qd_bless(a, b, bi, o->tokens, o->T, o->calib_prompts, o->decode, o->margin, &tol, NULL, NULL, e);
     if (rc == QD_EDIVERGED) { /* the clean pair is itself broken in this dtype: that is a divergence */
         en->diverged = 1;
         snprintf(en->reason, sizeof en->reason, "the clean pair is already broken: %.160s", e->msg);
