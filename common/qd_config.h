@@ -1,6 +1,6 @@
 /* qd_config.h: the Qwen3 model configuration, read from a Hugging Face config.json.
  *
- * Both dialects are read (see docs/ARCHITECTURE.md and QWEN3 facts):
+ * Both dialects are read (see docs/ARCHITECTURE.md and docs/QWEN3.md):
  *   released checkpoints:  "rope_theta": 1000000, "torch_dtype": "bfloat16"
  *   transformers 5.x:      "rope_parameters": {"rope_theta": ..., "rope_type": "default"}, "dtype": ...
  * Features this project does not implement are refused by name (QD_EINPUT): attention_bias true,

@@ -623,7 +623,7 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
 typedef struct {
     double out_rms;   /* rms of the layer output */
     float out_max;    /* max|out| */
-    float k_norm_max; /* max|k_norm|: the amplified K (QWEN3.md, "the seed") */
+    float k_norm_max; /* max|k_norm|: the amplified K (docs/QWEN3.md, "the seed") */
     float attn_max;   /* max|attn| */
     float act_max;    /* max|silu(gate)*up| */
     long nonfinite;   /* NaN/Inf values over every tap of the layer */
