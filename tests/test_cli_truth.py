@@ -193,6 +193,10 @@ check(rc == 0 and "qwen3-diff: ref, layer 2/2" in err, f"one-backend run: progre
 rc, out, err = run(*GQA, "--backends", "ref,emu", "--calibrate", "2", "--write-tolerances",
                    os.path.join(tmp, "t2.json"), env=P0)
 check(rc == 0 and "calibration prompt 2/2" in err, f"calibration: progress ({err.strip()[:120]})")
+rc, out, err = run(*GQA, "--backends", "ref,emu", "--inject", "act-gelu@1", "--precision-sweep", "--quiet", env=P0)
+check(rc == 1 and out == "" and err == "", "--precision-sweep --quiet: nothing printed")
+rc, out, err = run(*GQA, "--backends", "ref,emu", "--inject", "act-gelu@1", "--precision-sweep", env=P0)
+check(rc == 1 and "qwen3-diff: precision sweep, bf16 (3/3), 67 % done" in err, f"the sweep: progress ({err[-160:]})")
 rc, out, err = run(*GQA, "--summary", "--quiet")
 check(rc == 0 and out == "", "--summary --quiet: --quiet wins, nothing printed")
 fx = os.path.join(tmp, "fx")

@@ -249,6 +249,30 @@ for cmd, syn in synopses.items():
     missing = sorted(opts - named)
     check(opts and not missing, f"{cmd}: every option of its synopsis in --help is in README ({missing})")
 
+# 5. every document cited by name (in code, tests, docs) is in the repository
+cited, where = set(), {}
+for top in ("common", "reference", "emu", "fused", "compare", "reports", "tools", "tests", "docs", "fixtures"):
+    for dirpath, _, files in os.walk(os.path.join(ROOT, top)):
+        for fn in files:
+            if not fn.endswith((".c", ".h", ".cu", ".cuh", ".py", ".sh", ".md", ".build")):
+                continue
+            path = os.path.join(dirpath, fn)
+            for name in re.findall(r"(?<![\w-])((?:[\w.-]+/)*[A-Z][A-Z0-9_]*\.md)\b", open(path, errors="replace").read()):
+                cited.add(name)
+                where.setdefault(name, os.path.relpath(path, ROOT))
+for name in re.findall(r"(?<![\w-])((?:[\w.-]+/)*[A-Z][A-Z0-9_]*\.md)\b", text):
+    cited.add(name)
+    where.setdefault(name, "README.md")
+missing = []
+for name in sorted(cited):
+    base = os.path.basename(name)
+    candidates = [os.path.join(ROOT, name), os.path.join(ROOT, "docs", base)]
+    if "/" in name and not name.startswith(("docs/", "fixtures/", "tests/")):
+        candidates = [os.path.join(ROOT, name)]  # a path outside the repository does not resolve
+    if not any(os.path.isfile(c) for c in candidates) and base != "README.md":
+        missing.append(f"{name} (cited in {where[name]})")
+check(not missing, f"every document cited by name exists ({missing})")
+
 shutil.rmtree(work, ignore_errors=True)
 print(f"{checks - fails} passed, {fails} failed")
 sys.exit(1 if fails else 0)

@@ -30,7 +30,7 @@ run = functools.partial(qd_check.run, BIN)
 
 # --- the selftest itself -------------------------------------------------------------------------------
 js = os.path.join(tmp, "selftest.json")
-rc, out, err = run("selftest", "--fixtures", FX, "--json", js, "--quiet")
+rc, out, err = run("selftest", "--fixtures", FX, "--json", js)  # the table on stdout (--quiet: below)
 check(rc == 0, f"selftest exits 0 (got {rc}) {err.strip()[-300:]}")
 st = json.load(open(js))
 check(st["schema"] == "qwen3-diff-selftest/1" and st["pass"] is True, "selftest JSON: schema, pass")

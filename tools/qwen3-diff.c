@@ -236,7 +236,10 @@ static const qd_cli_opt main_opts[] = {
      "(docs/SCHEMA.md, \"Repro files\"; compare takes it too)",
      0, 0, 0},
     {"summary", NULL, O_SUMMARY, "output", "one backend: a per-layer table (max|k_norm|, top-5 next tokens)", 0, 0, 0},
-    {"quiet", NULL, O_QUIET, "output", "no progress, no tables: only errors, warnings and the exit status", 0, 0, 0},
+    {"quiet", NULL, O_QUIET, "output",
+     "no progress (else on stderr with an ETA: a live line on a terminal, a line\n"
+     "per 10 s in a log, QD_PROGRESS_INTERVAL=SECONDS), no tables: only errors,\nwarnings and the exit status",
+     0, 0, 0},
     {"color", "WHEN", O_COLOR, "output",
      "auto, always or never: colour the verdicts (auto, the default: on a\nterminal, unless NO_COLOR is set)", 0, 0, 0},
     {"no-color", NULL, O_NO_COLOR, "output", "--color never", 0, 0, 0},
@@ -1105,10 +1108,12 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
                             .calib_prompts = SWEEP_CALIB_PROMPTS,
                             .margin = a->margin,
                             .locate = a->locate,
+                            .progress = &pg,
                             .opts = {.threads = a->threads,
                                      .accum_f64 = a->accum == QD_ACCUM_F64,
                                      .fault = a->fault,
                                      .taps_all = a->taps_all}};
+        qd_progress_start(&pg, stderr, pg.mode, "qwen3-diff", 0, NULL, NULL);
         if ((rc = qd_precision_sweep(&w, &so, &sweep, e))) goto out;
         have_sweep = 1;
         if (!a->quiet) qd_sweep_print(&sweep, &so, stdout);
