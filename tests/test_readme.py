@@ -120,9 +120,24 @@ def expected_status(args, comment):
     return 1 if injects or rerun_repro else 0
 
 
+SHELL_OPS = {"|", "||", "&&", ";", ">", ">>", "<", "2>", "2>&1", "2>/dev/null"}
+
+
 def run(args, cwd, timeout=900):
+    """A command; one with a pipe or a redirection runs through bash, its status the pipeline's (pipefail)."""
+    if any(a in SHELL_OPS for a in args):
+        line = " ".join(a if a in SHELL_OPS else shlex.quote(a) for a in args)
+        args = ["bash", "-o", "pipefail", "-c", line]
     p = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     return p.returncode, p.stdout, p.stderr
+
+
+def missing_program(args):
+    """The first program after a pipe that is not installed (e.g. jq), or None."""
+    for k, a in enumerate(args[:-1]):
+        if a in ("|", "||", "&&", ";") and not shutil.which(args[k + 1]) and not args[k + 1].startswith("build/"):
+            return args[k + 1]
+    return None
 
 
 text = open(README).read()
@@ -180,6 +195,9 @@ for lang, lines in blocks(text):
             continue
         if not have_theirs and "theirs.h5:myengine" in args:
             print(f"skip: {' '.join(args)[:100]}: needs theirs.h5 (h5py)")
+            continue
+        if missing_program(args):
+            print(f"skip: {' '.join(args)[:100]}: {missing_program(args)} is not installed")
             continue
         for v in map(substitute, variants(args)):
             want = expected_status(v, comment)

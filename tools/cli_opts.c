@@ -69,11 +69,12 @@ int qd_cli_parse(const qd_cli_cmd *c, const qd_cli_handlers *h, void *ctx, int a
         snprintf(flag, sizeof flag, "--%s", o->name);
         if (k == ':') return h->misuse(QD_CLI_MISSING, word, flag, e);
         if (o->value && !*optarg && !(o->flags & QD_CLI_EMPTY_OK)) return h->misuse(QD_CLI_EMPTY, word, flag, e);
-        if (o->value) {
-            for (int j = 0; j < c->nopts; j++) /* aliases share the id: --act and --fused-precision */
-                if (seen[j] && c->opts[j].id == o->id) return h->misuse(QD_CLI_REPEATED, word, flag, e);
-            seen[i] = 1;
-        }
+        /* aliases share the id (--act and --fused-precision, --color and --no-color): a valued option or an
+         * alias given again is refused; the same flag twice ("--quiet --quiet") says nothing new */
+        for (int j = 0; j < c->nopts; j++)
+            if (seen[j] && c->opts[j].id == o->id && (o->value || j != i))
+                return h->misuse(QD_CLI_REPEATED, word, flag, e);
+        seen[i] = 1;
         int rc = h->option(ctx, o, flag, o->value ? optarg : NULL, e);
         if (rc == QD_CLI_STOP) return QD_OK;
         if (rc) return rc;

@@ -50,7 +50,7 @@ typedef enum {
     QD_CLI_STRAY,    /* a word that is not an option, where the command takes no operands */
     QD_CLI_MISSING,  /* a valued option last on the line */
     QD_CLI_EMPTY,    /* a valued option given "" (without QD_CLI_EMPTY_OK) */
-    QD_CLI_REPEATED, /* a valued option given twice (or with its alias, same id): the last would win silently */
+    QD_CLI_REPEATED, /* a valued option given twice, or an option and its alias (same id): the last would win */
 } qd_cli_misuse;
 
 /* What an option handler returns to end the parse early and successfully (e.g. selftest's --help). */

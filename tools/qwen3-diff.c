@@ -131,7 +131,6 @@ enum {
     O_DUMP_COMPRESS,
     O_SUMMARY,
     O_QUIET,
-    O_NO_COLOR,
     O_HELP,
     O_VERSION,
     O_FP32_OPS,
@@ -242,7 +241,7 @@ static const qd_cli_opt main_opts[] = {
      0, 0, 0},
     {"color", "WHEN", O_COLOR, "output",
      "auto, always or never: colour the verdicts (auto, the default: on a\nterminal, unless NO_COLOR is set)", 0, 0, 0},
-    {"no-color", NULL, O_NO_COLOR, "output", "--color never", 0, 0, 0},
+    {"no-color", NULL, O_COLOR, "output", "--color never", 0, 0, 0},
     {"list-taps", NULL, O_LIST_TAPS, "output", "print every tap in data-flow order with what it holds", 0, 0, 0},
     {"list-faults", NULL, O_LIST_FAULTS, "output",
      "print the fault catalog: where each applies and what it needs (also\n--inject help)", 0, 0, 0},
@@ -266,7 +265,7 @@ static const qd_cli_opt compare_opts[] = {
     {"strict", NULL, O_STRICT, NULL, NULL, 0, 0, 0},
     {"quiet", NULL, O_QUIET, NULL, NULL, 0, 0, 0},
     {"color", "WHEN", O_COLOR, NULL, NULL, 0, 0, 0},
-    {"no-color", NULL, O_NO_COLOR, NULL, NULL, 0, 0, 0},
+    {"no-color", NULL, O_COLOR, NULL, NULL, 0, 0, 0},
     {"help", NULL, O_HELP, NULL, NULL, 0, 0, 'h'},
 };
 
@@ -282,7 +281,7 @@ static const qd_cli_opt replay_opts[] = {
     {"json", "F", O_JSON, NULL, NULL, 3, QD_CLI_SYNOPSIS, 0},
     {"quiet", NULL, O_QUIET, NULL, NULL, 0, 0, 0},
     {"color", "WHEN", O_COLOR, NULL, NULL, 0, 0, 0},
-    {"no-color", NULL, O_NO_COLOR, NULL, NULL, 0, 0, 0},
+    {"no-color", NULL, O_COLOR, NULL, NULL, 0, 0, 0},
     {"help", NULL, O_HELP, NULL, NULL, 0, 0, 'h'},
 };
 
@@ -408,8 +407,9 @@ static int take_option(void *ctx, const qd_cli_opt *o, const char *flag, const c
     case O_VERSION: a->version = 1; return QD_OK;
     case O_SUMMARY: a->summary = 1; return QD_OK;
     case O_QUIET: a->quiet = 1; return QD_OK;
-    case O_NO_COLOR: a->color = 0; return QD_OK;
-    case O_COLOR: return qd_cli_parse_color(val, &a->color, e);
+    case O_COLOR: /* --no-color: its alias without a value */
+        if (!val) a->color = 0;
+        return val ? qd_cli_parse_color(val, &a->color, e) : QD_OK;
     case O_STRICT: a->strict = 1; return QD_OK;
     case O_LIST_TAPS: a->list_taps = 1; return QD_OK;
     case O_LIST_FAULTS: a->list_faults = 1; return QD_OK;
@@ -509,7 +509,8 @@ static int misuse(qd_cli_misuse k, const char *word, const char *flag, qd_err *e
     case QD_CLI_MISSING: return qd_errf(e, QD_EINPUT, "%s: missing value", flag);
     case QD_CLI_EMPTY: return qd_errf(e, QD_EINPUT, "%s: empty value", flag);
     case QD_CLI_REPEATED:
-        return qd_errf(e, QD_EINPUT, "%s: that option was given before (each option once: the last would win silently)",
+        return qd_errf(e, QD_EINPUT,
+                       "%s: already given, under this name or another (each option once: the last would win silently)",
                        word);
     }
     return qd_errf(e, QD_EINPUT, "'%s' (see --help)", word);

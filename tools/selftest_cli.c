@@ -17,7 +17,7 @@
 // ----------------------------------------------------------------------------
 // the command line
 
-enum { S_BACKEND = 1, S_FIXTURES, S_JSON, S_THREADS, S_QUIET, S_COLOR, S_NO_COLOR, S_SHIFT, S_HELP };
+enum { S_BACKEND = 1, S_FIXTURES, S_JSON, S_THREADS, S_QUIET, S_COLOR, S_SHIFT, S_HELP };
 
 /* name, value, id, section, help, usage position, flags, short name. The selftest's --help is its usage line
  * and a paragraph: no option is listed (help NULL). */
@@ -28,7 +28,7 @@ static const qd_cli_opt selftest_opts[] = {
     {"threads", "N", S_THREADS, NULL, NULL, 4, 0, 0},
     {"quiet", NULL, S_QUIET, NULL, NULL, 5, 0, 0},
     {"color", "WHEN", S_COLOR, NULL, NULL, 6, 0, 0},
-    {"no-color", NULL, S_NO_COLOR, NULL, NULL, 0, 0, 0},
+    {"no-color", NULL, S_COLOR, NULL, NULL, 0, 0, 0},             /* --color never */
     {"shift-expectation", "FAULT", S_SHIFT, NULL, NULL, 0, 0, 0}, /* hidden: the checker's own test */
     {"help", NULL, S_HELP, NULL, NULL, 0, 0, 'h'},
 };
@@ -83,8 +83,9 @@ static int st_option(void *ctx, const qd_cli_opt *o, const char *flag, const cha
         return QD_OK;
     }
     case S_QUIET: a->quiet = 1; return QD_OK;
-    case S_COLOR: return qd_cli_parse_color(val, &a->color, e);
-    case S_NO_COLOR: a->color = 0; return QD_OK;
+    case S_COLOR:
+        if (!val) a->color = 0; /* --no-color */
+        return val ? qd_cli_parse_color(val, &a->color, e) : QD_OK;
     case S_SHIFT: a->run.shift_expectation = val; return QD_OK;
     case S_HELP: a->help = 1; return QD_CLI_STOP; /* --help wins over what follows it, not over what precedes */
     }
@@ -96,7 +97,8 @@ static int st_misuse(qd_cli_misuse k, const char *word, const char *flag, qd_err
     case QD_CLI_MISSING: return qd_errf(e, QD_EINPUT, "%s: missing value", flag);
     case QD_CLI_EMPTY: return qd_errf(e, QD_EINPUT, "empty value for '%s' (see qwen3-diff selftest --help)", word);
     case QD_CLI_REPEATED:
-        return qd_errf(e, QD_EINPUT, "%s: that option was given before (each option once: the last would win silently)",
+        return qd_errf(e, QD_EINPUT,
+                       "%s: already given, under this name or another (each option once: the last would win silently)",
                        word);
     case QD_CLI_UNKNOWN:
     case QD_CLI_STRAY: break;
