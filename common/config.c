@@ -11,6 +11,8 @@
 
 #include <jansson.h>
 #include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -272,4 +274,14 @@ int qd_config_load(const char *dir, qd_config *c, char **text_out, qd_err *e) {
     if (rc == QD_OK && text_out) *text_out = text;
     else free(text);
     return rc;
+}
+
+void qd_config_hash(const qd_config *c, char out[QD_CONFIG_HASH_LEN]) {
+    char text[512];
+    snprintf(text, sizeof text, "qwen3;L=%d;C=%d;I=%d;NH=%d;NKV=%d;HD=%d;V=%d;theta=%.17g;eps=%.17g;tied=%d",
+             c->num_hidden_layers, c->hidden_size, c->intermediate_size, c->num_attention_heads, c->num_key_value_heads,
+             c->head_dim, c->vocab_size, c->rope_theta, c->rms_norm_eps, c->tie_word_embeddings);
+    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a 64: offset basis, prime 0x100000001b3 */
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++) h = (h ^ *p) * 0x100000001b3ULL;
+    snprintf(out, QD_CONFIG_HASH_LEN, "fnv1a64:%016llx", (unsigned long long)h);
 }

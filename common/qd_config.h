@@ -1,6 +1,6 @@
 /* qd_config.h: the Qwen3 model configuration, read from a Hugging Face config.json.
  *
- * Both dialects are read (see docs/ARCHITECTURE.md and QWEN3 facts):
+ * Both dialects are read (see docs/ARCHITECTURE.md and docs/QWEN3.md):
  *   released checkpoints:  "rope_theta": 1000000, "torch_dtype": "bfloat16"
  *   transformers 5.x:      "rope_parameters": {"rope_theta": ..., "rope_type": "default"}, "dtype": ...
  * Features this project does not implement are refused by name (QD_EINPUT): attention_bias true,
@@ -30,6 +30,13 @@ typedef struct {
  * field is checked for presence, type and range; head_dim defaults to hidden_size / heads only when
  * absent (as transformers does). */
 int qd_config_parse(const char *json_text, const char *path, qd_config *c, qd_err *e);
+
+/* The identity of the maths a config describes, for telling two models apart (tolerance files carry it):
+ * FNV-1a 64 over the canonical text "qwen3;L=..;C=..;I=..;NH=..;NKV=..;HD=..;V=..;theta=..;eps=..;tied=.."
+ * (integers in decimal, theta and eps as "%.17g"), written "fnv1a64:" + 16 hex digits. Left out: what does
+ * not change a forward pass (max_position_embeddings, the stored dtype, the dialect, key order). */
+#define QD_CONFIG_HASH_LEN 25 /* "fnv1a64:" + 16 + NUL */
+void qd_config_hash(const qd_config *c, char out[QD_CONFIG_HASH_LEN]);
 
 /* Reads and parses DIR/config.json. If text_out is not NULL it receives the raw text (malloc'd), which
  * the HDF5 dump stores verbatim as the root attribute config_json. */

@@ -17,7 +17,7 @@ void qd_calib_prompt(uint64_t seed, int T, int vocab, int32_t *out) {
 }
 
 int qd_bless(qd_backend *a, qd_backend *b, qd_backend *b_iso, const int32_t *prompt, int T, int n_prompts, int decode,
-             double margin, qd_tolerances *out, qd_bless_stats *stats, qd_err *e) {
+             double margin, qd_tolerances *out, qd_bless_stats *stats, qd_progress *progress, qd_err *e) {
     qd_bless_stats st = {0, 0, "", ""};
     const qd_config *c = a->cfg;
     int rc = qd_tolerances_default(out, b->precision, a->precision, e);
@@ -34,7 +34,9 @@ int qd_bless(qd_backend *a, qd_backend *b, qd_backend *b_iso, const int32_t *pro
     }
     int32_t *p = qd_alloc((size_t)T * sizeof *p, e); /* (T) */
     if (!p) rc = QD_ERUNTIME;
+    if (progress) progress->total = n_prompts;
     for (int i = 0; i < n_prompts && !rc; i++) {
+        qd_progress_update(progress, i, "calibration prompt %d/%d", i + 1, n_prompts);
         if (i == 0) memcpy(p, prompt, (size_t)T * sizeof *p);
         else qd_calib_prompt(0x5eedull + (uint64_t)i, T, c->vocab_size, p);
         qd_report r;
@@ -84,6 +86,7 @@ int qd_bless(qd_backend *a, qd_backend *b, qd_backend *b_iso, const int32_t *pro
     if (!rc && margin * st.worst_growth > out->blowup.growth_factor)
         out->blowup.growth_factor = margin * st.worst_growth;
     if (stats) *stats = st;
+    qd_progress_end(progress);
     free(p);
     qd_calib_free(&cal);
     qd_calib_free(&cal_iso);

@@ -443,6 +443,7 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
 
     int32_t next_token = 0;
     r->steps = 1 + (o->decode > 0 ? o->decode : 0);
+    if (o->progress) o->progress->total = (double)L * T + (double)L * (r->steps - 1); /* token-layers */
     for (int step = 0; step < r->steps; step++) {
         const int32_t *tokens = step == 0 ? o->tokens : &next_token;
         int Tn = step == 0 ? T : 1;
@@ -468,8 +469,11 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
             goto done;
 
         for (int l = 0; l < L; l++) {
-            if (o->progress && isatty(2))
-                fprintf(stderr, "\rqwen3-diff: %s layer %d/%d ", step ? "decode" : "prompt", l + 1, L);
+            /* work in token-layers: the prompt's layers weigh T tokens each, a decode step's one */
+            if (step == 0) qd_progress_update(o->progress, (double)l * T, "prompt, layer %d/%d", l + 1, L);
+            else
+                qd_progress_update(o->progress, (double)L * T + (double)(step - 1) * L + l,
+                                   "decode step %d/%d, layer %d/%d", step, r->steps - 1, l + 1, L);
             qd_tapstore_clear_layer(&sa.store);
             qd_tapstore_clear_layer(&sb.store);
             if ((rc = a->layer(a, l, sa.h, sa.h2, Tn, pos0, &sa.store.sink, e)) ||
@@ -500,7 +504,6 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
             t = sa.h, sa.h = sa.h2, sa.h2 = t;
             t = sb.h, sb.h = sb.h2, sb.h2 = t;
         }
-        if (o->progress && isatty(2)) fprintf(stderr, "\r\033[K");
 
         if ((rc = a->head(a, sa.h, Tn, sa.logits, &sa.store.sink, e)) ||
             (rc = b->head(b, sb.h, Tn, sb.logits, &sb.store.sink, e)))
@@ -530,6 +533,7 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
     }
 
 done:
+    qd_progress_end(o->progress);
     dump_ctl_free(&dc);
     side_free(&sa);
     side_free(&sb);

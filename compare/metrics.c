@@ -331,27 +331,54 @@ const char *qd_verdict_flag_name(unsigned flag) {
     return "?";
 }
 
-/* A short figure: "3.2e-2", "1e29", "3.1", "250", "0": two significant digits (all digits from 100 to
- * 9999), exponent without padding. */
-static void fmt_short(char *buf, size_t n, double x) {
+int qd_distinct_digits(double x, double bound, int min_digits) {
+    int p = min_digits < 1 ? 1 : min_digits;
+    if (!isfinite(x) || !isfinite(bound) || x == bound) return p;
+    for (; p < 17; p++) {
+        char a[40], b[40];
+        snprintf(a, sizeof a, "%.*g", p, x);
+        snprintf(b, sizeof b, "%.*g", p, bound);
+        double ra = strtod(a, NULL), rb = strtod(b, NULL);
+        if (x > bound ? ra > rb : ra < rb) break;
+    }
+    return p;
+}
+
+/* A short figure: "3.2e-2", "1e29", "3.1", "250", "0": `digits` significant digits (2 unless more are
+ * needed to tell it from its bound, qd_distinct_digits; all digits from 100 to 9999), exponent without
+ * padding, trailing zeros of the mantissa dropped. */
+static void fmt_short_digits(char *buf, size_t n, double x, int digits) {
     double ax = fabs(x);
     if (!isfinite(x) || x == 0.0 || (ax >= 0.1 && ax < 100.0)) {
-        snprintf(buf, n, "%.2g", x);
+        snprintf(buf, n, "%.*g", digits, x);
         return;
     }
     if (ax >= 100.0 && ax < 1e4) {
-        snprintf(buf, n, "%.0f", x);
+        if (digits <= 4) snprintf(buf, n, "%.0f", x);
+        else snprintf(buf, n, "%.*g", digits, x);
         return;
     }
-    char tmp[32];
-    snprintf(tmp, sizeof tmp, "%.1e", x); /* "3.2e-02" */
+    char tmp[48];
+    snprintf(tmp, sizeof tmp, "%.*e", digits - 1, x); /* "3.2e-02" */
     char *e = strchr(tmp, 'e');
-    char mant[16];
+    char mant[32];
     size_t ml = (size_t)(e - tmp);
     memcpy(mant, tmp, ml);
     mant[ml] = '\0';
-    if (ml >= 2 && strcmp(mant + ml - 2, ".0") == 0) mant[ml - 2] = '\0'; /* "1.0" -> "1" */
+    if (strchr(mant, '.')) {
+        while (ml > 0 && mant[ml - 1] == '0') mant[--ml] = '\0'; /* "1.50" -> "1.5", "1.0" -> "1." */
+        if (ml > 0 && mant[ml - 1] == '.') mant[--ml] = '\0';    /* "1." -> "1" */
+    }
     snprintf(buf, n, "%se%d", mant, atoi(e + 1));
+}
+
+static void fmt_short(char *buf, size_t n, double x) { fmt_short_digits(buf, n, x, 2); }
+
+/* A value and the bound it is compared with, each with the digits that show which one is larger. */
+static void fmt_pair(char *a, char *c, size_t n, double x, double bound) {
+    int p = qd_distinct_digits(x, bound, 2);
+    fmt_short_digits(a, n, x, p);
+    fmt_short_digits(c, n, bound, p);
 }
 
 typedef struct {
@@ -385,7 +412,7 @@ int qd_verdict_reason(unsigned mask, const qd_metrics *m, const qd_tol *tol, con
     char dummy[1];
     out_buf o = {n ? buf : dummy, n ? n : 1, 0};
     o.buf[0] = '\0';
-    char a[32], c[32], w[96];
+    char a[48], c[48], w[96];
     if (mask & QD_V_NONFINITE) {
         char s[160] = "";
         add_count(s, sizeof s, "NaN", m->nan_test, m->nan_ref);
@@ -404,20 +431,18 @@ int qd_verdict_reason(unsigned mask, const qd_metrics *m, const qd_tol *tol, con
         out_add(&o, "blow-up: max |test| %s vs max |ref| %s", a, c);
     }
     if (mask & QD_V_BLOWUP_GROWTH) {
-        fmt_short(a, sizeof a, m->rel_l2 / prev_rel_l2);
+        char g[48];
+        fmt_pair(a, g, sizeof a, m->rel_l2 / prev_rel_l2, b->growth_factor);
         fmt_short(c, sizeof c, prev_rel_l2);
-        out_add(&o, "blow-up: error grew %sx since the previous layer (rel_l2 was %s, factor %g)", a, c,
-                b->growth_factor);
+        out_add(&o, "blow-up: error grew %sx since the previous layer (rel_l2 was %s, factor %s)", a, c, g);
     }
     if (mask & QD_V_REL_L2) {
-        fmt_short(a, sizeof a, m->rel_l2);
-        fmt_short(c, sizeof c, tol->rel_l2);
+        fmt_pair(a, c, sizeof a, m->rel_l2, tol->rel_l2);
         if (isnan(m->rel_l2)) out_add(&o, "rel_l2 nan: no element is finite on both sides");
         else out_add(&o, "rel_l2 %s > %s", a, c);
     }
     if (mask & QD_V_MAX_ABS) {
-        fmt_short(a, sizeof a, m->max_abs);
-        fmt_short(c, sizeof c, tol->atol + tol->rtol * m->max_mag_ref);
+        fmt_pair(a, c, sizeof a, m->max_abs, tol->atol + tol->rtol * m->max_mag_ref);
         qd_metrics_where(m, w, sizeof w);
         if (isnan(m->max_abs)) out_add(&o, "max_abs nan: no element is finite on both sides");
         else out_add(&o, "max_abs %s > %s at %s", a, c, w);

@@ -21,6 +21,7 @@
 
 #include "qd_backend.h"
 #include "qd_dump.h"
+#include "qd_progress.h"
 #include "qd_localise.h"
 #include "qd_metrics.h"
 #include "qd_replay.h"
@@ -117,7 +118,7 @@ typedef struct {
     int dump_window;       /* --dump-on-divergence K: tensors only for positions within K of the
                                    first divergence (embed is position 0, layer i is i+1, the head
                                    L+1); < 0: every position */
-    int progress;          /* "layer i/N" on stderr */
+    qd_progress *progress; /* "prompt, layer i/N" with an ETA (common/qd_progress.h); NULL: none */
     qd_replay_judge judge; /* judge.w NULL (a zeroed struct): the tolerance verdict; else the replay's */
 } qd_lockstep_opts;
 
@@ -167,9 +168,9 @@ typedef struct {
  * the pair's defaults, with growth_factor raised to margin x the worst growth measured when that is above
  * the default. b_iso may be NULL. A run with non-finite values, a blow-up or a collapse is refused
  * (QD_EDIVERGED naming prompt, step, layer and tap). out must hold nothing on entry; on success the
- * caller frees it. stats may be NULL. */
+ * caller frees it. stats may be NULL. progress (NULL: none) counts the prompts. */
 int qd_bless(qd_backend *a, qd_backend *b, qd_backend *b_iso, const int32_t *prompt, int T, int n_prompts, int decode,
-             double margin, qd_tolerances *out, qd_bless_stats *stats, qd_err *e);
+             double margin, qd_tolerances *out, qd_bless_stats *stats, qd_progress *progress, qd_err *e);
 
 // ----------------------------------------------------------------------------
 // outputs: reports/qd_reports.h writes a qd_report for people and machines (terminal, JSON, JUnit, the

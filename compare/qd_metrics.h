@@ -165,6 +165,11 @@ int qd_verdict_fails(unsigned mask);
  * "blowup_growth", "collapse", "local"; "?" otherwise. */
 const char *qd_verdict_flag_name(unsigned flag);
 
+/* The fewest significant digits, at least min_digits, with which "%.*g" of x and of bound keep x's
+ * relation to bound: "rel_l2 0.1 > 0.1" hides 0.1008 > 0.1, 3 digits show "0.101 > 0.1". Equal or
+ * non-finite values: min_digits. The shared rule of every verdict that prints a value beside its bound. */
+int qd_distinct_digits(double x, double bound, int min_digits);
+
 /* One line saying why, most telling first, reasons joined by "; ", e.g.
  *   "non-finite: 4 NaN vs 0"   "collapsed to zero (ref max 3.1)"
  *   "blow-up: max |test| 1e29 vs max |ref| 3.1"   "rel_l2 3.2e-2 > 2e-2"

@@ -60,6 +60,7 @@ typedef struct {
     int calib_prompts; /* >= 1: prompts of the bless step per pair (5 is the selftest's) */
     double margin;     /* >= 1 */
     qd_mode locate;
+    qd_progress *progress; /* one count per dtype (common/qd_progress.h); NULL: none */
 } qd_sweep_opts;
 
 /* Runs the sweep over the three dtypes. Returns QD_OK (whatever the class) or an error code with e set

@@ -27,6 +27,9 @@
  *     "growth_floor": 4e-3,                             >= 0 (qd_blowup in qd_metrics.h)
  *     "isolated": {"default": {...}, "taps": {...}, "layers": {...}},
  *                                                       optional: the teacher-forced rows' levels
+ *     "model": {"layers": 28, "hidden": 1024, "heads": 16, "kv_heads": 8, "head_dim": 128, "vocab": 151936,
+ *               "config_hash": "fnv1a64:..."},        optional (written by --calibrate): the model it was
+ *                                                       calibrated on; the hash is qd_config_hash's
  *     "measured": {...}                                 optional, free-form provenance: prompts, worst figures
  *   }
  * Every field but schema and precision_pair is optional and every tolerance object may be partial;
@@ -40,6 +43,7 @@
 #ifndef QD_TOLERANCES_H
 #define QD_TOLERANCES_H
 
+#include "qd_config.h"
 #include "qd_metrics.h"
 #include "qd_taps.h"
 #include "qd_util.h"
@@ -58,6 +62,13 @@ typedef struct {
 /* Tap ids used below: a layer tap's qd_layer_tap, or QD_NUM_LAYER_TAPS + a qd_model_tap. */
 #define QD_NUM_TAP_IDS (QD_NUM_LAYER_TAPS + QD_NUM_MODEL_TAPS)
 
+/* The model a tolerance file was calibrated on: its shape and qd_config_hash. */
+typedef struct {
+    int set; /* 0: the file does not say (written before the field existed) */
+    int layers, hidden, heads, kv_heads, head_dim, vocab;
+    char config_hash[QD_CONFIG_HASH_LEN];
+} qd_tol_model;
+
 typedef struct qd_tolerances qd_tolerances;
 struct qd_tolerances {
     char prec_test[8], prec_ref[8]; /* the precision pair, e.g. "bf16", "fp32" */
@@ -74,6 +85,7 @@ struct qd_tolerances {
     qd_tolerances *isolated; /* "isolated": the levels of teacher-forced rows (def, def_set, taps,
                                        layers; nothing else of it is used); NULL when absent; owned */
     char source[256];        /* the file qd_tolerances_load read (for messages); "" otherwise */
+    qd_tol_model model;      /* "model": the model it was calibrated on; model.set 0 when absent */
 };
 
 /* Initialises t (which holds nothing yet, or was qd_tolerances_free'd) with the defaults of the
@@ -118,6 +130,15 @@ int qd_tolerances_load(const char *path, qd_tolerances *t, qd_err *e);
  * QD_EINPUT naming t->source and the field otherwise. */
 int qd_tolerances_check_fit(const qd_tolerances *t, const char *name_test, const char *prec_test, const char *name_ref,
                             const char *prec_ref, int n_layers, qd_err *e);
+
+/* Records c as the model t is calibrated on ("model"). */
+void qd_tolerances_set_model(qd_tolerances *t, const qd_config *c);
+
+/* Whether t was calibrated on the model c: QD_OK with note[0] == '\0' when it was; otherwise one line in
+ * note (no newline) naming what differs ("calibrated on another model: layers 2 vs 4, ...") or, for a
+ * file without "model", that it cannot be checked. strict: a different model is QD_EINPUT with that line
+ * (a file without "model" stays a note: nothing says it is another model). */
+int qd_tolerances_check_model(const qd_tolerances *t, const qd_config *c, int strict, char *note, size_t n, qd_err *e);
 
 /* Writes t in the format above, to PATH.tmp.<pid> then renamed to PATH: a reader never sees half a file. */
 int qd_tolerances_write(const char *path, const qd_tolerances *t, qd_err *e);

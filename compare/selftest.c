@@ -312,7 +312,7 @@ static int run_context(const qd_selftest_opts *o, const char *root, const char *
         rc = e->code ? e->code : QD_ERUNTIME;
         goto out;
     }
-    if ((rc = qd_bless(a, b, bi, tokens, T, ST_CALIB_PROMPTS, decode, ST_MARGIN, &tol, NULL, e))) goto out;
+    if ((rc = qd_bless(a, b, bi, tokens, T, ST_CALIB_PROMPTS, decode, ST_MARGIN, &tol, NULL, NULL, e))) goto out;
     have_tol = 1;
 
     /* clean, held out: prompts the bless step never saw */

@@ -67,7 +67,7 @@ static int sweep_one(const qd_weights *w, const qd_sweep_opts *o, int i, qd_swee
         rc = e->code ? e->code : QD_ERUNTIME;
         goto out;
     }
-    rc = qd_bless(a, b, bi, o->tokens, o->T, o->calib_prompts, o->decode, o->margin, &tol, NULL, e);
+    rc = qd_bless(a, b, bi, o->tokens, o->T, o->calib_prompts, o->decode, o->margin, &tol, NULL, NULL, e);
     if (rc == QD_EDIVERGED) { /* the clean pair is itself broken in this dtype: that is a divergence */
         en->diverged = 1;
         snprintf(en->reason, sizeof en->reason, "the clean pair is already broken: %.160s", e->msg);
@@ -108,11 +108,17 @@ int qd_precision_sweep(const qd_weights *w, const qd_sweep_opts *o, qd_sweep_res
     if (o->calib_prompts < 1 || !(o->margin >= 1.0))
         return qd_errf(e, QD_EINPUT, "precision sweep: calib_prompts must be >= 1 and margin >= 1");
     int diverged[QD_SWEEP_NDTYPES];
+    if (o->progress) o->progress->total = QD_SWEEP_NDTYPES;
     for (int i = 0; i < QD_SWEEP_NDTYPES; i++) {
+        qd_progress_update(o->progress, i, "precision sweep, %s (%d/%d)", sweep_acts[i], i + 1, QD_SWEEP_NDTYPES);
         int rc = sweep_one(w, o, i, &out->e[i], e);
-        if (rc) return rc;
+        if (rc) {
+            qd_progress_end(o->progress);
+            return rc;
+        }
         diverged[i] = out->e[i].diverged;
     }
+    qd_progress_end(o->progress);
     out->cls = qd_sweep_classify(diverged);
     return QD_OK;
 }

@@ -370,15 +370,90 @@ static int load_levels(const json_t *obj, const char *prefix, const char *path, 
     return QD_OK;
 }
 
+/* The model names of "model", in the file's order; shape fields are positive integers. */
+#define MODEL_SHAPE(X) X(layers) X(hidden) X(heads) X(kv_heads) X(head_dim) X(vocab)
+
+static int load_model(const json_t *v, const char *path, qd_tol_model *m, qd_err *e) {
+#define KEY(f) #f,
+    static const char *const keys[] = {MODEL_SHAPE(KEY) "config_hash", NULL};
+#undef KEY
+    if (!json_is_object(v))
+        return qd_errf(e, QD_EINPUT, "%s: field 'model': expected an object, got %s", path, qd_json_type_name(v));
+    int rc = check_keys(v, keys, "model", "layers, hidden, heads, kv_heads, head_dim, vocab or config_hash", path, e);
+    if (rc != QD_OK) return rc;
+    const json_t *x;
+#define GET(f)                                                                                                 \
+    if (!(x = json_object_get(v, #f))) return qd_errf(e, QD_EINPUT, "%s: field 'model." #f "' missing", path); \
+    if (!json_is_integer(x) || json_integer_value(x) < 1 || json_integer_value(x) > INT32_MAX)                 \
+        return qd_errf(e, QD_EINPUT, "%s: field 'model." #f "': expected a positive integer, got %s", path,    \
+                       json_is_integer(x) ? "a value out of range" : qd_json_type_name(x));                    \
+    m->f = (int)json_integer_value(x);
+    MODEL_SHAPE(GET)
+#undef GET
+    x = json_object_get(v, "config_hash");
+    if (!x) return qd_errf(e, QD_EINPUT, "%s: field 'model.config_hash' missing", path);
+    const char *h = json_is_string(x) ? json_string_value(x) : NULL;
+    if (!h || strlen(h) != QD_CONFIG_HASH_LEN - 1 || strncmp(h, "fnv1a64:", 8) != 0 ||
+        strspn(h + 8, "0123456789abcdef") != 16)
+        return qd_errf(e, QD_EINPUT, "%s: field 'model.config_hash': expected \"fnv1a64:\" and 16 hex digits", path);
+    snprintf(m->config_hash, sizeof m->config_hash, "%s", h);
+    m->set = 1;
+    return QD_OK;
+}
+
+void qd_tolerances_set_model(qd_tolerances *t, const qd_config *c) {
+    qd_tol_model *m = &t->model;
+    m->layers = c->num_hidden_layers;
+    m->hidden = c->hidden_size;
+    m->heads = c->num_attention_heads;
+    m->kv_heads = c->num_key_value_heads;
+    m->head_dim = c->head_dim;
+    m->vocab = c->vocab_size;
+    qd_config_hash(c, m->config_hash);
+    m->set = 1;
+}
+
+int qd_tolerances_check_model(const qd_tolerances *t, const qd_config *c, int strict, char *note, size_t n, qd_err *e) {
+    const char *src = t->source[0] ? t->source : "tolerances";
+    note[0] = '\0';
+    if (!t->model.set) {
+        snprintf(note, n,
+                 "note: %s has no field 'model' (written before tolerance files recorded it): "
+                 "cannot check that it was calibrated on this model",
+                 src);
+        return QD_OK;
+    }
+    qd_tolerances tmp; /* only its model is set and read */
+    memset(&tmp, 0, sizeof tmp);
+    qd_tolerances_set_model(&tmp, c);
+    const qd_tol_model have = tmp.model;
+    char diff[512] = "";
+    size_t k = 0;
+#define DIFF(f)                                  \
+    if (t->model.f != have.f && k < sizeof diff) \
+        k += (size_t)snprintf(diff + k, sizeof diff - k, "%s" #f " %d vs %d", k ? ", " : "", t->model.f, have.f);
+    MODEL_SHAPE(DIFF)
+#undef DIFF
+    if (!k && strcmp(t->model.config_hash, have.config_hash) == 0) return QD_OK;
+    if (!k) snprintf(diff, sizeof diff, "the same shape, another config (intermediate size, rope_theta, eps or tying)");
+    snprintf(note, n, "%s was calibrated on another model: %s (config_hash %s vs %s)%s", src, diff,
+             t->model.config_hash, have.config_hash, strict ? "" : "; --strict makes this an error");
+    if (strict) return qd_errf(e, QD_EINPUT, "%s", note);
+    char warn[1024];
+    snprintf(warn, sizeof warn, "warning: %s", note);
+    snprintf(note, n, "%s", warn);
+    return QD_OK;
+}
+
 static int load_root(const json_t *root, const char *path, qd_tolerances *t, qd_err *e) {
-    static const char *const keys[] = {"schema",       "precision_pair", "margin",       "default",
-                                       "taps",         "layers",         "blowup_ratio", "growth_factor",
-                                       "growth_floor", "isolated",       "measured",     NULL};
+    static const char *const keys[] = {
+        "schema",        "precision_pair", "margin",   "default", "taps",     "layers", "blowup_ratio",
+        "growth_factor", "growth_floor",   "isolated", "model",   "measured", NULL};
     if (!json_is_object(root))
         return qd_errf(e, QD_EINPUT, "%s: expected a JSON object, got %s", path, qd_json_type_name(root));
     int rc = check_keys(root, keys, "",
                         "schema, precision_pair, margin, default, taps, layers, blowup_ratio, growth_factor, "
-                        "growth_floor, isolated or measured",
+                        "growth_floor, isolated, model or measured",
                         path, e);
     if (rc != QD_OK) return rc;
 
@@ -424,6 +499,7 @@ static int load_root(const json_t *root, const char *path, qd_tolerances *t, qd_
     if ((v = json_object_get(root, "growth_floor")) &&
         (rc = get_number(v, "growth_floor", 0.0, 0, path, &t->blowup.growth_floor, e)) != QD_OK)
         return rc;
+    if ((v = json_object_get(root, "model")) && (rc = load_model(v, path, &t->model, e)) != QD_OK) return rc;
     if ((v = json_object_get(root, "measured"))) {
         if (!json_is_object(v))
             return qd_errf(e, QD_EINPUT, "%s: field 'measured': expected an object, got %s", path,
@@ -523,6 +599,15 @@ static json_t *tolerances_json(const qd_tolerances *t) {
         json_t *iso = json_object();
         levels_json(iso, t->isolated);
         json_object_set_new(root, "isolated", iso);
+    }
+    if (t->model.set) {
+        const qd_tol_model *m = &t->model;
+        json_t *mo = json_object();
+#define PUT(f) json_object_set_new(mo, #f, json_integer(m->f));
+        MODEL_SHAPE(PUT)
+#undef PUT
+        json_object_set_new(mo, "config_hash", json_string(m->config_hash));
+        json_object_set_new(root, "model", mo);
     }
     if (t->measured) json_object_set(root, "measured", t->measured);
     return root;

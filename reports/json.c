@@ -157,14 +157,48 @@ static json_t *bisect_json(const qd_bisect_result *b) {
     return o;
 }
 
+/* --precision-sweep's outcome: the class, its sentence, and each dtype's first divergence (null: none). */
+static json_t *sweep_json(const qd_sweep_result *s) {
+    json_t *o = json_object();
+    if (!s) {
+        json_object_set_new(o, "verdict", json_null());
+        json_object_set_new(o, "text", json_string("no divergence to explain"));
+        return o;
+    }
+    json_object_set_new(o, "verdict", json_string(qd_sweep_class_name(s->cls)));
+    json_object_set_new(o, "text", json_string(qd_sweep_class_text(s->cls)));
+    json_t *d = json_object();
+    for (int k = 0; k < QD_SWEEP_NDTYPES; k++) {
+        const qd_sweep_entry *en = &s->e[k];
+        json_t *x = !en->diverged ? json_null()
+                                  : json_pack("{s:i, s:i, s:s, s:o, s:s}", "step", en->step, "layer", en->layer, "tap",
+                                              en->tap_name, "flags", flags_json(en->verdict), "reason", en->reason);
+        json_object_set_new(d, en->act, x);
+    }
+    json_object_set_new(o, "dtypes", d);
+    return o;
+}
+
 int qd_report_write_json(const qd_report *r, const char *path, qd_err *e) {
-    return qd_report_write_json_bisect(r, NULL, path, e);
+    return qd_report_write_json_ctx(r, NULL, path, e);
 }
 
 int qd_report_write_json_bisect(const qd_report *r, const qd_bisect_result *bisect, const char *path, qd_err *e) {
+    const qd_report_context c = {.bisect = bisect};
+    return qd_report_write_json_ctx(r, &c, path, e);
+}
+
+int qd_report_write_json_ctx(const qd_report *r, const qd_report_context *c, const char *path, qd_err *e) {
+    const qd_report_context none = {0};
+    if (!c) c = &none;
+    const qd_bisect_result *bisect = c->bisect;
     json_t *root = json_object();
     json_object_set_new(root, "schema", json_string("qwen3-diff-report/1"));
     json_object_set_new(root, "verdict", json_string(r->first_div >= 0 ? "diverged" : "pass"));
+    json_object_set_new(root, "model", c->model ? json_string(c->model) : json_null());
+    json_t *ids = c->tokens ? json_array() : json_null();
+    for (int i = 0; c->tokens && i < c->T; i++) json_array_append_new(ids, json_integer(c->tokens[i]));
+    json_object_set_new(root, "input_ids", ids);
     json_t *fd = r->first_div >= 0 ? row_json(r, &r->rows[r->first_div]) : json_null();
     if (r->first_div >= 0 && r->where.valid) json_object_set_new(fd, "where", where_json(&r->where));
     json_object_set_new(root, "first_divergence", fd);
@@ -195,6 +229,7 @@ int qd_report_write_json_bisect(const qd_report *r, const qd_bisect_result *bise
     json_object_set_new(root, "only_in_reference", names_json(r->only_a, r->n_only_a));
     json_object_set_new(root, "only_in_test", names_json(r->only_b, r->n_only_b));
     if (bisect) json_object_set_new(root, "precision_bisect", bisect_json(bisect));
+    if (c->sweep_asked) json_object_set_new(root, "precision_sweep", sweep_json(c->sweep));
     char *text = json_dumps(root, JSON_INDENT(1) | JSON_REAL_PRECISION(9));
     json_decref(root);
     if (!text) return qd_errf(e, QD_ERUNTIME, "%s: json_dumps failed", path);

@@ -11,6 +11,7 @@
 #include "qd_bisect.h"
 #include "qd_compare.h"
 #include "qd_dump.h"
+#include "qd_sweep.h"
 
 /* The first divergence line, then a compact per-layer table. color: ANSI colours (terminals only). */
 void qd_report_print(const qd_report *r, FILE *f, int color);
@@ -18,7 +19,20 @@ void qd_report_print(const qd_report *r, FILE *f, int color);
 int qd_report_write_json(const qd_report *r, const char *path, qd_err *e);
 /* The same with the precision bisection's result as the field "precision_bisect" (bisect NULL: none). */
 int qd_report_write_json_bisect(const qd_report *r, const qd_bisect_result *bisect, const char *path, qd_err *e);
-/* JUnit XML: one test case per layer (and one each for embed and the head). */
+/* What a run knows beside its report, for the JSON report. */
+typedef struct {
+    const char *model;     /* the checkpoint directory; NULL: not known */
+    const int32_t *tokens; /* (T) the prompt's input ids; NULL: not known */
+    int T;
+    const qd_bisect_result *bisect; /* --precision-bisect's result; NULL: none */
+    int sweep_asked;                /* --precision-sweep was given */
+    const qd_sweep_result *sweep;   /* its result; NULL when it did not run (nothing diverged) */
+} qd_report_context;
+/* The JSON report with the context's fields: "model", "input_ids" (null when not known), and, when the
+ * sweep was asked for, "precision_sweep" {"verdict", "text", "dtypes"} ("verdict" null: nothing diverged,
+ * nothing to explain); "precision_bisect" as qd_report_write_json_bisect. c NULL: none of them known. */
+int qd_report_write_json_ctx(const qd_report *r, const qd_report_context *c, const char *path, qd_err *e);
+/* JUnit XML: one test case per step and layer (and one each per step for embed and the head). */
 int qd_report_write_junit(const qd_report *r, const char *path, qd_err *e);
 /* /diff/<A>-vs-<B>/metrics, a table of qd_metrics_record, one per row in the report's order, the
  * group's attributes first_divergence_layer, _step, _tap, _mode, _where, reference and test, and the table

@@ -43,8 +43,9 @@ static void replay_reason(const qd_report *r, const qd_tap_row *row, char *buf, 
     if (row->verdict & QD_V_COLLAPSE) ADD("collapsed to zero (oracle max %.3g); ", l->max_mag_ref);
     if (row->verdict & QD_V_BLOWUP_MAG)
         ADD("blow-up: max |%s| %.3g vs max |oracle| %.3g; ", side, l->max_mag_test, l->max_mag_ref);
-    ADD("%s's local error rel_l2 %.3g = %.3gx its noise floor %.3g%s (threshold %g)", side, l->rel_l2, op->ratio, fl,
-        f->rel_l2 > op->min_floor ? "" : " (one rounding)", r->threshold);
+    const int p = qd_distinct_digits(op->ratio, r->threshold, 3); /* "4.01x ... (threshold 4)", not "4x" */
+    ADD("%s's local error rel_l2 %.3g = %.*gx its noise floor %.3g%s (threshold %.*g)", side, l->rel_l2, p, op->ratio,
+        fl, f->rel_l2 > op->min_floor ? "" : " (one rounding)", p, r->threshold);
 #undef ADD
 }
 

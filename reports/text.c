@@ -51,7 +51,19 @@ static void print_first_divergence(const qd_report *r, FILE *f, int color) {
 enum { TABLE_COLUMNS(COLUMN_INDEX) NUM_COLUMNS };
 #undef COLUMN_INDEX
 
-/* Worst and first-failing rows of one (step, layer, mode) group of rows, and each column's largest. */
+/* The row a table line names, in its "worst" column and its status alike: a failing row outranks every
+ * passing one (the first failing row in data-flow order, where the group's divergence starts, as the
+ * first divergence line counts), else the largest figure. The two columns once chose separately (the
+ * largest rel_l2, the first failure) and named different taps on one line. */
+static int outranks(const qd_tap_row *row, double fig, const qd_tap_row *best, double best_fig) {
+    if (!best) return 1;
+    int fails = qd_verdict_fails(row->verdict), best_fails = qd_verdict_fails(best->verdict);
+    if (fails != best_fails) return fails;
+    if (fails) return 0; /* both fail: the earlier stays */
+    return fig > best_fig || (isnan(best_fig) && !isnan(fig));
+}
+
+/* The named row of one (step, layer, mode) group of rows (outranks), and each column's largest. */
 typedef struct {
     const qd_tap_row *worst, *first_fail;
     double largest[NUM_COLUMNS]; /* 0 when no row is larger; NAN never wins */
@@ -67,7 +79,7 @@ static layer_summary summarise(const qd_report *r, int step, int layer, qd_mode 
         const qd_tap_row *row = &r->rows[i];
         if (row->mode != mode || !qd_row_in_group(row, step, layer, head)) continue;
         s.n++;
-        if (!s.worst || row->m.rel_l2 > s.worst->m.rel_l2 || isnan(row->m.rel_l2)) s.worst = row;
+        if (outranks(row, row->m.rel_l2, s.worst, s.worst ? s.worst->m.rel_l2 : NAN)) s.worst = row;
         if (!s.first_fail && qd_verdict_fails(row->verdict)) s.first_fail = row;
 #define FOLD(name, agg, fmt) \
     if (row->m.name > s.largest[COL_##name]) s.largest[COL_##name] = row->m.name;
@@ -172,8 +184,7 @@ static replay_summary summarise_replay(const qd_report *r, int step, int layer, 
         const qd_tap_row *row = &r->rows[i];
         if (row->mode != mode || !qd_row_in_group(row, step, layer, head)) continue;
         s.n++;
-        if (!s.worst || judged_ratio(row) > judged_ratio(s.worst) || (isnan(judged_ratio(s.worst)) && row->judged >= 0))
-            s.worst = row;
+        if (outranks(row, judged_ratio(row), s.worst, s.worst ? judged_ratio(s.worst) : NAN)) s.worst = row;
         if (!s.first_fail && qd_verdict_fails(row->verdict)) s.first_fail = row;
         if (row->m.rel_l2 > s.inherited) s.inherited = row->m.rel_l2;
     }

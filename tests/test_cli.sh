@@ -95,12 +95,12 @@ expect 2 "(got 3)" -- compare a.h5 b.h5 c.h5 --quiet
 expect 2 "--json: empty value" -- compare a.h5 b.h5 --json=
 # selftest's table and messages (the run itself is test_selftest.py's)
 expect 0 "[--threads N]" -- selftest --help
-"$bin" selftest --help | sed -n 2p | grep -qx ' \{27\}\[--quiet\]' || fail "selftest --help: the usage line wraps under its first option"
+"$bin" selftest --help | sed -n 2p | grep -q '^ \{27\}\[--quiet\]' || fail "selftest --help: the usage line wraps under its first option"
 expect 2 "selftest: unknown argument '--bogus' (see qwen3-diff selftest --help)" -- selftest --bogus
 expect 2 "selftest: unknown argument 'stray'" -- selftest stray
 expect 2 "selftest: unknown argument '--thr'" -- selftest --thr 2
 expect 2 "selftest: --threads: missing value" -- selftest --threads
-expect 2 "selftest: --threads: '5000' is not an integer in 0..4096" -- selftest --threads=5000
+expect 2 "selftest: --threads: '5000' is not an integer in 1..4096" -- selftest --threads=5000
 expect 2 "selftest: empty value for '--json='" -- selftest --json=
 expect 2 "selftest: --backend: 'cuda': expected emu or fused" -- selftest --backend cuda
 expect 2 "selftest: --fixtures $tmp/nowhere: no such directory" -- selftest --fixtures "$tmp/nowhere"

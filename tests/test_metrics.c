@@ -606,6 +606,36 @@ static void test_verdict_rel_l2_alone(void **state) {
     assert_string_equal(r, "rel_l2 3.1e-2 > 2e-2");
 }
 
+/* A value just over its bound is printed with the digits that show it: rel_l2 0.1008 against 0.1 is
+ * "0.101 > 0.1", never "0.1 > 0.1"; 1.00004e-2 against 1e-2 needs six digits; the growth factor too. */
+static void test_reason_digits_show_the_inequality(void **state) {
+    (void)state;
+    qd_metrics m;
+    memset(&m, 0, sizeof m);
+    m.rel_l2 = 0.1008;
+    qd_tol tol = {0.1, 1, 1};
+    char r[256];
+    qd_verdict_reason(QD_V_REL_L2, &m, &tol, &blowup, NAN, r, sizeof r);
+    assert_string_equal(r, "rel_l2 0.101 > 0.1");
+    m.rel_l2 = 1.00004e-2;
+    tol.rel_l2 = 1e-2;
+    qd_verdict_reason(QD_V_REL_L2, &m, &tol, &blowup, NAN, r, sizeof r);
+    assert_string_equal(r, "rel_l2 1.00004e-2 > 1e-2");
+    m.rel_l2 = 0.5, tol.rel_l2 = 0.25; /* distinct at two digits: unchanged */
+    qd_verdict_reason(QD_V_REL_L2, &m, &tol, &blowup, NAN, r, sizeof r);
+    assert_string_equal(r, "rel_l2 0.5 > 0.25");
+    m.rel_l2 = 0.10004, m.max_abs = 0.0504, m.max_mag_ref = 1; /* max_abs 0.0504 > 1e-2 + 4e-2 * 1 */
+    qd_verdict_reason(QD_V_MAX_ABS, &m, &bf16_tol, &blowup, NAN, r, sizeof r);
+    assert_non_null(strstr(r, "max_abs 5.04e-2 > 5e-2"));
+    qd_verdict_reason(QD_V_BLOWUP_GROWTH, &m, &bf16_tol, &blowup, 0.010003, r, sizeof r);
+    assert_non_null(strstr(r, "error grew 10.001x")); /* 0.10004 / 0.010003 = 10.0010 > factor 10 */
+    assert_non_null(strstr(r, "factor 10)"));
+    assert_int_equal(qd_distinct_digits(0.1008, 0.1, 2), 3);
+    assert_int_equal(qd_distinct_digits(0.1, 0.1, 2), 2);
+    assert_int_equal(qd_distinct_digits(4.0004, 4, 3), 5);
+    assert_int_equal(qd_distinct_digits(NAN, 4, 3), 3);
+}
+
 /* One element off by 0.5 in 10000: rel_l2 = 0.5/100 = 5e-3 passes; max_abs 0.5 > 1e-2 + 4e-2 * 1. */
 static void test_verdict_max_abs_alone(void **state) {
     (void)state;
@@ -787,6 +817,7 @@ int main(void) {
         cmocka_unit_test(test_seed),
         cmocka_unit_test(test_flag_names),
         cmocka_unit_test(test_reason_joined_and_truncated),
+        cmocka_unit_test(test_reason_digits_show_the_inequality),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -30,7 +30,7 @@ run = functools.partial(qd_check.run, BIN)
 
 # --- the selftest itself -------------------------------------------------------------------------------
 js = os.path.join(tmp, "selftest.json")
-rc, out, err = run("selftest", "--fixtures", FX, "--json", js, "--quiet")
+rc, out, err = run("selftest", "--fixtures", FX, "--json", js)  # the table on stdout (--quiet: below)
 check(rc == 0, f"selftest exits 0 (got {rc}) {err.strip()[-300:]}")
 st = json.load(open(js))
 check(st["schema"] == "qwen3-diff-selftest/1" and st["pass"] is True, "selftest JSON: schema, pass")
@@ -39,7 +39,7 @@ rows = st["rows"]
 faults = [r for r in rows if r["kind"] == "fault"]
 names = {r["fault"].split("@")[0] for r in faults}
 rc_h, help_out, _ = run("--inject", "help")
-catalog = [line.split()[1] for line in help_out.splitlines()[1:] if line.strip()]
+catalog = [line.split()[1] for line in help_out.splitlines() if line[:5].strip().isdigit()]  # "  13 name ..."
 check(len(catalog) == 13 and set(catalog) == names, f"every fault of the catalog is exercised ({sorted(set(catalog) - names)} missing)")
 for r in faults:
     check(r["ok"] and r["found"] == r["expected"], f"{r['fault']} on {r['fixture']} ({r['mode']}): {r['found']}")
@@ -58,6 +58,8 @@ rc, out, _ = run("selftest", "--fixtures", FX, "--quiet", "--shift-expectation",
 check(rc == 1 and "MISS" in out, f"a shifted expectation makes selftest exit 1 (got {rc})")
 miss = [l for l in out.splitlines() if "MISS" in l]
 check(miss and all(l.startswith("residual-drop@") for l in miss), f"only the shifted fault misses ({len(miss)} rows)")
+check(out.strip() and all("MISS" in l for l in out.splitlines()),
+      "--quiet: no table, no summary, only the rows that missed")
 rc, _, err = run("selftest", "--fixtures", os.path.join(tmp, "nowhere"))
 check(rc == 2 and "nowhere" in err, f"selftest on a missing fixtures directory: exit 2 ({err.strip()})")
 

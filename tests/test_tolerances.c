@@ -521,11 +521,71 @@ static void test_calibration(void **state) {
     assert_int_equal(qd_calib_init(&c, -1, &e), QD_EINPUT);
 }
 
+/* The model a file was calibrated on: written and read back, the same model is silent, another one is
+ * named field by field (a warning, or with strict an error), a file without the record gets a note, and the
+ * config hash is pinned: its canonical text must not change silently (every file written records it). */
+static void test_model_record(void **state) {
+    (void)state;
+    qd_config c = {.vocab_size = 256,
+                   .hidden_size = 64,
+                   .intermediate_size = 128,
+                   .num_hidden_layers = 2,
+                   .num_attention_heads = 4,
+                   .num_key_value_heads = 2,
+                   .head_dim = 32,
+                   .rope_theta = 1e6,
+                   .rms_norm_eps = 1e-6,
+                   .tie_word_embeddings = 1};
+    char h[QD_CONFIG_HASH_LEN];
+    qd_config_hash(&c, h);
+    /* FNV-1a 64 of "qwen3;L=2;C=64;I=128;NH=4;NKV=2;HD=32;V=256;theta=1000000;eps=9.9999999999999995e-07;tied=1" */
+    assert_string_equal(h, "fnv1a64:2ae6c97ff14cfa47");
+    qd_config c2 = c;
+    c2.max_position_embeddings = 40960; /* not part of the maths */
+    char h2[QD_CONFIG_HASH_LEN];
+    qd_config_hash(&c2, h2);
+    assert_string_equal(h, h2);
+
+    qd_err e;
+    qd_err_clear(&e);
+    qd_tolerances t;
+    assert_int_equal(qd_tolerances_default(&t, "bf16", "fp32", &e), QD_OK);
+    char note[1024];
+    assert_int_equal(qd_tolerances_check_model(&t, &c, 1, note, sizeof note, &e), QD_OK);
+    assert_non_null(strstr(note, "note: "));
+    assert_non_null(strstr(note, "'model'"));
+    qd_tolerances_set_model(&t, &c);
+    char *path = path_join(tmpdir, "model.json");
+    assert_int_equal(qd_tolerances_write(path, &t, &e), QD_OK);
+    qd_tolerances_free(&t);
+    assert_int_equal(qd_tolerances_load(path, &t, &e), QD_OK);
+    assert_true(t.model.set);
+    assert_int_equal(t.model.layers, 2);
+    assert_int_equal(t.model.head_dim, 32);
+    assert_string_equal(t.model.config_hash, h);
+    assert_int_equal(qd_tolerances_check_model(&t, &c, 1, note, sizeof note, &e), QD_OK);
+    assert_string_equal(note, "");
+    c2 = c;
+    c2.hidden_size = 128;
+    c2.vocab_size = 512;
+    assert_int_equal(qd_tolerances_check_model(&t, &c2, 0, note, sizeof note, &e), QD_OK);
+    assert_non_null(strstr(note, "warning: "));
+    assert_non_null(strstr(note, "hidden 64 vs 128, vocab 256 vs 512"));
+    assert_int_equal(qd_tolerances_check_model(&t, &c2, 1, note, sizeof note, &e), QD_EINPUT);
+    assert_non_null(strstr(e.msg, "calibrated on another model: hidden 64 vs 128"));
+    c2 = c;
+    c2.rope_theta = 1e4; /* the same shape, other maths: only the hash tells */
+    assert_int_equal(qd_tolerances_check_model(&t, &c2, 1, note, sizeof note, &e), QD_EINPUT);
+    assert_non_null(strstr(e.msg, "the same shape, another config"));
+    qd_tolerances_free(&t);
+    free(path);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),    cmocka_unit_test(test_lookup_order), cmocka_unit_test(test_lookup_isolated),
         cmocka_unit_test(test_round_trip),  cmocka_unit_test(test_load_partial), cmocka_unit_test(test_load_errors),
-        cmocka_unit_test(test_calibration),
+        cmocka_unit_test(test_calibration), cmocka_unit_test(test_model_record),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }

@@ -2,7 +2,9 @@
 #include "cli_opts.h"
 
 #include <getopt.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MAX_OPTS 64       /* per command; the main command has 28 */
 #define LONG_VAL0 256     /* getopt_long's value of table entry i: LONG_VAL0 + i, apart from any short name */
@@ -44,8 +46,9 @@ int qd_cli_parse(const qd_cli_cmd *c, const qd_cli_handlers *h, void *ctx, int a
     lo[c->nopts] = (struct option){NULL, 0, NULL, 0};
     shorts[ns] = '\0';
 
-    opterr = 0; /* the command words its own one-line messages */
-    optind = 0; /* a full re-initialisation (glibc, musl), whatever parsed before */
+    int seen[MAX_OPTS] = {0}; /* valued options given so far, by table index */
+    opterr = 0;               /* the command words its own one-line messages */
+    optind = 0;               /* a full re-initialisation (glibc, musl), whatever parsed before */
     for (;;) {
         int at = optind ? optind : 1; /* the word getopt_long looks at next: no permutation, no clusters */
         if (at < argc && strcmp(argv[at], "--") == 0) return h->misuse(QD_CLI_UNKNOWN, argv[at], NULL, e);
@@ -66,6 +69,12 @@ int qd_cli_parse(const qd_cli_cmd *c, const qd_cli_handlers *h, void *ctx, int a
         snprintf(flag, sizeof flag, "--%s", o->name);
         if (k == ':') return h->misuse(QD_CLI_MISSING, word, flag, e);
         if (o->value && !*optarg && !(o->flags & QD_CLI_EMPTY_OK)) return h->misuse(QD_CLI_EMPTY, word, flag, e);
+        /* aliases share the id (--act and --fused-precision, --color and --no-color): a valued option or an
+         * alias given again is refused; the same flag twice ("--quiet --quiet") says nothing new */
+        for (int j = 0; j < c->nopts; j++)
+            if (seen[j] && c->opts[j].id == o->id && (o->value || j != i))
+                return h->misuse(QD_CLI_REPEATED, word, flag, e);
+        seen[i] = 1;
         int rc = h->option(ctx, o, flag, o->value ? optarg : NULL, e);
         if (rc == QD_CLI_STOP) return QD_OK;
         if (rc) return rc;
@@ -138,4 +147,18 @@ void qd_cli_print_options(FILE *f, const qd_cli_cmd *c, const char *const *vars)
         }
         if (names_open) fputc('\n', f);
     }
+}
+
+int qd_cli_parse_color(const char *val, int *when, qd_err *e) {
+    if (strcmp(val, "always") == 0) *when = 1;
+    else if (strcmp(val, "never") == 0) *when = 0;
+    else if (strcmp(val, "auto") == 0) *when = -1;
+    else return qd_errf(e, QD_EINPUT, "--color: '%s' is not auto, always or never", val);
+    return QD_OK;
+}
+
+int qd_cli_color(int when, FILE *f) {
+    if (when >= 0) return when;
+    const char *no = getenv("NO_COLOR");
+    return isatty(fileno(f)) && !(no && *no);
 }

@@ -7,7 +7,8 @@
  *
  * The parser keeps the command line's contract stricter than getopt_long alone: a long option must be
  * spelled out (getopt_long would take "--mod" for "--model"), "-h" is the only short option, words are
- * seen in order (no permutation), and "--" is not an end-of-options marker but an unknown option. Every
+ * seen in order (no permutation), "--" is not an end-of-options marker but an unknown option, and a
+ * valued option may be given once (a second --tokens would silently replace the first). Every
  * misuse is handed to the command, which words its own one-line message. */
 #ifndef QD_CLI_OPTS_H
 #define QD_CLI_OPTS_H
@@ -45,10 +46,11 @@ typedef struct {
 } qd_cli_cmd;
 
 typedef enum {
-    QD_CLI_UNKNOWN, /* an undeclared option, an abbreviated one, a value given to a flag, "-", "--" */
-    QD_CLI_STRAY,   /* a word that is not an option, where the command takes no operands */
-    QD_CLI_MISSING, /* a valued option last on the line */
-    QD_CLI_EMPTY,   /* a valued option given "" (without QD_CLI_EMPTY_OK) */
+    QD_CLI_UNKNOWN,  /* an undeclared option, an abbreviated one, a value given to a flag, "-", "--" */
+    QD_CLI_STRAY,    /* a word that is not an option, where the command takes no operands */
+    QD_CLI_MISSING,  /* a valued option last on the line */
+    QD_CLI_EMPTY,    /* a valued option given "" (without QD_CLI_EMPTY_OK) */
+    QD_CLI_REPEATED, /* a valued option given twice, or an option and its alias (same id): the last would win */
 } qd_cli_misuse;
 
 /* What an option handler returns to end the parse early and successfully (e.g. selftest's --help). */
@@ -78,5 +80,12 @@ void qd_cli_print_usage(FILE *f, const char *lead, const qd_cli_cmd *c, int syno
 /* The option list of --help: each section, in the order of its first option, then its options. vars:
  * NULL, or pairs {"NAME", "value", ..., NULL} replacing "{NAME}" in the help texts. */
 void qd_cli_print_options(FILE *f, const qd_cli_cmd *c, const char *const *vars);
+
+/* --color WHEN: "always" 1, "never" 0, "auto" -1; QD_EINPUT naming the value otherwise. */
+int qd_cli_parse_color(const char *val, int *when, qd_err *e);
+
+/* Whether output to f is coloured: when 1 or 0 as given; auto (-1): f is a terminal and the environment
+ * variable NO_COLOR is unset or empty (no-color.org). */
+int qd_cli_color(int when, FILE *f);
 
 #endif

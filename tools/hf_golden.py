@@ -2,7 +2,7 @@
 """hf_golden.py: golden activations from Hugging Face transformers, in qwen3-diff's HDF5 schema v1.
 
 Runs transformers' Qwen3ForCausalLM (by default eager attention, float32 end to end: loaded with
-from_pretrained(dir, dtype=torch.float32), never cast to bf16 and back, see QWEN3.md on RoPE's inv_freq)
+from_pretrained(dir, dtype=torch.float32), never cast to bf16 and back, see docs/QWEN3.md on RoPE's inv_freq)
 on a checkpoint directory and its prompt, and writes every tap under /hf:
 
     python3 tools/hf_golden.py fixtures/gqa_tied [fixtures/... ...]      # writes DIR/golden.h5

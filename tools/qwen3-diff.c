@@ -22,6 +22,7 @@
  * Options: one table per command (main_opts, compare_opts and replay_opts below, selftest's in selftest_cli.c), from
  * which the parser and --help are generated (cli_opts.h). An option is a row of its table and a case of
  * take_option; checks across options stay in parse_args. */
+#include <fnmatch.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -44,6 +45,8 @@
 #include "qd_emu.h"
 #include "qd_fault.h"
 #include "qd_files.h"
+#include "qd_h5read.h"
+#include "qd_progress.h"
 #include "qd_ref.h"
 #include "qd_reports.h"
 #include "qd_repro.h"
@@ -56,6 +59,7 @@
 #include "qd_weights.h"
 
 #include "cli_opts.h"
+#include "lists.h"
 #include "selftest_cli.h"
 
 // ----------------------------------------------------------------------------
@@ -92,10 +96,12 @@ typedef struct {
     const char *repro;        /* --repro: the first divergence's op as a repro file; NULL: none */
     const char *dump_taps;    /* globs */
     int dump_window;          /* --dump-on-divergence K; -1: everything */
-    int dump_compress;        /* 0..9 */
-    int threads;              /* 0: OpenMP's default */
+    int dump_compress;        /* 0..9; -1: not given */
+    int threads;              /* 0: OpenMP's default (--threads takes 1 and up) */
     qd_accum accum;
-    int summary, quiet, help, version, no_color, list_faults;
+    int summary, quiet, help, version, list_faults, list_taps;
+    int color;            /* --color: 1 always, 0 never, -1 auto (a terminal without NO_COLOR) */
+    int strict;           /* a tolerance file of another model is an error */
     int precision_sweep;  /* after a divergence: rerun B in fp32, fp16 and bf16 (qd_sweep.h) */
     int precision_bisect; /* after a divergence: the smallest set of ops whose fp32 fixes it (qd_bisect.h) */
     unsigned fp32_points; /* --fp32-ops: emu's precision points kept in fp32 (qd_emu.h) */
@@ -113,7 +119,6 @@ enum {
     O_LOCATE,
     O_DECODE,
     O_ACT,
-    O_FUSED_PRECISION,
     O_FUSED_TAPS,
     O_INJECT,
     O_THREADS,
@@ -131,7 +136,6 @@ enum {
     O_DUMP_COMPRESS,
     O_SUMMARY,
     O_QUIET,
-    O_NO_COLOR,
     O_HELP,
     O_VERSION,
     O_FP32_OPS,
@@ -143,6 +147,10 @@ enum {
     O_PROMPT,
     O_CHAT,
     O_HTML,
+    O_STRICT,
+    O_COLOR,
+    O_LIST_TAPS,
+    O_LIST_FAULTS,
 };
 
 /* name, value, id, section, help (NULL: not listed), usage position, flags, short name; in the order of --help */
@@ -175,7 +183,7 @@ static const qd_cli_opt main_opts[] = {
      0},
     {"act", "bf16|fp16|fp32", O_ACT, "backends",
      "activation dtype of emu and fused (default bf16; also --fused-precision)", 0, 0, 0},
-    {"fused-precision", "bf16|fp16|fp32", O_FUSED_PRECISION, "backends", NULL, 0, 0, 0}, /* --act's older name */
+    {"fused-precision", "bf16|fp16|fp32", O_ACT, "backends", NULL, 0, 0, 0}, /* --act's older name: its id */
     {"fp32-ops", "OPS", O_FP32_OPS, "backends",
      "keep these ops of emu (B) in fp32, the rest in the activation "
      "dtype\n(docs/PRECISION.md): {fp32_ops}",
@@ -217,10 +225,17 @@ static const qd_cli_opt main_opts[] = {
      "--write-tolerances\n(with --isolate, the teacher-forced rows get their own, tighter section)",
      0, 0, 0},
     {"write-tolerances", "F", O_WRITE_TOL, "verdict and CI",
-     "where --calibrate writes (margin --margin X over the worst error, default 2)", 0, 0, 0},
-    {"margin", "X", O_MARGIN, "verdict and CI", NULL, 0, 0, 0}, /* described with --write-tolerances */
-    {"json", "FILE", O_JSON, "verdict and CI", "machine-readable report", 0, 0, 0},
-    {"junit", "FILE", O_JUNIT, "verdict and CI", "JUnit XML, one test case per layer", 0, 0, 0},
+     "where --calibrate writes; the file records the model's shape and config hash", 0, 0, 0},
+    {"margin", "X", O_MARGIN, "verdict and CI",
+     "--calibrate's and --precision-sweep's margin over the worst measured error\n(default 2)", 0, 0, 0},
+    {"strict", NULL, O_STRICT, "verdict and CI",
+     "a --tolerances file calibrated on another model (shape or config hash) is an\nerror, not a warning", 0, 0, 0},
+    {"json", "FILE", O_JSON, "verdict and CI",
+     "machine-readable report (docs/SCHEMA.md, \"The JSON report\"): the verdict, every\ntap, the model, "
+     "the input ids, the precision sweep's verdict",
+     0, 0, 0},
+    {"junit", "FILE", O_JUNIT, "verdict and CI", "JUnit XML, one test case per step and layer (embed and head too)", 0,
+     0, 0},
     {"html", "FILE", O_HTML, "verdict and CI",
      "a self-contained HTML report (plots, heatmaps, where; no network needed to view\nit); "
      "`qwen3-diff report DUMP.h5 -o FILE` draws it from a dump",
@@ -240,16 +255,27 @@ static const qd_cli_opt main_opts[] = {
      "(docs/SCHEMA.md, \"Repro files\"; compare takes it too)",
      0, 0, 0},
     {"summary", NULL, O_SUMMARY, "output", "one backend: a per-layer table (max|k_norm|, top-5 next tokens)", 0, 0, 0},
-    {"quiet", NULL, O_QUIET, "output", "print nothing on success", 0, 0, 0},
-    {"no-color", NULL, O_NO_COLOR, "output", "never colour (colour is used only on a terminal anyway)", 0, 0, 0},
+    {"quiet", NULL, O_QUIET, "output",
+     "no progress (else on stderr with an ETA: a live line on a terminal, a line\n"
+     "per 10 s in a log, QD_PROGRESS_INTERVAL=SECONDS), no tables: only errors,\nwarnings and the exit status",
+     0, 0, 0},
+    {"color", "WHEN", O_COLOR, "output",
+     "auto, always or never: colour the verdicts (auto, the default: on a\nterminal, unless NO_COLOR is set)", 0, 0, 0},
+    {"no-color", NULL, O_COLOR, "output", "--color never", 0, 0, 0},
+    {"list-taps", NULL, O_LIST_TAPS, "output", "print every tap in data-flow order with what it holds", 0, 0, 0},
+    {"list-faults", NULL, O_LIST_FAULTS, "output",
+     "print the fault catalog: where each applies and what it needs (also\n--inject help)", 0, 0, 0},
     {"help", NULL, O_HELP, "output", "", 0, 0, 'h'},
     {"version", NULL, O_VERSION, "output", "", 0, 0, 0},
 };
 
+/* --model's text in compare --help and replay --help (their tables' own help texts are listed only there) */
+#define MODEL_OF_DUMP "the checkpoint the dump was made with (default: the dump's 'model' attribute)"
+
 /* compare's options, described by the main --help: the model (for the replay verdict), the report files, the
  * tolerances, the output */
 static const qd_cli_opt compare_opts[] = {
-    {"model", "DIR", O_MODEL, NULL, NULL, 1, QD_CLI_SYNOPSIS, 0},
+    {"model", "DIR", O_MODEL, NULL, MODEL_OF_DUMP, 1, QD_CLI_SYNOPSIS, 0},
     {"tolerances", "FILE", O_TOLERANCES, NULL, NULL, 2, QD_CLI_SYNOPSIS, 0},
     {"ratio-threshold", "X", O_RATIO_THRESHOLD, NULL, NULL, 0, 0, 0},
     {"threads", "N", O_THREADS, NULL, NULL, 0, 0, 0},
@@ -257,21 +283,26 @@ static const qd_cli_opt compare_opts[] = {
     {"junit", "F", O_JUNIT, NULL, NULL, 4, QD_CLI_SYNOPSIS, 0},
     {"html", "F", O_HTML, NULL, NULL, 6, 0, 0},
     {"repro", "FILE", O_REPRO, NULL, NULL, 5, QD_CLI_SYNOPSIS, 0},
+    {"strict", NULL, O_STRICT, NULL, NULL, 0, 0, 0},
     {"quiet", NULL, O_QUIET, NULL, NULL, 0, 0, 0},
-    {"no-color", NULL, O_NO_COLOR, NULL, NULL, 0, 0, 0},
+    {"color", "WHEN", O_COLOR, NULL, NULL, 0, 0, 0},
+    {"no-color", NULL, O_COLOR, NULL, NULL, 0, 0, 0},
     {"help", NULL, O_HELP, NULL, NULL, 0, 0, 'h'},
 };
 
 /* replay's options: the model the dump was made with, the threshold, the report, the output; a repro file's
  * rerun takes a fault (--inject) and needs no model */
 static const qd_cli_opt replay_opts[] = {
-    {"model", "DIR", O_MODEL, NULL, NULL, 1, QD_CLI_SYNOPSIS, 0},
-    {"inject", "NAME", O_INJECT, NULL, NULL, 4, QD_CLI_SYNOPSIS, 0},
+    {"model", "DIR", O_MODEL, NULL, MODEL_OF_DUMP, 1, QD_CLI_SYNOPSIS, 0},
+    {"inject", "NAME", O_INJECT, NULL,
+     "a repro file's op rerun with this fault of the catalog in the contract\n(qwen3-diff --list-faults)", 4,
+     QD_CLI_SYNOPSIS, 0},
     {"ratio-threshold", "X", O_RATIO_THRESHOLD, NULL, NULL, 2, 0, 0},
     {"threads", "N", O_THREADS, NULL, NULL, 0, 0, 0},
     {"json", "F", O_JSON, NULL, NULL, 3, QD_CLI_SYNOPSIS, 0},
     {"quiet", NULL, O_QUIET, NULL, NULL, 0, 0, 0},
-    {"no-color", NULL, O_NO_COLOR, NULL, NULL, 0, 0, 0},
+    {"color", "WHEN", O_COLOR, NULL, NULL, 0, 0, 0},
+    {"no-color", NULL, O_COLOR, NULL, NULL, 0, 0, 0},
     {"help", NULL, O_HELP, NULL, NULL, 0, 0, 'h'},
 };
 
@@ -359,6 +390,25 @@ static void usage(FILE *f) {
         f);
 }
 
+/* compare --help, replay --help: the command's usage line, what it does, and its options, each with the main
+ * --help's text for the same option (the tables share ids) unless the command's row has its own. */
+static void sub_usage(FILE *f, const qd_cli_cmd *c, const char *what) {
+    qd_cli_opt opts[32];
+    int n = 0;
+    for (int i = 0; i < c->nopts && n < 32; i++) {
+        opts[n] = c->opts[i];
+        opts[n].section = "options";
+        for (int j = 0; j < main_cmd.nopts && !opts[n].help; j++)
+            if (main_opts[j].id == opts[n].id) opts[n].help = main_opts[j].help;
+        n++;
+    }
+    const qd_cli_cmd list = {.opts = opts, .nopts = n};
+    qd_cli_print_usage(f, "usage: qwen3-diff", c, 0);
+    fprintf(f, "\n%s\n\n", what);
+    qd_cli_print_options(f, &list, NULL);
+    fputs("\nExit status: 0 within tolerance, 1 diverged, 2 bad usage or input, 3 runtime failure.\n", f);
+}
+
 /* A whole decimal integer in [lo, hi], or QD_EINPUT naming the flag. */
 static int parse_int(const char *flag, const char *s, int lo, int hi, int *out, qd_err *e) {
     char *end;
@@ -394,7 +444,12 @@ static int take_option(void *ctx, const qd_cli_opt *o, const char *flag, const c
     case O_VERSION: a->version = 1; return QD_OK;
     case O_SUMMARY: a->summary = 1; return QD_OK;
     case O_QUIET: a->quiet = 1; return QD_OK;
-    case O_NO_COLOR: a->no_color = 1; return QD_OK;
+    case O_COLOR: /* --no-color: its alias without a value */
+        if (!val) a->color = 0;
+        return val ? qd_cli_parse_color(val, &a->color, e) : QD_OK;
+    case O_STRICT: a->strict = 1; return QD_OK;
+    case O_LIST_TAPS: a->list_taps = 1; return QD_OK;
+    case O_LIST_FAULTS: a->list_faults = 1; return QD_OK;
     case O_LAYER_BY_LAYER: a->layer_by_layer = 1; return QD_OK;
     case O_ISOLATE: a->isolate = 1; return QD_OK;
     case O_PRECISION_SWEEP: a->precision_sweep = 1; return QD_OK;
@@ -440,12 +495,11 @@ static int take_option(void *ctx, const qd_cli_opt *o, const char *flag, const c
         return QD_OK;
     }
     case O_DUMP_COMPRESS: return parse_int(flag, val, 0, 9, &a->dump_compress, e);
-    case O_THREADS: return parse_int(flag, val, 0, 4096, &a->threads, e);
+    case O_THREADS: return parse_int(flag, val, 1, 4096, &a->threads, e); /* 0 was OpenMP's default: omit it */
     case O_DECODE: return parse_int(flag, val, 0, 1 << 20, &a->decode, e);
     case O_CALIBRATE: return parse_int(flag, val, 1, 100000, &a->calibrate, e);
     case O_DUMP_ON_DIVERGENCE: return parse_int(flag, val, 0, 1000, &a->dump_window, e);
-    case O_ACT:
-    case O_FUSED_PRECISION: {
+    case O_ACT: {
         qd_act_dtype d;
         a->act = val;
         if (qd_act_dtype_parse(val, &d) != 0)
@@ -503,20 +557,50 @@ static int misuse(qd_cli_misuse k, const char *word, const char *flag, qd_err *e
     case QD_CLI_STRAY: return qd_errf(e, QD_EINPUT, "unexpected argument '%s' (see --help)", word);
     case QD_CLI_MISSING: return qd_errf(e, QD_EINPUT, "%s: missing value", flag);
     case QD_CLI_EMPTY: return qd_errf(e, QD_EINPUT, "%s: empty value", flag);
+    case QD_CLI_REPEATED:
+        return qd_errf(e, QD_EINPUT,
+                       "%s: already given, under this name or another (each option once: the last would win silently)",
+                       word);
     }
     return qd_errf(e, QD_EINPUT, "'%s' (see --help)", word);
+}
+
+/* Options that shape a dump do nothing without one, --margin nothing without a bless step, and a --dump-taps
+ * glob that matches no tap dumps none of what was meant: each is a mistake, said before any work. */
+static int check_dump_options(cli_args *a, qd_err *e) {
+    const char *orphan = a->dump_compress >= 0 ? "--dump-compress"
+                         : a->dump_window >= 0 ? "--dump-on-divergence"
+                         : a->dump_taps        ? "--dump-taps"
+                                               : NULL;
+    if (orphan && !a->dump) return qd_errf(e, QD_EINPUT, "%s shapes the dump: add --dump OUT.h5", orphan);
+    if (a->dump_compress < 0) a->dump_compress = 0;
+    if (a->margin > 0 && !a->calibrate && !a->precision_sweep)
+        return qd_errf(e, QD_EINPUT, "--margin is the margin of --calibrate and --precision-sweep: add one of them");
+    if (a->margin <= 0) a->margin = 2.0;
+    char globs[1024];
+    snprintf(globs, sizeof globs, "%s", a->dump_taps ? a->dump_taps : "");
+    for (char *save = NULL, *g = strtok_r(globs, ",", &save); g; g = strtok_r(NULL, ",", &save)) {
+        int hit = 0;
+        for (int t = 0; t < QD_NUM_LAYER_TAPS && !hit; t++) hit = fnmatch(g, qd_layer_tap_name(t), 0) == 0;
+        for (int t = 0; t < QD_NUM_MODEL_TAPS && !hit; t++) hit = fnmatch(g, qd_model_tap_name(t), 0) == 0;
+        if (!hit) return qd_errf(e, QD_EINPUT, "--dump-taps: '%s' matches no tap (qwen3-diff --list-taps)", g);
+    }
+    return QD_OK;
 }
 
 static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
     memset(a, 0, sizeof *a);
     a->accum = QD_ACCUM_F32;
     a->dump_window = -1;
-    a->margin = 2.0;
+    a->dump_compress = -1;
+    a->color = -1;
+    a->margin = 0; /* not given: 2, once check_dump_options has seen whether it was */
     a->locate = QD_MODE_FREE;
     qd_cli_handlers h = {.option = take_option, .misuse = misuse};
     if (argc > 1 && strcmp(argv[1], "compare") == 0) {
         h.operand = take_operand;
         int rc = qd_cli_parse(&compare_cmd, &h, a, argc - 1, argv + 1, e);
+        a->help *= 2; /* compare's own --help */
         if (rc || a->help) return rc;
         if (a->noperands != 2)
             return qd_errf(e, QD_EINPUT, "compare: expected two dumps, A.h5[:GROUP] B.h5[:GROUP] (got %d)",
@@ -538,6 +622,7 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
         h.operand = take_operand;
         a->noperands = -1; /* take_operand: the replay's operand */
         int rc = qd_cli_parse(&replay_cmd, &h, a, argc - 1, argv + 1, e);
+        a->help *= 3; /* replay's own --help */
         if (rc || a->help) return rc;
         if (a->noperands != 1)
             return qd_errf(e, QD_EINPUT, "replay: expected one dump, DUMP.h5[:GROUP] (got %d)",
@@ -546,7 +631,8 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
     }
     int rc = qd_cli_parse(&main_cmd, &h, a, argc, argv, e);
     if (rc) return rc;
-    if (a->help || a->version || a->list_faults) return QD_OK;
+    if (a->help || a->version || a->list_faults || a->list_taps) return QD_OK;
+    if ((rc = check_dump_options(a, e))) return rc;
     if (a->nbackends == 2) a->layer_by_layer = 1;
     if (a->calibrate) a->layer_by_layer = 1;
     if (a->calibrate && !a->write_tol) return qd_errf(e, QD_EINPUT, "--calibrate needs --write-tolerances FILE");
@@ -604,7 +690,7 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
 typedef struct {
     double out_rms;   /* rms of the layer output */
     float out_max;    /* max|out| */
-    float k_norm_max; /* max|k_norm|: the amplified K (QWEN3.md, "the seed") */
+    float k_norm_max; /* max|k_norm|: the amplified K (docs/QWEN3.md, "the seed") */
     float attn_max;   /* max|attn| */
     float act_max;    /* max|silu(gate)*up| */
     long nonfinite;   /* NaN/Inf values over every tap of the layer */
@@ -916,8 +1002,11 @@ static int run_single(const cli_args *a, const char *model, const char *token_ar
     }
 
     double t0 = now_seconds();
+    qd_progress pg;
+    qd_progress_start(&pg, stderr, qd_progress_mode_for(stderr, a->quiet), "qwen3-diff", s.L, NULL, NULL);
     rc = be->embed(be, tokens, T, h, &s.sink, e);
     for (int layer = 0; rc == QD_OK && layer < s.L; layer++) {
+        qd_progress_update(&pg, layer, "%s, layer %d/%d", be->name, layer + 1, s.L);
         rc = be->layer(be, layer, h, h2, T, 0, &s.sink, e);
         if (rc) break;
         layer_stats *ls = &s.layers[layer];
@@ -929,6 +1018,7 @@ static int run_single(const cli_args *a, const char *model, const char *token_ar
         h2 = tmp;
     }
     if (rc == QD_OK) rc = be->head(be, h, T, logits, &s.sink, e);
+    qd_progress_end(&pg);
     double seconds = now_seconds() - t0;
     if (rc) goto out; /* e holds the step's message, or the dump's when a write failed */
 
@@ -937,7 +1027,7 @@ static int run_single(const cli_args *a, const char *model, const char *token_ar
         dump = NULL;
         if (rc) goto out;
     }
-    if (a->summary) {
+    if (a->summary && !a->quiet) {
         print_summary(tok, model, be, &w, &s, logits, T, seconds);
     } else if (!a->quiet) {
         top_entry top[1];
@@ -969,10 +1059,23 @@ out:
 // ----------------------------------------------------------------------------
 // comparisons
 
+/* A tolerance file calibrated on another model: a one-line warning (an error with --strict); one without
+ * the model's identity: a one-line note. Printed under --quiet too (they are not progress), but only once
+ * the file is known to fit the comparison otherwise: a refused file gets its one error line alone. */
+static int check_tolerances_model(const cli_args *a, const qd_tolerances *t, const qd_config *cfg, char *note, size_t n,
+                                  qd_err *e) {
+    return qd_tolerances_check_model(t, cfg, a->strict, note, n, e);
+}
+
+static void print_note(const char *note) {
+    if (note[0]) fprintf(stderr, "qwen3-diff: %s\n", note);
+}
+
 /* Loads the tolerances for the pair (test = B, reference = A): the file's, or the pair's defaults. A file
  * written for another precision pair, or with layer entries beyond the model, is refused. */
-static int load_tolerances(const cli_args *a, const qd_backend *ra, const qd_backend *tb, int L, qd_tolerances *t,
-                           qd_err *e) {
+static int load_tolerances(const cli_args *a, const qd_backend *ra, const qd_backend *tb, const qd_config *cfg,
+                           qd_tolerances *t, qd_err *e) {
+    const int L = cfg->num_hidden_layers;
     if (!a->tolerances) return qd_tolerances_default(t, tb->precision, ra->precision, e);
     int rc = qd_tolerances_load(a->tolerances, t, e);
     if (rc) return rc;
@@ -991,18 +1094,23 @@ static int load_tolerances(const cli_args *a, const qd_backend *ra, const qd_bac
                 rc = qd_errf(e, QD_EINPUT, "%s: field '%slayers': an entry for layer %d, but the model has %d layers",
                              a->tolerances, k ? "isolated." : "", sec[k]->n_layers - 1, L);
     }
+    char note[1024];
+    if (!rc && !(rc = check_tolerances_model(a, t, cfg, note, sizeof note, e))) print_note(note);
     if (rc) qd_tolerances_free(t);
     return rc;
 }
 
 /* The bless step: N prompts (the given one, then deterministic random ones of the same length) through
  * a known-good pair; every tap's worst error times the margin becomes its tolerance. */
-static int calibrate(const cli_args *a, const char *model, qd_backend *ra, qd_backend *tb, qd_backend *ti,
-                     const int32_t *tokens, int T, qd_err *e) {
+static int calibrate(const cli_args *a, const char *model, const qd_config *cfg, qd_backend *ra, qd_backend *tb,
+                     qd_backend *ti, const int32_t *tokens, int T, qd_err *e) {
     qd_tolerances t;
     qd_bless_stats st;
-    int rc = qd_bless(ra, tb, ti, tokens, T, a->calibrate, a->decode, a->margin, &t, &st, e);
+    qd_progress pg;
+    qd_progress_start(&pg, stderr, qd_progress_mode_for(stderr, a->quiet), "qwen3-diff", 0, NULL, NULL);
+    int rc = qd_bless(ra, tb, ti, tokens, T, a->calibrate, a->decode, a->margin, &t, &st, &pg, e);
     if (rc) return rc;
+    qd_tolerances_set_model(&t, cfg);
     char pair[160];
     snprintf(pair, sizeof pair, "%s,%s", ra->name, tb->name);
     t.measured =
@@ -1020,17 +1128,11 @@ static int calibrate(const cli_args *a, const char *model, qd_backend *ra, qd_ba
     return rc;
 }
 
-/* "rerun k" on a terminal while the bisection runs; rerun 0 clears the line. */
+/* "rerun k" while the bisection runs (ctx: its qd_progress; the number of reruns is not known ahead). */
 static void bisect_progress(void *ctx, int rerun, unsigned fp32) {
-    (void)ctx;
-    if (!isatty(2)) return;
-    if (!rerun) {
-        fprintf(stderr, "\r\033[K");
-        return;
-    }
     char set[256];
     qd_precision_points_format(fp32, set, sizeof set);
-    fprintf(stderr, "\r\033[Kqwen3-diff: precision bisect, rerun %d: %.60s", rerun, set);
+    qd_progress_update(ctx, rerun, "precision bisect, rerun %d: %.60s", rerun, set);
 }
 
 /* --repro's outcome: the file and its op on stdout, or on stderr that there was nothing to write. */
@@ -1057,6 +1159,10 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
     qd_report r;
     qd_bisect_result *bisect = NULL; /* --precision-bisect's result, after a divergence */
     qd_tokenizer *tok = NULL;
+    qd_sweep_result sweep; /* --precision-sweep's, after a divergence */
+    int have_sweep = 0;
+    qd_progress pg; /* the lockstep's, then the bisection's */
+    qd_progress_start(&pg, stderr, qd_progress_mode_for(stderr, a->quiet), "qwen3-diff", 0, NULL, NULL);
 
     if ((rc = open_input(a, model, token_arg, a->calibrate ? NULL : a->dump, &cfg, &config_text, &tok, &tokens, &T,
                          &dump, e)))
@@ -1096,10 +1202,10 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
         goto out;
     }
     if (a->calibrate) {
-        rc = calibrate(a, model, ba, bb, bi, tokens, T, e);
+        rc = calibrate(a, model, &w.cfg, ba, bb, bi, tokens, T, e);
         goto out;
     }
-    if ((rc = load_tolerances(a, ba, bb, L, &tol, e))) goto out;
+    if ((rc = load_tolerances(a, ba, bb, &w.cfg, &tol, e))) goto out;
     have_tol = 1;
     if (strcmp(ba->name, bb->name) == 0) { /* ref,ref: a determinism check; the dump needs two groups */
         size_t k = strlen(bb->name);
@@ -1117,7 +1223,7 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
                           .dump = dump,
                           .dump_taps = a->dump_taps,
                           .dump_window = a->dump_window,
-                          .progress = !a->quiet,
+                          .progress = &pg,
                           /* the replay verdict unless tolerances were asked for: the stricter gate */
                           .judge = {.w = a->tolerances ? NULL : &w,
                                     .threshold = a->threshold,
@@ -1139,7 +1245,8 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
                               .tol = &tol,
                               .locate = a->locate,
                               .flagged = &r.rows[r.first_div],
-                              .progress = a->quiet ? NULL : bisect_progress,
+                              .progress = bisect_progress,
+                              .progress_ctx = &pg,
                               .opts = {.threads = a->threads,
                                        .accum_f64 = a->accum == QD_ACCUM_F64,
                                        .act = a->act,
@@ -1149,11 +1256,11 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
             rc = QD_ERUNTIME;
             goto out;
         }
+        qd_progress_start(&pg, stderr, pg.mode, "qwen3-diff", 0, NULL, NULL);
         rc = qd_precision_bisect(&w, &bso, bisect, e);
-        if (!a->quiet) bisect_progress(NULL, 0, 0);
+        qd_progress_end(&pg);
         if (rc) goto out;
     }
-    if (a->json && (rc = qd_report_write_json_bisect(&r, bisect, a->json, e))) goto out;
     if (a->junit && (rc = qd_report_write_junit(&r, a->junit, e))) goto out;
     if (a->html) {
         char *abs_model = realpath(model, NULL); /* the dump's 'model' names it the same way */
@@ -1171,7 +1278,7 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
     }
     if (!a->quiet) {
         printf("model %s, T=%d tokens\n", model, T);
-        qd_report_print(&r, stdout, isatty(1) && !a->no_color);
+        qd_report_print(&r, stdout, qd_cli_color(a->color, stdout));
         if (a->dump) printf("dump: %s\n", a->dump);
     }
     report_repro(a, &repro);
@@ -1186,22 +1293,37 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
                             .calib_prompts = SWEEP_CALIB_PROMPTS,
                             .margin = a->margin,
                             .locate = a->locate,
+                            .progress = &pg,
                             .opts = {.threads = a->threads,
                                      .accum_f64 = a->accum == QD_ACCUM_F64,
                                      .fault = a->fault,
                                      .taps_all = a->taps_all}};
-        qd_sweep_result sr;
-        if ((rc = qd_precision_sweep(&w, &so, &sr, e))) goto out;
-        qd_sweep_print(&sr, &so, stdout);
+        qd_progress_start(&pg, stderr, pg.mode, "qwen3-diff", 0, NULL, NULL);
+        if ((rc = qd_precision_sweep(&w, &so, &sweep, e))) goto out;
+        have_sweep = 1;
+        if (!a->quiet) qd_sweep_print(&sweep, &so, stdout);
+    }
+    if (a->json) { /* last: it holds the sweep's verdict */
+        char *abs_model = realpath(model, NULL);
+        const qd_report_context ctx = {.model = abs_model ? abs_model : model,
+                                       .tokens = tokens,
+                                       .T = T,
+                                       .bisect = bisect,
+                                       .sweep_asked = a->precision_sweep,
+                                       .sweep = have_sweep ? &sweep : NULL};
+        rc = qd_report_write_json_ctx(&r, &ctx, a->json, e);
+        free(abs_model);
+        if (rc) goto out;
     }
     if (a->precision_bisect && !qd_report_diverged(&r)) {
         if (!a->quiet) printf("precision bisect: no divergence to explain\n");
-    } else if (bisect) {
+    } else if (bisect && !a->quiet) {
         qd_bisect_print(bisect, stdout);
     }
     rc = qd_report_diverged(&r) ? QD_EDIVERGED : QD_OK;
 
 out:
+    qd_progress_end(&pg);
     free(bisect);
     if (dump) qd_dump_close(dump, 0, NULL);
     if (have_report) qd_report_free(&r);
@@ -1243,6 +1365,33 @@ static int load_dump_model(const cli_args *a, const char *path, qd_weights *w, q
     return qd_weights_load(dir, w, e);
 }
 
+/* What the JSON report says of a dump's run: its checkpoint (--model, else the dump's own) and input ids; the
+ * config from its config_json for the tolerance file's model check. Fields stay unset where it has none. */
+typedef struct {
+    char model[4096];
+    int32_t *tokens;
+    int T;
+    qd_config cfg;
+    int have_cfg;
+} dump_facts;
+
+static void read_dump_facts(const cli_args *a, const char *path, dump_facts *df) {
+    memset(df, 0, sizeof *df);
+    qd_err ignored; /* a dump that cannot say is reported as such by the comparison itself */
+    char dir[4096] = "";
+    if (a->model) snprintf(dir, sizeof dir, "%s", a->model);
+    else if (qd_dump_model_dir(path, dir, sizeof dir, &ignored)) dir[0] = '\0';
+    char *abs_dir = dir[0] ? realpath(dir, NULL) : NULL;
+    snprintf(df->model, sizeof df->model, "%s", abs_dir ? abs_dir : dir);
+    free(abs_dir);
+    qd_h5in *f = qd_h5in_open(path, &ignored);
+    if (!f) return;
+    df->cfg = *qd_h5in_config(f);
+    df->have_cfg = 1;
+    if (qd_h5in_input_ids(f, &df->tokens, &df->T, &ignored)) df->tokens = NULL;
+    qd_h5in_close(f);
+}
+
 static int run_compare(const cli_args *a, qd_err *e) {
     char pa[4096], pb[4096], ga[128], gb[128];
     split_operand(a->compare_a, pa, sizeof pa, ga, sizeof ga);
@@ -1250,11 +1399,15 @@ static int run_compare(const cli_args *a, qd_err *e) {
     qd_tolerances tol;
     qd_weights w;
     int have_tol = 0, have_w = 0, rc = QD_OK;
+    dump_facts df;
+    char note[1024] = ""; /* the tolerance file's model check, printed once the comparison ran */
+    read_dump_facts(a, pa, &df);
     if (a->tolerances) {
-        if ((rc = qd_tolerances_load(a->tolerances, &tol, e))) return rc;
+        if ((rc = qd_tolerances_load(a->tolerances, &tol, e))) goto done;
         have_tol = 1;
+        if (df.have_cfg && (rc = check_tolerances_model(a, &tol, &df.cfg, note, sizeof note, e))) goto done;
     } else { /* the replay verdict: both dumps replayed over the checkpoint they were made with */
-        if ((rc = load_dump_model(a, pa, &w, e))) return rc;
+        if ((rc = load_dump_model(a, pa, &w, e))) goto done;
         have_w = 1;
     }
     qd_report r;
@@ -1263,7 +1416,9 @@ static int run_compare(const cli_args *a, qd_err *e) {
     qd_replay_judge judge = {
         .w = have_w ? &w : NULL, .threshold = a->threshold, .threads = a->threads, .repro = a->repro ? &repro : NULL};
     rc = qd_compare_files_judged(pa, ga[0] ? ga : NULL, pb, gb[0] ? gb : NULL, have_tol ? &tol : NULL, &judge, &r, e);
-    if (!rc && a->json) rc = qd_report_write_json(&r, a->json, e);
+    if (!rc) print_note(note);
+    const qd_report_context ctx = {.model = df.model[0] ? df.model : NULL, .tokens = df.tokens, .T = df.T};
+    if (!rc && a->json) rc = qd_report_write_json_ctx(&r, &ctx, a->json, e);
     if (!rc && a->junit) rc = qd_report_write_junit(&r, a->junit, e);
     qd_html_context hc; /* the page's attributes: dump A's */
     if (!rc && a->html && !(rc = qd_html_context_from_dump(pa, &hc, e))) {
@@ -1275,11 +1430,13 @@ static int run_compare(const cli_args *a, qd_err *e) {
     }
     if (!rc && !a->quiet) {
         printf("compare %s vs %s\n", a->compare_a, a->compare_b);
-        qd_report_print(&r, stdout, isatty(1) && !a->no_color);
+        qd_report_print(&r, stdout, qd_cli_color(a->color, stdout));
     }
     if (!rc) report_repro(a, &repro);
     if (!rc) rc = qd_report_diverged(&r) ? QD_EDIVERGED : QD_OK;
     qd_report_free(&r);
+done:
+    free(df.tokens);
     if (have_tol) qd_tolerances_free(&tol);
     if (have_w) qd_weights_free(&w);
     return rc;
@@ -1323,10 +1480,16 @@ static int run_replay(const cli_args *a, qd_err *e) {
     memset(&r, 0, sizeof r);
     qd_replay_judge judge = {.w = &w, .threshold = a->threshold, .threads = a->threads};
     rc = qd_replay_file(path, group[0] ? group : NULL, &judge, &r, e);
-    if (!rc && a->json) rc = qd_report_write_json(&r, a->json, e);
+    dump_facts df;
+    if (!rc && a->json) {
+        read_dump_facts(a, path, &df);
+        const qd_report_context ctx = {.model = df.model[0] ? df.model : NULL, .tokens = df.tokens, .T = df.T};
+        rc = qd_report_write_json_ctx(&r, &ctx, a->json, e);
+        free(df.tokens);
+    }
     if (!rc && !a->quiet) {
         printf("replay %s\n", a->replay_dump);
-        qd_report_print(&r, stdout, isatty(1) && !a->no_color);
+        qd_report_print(&r, stdout, qd_cli_color(a->color, stdout));
     }
     if (!rc) rc = qd_report_diverged(&r) ? QD_EDIVERGED : QD_OK;
     qd_report_free(&r);
@@ -1341,16 +1504,23 @@ int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "selftest") == 0) return selftest_cli_main(argc - 1, argv + 1);
     int rc = parse_args(argc, argv, &a, &e);
     if (rc == QD_OK && a.help) {
-        usage(stdout);
+        if (a.help == 2)
+            sub_usage(stdout, &compare_cmd,
+                      "Compares two schema-v1 dumps from any engines: A is the reference side, B the test side.\n"
+                      "By default both are replayed over the checkpoint they were made with (--model DIR, else the\n"
+                      "dump's 'model' attribute) and each op is judged by its local error over its noise floor;\n"
+                      "--tolerances FILE judges the A-vs-B error by absolute tolerances instead.");
+        else if (a.help == 3)
+            sub_usage(stdout, &replay_cmd,
+                      "Judges one engine's dump on its own: each op replayed by the oracle from that engine's own\n"
+                      "inputs, its local error against its noise floor. A repro file (--repro) is rerun from the\n"
+                      "file alone: oracle, contract (with --inject NAME, a fault of the catalog) and fused kernel.");
+        else usage(stdout);
         return 0;
     }
-    if (rc == QD_OK && a.list_faults) {
-        printf("faults for --inject NAME[@LAYER] (into emu or fused; the first tap where each shows):\n");
-        for (int k = 1; k < QD_NUM_FAULTS; k++) {
-            const qd_fault_info *fi = qd_fault_info_of((qd_fault_kind)k);
-            printf("  %2d %-24s %-14s %s%s\n", k, fi->name, fi->first_tap, fi->description,
-                   fi->decode_only ? " (decode steps only: use --decode N)" : "");
-        }
+    if (rc == QD_OK && (a.list_faults || a.list_taps)) {
+        if (a.list_taps) qd_list_taps(stdout);
+        if (a.list_faults) qd_list_faults(stdout);
         return 0;
     }
     if (rc == QD_OK && a.version) {

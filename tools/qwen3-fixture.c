@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "qd_bf16.h"
+#include "qd_progress.h"
 #include "qd_safetensors.h"
 #include "qd_st_stream.h"
 #include "qd_util.h"
@@ -146,6 +147,7 @@ typedef struct {
     int prompt_len;
     const char *out;
     int force;
+    int quiet;          /* no progress line */
     knorm_stat *kstats; /* (nkstats) */
     int nkstats;
 } opts_t;
@@ -167,6 +169,8 @@ static void usage(FILE *f) {
                "  --k-norm-stats L:MAX:STD[,L:MAX:STD...]\n"
                "                         give layer L's k_norm weight exactly that max and population std\n"
                "  --prompt-len N         also write prompt.txt with N token ids\n"
+               "  --quiet                no progress on stderr (by default: a live line on a terminal, else\n"
+               "                         a line every 10 s with the ETA; an 8b checkpoint takes minutes)\n"
                "  --help                 this text\n"
                "\n"
                "example (Qwen3's extreme k_norm statistics on a small model):\n"
@@ -263,6 +267,7 @@ static void parse_args(int argc, char **argv, opts_t *o) {
         O_SEED,
         O_KSTATS,
         O_PROMPT,
+        O_QUIET,
         O_HELP
     };
     static const struct option longopts[] = {{"out", required_argument, 0, O_OUT},
@@ -285,6 +290,7 @@ static void parse_args(int argc, char **argv, opts_t *o) {
                                              {"seed", required_argument, 0, O_SEED},
                                              {"k-norm-stats", required_argument, 0, O_KSTATS},
                                              {"prompt-len", required_argument, 0, O_PROMPT},
+                                             {"quiet", no_argument, 0, O_QUIET},
                                              {"help", no_argument, 0, O_HELP},
                                              {0, 0, 0, 0}};
 
@@ -336,6 +342,7 @@ static void parse_args(int argc, char **argv, opts_t *o) {
         case O_SEED: o->seed = (uint64_t)parse_int("--seed", optarg, 0, INT64_MAX); break;
         case O_KSTATS: parse_kstats(o, optarg); break;
         case O_PROMPT: o->prompt_len = (int)parse_int("--prompt-len", optarg, 0, 1 << 24); break;
+        case O_QUIET: o->quiet = 1; break;
         case O_HELP: usage(stdout); exit(0);
         case ':': die_usage("option %s needs a value", argv[optind - 1]);
         default: die_usage("unknown option '%s'", argv[optind - 1]);
@@ -550,8 +557,10 @@ static float *make_knorm(const opts_t *o, const knorm_stat *ks) {
 
 typedef struct {
     const opts_t *o;
-    const tspec *t; /* the tensors of the file being written (entries[i] is t[i]) */
-    rng_t r;        /* stream of the current tensor */
+    const tspec *t;  /* the tensors of the file being written (entries[i] is t[i]) */
+    rng_t r;         /* stream of the current tensor */
+    qd_progress *pg; /* bytes generated, over every shard */
+    double done;
 } gen_ctx;
 
 static int fill_tensor(void *vctx, int index, size_t offset, void *buf, size_t nbytes, qd_err *e) {
@@ -562,6 +571,8 @@ static int fill_tensor(void *vctx, int index, size_t offset, void *buf, size_t n
     size_t es = qd_dtype_size(dt), n = nbytes / es, first = offset / es;
     unsigned char *out = buf;
     if (offset == 0) rng_init(&g->r, g->o->seed, t->name);
+    g->done += (double)nbytes;
+    qd_progress_update(g->pg, g->done, "%s", t->name);
     for (size_t i = 0; i < n; i++) {
         double x;
         switch (t->kind) {
@@ -760,7 +771,9 @@ static void write_weights(const opts_t *o, const tspec *t, int n) {
         total += nb[i];
     }
     const char *meta = "{\"format\": \"pt\"}"; /* what transformers writes */
-    gen_ctx g = {.o = o};
+    qd_progress pg;
+    qd_progress_start(&pg, stderr, qd_progress_mode_for(stderr, o->quiet), PROG, (double)total, NULL, NULL);
+    gen_ctx g = {.o = o, .pg = &pg};
     qd_err e;
     qd_err_clear(&e);
     if (o->shards == 1) {
@@ -802,6 +815,7 @@ static void write_weights(const opts_t *o, const tspec *t, int n) {
         free(path);
         free(text);
     }
+    qd_progress_end(&pg);
     free(nb);
     free(en);
 }

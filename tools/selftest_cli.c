@@ -11,12 +11,13 @@
 
 #include "qd_build_config.h"
 #include "qd_fault.h"
+#include "qd_progress.h"
 #include "qd_selftest.h"
 
 // ----------------------------------------------------------------------------
 // the command line
 
-enum { S_BACKEND = 1, S_FIXTURES, S_JSON, S_THREADS, S_QUIET, S_NO_COLOR, S_SHIFT, S_HELP };
+enum { S_BACKEND = 1, S_FIXTURES, S_JSON, S_THREADS, S_QUIET, S_COLOR, S_SHIFT, S_HELP };
 
 /* name, value, id, section, help, usage position, flags, short name. The selftest's --help is its usage line
  * and a paragraph: no option is listed (help NULL). */
@@ -26,7 +27,8 @@ static const qd_cli_opt selftest_opts[] = {
     {"json", "FILE", S_JSON, NULL, NULL, 3, QD_CLI_SYNOPSIS, 0},
     {"threads", "N", S_THREADS, NULL, NULL, 4, 0, 0},
     {"quiet", NULL, S_QUIET, NULL, NULL, 5, 0, 0},
-    {"no-color", NULL, S_NO_COLOR, NULL, NULL, 0, 0, 0},          /* accepted as everywhere; the table has no colour */
+    {"color", "WHEN", S_COLOR, NULL, NULL, 6, 0, 0},
+    {"no-color", NULL, S_COLOR, NULL, NULL, 0, 0, 0},             /* --color never */
     {"shift-expectation", "FAULT", S_SHIFT, NULL, NULL, 0, 0, 0}, /* hidden: the checker's own test */
     {"help", NULL, S_HELP, NULL, NULL, 0, 0, 'h'},
 };
@@ -43,6 +45,7 @@ typedef struct {
     const char *root; /* the fixtures root, as the JSON records it */
     const char *json;
     int quiet, help;
+    int color; /* --color: 1 always, 0 never, -1 auto */
 } st_args;
 
 static void selftest_usage(FILE *f) {
@@ -54,6 +57,8 @@ static void selftest_usage(FILE *f) {
             "nothing, injects every fault of the catalog (qwen3-diff --inject help) into that backend where it\n"
             "can show and checks that the first divergence is the expected step, layer and tap in free-running\n"
             "and isolated mode, and checks the precision sweep's verdicts (docs/FAULTS.md).\n"
+            "--quiet: no progress and no table, only the rows that missed; --color: the marks in colour\n"
+            "(auto: on a terminal, unless NO_COLOR is set).\n"
             "Exit status: 0 every expectation met, 1 a miss, 2 bad usage or input, 3 runtime failure.\n",
             QD_SELFTEST_CALIB_PROMPTS, QD_SELFTEST_MARGIN, QD_SELFTEST_CLEAN_PROMPTS);
 }
@@ -72,13 +77,15 @@ static int st_option(void *ctx, const qd_cli_opt *o, const char *flag, const cha
     case S_THREADS: {
         char *end;
         long t = strtol(val, &end, 10);
-        if (*end || t < 0 || t > 4096)
-            return qd_errf(e, QD_EINPUT, "--threads: '%s' is not an integer in 0..4096", val);
+        if (!*val || *end || t < 1 || t > 4096)
+            return qd_errf(e, QD_EINPUT, "--threads: '%s' is not an integer in 1..4096", val);
         a->run.threads = (int)t;
         return QD_OK;
     }
     case S_QUIET: a->quiet = 1; return QD_OK;
-    case S_NO_COLOR: return QD_OK;
+    case S_COLOR:
+        if (!val) a->color = 0; /* --no-color */
+        return val ? qd_cli_parse_color(val, &a->color, e) : QD_OK;
     case S_SHIFT: a->run.shift_expectation = val; return QD_OK;
     case S_HELP: a->help = 1; return QD_CLI_STOP; /* --help wins over what follows it, not over what precedes */
     }
@@ -89,6 +96,10 @@ static int st_misuse(qd_cli_misuse k, const char *word, const char *flag, qd_err
     switch (k) {
     case QD_CLI_MISSING: return qd_errf(e, QD_EINPUT, "%s: missing value", flag);
     case QD_CLI_EMPTY: return qd_errf(e, QD_EINPUT, "empty value for '%s' (see qwen3-diff selftest --help)", word);
+    case QD_CLI_REPEATED:
+        return qd_errf(e, QD_EINPUT,
+                       "%s: already given, under this name or another (each option once: the last would win silently)",
+                       word);
     case QD_CLI_UNKNOWN:
     case QD_CLI_STRAY: break;
     }
@@ -99,6 +110,7 @@ static int parse_selftest(int argc, char **argv, st_args *a, qd_err *e) {
     memset(a, 0, sizeof *a);
     a->root = QD_SOURCE_ROOT "/fixtures";
     a->run.backend = "emu";
+    a->color = -1;
     const qd_cli_handlers h = {.option = st_option, .misuse = st_misuse};
     int rc = qd_cli_parse(&selftest_cli_cmd, &h, a, argc, argv, e);
     if (rc || a->help) return rc;
@@ -128,13 +140,20 @@ static int utf8_terminal(void) {
     return 0;
 }
 
-static void print_table(const qd_selftest_result *r, FILE *f) {
+/* The table of checks; misses_only: only the rows that missed (--quiet), no header. */
+static void print_table(const qd_selftest_result *r, FILE *f, int misses_only, int color) {
     int utf8 = utf8_terminal();
-    fprintf(f, "%-28s %-26s %-28s %-30s %-8s %s\n", "fault", "fixture", "expected", "found", "mode", "");
+    if (!misses_only)
+        fprintf(f, "%-28s %-26s %-28s %-30s %-8s %s\n", "fault", "fixture", "expected", "found", "mode", "");
     for (int i = 0; i < r->n; i++) {
         const qd_selftest_check *c = &r->checks[i];
+        if (misses_only && c->ok) continue;
         const char *mark = c->ok ? (utf8 ? "\u2713" : "ok") : (utf8 ? "\u2717" : "MISS");
-        fprintf(f, "%-28s %-26s %-28s %-30s %-8s %s\n", c->fault, c->fixture, c->expected, c->found, c->mode, mark);
+        fprintf(f, "%-28s %-26s %-28s %-30s %-8s %s%s%s\n", c->fault, c->fixture, c->expected, c->found, c->mode,
+                !color  ? ""
+                : c->ok ? "\033[32m"
+                        : "\033[1;31m",
+                mark, color ? "\033[0m" : "");
     }
 }
 
@@ -169,10 +188,8 @@ static int write_json(const qd_selftest_result *r, const char *root, const char 
     return QD_OK;
 }
 
-static void print_progress(void *ctx, const char *msg) {
-    (void)ctx;
-    fprintf(stderr, "selftest: %s\n", msg);
-}
+/* The selftest's phases through qd_progress (ctx): a live line on a terminal, a bounded rate in logs. */
+static void print_progress(void *ctx, const char *msg) { qd_progress_update(ctx, 0, "%s", msg); }
 
 // ----------------------------------------------------------------------------
 // the sub-command
@@ -188,12 +205,16 @@ int selftest_cli_main(int argc, char **argv) {
     }
     qd_selftest_result r = {0};
     if (rc == QD_OK) {
-        if (!a.quiet) a.run.progress = print_progress;
+        qd_progress pg;
+        qd_progress_start(&pg, stderr, qd_progress_mode_for(stderr, a.quiet), "selftest", 0, NULL, NULL);
+        a.run.progress = print_progress;
+        a.run.progress_ctx = &pg;
         rc = qd_selftest_run(&a.run, &r, &e);
+        qd_progress_end(&pg);
     }
     if (rc == QD_OK) {
-        print_table(&r, stdout);
-        printf("selftest: %d checks, %d missed (backend %s)\n", r.n, r.misses, a.run.backend);
+        print_table(&r, stdout, a.quiet, qd_cli_color(a.color, stdout));
+        if (!a.quiet) printf("selftest: %d checks, %d missed (backend %s)\n", r.n, r.misses, a.run.backend);
         if (a.json) rc = write_json(&r, a.root, a.run.backend, a.json, &e);
     }
     int misses = r.misses;
