@@ -164,6 +164,32 @@ except ImportError:
     have_theirs = False
     print("skip: h5py missing: theirs.h5 (a dump with a group 'myengine') cannot be made")
 
+# The ```python blocks that record a PyTorch engine (tools/qd_capture.py) write the files the next commands read
+# (mine.h5, mine.txt): they run first, in the Python that has torch and transformers ($QD_PYTHON, else
+# build/.venv, as tests/test_capture.py); without one they are skipped with their files, and so are the commands
+# that read those files. A block with a bare `...` line is a fragment, not a program.
+os.symlink(os.path.join(ROOT, "tools"), os.path.join(work, "tools"))
+torch_py = os.environ.get("QD_PYTHON") or os.path.join(os.path.dirname(TOOLS), ".venv", "bin", "python3")
+have_torch = os.path.exists(torch_py) and subprocess.run(
+    [torch_py, "-c", "import torch, transformers, h5py"], capture_output=True).returncode == 0
+no_files = set()  # files a skipped capture block would have written
+for lang, lines in blocks(text):
+    body = "\n".join(lines)
+    if lang != "python" or "qd_capture" not in body:
+        continue
+    if any(ln.split("#")[0].strip() == "..." for ln in lines):
+        print("skip: a qd_capture python block with `...`: a fragment, not a program")
+        continue
+    writes = set(re.findall(r"[\"']([\w.-]+\.(?:h5|txt))[\"']", body))
+    if not have_torch:
+        no_files |= writes
+        print(f"skip: the qd_capture python block (writes {sorted(writes)}): no Python with torch and transformers "
+              f"at {torch_py} (./run venv makes it)")
+        continue
+    pr = subprocess.run([torch_py, "-c", body], cwd=work, capture_output=True, text=True, timeout=900)
+    check(pr.returncode == 0 and all(os.path.exists(os.path.join(work, f)) for f in writes),
+          f"README's qd_capture block runs and writes {sorted(writes)} ({pr.stderr.strip()[-300:]})")
+
 rc, _, _ = run([q, "--model", MODEL, "--tokens", "1,2", "--backends", "fused", "--quiet"], work)
 have_gpu = rc == 0
 if not have_gpu:
@@ -195,6 +221,9 @@ for lang, lines in blocks(text):
             continue
         if not have_theirs and "theirs.h5:myengine" in args:
             print(f"skip: {' '.join(args)[:100]}: needs theirs.h5 (h5py)")
+            continue
+        if any(a.lstrip("@").split(":")[0] in no_files for a in args):
+            print(f"skip: {' '.join(args)[:100]}: reads the files of the skipped qd_capture block")
             continue
         if missing_program(args):
             print(f"skip: {' '.join(args)[:100]}: {missing_program(args)} is not installed")
@@ -228,7 +257,7 @@ check(samples >= 1, f"README's sample outputs were found ({samples})")
 
 # 3. the python block, against the files the commands wrote
 for lang, lines in blocks(text):
-    if lang != "python":
+    if lang != "python" or "qd_capture" in "\n".join(lines):
         continue
     try:
         import h5py  # noqa: F401,F811
@@ -240,12 +269,14 @@ for lang, lines in blocks(text):
 
 # 4. options: README <-> --help
 helps = {}
-for cmd in ([], ["compare"], ["replay"], ["selftest"]):
+for cmd in ([], ["compare"], ["replay"], ["report"], ["selftest"]):
     rc, out, _ = run([q, *cmd, "--help"], work)
     check(rc == 0, f"{' '.join(cmd) or 'main'} --help exits 0")
     helps[" ".join(cmd) or "main"] = out
 all_help = "\n".join(helps.values())
 known = set(re.findall(r"--[a-z][a-z0-9-]+", all_help))
+# tools/hf_golden.py's own options (README describes its command line too)
+known |= set(re.findall(r"add_argument\(\s*\"(--[a-z][a-z0-9-]+)", open(os.path.join(ROOT, "tools", "hf_golden.py")).read()))
 named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", text))
 unknown = sorted(o for o in named - known)
 check(not unknown, f"every option README names is in a --help ({unknown})")
@@ -253,7 +284,7 @@ check(not unknown, f"every option README names is in a --help ({unknown})")
 # options the command's main ones
 synopses, cur = {}, None
 for ln in helps["main"].splitlines():
-    m = re.match(r"^(?:usage:)?\s+qwen3-diff(?: (compare|replay|selftest))?\b", ln) if ln.strip() else None
+    m = re.match(r"^(?:usage:)?\s+qwen3-diff(?: (compare|replay|report|selftest))?\b", ln) if ln.strip() else None
     if ln.startswith("usage:") or (cur and m):
         cur = m.group(1) or "main"
         synopses[cur] = ln
@@ -261,7 +292,7 @@ for ln in helps["main"].splitlines():
         synopses[cur] += " " + ln
     elif cur:
         break
-check(set(synopses) == {"main", "compare", "replay", "selftest"}, f"--help's usage block ({sorted(synopses)})")
+check(set(synopses) == {"main", "compare", "replay", "report", "selftest"}, f"--help's usage block ({sorted(synopses)})")
 for cmd, syn in synopses.items():
     opts = set(re.findall(r"\[(--[a-z][a-z0-9-]+)", syn))
     missing = sorted(opts - named)
