@@ -1,7 +1,8 @@
 /* qwen3-diff: finds where, how badly and why two Qwen3 implementations diverge.
  *
  *   qwen3-diff --layer-by-layer [--backends A,B]   runs two backends in lockstep and compares every tap
- *   qwen3-diff compare A.h5[:GROUP] B.h5[:GROUP]   compares two schema-v1 dumps from any engine
+ *   qwen3-diff compare REF.h5[:G] TEST.h5[:G]      compares two schema-v1 dumps from any engine (the first is
+ *                                                  the reference; also --reference F[:G] --test F[:G])
  *   qwen3-diff replay DUMP.h5[:GROUP]              judges one engine's dump op by op on its own
  *   qwen3-diff replay REPRO.h5                     reruns one op from its repro file (--repro), no checkpoint
  *   qwen3-diff --backends ref --summary            runs one backend and prints what the run looked like
@@ -94,9 +95,10 @@ typedef struct {
     int precision_sweep;  /* after a divergence: rerun B in fp32, fp16 and bf16 (qd_sweep.h) */
     int precision_bisect; /* after a divergence: the smallest set of ops whose fp32 fixes it (qd_bisect.h) */
     unsigned fp32_points; /* --fp32-ops: emu's precision points kept in fp32 (qd_emu.h) */
-    const char *compare_a, *compare_b; /* the compare subcommand's operands */
+    const char *compare_a, *compare_b; /* the compare subcommand's operands: the reference, the test */
+    int allow_mismatch;                /* compare: dumps of other prompts or configs, where comparable */
     const char *replay_dump;           /* the replay subcommand's operand */
-    int noperands;                     /* how many the compare subcommand was given */
+    int noperands;                     /* how many dumps the compare subcommand was given */
 } cli_args;
 
 enum {
@@ -135,6 +137,9 @@ enum {
     O_INJECT_A,
     O_RATIO_THRESHOLD,
     O_REPRO,
+    O_REFERENCE,
+    O_TEST,
+    O_ALLOW_MISMATCH,
 };
 
 /* name, value, id, section, help (NULL: not listed), usage position, flags, short name; in the order of --help */
@@ -229,6 +234,9 @@ static const qd_cli_opt main_opts[] = {
 /* compare's options, described by the main --help: the model (for the replay verdict), the report files, the
  * tolerances, the output */
 static const qd_cli_opt compare_opts[] = {
+    {"reference", "F[:G]", O_REFERENCE, NULL, NULL, 0, 0, 0}, /* the operands by name (compare_cmd) */
+    {"test", "F[:G]", O_TEST, NULL, NULL, 0, 0, 0},
+    {"allow-mismatch", NULL, O_ALLOW_MISMATCH, NULL, NULL, 0, 0, 0},
     {"model", "DIR", O_MODEL, NULL, NULL, 1, QD_CLI_SYNOPSIS, 0},
     {"tolerances", "FILE", O_TOLERANCES, NULL, NULL, 2, QD_CLI_SYNOPSIS, 0},
     {"ratio-threshold", "X", O_RATIO_THRESHOLD, NULL, NULL, 0, 0, 0},
@@ -262,7 +270,7 @@ static const qd_cli_cmd main_cmd = {
 
 static const qd_cli_cmd compare_cmd = {
     .name = "compare",
-    .operands = "A.h5[:GROUP] B.h5[:GROUP]",
+    .operands = "REF.h5[:GROUP] TEST.h5[:GROUP]",
     .opts = compare_opts,
     .nopts = (int)(sizeof compare_opts / sizeof *compare_opts),
 };
@@ -307,6 +315,10 @@ static void usage(FILE *f) {
           "reported, never blamed). compare replays both dumps (the model: --model DIR or the dump's 'model'\n"
           "attribute); replay judges one dump on its own, or reruns the op of a --repro file from that file\n"
           "alone (--inject NAME: with a fault of the catalog in the contract).\n"
+          "compare's first dump is the reference (the side trusted), the second the test (or name them:\n"
+          "--reference F[:G] --test F[:G]). Dumps of different models or prompts are refused, naming the\n"
+          "difference; --allow-mismatch compares the prompts' common first tokens, or configs that differ in\n"
+          "values only.\n"
           "\n",
           f);
     qd_cli_print_options(f, &main_cmd, vars);
@@ -419,6 +431,16 @@ static int take_option(void *ctx, const qd_cli_opt *o, const char *flag, const c
             return qd_errf(e, QD_EINPUT, "--margin: '%s' is not a number >= 1", val);
         return QD_OK;
     }
+    case O_ALLOW_MISMATCH: a->allow_mismatch = 1; return QD_OK;
+    case O_REFERENCE:
+    case O_TEST: {
+        const char **slot = o->id == O_REFERENCE ? &a->compare_a : &a->compare_b;
+        if (*slot)
+            return qd_errf(e, QD_EINPUT, "%s: the %s dump is given twice ('%s', '%s')", flag, flag + 2, *slot, val);
+        *slot = val;
+        a->noperands++; /* counted with the positional ones */
+        return QD_OK;
+    }
     case O_LOCATE:
         if (strcmp(val, "free") == 0) a->locate = QD_MODE_FREE;
         else if (strcmp(val, "isolated") == 0) a->locate = QD_MODE_ISOLATED;
@@ -442,8 +464,9 @@ static int take_operand(void *ctx, const char *word, qd_err *e) {
         a->noperands = a->noperands < 0 ? 1 : a->noperands + 1;
         return QD_OK;
     }
-    if (a->noperands == 0) a->compare_a = word;
-    else if (a->noperands == 1) a->compare_b = word;
+    /* the first operand is the reference, unless --reference named it; then the test */
+    const char **slot = !a->compare_a ? &a->compare_a : !a->compare_b ? &a->compare_b : NULL;
+    if (slot) *slot = word;
     a->noperands++;
     return QD_OK;
 }
@@ -470,7 +493,9 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
         int rc = qd_cli_parse(&compare_cmd, &h, a, argc - 1, argv + 1, e);
         if (rc || a->help) return rc;
         if (a->noperands != 2)
-            return qd_errf(e, QD_EINPUT, "compare: expected two dumps, A.h5[:GROUP] B.h5[:GROUP] (got %d)",
+            return qd_errf(e, QD_EINPUT,
+                           "compare: expected two dumps, REF.h5[:GROUP] TEST.h5[:GROUP] (or --reference F[:G] "
+                           "--test F[:G]) (got %d)",
                            a->noperands);
         if (a->repro && a->tolerances)
             return qd_errf(e, QD_EINPUT, "--repro writes the op the replay verdict blames: drop --tolerances");
@@ -1077,11 +1102,14 @@ static int run_compare(const cli_args *a, qd_err *e) {
     qd_repro_req repro = {.path = a->repro, .model = a->model};
     qd_replay_judge judge = {
         .w = have_w ? &w : NULL, .threshold = a->threshold, .threads = a->threads, .repro = a->repro ? &repro : NULL};
-    rc = qd_compare_files_judged(pa, ga[0] ? ga : NULL, pb, gb[0] ? gb : NULL, have_tol ? &tol : NULL, &judge, &r, e);
+    qd_compare_match match = {.allow_mismatch = a->allow_mismatch};
+    rc = qd_compare_files_judged(pa, ga[0] ? ga : NULL, pb, gb[0] ? gb : NULL, have_tol ? &tol : NULL, &judge, &match,
+                                 &r, e);
+    if (!rc && match.note[0]) fprintf(stderr, "qwen3-diff: warning: --allow-mismatch: %s\n", match.note);
     if (!rc && a->json) rc = qd_report_write_json(&r, a->json, e);
     if (!rc && a->junit) rc = qd_report_write_junit(&r, a->junit, e);
     if (!rc && !a->quiet) {
-        printf("compare %s vs %s\n", a->compare_a, a->compare_b);
+        printf("compare: reference %s, test %s\n", a->compare_a, a->compare_b);
         qd_report_print(&r, stdout, isatty(1) && !a->no_color);
     }
     if (!rc) report_repro(a, &repro);
@@ -1154,11 +1182,15 @@ int main(int argc, char **argv) {
     }
     /* outputs never overwrite each other or an input; a signal removes the temporary files (qd_files.h) */
     if (rc == QD_OK)
-        rc = qd_check_paths(&e, QD_PATH_OUT, "--dump", a.dump, QD_PATH_OUT, "--json", a.json, QD_PATH_OUT, "--junit",
-                            a.junit, QD_PATH_OUT, "--write-tolerances", a.write_tol, QD_PATH_IN, "--tolerances",
-                            a.tolerances, QD_PATH_IN, "--tokens", a.tokens && a.tokens[0] == '@' ? a.tokens + 1 : NULL,
-                            QD_PATH_IN, "compare A", a.compare_a, QD_PATH_IN, "compare B", a.compare_b, QD_PATH_END);
+        rc = qd_check_paths(&e, QD_PATH_OUT, "--dump", a.dump, QD_PATH_OUT, "--repro", a.repro, QD_PATH_STREAM,
+                            "--json", a.json, QD_PATH_STREAM, "--junit", a.junit, QD_PATH_STREAM, "--write-tolerances",
+                            a.write_tol, QD_PATH_IN, "--tolerances", a.tolerances, QD_PATH_IN, "--tokens",
+                            a.tokens && a.tokens[0] == '@' ? a.tokens + 1 : NULL, QD_PATH_IN, "compare reference",
+                            a.compare_a, QD_PATH_IN, "compare test", a.compare_b, QD_PATH_END);
     if (rc == QD_OK) rc = qd_tmp_cleanup_on_signals(&e);
+    /* a document on stdout ("-") stays alone there: the text report goes to stderr */
+    if (rc == QD_OK && (qd_out_is_stdout(a.json) || qd_out_is_stdout(a.junit) || qd_out_is_stdout(a.write_tol)))
+        rc = qd_out_claim_stdout(&e);
     if (rc == QD_OK) {
         const char *model = a.model ? a.model : QD_SOURCE_ROOT "/fixtures/knorm_extreme";
         char token_arg[4200];

@@ -11,6 +11,7 @@
 
 #include "qd_build_config.h"
 #include "qd_fault.h"
+#include "qd_files.h"
 #include "qd_selftest.h"
 
 // ----------------------------------------------------------------------------
@@ -158,15 +159,16 @@ static int write_json(const qd_selftest_result *r, const char *root, const char 
                                "pass", r->misses == 0, "fixtures", root, "backend", backend, "calibration_prompts",
                                QD_SELFTEST_CALIB_PROMPTS, "clean_prompts", QD_SELFTEST_CLEAN_PROMPTS, "margin",
                                QD_SELFTEST_MARGIN, "decode_steps", QD_SELFTEST_DECODE, "rows", rows);
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    int rc = json_dump_file(root_o, tmp, JSON_INDENT(1));
-    json_decref(root_o);
-    if (rc != 0 || rename(tmp, path) != 0) {
-        remove(tmp);
-        return qd_errf(e, QD_ERUNTIME, "selftest: cannot write %s", path);
+    qd_out o; /* "-" is stdout; a file is written atomically (qd_files.h) */
+    int rc = qd_out_open(&o, path, e);
+    if (!rc && (json_dumpf(root_o, o.f, JSON_INDENT(1)) != 0 || fputc('\n', o.f) == EOF)) {
+        qd_out_abort(&o);
+        rc = qd_errf(e, QD_ERUNTIME, "selftest: cannot write %s", path);
+    } else if (!rc) {
+        rc = qd_out_commit(&o, e);
     }
-    return QD_OK;
+    json_decref(root_o);
+    return rc;
 }
 
 static void print_progress(void *ctx, const char *msg) {
@@ -187,6 +189,7 @@ int selftest_cli_main(int argc, char **argv) {
         return 0;
     }
     qd_selftest_result r = {0};
+    if (rc == QD_OK && qd_out_is_stdout(a.json)) rc = qd_out_claim_stdout(&e); /* --json -: the table to stderr */
     if (rc == QD_OK) {
         if (!a.quiet) a.run.progress = print_progress;
         rc = qd_selftest_run(&a.run, &r, &e);
