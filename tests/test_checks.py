@@ -8,6 +8,12 @@
   says so in one warning line.
 - compare --reference F[:G] --test F[:G] names the pair (the first operand is otherwise the reference),
   and every printout words the pair as "reference ... test ...".
+- the run's limits, before any weight is loaded: prompt + decode steps against max_position_embeddings,
+  the memory estimate against --max-memory (default MemAvailable), token ids against vocab_size.
+- faults: --inject without --backends goes to B of the default pair; a fault that cannot fire with the
+  given options (a layer past the model, kv-cache-pos without decode steps, gqa-mod without grouped KV
+  heads, online-softmax-rescale within one key tile, into the reference) is refused naming why; a fault
+  injected but not found is said in one line with the largest ratio at or after its layer.
 """
 import functools
 import json
@@ -131,6 +137,72 @@ rc, out, err = run("--model", GQA, "--tokens", "@" + os.path.join(GQA, "prompt.t
                    "--inject-a", "knorm-mul@1")
 check(rc == 1 and "on emu (the reference side)" in out and "inherited: emu vs emu2" in out,
       f"a faulty reference side is named the reference side (exit {rc}: {out[:300]})")
+
+# --- limits, before any work --------------------------------------------------------------------------
+short_dir = path("gqa_short")  # the same model with max_position_embeddings 8
+shutil.copytree(GQA, short_dir)
+cfg = json.load(open(os.path.join(GQA, "config.json")))
+cfg["max_position_embeddings"] = 8
+json.dump(cfg, open(os.path.join(short_dir, "config.json"), "w"))
+refused("decode steps past max_position_embeddings", "--decode 10: 3 prompt tokens + 10 decode steps = 13 positions, "
+        "past the model's max_position_embeddings 8", "--model", short_dir, "--tokens", "1,2,3", "--backends", "ref,emu",
+        "--decode", "10")
+refused("--decode 50000 on a 40960-position model", "= 50002 positions, past the model's max_position_embeddings 40960",
+        "--model", GQA, "--tokens", "1,2", "--decode", "50000")
+rc, out, err = run("--model", short_dir, "--tokens", "1,2,3", "--backends", "ref,emu", "--decode", "5", "--quiet")
+check(rc == 0, f"3 tokens + 5 decode steps fit 8 positions (exit {rc}: {err.strip()})")
+refused("a prompt past max_position_embeddings", "max_position_embeddings", "--model", short_dir, "--tokens",
+        "1,2,3,4,5,6,7,8,9")
+refused("a token id past vocab_size", "token id 600 at position 2 is >= vocab_size 512", "--model", GQA, "--tokens",
+        "1,2,600", "--backends", "ref,emu")
+# memory: the estimate against a limit (gqa_tied needs ~0.55 MiB: 0.0001 GiB = 0.1 MiB is too little)
+refused("a run larger than --max-memory", "this run needs about", "--model", GQA, "--tokens", "1,2", "--backends",
+        "ref,emu", "--max-memory", "0.0001")
+refused("a one-backend run larger than --max-memory", "more than the 0.0001 GiB of --max-memory", "--model", GQA,
+        "--tokens", "1,2", "--max-memory", "0.0001")
+rc, out, err = run("--model", GQA, "--tokens", "1,2", "--max-memory", "0", "--quiet")
+check(rc == 0, f"--max-memory 0: no check (exit {rc}: {err.strip()})")
+refused("--max-memory not a number", "--max-memory: 'lots' is not a number of GiB", "--model", GQA, "--tokens", "1,2",
+        "--max-memory", "lots")
+
+# --- faults that cannot fire, and faults not found ------------------------------------------------------
+KN = os.path.join(FX, "knorm_extreme")
+refused("--inject past the bundled model's layers, no --backends", "--inject rope-interleaved@9: the fault cannot fire "
+        "in this run: layer 9, but the model has 4 layers", "--inject", "rope-interleaved@9")
+refused("kv-cache-pos without decode steps", "kv-cache-pos needs decode steps (--decode N)", "--inject", "kv-cache-pos@1")
+refused("kv-cache-pos without decode steps, --backends given", "kv-cache-pos needs decode steps (--decode N)", "--model",
+        GQA, "--tokens", "1,2,3", "--backends", "ref,emu", "--inject", "kv-cache-pos@1")
+refused("gqa-mod without grouped KV heads", "gqa-mod needs grouped KV heads", "--model", os.path.join(FX, "mha_untied"),
+        "--tokens", "1,2,3", "--backends", "ref,emu", "--inject", "gqa-mod@1")
+refused("online-softmax-rescale within one key tile", "needs more than one key tile of 64 positions; this run has 3",
+        "--model", GQA, "--tokens", "1,2,3", "--backends", "ref,emu", "--inject", "online-softmax-rescale@1")
+refused("a fault into the reference side", "the fault goes to the side under test B, here ref, the reference",
+        "--model", GQA, "--tokens", "1,2,3", "--backends", "emu,ref", "--inject", "knorm-mul@1")
+refused("a fault into a one-backend reference run", "the fault goes to the backend run, here ref", "--model", GQA,
+        "--tokens", "1,2,3", "--backends", "ref", "--inject", "knorm-mul@1")
+js = path("default_pair.json")
+rc, out, err = run("--inject", "knorm-mul@1", "--json", js)
+fd = json.load(open(js))["first_divergence"] if rc in (0, 1) else None
+check(rc == 1 and fd and (fd["layer"], fd["tap"]) == (1, "k_norm"),
+      f"--inject without --backends: into B of the default pair, found at layer 1, k_norm (exit {rc}: {err.strip()})")
+rc, out, err = run("--inject", "kv-cache-pos@1", "--decode", "2")
+check(rc == 1 and "decode step 1, layer 1, attn" in out, f"kv-cache-pos with --decode 2: found (exit {rc}: {err.strip()})")
+# injected, not found: said, the verdict unchanged (long_prompt's rope-freq-bf16 under the default tolerances)
+deftol = path("default_tol.json")
+json.dump({"schema": "qwen3-diff-tolerances/1", "precision_pair": ["bf16", "fp32"]}, open(deftol, "w"))
+LP = os.path.join(FX, "long_prompt")
+rc, out, err = run("--model", LP, "--tokens", "@" + os.path.join(LP, "prompt.txt"), "--backends", "ref,emu",
+                   "--inject", "rope-freq-bf16@0", "--tolerances", deftol)
+lines = err.strip().splitlines()
+check(rc == 0 and len(lines) == 1 and "--inject rope-freq-bf16@0 was injected but not found: the largest rel_l2 at or "
+      "after its layer is" in err and "x its tolerance (layer" in err and "under 1" in err,
+      f"rope-freq-bf16@0 on long_prompt, tolerance verdict: not found, and said (exit {rc}: {err.strip()})")
+rc, out, err = run("--model", GQA, "--tokens", "@" + os.path.join(GQA, "prompt.txt"), "--inject", "rope-freq-bf16@0")
+check(rc == 0 and "was injected but not found: the largest local error at or after its layer is" in err
+      and "under the threshold 4x" in err, f"rope-freq-bf16@0 on gqa_tied, replay verdict: said (exit {rc}: {err.strip()})")
+rc, out, err = run("--model", GQA, "--tokens", "@" + os.path.join(GQA, "prompt.txt"), "--inject", "rope-freq-bf16@0",
+                   "--quiet")
+check(rc == 0 and err == "" and out == "", f"--quiet: nothing printed (exit {rc}: {err.strip()})")
 
 shutil.rmtree(tmp)
 finish()

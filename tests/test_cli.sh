@@ -37,7 +37,7 @@ expect 2 "--locate" -- --model "$model" --tokens 1,2 --backends ref,emu --isolat
 expect 2 "--act" -- --model "$model" --tokens 1,2 --backends ref,emu --act int8
 expect 2 "--calibrate" -- --model "$model" --tokens 1,2 --backends ref,emu --calibrate 2 --write-tolerances "$tmp/t.json" --dump "$tmp/c.h5"
 expect 2 "--inject" -- --model "$model" --tokens 1,2 --backends ref,emu --inject knorm-mul@7
-expect 2 "reference takes no faults" -- --model "$model" --tokens 1,2 --backends emu,ref --inject knorm-mul@1
+expect 2 "here ref, the reference, which takes no faults" -- --model "$model" --tokens 1,2 --backends emu,ref --inject knorm-mul@1
 expect 2 "stray" -- --model "$model" --tokens 1,2 stray
 # per-op precision (--fp32-ops, --precision-bisect): emu's alone
 expect 2 "unknown op 'bogus'" -- --model "$model" --tokens 1,2 --backends ref,emu --fp32-ops k_norm,bogus

@@ -56,6 +56,7 @@
 #include "qd_weights.h"
 
 #include "cli_opts.h"
+#include "run_checks.h"
 #include "selftest_cli.h"
 
 // ----------------------------------------------------------------------------
@@ -97,6 +98,7 @@ typedef struct {
     unsigned fp32_points; /* --fp32-ops: emu's precision points kept in fp32 (qd_emu.h) */
     const char *compare_a, *compare_b; /* the compare subcommand's operands: the reference, the test */
     int allow_mismatch;                /* compare: dumps of other prompts or configs, where comparable */
+    double max_memory;                 /* --max-memory in bytes; < 0: MemAvailable; 0: no check */
     const char *replay_dump;           /* the replay subcommand's operand */
     int noperands;                     /* how many dumps the compare subcommand was given */
 } cli_args;
@@ -140,6 +142,7 @@ enum {
     O_REFERENCE,
     O_TEST,
     O_ALLOW_MISMATCH,
+    O_MAX_MEMORY,
 };
 
 /* name, value, id, section, help (NULL: not listed), usage position, flags, short name; in the order of --help */
@@ -187,6 +190,10 @@ static const qd_cli_opt main_opts[] = {
      0, 0, 0},
     {"ref-accum", "f32|f64", O_REF_ACCUM, "backends",
      "the reference's accumulation (default f32; f64 is the tighter oracle)", 0, 0, 0},
+    {"max-memory", "GIB", O_MAX_MEMORY, "backends",
+     "refuse a run whose memory estimate exceeds GIB (default: MemAvailable;\n0: no check); "
+     "a run of 1 GiB or more prints its estimate",
+     0, 0, 0},
     {"tolerances", "FILE", O_TOLERANCES, "verdict and CI",
      "judge by absolute tolerances (docs/TOLERANCES.md), the stricter gate; default:\n"
      "replay each op from each side's own inputs and judge its local error over\nits noise floor",
@@ -432,6 +439,14 @@ static int take_option(void *ctx, const qd_cli_opt *o, const char *flag, const c
         return QD_OK;
     }
     case O_ALLOW_MISMATCH: a->allow_mismatch = 1; return QD_OK;
+    case O_MAX_MEMORY: {
+        char *end;
+        double gib = strtod(val, &end);
+        if (*end || !(gib >= 0 && gib <= 1e6))
+            return qd_errf(e, QD_EINPUT, "--max-memory: '%s' is not a number of GiB (0: no check)", val);
+        a->max_memory = gib * 1024.0 * 1024.0 * 1024.0;
+        return QD_OK;
+    }
     case O_REFERENCE:
     case O_TEST: {
         const char **slot = o->id == O_REFERENCE ? &a->compare_a : &a->compare_b;
@@ -487,6 +502,7 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
     a->dump_window = -1;
     a->margin = 2.0;
     a->locate = QD_MODE_FREE;
+    a->max_memory = -1;
     qd_cli_handlers h = {.option = take_option, .misuse = misuse};
     if (argc > 1 && strcmp(argv[1], "compare") == 0) {
         h.operand = take_operand;
@@ -516,6 +532,8 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
     if (a->help || a->version || a->list_faults) return QD_OK;
     if (a->nbackends == 2) a->layer_by_layer = 1;
     if (a->calibrate) a->layer_by_layer = 1;
+    /* a fault goes to the side under test: without --backends, B of the default pair */
+    if (a->nbackends == 0 && a->fault.kind != QD_FAULT_NONE) a->layer_by_layer = 1;
     if (a->calibrate && !a->write_tol) return qd_errf(e, QD_EINPUT, "--calibrate needs --write-tolerances FILE");
     if (a->write_tol && !a->calibrate) return qd_errf(e, QD_EINPUT, "--write-tolerances needs --calibrate N");
     if (a->calibrate && (a->dump || a->json || a->junit || a->tolerances || a->fault.kind != QD_FAULT_NONE ||
@@ -734,6 +752,9 @@ static int run_single(const cli_args *a, const char *model, const char *token_ar
     run_sink s = {0};
 
     if ((rc = open_input(a, model, token_arg, a->dump, &cfg, &config_text, &tokens, &T, &dump, e))) return rc;
+    qd_run_plan plan = {
+        .T = T, .backends = 1, .name_b = a->backends[0], .fault = a->fault, .max_memory = a->max_memory};
+    if ((rc = qd_run_check(&cfg, &plan, a->quiet ? NULL : stderr, e))) goto out; /* before any weight is loaded */
 
     if ((rc = qd_weights_load(model, &w, e))) goto out;
     have_weights = 1;
@@ -919,6 +940,16 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
         return rc;
     const char *name_a = a->nbackends ? a->backends[0] : "ref";
     const char *name_b = a->nbackends ? a->backends[1] : qd_backend_default_test();
+    qd_run_plan plan = {.T = T,
+                        .decode = a->decode,
+                        .backends = a->isolate ? 3 : 2,
+                        .lockstep = 1,
+                        .name_b = name_b,
+                        .name_a = name_a,
+                        .fault = a->fault,
+                        .fault_a = a->fault_a,
+                        .max_memory = a->max_memory};
+    if ((rc = qd_run_check(&cfg, &plan, a->quiet ? NULL : stderr, e))) goto out; /* before any weight is loaded */
     if (a->precision_bisect && strcmp(name_b, "emu") != 0 && strcmp(name_b, "fused") != 0) {
         rc = qd_errf(e, QD_EINPUT,
                      "--precision-bisect: B is %s; it reruns emu's precision points, so B must be emu "
@@ -929,13 +960,6 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
     if ((rc = qd_weights_load(model, &w, e))) goto out;
     have_weights = 1;
     const int L = w.cfg.num_hidden_layers;
-    for (int k = 0; k < 2; k++) {
-        const qd_fault *f = k ? &a->fault_a : &a->fault;
-        if (f->kind != QD_FAULT_NONE && f->layer >= L) {
-            rc = qd_errf(e, QD_EINPUT, "--inject%s: layer %d, but the model has %d layers", k ? "-a" : "", f->layer, L);
-            goto out;
-        }
-    }
     qd_backend_opts bo = {.threads = a->threads,
                           .accum_f64 = a->accum == QD_ACCUM_F64,
                           .max_seq = T + a->decode,
@@ -1016,6 +1040,10 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
         if (a->dump) printf("dump: %s\n", a->dump);
     }
     report_repro(a, &repro);
+    if (!qd_report_diverged(&r) && !a->quiet) { /* a fault that fired and was not found is said */
+        if (a->fault.kind != QD_FAULT_NONE) qd_run_fault_not_found(&r, &a->fault, 1, "--inject", stderr);
+        if (a->fault_a.kind != QD_FAULT_NONE) qd_run_fault_not_found(&r, &a->fault_a, 0, "--inject-a", stderr);
+    }
     if (a->precision_sweep && !qd_report_diverged(&r)) {
         if (!a->quiet) printf("precision sweep: no divergence to explain\n");
     } else if (a->precision_sweep) {
