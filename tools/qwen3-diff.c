@@ -325,7 +325,9 @@ static void usage(FILE *f) {
           "compare's first dump is the reference (the side trusted), the second the test (or name them:\n"
           "--reference F[:G] --test F[:G]). Dumps of different models or prompts are refused, naming the\n"
           "difference; --allow-mismatch compares the prompts' common first tokens, or configs that differ in\n"
-          "values only.\n"
+          "values only. A report file (--json, --junit, --write-tolerances) may be '-': stdout, where it is\n"
+          "then alone (the text report goes to stderr). Limits (positions, memory) and whether each --inject\n"
+          "fault can fire are checked before any weight is loaded.\n"
           "\n",
           f);
     qd_cli_print_options(f, &main_cmd, vars);
