@@ -4,6 +4,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "qd_tokens.h"
+
 #define GIB (1024.0 * 1024.0 * 1024.0)
 
 qd_mem_estimate qd_run_memory(const qd_config *c, const qd_run_plan *p) {
@@ -67,11 +69,15 @@ static const char *cannot_fire(const qd_config *c, const qd_run_plan *p, const q
 
 int qd_run_check(const qd_config *c, const qd_run_plan *p, FILE *info, qd_err *e) {
     const long positions = (long)p->T + p->decode;
-    if (c->max_position_embeddings > 0 && positions > c->max_position_embeddings)
+    /* as for the prompt (qd_tokens.h): a model without max_position_embeddings gets Qwen3's longest context */
+    const int have_max = c->max_position_embeddings > 0 && c->max_position_embeddings <= QD_TOKENS_MAX_DEFAULT;
+    const long max_pos = have_max ? c->max_position_embeddings : QD_TOKENS_MAX_DEFAULT;
+    if (positions > max_pos)
         return qd_errf(e, QD_EINPUT,
                        "--decode %d: %d prompt tokens + %d decode steps = %ld positions, past the model's "
-                       "max_position_embeddings %d (config.json)",
-                       p->decode, p->T, p->decode, positions, c->max_position_embeddings);
+                       "max_position_embeddings %ld (%s)",
+                       p->decode, p->T, p->decode, positions, max_pos,
+                       have_max ? "config.json" : "config.json sets none or more: the longest Qwen3 context");
     const qd_fault *faults[2] = {&p->fault, &p->fault_a};
     const char *hosts[2] = {p->name_b, p->name_a};
     for (int k = 0; k < 2; k++) {
@@ -124,20 +130,17 @@ void qd_run_fault_not_found(const qd_report *r, const qd_fault *f, int side, con
     char layer[16] = "";
     if (f->layer >= 0) snprintf(layer, sizeof layer, "@%d", f->layer);
     if (at < 0) {
-        fprintf(out,
-                "qwen3-diff: warning: %s %s%s fired but was not found, and no op at or after its layer was compared\n",
-                flag, name, layer);
+        fprintf(
+            out,
+            "qwen3-diff: warning: %s %s%s was injected but not found, and no op at or after its layer was compared\n",
+            flag, name, layer);
         return;
     }
-    char place[160];
+    char place[160], step[32] = "";
     const qd_tap_row *row = &r->rows[at];
-    if (row->id.pos != QD_POS_LAYER) snprintf(place, sizeof place, "%s", qd_tap_id_name(row->id));
-    else snprintf(place, sizeof place, "layer %d, %s", row->id.layer, qd_tap_id_name(row->id));
-    if (row->step > 0) {
-        char s[sizeof place];
-        snprintf(s, sizeof s, "decode step %d, %s", row->step, place);
-        memcpy(place, s, sizeof place);
-    }
+    if (row->step > 0) snprintf(step, sizeof step, "decode step %d, ", row->step);
+    if (row->id.pos != QD_POS_LAYER) snprintf(place, sizeof place, "%s%s", step, qd_tap_id_name(row->id));
+    else snprintf(place, sizeof place, "%slayer %d, %s", step, row->id.layer, qd_tap_id_name(row->id));
     if (r->replay)
         fprintf(out,
                 "qwen3-diff: warning: %s %s%s was injected but not found: the largest local error at or after "
