@@ -105,6 +105,12 @@ expect 0 "" -- "${run[@]}" --json dangling.json --quiet
 [ -L dangling.json ] || fail "--json DANGLING: the link was replaced by $(stat -c %F dangling.json)"
 is_json real/new.json qwen3-diff-report/1 || fail "--json DANGLING: its target was not written"
 
+# --- a symlink as the dump: the HDF5 file written to its target atomically, the link kept ---
+ln -s real/dump.h5 dump_link.h5
+expect 0 "" -- "${run[@]}" --dump dump_link.h5 --quiet
+[ -L dump_link.h5 ] || fail "--dump SYMLINK: the link was replaced by $(stat -c %F dump_link.h5)"
+head -c 8 real/dump.h5 | grep -q HDF || fail "--dump SYMLINK: its target is not an HDF5 file"
+
 # --- a device ---
 expect 0 "" -- "${run[@]}" --json /dev/null --junit /dev/null --quiet
 
