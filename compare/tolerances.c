@@ -462,8 +462,9 @@ int qd_tolerances_check_fit(const qd_tolerances *t, const char *name_test, const
     if (qd_tolerances_floor(t->prec_test, t->prec_ref, &have, e) != QD_OK) return e ? e->code : QD_EINPUT;
     if (want.rel_l2 != have.rel_l2)
         return qd_errf(e, QD_EINPUT,
-                       "%s: field 'precision_pair': written for %s vs %s, this comparison is %s (%s) vs %s (%s)", src,
-                       t->prec_test, t->prec_ref, name_test, prec_test, name_ref, prec_ref);
+                       "%s: field 'precision_pair': written for reference %s, test %s; this comparison is reference %s "
+                       "(%s), test %s (%s)",
+                       src, t->prec_ref, t->prec_test, name_ref, prec_ref, name_test, prec_test);
     const qd_tolerances *sec[2] = {t, t->isolated}; /* the top level, the isolated section */
     for (int k = 0; k < 2; k++)
         if (sec[k] && sec[k]->n_layers > n_layers)

@@ -129,6 +129,9 @@ for label, args in [("positional", [ref, same]), ("named", ["--reference", ref, 
           and "every shared tap of ref vs emu" in out, f"compare {label}: worded reference first: {out[:300]}")
     outs[label] = out
 check(len(set(outs.values())) == 1, "the same comparison, however the pair is named")
+refused("a tolerance file of another precision pair, worded reference first", "field 'precision_pair': written for "
+        "reference fp32, test bf16; this comparison is reference ref (fp32), test ref (fp32)", "--model", GQA,
+        "--tokens", "5,17,3,9", "--backends", "ref,ref", "--tolerances", tol)
 rc, out, err = run("compare", ref, same)
 check(rc == 0 and "reference ref (fp32) vs test emu (bf16)" in out
       and "inherited: largest ref vs emu error" in out, f"the replay verdict's wording: reference first ({out[:400]})")

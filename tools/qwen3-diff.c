@@ -862,8 +862,9 @@ static int load_tolerances(const cli_args *a, const qd_backend *ra, const qd_bac
                !qd_tolerances_floor(t->prec_test, t->prec_ref, &have, e) && want.rel_l2 == have.rel_l2;
     if (!same) {
         rc = qd_errf(e, QD_EINPUT,
-                     "%s: field 'precision_pair': written for %s vs %s, this comparison is %s (%s) vs %s (%s)",
-                     a->tolerances, t->prec_test, t->prec_ref, tb->name, tb->precision, ra->name, ra->precision);
+                     "%s: field 'precision_pair': written for reference %s, test %s; this comparison is reference %s "
+                     "(%s), test %s (%s)",
+                     a->tolerances, t->prec_ref, t->prec_test, ra->name, ra->precision, tb->name, tb->precision);
     } else {
         const qd_tolerances *sec[2] = {t, t->isolated}; /* the top level, the isolated section */
         for (int k = 0; k < 2 && !rc; k++)
