@@ -2,6 +2,7 @@
 #include "qd_files.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
 #include <signal.h>
@@ -82,6 +83,172 @@ int qd_tmp_cleanup_on_signals(qd_err *e) {
 }
 
 // ----------------------------------------------------------------------------
+// output files
+
+static int stdout_fd = 1; /* where "-" goes; a duplicate of the original fd 1 after qd_out_claim_stdout */
+
+/* The descriptor a name of this process's own descriptors stands for, or -1: /dev/stdout, /dev/stderr,
+ * /dev/fd/N, /proc/self/fd/N. These are links into /proc whose targets ("pipe:[123]") are not paths. */
+static int fd_alias(const char *path) {
+    if (strcmp(path, "-") == 0 || strcmp(path, "/dev/stdout") == 0) return 1;
+    if (strcmp(path, "/dev/stderr") == 0) return 2;
+    const char *n = strncmp(path, "/dev/fd/", 8) == 0          ? path + 8
+                    : strncmp(path, "/proc/self/fd/", 14) == 0 ? path + 14
+                                                               : NULL;
+    if (!n || !*n) return -1;
+    char *end;
+    long fd = strtol(n, &end, 10);
+    return *end || fd < 0 || fd > INT_MAX ? -1 : (int)fd;
+}
+
+int qd_out_claim_stdout(qd_err *e) {
+    if (stdout_fd != 1) return QD_OK;
+    fflush(stdout);
+    int fd = fcntl(1, F_DUPFD_CLOEXEC, 3);
+    if (fd < 0) return qd_errf(e, QD_ERUNTIME, "dup(stdout) failed: %s", strerror(errno));
+    if (dup2(2, 1) < 0) {
+        int err = errno;
+        close(fd);
+        return qd_errf(e, QD_ERUNTIME, "dup2(stderr, stdout) failed: %s", strerror(err));
+    }
+    stdout_fd = fd;
+    return QD_OK;
+}
+
+/* Follows path's symbolic links to the name that is finally written (which may not exist: a dangling
+ * link's target). *fd: the descriptor when a link leads to one of fd_alias's names, else -1. */
+static int follow_links(const char *path, char *final, size_t n, int *fd, struct stat *st, int *exists, qd_err *e) {
+    char cur[PATH_MAX], link[PATH_MAX];
+    snprintf(cur, sizeof cur, "%s", path);
+    for (int hop = 0; hop < 40; hop++) {
+        if ((*fd = fd_alias(cur)) >= 0) return QD_OK;
+        if (lstat(cur, st) != 0) {
+            if (errno != ENOENT) return qd_errf(e, QD_EINPUT, "%s: cannot write %s: %s", path, cur, strerror(errno));
+            *exists = 0;
+            snprintf(final, n, "%s", cur);
+            return QD_OK;
+        }
+        if (!S_ISLNK(st->st_mode)) {
+            *exists = 1;
+            snprintf(final, n, "%s", cur);
+            return QD_OK;
+        }
+        ssize_t k = readlink(cur, link, sizeof link - 1);
+        if (k < 0) return qd_errf(e, QD_ERUNTIME, "%s: readlink(%s) failed: %s", path, cur, strerror(errno));
+        link[k] = '\0';
+        char *slash = strrchr(cur, '/');
+        if (link[0] == '/' || !slash) {
+            snprintf(cur, sizeof cur, "%s", link);
+        } else { /* relative to the link's directory */
+            slash[1] = '\0';
+            char next[PATH_MAX];
+            if ((size_t)snprintf(next, sizeof next, "%s%s", cur, link) >= sizeof next)
+                return qd_errf(e, QD_EINPUT, "%s: the link's target is longer than PATH_MAX", path);
+            memcpy(cur, next, sizeof cur);
+        }
+    }
+    return qd_errf(e, QD_EINPUT, "%s: too many levels of symbolic links", path);
+}
+
+int qd_out_is_stdout(const char *path) {
+    if (!path || !*path) return 0;
+    char final[PATH_MAX];
+    struct stat st;
+    int fd = -1, exists = 0;
+    qd_err ignored;
+    return follow_links(path, final, sizeof final, &fd, &st, &exists, &ignored) == QD_OK && fd == 1;
+}
+
+static int out_open(qd_out *o, const char *path, int seekable, qd_err *e) {
+    memset(o, 0, sizeof *o);
+    if (strlen(path) >= sizeof o->path)
+        return qd_errf(e, QD_EINPUT, "%.80s...: output path longer than PATH_MAX", path);
+    snprintf(o->path, sizeof o->path, "%s", path);
+    if (!*path) return qd_errf(e, QD_EINPUT, "empty output path");
+    struct stat st;
+    int fd = -1, exists = 0;
+    int rc = follow_links(path, o->final, sizeof o->final, &fd, &st, &exists, e);
+    if (rc) return rc;
+    if (fd < 0 && exists && S_ISDIR(st.st_mode))
+        return qd_errf(e, QD_EINPUT, "%s: is a directory, not a file name for an output", path);
+    if (fd >= 0 || (exists && !S_ISREG(st.st_mode))) { /* a descriptor, FIFO or device: in place */
+        o->final[0] = '\0';
+        if (seekable)
+            return qd_errf(e, QD_EINPUT, "%s: an HDF5 file needs a seekable regular file, not %s", path,
+                           fd == 1   ? "stdout"
+                           : fd >= 0 ? "a file descriptor"
+                                     : qd_file_kind(st.st_mode));
+        int wfd = fd == 1 ? fcntl(stdout_fd, F_DUPFD_CLOEXEC, 3) : fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
+        if (fd < 0 && S_ISSOCK(st.st_mode))
+            return qd_errf(e, QD_EINPUT, "%s: is a socket, not a file name for an output", path);
+        if (fd < 0) wfd = open(path, O_WRONLY | O_CLOEXEC); /* a FIFO waits for its reader, as `cmd > fifo` does */
+        if (wfd < 0 || !(o->f = fdopen(wfd, "w"))) {
+            int err = errno;
+            if (wfd >= 0) close(wfd);
+            return qd_errf(e, QD_ERUNTIME, "%s: cannot open for writing: %s", path, strerror(err));
+        }
+        return QD_OK;
+    }
+    /* a regular file or a new name (a link's target): PATH.tmp.<pid>, renamed when complete */
+    if ((size_t)snprintf(o->tmp, sizeof o->tmp, "%s.tmp.%ld", o->final, (long)getpid()) >= sizeof o->tmp)
+        return qd_errf(e, QD_EINPUT, "%s: output path longer than PATH_MAX", path);
+    /* registered before it exists: a SIGINT or SIGTERM while it is written removes it */
+    if ((rc = qd_tmp_register(o->tmp, e))) {
+        o->tmp[0] = '\0';
+        return rc;
+    }
+    if (seekable) return QD_OK;
+    if (!(o->f = fopen(o->tmp, "w"))) {
+        int err = errno;
+        rc = qd_errf(e, err == ENOENT || err == ENOTDIR ? QD_EINPUT : QD_ERUNTIME, "%s: cannot create %s: %s", path,
+                     o->tmp, strerror(err));
+        qd_tmp_forget(o->tmp);
+        o->tmp[0] = '\0';
+    }
+    return rc;
+}
+
+int qd_out_open(qd_out *o, const char *path, qd_err *e) { return out_open(o, path, 0, e); }
+int qd_out_open_seekable(qd_out *o, const char *path, qd_err *e) { return out_open(o, path, 1, e); }
+
+void qd_out_abort(qd_out *o) {
+    if (o->f) fclose(o->f);
+    o->f = NULL;
+    if (o->tmp[0]) {
+        (void)unlink(o->tmp);
+        qd_tmp_forget(o->tmp);
+        o->tmp[0] = '\0';
+    }
+}
+
+int qd_out_commit(qd_out *o, qd_err *e) {
+    int rc = QD_OK;
+    if (o->f) {
+        int bad = fflush(o->f) != 0 || ferror(o->f);
+        /* fsync before rename: after a crash the final name holds either the old file or the whole new one */
+        if (!bad && o->tmp[0]) bad = fsync(fileno(o->f)) != 0;
+        int err = errno;
+        bad |= fclose(o->f) != 0;
+        if (bad) err = errno ? errno : err;
+        o->f = NULL;
+        if (bad) rc = qd_errf(e, QD_ERUNTIME, "%s: write failed: %s", o->path, strerror(err));
+    } else if (o->tmp[0]) { /* a seekable output its writer has closed */
+        int fd = open(o->tmp, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || fsync(fd) != 0)
+            rc = qd_errf(e, QD_ERUNTIME, "%s: fsync(%s) failed: %s", o->path, o->tmp, strerror(errno));
+        if (fd >= 0) close(fd);
+    }
+    if (!rc && o->tmp[0] && rename(o->tmp, o->final) != 0)
+        rc = qd_errf(e, QD_ERUNTIME, "%s: rename(%s, %s) failed: %s", o->path, o->tmp, o->final, strerror(errno));
+    if (rc) qd_out_abort(o);
+    else if (o->tmp[0]) {
+        qd_tmp_forget(o->tmp);
+        o->tmp[0] = '\0';
+    }
+    return rc;
+}
+
+// ----------------------------------------------------------------------------
 // output paths
 
 #define MAX_PATHS 32
@@ -98,6 +265,12 @@ typedef struct {
 
 static void resolve(path_entry *p) {
     snprintf(p->name, sizeof p->name, "%s", p->path);
+    int fd = p->kind == QD_PATH_IN ? -1 : fd_alias(p->path);
+    if (fd >= 0) { /* "-", /dev/stdout, ...: the descriptor's file, whatever its name */
+        p->exists = fstat(fd == 1 ? stdout_fd : fd, &p->st) == 0;
+        snprintf(p->canon, sizeof p->canon, "/dev/fd/%d", fd);
+        return;
+    }
     p->exists = stat(p->name, &p->st) == 0;
     if (!p->exists && p->kind == QD_PATH_IN) {
         char *colon = strrchr(p->name, ':');
@@ -116,6 +289,9 @@ static void resolve(path_entry *p) {
 }
 
 static int same_file(const path_entry *a, const path_entry *b) {
+    if (a->exists && b->exists && S_ISCHR(a->st.st_mode) && S_ISCHR(b->st.st_mode) && !qd_out_is_stdout(a->path) &&
+        !qd_out_is_stdout(b->path))
+        return 0; /* /dev/null twice */
     if (a->exists && b->exists) return a->st.st_dev == b->st.st_dev && a->st.st_ino == b->st.st_ino;
     return strcmp(a->canon, b->canon) == 0;
 }
@@ -153,13 +329,19 @@ int qd_check_paths(qd_err *e, ...) {
     }
     va_end(ap);
     for (int i = 0; i < n; i++) {
-        if (p[i].kind != QD_PATH_OUT) continue;
-        if (p[i].exists && !S_ISREG(p[i].st.st_mode))
-            return qd_errf(e, QD_EINPUT, "%s %s: is %s, not a file name for an output", p[i].flag, p[i].path,
-                           qd_file_kind(p[i].st.st_mode));
+        if (p[i].kind == QD_PATH_IN) continue;
+        int fd = fd_alias(p[i].path);
+        if (p[i].kind == QD_PATH_OUT && fd >= 0)
+            return qd_errf(e, QD_EINPUT, "%s %s: an HDF5 file needs a seekable regular file, not %s", p[i].flag,
+                           p[i].path, fd == 1 ? "stdout" : "a file descriptor");
+        if (p[i].exists && !S_ISREG(p[i].st.st_mode) &&
+            (p[i].kind == QD_PATH_OUT || (fd < 0 && (S_ISDIR(p[i].st.st_mode) || S_ISSOCK(p[i].st.st_mode)))))
+            return qd_errf(e, QD_EINPUT, "%s %s: is %s, not a file name for %s", p[i].flag, p[i].path,
+                           qd_file_kind(p[i].st.st_mode),
+                           p[i].kind == QD_PATH_OUT ? "an HDF5 file (it needs a seekable regular file)" : "an output");
         for (int j = 0; j < n; j++) {
-            if (j == i || (p[j].kind == QD_PATH_OUT && j < i) || !same_file(&p[i], &p[j])) continue;
-            if (p[j].kind == QD_PATH_OUT)
+            if (j == i || (p[j].kind != QD_PATH_IN && j < i) || !same_file(&p[i], &p[j])) continue;
+            if (p[j].kind != QD_PATH_IN)
                 return qd_errf(e, QD_EINPUT, "%s %s and %s %s name the same file: each output needs its own path",
                                p[i].flag, p[i].path, p[j].flag, p[j].path);
             return qd_errf(e, QD_EINPUT, "%s %s would overwrite the input %s %s", p[i].flag, p[i].path, p[j].flag,

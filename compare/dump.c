@@ -33,7 +33,8 @@ typedef struct {
 struct qd_dump {
     hid_t file;
     char *path; /* final name */
-    char *tmp;  /* PATH.tmp.<pid>, what is written until commit */
+    qd_out out; /* the output file (qd_files.h): a regular file or a new name, written atomically */
+    char *tmp;  /* out.tmp: PATH.tmp.<pid> (or a symlink's target's), what is written until commit */
     int T;
     int compress;            /* 0 none, 1..9 gzip level (with shuffle) */
     dump_backend **backends; /* (nbackends), pointers so sinks handed out stay valid */
@@ -172,11 +173,6 @@ static int valid_group_name(const char *s) {
     return 1;
 }
 
-/* Best effort: a leftover PATH.tmp.<pid> is harmless, its name says what it is. */
-static void remove_tmp(const char *tmp) {
-    if (tmp) (void)unlink(tmp);
-}
-
 // ----------------------------------------------------------------------------
 // API
 
@@ -196,11 +192,6 @@ qd_dump *qd_dump_create(const char *path, const char *model_path, const char *co
         qd_errf(e, QD_EINPUT, "%s: compression level %d is not in 0..9", path, compress);
         return NULL;
     }
-    struct stat st;
-    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) { /* found now, not by rename() after the run */
-        qd_errf(e, QD_EINPUT, "%s: is a directory, not a file name for the dump", path);
-        return NULL;
-    }
     /* HDF5 1.10 crashes in its atexit cleanup when a file whose close failed (e.g. a full disk) is
      * still in its ID table; every file here is closed explicitly, so that cleanup is not needed.
      * (Has no effect, and fails harmlessly, once the library is initialised.) */
@@ -212,12 +203,12 @@ qd_dump *qd_dump_create(const char *path, const char *model_path, const char *co
     d->file = -1;
     d->T = T;
     d->compress = compress;
-    size_t n = strlen(path) + 32;
-    if (!(d->path = qd_alloc(strlen(path) + 1, e)) || !(d->tmp = qd_alloc(n, e))) goto fail;
+    if (!(d->path = qd_alloc(strlen(path) + 1, e))) goto fail;
     strcpy(d->path, path);
-    snprintf(d->tmp, n, "%s.tmp.%ld", path, (long)getpid());
-    /* registered before it exists: a SIGINT or SIGTERM from here on removes it (qd_files.h) */
-    if (qd_tmp_register(d->tmp, e)) goto fail;
+    /* a directory, "-", a FIFO or a device is refused now, not by rename() after the run; the temporary
+     * name is registered before it exists: a SIGINT or SIGTERM from here on removes it (qd_files.h) */
+    if (qd_out_open_seekable(&d->out, path, e)) goto fail;
+    d->tmp = d->out.tmp;
     if (compress > 0 && (H5Zfilter_avail(H5Z_FILTER_DEFLATE) <= 0 || H5Zfilter_avail(H5Z_FILTER_SHUFFLE) <= 0)) {
         qd_errf(e, QD_ERUNTIME,
                 "%s: this HDF5 library has no gzip (deflate) or shuffle filter; use "
@@ -261,12 +252,8 @@ qd_dump *qd_dump_create(const char *path, const char *model_path, const char *co
 
 fail:
     if (d->file >= 0) H5Fclose(d->file);
-    if (d->tmp) {
-        remove_tmp(d->tmp);
-        qd_tmp_forget(d->tmp);
-    }
+    qd_out_abort(&d->out);
     free(d->path);
-    free(d->tmp);
     free(d);
     return NULL;
 }
@@ -509,19 +496,10 @@ int qd_dump_close(qd_dump *d, int commit, qd_err *e) {
     free(d->backends);
     if (commit && H5Fflush(d->file, H5F_SCOPE_GLOBAL) < 0) rc = h5_fail(d, e, "H5Fflush", d->tmp);
     if (H5Fclose(d->file) < 0 && rc == QD_OK && commit) rc = h5_fail(d, e, "H5Fclose", d->tmp);
-    if (commit && rc == QD_OK) {
-        /* fsync before rename: after a crash the final name holds either nothing or the whole file */
-        int fd = open(d->tmp, O_RDONLY);
-        if (fd < 0 || fsync(fd) != 0)
-            rc = qd_errf(e, QD_ERUNTIME, "%s: fsync(%s) failed: %s", d->path, d->tmp, strerror(errno));
-        if (fd >= 0) close(fd);
-        if (rc == QD_OK && rename(d->tmp, d->path) != 0)
-            rc = qd_errf(e, QD_ERUNTIME, "%s: rename(%s, %s) failed: %s", d->path, d->tmp, d->path, strerror(errno));
-    }
-    if (!commit || rc != QD_OK) remove_tmp(d->tmp);
-    qd_tmp_forget(d->tmp);
+    /* fsync, then rename: after a crash the final name holds either nothing or the whole file */
+    if (commit && rc == QD_OK) rc = qd_out_commit(&d->out, e);
+    else qd_out_abort(&d->out);
     free(d->path);
-    free(d->tmp);
     free(d);
     return rc;
 }

@@ -575,9 +575,10 @@ static int group_precision(qd_h5in *f, const char *path, const char *group, char
                    path, group, prec);
 }
 
-/* Both dumps must hold the same model's tensors for the same number of tokens: every tap shape follows. */
-static int same_model(qd_h5in *fa, const char *path_a, qd_h5in *fb, const char *path_b, qd_err *e) {
-    const qd_config *a = qd_h5in_config(fa), *b = qd_h5in_config(fb);
+/* The first field of config_json in which a and b differ, in the order the maths uses them: the shapes
+ * first (*shape = 1: no tap could be compared), then what changes values only. 0 when none. */
+static int config_differs(const qd_config *a, const qd_config *b, const char **key, char *va, char *vb, size_t n,
+                          int *shape) {
     const struct {
         const char *name;
         int va, vb;
@@ -587,19 +588,93 @@ static int same_model(qd_h5in *fa, const char *path_a, qd_h5in *fb, const char *
                 {"num_attention_heads", a->num_attention_heads, b->num_attention_heads},
                 {"num_key_value_heads", a->num_key_value_heads, b->num_key_value_heads},
                 {"head_dim", a->head_dim, b->head_dim},
-                {"vocab_size", a->vocab_size, b->vocab_size}};
-    for (size_t i = 0; i < sizeof dims / sizeof *dims; i++)
-        if (dims[i].va != dims[i].vb)
-            return qd_errf(e, QD_EINPUT, "%s and %s hold different models: config_json field '%s' is %d vs %d", path_a,
-                           path_b, dims[i].name, dims[i].va, dims[i].vb);
-    if (qd_h5in_T(fa) != qd_h5in_T(fb))
-        return qd_errf(e, QD_EINPUT, "%s and %s hold runs of different lengths: /input_ids has %d vs %d tokens", path_a,
-                       path_b, qd_h5in_T(fa), qd_h5in_T(fb));
-    return QD_OK;
+                {"vocab_size", a->vocab_size, b->vocab_size},
+                {"tie_word_embeddings", a->tie_word_embeddings, b->tie_word_embeddings},
+                {"max_position_embeddings", a->max_position_embeddings, b->max_position_embeddings}};
+    for (size_t i = 0; i < sizeof dims / sizeof *dims; i++) {
+        if (dims[i].va == dims[i].vb) continue;
+        *key = dims[i].name;
+        *shape = i < 7;
+        snprintf(va, n, "%d", dims[i].va);
+        snprintf(vb, n, "%d", dims[i].vb);
+        return 1;
+    }
+    const struct {
+        const char *name;
+        double va, vb;
+    } reals[] = {{"rope_theta", a->rope_theta, b->rope_theta}, {"rms_norm_eps", a->rms_norm_eps, b->rms_norm_eps}};
+    for (size_t i = 0; i < sizeof reals / sizeof *reals; i++) {
+        if (reals[i].va == reals[i].vb) continue;
+        *key = reals[i].name;
+        *shape = 0;
+        snprintf(va, n, "%.9g", reals[i].va);
+        snprintf(vb, n, "%.9g", reals[i].vb);
+        return 1;
+    }
+    return 0;
 }
 
+/* Before any tap is compared: both dumps hold the same model (config_json) and ran the same prompt
+ * (/input_ids); otherwise every tap differs and the "first divergence" would be the embedding. Each
+ * mismatch is named in one line (QD_EINPUT). allow_mismatch: a difference that leaves something to
+ * compare is allowed, and said in note: a config that differs in values only (not in shapes), or prompts
+ * that share their first *Tc tokens (only those positions are compared). *Tc: the tokens compared. */
+static int same_run(qd_h5in *fa, const char *path_a, qd_h5in *fb, const char *path_b, int allow_mismatch, int *Tc,
+                    char *note, size_t note_n, qd_err *e) {
+    const char *key;
+    char va[32], vb[32];
+    int shape = 0;
+    if (config_differs(qd_h5in_config(fa), qd_h5in_config(fb), &key, va, vb, sizeof va, &shape)) {
+        if (shape || !allow_mismatch)
+            return qd_errf(e, QD_EINPUT,
+                           "reference %s and test %s hold different models: config_json '%s' is %s vs %s%s", path_a,
+                           path_b, key, va, vb,
+                           shape ? " (the tensors' shapes differ: nothing can be compared)"
+                                 : " (--allow-mismatch compares them anyway)");
+        snprintf(note, note_n, "different models allowed: config_json '%s' is %s vs %s", key, va, vb);
+    }
+    int32_t *a = NULL, *b = NULL;
+    int Ta = 0, Tb = 0;
+    int rc = qd_h5in_input_ids(fa, &a, &Ta, e);
+    if (!rc) rc = qd_h5in_input_ids(fb, &b, &Tb, e);
+    int p = 0;
+    while (!rc && p < Ta && p < Tb && a[p] == b[p]) p++;
+    *Tc = Ta < Tb ? Ta : Tb;
+    if (rc || (Ta == Tb && p == Ta)) {
+        /* the same prompt */
+    } else if ((Ta == Tb + 1 && memcmp(a + 1, b, (size_t)Tb * sizeof *a) == 0) ||
+               (Tb == Ta + 1 && memcmp(b + 1, a, (size_t)Ta * sizeof *a) == 0)) {
+        const int test_short = Ta > Tb;
+        rc = qd_errf(e, QD_EINPUT,
+                     "reference %s and test %s ran different prompts: the %s's is the %s's without its leading token "
+                     "(id %d), so every position is shifted by one: a missing BOS token?",
+                     path_a, path_b, test_short ? "test" : "reference", test_short ? "reference" : "test",
+                     test_short ? a[0] : b[0]);
+    } else {
+        char what[160];
+        if (p < *Tc) snprintf(what, sizeof what, "token %d is id %d in the reference, %d in the test", p, a[p], b[p]);
+        else snprintf(what, sizeof what, "%d vs %d tokens, the first %d the same", Ta, Tb, p);
+        if (!allow_mismatch || p == 0)
+            rc = qd_errf(e, QD_EINPUT, "reference %s and test %s ran different prompts ('/input_ids'): %s%s", path_a,
+                         path_b, what,
+                         p == 0           ? " (no common first token: nothing to compare)"
+                         : allow_mismatch ? ""
+                                          : " (--allow-mismatch compares the common first tokens)");
+        else {
+            size_t k = strlen(note);
+            snprintf(note + k, note_n - k, "%sdifferent prompts allowed (%s): only the first %d tokens are compared",
+                     k ? "; " : "", what, p);
+            *Tc = p;
+        }
+    }
+    free(a);
+    free(b);
+    return rc;
+}
+
+/* Tc: the tokens compared (the first Tc rows of each tap; fewer than a dump holds with --allow-mismatch). */
 static int compare_one(qd_report *r, const qd_tolerances *tol, qd_h5in *fa, const char *ga, qd_h5in *fb, const char *gb,
-                       qd_tap_id id, double *prev, const qd_replay_op *ra, const qd_replay_op *rb, qd_err *e) {
+                       int Tc, qd_tap_id id, double *prev, const qd_replay_op *ra, const qd_replay_op *rb, qd_err *e) {
     const char *name = qd_tap_id_name(id);
     char pa[256], pb[256];
     qd_h5_tap_path(pa, sizeof pa, ga, id.layer, name);
@@ -608,11 +683,12 @@ static int compare_one(qd_report *r, const qd_tolerances *tol, qd_h5in *fa, cons
     if (ha && !hb) add_only(r->only_a, &r->n_only_a, id);
     if (hb && !ha) add_only(r->only_b, &r->n_only_b, id);
     if (!ha || !hb) return QD_OK;
-    float *da = NULL, *db = NULL; /* (shape), the same in both: each is checked against the model */
-    int nd = 0;
-    int64_t shape[3];
+    float *da = NULL, *db = NULL; /* (T, ...) each checked against the model and its own T */
+    int nd = 0, ndb = 0;
+    int64_t shape[3], shape_b[3];
     int rc = qd_h5in_read_tap(fa, ga, id.layer, id.tap, &da, &nd, shape, e);
-    if (!rc) rc = qd_h5in_read_tap(fb, gb, id.layer, id.tap, &db, &nd, shape, e);
+    if (!rc) rc = qd_h5in_read_tap(fb, gb, id.layer, id.tap, &db, &ndb, shape_b, e);
+    shape[0] = Tc; /* row-major (T, ...): the first Tc rows are the first Tc positions */
     if (!rc) rc = add_row(r, tol, 0, id, QD_MODE_FREE, db, da, nd, shape, prev, ra, rb, e);
     if (!rc && id.pos == QD_POS_HEAD && id.tap == QD_TAP_LOGITS && nd == 2 && shape[0] > 0) {
         const size_t V = (size_t)shape[1], last = (size_t)shape[0] - 1;
@@ -840,13 +916,17 @@ int qd_dump_model_dir(const char *path, char *out, size_t n, qd_err *e) {
 
 int qd_compare_files(const char *path_a, const char *group_a, const char *path_b, const char *group_b,
                      const qd_tolerances *tol, qd_report *r, qd_err *e) {
-    return qd_compare_files_judged(path_a, group_a, path_b, group_b, tol, NULL, r, e);
+    return qd_compare_files_judged(path_a, group_a, path_b, group_b, tol, NULL, NULL, r, e);
 }
 
 int qd_compare_files_judged(const char *path_a, const char *group_a, const char *path_b, const char *group_b,
-                            const qd_tolerances *tol, const qd_replay_judge *judge, qd_report *r, qd_err *e) {
+                            const qd_tolerances *tol, const qd_replay_judge *judge, qd_compare_match *match,
+                            qd_report *r, qd_err *e) {
     char ga[128], gb[128], prec_a[16], prec_b[16];
-    int rc = QD_OK;
+    int rc = QD_OK, Tc = 0;
+    qd_compare_match no_match = {0};
+    if (!match) match = &no_match;
+    match->note[0] = '\0';
     if (judge && !judge->w) judge = NULL;
     qd_h5in *fa = qd_h5in_open(path_a, e);
     if (!fa) return e->code;
@@ -855,12 +935,14 @@ int qd_compare_files_judged(const char *path_a, const char *group_a, const char 
         qd_h5in_close(fa);
         return e->code;
     }
-    if ((rc = pick_group(fa, path_a, group_a, ga, sizeof ga, e)) ||
+    /* the schema was checked by qd_h5in_open; then the model and the prompt, before anything else */
+    if ((rc = same_run(fa, path_a, fb, path_b, match->allow_mismatch, &Tc, match->note, sizeof match->note, e)) ||
+        (rc = pick_group(fa, path_a, group_a, ga, sizeof ga, e)) ||
         (rc = pick_group(fb, path_b, group_b, gb, sizeof gb, e)) ||
         (rc = group_precision(fa, path_a, ga, prec_a, sizeof prec_a, e)) ||
-        (rc = group_precision(fb, path_b, gb, prec_b, sizeof prec_b, e)) ||
-        (rc = same_model(fa, path_a, fb, path_b, e)))
+        (rc = group_precision(fb, path_b, gb, prec_b, sizeof prec_b, e)))
         goto out;
+    match->T_compared = Tc;
     /* the model says how many layers there are; a layer group past them would be silently ignored */
     const int L = qd_h5in_config(fa)->num_hidden_layers;
     if ((rc = qd_h5in_check_layers(fa, ga, e)) || (rc = qd_h5in_check_layers(fb, gb, e))) goto out;
@@ -886,8 +968,8 @@ int qd_compare_files_judged(const char *path_a, const char *group_a, const char 
     for (int i = 0; i < QD_NUM_TAP_KINDS; i++) prev[i] = NAN;
     /* the replay judge: each file's group replayed on its own, over the prompt of file A */
     file_side fs[2];
-    int nfs = 0, T = 0;
-    int32_t *tokens = NULL;
+    int nfs = 0, T = 0, Tb = 0;
+    int32_t *tokens = NULL, *tokens_b = NULL; /* each side replays its own prompt (they differ with --allow-mismatch) */
     qd_replay_op ops[2][QD_NUM_LAYER_TAPS];
     const qd_replay_op *ra = NULL, *rb = NULL;
     if (judge) {
@@ -897,38 +979,45 @@ int qd_compare_files_judged(const char *path_a, const char *group_a, const char 
         if (L > c->num_hidden_layers)
             rc = qd_errf(e, QD_EINPUT, "%s vs %s: the dumps hold %d layers, the model %d", path_a, path_b, L,
                          c->num_hidden_layers);
-        int32_t *tb = NULL;
-        int Tb = 0;
+        const char *key;
+        char va[32], vb[32];
+        int shape = 0;
+        if (!rc && config_differs(qd_h5in_config(fa), c, &key, va, vb, sizeof va, &shape))
+            rc = qd_errf(e, QD_EINPUT,
+                         "the replay's model (--model or %s's 'model') is not the dumps': config_json '%s' is %s "
+                         "in %s, %s in the model",
+                         path_a, key, va, path_a, vb);
         if (!rc) rc = file_tokens(fa, path_a, c, &tokens, &T, e);
-        if (!rc) rc = file_tokens(fb, path_b, c, &tb, &Tb, e);
-        if (!rc && (Tb != T || memcmp(tokens, tb, (size_t)T * sizeof *tb) != 0))
-            rc = qd_errf(e, QD_EINPUT, "%s vs %s: the two dumps ran different prompts ('/input_ids')", path_a, path_b);
-        free(tb);
+        if (!rc) rc = file_tokens(fb, path_b, c, &tokens_b, &Tb, e);
         if (!rc && !(rc = file_side_open(&fs[0], fa, path_a, ga, judge, T, e))) nfs = 1;
-        if (!rc && !(rc = file_side_open(&fs[1], fb, path_b, gb, judge, T, e))) nfs = 2;
+        if (!rc && !(rc = file_side_open(&fs[1], fb, path_b, gb, judge, Tb, e))) nfs = 2;
         ra = ops[0];
         rb = ops[1];
     }
     const qd_config *jc = judge ? &judge->w->cfg : NULL;
-    for (int k = 0; k < nfs && !rc; k++) rc = file_side_replay(&fs[k], jc, QD_POS_EMBED, -1, tokens, T, ops[k], e);
-    if (!rc) rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_model(QD_TAP_EMBED), prev, ra, rb, e);
+#define SIDE_TOKENS(k) (k ? tokens_b : tokens), (k ? Tb : T)
+    for (int k = 0; k < nfs && !rc; k++) rc = file_side_replay(&fs[k], jc, QD_POS_EMBED, -1, SIDE_TOKENS(k), ops[k], e);
+    if (!rc) rc = compare_one(r, tol, fa, ga, fb, gb, Tc, qd_tap_model(QD_TAP_EMBED), prev, ra, rb, e);
     for (int l = 0; l < L && !rc; l++) {
-        for (int k = 0; k < nfs && !rc; k++) rc = file_side_replay(&fs[k], jc, QD_POS_LAYER, l, tokens, T, ops[k], e);
+        for (int k = 0; k < nfs && !rc; k++)
+            rc = file_side_replay(&fs[k], jc, QD_POS_LAYER, l, SIDE_TOKENS(k), ops[k], e);
         for (int t = 0; t < QD_NUM_LAYER_TAPS && !rc; t++)
-            rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_layer(l, t), prev, ra ? &ra[t] : NULL, rb ? &rb[t] : NULL,
-                             e);
+            rc = compare_one(r, tol, fa, ga, fb, gb, Tc, qd_tap_layer(l, t), prev, ra ? &ra[t] : NULL,
+                             rb ? &rb[t] : NULL, e);
     }
-    for (int k = 0; k < nfs && !rc; k++) rc = file_side_replay(&fs[k], jc, QD_POS_HEAD, -1, tokens, T, ops[k], e);
-    if (!rc) rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_model(QD_TAP_FINAL_NORM), prev, ra, rb, e);
+    for (int k = 0; k < nfs && !rc; k++) rc = file_side_replay(&fs[k], jc, QD_POS_HEAD, -1, SIDE_TOKENS(k), ops[k], e);
+    if (!rc) rc = compare_one(r, tol, fa, ga, fb, gb, Tc, qd_tap_model(QD_TAP_FINAL_NORM), prev, ra, rb, e);
     if (!rc)
-        rc = compare_one(r, tol, fa, ga, fb, gb, qd_tap_model(QD_TAP_LOGITS), prev, ra ? &ra[1] : NULL,
+        rc = compare_one(r, tol, fa, ga, fb, gb, Tc, qd_tap_model(QD_TAP_LOGITS), prev, ra ? &ra[1] : NULL,
                          rb ? &rb[1] : NULL, e);
     for (int k = 0; k < nfs; k++) file_side_close(&fs[k]);
     if (!rc && judge && judge->repro && r->first_div >= 0 && r->rows[r->first_div].judged >= 0) {
         const int k = r->rows[r->first_div].judged;
-        rc = files_repro(k ? path_b : path_a, k ? gb : ga, k ? 'B' : 'A', judge, r, tokens, T, e);
+        rc = files_repro(k ? path_b : path_a, k ? gb : ga, k ? 'B' : 'A', judge, r, SIDE_TOKENS(k), e);
     }
+#undef SIDE_TOKENS
     free(tokens);
+    free(tokens_b);
     if (own_tol) qd_tolerances_free(&deflt);
     /* a comparison of nothing must not pass */
     if (!rc && r->n == 0)

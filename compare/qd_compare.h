@@ -131,14 +131,27 @@ int qd_lockstep(qd_backend *a, qd_backend *b, qd_backend *b_iso, const qd_lockst
  * group_b. group NULL: the file's only backend group (QD_EINPUT if it has several, naming them). tol NULL:
  * the defaults of the groups' precision pair; otherwise it must fit the pair and the layer count
  * (qd_tolerances_check_fit). Every read is checked against the dumps' config_json and T (qd_h5read.h);
- * both must hold the same model and T. Taps present on only one side are listed, not failed; no tap
+ * both must hold the same model and prompt (qd_compare_files_judged). Taps present on only one side are listed, not failed; no tap
  * present on both sides is QD_EINPUT (nothing compared is not a pass). */
 int qd_compare_files(const char *path_a, const char *group_a, const char *path_b, const char *group_b,
                      const qd_tolerances *tol, qd_report *r, qd_err *e);
+/* What a comparison of two dumps does when they are not of one model and one prompt. */
+typedef struct {
+    int allow_mismatch; /* 1: compare anyway where something is comparable (--allow-mismatch) */
+    int T_compared;     /* out: the tokens compared (the common first tokens when the prompts differ) */
+    char note[320];     /* out: the mismatch that was allowed, in words; "" when none */
+} qd_compare_match;
+
 /* The same, judged by judge: judge NULL or judge->w NULL is qd_compare_files; else both files' groups are
- * replayed over judge->w (the checkpoint the dumps were made with) and rows judged by the local ratio. */
+ * replayed over judge->w (the checkpoint the dumps were made with) and rows judged by the local ratio.
+ * Before any tap, the dumps' config_json and /input_ids are compared (and the replay model's config with
+ * them): different models (the first differing field), different prompts (the first differing token),
+ * one prompt the other's without its leading token (a missing BOS) are QD_EINPUT, one line each. match
+ * NULL: nothing allowed; else match->allow_mismatch allows a config that differs in values only, and
+ * prompts that share their first tokens (only those positions are compared). */
 int qd_compare_files_judged(const char *path_a, const char *group_a, const char *path_b, const char *group_b,
-                            const qd_tolerances *tol, const qd_replay_judge *judge, qd_report *r, qd_err *e);
+                            const qd_tolerances *tol, const qd_replay_judge *judge, qd_compare_match *match,
+                            qd_report *r, qd_err *e);
 
 /* Offline, one engine: replays path's group (NULL: the only one) over judge->w and fills r (side A = that
  * group, r->single set; every row's rp[0] and verdict). Returns QD_OK whatever the verdict. */

@@ -1,5 +1,6 @@
 /* repro.c: the first bad op as one small file, and its rerun from that file alone (qd_repro.h). */
 #include "qd_repro.h"
+#include "qd_files.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -327,27 +328,20 @@ int qd_repro_write(qd_repro_req *req, const qd_repro_op *op, qd_err *e) {
                        ns.missing_of < 0 ? qd_tap_id_name(op->id) : input_name(op->id.layer, ns.missing));
 
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    size_t n = strlen(req->path) + 32;
-    char *tmp = qd_alloc(n, e);
-    if (!tmp) return QD_ERUNTIME;
-    snprintf(tmp, n, "%s.tmp.%ld", req->path, (long)getpid());
+    /* a regular file or a new name, written to a registered temporary name and renamed (qd_files.h) */
+    qd_out out;
+    if (qd_out_open_seekable(&out, req->path, e)) return e->code;
+    const char *tmp = out.tmp;
     hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
     hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, fcpl, H5P_DEFAULT);
     int rc = file < 0 ? h5_fail(req->path, e, "H5Fcreate", tmp) : QD_OK;
     if (fcpl >= 0) H5Pclose(fcpl);
     if (!rc) rc = write_body(req->path, file, op, &ns, e);
     if (file >= 0 && H5Fclose(file) < 0 && !rc) rc = h5_fail(req->path, e, "H5Fclose", tmp);
-    if (!rc) { /* fsync before rename: after a crash the final name holds either nothing or the whole file */
-        int fd = open(tmp, O_RDONLY);
-        if (fd < 0 || fsync(fd) != 0)
-            rc = qd_errf(e, QD_ERUNTIME, "%s: fsync(%s) failed: %s", req->path, tmp, strerror(errno));
-        if (fd >= 0) close(fd);
-    }
-    if (!rc && rename(tmp, req->path) != 0)
-        rc = qd_errf(e, QD_ERUNTIME, "%s: rename(%s, %s) failed: %s", req->path, tmp, req->path, strerror(errno));
-    if (rc) (void)unlink(tmp);
-    else req->written = 1;
-    free(tmp);
+    /* fsync before rename: after a crash the final name holds either nothing or the whole file */
+    if (!rc) rc = qd_out_commit(&out, e);
+    else qd_out_abort(&out);
+    if (!rc) req->written = 1;
     return rc;
 }
 

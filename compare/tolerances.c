@@ -538,8 +538,9 @@ int qd_tolerances_check_fit(const qd_tolerances *t, const char *name_test, const
     if (qd_tolerances_floor(t->prec_test, t->prec_ref, &have, e) != QD_OK) return e ? e->code : QD_EINPUT;
     if (want.rel_l2 != have.rel_l2)
         return qd_errf(e, QD_EINPUT,
-                       "%s: field 'precision_pair': written for %s vs %s, this comparison is %s (%s) vs %s (%s)", src,
-                       t->prec_test, t->prec_ref, name_test, prec_test, name_ref, prec_ref);
+                       "%s: field 'precision_pair': written for reference %s, test %s; this comparison is reference %s "
+                       "(%s), test %s (%s)",
+                       src, t->prec_ref, t->prec_test, name_ref, prec_ref, name_test, prec_test);
     const qd_tolerances *sec[2] = {t, t->isolated}; /* the top level, the isolated section */
     for (int k = 0; k < 2; k++)
         if (sec[k] && sec[k]->n_layers > n_layers)
@@ -615,38 +616,19 @@ static json_t *tolerances_json(const qd_tolerances *t) {
 
 int qd_tolerances_write(const char *path, const qd_tolerances *t, qd_err *e) {
     json_t *root = tolerances_json(t);
-    size_t n = strlen(path) + 32;
-    char *tmp = qd_alloc(n, e);
-    if (!tmp) {
-        json_decref(root);
-        return QD_ERUNTIME;
-    }
-    snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
-    /* registered before it exists: a SIGINT or SIGTERM while it is written removes it (qd_files.h) */
-    int rc = qd_tmp_register(tmp, e);
-    if (rc) {
-        free(tmp);
-        json_decref(root);
-        return rc;
-    }
-    FILE *f = fopen(tmp, "w");
-    if (!f) {
-        rc = qd_errf(e, errno == ENOENT || errno == ENOTDIR ? QD_EINPUT : QD_ERUNTIME, "%s: cannot create: %s", tmp,
-                     strerror(errno));
-    } else {
+    qd_out o;
+    int rc = qd_out_open(&o, path, e); /* "-" is stdout; a file is written atomically (qd_files.h) */
+    if (!rc) {
         /* 15 significant digits: see the header on round trips */
-        int bad = json_dumpf(root, f, JSON_INDENT(2) | JSON_REAL_PRECISION(15)) != 0;
-        bad |= fputc('\n', f) == EOF;
-        bad |= fflush(f) != 0;
-        bad |= fsync(fileno(f)) != 0;
-        bad |= fclose(f) != 0;
-        if (bad) rc = qd_errf(e, QD_ERUNTIME, "%s: write failed: %s", tmp, strerror(errno));
-        else if (rename(tmp, path) != 0)
-            rc = qd_errf(e, QD_ERUNTIME, "%s: cannot rename to %s: %s", tmp, path, strerror(errno));
-        if (rc != QD_OK) unlink(tmp);
+        int bad = json_dumpf(root, o.f, JSON_INDENT(2) | JSON_REAL_PRECISION(15)) != 0;
+        bad |= fputc('\n', o.f) == EOF;
+        if (bad) {
+            rc = qd_errf(e, QD_ERUNTIME, "%s: write failed: %s", path, strerror(errno));
+            qd_out_abort(&o);
+        } else {
+            rc = qd_out_commit(&o, e);
+        }
     }
-    qd_tmp_forget(tmp);
-    free(tmp);
     json_decref(root);
     return rc;
 }

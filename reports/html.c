@@ -967,7 +967,7 @@ int qd_html_render(const qd_html_doc *doc, const char *path, qd_err *e) {
         rc = e->code ? e->code : QD_ERUNTIME;
         if (!e->msg[0]) qd_errf(e, QD_ERUNTIME, "%s: building the page failed", path);
     } else {
-        rc = qd_write_text_atomically(path, b.p, e);
+        rc = qd_write_text_output(path, b.p, e);
     }
     free(b.p);
     return rc;

@@ -28,7 +28,7 @@ typedef struct {
     char esc_a[400], esc_b[400], esc_prec_b[100]; /* qd_html_render's: the names HTML-escaped */
 } qd_html_doc;
 
-/* Draws the page and writes it atomically (qd_write_text_atomically). */
+/* Draws the page and writes it atomically (qd_write_text_output). */
 int qd_html_render(const qd_html_doc *d, const char *path, qd_err *e);
 
 #endif

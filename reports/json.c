@@ -242,7 +242,7 @@ int qd_report_write_json_ctx(const qd_report *r, const qd_report_context *c, con
     memcpy(with_nl, text, len);
     memcpy(with_nl + len, "\n", 2);
     free(text);
-    int rc = qd_write_text_atomically(path, with_nl, e);
+    int rc = qd_write_text_output(path, with_nl, e);
     free(with_nl);
     return rc;
 }

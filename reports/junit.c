@@ -131,7 +131,7 @@ int qd_report_write_junit(const qd_report *r, const char *path, qd_err *e) {
         junit_case(r, &x, step, -1, 1, suite);
     }
     xml_append(&x, "</testsuite>\n</testsuites>\n", 0);
-    int rc = x.failed ? QD_ERUNTIME : qd_write_text_atomically(path, x.buf, e);
+    int rc = x.failed ? QD_ERUNTIME : qd_write_text_output(path, x.buf, e);
     free(x.buf);
     return rc;
 }

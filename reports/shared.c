@@ -66,26 +66,14 @@ int qd_row_in_group(const qd_tap_row *row, int step, int layer, int head) {
     return row->step == step && row->id.pos == pos && (pos != QD_POS_LAYER || row->id.layer == layer);
 }
 
-int qd_write_text_atomically(const char *path, const char *text, qd_err *e) {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    /* registered before it exists: a SIGINT or SIGTERM while it is written removes it (qd_files.h) */
-    if (qd_tmp_register(tmp, e)) return e->code;
-    FILE *f = fopen(tmp, "w");
-    if (!f) {
-        int err = errno;
-        qd_tmp_forget(tmp);
-        return qd_errf(e, QD_ERUNTIME, "%s: fopen failed: %s", tmp, strerror(err));
+int qd_write_text_output(const char *path, const char *text, qd_err *e) {
+    qd_out o;
+    int rc = qd_out_open(&o, path, e); /* "-", a pipe, a device in place; a file atomically (qd_files.h) */
+    if (rc) return rc;
+    if (fputs(text, o.f) == EOF) {
+        rc = qd_errf(e, QD_ERUNTIME, "%s: write failed: %s", path, strerror(errno));
+        qd_out_abort(&o);
+        return rc;
     }
-    size_t len = strlen(text);
-    int bad = fwrite(text, 1, len, f) != len;
-    bad |= fclose(f) != 0;
-    if (bad || rename(tmp, path) != 0) {
-        int err = errno;
-        unlink(tmp);
-        qd_tmp_forget(tmp);
-        return qd_errf(e, QD_ERUNTIME, "%s: write/rename failed: %s", path, strerror(err));
-    }
-    qd_tmp_forget(tmp);
-    return QD_OK;
+    return qd_out_commit(&o, e);
 }

@@ -1,5 +1,5 @@
 /* shared.h: what the writers of reports/ share (shared.c): the wording of a row's verdict and place, and
- * writing a text file atomically. Internal to reports/: the public interface is qd_reports.h. */
+ * writing a text output. Internal to reports/: the public interface is qd_reports.h. */
 #ifndef QD_REPORTS_SHARED_H
 #define QD_REPORTS_SHARED_H
 
@@ -25,8 +25,9 @@ void qd_row_place(const qd_tap_row *row, char *buf, size_t n);
  * the head row (layer < 0). */
 int qd_row_in_group(const qd_tap_row *row, int step, int layer, int head);
 
-/* Writes text to path.tmp.<pid>, then renames it to path, so a file under the final name is complete.
- * QD_ERUNTIME naming the failing call. */
-int qd_write_text_atomically(const char *path, const char *text, qd_err *e);
+/* Writes text to the output path (qd_out_open: "-" is stdout; a regular file is written to
+ * path.tmp.<pid> and renamed, so a file under the final name is complete). QD_ERUNTIME naming the
+ * failing call. */
+int qd_write_text_output(const char *path, const char *text, qd_err *e);
 
 #endif

@@ -24,7 +24,7 @@ static void print_where(const qd_report *r, FILE *f) {
 static void print_first_divergence(const qd_report *r, FILE *f, int color) {
     if (r->first_div < 0) {
         fprintf(f, "%sno divergence%s: every shared tap of %s vs %s is within tolerance (%s mode)\n", GREEN(color),
-                RESET(color), r->name_b, r->name_a, qd_mode_name(r->locate));
+                RESET(color), r->name_a, r->name_b, qd_mode_name(r->locate));
         return;
     }
     const qd_tap_row *row = &r->rows[r->first_div];
@@ -34,8 +34,8 @@ static void print_first_divergence(const qd_report *r, FILE *f, int color) {
     qd_row_reason(r, row, reason, sizeof reason);
     fprintf(f, "%sfirst divergence%s%s: %s — max|%s| %.3g vs max|%s| %.3g at %s (%s)\n", RED(color),
             r->isolated ? (row->mode == QD_MODE_ISOLATED ? " (isolated)" : " (free-running)") : "", RESET(color), place,
-            r->name_b, row->m.max_mag_test, r->name_a, row->m.max_mag_ref, where, qd_verdict_class(row->verdict));
-    fprintf(f, "  why: %s; there %s = %.6g, %s = %.6g\n", reason, r->name_b, row->m.test_at, r->name_a, row->m.ref_at);
+            r->name_a, row->m.max_mag_ref, r->name_b, row->m.max_mag_test, where, qd_verdict_class(row->verdict));
+    fprintf(f, "  why: %s; there %s = %.6g, %s = %.6g\n", reason, r->name_a, row->m.ref_at, r->name_b, row->m.test_at);
     print_where(r, f);
 }
 
@@ -150,12 +150,12 @@ static void print_replay_first_divergence(const qd_report *r, FILE *f, int color
                 RED(color), r->isolated ? (row->mode == QD_MODE_ISOLATED ? " (isolated)" : " (free-running)") : "",
                 RESET(color), place, side,
                 r->single     ? ""
-                : row->judged ? " (B)"
-                              : " (A, the reference side)",
+                : row->judged ? " (the test side)"
+                              : " (the reference side)",
                 op->local.rel_l2, op->ratio, side, op->local.max_mag_test, op->local.max_mag_ref, where,
                 qd_verdict_class(row->verdict));
         fprintf(f, "  why: %s; there %s = %.6g, oracle = %.6g", reason, side, op->local.test_at, op->local.ref_at);
-        if (!r->single) fprintf(f, "; inherited: %s vs %s rel_l2 %.3g", r->name_b, r->name_a, row->m.rel_l2);
+        if (!r->single) fprintf(f, "; inherited: %s vs %s rel_l2 %.3g", r->name_a, r->name_b, row->m.rel_l2);
         fprintf(f, "\n");
         print_where(r, f);
     }
@@ -163,7 +163,7 @@ static void print_replay_first_divergence(const qd_report *r, FILE *f, int color
         const qd_tap_row *w = &r->rows[r->worst_inherited];
         char place[96];
         qd_row_place(w, place, sizeof place);
-        fprintf(f, "  inherited: largest %s vs %s error rel_l2 %.3g at %s (%s)%s\n", r->name_b, r->name_a, w->m.rel_l2,
+        fprintf(f, "  inherited: largest %s vs %s error rel_l2 %.3g at %s (%s)%s\n", r->name_a, r->name_b, w->m.rel_l2,
                 place, qd_mode_name(w->mode),
                 qd_verdict_fails(w->verdict) ? ""
                                              : ": carried in from earlier ops and steps, its op's local error is "
@@ -239,7 +239,8 @@ static void print_replay(const qd_report *r, FILE *f, int color) {
                 BOLD(color), r->name_a, r->prec_a, RESET(color), r->n_layers, r->n, r->threshold);
     else
         fprintf(f,
-                "%s%s (%s) vs %s (%s)%s: %d layers, %d taps compared%s; each op replayed on each side's own inputs, "
+                "%sreference %s (%s) vs test %s (%s)%s: %d layers, %d taps compared%s; each op replayed on each side's "
+                "own inputs, "
                 "threshold %gx the noise floor\n",
                 BOLD(color), r->name_a, r->prec_a, r->name_b, r->prec_b, RESET(color), r->n_layers, r->n,
                 r->steps > 1 ? ", prompt and decode steps" : "", r->threshold);
@@ -291,8 +292,9 @@ void qd_report_print(const qd_report *r, FILE *f, int color) {
         print_replay(r, f, color);
         goto only;
     }
-    fprintf(f, "%s%s (%s) vs %s (%s)%s: %d layers, %d taps compared%s\n", BOLD(color), r->name_a, r->prec_a, r->name_b,
-            r->prec_b, RESET(color), r->n_layers, r->n, r->steps > 1 ? ", prompt and decode steps" : "");
+    fprintf(f, "%sreference %s (%s) vs test %s (%s)%s: %d layers, %d taps compared%s\n", BOLD(color), r->name_a,
+            r->prec_a, r->name_b, r->prec_b, RESET(color), r->n_layers, r->n,
+            r->steps > 1 ? ", prompt and decode steps" : "");
     print_first_divergence(r, f, color);
     for (int step = 0; step < r->steps; step++) {
         if (r->steps > 1) fprintf(f, "\n%s\n", step == 0 ? "prompt:" : "");

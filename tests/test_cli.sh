@@ -37,7 +37,7 @@ expect 2 "--locate" -- --model "$model" --tokens 1,2 --backends ref,emu --isolat
 expect 2 "--act" -- --model "$model" --tokens 1,2 --backends ref,emu --act int8
 expect 2 "--calibrate" -- --model "$model" --tokens 1,2 --backends ref,emu --calibrate 2 --write-tolerances "$tmp/t.json" --dump "$tmp/c.h5"
 expect 2 "--inject" -- --model "$model" --tokens 1,2 --backends ref,emu --inject knorm-mul@7
-expect 2 "reference takes no faults" -- --model "$model" --tokens 1,2 --backends emu,ref --inject knorm-mul@1
+expect 2 "here ref, the reference, which takes no faults" -- --model "$model" --tokens 1,2 --backends emu,ref --inject knorm-mul@1
 expect 2 "stray" -- --model "$model" --tokens 1,2 stray
 # per-op precision (--fp32-ops, --precision-bisect): emu's alone
 expect 2 "unknown op 'bogus'" -- --model "$model" --tokens 1,2 --backends ref,emu --fp32-ops k_norm,bogus
@@ -62,7 +62,7 @@ sections=$(grep -E '^[a-z][a-zA-Z ]*$' "$tmp/help" | tr '\n' ',')
 [ "$sections" = "input,backends,verdict and CI,dump,output," ] || fail "--help sections: '$sections'"
 head -3 "$tmp/help" | grep -q '^usage: qwen3-diff \[--layer-by-layer\] \[--model DIR\] \[--tokens LIST|@FILE\] \[options\]$' ||
     fail "--help: usage line: $(head -1 "$tmp/help")"
-grep -q '^       qwen3-diff compare A.h5\[:GROUP\] B.h5\[:GROUP\] \[--model DIR\] \[--tolerances FILE\] \[--json F\]$' \
+grep -q '^       qwen3-diff compare REF.h5\[:GROUP\] TEST.h5\[:GROUP\] \[--model DIR\] \[--tolerances FILE\]$' \
     "$tmp/help" || fail "--help: no synopsis of compare"
 grep -q '^       qwen3-diff selftest \[--fixtures DIR\] \[--json FILE\]   proves' "$tmp/help" || fail "--help: no synopsis of selftest"
 # every option --help lists is parsed: a flag is followed by the bad --threads x, a valued option takes
@@ -90,7 +90,10 @@ expect 2 "unknown option '--bogus'" -- --help --bogus
 # compare has its own table: its report options, --quiet, --no-color, --help
 expect 0 "usage: qwen3-diff" -- compare --help
 expect 2 "unknown option '--decode'" -- compare a.h5 b.h5 --decode 4
-expect 2 "expected two dumps, A.h5[:GROUP] B.h5[:GROUP] (got 1)" -- compare a.h5
+expect 2 "expected two dumps, REF.h5[:GROUP] TEST.h5[:GROUP] (or --reference F[:G] --test F[:G]) (got 1)" -- compare a.h5
+expect 2 "(got 1)" -- compare --test b.h5
+expect 2 "(got 3)" -- compare --reference a.h5 b.h5 c.h5
+expect 2 "--reference: the reference dump is given twice ('a.h5', 'b.h5')" -- compare --reference a.h5 --reference b.h5
 expect 2 "(got 3)" -- compare a.h5 b.h5 c.h5 --quiet
 expect 2 "--json: empty value" -- compare a.h5 b.h5 --json=
 # selftest's table and messages (the run itself is test_selftest.py's)

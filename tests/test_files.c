@@ -140,8 +140,66 @@ static void test_check_paths(void **state) {
     assert_int_equal(qd_check_paths(&e, QD_PATH_IN, "compare A", a, QD_PATH_IN, "compare B", a, QD_PATH_END), QD_OK);
     assert_int_equal(qd_check_paths(&e, QD_PATH_OUT, "--json", tmpdir, QD_PATH_END), QD_EINPUT);
     expect_msg(&e, "is a directory");
-    assert_int_equal(qd_check_paths(&e, QD_PATH_OUT, "--json", "/dev/null", QD_PATH_END), QD_EINPUT);
+    assert_int_equal(qd_check_paths(&e, QD_PATH_OUT, "--dump", "/dev/null", QD_PATH_END), QD_EINPUT);
     expect_msg(&e, "character device");
+    /* a stream output may be stdout or a device, not a directory; a seekable one (HDF5) is never stdout */
+    assert_int_equal(
+        qd_check_paths(&e, QD_PATH_STREAM, "--json", "/dev/null", QD_PATH_STREAM, "--junit", "/dev/null", QD_PATH_END),
+        QD_OK);
+    assert_int_equal(qd_check_paths(&e, QD_PATH_STREAM, "--json", "-", QD_PATH_OUT, "--dump", a, QD_PATH_END), QD_OK);
+    assert_int_equal(qd_check_paths(&e, QD_PATH_STREAM, "--json", tmpdir, QD_PATH_END), QD_EINPUT);
+    expect_msg(&e, "is a directory");
+    assert_int_equal(qd_check_paths(&e, QD_PATH_OUT, "--dump", "-", QD_PATH_END), QD_EINPUT);
+    expect_msg(&e, "not stdout");
+    assert_int_equal(
+        qd_check_paths(&e, QD_PATH_STREAM, "--json", "-", QD_PATH_STREAM, "--junit", "/dev/stdout", QD_PATH_END),
+        QD_EINPUT);
+    expect_msg(&e, "name the same file");
+}
+
+/* qd_out_open: a symlink's target written atomically (the link kept), a dangling link's target created,
+ * a FIFO or "-" refused for a seekable output, a directory refused for both. */
+static void test_out_open(void **state) {
+    (void)state;
+    qd_err e;
+    char *target = path_in("out_target.json"), *link = path_in("out_link.json");
+    write_file(target, "old");
+    assert_int_equal(symlink("out_target.json", link), 0);
+    qd_out o;
+    assert_int_equal(qd_out_open(&o, link, &e), QD_OK);
+    assert_string_equal(o.final, target);
+    fputs("new", o.f);
+    assert_int_equal(qd_out_commit(&o, &e), QD_OK);
+    struct stat st;
+    assert_int_equal(lstat(link, &st), 0);
+    assert_true(S_ISLNK(st.st_mode));
+    char *text = NULL;
+    assert_int_equal(qd_read_text(target, 1024, "test", &text, NULL, &e), QD_OK);
+    assert_string_equal(text, "new");
+    free(text);
+    char *dangling = path_in("out_dangling.json"), *created = path_in("out_created.json");
+    assert_int_equal(symlink("out_created.json", dangling), 0);
+    assert_int_equal(qd_out_open_seekable(&o, dangling, &e), QD_OK);
+    write_file(o.tmp, "h5");
+    assert_int_equal(qd_out_commit(&o, &e), QD_OK);
+    assert_int_equal(stat(created, &st), 0);
+    assert_true(S_ISREG(st.st_mode));
+    assert_int_equal(qd_out_open_seekable(&o, "-", &e), QD_EINPUT);
+    expect_msg(&e, "not stdout");
+    char *fifo = path_in("out_fifo");
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    assert_int_equal(qd_out_open_seekable(&o, fifo, &e), QD_EINPUT);
+    expect_msg(&e, "a FIFO");
+    assert_int_equal(qd_out_open(&o, tmpdir, &e), QD_EINPUT);
+    expect_msg(&e, "is a directory");
+    /* abandoned: nothing under the final name, no temporary file */
+    char *fresh = path_in("out_fresh.json");
+    assert_int_equal(qd_out_open(&o, fresh, &e), QD_OK);
+    char tmp[sizeof o.tmp];
+    snprintf(tmp, sizeof tmp, "%s", o.tmp);
+    qd_out_abort(&o);
+    assert_int_not_equal(access(fresh, F_OK), 0);
+    assert_int_not_equal(access(tmp, F_OK), 0);
 }
 
 /* In a child: register a file, install the handlers, signal itself. The parent sees the child killed by
@@ -205,6 +263,7 @@ int main(void) {
         cmocka_unit_test(test_read_text_cap),
         cmocka_unit_test(test_tokens_max_ids),
         cmocka_unit_test(test_check_paths),
+        cmocka_unit_test(test_out_open),
         cmocka_unit_test(test_tmp_signals),
         cmocka_unit_test(test_tmp_forget_and_exit),
     };

@@ -127,8 +127,13 @@ def huge_model(f):
 
 
 p = crafted("d2_huge_config.h5", huge_model)
+# the tolerance verdict: the replay's checkpoint (vocab 1024) would be refused first as not the dump's model
+d2_tol = os.path.join(tmp, "d2_tol.json")
+with open(d2_tol, "w") as f:
+    f.write('{"schema": "qwen3-diff-tolerances/1", "precision_pair": ["bf16", "fp32"]}')
 refused("D2 config_json vocab 2^30 with logits declared to match, never written", "declared but not written",
-        *compare(p))
+        *compare(p, "--tolerances", d2_tol))
+refused("a dump whose config_json is not the replay's model", "config_json 'vocab_size' is 1073741824 in", *compare(p))
 p = crafted("rank.h5", lambda f: (f["emu/layers/000"].__delitem__("k_norm"),
                                   f["emu/layers/000"].create_dataset("k_norm", data=np.zeros((3, 128), "f4"))))
 refused("k_norm stored 2-D", "rank 2, expected 3", *compare(p))

@@ -1,7 +1,8 @@
 /* qwen3-diff: finds where, how badly and why two Qwen3 implementations diverge.
  *
  *   qwen3-diff --layer-by-layer [--backends A,B]   runs two backends in lockstep and compares every tap
- *   qwen3-diff compare A.h5[:GROUP] B.h5[:GROUP]   compares two schema-v1 dumps from any engine
+ *   qwen3-diff compare REF.h5[:G] TEST.h5[:G]      compares two schema-v1 dumps from any engine (the first is
+ *                                                  the reference; also --reference F[:G] --test F[:G])
  *   qwen3-diff replay DUMP.h5[:GROUP]              judges one engine's dump op by op on its own
  *   qwen3-diff replay REPRO.h5                     reruns one op from its repro file (--repro), no checkpoint
  *   qwen3-diff --backends ref --summary            runs one backend and prints what the run looked like
@@ -60,6 +61,7 @@
 
 #include "cli_opts.h"
 #include "lists.h"
+#include "run_checks.h"
 #include "selftest_cli.h"
 
 // ----------------------------------------------------------------------------
@@ -105,9 +107,11 @@ typedef struct {
     int precision_sweep;  /* after a divergence: rerun B in fp32, fp16 and bf16 (qd_sweep.h) */
     int precision_bisect; /* after a divergence: the smallest set of ops whose fp32 fixes it (qd_bisect.h) */
     unsigned fp32_points; /* --fp32-ops: emu's precision points kept in fp32 (qd_emu.h) */
-    const char *compare_a, *compare_b; /* the compare subcommand's operands */
+    const char *compare_a, *compare_b; /* the compare subcommand's operands: the reference, the test */
+    int allow_mismatch;                /* compare: dumps of other prompts or configs, where comparable */
+    double max_memory;                 /* --max-memory in bytes; < 0: MemAvailable; 0: no check */
     const char *replay_dump;           /* the replay subcommand's operand */
-    int noperands;                     /* how many the compare subcommand was given */
+    int noperands;                     /* how many dumps the compare subcommand was given */
 } cli_args;
 
 enum {
@@ -151,6 +155,10 @@ enum {
     O_COLOR,
     O_LIST_TAPS,
     O_LIST_FAULTS,
+    O_REFERENCE,
+    O_TEST,
+    O_ALLOW_MISMATCH,
+    O_MAX_MEMORY,
 };
 
 /* name, value, id, section, help (NULL: not listed), usage position, flags, short name; in the order of --help */
@@ -206,6 +214,10 @@ static const qd_cli_opt main_opts[] = {
      0, 0, 0},
     {"ref-accum", "f32|f64", O_REF_ACCUM, "backends",
      "the reference's accumulation (default f32; f64 is the tighter oracle)", 0, 0, 0},
+    {"max-memory", "GIB", O_MAX_MEMORY, "backends",
+     "refuse a run whose memory estimate exceeds GIB (default: MemAvailable;\n0: no check); "
+     "a run of 1 GiB or more prints its estimate",
+     0, 0, 0},
     {"tolerances", "FILE", O_TOLERANCES, "verdict and CI",
      "judge by absolute tolerances (docs/TOLERANCES.md), the stricter gate; default:\n"
      "replay each op from each side's own inputs and judge its local error over\nits noise floor",
@@ -275,6 +287,9 @@ static const qd_cli_opt main_opts[] = {
 /* compare's options, described by the main --help: the model (for the replay verdict), the report files, the
  * tolerances, the output */
 static const qd_cli_opt compare_opts[] = {
+    {"reference", "F[:G]", O_REFERENCE, NULL, NULL, 0, 0, 0}, /* the operands by name (compare_cmd) */
+    {"test", "F[:G]", O_TEST, NULL, NULL, 0, 0, 0},
+    {"allow-mismatch", NULL, O_ALLOW_MISMATCH, NULL, NULL, 0, 0, 0},
     {"model", "DIR", O_MODEL, NULL, MODEL_OF_DUMP, 1, QD_CLI_SYNOPSIS, 0},
     {"tolerances", "FILE", O_TOLERANCES, NULL, NULL, 2, QD_CLI_SYNOPSIS, 0},
     {"ratio-threshold", "X", O_RATIO_THRESHOLD, NULL, NULL, 0, 0, 0},
@@ -328,7 +343,7 @@ static const qd_cli_cmd main_cmd = {
 
 static const qd_cli_cmd compare_cmd = {
     .name = "compare",
-    .operands = "A.h5[:GROUP] B.h5[:GROUP]",
+    .operands = "REF.h5[:GROUP] TEST.h5[:GROUP]",
     .opts = compare_opts,
     .nopts = (int)(sizeof compare_opts / sizeof *compare_opts),
 };
@@ -375,6 +390,12 @@ static void usage(FILE *f) {
           "attribute); replay judges one dump on its own, or reruns the op of a --repro file from that file\n"
           "alone (--inject NAME: with a fault of the catalog in the contract). report draws a comparison's\n"
           "dump (--dump) as the HTML page --html writes.\n"
+          "compare's first dump is the reference (the side trusted), the second the test (or name them:\n"
+          "--reference F[:G] --test F[:G]). Dumps of different models or prompts are refused, naming the\n"
+          "difference; --allow-mismatch compares the prompts' common first tokens, or configs that differ in\n"
+          "values only. A report file (--json, --junit, --html, --write-tolerances) may be '-': stdout, where\n"
+          "it is then alone (the text report goes to stderr). Limits (positions, memory) and whether each\n"
+          "--inject fault can fire are checked before any weight is loaded.\n"
           "\n",
           f);
     qd_cli_print_options(f, &main_cmd, vars);
@@ -513,6 +534,24 @@ static int take_option(void *ctx, const qd_cli_opt *o, const char *flag, const c
             return qd_errf(e, QD_EINPUT, "--margin: '%s' is not a number >= 1", val);
         return QD_OK;
     }
+    case O_ALLOW_MISMATCH: a->allow_mismatch = 1; return QD_OK;
+    case O_MAX_MEMORY: {
+        char *end;
+        double gib = strtod(val, &end);
+        if (*end || !(gib >= 0 && gib <= 1e6))
+            return qd_errf(e, QD_EINPUT, "--max-memory: '%s' is not a number of GiB (0: no check)", val);
+        a->max_memory = gib * 1024.0 * 1024.0 * 1024.0;
+        return QD_OK;
+    }
+    case O_REFERENCE:
+    case O_TEST: {
+        const char **slot = o->id == O_REFERENCE ? &a->compare_a : &a->compare_b;
+        if (*slot)
+            return qd_errf(e, QD_EINPUT, "%s: the %s dump is given twice ('%s', '%s')", flag, flag + 2, *slot, val);
+        *slot = val;
+        a->noperands++; /* counted with the positional ones */
+        return QD_OK;
+    }
     case O_LOCATE:
         if (strcmp(val, "free") == 0) a->locate = QD_MODE_FREE;
         else if (strcmp(val, "isolated") == 0) a->locate = QD_MODE_ISOLATED;
@@ -536,8 +575,9 @@ static int take_operand(void *ctx, const char *word, qd_err *e) {
         a->noperands = a->noperands < 0 ? 1 : a->noperands + 1;
         return QD_OK;
     }
-    if (a->noperands == 0) a->compare_a = word;
-    else if (a->noperands == 1) a->compare_b = word;
+    /* the first operand is the reference, unless --reference named it; then the test */
+    const char **slot = !a->compare_a ? &a->compare_a : !a->compare_b ? &a->compare_b : NULL;
+    if (slot) *slot = word;
     a->noperands++;
     return QD_OK;
 }
@@ -596,6 +636,7 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
     a->color = -1;
     a->margin = 0; /* not given: 2, once check_dump_options has seen whether it was */
     a->locate = QD_MODE_FREE;
+    a->max_memory = -1;
     qd_cli_handlers h = {.option = take_option, .misuse = misuse};
     if (argc > 1 && strcmp(argv[1], "compare") == 0) {
         h.operand = take_operand;
@@ -603,7 +644,9 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
         a->help *= 2; /* compare's own --help */
         if (rc || a->help) return rc;
         if (a->noperands != 2)
-            return qd_errf(e, QD_EINPUT, "compare: expected two dumps, A.h5[:GROUP] B.h5[:GROUP] (got %d)",
+            return qd_errf(e, QD_EINPUT,
+                           "compare: expected two dumps, REF.h5[:GROUP] TEST.h5[:GROUP] (or --reference F[:G] "
+                           "--test F[:G]) (got %d)",
                            a->noperands);
         if (a->repro && a->tolerances)
             return qd_errf(e, QD_EINPUT, "--repro writes the op the replay verdict blames: drop --tolerances");
@@ -635,6 +678,8 @@ static int parse_args(int argc, char **argv, cli_args *a, qd_err *e) {
     if ((rc = check_dump_options(a, e))) return rc;
     if (a->nbackends == 2) a->layer_by_layer = 1;
     if (a->calibrate) a->layer_by_layer = 1;
+    /* a fault goes to the side under test: without --backends, B of the default pair */
+    if (a->nbackends == 0 && a->fault.kind != QD_FAULT_NONE) a->layer_by_layer = 1;
     if (a->calibrate && !a->write_tol) return qd_errf(e, QD_EINPUT, "--calibrate needs --write-tolerances FILE");
     if (a->write_tol && !a->calibrate) return qd_errf(e, QD_EINPUT, "--write-tolerances needs --calibrate N");
     if (a->calibrate && (a->dump || a->json || a->junit || a->html || a->tolerances || a->fault.kind != QD_FAULT_NONE ||
@@ -959,6 +1004,9 @@ static int run_single(const cli_args *a, const char *model, const char *token_ar
     qd_tokenizer *tok = NULL;
 
     if ((rc = open_input(a, model, token_arg, a->dump, &cfg, &config_text, &tok, &tokens, &T, &dump, e))) return rc;
+    qd_run_plan plan = {
+        .T = T, .backends = 1, .name_b = a->backends[0], .fault = a->fault, .max_memory = a->max_memory};
+    if ((rc = qd_run_check(&cfg, &plan, a->quiet ? NULL : stderr, e))) goto out; /* before any weight is loaded */
 
     if ((rc = qd_weights_load(model, &w, e))) goto out;
     have_weights = 1;
@@ -1085,8 +1133,9 @@ static int load_tolerances(const cli_args *a, const qd_backend *ra, const qd_bac
                !qd_tolerances_floor(t->prec_test, t->prec_ref, &have, e) && want.rel_l2 == have.rel_l2;
     if (!same) {
         rc = qd_errf(e, QD_EINPUT,
-                     "%s: field 'precision_pair': written for %s vs %s, this comparison is %s (%s) vs %s (%s)",
-                     a->tolerances, t->prec_test, t->prec_ref, tb->name, tb->precision, ra->name, ra->precision);
+                     "%s: field 'precision_pair': written for reference %s, test %s; this comparison is reference %s "
+                     "(%s), test %s (%s)",
+                     a->tolerances, t->prec_ref, t->prec_test, ra->name, ra->precision, tb->name, tb->precision);
     } else {
         const qd_tolerances *sec[2] = {t, t->isolated}; /* the top level, the isolated section */
         for (int k = 0; k < 2 && !rc; k++)
@@ -1169,6 +1218,16 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
         return rc;
     const char *name_a = a->nbackends ? a->backends[0] : "ref";
     const char *name_b = a->nbackends ? a->backends[1] : qd_backend_default_test();
+    qd_run_plan plan = {.T = T,
+                        .decode = a->decode,
+                        .backends = a->isolate ? 3 : 2,
+                        .lockstep = 1,
+                        .name_b = name_b,
+                        .name_a = name_a,
+                        .fault = a->fault,
+                        .fault_a = a->fault_a,
+                        .max_memory = a->max_memory};
+    if ((rc = qd_run_check(&cfg, &plan, a->quiet ? NULL : stderr, e))) goto out; /* before any weight is loaded */
     if (a->precision_bisect && strcmp(name_b, "emu") != 0 && strcmp(name_b, "fused") != 0) {
         rc = qd_errf(e, QD_EINPUT,
                      "--precision-bisect: B is %s; it reruns emu's precision points, so B must be emu "
@@ -1179,13 +1238,6 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
     if ((rc = qd_weights_load(model, &w, e))) goto out;
     have_weights = 1;
     const int L = w.cfg.num_hidden_layers;
-    for (int k = 0; k < 2; k++) {
-        const qd_fault *f = k ? &a->fault_a : &a->fault;
-        if (f->kind != QD_FAULT_NONE && f->layer >= L) {
-            rc = qd_errf(e, QD_EINPUT, "--inject%s: layer %d, but the model has %d layers", k ? "-a" : "", f->layer, L);
-            goto out;
-        }
-    }
     qd_backend_opts bo = {.threads = a->threads,
                           .accum_f64 = a->accum == QD_ACCUM_F64,
                           .max_seq = T + a->decode,
@@ -1282,6 +1334,10 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
         if (a->dump) printf("dump: %s\n", a->dump);
     }
     report_repro(a, &repro);
+    if (!qd_report_diverged(&r) && !a->quiet) { /* a fault that fired and was not found is said */
+        if (a->fault.kind != QD_FAULT_NONE) qd_run_fault_not_found(&r, &a->fault, 1, "--inject", stderr);
+        if (a->fault_a.kind != QD_FAULT_NONE) qd_run_fault_not_found(&r, &a->fault_a, 0, "--inject-a", stderr);
+    }
     if (a->precision_sweep && !qd_report_diverged(&r)) {
         if (!a->quiet) printf("precision sweep: no divergence to explain\n");
     } else if (a->precision_sweep) {
@@ -1415,7 +1471,10 @@ static int run_compare(const cli_args *a, qd_err *e) {
     qd_repro_req repro = {.path = a->repro, .model = a->model};
     qd_replay_judge judge = {
         .w = have_w ? &w : NULL, .threshold = a->threshold, .threads = a->threads, .repro = a->repro ? &repro : NULL};
-    rc = qd_compare_files_judged(pa, ga[0] ? ga : NULL, pb, gb[0] ? gb : NULL, have_tol ? &tol : NULL, &judge, &r, e);
+    qd_compare_match match = {.allow_mismatch = a->allow_mismatch};
+    rc = qd_compare_files_judged(pa, ga[0] ? ga : NULL, pb, gb[0] ? gb : NULL, have_tol ? &tol : NULL, &judge, &match,
+                                 &r, e);
+    if (!rc && match.note[0]) fprintf(stderr, "qwen3-diff: warning: --allow-mismatch: %s\n", match.note);
     if (!rc) print_note(note);
     const qd_report_context ctx = {.model = df.model[0] ? df.model : NULL, .tokens = df.tokens, .T = df.T};
     if (!rc && a->json) rc = qd_report_write_json_ctx(&r, &ctx, a->json, e);
@@ -1429,7 +1488,7 @@ static int run_compare(const cli_args *a, qd_err *e) {
         qd_tok_free(tok);
     }
     if (!rc && !a->quiet) {
-        printf("compare %s vs %s\n", a->compare_a, a->compare_b);
+        printf("compare: reference %s, test %s\n", a->compare_a, a->compare_b);
         qd_report_print(&r, stdout, qd_cli_color(a->color, stdout));
     }
     if (!rc) report_repro(a, &repro);
@@ -1529,13 +1588,18 @@ int main(int argc, char **argv) {
     }
     /* outputs never overwrite each other or an input; a signal removes the temporary files (qd_files.h) */
     if (rc == QD_OK)
-        rc = qd_check_paths(&e, QD_PATH_OUT, "--dump", a.dump, QD_PATH_OUT, "--json", a.json, QD_PATH_OUT, "--junit",
-                            a.junit, QD_PATH_OUT, "--html", a.html, QD_PATH_IN, "report", a.report_dump, QD_PATH_OUT,
-                            "--write-tolerances", a.write_tol, QD_PATH_IN, "--tolerances", a.tolerances, QD_PATH_IN,
-                            "--tokens", a.tokens && a.tokens[0] == '@' ? a.tokens + 1 : NULL, QD_PATH_IN, "--prompt",
-                            a.prompt && a.prompt[0] == '@' ? a.prompt + 1 : NULL, QD_PATH_IN, "compare A", a.compare_a,
-                            QD_PATH_IN, "compare B", a.compare_b, QD_PATH_END);
+        rc = qd_check_paths(&e, QD_PATH_OUT, "--dump", a.dump, QD_PATH_OUT, "--repro", a.repro, QD_PATH_STREAM,
+                            "--json", a.json, QD_PATH_STREAM, "--junit", a.junit, QD_PATH_STREAM, "--html", a.html,
+                            QD_PATH_IN, "report", a.report_dump, QD_PATH_STREAM, "--write-tolerances", a.write_tol,
+                            QD_PATH_IN, "--tolerances", a.tolerances, QD_PATH_IN, "--tokens",
+                            a.tokens && a.tokens[0] == '@' ? a.tokens + 1 : NULL, QD_PATH_IN, "--prompt",
+                            a.prompt && a.prompt[0] == '@' ? a.prompt + 1 : NULL, QD_PATH_IN, "compare reference",
+                            a.compare_a, QD_PATH_IN, "compare test", a.compare_b, QD_PATH_END);
     if (rc == QD_OK) rc = qd_tmp_cleanup_on_signals(&e);
+    /* a document on stdout ("-") stays alone there: the text report goes to stderr */
+    if (rc == QD_OK && (qd_out_is_stdout(a.json) || qd_out_is_stdout(a.junit) || qd_out_is_stdout(a.write_tol) ||
+                        qd_out_is_stdout(a.html)))
+        rc = qd_out_claim_stdout(&e);
     if (rc == QD_OK) {
         const char *model = a.model ? a.model : QD_SOURCE_ROOT "/fixtures/knorm_extreme";
         char token_arg[4200];

@@ -12,6 +12,7 @@
 #include "qd_build_config.h"
 #include "qd_fault.h"
 #include "qd_progress.h"
+#include "qd_files.h"
 #include "qd_selftest.h"
 
 // ----------------------------------------------------------------------------
@@ -177,15 +178,16 @@ static int write_json(const qd_selftest_result *r, const char *root, const char 
                                "pass", r->misses == 0, "fixtures", root, "backend", backend, "calibration_prompts",
                                QD_SELFTEST_CALIB_PROMPTS, "clean_prompts", QD_SELFTEST_CLEAN_PROMPTS, "margin",
                                QD_SELFTEST_MARGIN, "decode_steps", QD_SELFTEST_DECODE, "rows", rows);
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    int rc = json_dump_file(root_o, tmp, JSON_INDENT(1));
-    json_decref(root_o);
-    if (rc != 0 || rename(tmp, path) != 0) {
-        remove(tmp);
-        return qd_errf(e, QD_ERUNTIME, "selftest: cannot write %s", path);
+    qd_out o; /* "-" is stdout; a file is written atomically (qd_files.h) */
+    int rc = qd_out_open(&o, path, e);
+    if (!rc && (json_dumpf(root_o, o.f, JSON_INDENT(1)) != 0 || fputc('\n', o.f) == EOF)) {
+        qd_out_abort(&o);
+        rc = qd_errf(e, QD_ERUNTIME, "selftest: cannot write %s", path);
+    } else if (!rc) {
+        rc = qd_out_commit(&o, e);
     }
-    return QD_OK;
+    json_decref(root_o);
+    return rc;
 }
 
 /* The selftest's phases through qd_progress (ctx): a live line on a terminal, a bounded rate in logs. */
@@ -204,6 +206,7 @@ int selftest_cli_main(int argc, char **argv) {
         return 0;
     }
     qd_selftest_result r = {0};
+    if (rc == QD_OK && qd_out_is_stdout(a.json)) rc = qd_out_claim_stdout(&e); /* --json -: the table to stderr */
     if (rc == QD_OK) {
         qd_progress pg;
         qd_progress_start(&pg, stderr, qd_progress_mode_for(stderr, a.quiet), "selftest", 0, NULL, NULL);
