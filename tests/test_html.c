@@ -149,7 +149,7 @@ static void hook_and_escaping(void **state) {
     free(p);
     free(h);
 
-    /* nothing left beside the two pages; a missing directory is a runtime error naming the path */
+    /* nothing left beside the two pages */
     DIR *dir = opendir(tmpdir);
     assert_non_null(dir);
     int files = 0;
@@ -160,9 +160,10 @@ static void hook_and_escaping(void **state) {
     }
     closedir(dir);
     assert_int_equal(files, 2);
+    /* an output in a directory that does not exist is bad input (exit 2, qd_out_open), named in the message */
     char bad[4200];
     snprintf(bad, sizeof bad, "%s/no/such/dir/page.html", tmpdir);
-    assert_int_equal(qd_report_write_html(&r, &cx, bad, &e), QD_ERUNTIME);
+    assert_int_equal(qd_report_write_html(&r, &cx, bad, &e), QD_EINPUT);
     assert_non_null(strstr(e.msg, "no/such/dir"));
     qd_report_free(&r);
 }
