@@ -14,7 +14,13 @@ made here with h5py from a real dump (knorm_extreme, tokens 5,17,3, ref and emu)
 plus wrong ranks, types and values, external links and raw data, and non-regular input files (FIFO,
 device, directory) for every input, size caps, outputs naming the same file, tolerance files that do not fit
 an offline comparison, and SIGINT/SIGTERM during a --dump (no temp file survives, the final name never
-appears, the exit status says which signal).
+appears, the exit status says which signal). Then: NaN and Inf in either side of another engine's dump
+(float32 or float64 storage) are reported as a non-finite divergence at their own tap, under both verdicts;
+a tap one dimension short and input_ids shorter than the taps are refused; float16 taps are read. Signals at
+growing delays into a run with --dump, --json and --junit, into --calibrate/--write-tolerances and into
+compare with --json, --junit and --repro: after each, no temp file and every file left parses. Two runs
+with --dump and --json to the same paths at once: each file is one run's whole (its bytes, its JSON),
+never a mix.
 """
 import functools
 import glob

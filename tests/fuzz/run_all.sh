@@ -8,7 +8,8 @@
 # LD_LIBRARY_PATH at them; bundle.sh gathers both) and, next to this script, corpus/ and regressions/.
 # Works in $QD_FUZZ_WORK (default ./fuzz-work): WORK/<name>/corpus keeps what the runs found (the next run
 # starts from there), WORK/<name>/artifacts the crash inputs, WORK/<name>/fuzz.log libFuzzer's output.
-# QD_FUZZ_ARGS adds libFuzzer options (e.g. -timeout=1 for long h5read runs, tests/fuzz/README.md).
+# QD_FUZZ_ARGS adds libFuzzer options (e.g. -timeout=1 for long h5read runs, tests/fuzz/README.md);
+# QD_FUZZ_TARGETS="h5read safetensors" runs only those (the slow ones can then get more cores).
 # Exit status: 0 when no target recorded a crash or an out-of-memory input (h5read's: those triage.py
 # does not class as HDF5's own), 1 otherwise, 2 on bad usage.
 set -uo pipefail
@@ -22,7 +23,9 @@ work=${QD_FUZZ_WORK:-fuzz-work}
 targets=()
 for f in "$dir"/fuzz_*; do
     n=${f##*/fuzz_}
-    [ -x "$f" ] && [ -f "$f" ] && [[ $n != replay* ]] && targets+=("$n")
+    [ -x "$f" ] && [ -f "$f" ] && [[ $n != replay* ]] || continue
+    [ -z "${QD_FUZZ_TARGETS:-}" ] || [[ " $QD_FUZZ_TARGETS " == *" $n "* ]] || continue
+    targets+=("$n")
 done
 if [ ${#targets[@]} -eq 0 ]; then
     echo "run_all: no fuzz_<name> executable in $dir" >&2
