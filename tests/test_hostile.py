@@ -264,7 +264,8 @@ tol_default = os.path.join(tmp, "tol_default.json")
 with open(tol_default, "w") as f:
     f.write(head + '["bf16", "fp32"]}')
 for name, edit, where, side in [
-        ("NaN in the test side's k_norm", poke("emu", "layers/001/k_norm", (1, 0, 3), np.nan), "layer 1, k_norm", "emu"),
+        ("NaN in the test side's k_norm", poke("emu", "layers/001/k_norm", (1, 0, 3), np.nan), "layer 1, k_norm",
+         "emu"),
         ("+Inf in the test side's attn", poke("emu", "layers/002/attn", (2, 5), np.inf), "layer 2, attn", "emu"),
         ("-Inf in the test side's logits", poke("emu", "logits", (0, 7), -np.inf), "logits", "emu"),
         ("NaN in a float64 tap", poke("emu", "layers/001/k_norm", (0, 0, 0), np.nan, "f8"), "layer 1, k_norm", "emu"),
@@ -345,8 +346,8 @@ def signal_sweep(what, argv, outdir, keep=()):
 sig_dir = os.path.join(tmp, "sig_outputs")
 os.makedirs(sig_dir)
 signal_sweep("a run with --dump, --json and --junit",
-             ["--model", LP, "--tokens", "@" + os.path.join(LP, "prompt.txt"), "--backends", "ref,emu", "--decode", "20",
-              "--dump", os.path.join(sig_dir, "x.h5"), "--json", os.path.join(sig_dir, "x.json"), "--junit",
+             ["--model", LP, "--tokens", "@" + os.path.join(LP, "prompt.txt"), "--backends", "ref,emu", "--decode",
+              "20", "--dump", os.path.join(sig_dir, "x.h5"), "--json", os.path.join(sig_dir, "x.json"), "--junit",
               os.path.join(sig_dir, "x.xml"), "--quiet"], sig_dir)
 signal_sweep("--calibrate with --write-tolerances",
              ["--model", KN, "--tokens", "5,17,3,9,1,2", "--backends", "ref,emu", "--calibrate", "6",
