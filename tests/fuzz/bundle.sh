@@ -30,7 +30,7 @@ if [ "$n" -eq 0 ]; then
     echo "bundle: no fuzz_<name> target in $build/tests/fuzz (a clang build with -fsanitize=fuzzer-no-link?)" >&2
     exit 2
 fi
-cp -r "$here/corpus" "$here/regressions" "$out/"
+cp -r "$here/corpus" "$here/regressions" "$here/dict" "$out/"
 cp "$here/run_all.sh" "$here/clean_scratch.sh" "$here/triage.py" "$here/lsan.supp" "$out/"
 echo "bundle: $n targets, $(ls "$out/lib" | wc -l) libraries, $(du -sh "$out" | cut -f1) in $out"
 echo "run it with: LD_LIBRARY_PATH=$out/lib $out/run_all.sh $out/bin SECONDS JOBS"

@@ -44,10 +44,13 @@ for i in "${!targets[@]}"; do
     for d in "$here/corpus/$t" "$here/regressions/$t"; do
         if [ -d "$d" ] && [ -n "$(ls -A "$d")" ]; then seeds+=("$d"); fi
     done
+    dict=()
+    [ -f "$here/dict/$t.dict" ] && dict=(-dict="$here/dict/$t.dict")
     # the options of run_fuzz.sh (its comments say why each)
     # shellcheck disable=SC2086
     "$dir/fuzz_$t" -fork="$j" -ignore_crashes=1 -max_total_time="$seconds" -timeout=3 -rss_limit_mb=2048 \
-        -detect_leaks=0 -artifact_prefix="$work/$t/artifacts/" ${QD_FUZZ_ARGS:-} "$work/$t/corpus" "${seeds[@]}" \
+        -detect_leaks=0 -artifact_prefix="$work/$t/artifacts/" "${dict[@]}" ${QD_FUZZ_ARGS:-} "$work/$t/corpus" \
+        "${seeds[@]}" \
         >"$work/$t/fuzz.log" 2>&1 &
     pids+=($!)
     echo "run_all: fuzz_$t: $j processes, log $work/$t/fuzz.log"

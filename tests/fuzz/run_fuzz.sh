@@ -19,6 +19,11 @@ for d in "$@"; do
     if [ -d "$d" ] && [ -n "$(ls -A "$d")" ]; then dirs+=("$d"); fi
 done
 mkdir -p "$work/corpus" "$work/artifacts"
+# the format's tokens (dict/<name>.dict), where the target has them: mutations that splice in a known key
+# reach past the first "unknown key" refusal far sooner
+name=${fuzzer##*/fuzz_}
+dict=()
+[ -f "$here/dict/$name.dict" ] && dict=(-dict="$here/dict/$name.dict")
 # -fork: inputs run in child processes, so a crash or hang inside HDF5 itself (tests/fuzz/README.md,
 # "HDF5's own bugs") is recorded in WORKDIR/artifacts/ and fuzzing goes on (-ignore_crashes=1); each crash
 # is then triaged (triage.py): one whose bad memory or crashing frame is ours fails the run, one wholly
@@ -32,7 +37,7 @@ fuzz_rc=0
 # shellcheck disable=SC2086
 "$fuzzer" -fork="${QD_FUZZ_JOBS:-1}" -ignore_crashes=1 -max_total_time="${QD_FUZZ_SECONDS:-60}" -timeout=3 \
     -rss_limit_mb=2048 -detect_leaks=0 -print_final_stats=1 -artifact_prefix="$work/artifacts/" \
-    ${QD_FUZZ_ARGS:-} "$work/corpus" "${dirs[@]}" || fuzz_rc=$?
+    "${dict[@]}" ${QD_FUZZ_ARGS:-} "$work/corpus" "${dirs[@]}" || fuzz_rc=$?
 # In fork mode libFuzzer exits 1 whenever a child crashed, HDF5's crashes included: the verdict is the
 # triage's. A failure with nothing recorded (bad flags, no corpus) fails the run.
 rc=0
