@@ -19,8 +19,11 @@ int qd_errf(qd_err *e, int code, const char *fmt, ...) {
         va_start(ap, fmt);
         vsnprintf(e->msg, sizeof e->msg, fmt, ap);
         va_end(ap);
-        for (char *p = e->msg; *p; p++)
-            if (*p == '\n') *p = ' '; /* messages are one line */
+        /* messages are one line, and text quoted from a hostile file (a tokens argument, a JSON string)
+         * must not break it or reach the terminal as a control sequence (\r, ESC): every control
+         * character becomes a space */
+        for (unsigned char *p = (unsigned char *)e->msg; *p; p++)
+            if (*p < 0x20 || *p == 0x7f) *p = ' ';
         e->code = code;
     }
     return code;

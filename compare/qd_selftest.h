@@ -79,6 +79,8 @@ typedef struct {
     /* A fault name whose expectations are taken one layer later than the table says, which must make its
      * checks miss (a test of the checker); NULL: none. */
     const char *shift_expectation;
+    /* Only the contexts and sweeps of this fixture (a short run: the valgrind test); NULL: every fixture. */
+    const char *only_fixture;
     /* Called before each fixture context and each sweep, with one line ("gqa_tied: blessing ref vs emu
      * over 5 prompts"); NULL: nothing is reported. */
     void (*progress)(void *ctx, const char *msg);

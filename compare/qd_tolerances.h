@@ -39,7 +39,9 @@
  * layer that is not a plain decimal index below QD_TOL_MAX_LAYERS, a wrong schema string: each is
  * QD_EINPUT with one line naming the file and the field ("tol.json: field 'layers.3/k_norm.atol': ...").
  * Numbers are written with 15 significant digits, so every value that came from a decimal of up to 15
- * digits (all values this project writes or reads) round-trips exactly. */
+ * digits (all values this project writes or reads) round-trips exactly; a longer one is rounded to 15 digits,
+ * and where that rounding would make the file refused (a field > 1 written as 1, DBL_MAX written as a
+ * number that overflows) to the nearest 15-digit value the loader accepts. */
 #ifndef QD_TOLERANCES_H
 #define QD_TOLERANCES_H
 

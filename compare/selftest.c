@@ -487,10 +487,14 @@ int qd_selftest_run(const qd_selftest_opts *o, qd_selftest_result *out, qd_err *
             cx[ncx++] = (st_context){cs[k].fixture, cs[k].variant, cs[k].prompt_len, cs[k].prompt_seed};
     }
 
-    for (int j = 0; j < ncx && !rc; j++) rc = run_context(o, root, backend, &cx[j], out, e);
+    const char *only = o->only_fixture;
+    for (int j = 0; j < ncx && !rc; j++)
+        if (!only || !strcmp(cx[j].fixture, only)) rc = run_context(o, root, backend, &cx[j], out, e);
     int ns;
     const qd_sweep_case *sw = qd_sweep_cases(&ns);
-    for (int j = 0; j < ns && !rc; j++) rc = run_sweep_case(o, root, backend, &sw[j], out, e);
+    for (int j = 0; j < ns && !rc; j++)
+        if (!only || !strcmp(sw[j].fixture, only)) rc = run_sweep_case(o, root, backend, &sw[j], out, e);
+    if (!rc && only && out->n == 0) rc = qd_errf(e, QD_EINPUT, "no check uses a fixture named '%s'", only);
     if (rc) {
         qd_selftest_result_free(out);
         return rc;

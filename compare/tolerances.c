@@ -552,11 +552,35 @@ int qd_tolerances_check_fit(const qd_tolerances *t, const char *name_test, const
 // ----------------------------------------------------------------------------
 // writing
 
+/* x as the file will hold it: rounded to the 15 significant digits it is written with, so that what is
+ * written loads again. Two values the loader accepts would not otherwise: one within 1e-15 above 1 in a
+ * field that must be > 1 (1.0000000000000002 is written "1"), and one within 1e-15 of DBL_MAX (written
+ * "1.79769313486232e+308", which overflows to inf when read). The first becomes the smallest 15-digit
+ * decimal above 1, the second the largest 15-digit decimal below DBL_MAX. */
+static double real15(double x, int above_one) {
+    char buf[40];
+    snprintf(buf, sizeof buf, "%.15g", x);
+    double y = strtod(buf, NULL);
+    if (isinf(y) && !isinf(x)) y = x > 0 ? 1.79769313486231e308 : -1.79769313486231e308;
+    if (above_one && x > 1.0 && !(y > 1.0)) y = 1.00000000000001;
+    return y;
+}
+
+/* The same for every number in a free-form section ("measured"), in place. */
+static void round15_all(json_t *v) {
+    const char *k;
+    json_t *x;
+    size_t i;
+    if (json_is_real(v)) json_real_set(v, real15(json_real_value(v), 0));
+    else if (json_is_object(v)) json_object_foreach(v, k, x) round15_all(x);
+    else if (json_is_array(v)) json_array_foreach(v, i, x) round15_all(x);
+}
+
 static json_t *tol_json(const qd_tol_entry *en) {
     json_t *o = json_object();
-    if (en->set & QD_TOL_SET_REL_L2) json_object_set_new(o, "rel_l2", json_real(en->tol.rel_l2));
-    if (en->set & QD_TOL_SET_ATOL) json_object_set_new(o, "atol", json_real(en->tol.atol));
-    if (en->set & QD_TOL_SET_RTOL) json_object_set_new(o, "rtol", json_real(en->tol.rtol));
+    if (en->set & QD_TOL_SET_REL_L2) json_object_set_new(o, "rel_l2", json_real(real15(en->tol.rel_l2, 0)));
+    if (en->set & QD_TOL_SET_ATOL) json_object_set_new(o, "atol", json_real(real15(en->tol.atol, 0)));
+    if (en->set & QD_TOL_SET_RTOL) json_object_set_new(o, "rtol", json_real(real15(en->tol.rtol, 0)));
     return o;
 }
 
@@ -591,11 +615,11 @@ static json_t *tolerances_json(const qd_tolerances *t) {
     json_t *root = json_object();
     json_object_set_new(root, "schema", json_string(QD_TOL_SCHEMA));
     json_object_set_new(root, "precision_pair", json_pack("[ss]", t->prec_test, t->prec_ref));
-    if (t->margin > 0) json_object_set_new(root, "margin", json_real(t->margin));
+    if (t->margin > 0) json_object_set_new(root, "margin", json_real(real15(t->margin, 0)));
     levels_json(root, t);
-    json_object_set_new(root, "blowup_ratio", json_real(t->blowup.blowup_ratio));
-    json_object_set_new(root, "growth_factor", json_real(t->blowup.growth_factor));
-    json_object_set_new(root, "growth_floor", json_real(t->blowup.growth_floor));
+    json_object_set_new(root, "blowup_ratio", json_real(real15(t->blowup.blowup_ratio, 1)));
+    json_object_set_new(root, "growth_factor", json_real(real15(t->blowup.growth_factor, 1)));
+    json_object_set_new(root, "growth_floor", json_real(real15(t->blowup.growth_floor, 0)));
     if (t->isolated) {
         json_t *iso = json_object();
         levels_json(iso, t->isolated);
@@ -610,7 +634,11 @@ static json_t *tolerances_json(const qd_tolerances *t) {
         json_object_set_new(mo, "config_hash", json_string(m->config_hash));
         json_object_set_new(root, "model", mo);
     }
-    if (t->measured) json_object_set(root, "measured", t->measured);
+    if (t->measured) {
+        json_t *m = json_deep_copy(t->measured);
+        round15_all(m);
+        json_object_set_new(root, "measured", m);
+    }
     return root;
 }
 

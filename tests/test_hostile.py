@@ -14,7 +14,13 @@ made here with h5py from a real dump (knorm_extreme, tokens 5,17,3, ref and emu)
 plus wrong ranks, types and values, external links and raw data, and non-regular input files (FIFO,
 device, directory) for every input, size caps, outputs naming the same file, tolerance files that do not fit
 an offline comparison, and SIGINT/SIGTERM during a --dump (no temp file survives, the final name never
-appears, the exit status says which signal).
+appears, the exit status says which signal). Then: NaN and Inf in either side of another engine's dump
+(float32 or float64 storage) are reported as a non-finite divergence at their own tap, under both verdicts;
+a tap one dimension short and input_ids shorter than the taps are refused; float16 taps are read. Signals at
+growing delays into a run with --dump, --json and --junit, into --calibrate/--write-tolerances and into
+compare with --json, --junit and --repro: after each, no temp file and every file left parses. Two runs
+with --dump and --json to the same paths at once: each file is one run's whole (its bytes, its JSON),
+never a mix.
 """
 import functools
 import glob
@@ -246,6 +252,151 @@ for sig in (signal.SIGINT, signal.SIGTERM):
     check(had_tmp and p.returncode == -sig and left == [],
           f"{sig.name} during --dump: killed by {sig.name} (status {p.returncode}), temp file seen ({had_tmp}), "
           f"nothing left ({left})")
+
+# --- dumps from other engines: non-finite values are reported at their tap, wrong sizes refused ------------------
+def poke(group, tap, index, value, dtype=None):
+    """Sets one value of group/tap (as another engine would have written it; dtype: stored as that type)."""
+    def edit(f):
+        a = f[f"{group}/{tap}"][...]
+        a = a.astype(dtype) if dtype else a
+        a[index] = value
+        del f[f"{group}/{tap}"]
+        f.create_dataset(f"{group}/{tap}", data=a)
+    return edit
+
+
+tol_default = os.path.join(tmp, "tol_default.json")
+with open(tol_default, "w") as f:
+    f.write(head + '["bf16", "fp32"]}')
+for name, edit, where, side in [
+        ("NaN in the test side's k_norm", poke("emu", "layers/001/k_norm", (1, 0, 3), np.nan), "layer 1, k_norm",
+         "emu"),
+        ("+Inf in the test side's attn", poke("emu", "layers/002/attn", (2, 5), np.inf), "layer 2, attn", "emu"),
+        ("-Inf in the test side's logits", poke("emu", "logits", (0, 7), -np.inf), "logits", "emu"),
+        ("NaN in a float64 tap", poke("emu", "layers/001/k_norm", (0, 0, 0), np.nan, "f8"), "layer 1, k_norm", "emu"),
+        ("NaN in the reference side's k_norm", poke("ref", "layers/001/k_norm", (1, 0, 3), np.nan), "layer 1, k_norm",
+         "ref")]:
+    p = crafted(name.replace(" ", "_").replace("'", "").replace("+", "p").replace("-", "m") + ".h5", edit)
+    js = p + ".json"
+    rc, out, err = run_t(*compare(p, "--json", js))
+    fd = json.load(open(js))["first_divergence"] if os.path.exists(js) else None
+    check(rc == 1 and f"first divergence: {where} — on {side}" in out and "non-finite" in out and fd is not None
+          and fd.get("side") in (None, side) and "nonfinite" in json.dumps(fd),
+          f"{name}: diverged (exit 1) at {where} on {side}, non-finite, in the JSON too "
+          f"(exit {rc}: {out.strip()[:400]} {err.strip()[-200:]})")
+    rc, out, err = run_t(*compare(p, "--tolerances", tol_default))
+    check(rc == 1 and f"first divergence: {where}" in out and "non-finite" in out,
+          f"{name}, --tolerances: diverged (exit 1) at {where}, non-finite (exit {rc}: {out.strip()[:300]})")
+p = crafted("short_dim.h5", lambda f: (f["emu/layers/001"].__delitem__("k_norm"), f["emu/layers/001"].create_dataset(
+    "k_norm", data=np.zeros((3, 2, 32), "f4"))))
+refused("k_norm with a head_dim of 32, not 64", "shape (3, 2, 32), expected (3, 2, 64)", *compare(p))
+p = crafted("ids_short.h5", lambda f: (f.__delitem__("input_ids"), f.create_dataset("input_ids", data=[5, 17])))
+refused("input_ids of 2 tokens, taps of 3", "expected (2,", *compare(p))
+p = crafted("f16_taps.h5", lambda f: [poke("emu", t, (0, 0), 0.5, "f2")(f) for t in ("embed", "final_norm")])
+rc, out, err = run_t(*compare(p))
+check(rc in (0, 1) and "taps compared" in out, f"float16 taps from another engine are read (exit {rc}: {err.strip()})")
+
+
+# --- signals: no temp file, no partial output, for every output and the compare path ---------------------------
+def only_complete(d):
+    """The files left in d: none a temp file, each one complete (it parses). Returns (ok, names)."""
+    left = sorted(os.listdir(d))
+    ok = True
+    for n in left:
+        path = os.path.join(d, n)
+        try:
+            if ".tmp." in n:
+                ok = False
+            elif n.endswith(".json"):
+                json.load(open(path))
+            elif n.endswith(".xml"):
+                import xml.etree.ElementTree as ET
+                ET.parse(path)
+            elif n.endswith(".h5"):
+                with h5py.File(path, "r") as f:
+                    f.attrs["schema"]
+        except Exception:  # noqa: BLE001: any unreadable output is a partial one
+            ok = False
+    return ok, left
+
+
+def signal_sweep(what, argv, outdir, keep=()):
+    """Signals (SIGINT and SIGTERM, alternately) at growing delays into runs of argv until a run finishes
+    first: each run killed by its signal, or exited 0/1 before it; after each, only complete outputs."""
+    delay, n, killed = 0.05, 0, 0
+    while n < 12:
+        for name in os.listdir(outdir):
+            if name not in keep:
+                os.unlink(os.path.join(outdir, name))
+        sig = (signal.SIGINT, signal.SIGTERM)[n % 2]
+        p = subprocess.Popen([BIN, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(delay)
+        p.send_signal(sig)
+        try:
+            p.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        ok, left = only_complete(outdir)
+        check(ok and p.returncode in (-sig, 0, 1),
+              f"{what}: {sig.name} after {delay:.2f} s: status {p.returncode}, left {left} (temp or partial files?)")
+        n += 1
+        if p.returncode in (0, 1):
+            break
+        killed += 1
+        delay *= 1.6
+    check(killed >= 2, f"{what}: the signals came during the run ({killed} runs killed of {n})")
+
+
+sig_dir = os.path.join(tmp, "sig_outputs")
+os.makedirs(sig_dir)
+signal_sweep("a run with --dump, --json and --junit",
+             ["--model", LP, "--tokens", "@" + os.path.join(LP, "prompt.txt"), "--backends", "ref,emu", "--decode",
+              "20", "--dump", os.path.join(sig_dir, "x.h5"), "--json", os.path.join(sig_dir, "x.json"), "--junit",
+              os.path.join(sig_dir, "x.xml"), "--quiet"], sig_dir)
+signal_sweep("--calibrate with --write-tolerances",
+             ["--model", KN, "--tokens", "5,17,3,9,1,2", "--backends", "ref,emu", "--calibrate", "6",
+              "--write-tolerances", os.path.join(sig_dir, "tol.json"), "--quiet"], sig_dir)
+long_dump = os.path.join(sig_dir, "long.h5")
+rc, _, err = run("--model", LP, "--tokens", "@" + os.path.join(LP, "prompt.txt"), "--backends", "ref,emu", "--decode",
+                 "20", "--dump", long_dump, "--quiet")
+check(rc == 0, f"a long dump to compare ({err.strip()})")
+signal_sweep("compare with --json, --junit and --repro",
+             ["compare", long_dump + ":ref", long_dump + ":emu", "--json", os.path.join(sig_dir, "c.json"), "--junit",
+              os.path.join(sig_dir, "c.xml"), "--repro", os.path.join(sig_dir, "c_repro.h5"), "--quiet"], sig_dir,
+             keep=("long.h5",))
+
+# --- two processes writing one path: one complete file from one of them, never a mix --------------------------
+race = os.path.join(tmp, "race")
+os.makedirs(race)
+solo = {}
+for toks in ("5,17,3", "5,17,4"):
+    d, j = os.path.join(race, f"solo_{toks}.h5"), os.path.join(race, f"solo_{toks}.json")
+    rc, _, err = run("--model", KN, "--tokens", toks, "--backends", "ref,emu", "--dump", d, "--json", j, "--quiet")
+    check(rc == 0, f"solo run {toks} ({err.strip()})")
+    with h5py.File(d, "r") as f:
+        data = {}
+        f.visititems(lambda n, o: data.__setitem__(n, o[...]) if isinstance(o, h5py.Dataset) else None)
+    solo[toks] = (data, json.load(open(j)))
+shared_dump, shared_json = os.path.join(race, "shared.h5"), os.path.join(race, "shared.json")
+for rnd in range(4):
+    procs = [subprocess.Popen([BIN, "--model", KN, "--tokens", toks, "--backends", "ref,emu", "--dump", shared_dump,
+                               "--json", shared_json, "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for toks in (("5,17,3", "5,17,4") if rnd % 2 == 0 else ("5,17,4", "5,17,3"))]
+    codes = [p.wait(timeout=300) for p in procs]
+    with h5py.File(shared_dump, "r") as f:
+        data = {}
+        f.visititems(lambda n, o: data.__setitem__(n, o[...]) if isinstance(o, h5py.Dataset) else None)
+    # bytes, not values: the metrics table holds NaN (no previous layer) in a compound type
+    whose = [t for t, (d, _) in solo.items() if d.keys() == data.keys() and all(
+             d[k].dtype == data[k].dtype and d[k].shape == data[k].shape and d[k].tobytes() == data[k].tobytes()
+             for k in d)]
+    js = json.load(open(shared_json))
+    whose_json = [t for t, (_, j) in solo.items() if j == js]
+    check(codes == [0, 0] and len(whose) == 1 and len(whose_json) == 1 and sorted(os.listdir(race)) == sorted(
+          ["shared.h5", "shared.json"] + [f"solo_{t}.{e}" for t in solo for e in ("h5", "json")]),
+          f"two concurrent runs --dump/--json to one path (round {rnd}): both exit 0 ({codes}), the dump is one run's "
+          f"whole ({whose}), the JSON one run's whole ({whose_json}), no temp file left")
 
 shutil.rmtree(tmp, ignore_errors=True)
 finish()

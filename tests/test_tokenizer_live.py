@@ -10,7 +10,7 @@ On tests/data/tok_corpus.json, plus texts for the added-token options and 1000 s
   with Qwen's special tokens and added tokens using single_word, lstrip, rstrip and normalized: true;
 - the same with its merges rewritten as "a b" strings, and with ignore_merges;
 - a GPT-2-style one: no normalizer, ByteLevel with add_prefix_space and its own regex;
-- the fuzz target's seeds (tests/fuzz/tokenizer-seeds: unk_token with fuse_unk, a String split with Removed).
+- the fuzz target's seeds (tests/fuzz/corpus/tokenizer, fixture-* aside: unk_token with fuse_unk, a String split with Removed).
 --chat: the text and ids transformers renders for one user message with add_generation_prompt=True, with
 Qwen3's template (the fixtures'), a Qwen2.5-style one (a default system message), Qwen3-Thinking-2507's
 ending (<think>\\n after the assistant turn opens), and ChatML templates that write the generation prompt as
@@ -137,8 +137,8 @@ compare("trained, GPT-2's ByteLevel pre-tokenizer with a prefix space", path)
 
 # the fuzz seeds: unk_token with fuse_unk (a byte missing from the vocab), a String pattern with Removed, a
 # Sequence normalizer, lstrip/rstrip and a normalized single_word added token, GPT-2's pre-tokenizer with pairs
-seeds = os.path.join(HERE, "fuzz", "tokenizer-seeds")
-for f in sorted(os.listdir(seeds)):
+seeds = os.path.join(HERE, "fuzz", "corpus", "tokenizer")
+for f in sorted(x for x in os.listdir(seeds) if not x.startswith("fixture-")):  # the fixtures are checked above
     compare(f"seed {f}", os.path.join(seeds, f), merges_apply=False)  # 8 merges: too few to shorten the corpus
 
 # --- --chat against transformers --------------------------------------------------------------------------------

@@ -59,6 +59,16 @@ static void test_resize_failure_keeps_block(void **state) {
     free(p);
 }
 
+/* Text quoted from a hostile file (a tokens argument, a JSON string) must not break the one-line message or
+ * reach the terminal as a control sequence: found by the tokens and config fuzz targets. */
+static void test_errf_control_chars(void **state) {
+    (void)state;
+    qd_err e;
+    assert_int_equal(qd_errf(&e, QD_EINPUT, "tokens '%s'", "3\r7\x1b[2J\t1\n\x7f"), QD_EINPUT);
+    assert_string_equal(e.msg, "tokens '3 7 [2J 1  '");
+    assert_int_equal(e.code, QD_EINPUT);
+}
+
 static void test_success(void **state) {
     (void)state;
     qd_err e;
@@ -82,6 +92,7 @@ int main(void) {
         cmocka_unit_test(test_alloc_failure),
         cmocka_unit_test(test_zalloc_failure),
         cmocka_unit_test(test_resize_failure_keeps_block),
+        cmocka_unit_test(test_errf_control_chars),
         cmocka_unit_test(test_success),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

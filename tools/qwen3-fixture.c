@@ -458,6 +458,12 @@ static int same_3sig(double a, double b) {
  * reach, the nearest k. Finally t is bisected so the std of the dtype-rounded vector hits S. */
 static float *make_knorm(const opts_t *o, const knorm_stat *ks) {
     int n = o->head_dim;
+    /* refused before anything is allocated: die_usage exits, and what it leaves allocated is a leak */
+    double M = round_dtype(o->dtype, ks->max), S = ks->std;
+    if (!isfinite(M) || !same_3sig(M, ks->max))
+        die_usage("--k-norm-stats: max %g of layer %d is not representable in the weight dtype to 3 "
+                  "significant digits (nearest %g)",
+                  ks->max, ks->layer, M);
     float *w = ALLOC((size_t)n * sizeof *w);        /* (head_dim) */
     double *g = ALLOC((size_t)(n - 1) * sizeof *g); /* (head_dim - 1) */
     char name[96];
@@ -480,11 +486,6 @@ static float *make_knorm(const opts_t *o, const knorm_stat *ks) {
     }
     int p = (int)rng_below(&r, (uint64_t)n);
 
-    double M = round_dtype(o->dtype, ks->max), S = ks->std;
-    if (!isfinite(M) || !same_3sig(M, ks->max))
-        die_usage("--k-norm-stats: max %g of layer %d is not representable in the weight dtype to 3 "
-                  "significant digits (nearest %g)",
-                  ks->max, ks->layer, M);
     double Sp = S * sqrt((double)n / (n - 1));
     double kmin = gmax + 0.5, kpeak = n / 3.0; /* h(k) = (k+3)/sqrt(1+k^2/n) rises up to k = n/3 */
 #define H(k) (((k) + 3.0) / sqrt(1.0 + (k) * (k) / n))

@@ -18,7 +18,7 @@
 // ----------------------------------------------------------------------------
 // the command line
 
-enum { S_BACKEND = 1, S_FIXTURES, S_JSON, S_THREADS, S_QUIET, S_COLOR, S_SHIFT, S_HELP };
+enum { S_BACKEND = 1, S_FIXTURES, S_JSON, S_THREADS, S_QUIET, S_COLOR, S_SHIFT, S_ONLY, S_HELP };
 
 /* name, value, id, section, help, usage position, flags, short name. The selftest's --help is its usage line
  * and a paragraph: no option is listed (help NULL). */
@@ -31,6 +31,7 @@ static const qd_cli_opt selftest_opts[] = {
     {"color", "WHEN", S_COLOR, NULL, NULL, 6, 0, 0},
     {"no-color", NULL, S_COLOR, NULL, NULL, 0, 0, 0},             /* --color never */
     {"shift-expectation", "FAULT", S_SHIFT, NULL, NULL, 0, 0, 0}, /* hidden: the checker's own test */
+    {"only-fixture", "NAME", S_ONLY, NULL, NULL, 0, 0, 0},        /* hidden: a short run (the valgrind test) */
     {"help", NULL, S_HELP, NULL, NULL, 0, 0, 'h'},
 };
 
@@ -88,6 +89,7 @@ static int st_option(void *ctx, const qd_cli_opt *o, const char *flag, const cha
         if (!val) a->color = 0; /* --no-color */
         return val ? qd_cli_parse_color(val, &a->color, e) : QD_OK;
     case S_SHIFT: a->run.shift_expectation = val; return QD_OK;
+    case S_ONLY: a->run.only_fixture = val; return QD_OK;
     case S_HELP: a->help = 1; return QD_CLI_STOP; /* --help wins over what follows it, not over what precedes */
     }
     return qd_errf(e, QD_ERUNTIME, "selftest: option --%s has no handler", o->name);

@@ -4,22 +4,17 @@
  * tap read with its shape and storage checks, the metrics), or, with one group or none, with no group named
  * (the only-group path).
  *
- * The input is written to a regular file in /dev/shm (memory), as the reader only takes paths. Built
+ * The input is written to a regular file in /dev/shm (memory, fuzz_util.h): the reader only takes paths,
+ * and HDF5 needs one it can resolve with realpath(), so a memfd's /proc/self/fd/N does not do. Built
  * with clang -fsanitize=fuzzer (tests/fuzz/meson.build); replay.c runs the same entry point over a corpus
  * in any build, so the sanitizer build replays the seeds without libFuzzer. tests/fuzz/README.md says how
  * to run it. */
-#include <fcntl.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
+#include "fuzz_util.h"
 #include "qd_compare.h"
 #include "qd_h5read.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define MAX_GROUPS 3 /* the first group against each of the next two: every code path, a bounded cost */
 
@@ -30,28 +25,6 @@ static void compare_pair(const char *path, const char *ga, const char *gb) {
     qd_err_clear(&e);
     (void)qd_compare_files(path, ga, path, gb, NULL, &r, &e);
     qd_report_free(&r);
-}
-
-static char input_name[4096];
-
-static void remove_input(void) {
-    if (input_name[0]) unlink(input_name);
-}
-
-/* The input as a regular file: in /dev/shm (memory) when it exists, else $TMPDIR or /tmp. HDF5 needs a
- * path it can resolve with realpath(), so a memfd's /proc/self/fd/N does not do. */
-static const char *input_path(void) {
-    char *path = input_name;
-    if (!path[0]) {
-        struct stat st;
-        const char *dir = stat("/dev/shm", &st) == 0 && S_ISDIR(st.st_mode) && access("/dev/shm", W_OK) == 0
-                              ? "/dev/shm"
-                          : getenv("TMPDIR") ? getenv("TMPDIR")
-                                             : "/tmp";
-        snprintf(path, sizeof input_name, "%s/qd_fuzz_h5read.%ld.h5", dir, (long)getpid());
-        atexit(remove_input);
-    }
-    return path;
 }
 
 static uint64_t le(const uint8_t *p, int n) {
@@ -89,12 +62,7 @@ static int global_heaps_ok(const uint8_t *data, size_t size) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!global_heaps_ok(data, size)) return 0;
-    const char *path = input_path();
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0 || (size && write(fd, data, size) != (ssize_t)size) || close(fd) != 0) {
-        perror(path);
-        abort();
-    }
+    const char *path = fuzz_put("h5read", "input.h5", data, size);
     qd_err e;
     qd_err_clear(&e);
     qd_h5in *f = qd_h5in_open(path, &e);
