@@ -108,26 +108,37 @@ void qd_matmul_f32(float *out, const float *x, qd_wview W, int T, int in, int ou
 }
 
 void qd_matmul_f64(float *out, const float *x, qd_wview W, int T, int in, int out_dim) {
-    // x (T, in); W (out_dim, in); out (T, out_dim). The oracle's slow path: the plain loop over one upcast
-    // row of W at a time, each out[t,o] = (float)dot_f64.
+    // x (T, in); W (out_dim, in); out (T, out_dim)
+    // The oracle's double accumulation in the same tiles: each out[t,o] one double sum of exact products
+    // over i in order, rounded once. A double partial sum cannot be parked in out, so the tokens go in
+    // chunks of TC whose partials stay here for the whole of i.
+    enum { TC = 64 };
+    const int nob = (out_dim + OB - 1) / OB;
 #pragma omp parallel
     {
-        float row[KB]; /* (KB) a stretch of W[o] upcast */
-        double acc[TB];
+        float wt[KB * OB];  /* (KB, OB) this thread's weight tile */
+        double acc[TC][OB]; /* (TC, OB) the chunk's partial sums */
 #pragma omp for schedule(static)
-        for (int o = 0; o < out_dim; o++) {
-            for (int t0 = 0; t0 < T; t0 += TB) {
-                const int tb = T - t0 < TB ? T - t0 : TB;
-                for (int t = 0; t < tb; t++) acc[t] = 0.0;
+        for (int b = 0; b < nob; b++) {
+            const int o0 = b * OB, ob = out_dim - o0 < OB ? out_dim - o0 : OB;
+            for (int t0 = 0; t0 < T; t0 += TC) {
+                const int tc = T - t0 < TC ? T - t0 : TC;
+                for (int t = 0; t < tc; t++)
+                    for (int j = 0; j < OB; j++) acc[t][j] = 0.0;
                 for (int k0 = 0; k0 < in; k0 += KB) {
                     const int kb = in - k0 < KB ? in - k0 : KB;
-                    qd_wview_to_f32(W, (size_t)o * in + k0, (size_t)kb, row);
-                    for (int t = 0; t < tb; t++) {
+                    load_tile(wt, W, in, o0, ob, k0, kb);
+                    for (int t = 0; t < tc; t++) {
                         const float *xt = x + (size_t)(t0 + t) * in + k0;
-                        for (int i = 0; i < kb; i++) acc[t] += (double)xt[i] * (double)row[i];
+                        for (int i = 0; i < kb; i++) {
+                            const double a = (double)xt[i];
+                            const float *wi = wt + (size_t)i * OB;
+                            for (int j = 0; j < OB; j++) acc[t][j] += a * (double)wi[j];
+                        }
                     }
                 }
-                for (int t = 0; t < tb; t++) out[(size_t)(t0 + t) * out_dim + o] = (float)acc[t];
+                for (int t = 0; t < tc; t++)
+                    for (int j = 0; j < ob; j++) out[(size_t)(t0 + t) * out_dim + o0 + j] = (float)acc[t][j];
             }
         }
     }
