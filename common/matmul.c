@@ -47,38 +47,53 @@ static void load_tile(float *wt, qd_wview W, int in, int o0, int ob, int k0, int
     }
 }
 
+/* OB floats side by side: GCC's and Clang's generic vectors (plain element-wise + and *, each lane its own
+ * IEEE operation, as the scalar loop would do it; no intrinsics, no processor-specific code in the source). */
+typedef float lanes __attribute__((vector_size(OB * sizeof(float))));
+
+/* Built twice, for AVX2 and for any x86-64, picked when the program starts: the vector width changes how
+ * many lanes run at once, never what one lane computes (no FMA either way: -ffp-contract=off). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define QD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define QD_CLONES
+#endif
+
 /* The tile of tokens t0..t0+TB-1 and columns o0..o0+OB-1 over i = k0..k0+kb-1: acc starts at 0 for the
  * first block (k0 == 0), else at the partial sum parked in out. ob <= OB columns are stored. */
-static void tile_tb(float *out, const float *x, const float *wt, int in, int out_dim, int t0, int o0, int ob, int k0,
-                    int kb) {
-    float acc[TB][OB];
+QD_CLONES static void tile_tb(float *out, const float *x, const float *wt, int in, int out_dim, int t0, int o0, int ob,
+                              int k0, int kb) {
+    lanes acc[TB];
     for (int t = 0; t < TB; t++)
         for (int j = 0; j < OB; j++) acc[t][j] = k0 == 0 || j >= ob ? 0.0f : out[(size_t)(t0 + t) * out_dim + o0 + j];
     const float *x0 = x + (size_t)t0 * in + k0, *x1 = x0 + in, *x2 = x1 + in, *x3 = x2 + in;
+    lanes a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
     for (int i = 0; i < kb; i++) {
-        const float *wi = wt + (size_t)i * OB;
-        const float a0 = x0[i], a1 = x1[i], a2 = x2[i], a3 = x3[i];
-        for (int j = 0; j < OB; j++) {
-            acc[0][j] += a0 * wi[j];
-            acc[1][j] += a1 * wi[j];
-            acc[2][j] += a2 * wi[j];
-            acc[3][j] += a3 * wi[j];
-        }
+        lanes wi;
+        memcpy(&wi, wt + (size_t)i * OB, sizeof wi);
+        a0 += x0[i] * wi; /* acc[t][j] += x[t][i] * W[o0 + j][i], for the OB lanes j at once */
+        a1 += x1[i] * wi;
+        a2 += x2[i] * wi;
+        a3 += x3[i] * wi;
     }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
     for (int t = 0; t < TB; t++)
         for (int j = 0; j < ob; j++) out[(size_t)(t0 + t) * out_dim + o0 + j] = acc[t][j];
 }
 
 /* The same for one token (the tail of T, and a decode step). */
-static void tile_1(float *out, const float *x, const float *wt, int in, int out_dim, int t0, int o0, int ob, int k0,
-                   int kb) {
-    float acc[OB];
+QD_CLONES static void tile_1(float *out, const float *x, const float *wt, int in, int out_dim, int t0, int o0, int ob,
+                             int k0, int kb) {
+    lanes acc;
     for (int j = 0; j < OB; j++) acc[j] = k0 == 0 || j >= ob ? 0.0f : out[(size_t)t0 * out_dim + o0 + j];
     const float *x0 = x + (size_t)t0 * in + k0;
     for (int i = 0; i < kb; i++) {
-        const float *wi = wt + (size_t)i * OB;
-        const float a0 = x0[i];
-        for (int j = 0; j < OB; j++) acc[j] += a0 * wi[j];
+        lanes wi;
+        memcpy(&wi, wt + (size_t)i * OB, sizeof wi);
+        acc += x0[i] * wi;
     }
     for (int j = 0; j < ob; j++) out[(size_t)t0 * out_dim + o0 + j] = acc[j];
 }

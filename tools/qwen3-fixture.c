@@ -156,7 +156,7 @@ static void usage(FILE *f) {
                "\n"
                "  --out DIR              output directory (created; an existing non-empty one needs --force)\n"
                "  --force                overwrite the files this tool writes in an existing directory\n"
-               "  --preset NAME          tiny (default) | 0.6b | 1.7b | 4b | 8b (released shapes)\n"
+               "  --preset NAME          tiny (default) | 0.6b | 1.7b | 4b | 8b | 14b | 32b (released shapes)\n"
                "  --vocab N --hidden N --intermediate N --layers N --heads N --kv-heads N --head-dim N\n"
                "  --theta X --eps X --tied 0|1 --max-pos N\n"
                "                         override single fields of the preset\n"
@@ -201,7 +201,8 @@ static void set_preset(opts_t *o, const char *name) {
     } presets[] = {
         {"tiny", 256, 64, 128, 2, 4, 2, 32, 1},          {"0.6b", 151936, 1024, 3072, 28, 16, 8, 128, 1},
         {"1.7b", 151936, 2048, 6144, 28, 16, 8, 128, 1}, {"4b", 151936, 2560, 9728, 36, 32, 8, 128, 1},
-        {"8b", 151936, 4096, 12288, 36, 32, 8, 128, 0},
+        {"8b", 151936, 4096, 12288, 36, 32, 8, 128, 0},  {"14b", 151936, 5120, 17408, 40, 40, 8, 128, 0},
+        {"32b", 151936, 5120, 25600, 64, 64, 8, 128, 0},
     };
     for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++) {
         if (strcmp(presets[i].name, name) == 0) {
@@ -219,7 +220,7 @@ static void set_preset(opts_t *o, const char *name) {
             return;
         }
     }
-    die_usage("--preset: unknown preset '%s' (tiny, 0.6b, 1.7b, 4b, 8b)", name);
+    die_usage("--preset: unknown preset '%s' (tiny, 0.6b, 1.7b, 4b, 8b, 14b, 32b)", name);
 }
 
 static void parse_kstats(opts_t *o, const char *arg) {
