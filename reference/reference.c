@@ -1,7 +1,10 @@
 /* reference.c: the fp32 C reference of the whole Qwen3 model, the oracle every other backend is
- * measured against. It is deliberately clean, naive and readable: plain C loops over fp32 weights and
- * activations, no SIMD intrinsics, no processor-specific tricks, no fusion and no fast-math, and one
- * fixed summation order for every reduction so that any thread count gives bitwise identical results.
+ * measured against. It is deliberately clean, naive and readable: plain C loops over fp32 activations,
+ * no SIMD intrinsics, no processor-specific tricks, no fusion and no fast-math, and one fixed summation
+ * order for every reduction so that any thread count gives bitwise identical results. The weights are
+ * read where the checkpoint is mapped, in its dtype (BF16/F16 upcast to fp32 as each value is used, which
+ * is exact), so a large model needs no fp32 copy of them; the matmul's loops are blocked for the cache and
+ * the vector unit without changing any dot product's order (common/matmul.c says how).
  * It reads top to bottom: the model state, creation, then one decoder layer exactly as transformers'
  * Qwen3DecoderLayer computes it (emitting every named tap of qd_taps.h on the way), the head, and the
  * prefill/decode conveniences. The ops themselves live in ops.c. Positions: qd_ref_layer takes pos0
