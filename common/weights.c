@@ -1,5 +1,5 @@
 /* weights.c: binds every Qwen3 tensor of a checkpoint to the model, checked against the config, and
- * upcasts it to fp32 (see qd_weights.h).
+ * upcasts it to fp32 or leaves it in the mapping (see qd_weights.h).
  *
  * Layout follows llm.c's fill_in_parameter_sizes / malloc_and_point_parameters: a parameter list
  * (name, shape, where its pointer goes) is built from the config, every tensor is checked against
@@ -11,11 +11,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "qd_bf16.h"
+
 typedef struct {
     char name[96];    /* HF name, e.g. "model.layers.3.mlp.up_proj.weight" */
     int ndim;         /* 1 or 2 */
     int64_t shape[2]; /* HF (out, in) layout */
     float **slot;     /* where the pointer into the allocation goes */
+    int layer;        /* and which matrix it is (qd_wmat), -1 for a 1-D norm weight */
+    int mat;
 } param;
 
 /* Per-layer tensors in the order they sit in memory (that of qd_layer_weights). */
@@ -23,6 +27,8 @@ enum { LAYER_PARAMS = 11 };
 
 static void set_param(param *p, float **slot, int ndim, int64_t d0, int64_t d1, const char *fmt, int layer) {
     snprintf(p->name, sizeof p->name, fmt, layer);
+    p->layer = layer;
+    p->mat = -1;
     p->ndim = ndim;
     p->shape[0] = d0;
     p->shape[1] = d1;
@@ -57,6 +63,18 @@ static int build_params(qd_weights *w, int L, param **out, qd_err *e) {
     }
     set_param(&p[n++], &w->norm, 1, C, 0, "model.norm.weight", 0);
     if (!c->tie_word_embeddings) set_param(&p[n++], &w->lm_head, 2, V, C, "lm_head.weight", 0);
+    for (int i = 0; i < n; i++) {
+        if (p[i].ndim != 2) continue;
+        if (p[i].slot == &w->embed) p[i].mat = QD_WM_EMBED;
+        else if (p[i].slot == &w->lm_head) p[i].mat = QD_WM_LM_HEAD;
+        else {
+            const qd_layer_weights *lw = &w->layers[p[i].layer];
+            float *const *slots[QD_WM_LAYER_MATS] = {&lw->q_proj,    &lw->k_proj,  &lw->v_proj,   &lw->o_proj,
+                                                     &lw->gate_proj, &lw->up_proj, &lw->down_proj};
+            for (int m = 0; m < QD_WM_LAYER_MATS; m++)
+                if (p[i].slot == slots[m]) p[i].mat = m;
+        }
+    }
     *out = p;
     return n;
 }
@@ -139,7 +157,15 @@ fail:
     return QD_ERUNTIME;
 }
 
-int qd_weights_load(const char *dir, qd_weights *w, qd_err *e) {
+/* Index of a matrix in w->mapped. */
+static size_t mapped_index(const qd_config *c, int layer, int mat) {
+    return mat < QD_WM_LAYER_MATS ? (size_t)layer * QD_WM_LAYER_MATS + (size_t)mat
+                                  : (size_t)c->num_hidden_layers * QD_WM_LAYER_MATS + (size_t)(mat - QD_WM_EMBED);
+}
+
+/* qd_weights_load (mapped 0) and qd_weights_map (mapped 1): the same checks, then either every tensor upcast
+ * into one allocation, or the norms alone upcast and the matrices left in the mapping. */
+static int bind(const char *dir, qd_weights *w, int mapped, qd_err *e) {
     memset(w, 0, sizeof *w);
     qd_st st;
     memset(&st, 0, sizeof st);
@@ -205,11 +231,18 @@ int qd_weights_load(const char *dir, qd_weights *w, qd_err *e) {
         goto fail;
     }
 
-    size_t total;
-    /* Cannot overflow once every shape matched a tensor in a mapped file; checked all the same. */
-    if (params_total(p, n, &total) || total > SIZE_MAX / sizeof(float)) {
-        rc = qd_errf(e, QD_EINPUT, "%s: model size overflows", dir);
-        goto fail;
+    /* mapped: only the 1-D tensors go to the fp32 allocation; the rest stays in the checkpoint's pages */
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        if (mapped && p[i].ndim == 2) continue;
+        size_t k;
+        /* Cannot overflow once every shape matched a tensor in a mapped file; checked all the same. */
+        if (qd_mul_size((size_t)p[i].shape[0], p[i].ndim == 2 ? (size_t)p[i].shape[1] : 1, &k) || total + k < total ||
+            total + k > SIZE_MAX / sizeof(float)) {
+            rc = qd_errf(e, QD_EINPUT, "%s: model size overflows", dir);
+            goto fail;
+        }
+        total += k;
     }
     w->mem = malloc(total ? total * sizeof(float) : 1); /* every float is written below */
     if (!w->mem) {
@@ -217,13 +250,31 @@ int qd_weights_load(const char *dir, qd_weights *w, qd_err *e) {
         goto fail;
     }
     w->mem_floats = total;
-    point_params(p, n, w->mem);
+    if (mapped && !(w->mapped = qd_zalloc((size_t)L * QD_WM_LAYER_MATS + 2, sizeof *w->mapped, e))) {
+        rc = QD_ERUNTIME;
+        goto fail;
+    }
+    float *next = w->mem;
     for (int i = 0; i < n; i++) {
+        if (mapped && p[i].ndim == 2) {
+            w->mapped[mapped_index(&w->cfg, p[i].layer, p[i].mat)] = src[i];
+            continue;
+        }
+        *p[i].slot = next;
+        next += param_numel(&p[i]);
         qd_tensor_to_f32(src[i], *p[i].slot);
         qd_tensor_release(src[i]);
     }
     w->src_dtype = src[0]->dtype; /* the embedding's */
     if (w->cfg.tie_word_embeddings) w->lm_head = w->embed;
+    if (mapped) { /* the tensors w->mapped points at live in st: it stays open until qd_weights_free */
+        if (!(w->st = qd_alloc(sizeof *w->st, e))) {
+            rc = QD_ERUNTIME;
+            goto fail;
+        }
+        *w->st = st;
+        memset(&st, 0, sizeof st);
+    }
     free(src);
     free(p);
     free(used);
@@ -241,7 +292,107 @@ fail:
     return rc;
 }
 
+int qd_weights_load(const char *dir, qd_weights *w, qd_err *e) { return bind(dir, w, 0, e); }
+
+int qd_weights_map(const char *dir, qd_weights *w, qd_err *e) { return bind(dir, w, 1, e); }
+
+/* Matrix m's float pointer (NULL when mapped). */
+static float *mat_f32(const qd_weights *w, int layer, qd_wmat m) {
+    if (m == QD_WM_EMBED) return w->embed;
+    if (m == QD_WM_LM_HEAD) return w->lm_head;
+    if (!w->layers || layer < 0 || layer >= w->cfg.num_hidden_layers) return NULL;
+    const qd_layer_weights *lw = &w->layers[layer];
+    float *const f[QD_WM_LAYER_MATS] = {lw->q_proj,    lw->k_proj,  lw->v_proj,   lw->o_proj,
+                                        lw->gate_proj, lw->up_proj, lw->down_proj};
+    return (int)m >= 0 && m < QD_WM_LAYER_MATS ? f[m] : NULL;
+}
+
+/* Matrix m's tensor in the mapping, or NULL. */
+static const qd_tensor *mat_mapped(const qd_weights *w, int layer, qd_wmat m) {
+    if (!w->mapped) return NULL;
+    if (m == QD_WM_LM_HEAD && w->cfg.tie_word_embeddings) m = QD_WM_EMBED;
+    if (m < QD_WM_LAYER_MATS && (layer < 0 || layer >= w->cfg.num_hidden_layers)) return NULL;
+    if ((int)m < 0 || m > QD_WM_LM_HEAD) return NULL;
+    return w->mapped[mapped_index(&w->cfg, layer, m)];
+}
+
+qd_wview qd_weights_mat(const qd_weights *w, int layer, qd_wmat m) {
+    qd_wview v = {NULL, QD_DT_F32};
+    const float *f = mat_f32(w, layer, m);
+    const qd_tensor *t;
+    if (f) v.data = f;
+    else if ((t = mat_mapped(w, layer, m))) v = (qd_wview){t->data, t->dtype};
+    return v;
+}
+
+void qd_weights_release(const qd_weights *w, int layer, qd_wmat m) {
+    const qd_tensor *t = mat_f32(w, layer, m) ? NULL : mat_mapped(w, layer, m);
+    if (t) qd_tensor_release(t);
+}
+
+void qd_weights_release_layer(const qd_weights *w, int layer) {
+    for (int m = 0; m < QD_WM_LAYER_MATS; m++) qd_weights_release(w, layer, (qd_wmat)m);
+}
+
+void qd_wview_to_f32(qd_wview v, size_t first, size_t n, float *dst) {
+    const unsigned char *b = (const unsigned char *)v.data + first * qd_dtype_size(v.dtype);
+    for (size_t i = 0; i < n; i++) {
+        if (v.dtype == QD_DT_F32) {
+            memcpy(&dst[i], b + 4 * i, 4);
+        } else {
+            uint16_t h = (uint16_t)(b[2 * i] | (unsigned)b[2 * i + 1] << 8);
+            dst[i] = v.dtype == QD_DT_BF16 ? qd_bf16_to_f32(h) : qd_f16_to_f32(h);
+        }
+    }
+}
+
+int qd_weights_all_bf16(const qd_weights *w) {
+    for (size_t i = 0; i < w->mem_floats; i++) {
+        const float r = qd_round_bf16(w->mem[i]);
+        if (memcmp(&r, &w->mem[i], sizeof r) != 0) return 0; /* a NaN is never equal to itself */
+    }
+    for (int l = -1; l < w->cfg.num_hidden_layers; l++) /* -1: the embedding and lm_head */
+        for (int k = l < 0 ? QD_WM_EMBED : 0; k < (l < 0 ? QD_WM_LM_HEAD + 1 : QD_WM_LAYER_MATS); k++) {
+            const qd_tensor *t = mat_f32(w, l, (qd_wmat)k) ? NULL : mat_mapped(w, l, (qd_wmat)k);
+            if (t && t->dtype != QD_DT_BF16) return 0; /* the fp32 ones are w->mem's, checked above */
+        }
+    return 1;
+}
+
+int qd_weights_to_f32(const qd_weights *w, qd_weights *out, qd_err *e) {
+    if (qd_weights_alloc(out, &w->cfg, e)) return QD_ERUNTIME;
+    out->src_dtype = w->src_dtype;
+    const qd_config *c = &w->cfg;
+    const size_t C = (size_t)c->hidden_size, I = (size_t)c->intermediate_size, HD = (size_t)c->head_dim;
+    const size_t QD = (size_t)c->num_attention_heads * HD, KVD = (size_t)c->num_key_value_heads * HD;
+    const size_t V = (size_t)c->vocab_size;
+    const size_t numel[QD_WM_LAYER_MATS] = {QD * C, KVD * C, KVD * C, C * QD, I * C, I * C, C * I};
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        const qd_layer_weights *a = &w->layers[l];
+        qd_layer_weights *b = &out->layers[l];
+        if (a->input_layernorm) memcpy(b->input_layernorm, a->input_layernorm, C * sizeof(float));
+        if (a->post_attention_layernorm)
+            memcpy(b->post_attention_layernorm, a->post_attention_layernorm, C * sizeof(float));
+        if (a->q_norm) memcpy(b->q_norm, a->q_norm, HD * sizeof(float));
+        if (a->k_norm) memcpy(b->k_norm, a->k_norm, HD * sizeof(float));
+        for (int m = 0; m < QD_WM_LAYER_MATS; m++) {
+            qd_wview v = qd_weights_mat(w, l, (qd_wmat)m);
+            if (v.data) qd_wview_to_f32(v, 0, numel[m], mat_f32(out, l, (qd_wmat)m));
+        }
+    }
+    if (w->norm) memcpy(out->norm, w->norm, C * sizeof(float));
+    for (int m = QD_WM_EMBED; m <= QD_WM_LM_HEAD; m++) {
+        if (m == QD_WM_LM_HEAD && c->tie_word_embeddings) break; /* out->lm_head is out->embed */
+        qd_wview v = qd_weights_mat(w, 0, (qd_wmat)m);
+        if (v.data) qd_wview_to_f32(v, 0, V * C, mat_f32(out, 0, (qd_wmat)m));
+    }
+    return QD_OK;
+}
+
 void qd_weights_free(qd_weights *w) {
+    if (w->st) qd_st_close(w->st);
+    free(w->st);
+    free(w->mapped);
     free(w->mem);
     free(w->layers);
     free(w->config_json);

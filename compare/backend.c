@@ -123,6 +123,10 @@ static qd_backend *fused_create(const qd_weights *w, const qd_backend_opts *o, q
         qd_errf(e, QD_EINPUT, "activation precision '%s': expected bf16, fp16 or fp32", o->act);
         return NULL;
     }
+    if (w->mapped) { /* the upload reads the fp32 pointers, which mapped weights (qd_weights_map) leave NULL */
+        qd_errf(e, QD_EINPUT, "fused: needs every weight in fp32 (qd_weights_load), got mapped weights");
+        return NULL;
+    }
     qd_fused *f = qd_fused_create(w, &fo, e);
     if (!f) return NULL;
     qd_backend *b = qd_zalloc(1, sizeof *b, e);

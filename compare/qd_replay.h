@@ -164,8 +164,11 @@ const char *qd_replay_weight_name(qd_replay_weight k);
 /* The weight's shape (HF layout (out, in), or (n) for a norm): its ndim (1 or 2; 0 for none). The embedding's
  * is (V, C); a repro stores only the rows its tokens read. */
 int qd_replay_weight_shape(const qd_config *c, qd_replay_weight k, int64_t shape[2]);
-/* The weight k of layer (ignored for the model's weights) in w; NULL for none. */
+/* The weight k of layer (ignored for the model's weights) in w; NULL for none, and for a matrix of mapped
+ * weights (qd_weights_map), which only qd_replay_weight_view reads. */
 const float *qd_replay_weight_of(const qd_weights *w, int layer, qd_replay_weight k);
+/* The same as a view: a matrix in its stored dtype, fp32 or read in place; data NULL for none. */
+qd_wview qd_replay_weight_view(const qd_weights *w, int layer, qd_replay_weight k);
 
 /* The oracle's and the contract's replays of tap id at the replay's last call of that position (T rows, the
  * tap's shape), valid until the next call; 0 with both NULL when the replay keeps none for id. The embed's

@@ -118,13 +118,11 @@ static int round_weights(const qd_weights *w, qd_weights *own, qd_err *e) {
     return QD_OK;
 }
 
-/* Every value already a bf16 value (as emu.c asks before it shares a checkpoint's weights). */
-static int all_bf16(const float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        const float r = qd_round_bf16(x[i]);
-        if (memcmp(&r, &x[i], sizeof r) != 0) return 0;
-    }
-    return 1;
+/* own = mapped weights w as fp32, every value rounded to bf16. */
+static int round_mapped(const qd_weights *w, qd_weights *own, qd_err *e) {
+    if (qd_weights_to_f32(w, own, e)) return QD_ERUNTIME;
+    for (size_t i = 0; i < own->mem_floats; i++) own->mem[i] = qd_round_bf16(own->mem[i]);
+    return QD_OK;
 }
 
 qd_replay *qd_replay_create(const qd_weights *w, const char *precision, const char *accum, int max_seq, int threads,
@@ -171,9 +169,10 @@ qd_replay *qd_replay_create(const qd_weights *w, const char *precision, const ch
     for (int t = 0; ok && t < QD_NUM_LAYER_TAPS; t++)
         ok = (rp->o[t] = qd_alloc(S * tap_width(c, t) * sizeof(float), e)) &&
              (rp->c[t] = qd_alloc(S * tap_width(c, t) * sizeof(float), e));
-    if (ok && lowp && !all_bf16(w->mem, w->mem_floats)) {
-        /* emu's weights: the checkpoint rounded to bf16 once (docs/PRECISION.md) */
-        if (round_weights(w, &rp->own, e)) ok = 0;
+    if (ok && lowp && !qd_weights_all_bf16(w)) {
+        /* emu's weights: the checkpoint rounded to bf16 once (docs/PRECISION.md); mapped weights are made
+         * fp32 first (a BF16 checkpoint never comes here) */
+        if (w->mapped ? round_mapped(w, &rp->own, e) : round_weights(w, &rp->own, e)) ok = 0;
         else rp->wc = &rp->own;
     }
     if (!ok) {
@@ -233,9 +232,9 @@ static void norm_c(const qd_replay *rp, float *out, const float *x, const float 
     else rmsnorm_forward(out, x, w, rows, n, eps, rp->accum_c);
 }
 
-static void matmul_c(const qd_replay *rp, float *out, const float *x, const float *W, int T, int in, int out_dim) {
-    if (rp->emu) emu_matmul(out, x, W, T, in, out_dim, rp->act);
-    else matmul_forward(out, x, W, T, in, out_dim, rp->accum_c);
+static void matmul_c(const qd_replay *rp, float *out, const float *x, qd_wview W, int T, int in, int out_dim) {
+    if (rp->emu) emu_matmul_w(out, x, W, T, in, out_dim, rp->act);
+    else matmul_forward_w(out, x, W, T, in, out_dim, rp->accum_c);
 }
 
 static void rope_c(const qd_replay *rp, float *x, int T, int nh, int HD, int pos0) {
@@ -306,8 +305,8 @@ int qd_replay_embed(qd_replay *rp, const qd_tap_source *src, const int32_t *toke
         if (tokens[t] < 0 || tokens[t] >= c->vocab_size)
             return qd_errf(e, QD_EINPUT, "replay: token %d at position %d is outside the vocabulary (%d)", tokens[t], t,
                            c->vocab_size);
-        memcpy(rp->fn_o + t * C, rp->w->embed + (size_t)tokens[t] * C, C * sizeof(float));
-        memcpy(rp->fn_c + t * C, rp->wc->embed + (size_t)tokens[t] * C, C * sizeof(float));
+        qd_wview_to_f32(qd_weights_mat(rp->w, 0, QD_WM_EMBED), (size_t)tokens[t] * C, C, rp->fn_o + t * C);
+        qd_wview_to_f32(qd_weights_mat(rp->wc, 0, QD_WM_EMBED), (size_t)tokens[t] * C, C, rp->fn_c + t * C);
     }
     if (rp->lowp) emu_round_n(rp->act, rp->fn_c, (size_t)T * C);
     int64_t shape[3];
@@ -376,6 +375,20 @@ int qd_replay_weight_shape(const qd_config *c, qd_replay_weight k, int64_t shape
     shape[0] = dims[k][0];
     shape[1] = dims[k][1];
     return dims[k][1] ? 2 : 1;
+}
+
+qd_wview qd_replay_weight_view(const qd_weights *w, int layer, qd_replay_weight k) {
+    static const int mat[QD_NUM_RW] = {[QD_RW_Q_PROJ] = QD_WM_Q_PROJ + 1,       [QD_RW_K_PROJ] = QD_WM_K_PROJ + 1,
+                                       [QD_RW_V_PROJ] = QD_WM_V_PROJ + 1,       [QD_RW_O_PROJ] = QD_WM_O_PROJ + 1,
+                                       [QD_RW_GATE_PROJ] = QD_WM_GATE_PROJ + 1, [QD_RW_UP_PROJ] = QD_WM_UP_PROJ + 1,
+                                       [QD_RW_DOWN_PROJ] = QD_WM_DOWN_PROJ + 1, [QD_RW_EMBED] = QD_WM_EMBED + 1,
+                                       [QD_RW_LM_HEAD] = QD_WM_LM_HEAD + 1}; /* 0: a norm (fp32) */
+    if (k > QD_RW_NONE && k < QD_NUM_RW && mat[k]) {
+        if (mat[k] - 1 < QD_WM_LAYER_MATS && (layer < 0 || layer >= w->cfg.num_hidden_layers))
+            return (qd_wview){NULL, QD_DT_F32};
+        return qd_weights_mat(w, layer, (qd_wmat)(mat[k] - 1));
+    }
+    return (qd_wview){qd_replay_weight_of(w, layer, k), QD_DT_F32};
 }
 
 const float *qd_replay_weight_of(const qd_weights *w, int layer, qd_replay_weight k) {
@@ -462,15 +475,17 @@ int qd_replay_layer(qd_replay *rp, const qd_tap_source *src, int l, const float 
 #define IN_O(t) (eng[t] ? eng[t] : rp->o[t])
 #define IN_C(t) (eng[t] ? eng[t] : rp->c[t])
 /* op t's inputs (op_reads) are all known this step, and its weight is held (a repro file holds only its op's) */
-#define READY(t) (ready(&op_reads[t], eng, done, h_in) && (op_reads[t].weight == QD_RW_NONE || W_O(t)))
+#define READY(t) (ready(&op_reads[t], eng, done, h_in) && (op_reads[t].weight == QD_RW_NONE || W_O(t).data))
 /* op t's weight on the oracle's and the contract's side */
-#define W_O(t) qd_replay_weight_of(rp->w, l, op_reads[t].weight)
-#define W_C(t) qd_replay_weight_of(rp->wc, l, op_reads[t].weight)
+#define W_O(t) qd_replay_weight_view(rp->w, l, op_reads[t].weight)
+#define W_C(t) qd_replay_weight_view(rp->wc, l, op_reads[t].weight)
+#define N_O(t) ((const float *)W_O(t).data) /* a norm weight: fp32 always */
+#define N_C(t) ((const float *)W_C(t).data)
     float **O = rp->o, **K = rp->c;
 
     if (READY(QD_TAP_ATTN_NORM)) {
-        norm_o(O[QD_TAP_ATTN_NORM], h_in, W_O(QD_TAP_ATTN_NORM), T, C, eps);
-        norm_c(rp, K[QD_TAP_ATTN_NORM], input_c(rp, h_in, TC), W_C(QD_TAP_ATTN_NORM), T, C, eps,
+        norm_o(O[QD_TAP_ATTN_NORM], h_in, N_O(QD_TAP_ATTN_NORM), T, C, eps);
+        norm_c(rp, K[QD_TAP_ATTN_NORM], input_c(rp, h_in, TC), N_C(QD_TAP_ATTN_NORM), T, C, eps,
                fault_for(rp, QD_TAP_ATTN_NORM));
         done[QD_TAP_ATTN_NORM] = 1;
     }
@@ -480,7 +495,7 @@ int qd_replay_layer(qd_replay *rp, const qd_tap_source *src, int l, const float 
     for (int i = 0; i < 3; i++) {
         const int t = proj[i].tap;
         if (!READY(t)) continue;
-        matmul_forward(O[t], IN_O(QD_TAP_ATTN_NORM), W_O(t), T, C, proj[i].out, QD_ACCUM_F64);
+        matmul_forward_w(O[t], IN_O(QD_TAP_ATTN_NORM), W_O(t), T, C, proj[i].out, QD_ACCUM_F64);
         matmul_c(rp, K[t], IN_C(QD_TAP_ATTN_NORM), W_C(t), T, C, proj[i].out);
         done[t] = 1;
     }
@@ -491,8 +506,8 @@ int qd_replay_layer(qd_replay *rp, const qd_tap_source *src, int l, const float 
     for (int i = 0; i < 2; i++) {
         const int nt = qk[i].norm, rt = qk[i].rope;
         if (READY(nt)) {
-            norm_o(O[nt], IN_O(qk[i].proj), W_O(nt), T * qk[i].nh, HD, eps);
-            norm_c(rp, K[nt], IN_C(qk[i].proj), W_C(nt), T * qk[i].nh, HD, eps, fault_for(rp, nt));
+            norm_o(O[nt], IN_O(qk[i].proj), N_O(nt), T * qk[i].nh, HD, eps);
+            norm_c(rp, K[nt], IN_C(qk[i].proj), N_C(nt), T * qk[i].nh, HD, eps, fault_for(rp, nt));
             done[nt] = 1;
         }
         if (READY(rt)) {
@@ -539,7 +554,7 @@ int qd_replay_layer(qd_replay *rp, const qd_tap_source *src, int l, const float 
         done[QD_TAP_ATTN] = 1;
     }
     if (READY(QD_TAP_O_PROJ)) {
-        matmul_forward(O[QD_TAP_O_PROJ], IN_O(QD_TAP_ATTN), W_O(QD_TAP_O_PROJ), T, NH * HD, C, QD_ACCUM_F64);
+        matmul_forward_w(O[QD_TAP_O_PROJ], IN_O(QD_TAP_ATTN), W_O(QD_TAP_O_PROJ), T, NH * HD, C, QD_ACCUM_F64);
         matmul_c(rp, K[QD_TAP_O_PROJ], IN_C(QD_TAP_ATTN), W_C(QD_TAP_O_PROJ), T, NH * HD, C);
         done[QD_TAP_O_PROJ] = 1;
     }
@@ -553,15 +568,15 @@ int qd_replay_layer(qd_replay *rp, const qd_tap_source *src, int l, const float 
         done[QD_TAP_ATTN_RESIDUAL] = 1;
     }
     if (READY(QD_TAP_MLP_NORM)) {
-        norm_o(O[QD_TAP_MLP_NORM], IN_O(QD_TAP_ATTN_RESIDUAL), W_O(QD_TAP_MLP_NORM), T, C, eps);
-        norm_c(rp, K[QD_TAP_MLP_NORM], IN_C(QD_TAP_ATTN_RESIDUAL), W_C(QD_TAP_MLP_NORM), T, C, eps,
+        norm_o(O[QD_TAP_MLP_NORM], IN_O(QD_TAP_ATTN_RESIDUAL), N_O(QD_TAP_MLP_NORM), T, C, eps);
+        norm_c(rp, K[QD_TAP_MLP_NORM], IN_C(QD_TAP_ATTN_RESIDUAL), N_C(QD_TAP_MLP_NORM), T, C, eps,
                fault_for(rp, QD_TAP_MLP_NORM));
         done[QD_TAP_MLP_NORM] = 1;
     }
     const int gu[2] = {QD_TAP_GATE_PROJ, QD_TAP_UP_PROJ};
     for (int i = 0; i < 2; i++) {
         if (!READY(gu[i])) continue;
-        matmul_forward(O[gu[i]], IN_O(QD_TAP_MLP_NORM), W_O(gu[i]), T, C, I, QD_ACCUM_F64);
+        matmul_forward_w(O[gu[i]], IN_O(QD_TAP_MLP_NORM), W_O(gu[i]), T, C, I, QD_ACCUM_F64);
         matmul_c(rp, K[gu[i]], IN_C(QD_TAP_MLP_NORM), W_C(gu[i]), T, C, I);
         done[gu[i]] = 1;
     }
@@ -574,7 +589,7 @@ int qd_replay_layer(qd_replay *rp, const qd_tap_source *src, int l, const float 
         done[QD_TAP_ACT] = 1;
     }
     if (READY(QD_TAP_DOWN_PROJ)) {
-        matmul_forward(O[QD_TAP_DOWN_PROJ], IN_O(QD_TAP_ACT), W_O(QD_TAP_DOWN_PROJ), T, I, C, QD_ACCUM_F64);
+        matmul_forward_w(O[QD_TAP_DOWN_PROJ], IN_O(QD_TAP_ACT), W_O(QD_TAP_DOWN_PROJ), T, I, C, QD_ACCUM_F64);
         matmul_c(rp, K[QD_TAP_DOWN_PROJ], IN_C(QD_TAP_ACT), W_C(QD_TAP_DOWN_PROJ), T, I, C);
         done[QD_TAP_DOWN_PROJ] = 1;
     }
@@ -586,12 +601,17 @@ int qd_replay_layer(qd_replay *rp, const qd_tap_source *src, int l, const float 
         else residual_forward(K[QD_TAP_OUT], IN_C(QD_TAP_ATTN_RESIDUAL), IN_C(QD_TAP_DOWN_PROJ), (long)TC);
         done[QD_TAP_OUT] = 1;
     }
+    /* mapped weights: the layer's pages leave the resident set until next used */
+    qd_weights_release_layer(rp->w, l);
+    if (rp->wc != rp->w) qd_weights_release_layer(rp->wc, l);
 #undef AVAIL
 #undef IN_O
 #undef IN_C
 #undef READY
 #undef W_O
 #undef W_C
+#undef N_O
+#undef N_C
 
     for (int t = 0; t < QD_NUM_LAYER_TAPS; t++) {
         if (!eng[t] || !done[t]) continue;
@@ -636,13 +656,14 @@ int qd_replay_head(qd_replay *rp, const qd_tap_source *src, const float *h, int 
     const float *lg = engine_tap(src, c, lid, T);
     if (!lg) return QD_OK;
     const float *in_o = fn ? fn : rp->fn_o, *in_c = fn ? fn : rp->fn_c;
-    matmul_forward(rp->lg_o, in_o, rp->w->lm_head, T, C, V, QD_ACCUM_F64);
+    matmul_forward_w(rp->lg_o, in_o, qd_weights_mat(rp->w, 0, QD_WM_LM_HEAD), T, C, V, QD_ACCUM_F64);
     /* the contract keeps logits in fp32 (docs/PRECISION.md); an engine that stores them in its activation
      * dtype (every value representable) is replayed with that rounding, and judged by its floor */
     size_t n = (size_t)T * V;
     int rounded = rp->lowp && all_in_act(rp->act, lg, n);
-    if (rp->lowp) emu_matmul(rp->lg_c, in_c, rp->wc->lm_head, T, C, V, rounded ? rp->act : QD_ACT_FP32);
-    else matmul_forward(rp->lg_c, in_c, rp->wc->lm_head, T, C, V, rp->accum_c);
+    const qd_wview lm_head_c = qd_weights_mat(rp->wc, 0, QD_WM_LM_HEAD);
+    if (rp->lowp) emu_matmul_w(rp->lg_c, in_c, lm_head_c, T, C, V, rounded ? rp->act : QD_ACT_FP32);
+    else matmul_forward_w(rp->lg_c, in_c, lm_head_c, T, C, V, rp->accum_c);
     nd = qd_tap_id_shape(c, lid, T, shape);
     /* fp32 logits of a low-precision engine: their floor is fp32 summation noise, and an engine may sum the
      * C products in any order (lanes, splits, a tree). One order's error is not another's: the least floor
@@ -652,6 +673,7 @@ int qd_replay_head(qd_replay *rp, const qd_tap_source *src, const float *h, int 
     const double dot_floor = sqrt((double)C) * ldexp(1.0, -24) / sqrt(3.0);
     const double lg_floor = rp->min_floor_f32 > dot_floor ? rp->min_floor_f32 : dot_floor;
     measure(&ops[1], lg, rp->lg_o, rp->lg_c, nd, shape, rounded || !rp->lowp ? rp->min_floor : lg_floor);
+    qd_weights_release(rp->w, 0, QD_WM_LM_HEAD);
     return QD_OK;
 }
 

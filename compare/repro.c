@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <hdf5.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -285,17 +286,24 @@ static int write_body(const char *path, hid_t file, const qd_repro_op *op, const
         const qd_replay_weight k = ns->w[i];
         int64_t shape[2];
         int nd = qd_replay_weight_shape(c, k, shape);
-        const float *src = qd_replay_weight_of(op->w, layer, k);
+        const qd_wview src = qd_replay_weight_view(op->w, layer, k); /* fp32, or in place in the mapping */
         if (k == QD_RW_EMBED) {
             const size_t C = (size_t)c->hidden_size;
             float *rows = qd_alloc((size_t)op->T * C * sizeof(float), e); /* (T, C) */
             if (!rows) return QD_ERUNTIME;
-            for (int t = 0; t < op->T; t++) memcpy(rows + t * C, src + (size_t)op->tokens[t] * C, C * sizeof(float));
+            for (int t = 0; t < op->T; t++) qd_wview_to_f32(src, (size_t)op->tokens[t] * C, C, rows + t * C);
             shape[0] = op->T;
             rc = write_f32(path, file, "weights", qd_replay_weight_name(k), rows, 2, shape, e);
             free(rows);
-        } else {
-            rc = write_f32(path, file, "weights", qd_replay_weight_name(k), src, nd, shape, e);
+        } else if (src.dtype == QD_DT_F32 && ((uintptr_t)src.data % sizeof(float)) == 0) {
+            rc = write_f32(path, file, "weights", qd_replay_weight_name(k), src.data, nd, shape, e);
+        } else { /* upcast (exactly) for the file */
+            const size_t n = (size_t)shape[0] * (nd == 2 ? (size_t)shape[1] : 1);
+            float *vals = qd_alloc(n * sizeof(float), e); /* (shape) */
+            if (!vals) return QD_ERUNTIME;
+            qd_wview_to_f32(src, 0, n, vals);
+            rc = write_f32(path, file, "weights", qd_replay_weight_name(k), vals, nd, shape, e);
+            free(vals);
         }
         if (rc) return rc;
     }

@@ -156,15 +156,6 @@ static void round_bf16_copy(float *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = qd_round_bf16(src[i]);
 }
 
-/* Every value already a bf16 value (rounding leaves its bits alone; a NaN never does). */
-static int all_bf16(const float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        const float r = qd_round_bf16(x[i]);
-        if (memcmp(&r, &x[i], sizeof r) != 0) return 0;
-    }
-    return 1;
-}
-
 int qd_emu_shares_weights(const qd_emu *m) { return m->w != &m->own; }
 
 void qd_emu_set_fp32_points(qd_emu *m, unsigned mask) { m->fp32_points = mask; }
@@ -183,23 +174,15 @@ qd_emu *qd_emu_create(const qd_weights *w, qd_act_dtype act, int threads, int ma
     m->nthreads = threads > 0 ? threads : omp_get_max_threads();
     if (fault) m->fault = *fault;
     m->max_seq = max_seq;
-    if (all_bf16(w->mem, w->mem_floats)) {
+    if (qd_weights_all_bf16(w)) {
         m->w = w;
     } else {
-        if (qd_weights_alloc(&m->own, c, e)) {
+        /* an fp32 copy of every tensor, each value then rounded to bf16 */
+        if (qd_weights_to_f32(w, &m->own, e)) {
             free(m);
             return NULL;
         }
-        /* Every tensor lives in one allocation in both structs with the same layout, so one pass rounds
-         * all of them; lm_head is its own tensor only when untied. */
-        if (m->own.mem_floats != w->mem_floats) { /* both come from the same layout function */
-            qd_errf(e, QD_ERUNTIME, "emu: weight layout mismatch (%zu vs %zu floats)", m->own.mem_floats,
-                    w->mem_floats);
-            qd_weights_free(&m->own);
-            free(m);
-            return NULL;
-        }
-        round_bf16_copy(m->own.mem, w->mem, w->mem_floats);
+        round_bf16_copy(m->own.mem, m->own.mem, m->own.mem_floats);
         m->w = &m->own;
     }
     m->cfg = &m->w->cfg;
@@ -264,9 +247,10 @@ static void norm_act(const qd_emu *m, qd_precision_point p, float *out, const fl
                 fault == QD_FAULT_KNORM_MUL ? (int)QD_FAULT_NONE : fault);
 }
 
-static void matmul_act(const qd_emu *m, qd_precision_point p, float *out, const float *x, const float *W, int T, int in,
-                       int out_dim) {
-    emu_matmul(out, x, W, T, in, out_dim, act_at(m, p));
+/* W: layer l's matrix k, bf16 values (fp32 or read in place). */
+static void matmul_act(const qd_emu *m, qd_precision_point p, float *out, const float *x, int l, qd_wmat k, int T,
+                       int in, int out_dim) {
+    emu_matmul_w(out, x, qd_weights_mat(m->w, l, k), T, in, out_dim, act_at(m, p));
 }
 
 static void attention_act(const qd_emu *m, float *out, const float *q, const float *kc, const float *vc, int T,
@@ -291,7 +275,9 @@ int qd_emu_embed(qd_emu *m, const int32_t *tokens, int T, float *h, qd_tap_sink 
     const qd_config *c = m->cfg;
     size_t C = c->hidden_size;
     if (T > m->max_seq) return qd_errf(e, QD_EINPUT, "emu: embed: %d tokens do not fit max_seq %d", T, m->max_seq);
-    for (int t = 0; t < T; t++) memcpy(h + (size_t)t * C, m->w->embed + (size_t)tokens[t] * C, C * sizeof(float));
+    qd_wview embed = qd_weights_mat(m->w, 0, QD_WM_EMBED); /* (V, C) */
+    for (int t = 0; t < T; t++) qd_wview_to_f32(embed, (size_t)tokens[t] * C, C, h + (size_t)t * C);
+    qd_weights_release(m->w, 0, QD_WM_EMBED);
     round_residual(m, h, (size_t)T * C); /* exact for bf16 weights; fp16 activations round here */
     EMIT(qd_tap_model(QD_TAP_EMBED), h);
     return QD_OK;
@@ -311,11 +297,11 @@ int qd_emu_layer(qd_emu *m, int l, const float *h_in, float *h_out, int T, int p
 
     norm_act(m, QD_PT_ATTN_NORM, m->xn, m->x, lw->input_layernorm, T, C, l);
     EMIT(qd_tap_layer(l, QD_TAP_ATTN_NORM), m->xn);
-    matmul_act(m, QD_PT_Q_PROJ, m->q, m->xn, lw->q_proj, T, C, NH * HD);
+    matmul_act(m, QD_PT_Q_PROJ, m->q, m->xn, l, QD_WM_Q_PROJ, T, C, NH * HD);
     EMIT(qd_tap_layer(l, QD_TAP_Q_PROJ), m->q);
-    matmul_act(m, QD_PT_K_PROJ, m->k, m->xn, lw->k_proj, T, C, NKV * HD);
+    matmul_act(m, QD_PT_K_PROJ, m->k, m->xn, l, QD_WM_K_PROJ, T, C, NKV * HD);
     EMIT(qd_tap_layer(l, QD_TAP_K_PROJ), m->k);
-    matmul_act(m, QD_PT_V_PROJ, m->v, m->xn, lw->v_proj, T, C, NKV * HD);
+    matmul_act(m, QD_PT_V_PROJ, m->v, m->xn, l, QD_WM_V_PROJ, T, C, NKV * HD);
     EMIT(qd_tap_layer(l, QD_TAP_V_PROJ), m->v);
 
     norm_act(m, QD_PT_Q_NORM, m->q, m->q, lw->q_norm, T * NH, HD, l); /* per head, over head_dim */
@@ -337,23 +323,24 @@ int qd_emu_layer(qd_emu *m, int l, const float *h_in, float *h_out, int T, int p
 
     attention_act(m, m->att, m->q, kc, vc, T, pos0, l);
     EMIT(qd_tap_layer(l, QD_TAP_ATTN), m->att);
-    matmul_act(m, QD_PT_O_PROJ, m->o, m->att, lw->o_proj, T, NH * HD, C);
+    matmul_act(m, QD_PT_O_PROJ, m->o, m->att, l, QD_WM_O_PROJ, T, NH * HD, C);
     EMIT(qd_tap_layer(l, QD_TAP_O_PROJ), m->o);
     emu_residual(m->res, m->x, m->o, (long)T * C, act_at(m, QD_PT_RESIDUAL), fault_in(m, l)); /* residual-drop */
     EMIT(qd_tap_layer(l, QD_TAP_ATTN_RESIDUAL), m->res);
 
     norm_act(m, QD_PT_MLP_NORM, m->xn, m->res, lw->post_attention_layernorm, T, C, l);
     EMIT(qd_tap_layer(l, QD_TAP_MLP_NORM), m->xn);
-    matmul_act(m, QD_PT_GATE_PROJ, m->gate, m->xn, lw->gate_proj, T, C, I);
+    matmul_act(m, QD_PT_GATE_PROJ, m->gate, m->xn, l, QD_WM_GATE_PROJ, T, C, I);
     EMIT(qd_tap_layer(l, QD_TAP_GATE_PROJ), m->gate);
-    matmul_act(m, QD_PT_UP_PROJ, m->up, m->xn, lw->up_proj, T, C, I);
+    matmul_act(m, QD_PT_UP_PROJ, m->up, m->xn, l, QD_WM_UP_PROJ, T, C, I);
     EMIT(qd_tap_layer(l, QD_TAP_UP_PROJ), m->up);
     emu_swiglu(m->gate, m->gate, m->up, (long)T * I, act_at(m, QD_PT_ACT), fault_in(m, l)); /* act-gelu */
     EMIT(qd_tap_layer(l, QD_TAP_ACT), m->gate);
-    matmul_act(m, QD_PT_DOWN_PROJ, m->o, m->gate, lw->down_proj, T, I, C);
+    matmul_act(m, QD_PT_DOWN_PROJ, m->o, m->gate, l, QD_WM_DOWN_PROJ, T, I, C);
     EMIT(qd_tap_layer(l, QD_TAP_DOWN_PROJ), m->o);
     /* the MLP's: residual-drop is not its bug */
     emu_residual(h_out, m->res, m->o, (long)T * C, act_at(m, QD_PT_RESIDUAL), QD_FAULT_NONE);
+    qd_weights_release_layer(m->w, l); /* a mapped layer's pages leave the resident set until next used */
     EMIT(qd_tap_layer(l, QD_TAP_OUT), h_out);
     return QD_OK;
 }
@@ -366,7 +353,8 @@ int qd_emu_head(qd_emu *m, const float *h, int T, float *logits, qd_tap_sink *si
     norm_act(m, QD_PT_FINAL_NORM, m->xn, m->x, m->w->norm, T, C, -1);
     EMIT(qd_tap_model(QD_TAP_FINAL_NORM), m->xn);
     /* logits stay fp32: fp32 accumulation over the stored final_norm, not rounded */
-    emu_matmul(logits, m->xn, m->w->lm_head, T, C, c->vocab_size, QD_ACT_FP32);
+    emu_matmul_w(logits, m->xn, qd_weights_mat(m->w, 0, QD_WM_LM_HEAD), T, C, c->vocab_size, QD_ACT_FP32);
+    qd_weights_release(m->w, 0, QD_WM_LM_HEAD);
     EMIT(qd_tap_model(QD_TAP_LOGITS), logits);
     return QD_OK;
 }

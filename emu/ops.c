@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "qd_bf16.h"
+#include "qd_matmul.h"
 #include "qd_spec.h"
 
 float emu_round(qd_act_dtype act, float x) {
@@ -54,18 +55,15 @@ void emu_rmsnorm(float *out, const float *x, const float *w, int rows, int n, fl
 // ----------------------------------------------------------------------------
 // GEMM over stored inputs and bf16 weights, fp32 accumulation, output rounded
 
-void emu_matmul(float *out, const float *x, const float *W, int T, int in, int out_dim, qd_act_dtype act) {
+void emu_matmul_w(float *out, const float *x, qd_wview W, int T, int in, int out_dim, qd_act_dtype act) {
     // x (T, in); W (out_dim, in); out (T, out_dim)
-    // o outer, t inner: one row of W stays in cache while it meets every token; each out[t,o] is one dot
-    // product computed by one thread
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int o = 0; o < out_dim; o++) {
-        for (int t = 0; t < T; t++) {
-            const float *xt = x + (size_t)t * in; // (in)
-            const float *wo = W + (size_t)o * in; // (in)
-            out[(size_t)t * out_dim + o] = emu_round(act, dot_f32(xt, wo, in));
-        }
-    }
+    // each out[t,o] is dot_f32(x[t], W[o], in), bit for bit (common/qd_matmul.h), then rounded once
+    qd_matmul_f32(out, x, W, T, in, out_dim);
+    emu_round_n(act, out, (size_t)T * out_dim);
+}
+
+void emu_matmul(float *out, const float *x, const float *W, int T, int in, int out_dim, qd_act_dtype act) {
+    emu_matmul_w(out, x, (qd_wview){W, QD_DT_F32}, T, in, out_dim, act);
 }
 
 // ----------------------------------------------------------------------------

@@ -17,6 +17,7 @@
 
 #include "qd_act.h"
 #include "qd_fault.h"
+#include "qd_weights.h"
 
 /* The value a store in the activation dtype holds: round-to-nearest-even, as __float2bfloat16_rn /
  * __float2half_rn; the identity for QD_ACT_FP32. */
@@ -34,6 +35,8 @@ void emu_rmsnorm(float *out, const float *x, const float *w, int rows, int n, fl
 /* out (T, out_dim) = A(x (T, in) . W (out_dim, in)^T), each output one fp32 dot product over i in order
  * (dot_f32). OpenMP over outputs; bitwise the same for any thread count. */
 void emu_matmul(float *out, const float *x, const float *W, int T, int in, int out_dim, qd_act_dtype act);
+/* The same with W in its stored dtype (BF16 read in place from the checkpoint's mapping). */
+void emu_matmul_w(float *out, const float *x, qd_wview W, int T, int in, int out_dim, qd_act_dtype act);
 
 /* Rotate-half RoPE in place on x (T, nheads, HD) at positions pos0..pos0+T-1, then x = A(x).
  * inv_freq (HD/2): rope_inv_freq's, or with fault rope-freq-bf16 the same rounded to bf16 (the caller's

@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "qd_matmul.h"
 #include "qd_util.h"
 
 // ----------------------------------------------------------------------------
@@ -33,10 +34,10 @@ void rmsnorm_forward(float *out, const float *x, const float *w, int T, int n, f
 // ----------------------------------------------------------------------------
 // matmul in the HF (out, in) layout
 
-void matmul_forward(float *out, const float *x, const float *W, int T, int in, int out_dim, qd_accum accum) {
+void matmul_forward_naive(float *out, const float *x, const float *W, int T, int in, int out_dim, qd_accum accum) {
     // x (T, in); W (out_dim, in); out (T, out_dim)
-    // o outer, t inner: one row of W stays in cache while it meets every token. Each out[t,o] is one
-    // dot product computed by one thread.
+    // What matmul_forward computes, in the obvious loops: each out[t,o] is one dot product over i in
+    // order, computed by one thread.
 #pragma omp parallel for collapse(2) schedule(static)
     for (int o = 0; o < out_dim; o++) {
         for (int t = 0; t < T; t++) {
@@ -45,6 +46,18 @@ void matmul_forward(float *out, const float *x, const float *W, int T, int in, i
             out[(size_t)t * out_dim + o] = accum == QD_ACCUM_F64 ? (float)dot_f64(xt, wo, in) : dot_f32(xt, wo, in);
         }
     }
+}
+
+void matmul_forward_w(float *out, const float *x, qd_wview W, int T, int in, int out_dim, qd_accum accum) {
+    // x (T, in); W (out_dim, in) in its stored dtype; out (T, out_dim)
+    // matmul_forward_naive's dot products, bit for bit, in a cache- and register-blocked loop order
+    // (common/matmul.c says why the order of each sum is still i = 0, 1, ..., in-1).
+    if (accum == QD_ACCUM_F64) qd_matmul_f64(out, x, W, T, in, out_dim);
+    else qd_matmul_f32(out, x, W, T, in, out_dim);
+}
+
+void matmul_forward(float *out, const float *x, const float *W, int T, int in, int out_dim, qd_accum accum) {
+    matmul_forward_w(out, x, (qd_wview){W, QD_DT_F32}, T, in, out_dim, accum);
 }
 
 // ----------------------------------------------------------------------------

@@ -12,8 +12,13 @@
 /* out[t,:] = x[t,:] * 1/sqrt(mean(x[t,:]^2) + eps) * w.  x, out (T, n); w (n). out may alias x. */
 void rmsnorm_forward(float *out, const float *x, const float *w, int T, int n, float eps, qd_accum accum);
 
-/* out[t,o] = sum_i x[t,i] * W[o,i].  x (T, in); W (out_dim, in) (HF layout); out (T, out_dim). */
+/* out[t,o] = sum_i x[t,i] * W[o,i].  x (T, in); W (out_dim, in) (HF layout); out (T, out_dim).
+ * matmul_forward_naive is the plain loop over dot_f32 / dot_f64 (the definition, and the tests' oracle);
+ * matmul_forward and matmul_forward_w (W in its stored dtype, read in place) give its bits in a blocked
+ * loop order (common/qd_matmul.h). */
+void matmul_forward_naive(float *out, const float *x, const float *W, int T, int in, int out_dim, qd_accum accum);
 void matmul_forward(float *out, const float *x, const float *W, int T, int in, int out_dim, qd_accum accum);
+void matmul_forward_w(float *out, const float *x, qd_wview W, int T, int in, int out_dim, qd_accum accum);
 
 /* Rotate-half ("NEOX") RoPE in place on x (T, nheads, head_dim) for positions pos0..pos0+T-1:
  * pair j with j + head_dim/2, each rotated by rope_cos_sin / rope_rotate_pair (qd_spec.h).

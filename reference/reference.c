@@ -1,7 +1,10 @@
 /* reference.c: the fp32 C reference of the whole Qwen3 model, the oracle every other backend is
- * measured against. It is deliberately clean, naive and readable: plain C loops over fp32 weights and
- * activations, no SIMD intrinsics, no processor-specific tricks, no fusion and no fast-math, and one
- * fixed summation order for every reduction so that any thread count gives bitwise identical results.
+ * measured against. It is deliberately clean, naive and readable: plain C loops over fp32 activations,
+ * no SIMD intrinsics, no processor-specific tricks, no fusion and no fast-math, and one fixed summation
+ * order for every reduction so that any thread count gives bitwise identical results. The weights are
+ * read where the checkpoint is mapped, in its dtype (BF16/F16 upcast to fp32 as each value is used, which
+ * is exact), so a large model needs no fp32 copy of them; the matmul's loops are blocked for the cache and
+ * the vector unit without changing any dot product's order (common/matmul.c says how).
  * It reads top to bottom: the model state, creation, then one decoder layer exactly as transformers'
  * Qwen3DecoderLayer computes it (emitting every named tap of qd_taps.h on the way), the head, and the
  * prefill/decode conveniences. The ops themselves live in ops.c. Positions: qd_ref_layer takes pos0
@@ -134,8 +137,9 @@ int qd_ref_embed(qd_ref *r, const int32_t *tokens, int T, float *h, qd_tap_sink 
     const qd_config *c = &r->w->cfg;
     int C = c->hidden_size;
     int old_threads = threads_push(r); // only so that a sink sees the same OpenMP setting throughout
-    for (int t = 0; t < T; t++)
-        memcpy(h + (size_t)t * C, r->w->embed + (size_t)tokens[t] * C, (size_t)C * sizeof(float));
+    qd_wview embed = qd_weights_mat(r->w, 0, QD_WM_EMBED); // (V, C), fp32 or the checkpoint's dtype
+    for (int t = 0; t < T; t++) qd_wview_to_f32(embed, (size_t)tokens[t] * C, (size_t)C, h + (size_t)t * C);
+    qd_weights_release(r->w, 0, QD_WM_EMBED);
     int rc = qd_tap_emit(sink, c, qd_tap_model(QD_TAP_EMBED), h, T, e);
     threads_pop(old_threads);
     return rc;
@@ -164,7 +168,13 @@ int qd_ref_layer(qd_ref *r, int layer, const float *h_in, float *h_out, int T, i
         return qd_errf(e, QD_EINPUT, "ref: layer %d: KV cache overflow: positions %d..%lld do not fit max_seq %d",
                        layer, pos0, (long long)pos0 + T - 1, r->opts.max_seq);
     int old_threads = threads_push(r);
-    const qd_layer_weights *lw = &r->w->layers[layer];
+    const qd_layer_weights *lw = &r->w->layers[layer]; // the norm weights (fp32)
+    // the projections, read in place in the checkpoint's dtype (exact upcast) or fp32
+    qd_wview q_proj = qd_weights_mat(r->w, layer, QD_WM_Q_PROJ), k_proj = qd_weights_mat(r->w, layer, QD_WM_K_PROJ),
+             v_proj = qd_weights_mat(r->w, layer, QD_WM_V_PROJ), o_proj = qd_weights_mat(r->w, layer, QD_WM_O_PROJ),
+             gate_proj = qd_weights_mat(r->w, layer, QD_WM_GATE_PROJ),
+             up_proj = qd_weights_mat(r->w, layer, QD_WM_UP_PROJ),
+             down_proj = qd_weights_mat(r->w, layer, QD_WM_DOWN_PROJ);
     qd_accum accum = r->opts.accum;
     int C = c->hidden_size, I = c->intermediate_size, NH = c->num_attention_heads;
     int NKV = c->num_key_value_heads, HD = c->head_dim;
@@ -173,11 +183,11 @@ int qd_ref_layer(qd_ref *r, int layer, const float *h_in, float *h_out, int T, i
     // attention block
     rmsnorm_forward(r->xb, h_in, lw->input_layernorm, T, C, eps, accum);
     EMIT(QD_TAP_ATTN_NORM, r->xb);
-    matmul_forward(r->q, r->xb, lw->q_proj, T, C, NH * HD, accum);
+    matmul_forward_w(r->q, r->xb, q_proj, T, C, NH * HD, accum);
     EMIT(QD_TAP_Q_PROJ, r->q);
-    matmul_forward(r->k, r->xb, lw->k_proj, T, C, NKV * HD, accum);
+    matmul_forward_w(r->k, r->xb, k_proj, T, C, NKV * HD, accum);
     EMIT(QD_TAP_K_PROJ, r->k);
-    matmul_forward(r->v, r->xb, lw->v_proj, T, C, NKV * HD, accum);
+    matmul_forward_w(r->v, r->xb, v_proj, T, C, NKV * HD, accum);
     EMIT(QD_TAP_V_PROJ, r->v);
     // q_norm and k_norm are full RMSNorms over head_dim, one per head (T*NH rows of HD), before RoPE
     rmsnorm_forward(r->q, r->q, lw->q_norm, T * NH, HD, eps, accum);
@@ -202,7 +212,7 @@ int qd_ref_layer(qd_ref *r, int layer, const float *h_in, float *h_out, int T, i
         return rc;
     }
     EMIT(QD_TAP_ATTN, r->att);
-    matmul_forward(r->xb2, r->att, lw->o_proj, T, NH * HD, C, accum);
+    matmul_forward_w(r->xb2, r->att, o_proj, T, NH * HD, C, accum);
     EMIT(QD_TAP_O_PROJ, r->xb2);
     residual_forward(h_out, h_in, r->xb2, (long)T * C);
     EMIT(QD_TAP_ATTN_RESIDUAL, h_out);
@@ -210,17 +220,18 @@ int qd_ref_layer(qd_ref *r, int layer, const float *h_in, float *h_out, int T, i
     // MLP block
     rmsnorm_forward(r->xb, h_out, lw->post_attention_layernorm, T, C, eps, accum);
     EMIT(QD_TAP_MLP_NORM, r->xb);
-    matmul_forward(r->hb, r->xb, lw->gate_proj, T, C, I, accum);
+    matmul_forward_w(r->hb, r->xb, gate_proj, T, C, I, accum);
     EMIT(QD_TAP_GATE_PROJ, r->hb);
-    matmul_forward(r->hb2, r->xb, lw->up_proj, T, C, I, accum);
+    matmul_forward_w(r->hb2, r->xb, up_proj, T, C, I, accum);
     EMIT(QD_TAP_UP_PROJ, r->hb2);
     swiglu_forward(r->hb, r->hb, r->hb2, (long)T * I);
     EMIT(QD_TAP_ACT, r->hb);
-    matmul_forward(r->xb2, r->hb, lw->down_proj, T, I, C, accum);
+    matmul_forward_w(r->xb2, r->hb, down_proj, T, I, C, accum);
     EMIT(QD_TAP_DOWN_PROJ, r->xb2);
     residual_forward(h_out, h_out, r->xb2, (long)T * C);
     EMIT(QD_TAP_OUT, h_out);
 
+    qd_weights_release_layer(r->w, layer); // a mapped layer's pages leave the resident set until next used
     threads_pop(old_threads);
     return QD_OK;
 }
@@ -239,7 +250,9 @@ int qd_ref_head(qd_ref *r, const float *h, int T, float *logits, qd_tap_sink *si
     rmsnorm_forward(r->xb, h, r->w->norm, T, c->hidden_size, (float)c->rms_norm_eps, r->opts.accum);
     int rc = qd_tap_emit(sink, c, qd_tap_model(QD_TAP_FINAL_NORM), r->xb, T, e);
     if (rc == QD_OK) {
-        matmul_forward(logits, r->xb, r->w->lm_head, T, c->hidden_size, c->vocab_size, r->opts.accum);
+        matmul_forward_w(logits, r->xb, qd_weights_mat(r->w, 0, QD_WM_LM_HEAD), T, c->hidden_size, c->vocab_size,
+                         r->opts.accum);
+        qd_weights_release(r->w, 0, QD_WM_LM_HEAD);
         rc = qd_tap_emit(sink, c, qd_tap_model(QD_TAP_LOGITS), logits, T, e);
     }
     threads_pop(old_threads);

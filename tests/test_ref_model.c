@@ -2,7 +2,7 @@
  *
  * Sizes are chosen so that every tap width differs (C 64, NH*HD 96, NKV*HD 48, I 112, V 128; HD 24 is
  * not C/NH), so a tap with the wrong shape or a weight read with the wrong stride cannot pass by luck.
- * Checks: decode with the KV cache equals prefill; 1, 2 and 3 threads are bitwise identical; taps come
+ * Checks: decode with the KV cache equals prefill; 1, 2, 3 and 7 threads are bitwise identical; taps come
  * in schema order with schema shapes and carry what their names say; F64 accumulation stays close to
  * F32; a sink error stops the run; cache overflow and bad arguments are QD_EINPUT. Every case runs with
  * tied and untied embeddings. */
@@ -241,7 +241,9 @@ static void check_threads_bitwise(int tied) {
     assert_int_equal(rec1->n, 2 * (1 + L * QD_NUM_LAYER_TAPS + 2));
     assert_int_equal(rec1->threads_min, 1); /* opts.threads was in effect during every step */
     assert_int_equal(rec1->threads_max, 1);
-    for (int threads = 2; threads <= 3; threads++) {
+    static const int counts[] = {2, 3, 7}; /* 7: more threads than most tile counts divide evenly */
+    for (size_t k = 0; k < sizeof counts / sizeof *counts; k++) {
+        const int threads = counts[k];
         run_recorded(&w, threads, QD_ACCUM_F32, other, &recn);
         assert_int_equal(recn->threads_min, threads);
         assert_int_equal(recn->threads_max, threads);

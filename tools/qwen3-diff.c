@@ -989,6 +989,14 @@ static int open_input(const cli_args *a, const char *model, const char *token_ar
     return rc;
 }
 
+/* The checkpoint for backends a and b (b may be NULL): the fused path uploads from fp32 copies of every tensor
+ * (qd_weights_load); the CPU backends read the matrices in place from the mapping (qd_weights_map), so an 8B
+ * or 32B model runs in the memory of its activations and KV cache (docs/REFERENCE.md). */
+static int load_weights_for(const char *model, const char *a, const char *b, qd_weights *w, qd_err *e) {
+    if (strcmp(a, "fused") == 0 || (b && strcmp(b, "fused") == 0)) return qd_weights_load(model, w, e);
+    return qd_weights_map(model, w, e);
+}
+
 /* One backend, no comparison: run it, optionally dump it, and say what the run looked like. */
 static int run_single(const cli_args *a, const char *model, const char *token_arg, qd_err *e) {
     qd_config cfg;
@@ -1008,7 +1016,7 @@ static int run_single(const cli_args *a, const char *model, const char *token_ar
         .T = T, .backends = 1, .name_b = a->backends[0], .fault = a->fault, .max_memory = a->max_memory};
     if ((rc = qd_run_check(&cfg, &plan, a->quiet ? NULL : stderr, e))) goto out; /* before any weight is loaded */
 
-    if ((rc = qd_weights_load(model, &w, e))) goto out;
+    if ((rc = load_weights_for(model, a->backends[0], NULL, &w, e))) goto out;
     have_weights = 1;
     const qd_config *c = &w.cfg;
     qd_backend_opts bo = {.threads = a->threads,
@@ -1235,7 +1243,7 @@ static int run_lockstep(const cli_args *a, const char *model, const char *token_
                      name_b);
         goto out;
     }
-    if ((rc = qd_weights_load(model, &w, e))) goto out;
+    if ((rc = load_weights_for(model, name_a, name_b, &w, e))) goto out;
     have_weights = 1;
     const int L = w.cfg.num_hidden_layers;
     qd_backend_opts bo = {.threads = a->threads,
@@ -1418,7 +1426,7 @@ static int load_dump_model(const cli_args *a, const char *path, qd_weights *w, q
         int rc = qd_dump_model_dir(path, dir, sizeof dir, e);
         if (rc) return rc;
     }
-    return qd_weights_load(dir, w, e);
+    return qd_weights_map(dir, w, e); /* the replay reads the matrices in place */
 }
 
 /* What the JSON report says of a dump's run: its checkpoint (--model, else the dump's own) and input ids; the

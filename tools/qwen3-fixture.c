@@ -158,7 +158,7 @@ static void usage(FILE *f) {
                "\n"
                "  --out DIR              output directory (created; an existing non-empty one needs --force)\n"
                "  --force                overwrite the files this tool writes in an existing directory\n"
-               "  --preset NAME          tiny (default) | 0.6b | 1.7b | 4b | 8b (released shapes)\n"
+               "  --preset NAME          tiny (default) | 0.6b | 1.7b | 4b | 8b | 14b | 32b (released shapes)\n"
                "  --vocab N --hidden N --intermediate N --layers N --heads N --kv-heads N --head-dim N\n"
                "  --theta X --eps X --tied 0|1 --max-pos N\n"
                "                         override single fields of the preset\n"
@@ -205,7 +205,8 @@ static void set_preset(opts_t *o, const char *name) {
     } presets[] = {
         {"tiny", 256, 64, 128, 2, 4, 2, 32, 1},          {"0.6b", 151936, 1024, 3072, 28, 16, 8, 128, 1},
         {"1.7b", 151936, 2048, 6144, 28, 16, 8, 128, 1}, {"4b", 151936, 2560, 9728, 36, 32, 8, 128, 1},
-        {"8b", 151936, 4096, 12288, 36, 32, 8, 128, 0},
+        {"8b", 151936, 4096, 12288, 36, 32, 8, 128, 0},  {"14b", 151936, 5120, 17408, 40, 40, 8, 128, 0},
+        {"32b", 151936, 5120, 25600, 64, 64, 8, 128, 0},
     };
     for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++) {
         if (strcmp(presets[i].name, name) == 0) {
@@ -223,7 +224,7 @@ static void set_preset(opts_t *o, const char *name) {
             return;
         }
     }
-    die_usage("--preset: unknown preset '%s' (tiny, 0.6b, 1.7b, 4b, 8b)", name);
+    die_usage("--preset: unknown preset '%s' (tiny, 0.6b, 1.7b, 4b, 8b, 14b, 32b)", name);
 }
 
 static void parse_kstats(opts_t *o, const char *arg) {
@@ -559,10 +560,41 @@ static float *make_knorm(const opts_t *o, const knorm_stat *ks) {
 typedef struct {
     const opts_t *o;
     const tspec *t;  /* the tensors of the file being written (entries[i] is t[i]) */
-    rng_t r;         /* stream of the current tensor */
+    uint64_t s0;     /* the current tensor's stream: its rng_init state */
     qd_progress *pg; /* bytes generated, over every shard */
     double done;
 } gen_ctx;
+
+/* Normal number j of the stream that rng_init left in state s0, without walking it: splitmix64 is a
+ * counter (call k returns mix(s0 + k * gamma)) and rng_normal draws its k-th pair of normals from calls
+ * 2k+1 and 2k+2, the cosine for j = 2k and the sine for j = 2k+1. So normal_at(s0, j) is bitwise the
+ * j-th rng_normal of that stream, and chunks of a tensor can be generated in parallel. */
+static void normal_pair_at(uint64_t s0, uint64_t k, double *c, double *s) {
+    uint64_t a = s0 + (2 * k) * 0x9e3779b97f4a7c15ULL, b = a + 0x9e3779b97f4a7c15ULL;
+    double u1 = 1.0 - (double)(splitmix64(&a) >> 11) * 0x1.0p-53, u2 = (double)(splitmix64(&b) >> 11) * 0x1.0p-53;
+    double rad = sqrt(-2.0 * log(u1)), th = 6.283185307179586 * u2;
+    *c = rad * cos(th);
+    *s = rad * sin(th);
+}
+
+static void store_value(qd_dtype dt, unsigned char *out, size_t i, double x) {
+    float f = (float)x;
+    if (dt == QD_DT_F32) {
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        for (int b = 0; b < 4; b++) out[4 * i + (size_t)b] = (unsigned char)(u >> (8 * b));
+    } else {
+        uint16_t h = dt == QD_DT_BF16 ? qd_f32_to_bf16(f) : qd_f32_to_f16(f);
+        out[2 * i] = (unsigned char)(h & 0xff);
+        out[2 * i + 1] = (unsigned char)(h >> 8);
+    }
+}
+
+static double scaled(const tspec *t, double z) {
+    if (t->kind == T_EMBED) return z;
+    if (t->kind == T_LINEAR) return t->std * z;
+    return 1.0 + 0.2 * z; /* T_NORM */
+}
 
 static int fill_tensor(void *vctx, int index, size_t offset, void *buf, size_t nbytes, qd_err *e) {
     (void)e;
@@ -571,26 +603,26 @@ static int fill_tensor(void *vctx, int index, size_t offset, void *buf, size_t n
     qd_dtype dt = g->o->dtype;
     size_t es = qd_dtype_size(dt), n = nbytes / es, first = offset / es;
     unsigned char *out = buf;
-    if (offset == 0) rng_init(&g->r, g->o->seed, t->name);
+    if (offset == 0) {
+        rng_t r;
+        rng_init(&r, g->o->seed, t->name);
+        g->s0 = r.s;
+    }
     g->done += (double)nbytes;
     qd_progress_update(g->pg, g->done, "%s", t->name);
-    for (size_t i = 0; i < n; i++) {
-        double x;
-        switch (t->kind) {
-        case T_EMBED: x = rng_normal(&g->r); break;
-        case T_LINEAR: x = t->std * rng_normal(&g->r); break;
-        case T_NORM: x = 1.0 + 0.2 * rng_normal(&g->r); break;
-        default: x = t->vals[first + i]; break;
-        }
-        float f = (float)x;
-        uint32_t u;
-        if (dt == QD_DT_F32) {
-            memcpy(&u, &f, 4);
-            for (int b = 0; b < 4; b++) out[4 * i + (size_t)b] = (unsigned char)(u >> (8 * b));
-        } else {
-            uint16_t h = dt == QD_DT_BF16 ? qd_f32_to_bf16(f) : qd_f32_to_f16(f);
-            out[2 * i] = (unsigned char)(h & 0xff);
-            out[2 * i + 1] = (unsigned char)(h >> 8);
+    if (t->kind == T_KNORM_STATS) {
+        for (size_t i = 0; i < n; i++) store_value(dt, out, i, t->vals[first + i]);
+        return QD_OK;
+    }
+    /* element first + i is normal number first + i of the stream; pairs split across threads */
+    const long long p0 = (long long)(first / 2), p1 = (long long)((first + n + 1) / 2);
+#pragma omp parallel for schedule(static)
+    for (long long p = p0; p < p1; p++) {
+        double z[2];
+        normal_pair_at(g->s0, (uint64_t)p, &z[0], &z[1]);
+        for (int k = 0; k < 2; k++) {
+            size_t j = 2 * (size_t)p + (size_t)k;
+            if (j >= first && j < first + n) store_value(dt, out, j - first, scaled(t, z[k]));
         }
     }
     return QD_OK;
