@@ -19,6 +19,7 @@ if ! command -v valgrind >/dev/null; then
     exit 77
 fi
 m=${QD_FIXTURES:-$(cd "$(dirname "$0")/.." && pwd)/fixtures}/gqa_tied
+supp=$(cd "$(dirname "$0")" && pwd)/valgrind.supp # known errors inside ld.so, not ours (the file says which)
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/qd_valgrind.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 fails=0 n=0
@@ -30,6 +31,7 @@ vg() {
     n=$((n + 1))
     local start=$SECONDS rc=0
     valgrind -q --tool=memcheck --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+        --suppressions="$supp" \
         --show-leak-kinds=definite --track-origins=yes --log-file="$tmp/$name.vg" \
         "$diff" "$@" >"$tmp/$name.out" 2>&1 || rc=$?
     if [ "$rc" -eq 99 ] || [ -s "$tmp/$name.vg" ]; then
