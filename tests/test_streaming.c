@@ -33,7 +33,9 @@
 #define QD_UNDER_ASAN 0
 #endif
 #if QD_UNDER_ASAN
-#include <sanitizer/allocator_interface.h>
+/* the sanitizer runtime's count of live heap bytes (declared in <sanitizer/allocator_interface.h>, which not
+ * every compiler installs: gcc 12 on Debian does not) */
+size_t __sanitizer_get_current_allocated_bytes(void);
 #endif
 
 #include "qd_bf16.h"
