@@ -165,6 +165,28 @@ refused("a one-backend run larger than --max-memory", "more than the 0.0001 GiB 
         "--tokens", "1,2", "--max-memory", "0.0001")
 rc, out, err = run("--model", GQA, "--tokens", "1,2", "--max-memory", "0", "--quiet")
 check(rc == 0, f"--max-memory 0: no check (exit {rc}: {err.strip()})")
+# the weights as the run holds them: a CPU run reads the matrices in place (docs/REFERENCE.md), so a 32B-shaped
+# checkpoint's estimate is its largest matrix (lm_head, 151936 x 5120 BF16 = 1.45 GiB) plus the norms, not the
+# 122 GiB of an fp32 copy; emu on an F32 checkpoint gets that copy. config.json only: the check comes first.
+big = path("shape32b")
+os.mkdir(big)
+cfg32 = json.load(open(os.path.join(GQA, "config.json")))
+cfg32.update(hidden_size=5120, intermediate_size=25600, num_hidden_layers=64, num_attention_heads=64,
+             num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=False,
+             max_position_embeddings=40960)
+cfg32.pop("layer_types", None)  # one entry per layer: the 64 layers' would all be full attention
+json.dump(cfg32, open(os.path.join(big, "config.json"), "w"))
+for backends in ("ref", "ref,emu"):
+    rc, out, err = run("--model", big, "--tokens", "1,2", "--backends", backends, "--max-memory", "4")
+    est = [x for x in err.splitlines() if "memory: this run needs about" in x]
+    weights = float(est[0].split("(weights ")[1].split(",")[0]) if est else -1
+    check(rc == 2 and "more than the" not in err and 1.4 < weights < 1.6,
+          f"32B shape, BF16, --backends {backends}: the estimate counts the mapped weights, lm_head's 1.45 GiB "
+          f"(weights {weights} GiB; exit {rc}: {err.strip()[:300]})")
+cfg32["dtype" if "dtype" in cfg32 else "torch_dtype"] = "float32"
+json.dump(cfg32, open(os.path.join(big, "config.json"), "w"))
+refused("32B shape, F32, ref,emu: emu's bf16-rounded fp32 copy of every weight counted", "(weights 12", "--model", big,
+        "--tokens", "1,2", "--backends", "ref,emu", "--max-memory", "64")
 refused("--max-memory not a number", "--max-memory: 'lots' is not a number of GiB", "--model", GQA, "--tokens", "1,2",
         "--max-memory", "lots")
 

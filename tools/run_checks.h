@@ -24,8 +24,10 @@ typedef struct {
     double max_memory;  /* bytes the run may plan to hold; < 0: MemAvailable of /proc/meminfo; 0: no check */
 } qd_run_plan;
 
-/* The host memory a run holds, by part, in bytes (an estimate: fp32 weights, each backend's KV cache and
- * scratch, the taps and replay inputs of one position held per side, the logits). */
+/* The host memory a run holds, by part, in bytes (an estimate: the weights as the run holds them, fp32
+ * copies when a side is fused, else the pages of the largest matrices in use read in place from the mapping;
+ * each backend's KV cache and scratch, the taps and replay inputs of one position held per side, the
+ * logits). */
 typedef struct {
     double weights, kv_cache, activations, total;
 } qd_mem_estimate;
