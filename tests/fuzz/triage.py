@@ -18,8 +18,47 @@ SANITIZER = re.compile(r"^(malloc|calloc|realloc|free|memcpy|memmove|memset|strl
 FRAME = re.compile(r"^\s*#(\d+) 0x[0-9a-f]+ in (\S+)")
 
 
+# libFuzzer's own allocations (its driver's buffers, through libstdc++'s operator new from main or fuzzer::)
+LIBFUZZER = re.compile(r"^(operator new|operator delete|main|__libc_start\w*)\b|^fuzzer::|libstdc\+\+")
+
+
+def classify_rss_oom(lines):
+    """An RSS out-of-memory report lists the live heap by allocation context, largest first. Its memory may
+    already be freed and sit in ASan's quarantine (then the largest live context is libFuzzer's own input
+    buffer): skip libFuzzer's contexts; ours if any context has a frame of ours, else HDF5's if any is
+    HDF5's."""
+    contexts, cur = [], None
+    for l in lines:
+        if re.match(r"^\d+ byte\(s\) \(\d+%\) in \d+ allocation", l):
+            cur = []
+            contexts.append(cur)
+        elif cur is not None and re.match(r"^\s*#\d+ 0x", l):  # a frame, named or not
+            cur.append(l)
+    who = []
+    for frames in contexts:
+        for l in frames:
+            m = FRAME.match(l)
+            fn = m.group(2) if m else ""
+            if SANITIZER.search(fn) or "libclang_rt" in l or LIBFUZZER.search(fn) or "libstdc++" in l:
+                continue
+            if OURS.search(l):
+                who.append(("ours", l.strip()))
+            elif "libhdf5" in l:
+                who.append(("hdf5", l.strip()))
+            else:
+                who.append(("other", l.strip()))
+            break
+    for kind in ("ours", "other", "hdf5"):
+        hit = next((w for w in who if w[0] == kind), None)
+        if hit:
+            return ("ours" if kind == "other" else kind), "out of memory, live heap: " + hit[1]
+    return "ours", "out of memory with only libFuzzer's own allocations live (rerun it by hand)"
+
+
 def classify(report):
     lines = report.splitlines()
+    if any("ERROR: libFuzzer: out-of-memory (used:" in l for l in lines):
+        return classify_rss_oom(lines)
     start = next((i for i, l in enumerate(lines) if "ERROR: AddressSanitizer" in l or "runtime error" in l
                   or "ERROR: libFuzzer" in l or "ERROR: UndefinedBehaviorSanitizer" in l), None)
     if start is None:
