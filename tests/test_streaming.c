@@ -246,9 +246,8 @@ static void test_mapped_matches_loaded_f16(void **state) {
 // ----------------------------------------------------------------------------
 // mapped, not copied
 
-/* Bytes of heap in use (small chunks and mmapped ones), as glibc counts them. */
-/* Bytes of heap in use. Under AddressSanitizer malloc is ASan's own allocator, which glibc's mallinfo2 does
- * not see (it reads zero there), so the sanitizer's own count is asked instead. */
+/* Bytes of heap in use (small chunks and mmapped ones), as glibc counts them. Under AddressSanitizer malloc is
+ * ASan's own allocator, which glibc's mallinfo2 does not see (it reads zero there): the sanitizer counts. */
 static size_t heap_in_use(void) {
 #if QD_UNDER_ASAN
     return __sanitizer_get_current_allocated_bytes();

@@ -989,12 +989,11 @@ static int open_input(const cli_args *a, const char *model, const char *token_ar
     return rc;
 }
 
-/* The checkpoint for backends a and b (b may be NULL): the fused path uploads from fp32 copies of every tensor
- * (qd_weights_load); the CPU backends read the matrices in place from the mapping (qd_weights_map), so an 8B
- * or 32B model runs in the memory of its activations and KV cache (docs/REFERENCE.md). */
+/* The checkpoint for backends a and b (b may be NULL), as qd_run_weights_mapped says (the memory check
+ * estimates the same way): the CPU backends read the matrices in place from the mapping, so an 8B or 32B
+ * model runs in the memory of its activations and KV cache; the fused path uploads from fp32 copies. */
 static int load_weights_for(const char *model, const char *a, const char *b, qd_weights *w, qd_err *e) {
-    if (strcmp(a, "fused") == 0 || (b && strcmp(b, "fused") == 0)) return qd_weights_load(model, w, e);
-    return qd_weights_map(model, w, e);
+    return qd_run_weights_mapped(a, b) ? qd_weights_map(model, w, e) : qd_weights_load(model, w, e);
 }
 
 /* One backend, no comparison: run it, optionally dump it, and say what the run looked like. */

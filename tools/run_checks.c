@@ -10,6 +10,8 @@
 
 static int is_backend(const char *name, const char *want) { return name && strcmp(name, want) == 0; }
 
+int qd_run_weights_mapped(const char *a, const char *b) { return !is_backend(a, "fused") && !is_backend(b, "fused"); }
+
 qd_mem_estimate qd_run_memory(const qd_config *c, const qd_run_plan *p) {
     const double L = c->num_hidden_layers, C = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
     const double Q = (double)c->num_attention_heads * c->head_dim, KV = (double)c->num_key_value_heads * c->head_dim;
@@ -20,17 +22,17 @@ qd_mem_estimate qd_run_memory(const qd_config *c, const qd_run_plan *p) {
     const double norms = L * (2 * C + 2 * c->head_dim) + C;
     const double all = L * layer_mats + embed_head + norms;
     /* the stored dtype as config.json names it; BF16 (Qwen3's) when it names none */
-    const int f32 = strcmp(c->dtype, "float32") == 0, bf16 = !f32 && strcmp(c->dtype, "float16") != 0;
-    if (is_backend(p->name_a, "fused") || is_backend(p->name_b, "fused")) {
-        /* every weight upcast to fp32 (qd_weights_load), once, shared by the backends and uploaded */
-        m.weights = 4.0 * all;
-    } else {
-        /* qd_weights_map: the matrices are read in place and each layer's pages are given back after it,
-         * so what is resident at once is the largest of one layer's matrices and the embedding or lm_head
-         * (one at a time), in the stored dtype, plus the norms in fp32 (docs/REFERENCE.md) */
+    const int f32 = strcmp(c->dtype, "float32") == 0, f16 = strcmp(c->dtype, "float16") == 0, bf16 = !f32 && !f16;
+    if (qd_run_weights_mapped(p->name_a, p->name_b)) {
+        /* the matrices are read in place and each layer's pages are given back after it, so what is resident
+         * at once is the largest of one layer's matrices and the embedding or lm_head (one at a time), in the
+         * stored dtype, plus the norms in fp32 (docs/REFERENCE.md) */
         m.weights = (f32 ? 4.0 : 2.0) * (layer_mats > V * C ? layer_mats : V * C) + 4.0 * norms;
         /* emu's contract needs bf16 values: an F16 or F32 checkpoint gets it a bf16-rounded fp32 copy */
         if (!bf16 && (is_backend(p->name_a, "emu") || is_backend(p->name_b, "emu"))) m.weights += 4.0 * all;
+    } else {
+        /* every weight upcast to fp32, once, shared by the backends and uploaded */
+        m.weights = 4.0 * all;
     }
     /* per backend: K and V of every layer and position, in fp32 */
     m.kv_cache = p->backends * 4.0 * 2 * L * S * KV;

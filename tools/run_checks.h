@@ -24,6 +24,11 @@ typedef struct {
     double max_memory;  /* bytes the run may plan to hold; < 0: MemAvailable of /proc/meminfo; 0: no check */
 } qd_run_plan;
 
+/* Whether a run of backends a and b (either may be NULL) reads the checkpoint in place from its mapping
+ * (qd_weights_map: every CPU backend) rather than from fp32 copies of every tensor (qd_weights_load: the
+ * fused path uploads from them). docs/REFERENCE.md. */
+int qd_run_weights_mapped(const char *a, const char *b);
+
 /* The host memory a run holds, by part, in bytes (an estimate: the weights as the run holds them, fp32
  * copies when a side is fused, else the pages of the largest matrices in use read in place from the mapping;
  * each backend's KV cache and scratch, the taps and replay inputs of one position held per side, the

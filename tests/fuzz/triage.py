@@ -18,40 +18,37 @@ SANITIZER = re.compile(r"^(malloc|calloc|realloc|free|memcpy|memmove|memset|strl
 FRAME = re.compile(r"^\s*#(\d+) 0x[0-9a-f]+ in (\S+)")
 
 
-# libFuzzer's own allocations (its driver's buffers, through libstdc++'s operator new from main or fuzzer::)
-LIBFUZZER = re.compile(r"^(operator new|operator delete|main|__libc_start\w*)\b|^fuzzer::|libstdc\+\+")
+# libFuzzer's own allocations: its driver's buffers, through libstdc++'s operator new from main or fuzzer::
+LIBFUZZER = re.compile(r"^(operator new|operator delete|main|__libc_start\w*)\b|^fuzzer::")
+
+
+def first_frame(frames, skip_libfuzzer=False):
+    """("hdf5" or "ours", the line) of the first frame past the sanitizer's (and libFuzzer's) own; None."""
+    for l in frames:
+        m = FRAME.match(l)
+        fn = m.group(2) if m else ""
+        if SANITIZER.search(fn) or "libclang_rt" in l:
+            continue
+        if skip_libfuzzer and (LIBFUZZER.search(fn) or "libstdc++" in l):
+            continue
+        return ("hdf5" if "libhdf5" in l else "ours"), l.strip()
+    return None
 
 
 def classify_rss_oom(lines):
     """An RSS out-of-memory report lists the live heap by allocation context, largest first. Its memory may
     already be freed and sit in ASan's quarantine (then the largest live context is libFuzzer's own input
-    buffer): skip libFuzzer's contexts; ours if any context has a frame of ours, else HDF5's if any is
-    HDF5's."""
-    contexts, cur = [], None
+    buffer): libFuzzer's contexts are left out; ours if any other context is not HDF5's, else HDF5's."""
+    contexts = []
     for l in lines:
         if re.match(r"^\d+ byte\(s\) \(\d+%\) in \d+ allocation", l):
-            cur = []
-            contexts.append(cur)
-        elif cur is not None and re.match(r"^\s*#\d+ 0x", l):  # a frame, named or not
-            cur.append(l)
-    who = []
-    for frames in contexts:
-        for l in frames:
-            m = FRAME.match(l)
-            fn = m.group(2) if m else ""
-            if SANITIZER.search(fn) or "libclang_rt" in l or LIBFUZZER.search(fn) or "libstdc++" in l:
-                continue
-            if OURS.search(l):
-                who.append(("ours", l.strip()))
-            elif "libhdf5" in l:
-                who.append(("hdf5", l.strip()))
-            else:
-                who.append(("other", l.strip()))
-            break
-    for kind in ("ours", "other", "hdf5"):
-        hit = next((w for w in who if w[0] == kind), None)
-        if hit:
-            return ("ours" if kind == "other" else kind), "out of memory, live heap: " + hit[1]
+            contexts.append([])
+        elif contexts and re.match(r"^\s*#\d+ 0x", l):  # a frame, named or not
+            contexts[-1].append(l)
+    who = [w for w in (first_frame(c, skip_libfuzzer=True) for c in contexts) if w]
+    hit = next((w for w in who if w[0] == "ours"), None) or next(iter(who), None)
+    if hit:
+        return hit[0], "out of memory, live heap: " + hit[1]
     return "ours", "out of memory with only libFuzzer's own allocations live (rerun it by hand)"
 
 
@@ -72,24 +69,21 @@ def classify(report):
     rest = "\n".join(l for l in lines[i:] if not l.startswith("SUMMARY"))
     if OURS.search(rest.split("SUMMARY")[0]) and ("allocated by" in rest or "in stack of" in rest):
         return "ours", "the memory is ours: " + next(l.strip() for l in lines[i:] if OURS.search(l))
-    for l in crash:
-        m = FRAME.match(l)
-        fn = m.group(2) if m else ""
-        if SANITIZER.search(fn) or "libclang_rt" in l:
+    return first_frame(crash) or ("ours", "no frame")
+
+
+def main(fuzzer, artifacts):
+    status = 0
+    for art in artifacts:
+        p = subprocess.run([fuzzer, "-runs=1", art], capture_output=True, text=True, timeout=120)
+        if p.returncode == 0:  # e.g. refused or skipped by a later build, or a crash of a dying child only
+            print(f"triage: {art}: no crash when rerun")
             continue
-        if "libhdf5" in l:
-            return "hdf5", l.strip()
-        return "ours", l.strip()
-    return "ours", "no frame"
+        who, why = classify(p.stdout + p.stderr)
+        print(f"triage: {art}: {'OURS' if who == 'ours' else 'HDF5'}: {why}")
+        status |= who == "ours"
+    return 1 if status else 0
 
 
-fuzzer, status = sys.argv[1], 0
-for art in sys.argv[2:]:
-    p = subprocess.run([fuzzer, "-runs=1", art], capture_output=True, text=True, timeout=120)
-    if p.returncode == 0:  # e.g. refused or skipped by a later build, or a crash of a dying child only
-        print(f"triage: {art}: no crash when rerun")
-        continue
-    who, why = classify(p.stdout + p.stderr)
-    print(f"triage: {art}: {'OURS' if who == 'ours' else 'HDF5'}: {why}")
-    status |= who == "ours"
-sys.exit(1 if status else 0)
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2:]))
