@@ -85,6 +85,9 @@ struct qd_fused {
     int use_pdl;                      /* custom decode launches with programmatic dependent launch */
     int num_sms;
     int gemv_staged;      /* custom decode: gemv_staged_kernel for the per-layer projections */
+    int gemv_pipe;        /* custom decode: gemv_pipe_kernel where staged tiles would come in waves */
+    int gemv_pipe_all;    /* QD_FUSED_GEMV=pipe: gemv_pipe_kernel for every GEMV, the lm_head too */
+    int gp_ks, gp_nst;    /* gemv_pipe_kernel's K-slice (values) and ring slots */
     dec_attn_fn dec_attn; /* custom decode: decode_attn_qk_kernel for this kv_mul */
     float eps, scale;
     qd_fault fault;    /* the injected fault (kind QD_FAULT_NONE: none) */
@@ -391,8 +394,42 @@ static int set_decode_attr(qd_fused *f, const cudaDeviceProp *p, qd_err *e) {
     CUDA_CHECK(cudaFuncSetAttribute(f->dec_attn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)asmem));
     /* the staged GEMVs: a full tile and the largest input vector, within the device's opt-in limit */
     const size_t gsmem = GS_TILE_MAX + kmax * (sizeof(float) + sizeof(bf16));
-    const char *gs = getenv("QD_FUSED_GEMV"); /* "stream": the streaming kernel everywhere (a diagnostic) */
-    f->gemv_staged = gsmem + 1024 <= p->sharedMemPerBlockOptin && !(gs && strcmp(gs, "stream") == 0);
+    /* QD_FUSED_GEMV (diagnostics): "stream" the streaming kernel everywhere, "pipe" the pipelined one
+     * everywhere, "staged" the staged one (in waves where the tiles do not cover a matrix) */
+    const char *gs = getenv("QD_FUSED_GEMV");
+    const int stream_only = gs && strcmp(gs, "stream") == 0;
+    f->gemv_staged = gsmem + 1024 <= p->sharedMemPerBlockOptin && !stream_only;
+    /* the pipelined GEMV: slices of GP_KS values (one 16-row slot is 16 KiB), as many slots as fit
+     * GP_RING bytes, so that about half of an SM's shared memory holds the ring and the next kernel of
+     * the chain can fill its own beside it */
+    f->gp_ks = GP_KS;
+    f->gp_nst = (int)(GP_RING / ((size_t)GP_ROWS * GP_KS * 2));
+    if (f->gp_nst > GP_MAX_SLOTS) f->gp_nst = GP_MAX_SLOTS;
+    const size_t psmem = gp_smem(f->gp_ks, f->gp_nst, (int)kmax);
+    f->gemv_pipe = psmem + 1024 <= p->sharedMemPerBlockOptin && !stream_only && !(gs && strcmp(gs, "staged") == 0);
+    f->gemv_pipe_all = f->gemv_pipe && gs && strcmp(gs, "pipe") == 0;
+    if (f->gemv_pipe) {
+        CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_NORM, GV_BF16>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)psmem));
+        CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_NORM, GV_SWIGLU>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)psmem));
+        CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_PLAIN, GV_BF16>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)psmem));
+        CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_NORM, GV_F32>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)psmem));
+        CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_NORM, GV_BF16>,
+                                        cudaFuncAttributePreferredSharedMemoryCarveout,
+                                        (int)cudaSharedmemCarveoutMaxShared));
+        CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_NORM, GV_SWIGLU>,
+                                        cudaFuncAttributePreferredSharedMemoryCarveout,
+                                        (int)cudaSharedmemCarveoutMaxShared));
+        CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_PLAIN, GV_BF16>,
+                                        cudaFuncAttributePreferredSharedMemoryCarveout,
+                                        (int)cudaSharedmemCarveoutMaxShared));
+        CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_NORM, GV_F32>,
+                                        cudaFuncAttributePreferredSharedMemoryCarveout,
+                                        (int)cudaSharedmemCarveoutMaxShared));
+    }
     if (f->gemv_staged) {
         CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_NORM, GV_BF16>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsmem));
@@ -774,21 +811,35 @@ static cudaError_t launch_ex(const qd_fused *f, bool pdl, void (*kernel)(KA...),
     } while (0)
 
 /* One GEMV of gemv.cuh. The per-layer projections (bf16 output or SwiGLU) use gemv_staged_kernel: upb
- * units per block so that the grid is about one block per SM, fewer where a tile would pass GS_TILE_MAX
- * (then the blocks come in waves), one warp per two rows up to GS_THREADS. The lm_head (fp32 output), and
- * everything when the device's shared memory is too small for a tile, uses the streaming gemv_kernel:
- * 4 warps per block, two rows per warp, at most 8 blocks per SM (a loop over the rows beyond). */
+ * units per block so that the grid is about one block per SM, one warp per two rows up to GS_THREADS,
+ * when a block's tile (at most GS_TILE_MAX bytes) covers the matrix in one wave (the 0.6B shape). Where
+ * the tiles would come in waves (the 8B shape), gemv_pipe_kernel: one block per SM streaming its groups
+ * through a ring of slots. The lm_head (fp32 output), and everything when the device's shared memory is
+ * too small, uses the streaming gemv_kernel: 4 warps per block, two rows per warp, at most 8 blocks per
+ * SM (a loop over the rows beyond). QD_FUSED_GEMV=pipe puts every GEMV through the pipelined kernel. */
 template <int PRO, int EPI>
 static int gemv(qd_fused *f, const gemv_args &a, qd_err *e) {
     const size_t row = (size_t)a.K * 2 * (EPI == GV_SWIGLU ? 2 : 1); /* weight bytes per unit */
-    if (EPI != GV_F32 && f->gemv_staged && row <= GS_TILE_MAX) {
+    if (EPI != GV_F32 && f->gemv_staged && row <= GS_TILE_MAX && !f->gemv_pipe_all) {
         size_t upb = ((size_t)a.N + f->num_sms - 1) / f->num_sms;
-        if (upb * row > GS_TILE_MAX) upb = GS_TILE_MAX / row;
-        const size_t blocks = ((size_t)a.N + upb - 1) / upb;
-        const size_t iters = EPI == GV_SWIGLU ? upb : (upb + 1) / 2;
-        const unsigned threads = (unsigned)(32 * (iters < GS_THREADS / 32 ? iters : GS_THREADS / 32));
-        LAUNCH_EX(gemv_staged_kernel, f, true, gemv_staged_kernel<PRO, EPI>, dim3((unsigned)blocks), dim3(threads),
-                  gs_smem<EPI>((int)upb, a.K), a, (int)upb);
+        const bool waves = upb * row > GS_TILE_MAX;
+        if (!waves || !f->gemv_pipe) {
+            if (waves) upb = GS_TILE_MAX / row;
+            const size_t blocks = ((size_t)a.N + upb - 1) / upb;
+            const size_t iters = EPI == GV_SWIGLU ? upb : (upb + 1) / 2;
+            const unsigned threads = (unsigned)(32 * (iters < GS_THREADS / 32 ? iters : GS_THREADS / 32));
+            LAUNCH_EX(gemv_staged_kernel, f, true, gemv_staged_kernel<PRO, EPI>, dim3((unsigned)blocks),
+                      dim3(threads), gs_smem<EPI>((int)upb, a.K), a, (int)upb);
+            return QD_OK;
+        }
+    }
+    if (f->gemv_pipe && (EPI != GV_F32 || f->gemv_pipe_all)) {
+        /* a K shorter than the slice gets a slice of whole warp rounds (256 values) */
+        const int ks = a.K >= f->gp_ks ? f->gp_ks : (a.K + 255) / 256 * 256;
+        const int groups = (a.N + gp_units<EPI>() - 1) / gp_units<EPI>();
+        const int blocks = groups < f->num_sms ? groups : f->num_sms;
+        LAUNCH_EX(gemv_pipe_kernel, f, true, gemv_pipe_kernel<PRO, EPI>, dim3((unsigned)blocks), dim3(GP_THREADS),
+                  gp_smem(ks, f->gp_nst, a.K), a, ks, f->gp_nst);
         return QD_OK;
     }
     const size_t units = EPI == GV_SWIGLU ? (size_t)a.N : ((size_t)a.N + 1) / 2;

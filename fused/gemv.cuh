@@ -315,4 +315,128 @@ __global__ void __launch_bounds__(GS_THREADS) gemv_staged_kernel(const gemv_args
     TL_END(tl, a.tl);
 }
 
+// ----------------------------------------------------------------------------
+// The pipelined GEMV, for matrices whose staged tiles would come in waves (the 8B shape: 50-200 MB per
+// projection). A persistent grid, one block per SM: block b owns the groups of GP_ROWS rows g = b,
+// b + grid, ... (GV_SWIGLU: GP_ROWS / 2 units, gate and up rows), and streams each group through shared
+// memory in K-slices of ks values: a ring of nst slots of GP_ROWS x ks bf16, each filled by bulk copies (one
+// per row slice, completing on the slot's mbarrier) and refilled as soon as the block has read it, so that
+// about nst - 1 slots are always in flight. The first nst slots are requested before griddepcontrol.wait
+// (weights only), overlapping the previous kernel; the next kernel launches first thing and, the ring
+// being about half of an SM's shared memory, stages its own first slots while this one drains.
+// Arithmetic per row is gemv_kernel's: warp w owns rows 2w and 2w + 1 of the group (GV_SWIGLU: gate and
+// up of unit w), each lane its chunks c8 = lane, lane + 32, ... in order across the slices (ks is a
+// multiple of 256 values, a whole round of the warp), then the xor butterfly: bitwise the same outputs as
+// the staged and streaming kernels. Before sm_90 (the PTX fallback) the slots are filled by the whole
+// block with 16-byte cp.async, one commit group per slot.
+
+#define GP_THREADS 256   /* 8 warps, two rows each */
+#define GP_ROWS 16       /* weight rows per group: 2 per warp */
+#define GP_MAX_SLOTS 8   /* ring slots (the mbarriers are static) */
+#define GP_KS 512        /* values per slice: a 16-row slot is 16 KiB */
+#define GP_RING (80 * 1024) /* ring bytes: 5 slots; with x (at most 24 KiB at I = 12288), two kernels fit an SM */
+
+/* units of a group: rows, or gate/up pairs */
+template <int EPI>
+static __host__ __device__ __forceinline__ int gp_units(void) {
+    return EPI == GV_SWIGLU ? GP_ROWS / 2 : GP_ROWS;
+}
+/* dynamic shared memory: the ring (nst slots of GP_ROWS x ks bf16) and x (K bf16) */
+static __host__ __device__ __forceinline__ size_t gp_smem(int ks, int nst, int K) {
+    return (size_t)nst * GP_ROWS * ks * 2 + (size_t)K * 2;
+}
+
+template <int PRO, int EPI>
+__global__ void __launch_bounds__(GP_THREADS) gemv_pipe_kernel(const gemv_args a, int ks, int nst) {
+    extern __shared__ __align__(128) unsigned char gp_mem[];
+    __shared__ float red[32];
+    __shared__ __align__(8) uint64_t full[GP_MAX_SLOTS];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int K = a.K, N = a.N, upg = gp_units<EPI>();
+    const int ngroups = (N + upg - 1) / upg, nsl = (K + ks - 1) / ks;
+    const int mine = blockIdx.x < ngroups ? (ngroups - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+    const int nstage = mine * nsl; /* stage t: group blockIdx.x + (t / nsl) * gridDim.x, slice t % nsl */
+    const size_t slot = (size_t)GP_ROWS * ks * 2;
+    bf16 *sx = reinterpret_cast<bf16 *>(gp_mem + nst * slot);
+    TL_START(tl);
+
+    /* the copies of stage t into its slot: row i of the group's slice at slot row i (GV_SWIGLU: gate row
+     * u0 + i at i, up row N + u0 + i at upg + i); only rows < N (units < N) */
+    auto issue = [&](int t) {
+        const int g = blockIdx.x + (t / nsl) * gridDim.x, k0 = (t % nsl) * ks, len = min(ks, K - k0);
+        const int u0 = g * upg, nu = min(upg, N - u0), nrows = EPI == GV_SWIGLU ? 2 * nu : nu;
+        unsigned char *dst = gp_mem + (size_t)(t % nst) * slot;
+#if QD_HAVE_TMA
+        if (tid == 0) {
+            uint64_t *bar = &full[t % nst];
+            mbar_expect(bar, (unsigned)(nrows * len * 2));
+            for (int i = 0; i < nrows; i++) {
+                const int r = EPI == GV_SWIGLU && i >= nu ? N + u0 + i - nu : u0 + i;
+                const int si = EPI == GV_SWIGLU && i >= nu ? upg + i - nu : i;
+                bulk_copy(bar, dst + (size_t)si * ks * 2, a.W + (size_t)r * K + k0, (unsigned)len * 2);
+            }
+        }
+#else
+        const int l8 = len / 8;
+        for (int c = tid; c < nrows * l8; c += blockDim.x) {
+            const int i = c / l8, j = c % l8;
+            const int r = EPI == GV_SWIGLU && i >= nu ? N + u0 + i - nu : u0 + i;
+            const int si = EPI == GV_SWIGLU && i >= nu ? upg + i - nu : i;
+            cp_async16(dst + (size_t)si * ks * 2 + (size_t)j * 16, a.W + (size_t)r * K + k0 + j * 8, true);
+        }
+#endif
+    };
+
+    if (tid == 0)
+        for (int i = 0; i < nst; i++) mbar_init(&full[i]);
+    __syncthreads();
+    griddep_launch(); /* the next kernel may start filling its own ring */
+    for (int t = 0; t < nst; t++) { /* weights only: nothing a kernel of the step writes */
+        if (t < nstage) issue(t);
+        if (!QD_HAVE_TMA) cp_async_commit(); /* one group per slot, empty past the end */
+    }
+    griddep_wait(); /* the previous kernel has finished and its writes are visible */
+    TL_WAIT(tl);
+    gv_prologue<PRO>(a, sx, red, a.nw, nullptr);
+    TL_READY(tl);
+
+    const uint4 *sxq = reinterpret_cast<const uint4 *>(sx);
+    float acc0 = 0.0f, acc1 = 0.0f;
+    for (int t = 0; t < nstage; t++) {
+        const int g = blockIdx.x + (t / nsl) * gridDim.x, s = t % nsl, k0 = s * ks, len = min(ks, K - k0);
+        const int u0 = g * upg;
+        /* this warp's rows in the group (warp-uniform) */
+        const int i0 = EPI == GV_SWIGLU ? warp : 2 * warp, i1 = EPI == GV_SWIGLU ? upg + warp : 2 * warp + 1;
+        const bool has0 = u0 + (EPI == GV_SWIGLU ? warp : 2 * warp) < N;
+        const bool has1 = EPI == GV_SWIGLU ? has0 : u0 + 2 * warp + 1 < N;
+#if QD_HAVE_TMA
+        mbar_wait(&full[t % nst], (uint32_t)((t / nst) & 1));
+#else
+        cp_async_wait_n(nst - 1);
+        __syncthreads();
+#endif
+        if (has0) {
+            const unsigned char *base = gp_mem + (size_t)(t % nst) * slot;
+            const uint4 *w0 = reinterpret_cast<const uint4 *>(base + (size_t)i0 * ks * 2);
+            const uint4 *w1 = reinterpret_cast<const uint4 *>(base + (size_t)(has1 ? i1 : i0) * ks * 2);
+            const int l8 = len / 8, c0 = k0 / 8;
+#pragma unroll 2
+            for (int c = lane; c < l8; c += 32) gv_fma8(acc0, acc1, w0[c], w1[c], sxq[c0 + c]);
+        }
+        if (s == nsl - 1) { /* the group's rows are complete */
+            if (has0) {
+                const float r0v = warp_sum(acc0), r1v = warp_sum(acc1);
+                const int r0 = EPI == GV_SWIGLU ? u0 + warp : u0 + 2 * warp;
+                const int r1 = EPI == GV_SWIGLU ? N + u0 + warp : u0 + 2 * warp + 1;
+                if (lane == 0) gv_store<EPI>(a, r0, r1, has1, r0v, r1v);
+            }
+            acc0 = acc1 = 0.0f;
+        }
+        __syncthreads(); /* every warp has read the slot */
+        if (t + nst < nstage) issue(t + nst);
+        if (!QD_HAVE_TMA) cp_async_commit();
+    }
+    TL_END(tl, a.tl);
+}
+
 #endif

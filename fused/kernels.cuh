@@ -229,21 +229,65 @@ static __device__ __forceinline__ void bulk_load(uint64_t *bar, void *const *dst
     cp_async_commit();
 #endif
 }
-/* Every thread: until the copies of bulk_load have landed (phase 0 of a fresh barrier). The fallback
- * waits for the thread's own cp.async copies; a __syncthreads() must follow before reading. */
-static __device__ __forceinline__ void bulk_wait(uint64_t *bar) {
+/* Every thread, sm_90: until phase `parity` (0 for the first use of a barrier, then 1, 0, ...) of bar has
+ * completed: its arrival and every byte it was told to expect. */
+static __device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
 #if QD_HAVE_TMA
     uint32_t done = 0;
     while (!done)
         asm volatile(
-            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\nselp.u32 %0, 1, 0, p;\n}\n"
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
             : "=r"(done)
-            : "r"(smem_u32(bar))
+            : "r"(smem_u32(bar)), "r"(parity)
             : "memory");
+#else
+    (void)bar, (void)parity;
+#endif
+}
+/* Every thread: until the copies of bulk_load have landed (phase 0 of a fresh barrier). The fallback
+ * waits for the thread's own cp.async copies; a __syncthreads() must follow before reading. */
+static __device__ __forceinline__ void bulk_wait(uint64_t *bar) {
+#if QD_HAVE_TMA
+    mbar_wait(bar, 0);
 #else
     (void)bar;
     cp_async_wait<0>();
 #endif
+}
+/* sm_90, one thread: the next phase of bar completes when `bytes` more bytes have landed (then the
+ * copies of bulk_copy, signalling bar). */
+static __device__ __forceinline__ void mbar_expect(uint64_t *bar, unsigned bytes) {
+#if QD_HAVE_TMA
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
+                 : "memory");
+#else
+    (void)bar, (void)bytes;
+#endif
+}
+/* sm_90, one thread: one bulk copy of `bytes` (16-byte aligned, a multiple of 16, below 1 MiB) into shared
+ * memory, completing on bar. */
+static __device__ __forceinline__ void bulk_copy(uint64_t *bar, void *dst, const void *src, unsigned bytes) {
+#if QD_HAVE_TMA
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                     smem_u32(dst)),
+                 "l"(src), "r"(bytes), "r"(smem_u32(bar))
+                 : "memory");
+#else
+    (void)bar, (void)dst, (void)src, (void)bytes;
+#endif
+}
+/* cp.async.wait_group with a count known at run time (0..7; more waits for all) */
+static __device__ __forceinline__ void cp_async_wait_n(int n) {
+    switch (n) {
+    case 7: cp_async_wait<7>(); break;
+    case 6: cp_async_wait<6>(); break;
+    case 5: cp_async_wait<5>(); break;
+    case 4: cp_async_wait<4>(); break;
+    case 3: cp_async_wait<3>(); break;
+    case 2: cp_async_wait<2>(); break;
+    case 1: cp_async_wait<1>(); break;
+    default: cp_async_wait<0>(); break;
+    }
 }
 
 // ----------------------------------------------------------------------------

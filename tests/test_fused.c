@@ -653,16 +653,21 @@ static double check_decode_custom_vs_cublas(const qd_weights *w, const int32_t *
     return worst;
 }
 
-/* The staged GEMV (the default for the per-layer projections) and the streaming one (QD_FUSED_GEMV=stream,
- * read at create) compute every row with the same arithmetic in the same order, and their folded norms
- * emulate one reduction order (gemv.cuh): the decoded logits must be bitwise equal, step after step. */
+/* The GEMV kernels of the custom decode (gemv.cuh): the default choice (staged, or pipelined where
+ * staged tiles would come in waves), and, through QD_FUSED_GEMV (read at create), the streaming kernel
+ * everywhere, the pipelined one everywhere (the lm_head too) and the staged one everywhere. They compute
+ * every row with the same arithmetic in the same order, and their folded norms emulate one reduction
+ * order: the decoded logits must be bitwise equal, step after step. */
 static void check_decode_staged_vs_stream(const qd_weights *w, const int32_t *tok, int T0, int steps,
                                           const char *what) {
+    static const char *const kinds[] = {NULL, "stream", "pipe", "staged"};
+    enum { NK = sizeof kinds / sizeof kinds[0] };
     size_t V = w->cfg.vocab_size;
     qd_err err;
-    float *out[2] = {malloc((size_t)steps * V * sizeof(float)), malloc((size_t)steps * V * sizeof(float))};
-    for (int k = 0; k < 2; k++) {
-        if (k) setenv("QD_FUSED_GEMV", "stream", 1);
+    float *out[NK];
+    for (int k = 0; k < NK; k++) {
+        out[k] = malloc((size_t)steps * V * sizeof(float));
+        if (kinds[k]) setenv("QD_FUSED_GEMV", kinds[k], 1);
         else unsetenv("QD_FUSED_GEMV");
         qd_fused *f = fused_new_dec(w, QD_ACT_BF16, T0 + steps, 0, 0);
         unsetenv("QD_FUSED_GEMV");
@@ -671,13 +676,14 @@ static void check_decode_staged_vs_stream(const qd_weights *w, const int32_t *to
             FUSED_OK(qd_fused_decode(f, tok[(T0 + s) % T0], out[k] + (size_t)s * V, NULL, &err));
         qd_fused_free(f);
     }
-    for (int s = 0; s < steps; s++)
-        if (memcmp(out[0] + (size_t)s * V, out[1] + (size_t)s * V, V * sizeof(float)) != 0)
-            fail_msg("%s: step %d: staged and streaming GEMV decode logits differ (rel_l2 %.3g)", what, s,
-                     rel_l2(out[0] + (size_t)s * V, out[1] + (size_t)s * V, V));
-    printf("# %s: staged vs streaming GEMV decode logits: bitwise equal over %d steps\n", what, steps);
-    free(out[0]);
-    free(out[1]);
+    for (int k = 1; k < NK; k++)
+        for (int s = 0; s < steps; s++)
+            if (memcmp(out[0] + (size_t)s * V, out[k] + (size_t)s * V, V * sizeof(float)) != 0)
+                fail_msg("%s: step %d: default and QD_FUSED_GEMV=%s decode logits differ (rel_l2 %.3g)", what, s,
+                         kinds[k], rel_l2(out[0] + (size_t)s * V, out[k] + (size_t)s * V, V));
+    printf("# %s: default, streaming, pipelined and staged GEMV decode logits: bitwise equal over %d steps\n",
+           what, steps);
+    for (int k = 0; k < NK; k++) free(out[k]);
 }
 
 /* Rows t of a (TL, ...) recorder as a one-row recorder (the emu taps of position t). */
