@@ -285,3 +285,14 @@ void qd_config_hash(const qd_config *c, char out[QD_CONFIG_HASH_LEN]) {
     for (const unsigned char *p = (const unsigned char *)text; *p; p++) h = (h ^ *p) * 0x100000001b3ULL;
     snprintf(out, QD_CONFIG_HASH_LEN, "fnv1a64:%016llx", (unsigned long long)h);
 }
+
+qd_param_counts qd_config_params(const qd_config *c) {
+    const double C = c->hidden_size, I = c->intermediate_size, HD = c->head_dim;
+    const double Q = (double)c->num_attention_heads * c->head_dim, KV = (double)c->num_key_value_heads * c->head_dim;
+    qd_param_counts n;
+    n.layer_mats = (Q + 2 * KV) * C + C * Q + 3 * I * C;
+    n.layer_norms = 2 * C + 2 * HD;
+    n.embed = (double)c->vocab_size * C;
+    n.final_norm = C;
+    return n;
+}

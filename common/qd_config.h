@@ -38,6 +38,16 @@ int qd_config_parse(const char *json_text, const char *path, qd_config *c, qd_er
 #define QD_CONFIG_HASH_LEN 25 /* "fnv1a64:" + 16 + NUL */
 void qd_config_hash(const qd_config *c, char out[QD_CONFIG_HASH_LEN]);
 
+/* How many values a config's weights hold, by kind (doubles: a 32B model's counts pass 2^31). Every
+ * count of weight bytes, memory or arithmetic derives from these. */
+typedef struct {
+    double layer_mats;  /* one layer's seven matrices: q, k, v, o, gate, up, down */
+    double layer_norms; /* one layer's norm vectors: input, post-attention (C each), q_norm, k_norm (HD) */
+    double embed;       /* the embedding (V x C); an untied lm_head holds as many again */
+    double final_norm;  /* model.norm (C) */
+} qd_param_counts;
+qd_param_counts qd_config_params(const qd_config *c);
+
 /* Reads and parses DIR/config.json. If text_out is not NULL it receives the raw text (malloc'd), which
  * the HDF5 dump stores verbatim as the root attribute config_json. */
 int qd_config_load(const char *dir, qd_config *c, char **text_out, qd_err *e);

@@ -438,10 +438,9 @@ static double copy_bandwidth(int runs) {
 /* Bytes one decode step reads: every bf16 weight matrix once (q/k/v, o, gate/up, down of every layer and
  * lm_head), the fp32 norm weights, one embedding row. */
 static double weight_bytes(const qd_config *c) {
-    double C = c->hidden_size, I = c->intermediate_size, HD = c->head_dim, NH = c->num_attention_heads;
-    double NKV = c->num_key_value_heads, L = c->num_hidden_layers, V = c->vocab_size;
-    double layer = ((NH + 2 * NKV) * HD * C + C * NH * HD + 2 * I * C + C * I) * 2 + (2 * C + 2 * HD) * 4;
-    return L * layer + V * C * 2 + C * 4 + C * 2;
+    const qd_param_counts n = qd_config_params(c);
+    return c->num_hidden_layers * (n.layer_mats * 2 + n.layer_norms * 4) + n.embed * 2 + n.final_norm * 4 +
+           c->hidden_size * 2;
 }
 
 /* K and V of every layer for ctx positions, bf16. */
@@ -452,10 +451,9 @@ static double kv_bytes(const qd_config *c, int ctx) {
 /* Prefill arithmetic: the layers' GEMMs over T tokens, causal attention (QK^T and PV), lm_head for the
  * last token. */
 static double prefill_flops(const qd_config *c, int T) {
-    double C = c->hidden_size, I = c->intermediate_size, HD = c->head_dim, NH = c->num_attention_heads;
-    double NKV = c->num_key_value_heads, L = c->num_hidden_layers, V = c->vocab_size;
-    double params = L * ((NH + 2 * NKV) * HD * C + C * NH * HD + 3 * I * C);
-    return 2 * params * T + L * NH * 4 * HD * ((double)T * (T + 1) / 2) + 2 * V * C;
+    const double HD = c->head_dim, NH = c->num_attention_heads, L = c->num_hidden_layers;
+    const qd_param_counts n = qd_config_params(c);
+    return 2 * L * n.layer_mats * T + L * NH * 4 * HD * ((double)T * (T + 1) / 2) + 2 * n.embed;
 }
 
 // ----------------------------------------------------------------------------

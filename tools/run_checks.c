@@ -17,9 +17,10 @@ qd_mem_estimate qd_run_memory(const qd_config *c, const qd_run_plan *p) {
     const double Q = (double)c->num_attention_heads * c->head_dim, KV = (double)c->num_key_value_heads * c->head_dim;
     const double S = (double)p->T + p->decode; /* positions held */
     qd_mem_estimate m;
-    const double layer_mats = (Q + 2 * KV) * C + C * Q + 3 * I * C; /* the seven matrices of one layer */
-    const double embed_head = V * C * (c->tie_word_embeddings ? 1 : 2);
-    const double norms = L * (2 * C + 2 * c->head_dim) + C;
+    const qd_param_counts n = qd_config_params(c);
+    const double layer_mats = n.layer_mats; /* the seven matrices of one layer */
+    const double embed_head = n.embed * (c->tie_word_embeddings ? 1 : 2);
+    const double norms = L * n.layer_norms + n.final_norm;
     const double all = L * layer_mats + embed_head + norms;
     /* the stored dtype as config.json names it; BF16 (Qwen3's) when it names none */
     const int f32 = strcmp(c->dtype, "float32") == 0, f16 = strcmp(c->dtype, "float16") == 0, bf16 = !f32 && !f16;
