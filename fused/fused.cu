@@ -409,14 +409,14 @@ static int set_decode_attr(qd_fused *f, const cudaDeviceProp *p, qd_err *e) {
     f->gemv_pipe = psmem + 1024 <= p->sharedMemPerBlockOptin && !stream_only && !(gs && strcmp(gs, "staged") == 0);
     f->gemv_pipe_all = f->gemv_pipe && gs && strcmp(gs, "pipe") == 0;
     if (f->gemv_pipe) {
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_NORM, GV_BF16>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)psmem));
+        CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_NORM, GV_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)psmem));
         CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_NORM, GV_SWIGLU>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)psmem));
         CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_PLAIN, GV_BF16>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)psmem));
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_NORM, GV_F32>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)psmem));
+        CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_NORM, GV_F32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)psmem));
         CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_NORM, GV_BF16>,
                                         cudaFuncAttributePreferredSharedMemoryCarveout,
                                         (int)cudaSharedmemCarveoutMaxShared));
@@ -828,8 +828,8 @@ static int gemv(qd_fused *f, const gemv_args &a, qd_err *e) {
             const size_t blocks = ((size_t)a.N + upb - 1) / upb;
             const size_t iters = EPI == GV_SWIGLU ? upb : (upb + 1) / 2;
             const unsigned threads = (unsigned)(32 * (iters < GS_THREADS / 32 ? iters : GS_THREADS / 32));
-            LAUNCH_EX(gemv_staged_kernel, f, true, gemv_staged_kernel<PRO, EPI>, dim3((unsigned)blocks),
-                      dim3(threads), gs_smem<EPI>((int)upb, a.K), a, (int)upb);
+            LAUNCH_EX(gemv_staged_kernel, f, true, gemv_staged_kernel<PRO, EPI>, dim3((unsigned)blocks), dim3(threads),
+                      gs_smem<EPI>((int)upb, a.K), a, (int)upb);
             return QD_OK;
         }
     }

@@ -330,10 +330,10 @@ __global__ void __launch_bounds__(GS_THREADS) gemv_staged_kernel(const gemv_args
 // the staged and streaming kernels. Before sm_90 (the PTX fallback) the slots are filled by the whole
 // block with 16-byte cp.async, one commit group per slot.
 
-#define GP_THREADS 256   /* 8 warps, two rows each */
-#define GP_ROWS 16       /* weight rows per group: 2 per warp */
-#define GP_MAX_SLOTS 8   /* ring slots (the mbarriers are static) */
-#define GP_KS 512        /* values per slice: a 16-row slot is 16 KiB */
+#define GP_THREADS 256      /* 8 warps, two rows each */
+#define GP_ROWS 16          /* weight rows per group: 2 per warp */
+#define GP_MAX_SLOTS 8      /* ring slots (the mbarriers are static) */
+#define GP_KS 512           /* values per slice: a 16-row slot is 16 KiB */
 #define GP_RING (80 * 1024) /* ring bytes: 5 slots; with x (at most 24 KiB at I = 12288), two kernels fit an SM */
 
 /* units of a group: rows, or gate/up pairs */
@@ -390,7 +390,7 @@ __global__ void __launch_bounds__(GP_THREADS) gemv_pipe_kernel(const gemv_args a
     if (tid == 0)
         for (int i = 0; i < nst; i++) mbar_init(&full[i]);
     __syncthreads();
-    griddep_launch(); /* the next kernel may start filling its own ring */
+    griddep_launch();               /* the next kernel may start filling its own ring */
     for (int t = 0; t < nst; t++) { /* weights only: nothing a kernel of the step writes */
         if (t < nstage) issue(t);
         if (!QD_HAVE_TMA) cp_async_commit(); /* one group per slot, empty past the end */

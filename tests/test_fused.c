@@ -681,8 +681,8 @@ static void check_decode_staged_vs_stream(const qd_weights *w, const int32_t *to
             if (memcmp(out[0] + (size_t)s * V, out[k] + (size_t)s * V, V * sizeof(float)) != 0)
                 fail_msg("%s: step %d: default and QD_FUSED_GEMV=%s decode logits differ (rel_l2 %.3g)", what, s,
                          kinds[k], rel_l2(out[0] + (size_t)s * V, out[k] + (size_t)s * V, V));
-    printf("# %s: default, streaming, pipelined and staged GEMV decode logits: bitwise equal over %d steps\n",
-           what, steps);
+    printf("# %s: default, streaming, pipelined and staged GEMV decode logits: bitwise equal over %d steps\n", what,
+           steps);
     for (int k = 0; k < NK; k++) free(out[k]);
 }
 
