@@ -399,11 +399,22 @@ static int set_decode_attr(qd_fused *f, const cudaDeviceProp *p, qd_err *e) {
     const char *gs = getenv("QD_FUSED_GEMV");
     const int stream_only = gs && strcmp(gs, "stream") == 0;
     f->gemv_staged = gsmem + 1024 <= p->sharedMemPerBlockOptin && !stream_only;
-    /* the pipelined GEMV: slices of GP_KS values (one 16-row slot is 16 KiB), as many slots as fit
-     * GP_RING bytes, so that about half of an SM's shared memory holds the ring and the next kernel of
-     * the chain can fill its own beside it */
+    /* the pipelined GEMV: slices of GP_KS values (a 16-row slot is 64 KiB) and GP_SLOTS slots, fewer where
+     * the largest input vector leaves less opt-in shared memory; slices of half as many values where not
+     * even two slots would fit */
     f->gp_ks = GP_KS;
-    f->gp_nst = (int)(GP_RING / ((size_t)GP_ROWS * GP_KS * 2));
+    for (;;) {
+        const size_t slot = (size_t)GP_ROWS * f->gp_ks * 2, room = kmax * 2 + 1024;
+        const size_t fit = p->sharedMemPerBlockOptin > room ? (p->sharedMemPerBlockOptin - room) / slot : 0;
+        f->gp_nst = (int)(fit < GP_SLOTS ? fit : GP_SLOTS);
+        if (f->gp_nst >= 2 || f->gp_ks <= 256) break;
+        f->gp_ks /= 2;
+    }
+    /* QD_FUSED_GP=KS,SLOTS: another slice (a multiple of 256 values) and ring (a diagnostic for tuning) */
+    const char *gp = getenv("QD_FUSED_GP");
+    int gks, gns;
+    if (gp && sscanf(gp, "%d,%d", &gks, &gns) == 2 && gks >= 256 && gks % 256 == 0 && gks <= 8192 && gns >= 2)
+        f->gp_ks = gks, f->gp_nst = gns;
     if (f->gp_nst > GP_MAX_SLOTS) f->gp_nst = GP_MAX_SLOTS;
     const size_t psmem = gp_smem(f->gp_ks, f->gp_nst, (int)kmax);
     f->gemv_pipe = psmem + 1024 <= p->sharedMemPerBlockOptin && !stream_only && !(gs && strcmp(gs, "staged") == 0);

@@ -316,25 +316,28 @@ __global__ void __launch_bounds__(GS_THREADS) gemv_staged_kernel(const gemv_args
 }
 
 // ----------------------------------------------------------------------------
-// The pipelined GEMV, for matrices whose staged tiles would come in waves (the 8B shape: 50-200 MB per
+// The pipelined GEMV, for matrices whose staged tiles would come in waves (the 8B shape: 34-201 MB per
 // projection). A persistent grid, one block per SM: block b owns the groups of GP_ROWS rows g = b,
 // b + grid, ... (GV_SWIGLU: GP_ROWS / 2 units, gate and up rows), and streams each group through shared
 // memory in K-slices of ks values: a ring of nst slots of GP_ROWS x ks bf16, each filled by bulk copies (one
-// per row slice, completing on the slot's mbarrier) and refilled as soon as the block has read it, so that
-// about nst - 1 slots are always in flight. The first nst slots are requested before griddepcontrol.wait
-// (weights only), overlapping the previous kernel; the next kernel launches first thing and, the ring
-// being about half of an SM's shared memory, stages its own first slots while this one drains.
+// per row slice, issued side by side by the lanes of warp 0, completing on the slot's mbarrier) and
+// refilled as soon as the block has read it, so that nst - 1 slots are always in flight. The first nst
+// slots are requested before griddepcontrol.wait (weights only), overlapping the previous kernel's tail.
 // Arithmetic per row is gemv_kernel's: warp w owns rows 2w and 2w + 1 of the group (GV_SWIGLU: gate and
 // up of unit w), each lane its chunks c8 = lane, lane + 32, ... in order across the slices (ks is a
 // multiple of 256 values, a whole round of the warp), then the xor butterfly: bitwise the same outputs as
 // the staged and streaming kernels. Before sm_90 (the PTX fallback) the slots are filled by the whole
 // block with 16-byte cp.async, one commit group per slot.
 
-#define GP_THREADS 256      /* 8 warps, two rows each */
-#define GP_ROWS 16          /* weight rows per group: 2 per warp */
-#define GP_MAX_SLOTS 8      /* ring slots (the mbarriers are static) */
-#define GP_KS 512           /* values per slice: a 16-row slot is 16 KiB */
-#define GP_RING (80 * 1024) /* ring bytes: 5 slots; with x (at most 24 KiB at I = 12288), two kernels fit an SM */
+#define GP_THREADS 256 /* 8 warps, two rows each */
+#define GP_ROWS 16     /* weight rows per group: 2 per warp */
+#define GP_MAX_SLOTS 8 /* ring slots (the mbarriers are static) */
+/* values per slice (a 16-row slot is 64 KiB) and slots in the ring: 192 KiB, with x (24 KiB at I = 12288)
+ * within an SM's 227 KiB. Measured on the 8B shape (H200, decode ctx 512, ms/token; docs/FUSED.md):
+ * 512 x 5 slots 9.21, 1024 x 3 5.63, 1024 x 5 5.25, 2048 x 3 4.33, 256 x 8 17.0: the cost is per slot
+ * consumed (wait, block barrier, refill), so the larger the slot the better */
+#define GP_KS 2048
+#define GP_SLOTS 3
 
 /* units of a group: rows, or gate/up pairs */
 template <int EPI>
@@ -367,10 +370,11 @@ __global__ void __launch_bounds__(GP_THREADS) gemv_pipe_kernel(const gemv_args a
         const int u0 = g * upg, nu = min(upg, N - u0), nrows = EPI == GV_SWIGLU ? 2 * nu : nu;
         unsigned char *dst = gp_mem + (size_t)(t % nst) * slot;
 #if QD_HAVE_TMA
-        if (tid == 0) {
+        if (warp == 0) { /* lane 0 arms the barrier, then lane i copies row i: the copies issue side by side */
             uint64_t *bar = &full[t % nst];
-            mbar_expect(bar, (unsigned)(nrows * len * 2));
-            for (int i = 0; i < nrows; i++) {
+            if (lane == 0) mbar_expect(bar, (unsigned)(nrows * len * 2));
+            __syncwarp();
+            for (int i = lane; i < nrows; i += 32) {
                 const int r = EPI == GV_SWIGLU && i >= nu ? N + u0 + i - nu : u0 + i;
                 const int si = EPI == GV_SWIGLU && i >= nu ? upg + i - nu : i;
                 bulk_copy(bar, dst + (size_t)si * ks * 2, a.W + (size_t)r * K + k0, (unsigned)len * 2);
