@@ -54,6 +54,24 @@ extern "C" {
         if (rc_) return rc_; \
     } while (0)
 
+/* One kernel's launch attributes: dynamic shared memory up to smem bytes (0: the default 48 KiB) and, with
+ * carve, the largest shared-memory carveout (the kernels of the one-token chain then share an SM without
+ * waiting for it to drain and be reconfigured). KERNEL_ATTRS names the instantiation in the error
+ * (parenthesise a template-id: KERNEL_ATTRS((k<A, B>), ...)). */
+template <typename Kern>
+static int kernel_attrs(Kern *kernel, const char *name, size_t smem, bool carve, qd_err *e) {
+    cudaError_t err = cudaSuccess;
+    if (smem) err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (err == cudaSuccess && carve)
+        err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                   (int)cudaSharedmemCarveoutMaxShared);
+    if (err != cudaSuccess)
+        return qd_errf(e, QD_ERUNTIME, "cudaFuncSetAttribute(%s, %zu bytes of shared memory%s): %s (%s)", name, smem,
+                       carve ? ", largest carveout" : "", cudaGetErrorName(err), cudaGetErrorString(err));
+    return QD_OK;
+}
+#define KERNEL_ATTRS(kernel, smem, carve) TRY(kernel_attrs(kernel, #kernel, smem, carve, e))
+
 #define HEAD_ROWS 256       /* lm_head rows per GEMM: the fp32 logits buffer is (HEAD_ROWS, V), not (max_seq, V) */
 #define BLAS_WS (32u << 20) /* cuBLAS workspace, fixed so that graph capture never allocates */
 #define MEM_MARGIN ((size_t)256 << 20) /* left free for cuBLAS, graphs and the driver */
@@ -391,7 +409,7 @@ static int set_decode_attr(qd_fused *f, const cudaDeviceProp *p, qd_err *e) {
         f->custom_decode = 0;
         return QD_OK;
     }
-    CUDA_CHECK(cudaFuncSetAttribute(f->dec_attn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)asmem));
+    KERNEL_ATTRS(f->dec_attn, asmem, true);
     /* the staged GEMVs: a full tile and the largest input vector, within the device's opt-in limit */
     const size_t gsmem = GS_TILE_MAX + kmax * (sizeof(float) + sizeof(bf16));
     /* QD_FUSED_GEMV (diagnostics): "stream" the streaming kernel everywhere, "pipe" the pipelined one
@@ -413,67 +431,35 @@ static int set_decode_attr(qd_fused *f, const cudaDeviceProp *p, qd_err *e) {
     /* QD_FUSED_GP=KS,SLOTS: another slice (a multiple of 256 values) and ring (a diagnostic for tuning) */
     const char *gp = getenv("QD_FUSED_GP");
     int gks, gns;
-    if (gp && sscanf(gp, "%d,%d", &gks, &gns) == 2 && gks >= 256 && gks % 256 == 0 && gks <= 8192 && gns >= 2)
+    char gend;
+    if (gp && sscanf(gp, "%d,%d%c", &gks, &gns, &gend) == 2 && gks >= 256 && gks % 256 == 0 && gks <= 8192 &&
+        gns >= 2 && gns <= GP_MAX_SLOTS)
         f->gp_ks = gks, f->gp_nst = gns;
-    if (f->gp_nst > GP_MAX_SLOTS) f->gp_nst = GP_MAX_SLOTS;
+    else if (gp) /* a typo would otherwise measure the default */
+        fprintf(stderr,
+                "warning: QD_FUSED_GP=%s ignored: expected KS,SLOTS (KS a multiple of 256 up to 8192, "
+                "SLOTS 2..%d)\n",
+                gp, GP_MAX_SLOTS);
     const size_t psmem = gp_smem(f->gp_ks, f->gp_nst, (int)kmax);
     f->gemv_pipe = psmem + 1024 <= p->sharedMemPerBlockOptin && !stream_only && !(gs && strcmp(gs, "staged") == 0);
     f->gemv_pipe_all = f->gemv_pipe && gs && strcmp(gs, "pipe") == 0;
     if (f->gemv_pipe) {
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_NORM, GV_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        (int)psmem));
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_NORM, GV_SWIGLU>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)psmem));
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_PLAIN, GV_BF16>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)psmem));
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_NORM, GV_F32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        (int)psmem));
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_NORM, GV_BF16>,
-                                        cudaFuncAttributePreferredSharedMemoryCarveout,
-                                        (int)cudaSharedmemCarveoutMaxShared));
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_NORM, GV_SWIGLU>,
-                                        cudaFuncAttributePreferredSharedMemoryCarveout,
-                                        (int)cudaSharedmemCarveoutMaxShared));
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_PLAIN, GV_BF16>,
-                                        cudaFuncAttributePreferredSharedMemoryCarveout,
-                                        (int)cudaSharedmemCarveoutMaxShared));
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_pipe_kernel<GV_NORM, GV_F32>,
-                                        cudaFuncAttributePreferredSharedMemoryCarveout,
-                                        (int)cudaSharedmemCarveoutMaxShared));
+        KERNEL_ATTRS((gemv_pipe_kernel<GV_NORM, GV_BF16>), psmem, true);
+        KERNEL_ATTRS((gemv_pipe_kernel<GV_NORM, GV_SWIGLU>), psmem, true);
+        KERNEL_ATTRS((gemv_pipe_kernel<GV_PLAIN, GV_BF16>), psmem, true);
+        KERNEL_ATTRS((gemv_pipe_kernel<GV_NORM, GV_F32>), psmem, true);
     }
-    if (f->gemv_staged) {
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_NORM, GV_BF16>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsmem));
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_NORM, GV_SWIGLU>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsmem));
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_PLAIN, GV_BF16>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsmem));
-    }
-    /* every kernel of the one-token chain asks for the largest shared-memory carveout, so that kernels
-     * of the chain can share an SM without waiting for it to drain and be reconfigured */
-    CUDA_CHECK(cudaFuncSetAttribute(f->dec_attn, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                    (int)cudaSharedmemCarveoutMaxShared));
-    CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_NORM, GV_BF16>,
-                                    cudaFuncAttributePreferredSharedMemoryCarveout,
-                                    (int)cudaSharedmemCarveoutMaxShared));
-    CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_NORM, GV_SWIGLU>,
-                                    cudaFuncAttributePreferredSharedMemoryCarveout,
-                                    (int)cudaSharedmemCarveoutMaxShared));
-    CUDA_CHECK(cudaFuncSetAttribute(gemv_staged_kernel<GV_PLAIN, GV_BF16>,
-                                    cudaFuncAttributePreferredSharedMemoryCarveout,
-                                    (int)cudaSharedmemCarveoutMaxShared));
-    CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<GV_NORM, GV_F32>, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                    (int)cudaSharedmemCarveoutMaxShared));
-    if (smem + 1024 > 48 * 1024) { /* beyond the default limit with the static shared memory */
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<GV_NORM, GV_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        (int)smem));
-        CUDA_CHECK(
-            cudaFuncSetAttribute(gemv_kernel<GV_NORM, GV_F32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<GV_NORM, GV_SWIGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        (int)smem));
-        CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<GV_PLAIN, GV_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        (int)smem));
-    }
+    /* every kernel of the one-token chain asks for the largest carveout */
+    const size_t ssmem = f->gemv_staged ? gsmem : 0;
+    KERNEL_ATTRS((gemv_staged_kernel<GV_NORM, GV_BF16>), ssmem, true);
+    KERNEL_ATTRS((gemv_staged_kernel<GV_NORM, GV_SWIGLU>), ssmem, true);
+    KERNEL_ATTRS((gemv_staged_kernel<GV_PLAIN, GV_BF16>), ssmem, true);
+    /* the streaming kernel: beyond the default limit with its static shared memory */
+    const size_t vsmem = smem + 1024 > 48 * 1024 ? smem : 0;
+    KERNEL_ATTRS((gemv_kernel<GV_NORM, GV_BF16>), vsmem, false);
+    KERNEL_ATTRS((gemv_kernel<GV_NORM, GV_F32>), vsmem, true);
+    KERNEL_ATTRS((gemv_kernel<GV_NORM, GV_SWIGLU>), vsmem, false);
+    KERNEL_ATTRS((gemv_kernel<GV_PLAIN, GV_BF16>), vsmem, false);
     return QD_OK;
 }
 

@@ -319,23 +319,25 @@ __global__ void __launch_bounds__(GS_THREADS) gemv_staged_kernel(const gemv_args
 // The pipelined GEMV, for matrices whose staged tiles would come in waves (the 8B shape: 34-201 MB per
 // projection). A persistent grid, one block per SM: block b owns the groups of GP_ROWS rows g = b,
 // b + grid, ... (GV_SWIGLU: GP_ROWS / 2 units, gate and up rows), and streams each group through shared
-// memory in K-slices of ks values: a ring of nst slots of GP_ROWS x ks bf16, each filled by bulk copies (one
-// per row slice, issued side by side by the lanes of warp 0, completing on the slot's mbarrier) and
-// refilled as soon as the block has read it, so that nst - 1 slots are always in flight. The first nst
+// memory in K-slices of ks values: a ring of nst slots of GP_ROWS x ks bf16. Warp-specialised: a producer
+// warp fills the slots with bulk copies (one per row slice, issued side by side by its lanes, completing
+// on the slot's "full" mbarrier) and refills a slot as soon as the GP_CWARPS consumer warps have released
+// it on its "empty" mbarrier; the consumers never wait for each other, only for the bytes. The first nst
 // slots are requested before griddepcontrol.wait (weights only), overlapping the previous kernel's tail.
-// Arithmetic per row is gemv_kernel's: warp w owns rows 2w and 2w + 1 of the group (GV_SWIGLU: gate and
-// up of unit w), each lane its chunks c8 = lane, lane + 32, ... in order across the slices (ks is a
-// multiple of 256 values, a whole round of the warp), then the xor butterfly: bitwise the same outputs as
-// the staged and streaming kernels. Before sm_90 (the PTX fallback) the slots are filled by the whole
-// block with 16-byte cp.async, one commit group per slot.
+// Arithmetic per row is gemv_kernel's: consumer warp w owns rows 2w and 2w + 1 of the group (GV_SWIGLU:
+// gate and up of unit w), each lane its chunks c8 = lane, lane + 32, ... in order across the slices (ks
+// is a multiple of 256 values, a whole round of the warp), then the xor butterfly: bitwise the same
+// outputs as the staged and streaming kernels. Before sm_90 (the PTX fallback) the slots are filled by the
+// whole block with 16-byte cp.async, one commit group per slot, and a block barrier releases each slot.
 
-#define GP_THREADS 256 /* 8 warps, two rows each */
-#define GP_ROWS 16     /* weight rows per group: 2 per warp */
-#define GP_MAX_SLOTS 8 /* ring slots (the mbarriers are static) */
+#define GP_CWARPS 8                       /* consumer warps, two rows each */
+#define GP_THREADS (32 * (GP_CWARPS + 1)) /* and the producer warp */
+#define GP_ROWS (2 * GP_CWARPS)           /* weight rows per group */
+#define GP_MAX_SLOTS 8                    /* ring slots (the mbarriers are static) */
 /* values per slice (a 16-row slot is 64 KiB) and slots in the ring: 192 KiB, with x (24 KiB at I = 12288)
- * within an SM's 227 KiB. Measured on the 8B shape (H200, decode ctx 512, ms/token; docs/FUSED.md):
- * 512 x 5 slots 9.21, 1024 x 3 5.63, 1024 x 5 5.25, 2048 x 3 4.33, 256 x 8 17.0: the cost is per slot
- * consumed (wait, block barrier, refill), so the larger the slot the better */
+ * within an SM's 227 KiB. Measured on the 8B shape (H200, decode ctx 512, ms/token, with a block barrier
+ * releasing each slot; docs/FUSED.md): 512 x 5 slots 9.21, 1024 x 3 5.63, 1024 x 5 5.25, 2048 x 3 4.33,
+ * 256 x 8 17.0: the cost is per slot consumed, so the larger the slot the better */
 #define GP_KS 2048
 #define GP_SLOTS 3
 
@@ -348,97 +350,135 @@ static __host__ __device__ __forceinline__ int gp_units(void) {
 static __host__ __device__ __forceinline__ size_t gp_smem(int ks, int nst, int K) {
     return (size_t)nst * GP_ROWS * ks * 2 + (size_t)K * 2;
 }
+/* Row i of a slot (i < the group's rows) for the group of units u0..u0+nu-1: the weight row it holds, and
+ * *si its row in the slot (GV_SWIGLU: gate row u0 + i at i, up row N + u0 + i - nu at upg + i - nu) */
+template <int EPI>
+static __device__ __forceinline__ int gp_row(int i, int u0, int nu, int N, int *si) {
+    const bool up = EPI == GV_SWIGLU && i >= nu;
+    *si = up ? gp_units<EPI>() + i - nu : i;
+    return up ? N + u0 + i - nu : u0 + i;
+}
+
+/* The stage iterator of one block: group g (blockIdx.x, + gridDim.x, ...), slice s of it, slot st of the
+ * ring and the parity of that slot's current use; advanced one stage at a time (no divisions in the loop). */
+struct gp_stage {
+    int g, s, st;
+    uint32_t ph;
+    __device__ __forceinline__ void next(int nsl, int nst) {
+        if (++s == nsl) s = 0, g += (int)gridDim.x;
+        if (++st == nst) st = 0, ph ^= 1u;
+    }
+};
 
 template <int PRO, int EPI>
-__global__ void __launch_bounds__(GP_THREADS) gemv_pipe_kernel(const gemv_args a, int ks, int nst) {
+__global__ void __launch_bounds__(GP_THREADS, 1) gemv_pipe_kernel(const gemv_args a, int ks, int nst) {
     extern __shared__ __align__(128) unsigned char gp_mem[];
     __shared__ float red[32];
-    __shared__ __align__(8) uint64_t full[GP_MAX_SLOTS];
+    __shared__ __align__(8) uint64_t full[GP_MAX_SLOTS], empty[GP_MAX_SLOTS];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int K = a.K, N = a.N, upg = gp_units<EPI>();
     const int ngroups = (N + upg - 1) / upg, nsl = (K + ks - 1) / ks;
     const int mine = blockIdx.x < ngroups ? (ngroups - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
-    const int nstage = mine * nsl; /* stage t: group blockIdx.x + (t / nsl) * gridDim.x, slice t % nsl */
+    const int nstage = mine * nsl; /* this block's stages: its groups x their slices */
     const size_t slot = (size_t)GP_ROWS * ks * 2;
     bf16 *sx = reinterpret_cast<bf16 *>(gp_mem + nst * slot);
     TL_START(tl);
 
-    /* the copies of stage t into its slot: row i of the group's slice at slot row i (GV_SWIGLU: gate row
-     * u0 + i at i, up row N + u0 + i at upg + i); only rows < N (units < N) */
-    auto issue = [&](int t) {
-        const int g = blockIdx.x + (t / nsl) * gridDim.x, k0 = (t % nsl) * ks, len = min(ks, K - k0);
-        const int u0 = g * upg, nu = min(upg, N - u0), nrows = EPI == GV_SWIGLU ? 2 * nu : nu;
-        unsigned char *dst = gp_mem + (size_t)(t % nst) * slot;
+    /* the copies of stage p into its slot: the lanes of the producer warp (sm_90) or the block */
+    auto issue = [&](const gp_stage &sg) {
+        const int k0 = sg.s * ks, len = min(ks, K - k0);
+        const int u0 = sg.g * upg, nu = min(upg, N - u0), nrows = EPI == GV_SWIGLU ? 2 * nu : nu;
+        unsigned char *dst = gp_mem + (size_t)sg.st * slot;
 #if QD_HAVE_TMA
-        if (warp == 0) { /* lane 0 arms the barrier, then lane i copies row i: the copies issue side by side */
-            uint64_t *bar = &full[t % nst];
-            if (lane == 0) mbar_expect(bar, (unsigned)(nrows * len * 2));
-            __syncwarp();
-            for (int i = lane; i < nrows; i += 32) {
-                const int r = EPI == GV_SWIGLU && i >= nu ? N + u0 + i - nu : u0 + i;
-                const int si = EPI == GV_SWIGLU && i >= nu ? upg + i - nu : i;
-                bulk_copy(bar, dst + (size_t)si * ks * 2, a.W + (size_t)r * K + k0, (unsigned)len * 2);
-            }
+        uint64_t *bar = &full[sg.st]; /* lane 0 arms the barrier, then lane i copies row i */
+        if (lane == 0) mbar_expect(bar, (unsigned)(nrows * len * 2));
+        __syncwarp();
+        for (int i = lane; i < nrows; i += 32) {
+            int si;
+            const int r = gp_row<EPI>(i, u0, nu, N, &si);
+            bulk_copy(bar, dst + (size_t)si * ks * 2, a.W + (size_t)r * K + k0, (unsigned)len * 2);
         }
 #else
         const int l8 = len / 8;
         for (int c = tid; c < nrows * l8; c += blockDim.x) {
-            const int i = c / l8, j = c % l8;
-            const int r = EPI == GV_SWIGLU && i >= nu ? N + u0 + i - nu : u0 + i;
-            const int si = EPI == GV_SWIGLU && i >= nu ? upg + i - nu : i;
+            int si;
+            const int r = gp_row<EPI>(c / l8, u0, nu, N, &si), j = c % l8;
             cp_async16(dst + (size_t)si * ks * 2 + (size_t)j * 16, a.W + (size_t)r * K + k0 + j * 8, true);
         }
 #endif
     };
 
     if (tid == 0)
-        for (int i = 0; i < nst; i++) mbar_init(&full[i]);
+        for (int i = 0; i < nst; i++) {
+            mbar_init(&full[i]);
+            mbar_init(&empty[i], GP_CWARPS);
+        }
     __syncthreads();
-    griddep_launch();               /* the next kernel may start filling its own ring */
-    for (int t = 0; t < nst; t++) { /* weights only: nothing a kernel of the step writes */
-        if (t < nstage) issue(t);
+    griddep_launch(); /* the next kernel may start filling its own ring */
+    const bool producer = warp == GP_CWARPS;
+    gp_stage p = {(int)blockIdx.x, 0, 0, 0u}; /* the next stage to request */
+    for (int t = 0; t < nst; t++) {           /* weights only: nothing a kernel of the step writes */
+        if (t < nstage && (producer || !QD_HAVE_TMA)) issue(p);
         if (!QD_HAVE_TMA) cp_async_commit(); /* one group per slot, empty past the end */
+        p.next(nsl, nst);
     }
     griddep_wait(); /* the previous kernel has finished and its writes are visible */
     TL_WAIT(tl);
     gv_prologue<PRO>(a, sx, red, a.nw, nullptr);
     TL_READY(tl);
 
-    const uint4 *sxq = reinterpret_cast<const uint4 *>(sx);
-    float acc0 = 0.0f, acc1 = 0.0f;
-    for (int t = 0; t < nstage; t++) {
-        const int g = blockIdx.x + (t / nsl) * gridDim.x, s = t % nsl, k0 = s * ks, len = min(ks, K - k0);
-        const int u0 = g * upg;
-        /* this warp's rows in the group (warp-uniform) */
+    if (QD_HAVE_TMA && producer) {
+        /* refill: stage t goes where stage t - nst was, once the consumers have released it */
+        for (int t = nst; t < nstage; t++) {
+            mbar_wait(&empty[p.st], p.ph ^ 1u); /* p.ph is the use of the slot being filled, from 1 on */
+            issue(p);
+            p.next(nsl, nst);
+        }
+    } else if (warp < GP_CWARPS || !QD_HAVE_TMA) {
+        const uint4 *sxq = reinterpret_cast<const uint4 *>(sx);
+        /* this warp's rows in a group (GV_SWIGLU: gate and up rows of unit `warp`) */
         const int i0 = EPI == GV_SWIGLU ? warp : 2 * warp, i1 = EPI == GV_SWIGLU ? upg + warp : 2 * warp + 1;
-        const bool has0 = u0 + (EPI == GV_SWIGLU ? warp : 2 * warp) < N;
-        const bool has1 = EPI == GV_SWIGLU ? has0 : u0 + 2 * warp + 1 < N;
+        float acc0 = 0.0f, acc1 = 0.0f;
+        gp_stage c = {(int)blockIdx.x, 0, 0, 0u};
+        for (int t = 0; t < nstage; t++) {
+            const int u0 = c.g * upg, k0 = c.s * ks, len = min(ks, K - k0);
+            const bool has0 = warp < GP_CWARPS && u0 + (EPI == GV_SWIGLU ? warp : 2 * warp) < N; /* warp-uniform */
+            const bool has1 = EPI == GV_SWIGLU ? has0 : has0 && u0 + 2 * warp + 1 < N;
 #if QD_HAVE_TMA
-        mbar_wait(&full[t % nst], (uint32_t)((t / nst) & 1));
+            mbar_wait(&full[c.st], c.ph);
 #else
-        cp_async_wait_n(nst - 1);
-        __syncthreads();
+            cp_async_wait_n(nst - 1);
+            __syncthreads();
 #endif
-        if (has0) {
-            const unsigned char *base = gp_mem + (size_t)(t % nst) * slot;
-            const uint4 *w0 = reinterpret_cast<const uint4 *>(base + (size_t)i0 * ks * 2);
-            const uint4 *w1 = reinterpret_cast<const uint4 *>(base + (size_t)(has1 ? i1 : i0) * ks * 2);
-            const int l8 = len / 8, c0 = k0 / 8;
-#pragma unroll 2
-            for (int c = lane; c < l8; c += 32) gv_fma8(acc0, acc1, w0[c], w1[c], sxq[c0 + c]);
-        }
-        if (s == nsl - 1) { /* the group's rows are complete */
             if (has0) {
-                const float r0v = warp_sum(acc0), r1v = warp_sum(acc1);
-                const int r0 = EPI == GV_SWIGLU ? u0 + warp : u0 + 2 * warp;
-                const int r1 = EPI == GV_SWIGLU ? N + u0 + warp : u0 + 2 * warp + 1;
-                if (lane == 0) gv_store<EPI>(a, r0, r1, has1, r0v, r1v);
+                const unsigned char *base = gp_mem + (size_t)c.st * slot;
+                const uint4 *w0 = reinterpret_cast<const uint4 *>(base + (size_t)i0 * ks * 2);
+                const uint4 *w1 = reinterpret_cast<const uint4 *>(base + (size_t)(has1 ? i1 : i0) * ks * 2);
+                const int l8 = len / 8, c0 = k0 / 8;
+#pragma unroll 2
+                for (int q = lane; q < l8; q += 32) gv_fma8(acc0, acc1, w0[q], w1[q], sxq[c0 + q]);
             }
-            acc0 = acc1 = 0.0f;
+#if QD_HAVE_TMA
+            __syncwarp(); /* every lane has read the slot: release it to the producer */
+            if (lane == 0) mbar_arrive(&empty[c.st]);
+#endif
+            if (c.s == nsl - 1) { /* the group's rows are complete */
+                if (has0) {
+                    const float r0v = warp_sum(acc0), r1v = warp_sum(acc1);
+                    const int r0 = EPI == GV_SWIGLU ? u0 + warp : u0 + 2 * warp;
+                    const int r1 = EPI == GV_SWIGLU ? N + u0 + warp : u0 + 2 * warp + 1;
+                    if (lane == 0) gv_store<EPI>(a, r0, r1, has1, r0v, r1v);
+                }
+                acc0 = acc1 = 0.0f;
+            }
+#if !QD_HAVE_TMA
+            __syncthreads(); /* every warp has read the slot */
+            if (t + nst < nstage) issue(p);
+            cp_async_commit();
+            p.next(nsl, nst);
+#endif
+            c.next(nsl, nst);
         }
-        __syncthreads(); /* every warp has read the slot */
-        if (t + nst < nstage) issue(t + nst);
-        if (!QD_HAVE_TMA) cp_async_commit();
     }
     TL_END(tl, a.tl);
 }

@@ -191,10 +191,11 @@ static __device__ __forceinline__ void cp_async_wait() {
 #define QD_HAVE_TMA 0
 #endif
 
-/* One thread: an mbarrier for one phase of arrivals; the block must __syncthreads() before using it. */
-static __device__ __forceinline__ void mbar_init(uint64_t *bar) {
+/* One thread: an mbarrier whose phases complete after `count` arrivals (and the bytes it is told to
+ * expect); the block must __syncthreads() before using it. */
+static __device__ __forceinline__ void mbar_init(uint64_t *bar, unsigned count = 1) {
 #if QD_HAVE_TMA
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_u32(bar)));
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count));
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 #else
     (void)bar;
@@ -262,6 +263,15 @@ static __device__ __forceinline__ void mbar_expect(uint64_t *bar, unsigned bytes
                  : "memory");
 #else
     (void)bar, (void)bytes;
+#endif
+}
+/* sm_90, one thread: one arrival on bar, releasing what the thread's warp read before it (the lanes have
+ * passed __syncwarp) to whoever waits for the phase. */
+static __device__ __forceinline__ void mbar_arrive(uint64_t *bar) {
+#if QD_HAVE_TMA
+    asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+#else
+    (void)bar;
 #endif
 }
 /* sm_90, one thread: one bulk copy of `bytes` (16-byte aligned, a multiple of 16, below 1 MiB) into shared
