@@ -18,7 +18,6 @@ tests/requirements.txt). Without one, the test is skipped (exit 77) with a messa
 
     python3 tests/test_bench_peer.py
 """
-import json
 import math
 import os
 import shutil
@@ -30,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SCRIPT = os.path.join(ROOT, "tools", "bench_peer_hf.py")
 sys.path.insert(0, HERE)
-from qd_check import FX, check, finish  # noqa: E402
+from qd_check import FX, check, finish, parse_json, require_python  # noqa: E402
 
 # qwen3-bench's first token ids for a vocabulary of 512 (its LCG in tools/qwen3-bench.c main, seed 12345,
 # (state >> 33) % vocab), computed by the C code
@@ -57,15 +56,7 @@ def bf16_ulp(x):
 
 
 def main():
-    py = os.environ.get("QD_PYTHON") or os.path.join(os.environ.get("QD_BUILD", os.path.join(ROOT, "build")),
-                                                      ".venv", "bin", "python3")
-    probe = subprocess.run([py, "-c", "import torch, transformers"], capture_output=True, text=True) \
-        if os.path.exists(py) else None
-    if probe is None or probe.returncode != 0:
-        why = "not found" if probe is None else probe.stderr.strip().splitlines()[-1]
-        print(f"SKIP: no Python with torch and transformers ({py}: {why}); `./run venv` installs "
-              f"tests/requirements.txt there, or set QD_PYTHON")
-        sys.exit(77)
+    py = require_python("torch, transformers")
     fx = os.path.join(FX, "gqa_tied")
     cpu = ["--device", "cpu"]
 
@@ -100,11 +91,7 @@ def main():
     rc, out, err = run(py, "--model", fx, *cpu, "--ctx", "16,24", "--prefill-T", "8,12", "--steps", "2",
                        "--runs", "1", "--warmup", "1", "--compile", "none")
     check(rc == 0, f"an eager run exits 0 (exit {rc}: {err.strip()[-500:]})")
-    try:
-        d = json.loads(out)
-    except ValueError as e:
-        d = {}
-        check(False, f"stdout is one JSON object: {e}: {out[:200]!r}")
+    d = parse_json(out)
     for key in ["torch", "transformers"]:
         check(isinstance(d.get(key), str) and d[key][:1].isdigit(), f"the {key} version is named: {d.get(key)!r}")
     for key, want in [("compile_mode", "none"), ("fullgraph", False), ("dtype", "bfloat16"), ("batch", 1),
@@ -125,11 +112,7 @@ def main():
     rc, out, err = run(py, "--model", fx, *cpu, "--ctx", str(P), "--prefill-T", "none", "--steps", "2",
                        "--runs", "1", "--warmup", "1", "--compile", "reduce-overhead", "--check", str(N))
     check(rc == 0, f"a compiled run with --check exits 0 (exit {rc}: {err.strip()[-500:]})")
-    try:
-        d = json.loads(out)
-    except ValueError as e:
-        d = {}
-        check(False, f"stdout is one JSON object: {e}: {out[:200]!r}")
+    d = parse_json(out)
     check(d.get("compile_mode") == "reduce-overhead" and d.get("fullgraph") is True,
           f"compiled with mode reduce-overhead, fullgraph=True: {d.get('compile_mode')!r}, {d.get('fullgraph')!r}")
     check(positive(d.get("compile_s")), f"compile time reported: {d.get('compile_s')!r}")

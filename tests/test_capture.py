@@ -349,18 +349,10 @@ def worker(fx, out):
 # ---------------------------------------------------------------------------------------------------------
 def main():
     sys.path.insert(0, HERE)
-    from qd_check import FX, check, finish, run
+    from qd_check import FX, check, finish, require_python, run
 
     qd = sys.argv[1]
-    py = os.environ.get("QD_PYTHON") or os.path.join(os.environ.get("QD_BUILD", os.path.join(ROOT, "build")),
-                                                      ".venv", "bin", "python3")
-    probe = subprocess.run([py, "-c", "import torch, transformers, h5py"], capture_output=True, text=True) \
-        if os.path.exists(py) else None
-    if probe is None or probe.returncode != 0:
-        why = "not found" if probe is None else probe.stderr.strip().splitlines()[-1]
-        print(f"SKIP: no Python with torch, transformers and h5py ({py}: {why}); `./run venv` installs "
-              f"tests/requirements.txt there, or set QD_PYTHON")
-        sys.exit(77)
+    py = require_python("torch, transformers, h5py")
     import h5py
     import numpy as np
 

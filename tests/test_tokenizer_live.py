@@ -25,16 +25,11 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-if "--in-venv" not in sys.argv:
-    build = os.environ.get("QD_BUILD", os.path.join(HERE, "..", "build"))
-    py = (os.environ.get("QD_TOK_PYTHON") or os.environ.get("QD_PYTHON")
-          or os.path.join(build, ".venv", "bin", "python"))
-    probe = subprocess.run([py, "-c", "import tokenizers, transformers, jinja2"], capture_output=True) \
-        if os.path.exists(py) else None
-    if not probe or probe.returncode:
-        print(f"SKIP: no Python with tokenizers, transformers and jinja2 at {py} (./run test makes it: "
-              "build/.venv from tests/requirements.txt); the committed ids are checked by test_tokenizer.py")
-        sys.exit(77)
+if "--in-venv" not in sys.argv:  # skipped (exit 77) without the interpreter; test_tokenizer.py checks the ids
+    sys.path.insert(0, HERE)
+    from qd_check import require_python
+
+    py = require_python("tokenizers, transformers, jinja2", env=("QD_TOK_PYTHON", "QD_PYTHON"))
     os.execv(py, [py, os.path.abspath(__file__), *sys.argv[1:], "--in-venv"])
 
 import tokenizers  # noqa: E402
