@@ -35,12 +35,13 @@ typedef struct {
     double start_first, start_last, wait_first, wait_last, ready_last, end_first, end_last;
 } qd_tl_launch;
 
-/* One kernel over the layers: medians of its launches' (last end - first wait), (last end - last ready)
- * and of the gap from its last end to the next launch's first wait. */
+/* One kernel over the layers: medians of its launches' (last end - first wait), (last end - last ready),
+ * the gap from its last end to the next launch's first wait, (last wait - first wait: blocks that pass
+ * their wait late) and (last end - first end: how long the last blocks run after the first is done). */
 typedef struct {
     const char *kernel;
     int launches;
-    double after_wait, after_ready, gap_to_next;
+    double after_wait, after_ready, gap_to_next, wait_spread, tail;
 } qd_tl_kind;
 
 /* The kernel name of a launch id ("q/k/v", "attention", "o_proj", "gate/up", "down_proj", "head"), or NULL

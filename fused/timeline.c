@@ -77,16 +77,18 @@ static double median(double *v, int n) {
 
 int qd_tl_kinds(const qd_tl_launch *l, int n, qd_tl_kind out[QD_TL_KINDS], qd_err *e) {
     const int cap = n > 0 ? n : 1;
-    double *a = qd_alloc((size_t)cap * 3 * sizeof *a, e); /* (3, cap): per-kind a, b and c below */
+    double *a = qd_alloc((size_t)cap * 5 * sizeof *a, e); /* (5, cap): per-kind a, b, c, d and t below */
     if (!a) return QD_ERUNTIME;
-    double *b = a + cap, *c = b + cap;
+    double *b = a + cap, *c = b + cap, *d = c + cap, *t = d + cap;
     for (int k = 0; k < QD_TL_KINDS; k++) {
         int na = 0, nc = 0;
         for (int i = 0; i < n; i++) {
             const int kind = l[i].layer < 0 ? QD_TL_SLOTS : l[i].launch % QD_TL_SLOTS;
             if (kind != k) continue;
             a[na] = l[i].end_last - l[i].wait_first;
-            b[na++] = l[i].end_last - l[i].ready_last;
+            b[na] = l[i].end_last - l[i].ready_last;
+            d[na] = l[i].wait_last - l[i].wait_first;
+            t[na++] = l[i].end_last - l[i].end_first;
             if (i + 1 < n) c[nc++] = l[i + 1].wait_first - l[i].end_last;
         }
         out[k].kernel = kernel_names[k];
@@ -94,6 +96,8 @@ int qd_tl_kinds(const qd_tl_launch *l, int n, qd_tl_kind out[QD_TL_KINDS], qd_er
         out[k].after_wait = median(a, na);
         out[k].after_ready = median(b, na);
         out[k].gap_to_next = median(c, nc);
+        out[k].wait_spread = median(d, na);
+        out[k].tail = median(t, na);
     }
     free(a);
     return QD_OK;

@@ -112,17 +112,42 @@ static void test_kinds(void **state) {
     assert_int_equal(k[QD_TL_SLOTS].launches, 1);
     assert_true(k[QD_TL_SLOTS].after_wait == 12 && k[QD_TL_SLOTS].after_ready == 9.5);
     assert_true(k[QD_TL_SLOTS].gap_to_next == 0); /* nothing after the head */
+    /* every launch's two blocks wait and end 1 us apart, the head's three 2 us apart */
+    for (int q = 0; q < QD_TL_SLOTS; q++) assert_true(k[q].wait_spread == 1 && k[q].tail == 1);
+    assert_true(k[QD_TL_SLOTS].wait_spread == 2 && k[QD_TL_SLOTS].tail == 2);
     /* no launches at all: zeros */
     assert_int_equal(qd_tl_kinds(l, 0, k, &err), QD_OK);
     for (int q = 0; q < QD_TL_KINDS; q++) assert_true(k[q].launches == 0 && k[q].after_wait == 0);
 }
 
+/* A late block in one layer's attention: the spreads are medians over the layers, per kernel */
+static void test_kinds_spread(void **state) {
+    (void)state;
+    qd_tl_rec r[64];
+    qd_tl_launch l[16];
+    qd_tl_kind k[QD_TL_KINDS];
+    int n = two_layers(r);
+    for (int i = 0; i < n; i++)
+        if (r[i].launch == QD_TL_ATTN && r[i].block == 1) { /* layer 0's attention, its second block */
+            r[i].wait += 0.5;
+            r[i].ready += 0.5;
+            r[i].end += 2;
+        }
+    n = qd_tl_launches(r, n, 2, l, 16, &err);
+    assert_int_equal(qd_tl_kinds(l, n, k, &err), QD_OK);
+    /* layer 0: wait spread 1.5, tail 3; layer 1: 1 and 1 */
+    assert_true(k[QD_TL_ATTN].wait_spread == 1.25 && k[QD_TL_ATTN].tail == 2);
+    /* after wait: layer 0 now 4.25 (end_last t0 + 5.25 - wait_first t0 + 1), layer 1 2.5 */
+    assert_true(k[QD_TL_ATTN].after_wait == 3.375);
+    for (int q = 0; q < QD_TL_KINDS; q++)
+        if (q != QD_TL_ATTN) assert_true(k[q].tail == (q == QD_TL_SLOTS ? 2 : 1));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_kernel_names),
-        cmocka_unit_test(test_launches),
-        cmocka_unit_test(test_launches_refused),
-        cmocka_unit_test(test_kinds),
+        cmocka_unit_test(test_kernel_names),     cmocka_unit_test(test_launches),
+        cmocka_unit_test(test_launches_refused), cmocka_unit_test(test_kinds),
+        cmocka_unit_test(test_kinds_spread),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

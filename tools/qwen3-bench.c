@@ -554,18 +554,18 @@ static int write_timeline(const bench_args *a, const qd_config *c, const char *d
         printf("\ntimeline, decode ctx=%d (one step, custom GEMV): %.1f us from the first block start to the last "
                "block end\n",
                a->ctx[i], t->step_us);
-        printf("%-10s %9s %12s %12s %12s   (medians over the layers)\n", "kernel", "launches", "after wait",
-               "after ready", "to next wait");
+        printf("%-10s %9s %12s %12s %12s %12s %12s   (medians over the layers)\n", "kernel", "launches", "after wait",
+               "after ready", "to next wait", "wait spread", "tail");
         json_t *cx = json_object(), *kinds = json_array(), *launches = json_array();
         json_object_set_new(cx, "ctx", json_integer(a->ctx[i]));
         json_object_set_new(cx, "step_us", json_real(t->step_us));
         for (int k = 0; k < QD_TL_KINDS; k++) {
             const qd_tl_kind *q = &t->kind[k];
-            printf("%-10s %9d %9.2f us %9.2f us %9.2f us\n", q->kernel, q->launches, q->after_wait, q->after_ready,
-                   q->gap_to_next);
-            json_t *o =
-                json_pack("{s:s, s:i, s:f, s:f, s:f}", "kernel", q->kernel, "launches", q->launches, "after_wait_us",
-                          q->after_wait, "after_ready_us", q->after_ready, "to_next_wait_us", q->gap_to_next);
+            printf("%-10s %9d %9.2f us %9.2f us %9.2f us %9.2f us %9.2f us\n", q->kernel, q->launches, q->after_wait,
+                   q->after_ready, q->gap_to_next, q->wait_spread, q->tail);
+            json_t *o = json_pack("{s:s, s:i, s:f, s:f, s:f, s:f, s:f}", "kernel", q->kernel, "launches", q->launches,
+                                  "after_wait_us", q->after_wait, "after_ready_us", q->after_ready, "to_next_wait_us",
+                                  q->gap_to_next, "wait_spread_us", q->wait_spread, "tail_us", q->tail);
             json_array_append_new(kinds, o);
         }
         for (int j = 0; j < t->n; j++) {
