@@ -105,6 +105,7 @@ struct qd_fused {
     int gemv_staged;      /* custom decode: gemv_staged_kernel for the per-layer projections */
     int gemv_pipe;        /* custom decode: gemv_pipe_kernel where staged tiles would come in waves */
     int gemv_pipe_all;    /* QD_FUSED_GEMV=pipe: gemv_pipe_kernel for every GEMV, the lm_head too */
+    int gp_dynamic;       /* QD_FUSED_SCHED=dynamic: gemv_pipe_kernel's groups handed out by a counter */
     int gp_ks, gp_nst;    /* gemv_pipe_kernel's K-slice (values) and ring slots */
     dec_attn_fn dec_attn; /* custom decode: decode_attn_qk_kernel for this kv_mul */
     float eps, scale;
@@ -138,6 +139,7 @@ struct qd_fused {
     float *rope_cos_bf, *rope_sin_bf; /* (S, HD/2) fault rope-freq-bf16 only: from bf16-rounded inv_freq */
     float *part;                      /* (NH, nsplit, HD + 2) decode partials */
     unsigned *counters;               /* (NKV) decode combine counters */
+    unsigned *gp_sched;               /* (L * QD_TL_SLOTS + 1, 2) the pipelined GEMVs' group counters, or NULL */
     float *logits;                    /* (HEAD_ROWS, V) */
     int32_t *tokens;                  /* (S) */
     int32_t *step;                    /* (2) decode token id, position */
@@ -226,6 +228,7 @@ static void layout_acts(qd_fused *f, carve *c) {
     }
     f->part = (float *)take(c, (size_t)f->NH * f->nsplit * (HD + 2) * sizeof(float));
     f->counters = (unsigned *)take(c, (size_t)f->NKV * sizeof(unsigned));
+    f->gp_sched = (unsigned *)take(c, ((size_t)f->L * QD_TL_SLOTS + 1) * 2 * sizeof(unsigned));
     f->logits = (float *)take(c, (size_t)HEAD_ROWS * f->V * sizeof(float));
     f->tokens = (int32_t *)take(c, S * sizeof(int32_t));
     f->step = (int32_t *)take(c, 2 * sizeof(int32_t));
@@ -443,6 +446,9 @@ static int set_decode_attr(qd_fused *f, const cudaDeviceProp *p, qd_err *e) {
     const size_t psmem = gp_smem(f->gp_ks, f->gp_nst, (int)kmax);
     f->gemv_pipe = psmem + 1024 <= p->sharedMemPerBlockOptin && !stream_only && !(gs && strcmp(gs, "staged") == 0);
     f->gemv_pipe_all = f->gemv_pipe && gs && strcmp(gs, "pipe") == 0;
+    /* QD_FUSED_SCHED=dynamic (a diagnostic): the pipelined GEMV's groups on demand, not in a fixed order */
+    const char *sc = getenv("QD_FUSED_SCHED");
+    f->gp_dynamic = sc && strcmp(sc, "dynamic") == 0;
     if (f->gemv_pipe) {
         KERNEL_ATTRS((gemv_pipe_kernel<GV_NORM, GV_BF16>), psmem, true);
         KERNEL_ATTRS((gemv_pipe_kernel<GV_NORM, GV_SWIGLU>), psmem, true);
@@ -835,8 +841,10 @@ static int gemv(qd_fused *f, const gemv_args &a, qd_err *e) {
         const int ks = a.K >= f->gp_ks ? f->gp_ks : (a.K + 255) / 256 * 256;
         const int groups = (a.N + gp_units<EPI>() - 1) / gp_units<EPI>();
         const int blocks = groups < f->num_sms ? groups : f->num_sms;
+        gemv_args pa = a; /* each launch id of the chain its own counters */
+        pa.sched = f->gp_dynamic && a.tl >= 0 && a.tl <= f->L * QD_TL_SLOTS ? f->gp_sched + 2 * a.tl : NULL;
         LAUNCH_EX(gemv_pipe_kernel, f, true, gemv_pipe_kernel<PRO, EPI>, dim3((unsigned)blocks), dim3(GP_THREADS),
-                  gp_smem(ks, f->gp_nst, a.K), a, ks, f->gp_nst);
+                  gp_smem(ks, f->gp_nst, a.K), pa, ks, f->gp_nst);
         return QD_OK;
     }
     const size_t units = EPI == GV_SWIGLU ? (size_t)a.N : ((size_t)a.N + 1) / 2;

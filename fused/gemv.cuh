@@ -58,8 +58,10 @@ typedef struct {
     int norm_threads; /* GV_NORM: add_rmsnorm_kernel's block size for K (a multiple of 32, at most
                            2 * GV_THREADS): the sum of squares is accumulated in its order */
     float eps;
-    int fault; /* the fault of this launch (qd_fault_kind), QD_FAULT_NONE for none */
-    int tl;    /* the launch's id in a timeline build (qd_timeline.h) */
+    unsigned *sched; /* gemv_pipe_kernel: NULL for the static order of groups, else two counters (the next
+                        group, the blocks done), zero at launch and left zero, handing out groups on demand */
+    int fault;       /* the fault of this launch (qd_fault_kind), QD_FAULT_NONE for none */
+    int tl;          /* the launch's id in a timeline build (qd_timeline.h) */
 } gemv_args;
 
 /* Unit u of a warp: two weight rows. GV_SWIGLU: gate row u and up row N + u; else rows 2u and 2u + 1
@@ -378,8 +380,6 @@ __global__ void __launch_bounds__(GP_THREADS, 1) gemv_pipe_kernel(const gemv_arg
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int K = a.K, N = a.N, upg = gp_units<EPI>();
     const int ngroups = (N + upg - 1) / upg, nsl = (K + ks - 1) / ks;
-    const int mine = blockIdx.x < ngroups ? (ngroups - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
-    const int nstage = mine * nsl; /* this block's stages: its groups x their slices */
     const size_t slot = (size_t)GP_ROWS * ks * 2;
     bf16 *sx = reinterpret_cast<bf16 *>(gp_mem + nst * slot);
     TL_START(tl);
@@ -414,72 +414,127 @@ __global__ void __launch_bounds__(GP_THREADS, 1) gemv_pipe_kernel(const gemv_arg
             mbar_init(&empty[i], GP_CWARPS);
         }
     __syncthreads();
-    griddep_launch(); /* the next kernel may start filling its own ring */
-    const bool producer = warp == GP_CWARPS;
+    griddep_launch();                         /* the next kernel may start filling its own ring */
     gp_stage p = {(int)blockIdx.x, 0, 0, 0u}; /* the next stage to request */
-    for (int t = 0; t < nst; t++) {           /* weights only: nothing a kernel of the step writes */
-        if (t < nstage && (producer || !QD_HAVE_TMA)) issue(p);
-        if (!QD_HAVE_TMA) cp_async_commit(); /* one group per slot, empty past the end */
+#if QD_HAVE_TMA
+    const bool producer = warp == GP_CWARPS;
+    /* The producer hands each slot's group to the consumers in sgroup (-1: no more), written before the
+     * slot's barrier is armed. Groups in the static order (blockIdx.x, + gridDim.x, ...), or with a.sched
+     * the next one of a counter shared by the blocks: an SM that streams faster takes more groups, and the
+     * blocks end within one group of each other. */
+    __shared__ int sgroup[GP_MAX_SLOTS];
+    int cur = -1;
+    bool done = false;
+    auto produce = [&]() {
+        if (p.s == 0) {
+            if (a.sched) {
+                unsigned g = 0;
+                if (lane == 0) g = atomicAdd(&a.sched[0], 1u);
+                cur = (int)__shfl_sync(0xffffffffu, g, 0);
+            } else {
+                cur = cur < 0 ? (int)blockIdx.x : cur + (int)gridDim.x;
+            }
+        }
+        if (cur >= ngroups) { /* the end marker: the slot's phase completes with no bytes */
+            if (lane == 0) {
+                sgroup[p.st] = -1;
+                mbar_expect(&full[p.st], 0u);
+            }
+            done = true;
+            return;
+        }
+        if (lane == 0) sgroup[p.st] = cur;
+        p.g = cur;
+        issue(p);
+        p.next(nsl, nst);
+    };
+    if (producer) /* the first slots: weights only, nothing a kernel of the step writes */
+        for (int t = 0; t < nst && !done; t++) produce();
+#else
+    /* this block's stages: its groups (static order) x their slices */
+    const int nstage = ((ngroups - 1 - (int)blockIdx.x) / (int)gridDim.x + 1) * nsl;
+    for (int t = 0; t < nst; t++) { /* weights only: nothing a kernel of the step writes */
+        if (t < nstage) issue(p);
+        cp_async_commit(); /* one group per slot, empty past the end */
         p.next(nsl, nst);
     }
+#endif
     griddep_wait(); /* the previous kernel has finished and its writes are visible */
     TL_WAIT(tl);
     gv_prologue<PRO>(a, sx, red, a.nw, nullptr);
     TL_READY(tl);
 
-    if (QD_HAVE_TMA && producer) {
-        /* refill: stage t goes where stage t - nst was, once the consumers have released it */
-        for (int t = nst; t < nstage; t++) {
-            mbar_wait(&empty[p.st], p.ph ^ 1u); /* p.ph is the use of the slot being filled, from 1 on */
-            issue(p);
-            p.next(nsl, nst);
-        }
-    } else if (warp < GP_CWARPS || !QD_HAVE_TMA) {
-        const uint4 *sxq = reinterpret_cast<const uint4 *>(sx);
-        /* this warp's rows in a group (GV_SWIGLU: gate and up rows of unit `warp`) */
-        const int i0 = EPI == GV_SWIGLU ? warp : 2 * warp, i1 = EPI == GV_SWIGLU ? upg + warp : 2 * warp + 1;
-        float acc0 = 0.0f, acc1 = 0.0f;
-        gp_stage c = {(int)blockIdx.x, 0, 0, 0u};
-        for (int t = 0; t < nstage; t++) {
-            const int u0 = c.g * upg, k0 = c.s * ks, len = min(ks, K - k0);
-            const bool has0 = warp < GP_CWARPS && u0 + (EPI == GV_SWIGLU ? warp : 2 * warp) < N; /* warp-uniform */
-            const bool has1 = EPI == GV_SWIGLU ? has0 : has0 && u0 + 2 * warp + 1 < N;
-#if QD_HAVE_TMA
-            mbar_wait(&full[c.st], c.ph);
-#else
-            cp_async_wait_n(nst - 1);
-            __syncthreads();
-#endif
-            if (has0) {
-                const unsigned char *base = gp_mem + (size_t)c.st * slot;
-                const uint4 *w0 = reinterpret_cast<const uint4 *>(base + (size_t)i0 * ks * 2);
-                const uint4 *w1 = reinterpret_cast<const uint4 *>(base + (size_t)(has1 ? i1 : i0) * ks * 2);
-                const int l8 = len / 8, c0 = k0 / 8;
+    /* this warp's rows in a group (GV_SWIGLU: gate and up rows of unit `warp`) */
+    const int i0 = EPI == GV_SWIGLU ? warp : 2 * warp, i1 = EPI == GV_SWIGLU ? upg + warp : 2 * warp + 1;
+    const uint4 *sxq = reinterpret_cast<const uint4 *>(sx);
+    float acc0 = 0.0f, acc1 = 0.0f;
+    /* one stage of a consumer warp: slice s of group g, in slot st (the warp's arithmetic, then the store
+     * when the group's rows are complete) */
+    auto consume = [&](int g, int s, int st) {
+        const int u0 = g * upg, k0 = s * ks, len = min(ks, K - k0);
+        const bool has0 = warp < GP_CWARPS && u0 + (EPI == GV_SWIGLU ? warp : 2 * warp) < N; /* warp-uniform */
+        const bool has1 = EPI == GV_SWIGLU ? has0 : has0 && u0 + 2 * warp + 1 < N;
+        if (has0) {
+            const unsigned char *base = gp_mem + (size_t)st * slot;
+            const uint4 *w0 = reinterpret_cast<const uint4 *>(base + (size_t)i0 * ks * 2);
+            const uint4 *w1 = reinterpret_cast<const uint4 *>(base + (size_t)(has1 ? i1 : i0) * ks * 2);
+            const int l8 = len / 8, c0 = k0 / 8;
 #pragma unroll 2
-                for (int q = lane; q < l8; q += 32) gv_fma8(acc0, acc1, w0[q], w1[q], sxq[c0 + q]);
-            }
+            for (int q = lane; q < l8; q += 32) gv_fma8(acc0, acc1, w0[q], w1[q], sxq[c0 + q]);
+        }
+        return has0 ? (has1 ? 2 : 1) : 0;
+    };
+    auto finish_group = [&](int g, int has) {
+        if (has) {
+            const int u0 = g * upg;
+            const float r0v = warp_sum(acc0), r1v = warp_sum(acc1);
+            const int r0 = EPI == GV_SWIGLU ? u0 + warp : u0 + 2 * warp;
+            const int r1 = EPI == GV_SWIGLU ? N + u0 + warp : u0 + 2 * warp + 1;
+            if (lane == 0) gv_store<EPI>(a, r0, r1, has == 2, r0v, r1v);
+        }
+        acc0 = acc1 = 0.0f;
+    };
 #if QD_HAVE_TMA
+    if (producer) {
+        /* refill: each slot once the consumers have released its previous stage */
+        while (!done) {
+            mbar_wait(&empty[p.st], p.ph ^ 1u); /* p.ph is the use of the slot being filled, from 1 on */
+            produce();
+        }
+        if (a.sched && lane == 0) { /* the last block done resets the counters for the next launch */
+            __threadfence();
+            if (atomicAdd(&a.sched[1], 1u) == gridDim.x - 1) {
+                a.sched[0] = 0u;
+                a.sched[1] = 0u;
+            }
+        }
+    } else {
+        gp_stage c = {0, 0, 0, 0u};
+        for (;;) {
+            mbar_wait(&full[c.st], c.ph);
+            const int g = sgroup[c.st];
+            if (g < 0) break;
+            const int has = consume(g, c.s, c.st);
             __syncwarp(); /* every lane has read the slot: release it to the producer */
             if (lane == 0) mbar_arrive(&empty[c.st]);
-#endif
-            if (c.s == nsl - 1) { /* the group's rows are complete */
-                if (has0) {
-                    const float r0v = warp_sum(acc0), r1v = warp_sum(acc1);
-                    const int r0 = EPI == GV_SWIGLU ? u0 + warp : u0 + 2 * warp;
-                    const int r1 = EPI == GV_SWIGLU ? N + u0 + warp : u0 + 2 * warp + 1;
-                    if (lane == 0) gv_store<EPI>(a, r0, r1, has1, r0v, r1v);
-                }
-                acc0 = acc1 = 0.0f;
-            }
-#if !QD_HAVE_TMA
-            __syncthreads(); /* every warp has read the slot */
-            if (t + nst < nstage) issue(p);
-            cp_async_commit();
-            p.next(nsl, nst);
-#endif
+            if (c.s == nsl - 1) finish_group(g, has);
             c.next(nsl, nst);
         }
     }
+#else
+    gp_stage c = {(int)blockIdx.x, 0, 0, 0u};
+    for (int t = 0; t < nstage; t++) {
+        cp_async_wait_n(nst - 1);
+        __syncthreads();
+        const int has = consume(c.g, c.s, c.st);
+        if (c.s == nsl - 1) finish_group(c.g, has);
+        __syncthreads(); /* every warp has read the slot */
+        if (t + nst < nstage) issue(p);
+        cp_async_commit();
+        p.next(nsl, nst);
+        c.next(nsl, nst);
+    }
+#endif
     TL_END(tl, a.tl);
 }
 

@@ -660,7 +660,9 @@ static double check_decode_custom_vs_cublas(const qd_weights *w, const int32_t *
  * order: the decoded logits must be bitwise equal, step after step. */
 static void check_decode_staged_vs_stream(const qd_weights *w, const int32_t *tok, int T0, int steps,
                                           const char *what) {
-    static const char *const kinds[] = {NULL, "stream", "pipe", "staged"};
+    /* QD_FUSED_GEMV, and QD_FUSED_SCHED for the pipelined kernel's groups handed out on demand */
+    static const char *const kinds[] = {NULL, "stream", "pipe", "staged", "pipe"};
+    static const char *const sched[] = {NULL, NULL, NULL, NULL, "dynamic"};
     enum { NK = sizeof kinds / sizeof kinds[0] };
     size_t V = w->cfg.vocab_size;
     qd_err err;
@@ -669,8 +671,10 @@ static void check_decode_staged_vs_stream(const qd_weights *w, const int32_t *to
         out[k] = malloc((size_t)steps * V * sizeof(float));
         if (kinds[k]) setenv("QD_FUSED_GEMV", kinds[k], 1);
         else unsetenv("QD_FUSED_GEMV");
+        if (sched[k]) setenv("QD_FUSED_SCHED", sched[k], 1);
         qd_fused *f = fused_new_dec(w, QD_ACT_BF16, T0 + steps, 0, 0);
         unsetenv("QD_FUSED_GEMV");
+        unsetenv("QD_FUSED_SCHED");
         FUSED_OK(qd_fused_prefill(f, tok, T0, NULL, NULL, &err));
         for (int s = 0; s < steps; s++)
             FUSED_OK(qd_fused_decode(f, tok[(T0 + s) % T0], out[k] + (size_t)s * V, NULL, &err));
@@ -679,10 +683,12 @@ static void check_decode_staged_vs_stream(const qd_weights *w, const int32_t *to
     for (int k = 1; k < NK; k++)
         for (int s = 0; s < steps; s++)
             if (memcmp(out[0] + (size_t)s * V, out[k] + (size_t)s * V, V * sizeof(float)) != 0)
-                fail_msg("%s: step %d: default and QD_FUSED_GEMV=%s decode logits differ (rel_l2 %.3g)", what, s,
-                         kinds[k], rel_l2(out[0] + (size_t)s * V, out[k] + (size_t)s * V, V));
-    printf("# %s: default, streaming, pipelined and staged GEMV decode logits: bitwise equal over %d steps\n", what,
-           steps);
+                fail_msg("%s: step %d: default and QD_FUSED_GEMV=%s%s%s decode logits differ (rel_l2 %.3g)", what, s,
+                         kinds[k], sched[k] ? " QD_FUSED_SCHED=" : "", sched[k] ? sched[k] : "",
+                         rel_l2(out[0] + (size_t)s * V, out[k] + (size_t)s * V, V));
+    printf("# %s: default, streaming, pipelined (static and dynamic order) and staged GEMV decode logits: bitwise "
+           "equal over %d steps\n",
+           what, steps);
     for (int k = 0; k < NK; k++) free(out[k]);
 }
 
