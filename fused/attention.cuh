@@ -690,6 +690,7 @@ __global__ void __launch_bounds__(128 * MUL, 8 / MUL)
     __syncthreads();
     if (ltid == 0) last = atomicAdd(&counters[g], 1u) == (unsigned)(ns - 1);
     __syncthreads();
+    TL_MARK(tl); /* the split's partial stored and counted: the last block's combine follows */
     if (!last) {
         TL_END(tl, tl_launch);
         return;

@@ -1295,6 +1295,7 @@ extern "C" int qd_fused_decode_timeline(qd_fused *f, int32_t token, qd_tl_rec *r
         r->wait = (double)(d[i].wait - t0) * 1e-3;
         r->ready = (double)(d[i].ready - t0) * 1e-3;
         r->end = (double)(d[i].end - t0) * 1e-3;
+        r->mark = d[i].mark ? (double)(d[i].mark - t0) * 1e-3 : -1;
     }
     free(d);
     *n = (int)count;

@@ -127,13 +127,13 @@ static __device__ __forceinline__ void prefetch_l2(const void *p) {
 #ifdef QD_TIMELINE
 #define QD_TL_MAX (1 << 16) /* records per step: the 0.6B chain at context 4096 writes about 30k */
 struct qd_tl_dev {
-    unsigned long long start, wait, ready, end;
+    unsigned long long start, wait, ready, end, mark; /* mark: 0, or the kernel's own midpoint (TL_MARK) */
     int launch, block, sm, pad;
 };
 __device__ qd_tl_dev qd_tl_buf[QD_TL_MAX];
 __device__ unsigned qd_tl_count;
 struct qd_tl_stamps {
-    unsigned long long start, wait, ready;
+    unsigned long long start, wait, ready, mark;
 };
 static __device__ __forceinline__ unsigned long long tl_now() {
     unsigned long long t;
@@ -148,20 +148,22 @@ static __device__ __forceinline__ void tl_end(const qd_tl_stamps &s, int launch)
         if (i < QD_TL_MAX) {
             int sm;
             asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-            const qd_tl_dev r = {s.start, s.wait, s.ready, tl_now(), launch, (int)(blockIdx.x + blockIdx.y * gridDim.x),
-                                 sm,      0};
+            const qd_tl_dev r = {
+                s.start, s.wait, s.ready, tl_now(), s.mark, launch, (int)(blockIdx.x + blockIdx.y * gridDim.x), sm, 0};
             qd_tl_buf[i] = r;
         }
     }
 }
-#define TL_START(s) qd_tl_stamps s = {tl_now(), 0, 0}
+#define TL_START(s) qd_tl_stamps s = {tl_now(), 0, 0, 0}
 #define TL_WAIT(s) (s.wait = s.ready = tl_now())
 #define TL_READY(s) (s.ready = tl_now())
+#define TL_MARK(s) (s.mark = tl_now())
 #define TL_END(s, launch) tl_end(s, launch)
 #else
 #define TL_START(s) (void)0
 #define TL_WAIT(s) (void)0
 #define TL_READY(s) (void)0
+#define TL_MARK(s) (void)0
 #define TL_END(s, launch) (void)0
 #endif
 

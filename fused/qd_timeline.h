@@ -21,10 +21,11 @@ enum { QD_TL_QKV, QD_TL_ATTN, QD_TL_O, QD_TL_GATE_UP, QD_TL_DOWN, QD_TL_SLOTS };
 #define QD_TL_KINDS (QD_TL_SLOTS + 1) /* the five per-layer kernels and the head */
 
 /* One block of one launch; times in microseconds from the step's earliest block start. ready == wait for
- * a kernel with nothing to wait for after its dependency. */
+ * a kernel with nothing to wait for after its dependency. mark: a midpoint of the kernel's own (the
+ * attention: its split's partial stored and counted, the last block's combine after it), -1 for none. */
 typedef struct {
     int launch, block, sm;
-    double start, wait, ready, end;
+    double start, wait, ready, end, mark;
 } qd_tl_rec;
 
 /* One launch: its blocks' first and last times. */
@@ -33,6 +34,7 @@ typedef struct {
     const char *kernel;
     int blocks;
     double start_first, start_last, wait_first, wait_last, ready_last, end_first, end_last;
+    double mark_last; /* the latest mark of its blocks, -1 when none has one */
 } qd_tl_launch;
 
 /* One kernel over the layers: medians of its launches' (last end - first wait), (last end - last ready),
@@ -42,6 +44,8 @@ typedef struct {
     const char *kernel;
     int launches;
     double after_wait, after_ready, gap_to_next, wait_spread, tail;
+    int marked;        /* launches with a mark */
+    double after_mark; /* median over those of (last end - last mark); 0 when none */
 } qd_tl_kind;
 
 /* The kernel name of a launch id ("q/k/v", "attention", "o_proj", "gate/up", "down_proj", "head"), or NULL

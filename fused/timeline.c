@@ -46,6 +46,7 @@ int qd_tl_launches(const qd_tl_rec *r, int n, int n_layers, qd_tl_launch *out, i
         l->kernel = qd_tl_kernel(id, n_layers);
         l->start_first = l->wait_first = l->end_first = INFINITY;
         l->start_last = l->wait_last = l->ready_last = l->end_last = -INFINITY;
+        l->mark_last = -1;
         slot[id] = m++;
     }
     for (int i = 0; i < n; i++) {
@@ -58,6 +59,7 @@ int qd_tl_launches(const qd_tl_rec *r, int n, int n_layers, qd_tl_launch *out, i
         l->ready_last = fmax(l->ready_last, r[i].ready);
         l->end_first = fmin(l->end_first, r[i].end);
         l->end_last = fmax(l->end_last, r[i].end);
+        if (r[i].mark >= 0) l->mark_last = fmax(l->mark_last, r[i].mark);
     }
     free(slot);
     return m;
@@ -77,11 +79,11 @@ static double median(double *v, int n) {
 
 int qd_tl_kinds(const qd_tl_launch *l, int n, qd_tl_kind out[QD_TL_KINDS], qd_err *e) {
     const int cap = n > 0 ? n : 1;
-    double *a = qd_alloc((size_t)cap * 5 * sizeof *a, e); /* (5, cap): per-kind a, b, c, d and t below */
+    double *a = qd_alloc((size_t)cap * 6 * sizeof *a, e); /* (6, cap): per-kind a, b, c, d, t and m below */
     if (!a) return QD_ERUNTIME;
-    double *b = a + cap, *c = b + cap, *d = c + cap, *t = d + cap;
+    double *b = a + cap, *c = b + cap, *d = c + cap, *t = d + cap, *m = t + cap;
     for (int k = 0; k < QD_TL_KINDS; k++) {
-        int na = 0, nc = 0;
+        int na = 0, nc = 0, nm = 0;
         for (int i = 0; i < n; i++) {
             const int kind = l[i].layer < 0 ? QD_TL_SLOTS : l[i].launch % QD_TL_SLOTS;
             if (kind != k) continue;
@@ -89,6 +91,7 @@ int qd_tl_kinds(const qd_tl_launch *l, int n, qd_tl_kind out[QD_TL_KINDS], qd_er
             b[na] = l[i].end_last - l[i].ready_last;
             d[na] = l[i].wait_last - l[i].wait_first;
             t[na++] = l[i].end_last - l[i].end_first;
+            if (l[i].mark_last >= 0) m[nm++] = l[i].end_last - l[i].mark_last;
             if (i + 1 < n) c[nc++] = l[i + 1].wait_first - l[i].end_last;
         }
         out[k].kernel = kernel_names[k];
@@ -98,6 +101,8 @@ int qd_tl_kinds(const qd_tl_launch *l, int n, qd_tl_kind out[QD_TL_KINDS], qd_er
         out[k].gap_to_next = median(c, nc);
         out[k].wait_spread = median(d, na);
         out[k].tail = median(t, na);
+        out[k].marked = nm;
+        out[k].after_mark = median(m, nm);
     }
     free(a);
     return QD_OK;

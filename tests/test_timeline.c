@@ -31,8 +31,14 @@ static void test_kernel_names(void **state) {
  * e + b. */
 static int add_launch(qd_tl_rec *r, int n, int launch, int nb, double s, double w, double e) {
     for (int b = 0; b < nb; b++)
-        r[n++] = (qd_tl_rec){
-            .launch = launch, .block = b, .sm = b, .start = s + b, .wait = w + b, .ready = w + b + 0.5, .end = e + b};
+        r[n++] = (qd_tl_rec){.launch = launch,
+                             .block = b,
+                             .sm = b,
+                             .start = s + b,
+                             .wait = w + b,
+                             .ready = w + b + 0.5,
+                             .end = e + b,
+                             .mark = -1};
     return n;
 }
 
@@ -143,11 +149,33 @@ static void test_kinds_spread(void **state) {
         if (q != QD_TL_ATTN) assert_true(k[q].tail == (q == QD_TL_SLOTS ? 2 : 1));
 }
 
+/* Marks (the attention's counter passed) on the attention launches only: per launch the latest, per kernel
+ * the median of (last end - last mark); the other kernels have none */
+static void test_marks(void **state) {
+    (void)state;
+    qd_tl_rec r[64];
+    qd_tl_launch l[16];
+    qd_tl_kind k[QD_TL_KINDS];
+    int n = two_layers(r);
+    for (int i = 0; i < n; i++)
+        if (r[i].launch % QD_TL_SLOTS == QD_TL_ATTN && r[i].launch < 10) /* block b of layer l: t0 + 2 + b/4 */
+            r[i].mark = (r[i].launch / QD_TL_SLOTS) * 20 + QD_TL_ATTN * 4 + 2 + 0.25 * r[i].block;
+    n = qd_tl_launches(r, n, 2, l, 16, &err);
+    assert_true(l[QD_TL_ATTN].mark_last == 6.25 && l[QD_TL_SLOTS + QD_TL_ATTN].mark_last == 26.25);
+    assert_true(l[QD_TL_QKV].mark_last == -1 && l[10].mark_last == -1);
+    assert_int_equal(qd_tl_kinds(l, n, k, &err), QD_OK);
+    /* end_last: t0 + 3.25 + 0.25 l, so after the mark 1 + 0.25 l: median 1.125 */
+    assert_int_equal(k[QD_TL_ATTN].marked, 2);
+    assert_true(k[QD_TL_ATTN].after_mark == 1.125);
+    for (int q = 0; q < QD_TL_KINDS; q++)
+        if (q != QD_TL_ATTN) assert_true(k[q].marked == 0 && k[q].after_mark == 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kernel_names),     cmocka_unit_test(test_launches),
         cmocka_unit_test(test_launches_refused), cmocka_unit_test(test_kinds),
-        cmocka_unit_test(test_kinds_spread),
+        cmocka_unit_test(test_kinds_spread),     cmocka_unit_test(test_marks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -554,18 +554,21 @@ static int write_timeline(const bench_args *a, const qd_config *c, const char *d
         printf("\ntimeline, decode ctx=%d (one step, custom GEMV): %.1f us from the first block start to the last "
                "block end\n",
                a->ctx[i], t->step_us);
-        printf("%-10s %9s %12s %12s %12s %12s %12s   (medians over the layers)\n", "kernel", "launches", "after wait",
-               "after ready", "to next wait", "wait spread", "tail");
+        printf("%-10s %9s %12s %12s %12s %12s %12s %12s   (medians over the layers)\n", "kernel", "launches",
+               "after wait", "after ready", "to next wait", "wait spread", "tail", "after mark");
         json_t *cx = json_object(), *kinds = json_array(), *launches = json_array();
         json_object_set_new(cx, "ctx", json_integer(a->ctx[i]));
         json_object_set_new(cx, "step_us", json_real(t->step_us));
         for (int k = 0; k < QD_TL_KINDS; k++) {
             const qd_tl_kind *q = &t->kind[k];
-            printf("%-10s %9d %9.2f us %9.2f us %9.2f us %9.2f us %9.2f us\n", q->kernel, q->launches, q->after_wait,
-                   q->after_ready, q->gap_to_next, q->wait_spread, q->tail);
+            char am[32] = "           -"; /* the attention's last block: from its counter to its end */
+            if (q->marked) snprintf(am, sizeof am, "%9.2f us", q->after_mark);
+            printf("%-10s %9d %9.2f us %9.2f us %9.2f us %9.2f us %9.2f us %s\n", q->kernel, q->launches, q->after_wait,
+                   q->after_ready, q->gap_to_next, q->wait_spread, q->tail, am);
             json_t *o = json_pack("{s:s, s:i, s:f, s:f, s:f, s:f, s:f}", "kernel", q->kernel, "launches", q->launches,
                                   "after_wait_us", q->after_wait, "after_ready_us", q->after_ready, "to_next_wait_us",
                                   q->gap_to_next, "wait_spread_us", q->wait_spread, "tail_us", q->tail);
+            if (q->marked) json_object_set_new(o, "after_mark_us", json_real(q->after_mark));
             json_array_append_new(kinds, o);
         }
         for (int j = 0; j < t->n; j++) {
@@ -575,6 +578,7 @@ static int write_timeline(const bench_args *a, const qd_config *c, const char *d
                           l->layer, "kernel", l->kernel, "blocks", l->blocks, "start_first", l->start_first,
                           "start_last", l->start_last, "wait_first", l->wait_first, "wait_last", l->wait_last,
                           "ready_last", l->ready_last, "end_first", l->end_first, "end_last", l->end_last);
+            if (l->mark_last >= 0) json_object_set_new(o, "mark_last", json_real(l->mark_last));
             json_array_append_new(launches, o);
         }
         json_object_set_new(cx, "kernels", kinds);
