@@ -384,7 +384,7 @@ __global__ void __launch_bounds__(GP_THREADS, 1) gemv_pipe_kernel(const gemv_arg
     bf16 *sx = reinterpret_cast<bf16 *>(gp_mem + nst * slot);
     TL_START(tl);
 
-    /* the copies of stage p into its slot: the lanes of the producer warp (sm_90) or the block */
+    /* the copies of stage sg into its slot: the lanes of the producer warp (sm_90) or the block */
     auto issue = [&](const gp_stage &sg) {
         const int k0 = sg.s * ks, len = min(ks, K - k0);
         const int u0 = sg.g * upg, nu = min(upg, N - u0), nrows = EPI == GV_SWIGLU ? 2 * nu : nu;

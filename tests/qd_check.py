@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FX = os.environ.get("QD_FIXTURES") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures")
+FX = os.environ.get("QD_FIXTURES") or os.path.join(HERE, "..", "fixtures")
 checks = 0
 failures = 0
 
