@@ -105,7 +105,7 @@ struct qd_fused {
     int gemv_staged;      /* custom decode: gemv_staged_kernel for the per-layer projections */
     int gemv_pipe;        /* custom decode: gemv_pipe_kernel where staged tiles would come in waves */
     int gemv_pipe_all;    /* QD_FUSED_GEMV=pipe: gemv_pipe_kernel for every GEMV, the lm_head too */
-    int gp_dynamic;       /* QD_FUSED_SCHED=dynamic: gemv_pipe_kernel's groups handed out by a counter */
+    int gp_dynamic;       /* gemv_pipe_kernel's groups handed out by a counter (QD_FUSED_SCHED=static: not) */
     int gp_ks, gp_nst;    /* gemv_pipe_kernel's K-slice (values) and ring slots */
     dec_attn_fn dec_attn; /* custom decode: decode_attn_qk_kernel for this kv_mul */
     float eps, scale;
@@ -444,11 +444,20 @@ static int set_decode_attr(qd_fused *f, const cudaDeviceProp *p, qd_err *e) {
                 "SLOTS 2..%d)\n",
                 gp, GP_MAX_SLOTS);
     const size_t psmem = gp_smem(f->gp_ks, f->gp_nst, (int)kmax);
-    f->gemv_pipe = psmem + 1024 <= p->sharedMemPerBlockOptin && !stream_only && !(gs && strcmp(gs, "staged") == 0);
+    const int gp_fits = psmem + 1024 <= p->sharedMemPerBlockOptin;
+    f->gemv_pipe = gp_fits && !stream_only && !(gs && strcmp(gs, "staged") == 0);
+    if (gp && !gp_fits) /* well-formed, but the ring and x do not fit */
+        fprintf(stderr,
+                "warning: QD_FUSED_GP=%s: %zu bytes of shared memory, the device has %zu per block; "
+                "the pipelined GEMV is off\n",
+                gp, psmem, (size_t)p->sharedMemPerBlockOptin);
     f->gemv_pipe_all = f->gemv_pipe && gs && strcmp(gs, "pipe") == 0;
-    /* QD_FUSED_SCHED=dynamic (a diagnostic): the pipelined GEMV's groups on demand, not in a fixed order */
+    /* the pipelined GEMV's groups on demand from a counter; QD_FUSED_SCHED=static (a diagnostic) hands them
+     * out in the fixed order b, b + grid, ... (bitwise the same outputs) */
     const char *sc = getenv("QD_FUSED_SCHED");
-    f->gp_dynamic = sc && strcmp(sc, "dynamic") == 0;
+    f->gp_dynamic = 1;
+    if (sc && (strcmp(sc, "static") == 0 || strcmp(sc, "dynamic") == 0)) f->gp_dynamic = sc[0] == 'd';
+    else if (sc) fprintf(stderr, "warning: QD_FUSED_SCHED=%s ignored: expected static or dynamic\n", sc);
     if (f->gemv_pipe) {
         KERNEL_ATTRS((gemv_pipe_kernel<GV_NORM, GV_BF16>), psmem, true);
         KERNEL_ATTRS((gemv_pipe_kernel<GV_NORM, GV_SWIGLU>), psmem, true);

@@ -464,16 +464,19 @@ __global__ void __launch_bounds__(GP_THREADS, 1) gemv_pipe_kernel(const gemv_arg
     gv_prologue<PRO>(a, sx, red, a.nw, nullptr);
     TL_READY(tl);
 
-    /* this warp's rows in a group (GV_SWIGLU: gate and up rows of unit `warp`) */
+    /* this warp's rows in a group: i0 and i1 in the slot, the weight rows u0 + i0 and u0 + r1 (GV_SWIGLU:
+     * gate and up rows of unit `warp`); the fallback's ninth warp only copies */
+    const bool consumer = warp < GP_CWARPS;
     const int i0 = EPI == GV_SWIGLU ? warp : 2 * warp, i1 = EPI == GV_SWIGLU ? upg + warp : 2 * warp + 1;
+    const int r1 = EPI == GV_SWIGLU ? N + warp : i1;
     const uint4 *sxq = reinterpret_cast<const uint4 *>(sx);
     float acc0 = 0.0f, acc1 = 0.0f;
     /* one stage of a consumer warp: slice s of group g, in slot st (the warp's arithmetic, then the store
      * when the group's rows are complete) */
     auto consume = [&](int g, int s, int st) {
         const int u0 = g * upg, k0 = s * ks, len = min(ks, K - k0);
-        const bool has0 = warp < GP_CWARPS && u0 + (EPI == GV_SWIGLU ? warp : 2 * warp) < N; /* warp-uniform */
-        const bool has1 = EPI == GV_SWIGLU ? has0 : has0 && u0 + 2 * warp + 1 < N;
+        const bool has0 = consumer && u0 + i0 < N; /* warp-uniform */
+        const bool has1 = EPI == GV_SWIGLU ? has0 : has0 && u0 + i1 < N;
         if (has0) {
             const unsigned char *base = gp_mem + (size_t)st * slot;
             const uint4 *w0 = reinterpret_cast<const uint4 *>(base + (size_t)i0 * ks * 2);
@@ -487,10 +490,8 @@ __global__ void __launch_bounds__(GP_THREADS, 1) gemv_pipe_kernel(const gemv_arg
     auto finish_group = [&](int g, int has) {
         if (has) {
             const int u0 = g * upg;
-            const float r0v = warp_sum(acc0), r1v = warp_sum(acc1);
-            const int r0 = EPI == GV_SWIGLU ? u0 + warp : u0 + 2 * warp;
-            const int r1 = EPI == GV_SWIGLU ? N + u0 + warp : u0 + 2 * warp + 1;
-            if (lane == 0) gv_store<EPI>(a, r0, r1, has == 2, r0v, r1v);
+            const float v0 = warp_sum(acc0), v1 = warp_sum(acc1);
+            if (lane == 0) gv_store<EPI>(a, u0 + i0, u0 + r1, has == 2, v0, v1);
         }
         acc0 = acc1 = 0.0f;
     };
