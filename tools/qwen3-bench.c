@@ -629,6 +629,12 @@ static json_t *peer_row(const json_t *root, const char *arr, const char *key, in
     return NULL;
 }
 
+/* A figure of the peer block: prefill in tokens/s, decode in ms per token. */
+static void peer_figure(char *buf, size_t n, int prefill, double v) {
+    if (prefill) snprintf(buf, n, "%.0f tok/s", v);
+    else snprintf(buf, n, "%.3f ms", v);
+}
+
 /* "fused is 3.56x faster" or "hf is 1.25x faster", from fused's and the peer's times */
 static void ratio_words(char *buf, size_t n, double fused_ms, double peer_ms, const char *peer) {
     if (peer_ms >= fused_ms) snprintf(buf, n, "fused is %.2fx faster", peer_ms / fused_ms);
@@ -683,13 +689,19 @@ static int run_peer(const bench_args *a, const variant_result *fused, json_t **p
         json_decref(root);
         return QD_ERUNTIME;
     }
+    /* the peer's rows, decode (ms per token) then prefill (tokens/s): row i of a->nctx + a->npre is
+     * kinds[i >= a->nctx], at key value a->ctx[i] or a->pre_T[i - a->nctx] */
+    static const struct {
+        const char *arr, *key, *label, *field, *fused_field;
+    } kinds[2] = {{"decode", "ctx", "decode ctx=", "ms_per_token", "fused_ms_per_token"},
+                  {"prefill", "T", "prefill T=", "tok_per_s", "fused_tok_per_s"}};
     /* every figure asked for, positive and finite, before anything is printed */
     for (int i = 0; i < a->nctx + a->npre; i++) {
-        int dec = i < a->nctx, want = dec ? a->ctx[i] : a->pre_T[i - a->nctx];
-        json_t *row = peer_row(root, dec ? "decode" : "prefill", dec ? "ctx" : "T", want);
-        if (!row || peer_num(row, dec ? "ms_per_token" : "tok_per_s") < 0) {
+        const int k = i >= a->nctx, want = k ? a->pre_T[i - a->nctx] : a->ctx[i];
+        json_t *row = peer_row(root, kinds[k].arr, kinds[k].key, want);
+        if (!row || peer_num(row, kinds[k].field) < 0) {
             fprintf(stderr, PROG ": --peer hf: %s's JSON has no positive finite %s for %s=%d\n", a->peer_script,
-                    dec ? "ms_per_token" : "tok_per_s", dec ? "ctx" : "T", want);
+                    kinds[k].field, kinds[k].key, want);
             json_decref(root);
             return QD_ERUNTIME;
         }
@@ -703,35 +715,25 @@ static int run_peer(const bench_args *a, const variant_result *fused, json_t **p
            "prefill: uncompiled, DynamicCache\n",
            tv ? tv : "?", pv ? pv : "?", compiled ? "torch.compile(mode=\"" : "eager", compiled ? mode : "",
            compiled ? "\", fullgraph=True)" : "");
-    char words[64];
-    for (int i = 0; i < a->nctx; i++) {
-        json_t *row = peer_row(root, "decode", "ctx", a->ctx[i]);
-        double ms = peer_num(row, "ms_per_token");
-        char label[32];
-        snprintf(label, sizeof label, "decode ctx=%d", a->ctx[i]);
-        if (fused) {
-            ratio_words(words, sizeof words, fused->decode_ms[i], ms, "hf");
-            printf("%-18s fused %.3f ms  %s %.3f ms  %s\n", label, fused->decode_ms[i], name, ms, words);
-            json_object_set_new(row, "fused_ms_per_token", json_real(fused->decode_ms[i]));
-            json_object_set_new(row, "fused_speedup", json_real(ms / fused->decode_ms[i]));
-        } else {
-            printf("%-18s %s %.3f ms  (fused not run)\n", label, name, ms);
+    for (int i = 0; i < a->nctx + a->npre; i++) {
+        const int k = i >= a->nctx, j = k ? i - a->nctx : i, want = k ? a->pre_T[j] : a->ctx[j];
+        json_t *row = peer_row(root, kinds[k].arr, kinds[k].key, want);
+        const double peer_v = peer_num(row, kinds[k].field);
+        const char *who = k ? "hf" : name; /* the decode step is the compiled one */
+        char label[32], pf[32], ff[32], words[64];
+        snprintf(label, sizeof label, "%s%d", kinds[k].label, want);
+        peer_figure(pf, sizeof pf, k, peer_v);
+        if (!fused) {
+            printf("%-18s %s %s  (fused not run)\n", label, who, pf);
+            continue;
         }
-    }
-    for (int i = 0; i < a->npre; i++) {
-        json_t *row = peer_row(root, "prefill", "T", a->pre_T[i]);
-        double tps = peer_num(row, "tok_per_s");
-        char label[32];
-        snprintf(label, sizeof label, "prefill T=%d", a->pre_T[i]);
-        if (fused) {
-            double ftps = a->pre_T[i] / (fused->prefill_ms[i] * 1e-3);
-            ratio_words(words, sizeof words, 1 / ftps, 1 / tps, "hf");
-            printf("%-18s fused %.0f tok/s  hf %.0f tok/s  %s\n", label, ftps, tps, words);
-            json_object_set_new(row, "fused_tok_per_s", json_real(ftps));
-            json_object_set_new(row, "fused_speedup", json_real(ftps / tps));
-        } else {
-            printf("%-18s hf %.0f tok/s  (fused not run)\n", label, tps);
-        }
+        /* fused's figure in the row's unit; the ratio from times per token either way */
+        const double fused_v = k ? want / (fused->prefill_ms[j] * 1e-3) : fused->decode_ms[j];
+        peer_figure(ff, sizeof ff, k, fused_v);
+        ratio_words(words, sizeof words, k ? 1 / fused_v : fused_v, k ? 1 / peer_v : peer_v, "hf");
+        printf("%-18s fused %s  %s %s  %s\n", label, ff, who, pf, words);
+        json_object_set_new(row, kinds[k].fused_field, json_real(fused_v));
+        json_object_set_new(row, "fused_speedup", json_real(k ? fused_v / peer_v : peer_v / fused_v));
     }
     json_object_set_new(root, "python", json_string(a->python));
     json_object_set_new(root, "script", json_string(a->peer_script));
