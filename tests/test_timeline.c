@@ -95,13 +95,18 @@ static void test_launches_refused(void **state) {
     assert_non_null(strstr(err.msg, "outside the chain"));
 }
 
+/* The launches of n records of two layers into l (room for 16: all 11 of them) and their kinds into k */
+static void summarise(const qd_tl_rec *r, int n, qd_tl_launch *l, qd_tl_kind *k) {
+    assert_int_equal(qd_tl_launches(r, n, 2, l, 16, &err), 11);
+    assert_int_equal(qd_tl_kinds(l, 11, k, &err), QD_OK);
+}
+
 static void test_kinds(void **state) {
     (void)state;
     qd_tl_rec r[64];
     qd_tl_launch l[16];
     qd_tl_kind k[QD_TL_KINDS];
-    const int n = qd_tl_launches(r, two_layers(r), 2, l, 16, &err);
-    assert_int_equal(qd_tl_kinds(l, n, k, &err), QD_OK);
+    summarise(r, two_layers(r), l, k);
     /* layer l kernel k: wait_first = t0 + 1, ready_last = t0 + 2.5, end_last = t0 + 3.25 + 0.25 l, so
      * after wait 2.25 + 0.25 l (median of layers 0 and 1: 2.375), after ready 0.75 + 0.25 l (0.875) */
     for (int q = 0; q < QD_TL_SLOTS; q++) {
@@ -132,15 +137,14 @@ static void test_kinds_spread(void **state) {
     qd_tl_rec r[64];
     qd_tl_launch l[16];
     qd_tl_kind k[QD_TL_KINDS];
-    int n = two_layers(r);
+    const int n = two_layers(r);
     for (int i = 0; i < n; i++)
         if (r[i].launch == QD_TL_ATTN && r[i].block == 1) { /* layer 0's attention, its second block */
             r[i].wait += 0.5;
             r[i].ready += 0.5;
             r[i].end += 2;
         }
-    n = qd_tl_launches(r, n, 2, l, 16, &err);
-    assert_int_equal(qd_tl_kinds(l, n, k, &err), QD_OK);
+    summarise(r, n, l, k);
     /* layer 0: wait spread 1.5, tail 3; layer 1: 1 and 1 */
     assert_true(k[QD_TL_ATTN].wait_spread == 1.25 && k[QD_TL_ATTN].tail == 2);
     /* after wait: layer 0 now 4.25 (end_last t0 + 5.25 - wait_first t0 + 1), layer 1 2.5 */
@@ -156,14 +160,13 @@ static void test_marks(void **state) {
     qd_tl_rec r[64];
     qd_tl_launch l[16];
     qd_tl_kind k[QD_TL_KINDS];
-    int n = two_layers(r);
+    const int n = two_layers(r);
     for (int i = 0; i < n; i++)
         if (r[i].launch % QD_TL_SLOTS == QD_TL_ATTN && r[i].launch < 10) /* block b of layer l: t0 + 2 + b/4 */
             r[i].mark = (r[i].launch / QD_TL_SLOTS) * 20 + QD_TL_ATTN * 4 + 2 + 0.25 * r[i].block;
-    n = qd_tl_launches(r, n, 2, l, 16, &err);
+    summarise(r, n, l, k);
     assert_true(l[QD_TL_ATTN].mark_last == 6.25 && l[QD_TL_SLOTS + QD_TL_ATTN].mark_last == 26.25);
     assert_true(l[QD_TL_QKV].mark_last == -1 && l[10].mark_last == -1);
-    assert_int_equal(qd_tl_kinds(l, n, k, &err), QD_OK);
     /* end_last: t0 + 3.25 + 0.25 l, so after the mark 1 + 0.25 l: median 1.125 */
     assert_int_equal(k[QD_TL_ATTN].marked, 2);
     assert_true(k[QD_TL_ATTN].after_mark == 1.125);
